@@ -1,0 +1,160 @@
+//! Dispatch from the parsed command line to the front-ends, and the one place where exit
+//! codes are decided.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command};
+use crate::client::exit;
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    main_with_args(std::env::args_os())
+}
+
+/// Parses `args` and runs the command. Usage errors print one `ERROR:` line and exit 2;
+/// `--help` and `--version` print as usual and exit 0.
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version: not errors.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprintln!("ERROR: no command given (usage: accio <send|serve|watch|check-config|completions> ...; see accio --help)");
+            return ExitCode::from(exit::USAGE);
+        }
+        Err(e) => {
+            eprintln!("ERROR: {}", one_line_usage_error(&e));
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    ExitCode::from(run(cli))
+}
+
+/// Turns clap's multi-line error into one line: its message (with any indented detail
+/// lines it lists) plus the usage.
+fn one_line_usage_error(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let mut parts = Vec::new();
+    let mut usage = None;
+    for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_string());
+            break;
+        }
+        if line.starts_with("tip:") || line.starts_with("For more information") {
+            continue;
+        }
+        parts.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+    }
+    let mut message = parts.join(" ");
+    if message.is_empty() {
+        message = "invalid arguments".to_string();
+    }
+    match usage {
+        Some(u) => format!("{message} (usage: {u})"),
+        None => message,
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Runs a parsed command; returns the exit code.
+pub fn run(cli: Cli) -> u8 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ERROR: cannot start the async runtime: {e}");
+            return exit::OTHER;
+        }
+    };
+    match cli.command {
+        Command::Send(args) => {
+            let timeouts = args.timeouts.to_timeouts();
+            match rt.block_on(crate::send::run(
+                &args.host, &args.port, &args.file, timeouts,
+            )) {
+                Ok(_) => exit::OK,
+                Err(f) => {
+                    eprintln!("ERROR: {}", f.message);
+                    f.code
+                }
+            }
+        }
+        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Watch(args) => crate::daemon::main(&rt, args),
+        Command::CheckConfig(args) => crate::config::check_config_command(&args),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "accio", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(Cli::command());
+            match man.render(&mut std::io::stdout()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("ERROR: cannot write the man page: {e}");
+                    exit::OTHER
+                }
+            }
+        }
+    }
+}
+
+async fn serve(args: crate::cli::ServeArgs) -> u8 {
+    let port = match crate::client::parse_port(&args.port) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            return exit::USAGE;
+        }
+    };
+    match std::fs::metadata(&args.dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            eprintln!("ERROR: {:?} is not a directory", args.dir);
+            return exit::USAGE;
+        }
+        Err(e) => {
+            eprintln!("ERROR: cannot use directory {:?}: {e}", args.dir);
+            return exit::USAGE;
+        }
+    }
+    crate::logging::init_for_tool();
+    let listener = match crate::serve::bind(port) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ERROR: cannot listen on port {port}: {e}");
+            return exit::OTHER;
+        }
+    };
+    let shutdown = match crate::signals::termination() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ERROR: cannot install signal handlers: {e}");
+            return exit::OTHER;
+        }
+    };
+    let opts = crate::serve::ServeOptions {
+        dir: args.dir,
+        idle_timeout: args.idle_timeout,
+    };
+    match crate::serve::run(listener, opts, shutdown).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            exit::OTHER
+        }
+    }
+}

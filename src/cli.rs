@@ -1,0 +1,128 @@
+//! Command-line definitions only (clap). Validation of values that need more than a type
+//! happens in the front-ends, which own their error messages.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "accio",
+    version,
+    about = "Upload files with the Accio protocol",
+    long_about = "Upload files with the Accio protocol: a one-shot sender, a test receiver, \
+                  and a service that uploads every file dropped into spool directories.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send one file to an Accio server.
+    #[command(after_help = SEND_EXIT_CODES)]
+    Send(SendArgs),
+    /// Receive files: connection N is saved as DIR/N.file.
+    Serve(ServeArgs),
+    /// Run the spool-directory upload service.
+    Watch(WatchArgs),
+    /// Validate a configuration file and print the effective settings.
+    CheckConfig(CheckConfigArgs),
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
+}
+
+pub const SEND_EXIT_CODES: &str = "\
+Exit codes:
+  0  the file was delivered and the server confirmed by closing
+  1  other error
+  2  usage error: missing or extra arguments, invalid port
+  3  FILE missing, not a regular file, or unreadable
+  4  HOST could not be resolved
+  5  could not connect (refused, unreachable, or connect timeout)
+  6  the server did not send the accio command (wrong bytes, closed, or timeout)
+  7  the transfer failed (stall, reset, or the server did not confirm)";
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Server host name, IPv4 or IPv6 address.
+    pub host: String,
+    /// Server port: 1-65535 or a service name such as `http-alt`.
+    pub port: String,
+    /// The file to send.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+/// Protocol timeouts. Hidden: the spec fixes them at 10 s; tests shorten them.
+#[derive(Debug, Args, Clone)]
+pub struct TimeoutArgs {
+    #[arg(long, hide = true, env = "ACCIO_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+    #[arg(long, hide = true, env = "ACCIO_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    #[arg(long, hide = true, env = "ACCIO_STALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub stall_timeout: Duration,
+    #[arg(long, hide = true, env = "ACCIO_CLOSE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub close_timeout: Duration,
+}
+
+impl TimeoutArgs {
+    pub fn to_timeouts(&self) -> crate::protocol::Timeouts {
+        crate::protocol::Timeouts {
+            connect: self.connect_timeout,
+            handshake: self.handshake_timeout,
+            stall: self.stall_timeout,
+            close: self.close_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Port to listen on, on all interfaces: 1-65535 or a service name.
+    pub port: String,
+    /// Directory where received files are saved.
+    pub dir: PathBuf,
+    /// Silence after which a connection is aborted and its file holds `ERROR`.
+    #[arg(long, hide = true, env = "ACCIO_SERVE_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable; colors on a terminal; no timestamps under journald.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Configuration file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "ACCIO_CONFIG")]
+    pub config: PathBuf,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "ACCIO_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Configuration file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "ACCIO_CONFIG")]
+    pub config: PathBuf,
+}

@@ -1,0 +1,346 @@
+//! Reaching a server: port and host resolution, the bounded connect phase, and one whole
+//! upload of an open file (connect, command, content, confirmed close). Shared by `send` and
+//! the spool service's uploader, which add only their own policy around it.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::protocol::{self, ProtocolError, Timeouts};
+
+/// Why a PORT argument or config value is not a port.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("invalid port {given:?}: {reason}")]
+pub struct PortError {
+    /// The text as given.
+    pub given: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Parses a port the way `getaddrinfo` would for a TCP service: a number 1–65535 or a name
+/// from the services database (`ssh`, `http-alt`).
+///
+/// # Errors
+/// [`PortError`] for anything else, including `0`, out-of-range numbers and unknown names.
+pub fn parse_port(given: &str) -> Result<u16, PortError> {
+    let err = |reason| PortError {
+        given: given.to_string(),
+        reason,
+    };
+    if given.is_empty() {
+        return Err(err("empty; expected a number 1-65535 or a service name"));
+    }
+    if given.bytes().all(|b| b.is_ascii_digit()) {
+        return match given.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+            _ => Err(err("out of range; expected a number 1-65535")),
+        };
+    }
+    let plausible_name = given
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'/')
+        && given.bytes().any(|b| b.is_ascii_alphabetic());
+    if !plausible_name {
+        return Err(err("not a number 1-65535 or a service name"));
+    }
+    lookup_service(given).ok_or_else(|| err("not a number 1-65535 or a known service name"))
+}
+
+/// Looks up a TCP service name with `getaddrinfo` (thread-safe, unlike `getservbyname`).
+fn lookup_service(name: &str) -> Option<u16> {
+    let service = CString::new(name).ok()?;
+    // SAFETY: zeroed addrinfo is the documented way to build hints.
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_family = libc::AF_INET;
+    hints.ai_socktype = libc::SOCK_STREAM;
+    hints.ai_flags = libc::AI_PASSIVE;
+    let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: valid C strings and pointers; the result list is freed below.
+    let rc = unsafe { libc::getaddrinfo(std::ptr::null(), service.as_ptr(), &hints, &mut res) };
+    if rc != 0 || res.is_null() {
+        return None;
+    }
+    // SAFETY: on success `res` points to at least one entry whose ai_addr is a sockaddr_in,
+    // since we asked for AF_INET.
+    let port = unsafe {
+        let addr = (*res).ai_addr as *const libc::sockaddr_in;
+        let port = if addr.is_null() {
+            None
+        } else {
+            Some(u16::from_be((*addr).sin_port))
+        };
+        libc::freeaddrinfo(res);
+        port
+    };
+    port.filter(|&p| p != 0)
+}
+
+/// Where to send: a host (name or IP literal) and a resolved port number.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Destination {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Failures of an upload, by phase. [`ClientError::exit_code`] maps them for `send`.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot resolve host {host:?}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot resolve host {host:?}: no addresses")]
+    NoAddresses { host: String },
+    #[error("connecting to {dest} timed out after {timeout:?}{tried}")]
+    ConnectTimeout {
+        dest: Destination,
+        timeout: Duration,
+        /// Summary of the addresses tried so far, for the message.
+        tried: TriedAddrs,
+    },
+    #[error("cannot connect to {dest}{tried}")]
+    Connect {
+        dest: Destination,
+        tried: TriedAddrs,
+    },
+    #[error("{dest}: {source}")]
+    Protocol {
+        dest: Destination,
+        #[source]
+        source: ProtocolError,
+    },
+}
+
+/// The addresses a connect attempt tried, with what happened at each.
+#[derive(Debug, Default)]
+pub struct TriedAddrs(pub Vec<(SocketAddr, String)>);
+
+impl fmt::Display for TriedAddrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        f.write_str(" (")?;
+        for (i, (addr, what)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{addr}: {what}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Exit codes of `accio send`, one per failure class. Documented in `accio send --help`.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Anything not covered below.
+    pub const OTHER: u8 = 1;
+    /// Bad arguments: missing, extra, bad port.
+    pub const USAGE: u8 = 2;
+    /// FILE missing, not a regular file, or unreadable.
+    pub const FILE: u8 = 3;
+    /// HOST could not be resolved.
+    pub const RESOLVE: u8 = 4;
+    /// No connection within the connect timeout, or every address refused.
+    pub const CONNECT: u8 = 5;
+    /// The server did not send `accio\r\n` (wrong bytes, closed, timed out).
+    pub const HANDSHAKE: u8 = 6;
+    /// The transfer failed after the command: stall, reset, no confirmed close.
+    pub const TRANSFER: u8 = 7;
+}
+
+impl ClientError {
+    /// The `send` exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Resolve { .. } | ClientError::NoAddresses { .. } => exit::RESOLVE,
+            ClientError::ConnectTimeout { .. } | ClientError::Connect { .. } => exit::CONNECT,
+            ClientError::Protocol { source, .. } if source.is_handshake() => exit::HANDSHAKE,
+            ClientError::Protocol { .. } => exit::TRANSFER,
+        }
+    }
+}
+
+/// Resolves `dest` and connects to the first address that accepts, trying each in turn.
+/// Resolution and all attempts together end within `timeouts.connect`; each attempt gets an
+/// equal share of the time left, so one black-holed address cannot starve the others.
+///
+/// The socket gets TCP_USER_TIMEOUT = `timeouts.stall`, so unacknowledged data also fails in
+/// bounded time.
+///
+/// # Errors
+/// [`ClientError::Resolve`], [`ClientError::NoAddresses`], [`ClientError::Connect`] or
+/// [`ClientError::ConnectTimeout`].
+pub async fn connect(dest: &Destination, timeouts: &Timeouts) -> Result<TcpStream, ClientError> {
+    let deadline = Instant::now() + timeouts.connect;
+    let mut tried = TriedAddrs::default();
+    let timed_out = |tried| ClientError::ConnectTimeout {
+        dest: dest.clone(),
+        timeout: timeouts.connect,
+        tried,
+    };
+    let addrs: Vec<SocketAddr> = match timeout_at(
+        deadline,
+        tokio::net::lookup_host((dest.host.as_str(), dest.port)),
+    )
+    .await
+    {
+        Err(_) => return Err(timed_out(tried)),
+        Ok(Err(source)) => {
+            return Err(ClientError::Resolve {
+                host: dest.host.clone(),
+                source,
+            })
+        }
+        Ok(Ok(addrs)) => addrs.collect(),
+    };
+    if addrs.is_empty() {
+        return Err(ClientError::NoAddresses {
+            host: dest.host.clone(),
+        });
+    }
+    let count = addrs.len() as u32;
+    for (i, addr) in addrs.into_iter().enumerate() {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(timed_out(tried));
+        }
+        let left = count - i as u32;
+        let share = (deadline - now) / left;
+        match tokio::time::timeout(share, connect_one(addr, timeouts.stall)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => tried.0.push((addr, e.to_string())),
+            Err(_) => tried.0.push((addr, format!("no answer within {share:?}"))),
+        }
+    }
+    if tried
+        .0
+        .iter()
+        .any(|(_, what)| what.starts_with("no answer"))
+    {
+        Err(timed_out(tried))
+    } else {
+        Err(ClientError::Connect {
+            dest: dest.clone(),
+            tried,
+        })
+    }
+}
+
+async fn connect_one(addr: SocketAddr, stall: Duration) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    let stream = socket.connect(addr).await?;
+    let sock = socket2::SockRef::from(&stream);
+    // Best effort: without it, the stall timeout still bounds every wait we make ourselves.
+    let _ = sock.set_tcp_user_timeout(Some(stall.max(Duration::from_millis(1))));
+    Ok(stream)
+}
+
+/// One whole upload of an open file: connect, wait for the command, send the file's bytes
+/// (zero-copy where possible), half-close and wait for the server's close.
+///
+/// `before_close` runs after the content was sent and before the half-close; returning an
+/// error from it aborts the connection with a reset so the server does not take the partial
+/// or changed content as complete (the spool service checks the file did not change).
+///
+/// # Errors
+/// Any [`ClientError`]; on error after connecting the connection is reset, never closed
+/// gracefully, so no failure can look like success to the server.
+pub async fn upload<E>(
+    dest: &Destination,
+    file: &std::fs::File,
+    timeouts: &Timeouts,
+    progress: &mut dyn FnMut(u64),
+    before_close: impl FnOnce(u64) -> Result<(), E>,
+) -> Result<u64, UploadError<E>> {
+    let mut stream = connect(dest, timeouts).await?;
+    let proto = |source| ClientError::Protocol {
+        dest: dest.clone(),
+        source,
+    };
+    if let Err(e) = protocol::read_command(&mut stream, timeouts.handshake).await {
+        protocol::abort(stream);
+        return Err(proto(e).into());
+    }
+    let sent =
+        match protocol::send_file_zero_copy(file, &mut stream, timeouts.stall, progress).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                protocol::abort(stream);
+                return Err(proto(e).into());
+            }
+        };
+    if let Err(e) = before_close(sent) {
+        protocol::abort(stream);
+        return Err(UploadError::Rejected(e));
+    }
+    if let Err(e) = protocol::finish(&mut stream, timeouts.close).await {
+        protocol::abort(stream);
+        return Err(proto(e).into());
+    }
+    Ok(sent)
+}
+
+/// An upload failed in the network ([`ClientError`]) or was stopped by the caller's check.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError<E> {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Rejected(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("5000"), Ok(5000));
+        assert_eq!(parse_port("1"), Ok(1));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        for bad in [
+            "0",
+            "65536",
+            "-1",
+            "",
+            "abc",
+            "99999999999999999999",
+            "5000x",
+            " 80",
+        ] {
+            assert!(parse_port(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn service_names_resolve_when_the_database_has_them() {
+        // netbase provides /etc/services; CI installs it.
+        if std::path::Path::new("/etc/services").exists() {
+            assert_eq!(parse_port("ssh"), Ok(22));
+            assert_eq!(parse_port("http-alt"), Ok(8080));
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! accio: upload files with the Accio protocol.
+//!
+//! Data flows one way, and the modules follow it:
+//!
+//! - [`protocol`]: the client side of the protocol over any async stream: wait for
+//!   `accio\r\n`, stream the content (zero-copy for files), half-close and wait for the
+//!   server's close. No files, no policy.
+//! - [`client`]: resolving and connecting within the connect timeout, and one whole upload of
+//!   an open file. Shared by the two senders below.
+//! - [`send`]: `accio send HOST PORT FILE`, one transfer with the course client's semantics.
+//! - [`serve`]: `accio serve PORT DIR`, the receiver, for demos and as the tests' peer.
+//! - [`config`]: TOML to validated settings for the service.
+//! - [`watch`]: the spool service: watcher (events + rescans) → queue (readiness, dedup,
+//!   order) → uploader (bounded concurrency, retries) → disposition (done, failed, delete).
+//! - [`daemon`]: wiring for `accio watch`: signals, reload, systemd notify, shutdown order.
+//! - [`cli`] and [`app`]: the command line and the one place exit codes are decided.
+
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod protocol;
+pub mod send;
+pub mod serve;
+pub mod signals;
+pub mod status;
+pub mod watch;

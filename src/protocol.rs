@@ -1,0 +1,375 @@
+//! The client side of the Accio protocol, over any async stream.
+//!
+//! A transfer has three phases, each a function here:
+//!
+//! 1. [`read_command`]: wait for the exact bytes `accio\r\n`, which may arrive one at a time.
+//!    Nothing is sent before they have all arrived. A byte that cannot continue the command is
+//!    rejected at once; no byte for the handshake timeout is an error.
+//! 2. [`send_body`] (any stream) or [`send_file_zero_copy`] (a TCP socket and a file): the
+//!    content, and nothing else. Not being able to write for the stall timeout is an error.
+//! 3. [`finish`]: half-close, then wait (bounded) for the server to close. Only then is the
+//!    transfer confirmed.
+//!
+//! This module knows nothing of command lines, spool directories or retry policy.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// The command the server sends before the client may send anything.
+pub const COMMAND: &[u8; 7] = b"accio\r\n";
+
+/// Default for every protocol timeout, from the spec.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The timeouts of one transfer. Each bounds one kind of waiting; none bounds a slow but
+/// steady peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Name resolution plus connecting to every resolved address, all together.
+    pub connect: Duration,
+    /// Longest wait for the next byte of the command.
+    pub handshake: Duration,
+    /// Longest time the send buffer may stay full; also TCP_USER_TIMEOUT, so data stuck
+    /// unacknowledged in the kernel fails in bounded time as well.
+    pub stall: Duration,
+    /// Longest wait for the server to close after our half-close.
+    pub close: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_TIMEOUT,
+            handshake: DEFAULT_TIMEOUT,
+            stall: DEFAULT_TIMEOUT,
+            close: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Everything that can go wrong once connected. Each variant says what the server did, so
+/// the message alone tells an operator where to look.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("server sent {byte:?} where the command `accio\\r\\n` expected {expected:?} (byte {position} of the command)")]
+    WrongCommand {
+        /// The offending byte, as received.
+        byte: char,
+        /// What the command needed at that position.
+        expected: char,
+        /// 1-based position within the command.
+        position: usize,
+    },
+    #[error("server closed the connection before sending the full `accio\\r\\n` command ({received} of 7 bytes received)")]
+    ClosedBeforeCommand { received: usize },
+    #[error("no command from the server: waited {0:?} for the next byte of `accio\\r\\n`")]
+    HandshakeTimeout(Duration),
+    #[error("reading the command failed: {0}")]
+    HandshakeIo(#[source] io::Error),
+    #[error("server stopped reading: could not send any data for {0:?}")]
+    Stall(Duration),
+    #[error("sending failed after {sent} bytes: {source}")]
+    SendIo {
+        sent: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the file failed after {sent} bytes: {source}")]
+    FileIo {
+        sent: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("server did not confirm the transfer: no close within {0:?} after all data was sent")]
+    CloseTimeout(Duration),
+    #[error("server did not confirm the transfer: {0}")]
+    CloseIo(#[source] io::Error),
+}
+
+impl ProtocolError {
+    /// True for failures of the handshake phase (nothing of the file was sent).
+    pub fn is_handshake(&self) -> bool {
+        matches!(
+            self,
+            ProtocolError::WrongCommand { .. }
+                | ProtocolError::ClosedBeforeCommand { .. }
+                | ProtocolError::HandshakeTimeout(_)
+                | ProtocolError::HandshakeIo(_)
+        )
+    }
+}
+
+/// Incremental matcher for the command, apart from any I/O so it can be tested on any input.
+#[derive(Debug, Default, Clone)]
+pub struct CommandMatcher {
+    /// How many bytes of [`COMMAND`] have matched so far.
+    matched: usize,
+}
+
+impl CommandMatcher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of the command still to come.
+    pub fn remaining(&self) -> usize {
+        COMMAND.len() - self.matched
+    }
+
+    /// True once the whole command has matched.
+    pub fn is_complete(&self) -> bool {
+        self.matched == COMMAND.len()
+    }
+
+    /// How many bytes have matched so far.
+    pub fn matched(&self) -> usize {
+        self.matched
+    }
+
+    /// Feeds received bytes. Never accepts more than [`remaining`](Self::remaining) bytes:
+    /// anything beyond the command is not part of the handshake.
+    ///
+    /// # Errors
+    /// [`ProtocolError::WrongCommand`] at the first byte that cannot continue the command.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
+        for &byte in bytes.iter().take(self.remaining()) {
+            let expected = COMMAND[self.matched];
+            if byte != expected {
+                return Err(ProtocolError::WrongCommand {
+                    byte: byte as char,
+                    expected: expected as char,
+                    position: self.matched + 1,
+                });
+            }
+            self.matched += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the full `accio\r\n` command. Reads at most the bytes the command still needs,
+/// so nothing beyond it is consumed and input is never buffered without bound.
+///
+/// # Errors
+/// Wrong byte, server closing first, no byte within `handshake_timeout`, or a read error.
+pub async fn read_command<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    handshake_timeout: Duration,
+) -> Result<(), ProtocolError> {
+    let mut matcher = CommandMatcher::new();
+    let mut buf = [0u8; COMMAND.len()];
+    while !matcher.is_complete() {
+        let want = matcher.remaining();
+        let n = match timeout(handshake_timeout, stream.read(&mut buf[..want])).await {
+            Err(_) => return Err(ProtocolError::HandshakeTimeout(handshake_timeout)),
+            Ok(Err(e)) => return Err(ProtocolError::HandshakeIo(e)),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            return Err(ProtocolError::ClosedBeforeCommand {
+                received: matcher.matched(),
+            });
+        }
+        matcher.feed(&buf[..n])?;
+    }
+    Ok(())
+}
+
+/// Size of the buffer for the copying path: large enough for throughput, small and fixed so
+/// memory does not depend on the file.
+const COPY_BUF: usize = 256 * 1024;
+
+/// Streams everything `reader` yields into `stream`, with a plain buffer copy. Used for
+/// streams that are not TCP sockets and as the fallback when zero-copy is unavailable.
+/// `progress` is called with the running total after each write.
+///
+/// # Errors
+/// Read errors of `reader`, write errors of `stream`, or no write progress for `stall`.
+pub async fn send_body<R, S>(
+    reader: &mut R,
+    stream: &mut S,
+    stall: Duration,
+    mut sent: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, ProtocolError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    S: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; COPY_BUF];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|source| ProtocolError::FileIo { sent, source })?;
+        if n == 0 {
+            return Ok(sent);
+        }
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            match timeout(stall, stream.write(chunk)).await {
+                Err(_) => return Err(ProtocolError::Stall(stall)),
+                Ok(Err(source)) => return Err(ProtocolError::SendIo { sent, source }),
+                Ok(Ok(0)) => {
+                    return Err(ProtocolError::SendIo {
+                        sent,
+                        source: io::Error::new(io::ErrorKind::WriteZero, "socket accepted no data"),
+                    })
+                }
+                Ok(Ok(w)) => {
+                    chunk = &chunk[w..];
+                    sent += w as u64;
+                    progress(sent);
+                }
+            }
+        }
+    }
+}
+
+/// Largest count asked of one `sendfile` call; the kernel caps it near 2 GiB anyway.
+const SENDFILE_CHUNK: usize = 64 * 1024 * 1024;
+
+/// Streams a whole file into a TCP socket with `sendfile(2)`: no copy through user space,
+/// constant memory. Falls back to [`send_body`] when the kernel cannot sendfile from this
+/// file (e.g. some special filesystems). Sends until end of file and returns the byte count.
+///
+/// # Errors
+/// As [`send_body`].
+pub async fn send_file_zero_copy(
+    file: &std::fs::File,
+    stream: &mut TcpStream,
+    stall: Duration,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, ProtocolError> {
+    let file_fd = file.as_raw_fd();
+    let sock_fd = stream.as_raw_fd();
+    let mut sent: u64 = 0;
+    loop {
+        let ready = timeout(stall, stream.ready(Interest::WRITABLE)).await;
+        match ready {
+            Err(_) => return Err(ProtocolError::Stall(stall)),
+            Ok(Err(source)) => return Err(ProtocolError::SendIo { sent, source }),
+            Ok(Ok(_)) => {}
+        }
+        let result = stream.try_io(Interest::WRITABLE, || {
+            let mut offset = sent as libc::off_t;
+            // SAFETY: both descriptors are open for the duration of the call (borrowed
+            // above), and `offset` is a valid pointer to a local.
+            let n = unsafe { libc::sendfile(sock_fd, file_fd, &mut offset, SENDFILE_CHUNK) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match result {
+            Ok(0) => return Ok(sent),
+            Ok(n) => {
+                sent += n as u64;
+                progress(sent);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if sent == 0
+                    && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) =>
+            {
+                // This file cannot be the source of sendfile: copy through a buffer instead,
+                // from the start (nothing was sent).
+                let dup = file
+                    .try_clone()
+                    .map_err(|source| ProtocolError::FileIo { sent, source })?;
+                let mut reader = tokio::fs::File::from_std(dup);
+                return send_body(&mut reader, stream, stall, 0, progress).await;
+            }
+            Err(e) if is_file_error(&e) => {
+                return Err(ProtocolError::FileIo { sent, source: e });
+            }
+            Err(source) => return Err(ProtocolError::SendIo { sent, source }),
+        }
+    }
+}
+
+/// Errors of `sendfile` that come from the file rather than the socket.
+fn is_file_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EOVERFLOW))
+}
+
+/// Half-closes the stream, then waits up to `close_timeout` for the server to close. Bytes
+/// the server sends meanwhile are read and ignored. Only a clean close confirms the transfer.
+///
+/// # Errors
+/// Shutdown failure, a reset or other read error, or no close within `close_timeout`.
+pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    close_timeout: Duration,
+) -> Result<(), ProtocolError> {
+    stream.shutdown().await.map_err(ProtocolError::CloseIo)?;
+    let wait = async {
+        let mut sink = [0u8; 4096];
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ProtocolError::CloseIo(e)),
+            }
+        }
+    };
+    match timeout(close_timeout, wait).await {
+        Err(_) => Err(ProtocolError::CloseTimeout(close_timeout)),
+        Ok(result) => result,
+    }
+}
+
+/// Drops a connection with a reset instead of a graceful close, so the peer can tell that
+/// the transfer was not completed.
+pub fn abort(stream: TcpStream) {
+    let sock = socket2::SockRef::from(&stream);
+    // Linger 0 turns close into RST. If setting it fails, a plain close is all we can do.
+    let _ = sock.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matcher_accepts_the_command_in_any_split() {
+        for split in 0..=COMMAND.len() {
+            let mut m = CommandMatcher::new();
+            m.feed(&COMMAND[..split]).unwrap();
+            m.feed(&COMMAND[split..]).unwrap();
+            assert!(m.is_complete());
+        }
+    }
+
+    #[test]
+    fn matcher_rejects_at_first_wrong_byte() {
+        let mut m = CommandMatcher::new();
+        let err = m.feed(b"accio\n").unwrap_err();
+        assert!(matches!(
+            err,
+            ProtocolError::WrongCommand {
+                position: 6,
+                byte: '\n',
+                expected: '\r'
+            }
+        ));
+        let mut m = CommandMatcher::new();
+        assert!(m.feed(b"h").is_err());
+    }
+
+    #[test]
+    fn matcher_ignores_bytes_after_the_command() {
+        let mut m = CommandMatcher::new();
+        m.feed(b"accio\r\ngarbage").unwrap();
+        assert!(m.is_complete());
+    }
+}

@@ -1,0 +1,118 @@
+//! `accio send HOST PORT FILE`: one transfer with the semantics of the course's `client.py`.
+//! Checks the file before any connection, uploads it, and maps every failure to one
+//! `ERROR:` line and an exit code from [`crate::client::exit`].
+
+use std::io::IsTerminal;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::client::{self, exit, Destination};
+use crate::protocol::Timeouts;
+
+/// Files at least this large get a progress bar, when stderr is a terminal.
+const PROGRESS_MIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A failure of `send`: the line to print after `ERROR: ` and the exit code.
+#[derive(Debug)]
+pub struct SendFailure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl SendFailure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        SendFailure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs one send. Returns the number of bytes delivered.
+///
+/// # Errors
+/// A [`SendFailure`] with its exit code: usage (bad port), file, resolve, connect,
+/// handshake or transfer.
+pub async fn run(
+    host: &str,
+    port: &str,
+    file: &Path,
+    timeouts: Timeouts,
+) -> Result<u64, SendFailure> {
+    let port =
+        client::parse_port(port).map_err(|e| SendFailure::new(exit::USAGE, e.to_string()))?;
+    if host.is_empty() {
+        return Err(SendFailure::new(exit::USAGE, "invalid host \"\": empty"));
+    }
+    let file_handle = open_regular(file)?;
+    let len = file_handle.metadata().map(|m| m.len()).unwrap_or(0);
+    let dest = Destination {
+        host: host.to_string(),
+        port,
+    };
+
+    let bar = progress_bar(len);
+    let mut on_progress = |sent: u64| {
+        if let Some(bar) = &bar {
+            bar.set_position(sent);
+        }
+    };
+    let result = client::upload::<std::convert::Infallible>(
+        &dest,
+        &file_handle,
+        &timeouts,
+        &mut on_progress,
+        |_| Ok(()),
+    )
+    .await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match result {
+        Ok(sent) => Ok(sent),
+        Err(client::UploadError::Client(e)) => Err(SendFailure::new(e.exit_code(), e.to_string())),
+        Err(client::UploadError::Rejected(never)) => match never {},
+    }
+}
+
+/// Opens FILE for reading, refusing anything that is not a readable regular file. Opening is
+/// non-blocking so a FIFO cannot hang us.
+fn open_regular(path: &Path) -> Result<std::fs::File, SendFailure> {
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| SendFailure::new(exit::FILE, format!("cannot open file {shown:?}: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| SendFailure::new(exit::FILE, format!("cannot stat file {shown:?}: {e}")))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(SendFailure::new(
+            exit::FILE,
+            format!("cannot send {shown:?}: it is {what}"),
+        ));
+    }
+    Ok(file)
+}
+
+fn progress_bar(len: u64) -> Option<ProgressBar> {
+    if len < PROGRESS_MIN_BYTES || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let style =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .ok()?;
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    Some(bar)
+}

@@ -1,0 +1,158 @@
+//! `accio serve PORT DIR`: the receiving side, per the course server spec. Listens on all
+//! interfaces, sends `accio\r\n` on each connection, and saves what connection N sends as
+//! `DIR/N.file`. A connection silent for the idle timeout, or broken, leaves a file holding
+//! exactly `ERROR`. Files are written under a hidden temporary name and renamed when complete.
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::protocol::COMMAND;
+
+/// Settings of one receiver.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Where `N.file` go.
+    pub dir: PathBuf,
+    /// Silence after which a connection is aborted and its file holds `ERROR`.
+    pub idle_timeout: Duration,
+}
+
+/// Binds the listening socket: IPv6 any-address with dual stack where the kernel has IPv6,
+/// else IPv4 any-address.
+///
+/// # Errors
+/// The port is in use, not permitted, or no socket could be made.
+pub fn bind(port: u16) -> io::Result<TcpListener> {
+    let v6 = || -> io::Result<std::net::TcpListener> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_only_v6(false)?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+        sock.listen(1024)?;
+        Ok(sock.into())
+    };
+    let std_listener = match v6() {
+        Ok(l) => l,
+        Err(e)
+            if e.kind() == io::ErrorKind::AddrInUse
+                || e.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            return Err(e)
+        }
+        Err(_) => std::net::TcpListener::bind(("0.0.0.0", port))?,
+    };
+    std_listener.set_nonblocking(true)?;
+    TcpListener::from_std(std_listener)
+}
+
+/// Accepts connections until `shutdown` completes, then stops accepting and gives the
+/// connections in progress up to `idle_timeout` to end.
+///
+/// # Errors
+/// Only setup errors; a failing connection is logged and the server goes on.
+pub async fn run(
+    listener: TcpListener,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let tracker = TaskTracker::new();
+    let opts = Arc::new(opts);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                let opts = opts.clone();
+                tracker.spawn(async move {
+                    match handle(stream, n, &opts).await {
+                        Ok(bytes) => tracing::info!(connection = n, %peer, bytes, "received {n}.file"),
+                        Err(e) => tracing::warn!(connection = n, %peer, "connection {n} failed: {e}"),
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    Ok(())
+}
+
+/// Receives one connection into `DIR/N.file`.
+async fn handle(mut stream: TcpStream, n: u64, opts: &ServeOptions) -> io::Result<u64> {
+    let final_path = opts.dir.join(format!("{n}.file"));
+    let part_path = opts.dir.join(format!(".{n}.file.part"));
+    let mut file = tokio::fs::File::create(&part_path).await?;
+    let outcome = receive(&mut stream, &mut file, opts.idle_timeout).await;
+    let result = match outcome {
+        Ok(bytes) => {
+            file.flush().await?;
+            drop(file);
+            Ok(bytes)
+        }
+        Err(e) => {
+            drop(file);
+            tokio::fs::write(&part_path, b"ERROR").await?;
+            Err(e)
+        }
+    };
+    publish(&part_path, &final_path).await?;
+    // The client takes our close as confirmation, so close only once the file is in place.
+    drop(stream);
+    result
+}
+
+async fn publish(part: &Path, final_path: &Path) -> io::Result<()> {
+    tokio::fs::rename(part, final_path).await
+}
+
+async fn receive(
+    stream: &mut TcpStream,
+    file: &mut tokio::fs::File,
+    idle: Duration,
+) -> io::Result<u64> {
+    tokio::time::timeout(idle, stream.write_all(COMMAND))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "could not send the command"))??;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match tokio::time::timeout(idle, stream.read(&mut buf)).await {
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no data for {idle:?}"),
+                ))
+            }
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            return Ok(total);
+        }
+        file.write_all(&buf[..n]).await?;
+        total += n as u64;
+    }
+}

@@ -1,0 +1,1 @@
+//! The spool service: watcher → queue → uploader → disposition.
