@@ -269,3 +269,213 @@ fn unwritable_directory_is_refused() {
         "is not writable by this user",
     );
 }
+
+/// Issue 5: the loader never panics, whatever the input. `parse` is the whole loader minus
+/// the filesystem checks, so it is fed directly.
+mod props {
+    use std::path::Path;
+
+    use accio::config::{parse, render};
+    use proptest::prelude::*;
+
+    const FILE: &str = "/etc/accio/prop.toml";
+
+    /// A configuration that uses every key, to be mutated.
+    const FULL: &str = r#"concurrency = 4
+shutdown_grace = "10s"
+log_level = "info"
+[server]
+host = "127.0.0.1"
+port = 5000
+[timeouts]
+connect = "10s"
+handshake = "10s"
+stall = "10s"
+close = "10s"
+[retry]
+initial = "1s"
+max = "5m"
+max_attempts = 10
+[[watch]]
+dir = "/var/spool/accio/outbox"
+done_dir = "/var/spool/accio/sent"
+failed_dir = "/var/spool/accio/failed"
+on_success = "move"
+server = { host = "::1", port = "http-alt" }
+include = ["*"]
+exclude = [".*", "*.part", "*.tmp", "*~"]
+settle = "250ms"
+rescan_interval = "30s"
+[[watch]]
+dir = "/var/spool/accio/b"
+failed_dir = "/var/spool/accio/b-failed"
+on_success = "delete"
+"#;
+
+    /// Values worth trying in any position: edge numbers, bad durations, paths, types.
+    const VALUES: &[&str] = &[
+        "0",
+        "-1",
+        "1",
+        "65535",
+        "65536",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "1.5",
+        "nan",
+        "-inf",
+        "true",
+        "1979-05-27T07:32:00Z",
+        "07:32:00",
+        "1979-05-27",
+        "\"\"",
+        "\"0s\"",
+        "\"1ms\"",
+        "\"18446744073709551615s\"",
+        "\"99999999999999years\"",
+        "\"10\"",
+        "\"5 m\"",
+        "\"move\"",
+        "\"delete\"",
+        "\"ssh\"",
+        "\"x\"",
+        "\"/\"",
+        "\"relative\"",
+        "\"/var/spool/accio/outbox\"",
+        "\"/var/spool/accio/outbox/..\"",
+        "\"[\"",
+        "\"a\\u0000b\"",
+        "[]",
+        "[1, \"a\"]",
+        "[\"*\", \"[\"]",
+        "[[]]",
+        "{}",
+        "{ host = \"h\" }",
+        "{ host = \"h\", port = 0 }",
+        "{ host = 1, port = \"a\" }",
+        "'''multi\nline'''",
+    ];
+
+    /// Applies one edit to the lines of a config.
+    fn mutate(lines: &mut Vec<String>, op: u8, a: usize, b: usize, v: usize) {
+        if lines.is_empty() {
+            return;
+        }
+        let n = lines.len();
+        let (a, b) = (a % n, b % n);
+        match op % 7 {
+            // Drop a line (a key or a table header).
+            0 => {
+                lines.remove(a);
+            }
+            // Duplicate a line.
+            1 => {
+                let l = lines[a].clone();
+                lines.insert(b, l);
+            }
+            // Swap two lines.
+            2 => lines.swap(a, b),
+            // Give a key another key's value.
+            3 | 4 => {
+                let value = lines[b].split_once('=').map(|(_, v)| v.to_string());
+                if let (Some((k, _)), Some(v)) = (lines[a].split_once('='), value) {
+                    lines[a] = format!("{k}={v}");
+                }
+            }
+            // Give a key an edge value.
+            5 => {
+                if let Some((k, _)) = lines[a].split_once('=') {
+                    lines[a] = format!("{k}= {}", VALUES[v % VALUES.len()]);
+                }
+            }
+            // Give a value another line's key.
+            _ => {
+                let key = lines[b].split_once('=').map(|(k, _)| k.to_string());
+                if let (Some((_, v)), Some(k)) = (lines[a].split_once('='), key) {
+                    lines[a] = format!("{k}={v}");
+                }
+            }
+        }
+    }
+
+    /// Parse must answer; an error is one line that starts with the file; a success renders
+    /// to a config that parses to the same rendering.
+    fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+        match parse(bytes, Path::new(FILE)) {
+            Ok(c) => {
+                let text = render(&c);
+                let again = parse(text.as_bytes(), Path::new(FILE)).map_err(|e| {
+                    TestCaseError::fail(format!("rendering does not parse: {e}\n{text}"))
+                })?;
+                prop_assert_eq!(render(&again), text);
+            }
+            Err(e) => {
+                let shown = e.to_string();
+                prop_assert!(shown.starts_with(FILE), "{}", shown);
+                prop_assert!(!shown.contains('\n'), "{}", shown);
+                prop_assert!(e.line.is_some(), "{}", shown);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        // 256 cases each by default; PROPTEST_CASES=100000 for a long run.
+        #[test]
+        fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            check(&bytes)?;
+        }
+
+        #[test]
+        fn arbitrary_strings(s in any::<String>()) {
+            check(s.as_bytes())?;
+        }
+
+        /// Strings made of TOML's punctuation and this schema's words, which get much
+        /// further into the parser and the schema than random characters.
+        #[test]
+        fn toml_like_strings(parts in prop::collection::vec(prop::sample::select(vec![
+            "[", "]", "[[", "]]", "{", "}", "=", ",", ".", "\"", "'", "\n", " ", "#", "\\",
+            "watch", "server", "dir", "port", "host", "retry", "max", "initial", "1", "0",
+            "\"10s\"", "\"/a\"", "-", "+", "e", "true", "1979-05-27",
+        ]), 0..60)) {
+            check(parts.concat().as_bytes())?;
+        }
+
+        #[test]
+        fn mutated_valid_config(edits in prop::collection::vec(
+            (any::<u8>(), any::<usize>(), any::<usize>(), any::<usize>()), 1..6)) {
+            let mut lines: Vec<String> = FULL.lines().map(String::from).collect();
+            for (op, a, b, v) in edits {
+                mutate(&mut lines, op, a, b, v);
+            }
+            check(lines.join("\n").as_bytes())?;
+        }
+
+        #[test]
+        fn truncated_valid_config(cut in 0..FULL.len(), junk in "[ -~\n]{0,8}") {
+            let mut text = FULL.as_bytes()[..cut].to_vec();
+            text.extend_from_slice(junk.as_bytes());
+            check(&text)?;
+        }
+    }
+
+    #[test]
+    fn the_unmutated_config_is_valid() {
+        let c = parse(FULL.as_bytes(), Path::new(FILE)).unwrap();
+        assert_eq!(c.watches.len(), 2);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        for text in [
+            format!("a = {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("a = {}1{}", "{b=".repeat(50_000), "}".repeat(50_000)),
+            format!("a{} = 1", ".a".repeat(50_000)),
+            format!("[a{}]", ".a".repeat(50_000)),
+        ] {
+            let e = parse(text.as_bytes(), Path::new(FILE)).unwrap_err();
+            assert!(e.message.contains("recursion limit"), "{e}");
+        }
+    }
+}

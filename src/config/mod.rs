@@ -19,6 +19,7 @@ mod tree;
 mod validate;
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -94,6 +95,9 @@ pub struct WatchConfig {
     pub rescan_interval: Duration,
 }
 
+/// Largest configuration file [`load`] reads.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Loads and validates a configuration file, including checks against the filesystem
 /// (directories exist, are directories and are writable by this user). Directories are
 /// never created: their owner and mode are the operator's decision (packaging or tmpfiles).
@@ -101,12 +105,22 @@ pub struct WatchConfig {
 /// # Errors
 /// [`ConfigError`] naming the file, the key and the line of the first problem.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| ConfigError {
+    let refuse = |message: String| ConfigError {
         file: path.to_path_buf(),
         line: None,
         key: None,
-        message: format!("cannot read the configuration: {e}"),
-    })?;
+        message,
+    };
+    // Bounded: `--config /dev/zero` must fail, not eat the memory.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| refuse(format!("cannot read the configuration: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(refuse(format!(
+            "cannot read the configuration: larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
     let text = text_of(&bytes, path)?;
     let cx = validate::Ctx { text, file: path };
     let parsed = parse_text(&cx)?;
