@@ -151,6 +151,23 @@ fn shipped_example_passes_when_its_directories_exist() {
     assert!(stdout.contains("port = 5000"), "{stdout}");
 }
 
+/// `demo/run.sh` fills in the demo template; what it produces must pass.
+#[test]
+fn demo_template_passes_when_filled_in() {
+    let s = Setup::new();
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/accio.toml")).unwrap();
+    assert!(template.contains("@DEMO@") && template.contains("@PORT@"));
+    let path = s.write(&template.replace("@DEMO@", "@").replace("@PORT@", "5000"));
+    let out = check_config(&path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn bad_configs_name_file_line_and_key() {
     let s = Setup::new();
