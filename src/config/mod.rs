@@ -569,6 +569,33 @@ failed_dir = "/s/b-failed"
     }
 
     #[test]
+    fn dotted_keys_are_the_same_keys() {
+        let c = parse_str(
+            "retry.max = \"1m\"\ntimeouts.stall = \"3s\"\nserver.host = \"h\"\nserver.port = 2\n\
+             [[watch]]\ndir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\nserver.host = \"w\"\nserver.port = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.retry.max, Duration::from_secs(60));
+        assert_eq!(c.timeouts.stall, Duration::from_secs(3));
+        assert_eq!(
+            c.watches[0].server,
+            Destination {
+                host: "w".into(),
+                port: 3
+            }
+        );
+        let e = parse_str(
+            "[server]\nhost = \"h\"\nport = 1\n[[watch]]\ndir = \"/s\"\nretry.max = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(6), Some("watch[0].retry")),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn no_server_anywhere() {
         let doc =
             "concurrency = 2\n\n[[watch]]\ndir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\n";

@@ -6,11 +6,10 @@ use std::fmt;
 use std::ops::Range;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use toml::Spanned;
 
-/// `toml`'s private protocol for spans (the one `toml::Spanned` uses). Keys are read with it
-/// by hand because a date-time value is handed to serde as a one-key map whose key has no
-/// span, which `toml::Spanned<String>` would refuse.
+/// `toml`'s private protocol for spans (the one `toml::Spanned` uses), spoken by hand because
+/// not everything has a span: the implicit table of a dotted key (`a.b = 1`) and the key of
+/// the one-entry map a date-time is passed as have none, and `toml::Spanned` refuses those.
 const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
 const SPANNED_FIELDS: &[&str] = &[
     "$__serde_spanned_private_start",
@@ -20,8 +19,22 @@ const SPANNED_FIELDS: &[&str] = &[
 /// The key under which `toml` passes a date-time through serde.
 const DATETIME_KEY: &str = "$__toml_private_datetime";
 
-/// A value and where it is in the text.
-pub(crate) type Sp<T> = Spanned<T>;
+/// A value and where it is in the text. An implicit table (`a` in `a.b = 1`) takes the span
+/// of its first key, so that it still has a line.
+#[derive(Debug, Clone)]
+pub(crate) struct Sp<T> {
+    span: Range<usize>,
+    value: T,
+}
+
+impl<T> Sp<T> {
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+    pub fn get_ref(&self) -> &T {
+        &self.value
+    }
+}
 
 /// A table key and its byte range in the text (none for `toml`'s internal keys).
 #[derive(Debug, Clone)]
@@ -129,6 +142,73 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
+impl<'de> Deserialize<'de> for Sp<Node> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sp<Node>, D::Error> {
+        d.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, SpVisitor)
+    }
+}
+
+/// Reads either the span protocol (start, end, value) or, for values `toml` has no span
+/// for, the value itself.
+struct SpVisitor;
+
+impl SpVisitor {
+    fn bare(value: Node) -> Sp<Node> {
+        Sp { span: 0..0, value }
+    }
+}
+
+impl<'de> Visitor<'de> for SpVisitor {
+    type Value = Sp<Node>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a TOML value")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sp<Node>, E> {
+        NodeVisitor.visit_str(v).map(Self::bare)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Sp<Node>, E> {
+        NodeVisitor.visit_i64(v).map(Self::bare)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Sp<Node>, E> {
+        NodeVisitor.visit_u64(v).map(Self::bare)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Sp<Node>, E> {
+        NodeVisitor.visit_f64(v).map(Self::bare)
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Sp<Node>, E> {
+        NodeVisitor.visit_bool(v).map(Self::bare)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Sp<Node>, A::Error> {
+        NodeVisitor.visit_seq(a).map(Self::bare)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Sp<Node>, A::Error> {
+        let Some(first) = a.next_key::<Key>()? else {
+            return Ok(Self::bare(Node::Table(Vec::new())));
+        };
+        if first.span.is_none() && first.name == SPANNED_FIELDS[0] {
+            // The span protocol: start, end, then the value.
+            let start = a.next_value::<usize>()?;
+            let (mut end, mut value) = (start, None);
+            while let Some(field) = a.next_key::<String>()? {
+                match field.as_str() {
+                    f if f == SPANNED_FIELDS[1] => end = a.next_value::<usize>()?,
+                    f if f == SPANNED_FIELDS[2] => value = Some(a.next_value::<Node>()?),
+                    other => return Err(serde::de::Error::unknown_field(other, SPANNED_FIELDS)),
+                }
+            }
+            let value = value.ok_or_else(|| serde::de::Error::missing_field(SPANNED_FIELDS[2]))?;
+            return Ok(Sp {
+                span: start..end.max(start),
+                value,
+            });
+        }
+        // A table without a span: read it as any other, placed at its first key.
+        let span = first.span.clone().unwrap_or(0..0);
+        let value = NodeVisitor::table_from(first, a)?;
+        Ok(Sp { span, value })
+    }
+}
+
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
         d.deserialize_any(NodeVisitor)
@@ -170,11 +250,21 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
-        let mut entries = Vec::new();
+        match a.next_key::<Key>()? {
+            Some(first) => NodeVisitor::table_from(first, a),
+            None => Ok(Node::Table(Vec::new())),
+        }
+    }
+}
+
+impl NodeVisitor {
+    /// The rest of a map whose first key was read already.
+    fn table_from<'de, A: MapAccess<'de>>(first: Key, mut a: A) -> Result<Node, A::Error> {
+        if first.span.is_none() && first.name == DATETIME_KEY {
+            return Ok(Node::Datetime(a.next_value::<String>()?));
+        }
+        let mut entries = vec![(first, a.next_value::<Sp<Node>>()?)];
         while let Some(key) = a.next_key::<Key>()? {
-            if key.span.is_none() && key.name == DATETIME_KEY {
-                return Ok(Node::Datetime(a.next_value::<String>()?));
-            }
             let value = a.next_value::<Sp<Node>>()?;
             entries.push((key, value));
         }
@@ -206,6 +296,28 @@ mod tests {
         assert_eq!(line_of(text, t[1].1.span().start), 4);
         let (_, w) = &entries[2];
         assert_eq!(line_of(text, w.span().start), 5);
+    }
+
+    #[test]
+    fn dotted_keys_and_implicit_tables() {
+        let text = "a.b = 1\n[t.u]\nx.y = 2\n";
+        let root = parse(text).unwrap();
+        let Node::Table(entries) = root.get_ref() else {
+            panic!("root is not a table")
+        };
+        let (k, a) = &entries[0];
+        assert_eq!(k.name, "a");
+        assert_eq!(line_of(text, a.span().start), 1);
+        assert!(matches!(a.get_ref(), Node::Table(t) if t[0].0.name == "b"));
+        let (k, t) = &entries[1];
+        assert_eq!(k.name, "t");
+        let Node::Table(t) = t.get_ref() else {
+            panic!("t is not a table")
+        };
+        let Node::Table(u) = t[0].1.get_ref() else {
+            panic!("u is not a table")
+        };
+        assert_eq!(line_of(text, u[0].1.span().start), 3);
     }
 
     #[test]

@@ -437,6 +437,21 @@ pub(crate) fn validate(cx: &Ctx, root: &Sp<Node>) -> Result<Parsed> {
     let log_level = match root.get("log_level") {
         Some(v) => {
             let s = as_str(cx, "log_level", v)?;
+            // EnvFilter reads a bare word as a target name ("verbose" = everything from the
+            // target `verbose`), which silently logs nothing useful; a bare word must be a
+            // level, and targets are written `target=level`.
+            const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+            if let Some(word) = s.split(',').map(str::trim).find(|d| {
+                !d.is_empty()
+                    && !d.contains(['=', '[', ':'])
+                    && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+            }) {
+                return Err(cx.err(
+                    &v.span(),
+                    "log_level",
+                    format!("{word:?} is not a level; expected one of {}, or target=level directives such as \"accio=debug,warn\"", LEVELS.join(", ")),
+                ));
+            }
             tracing_subscriber::EnvFilter::builder()
                 .parse(s)
                 .map_err(|e| {
