@@ -7,7 +7,7 @@
 //!    rejected at once; no byte for the handshake timeout is an error.
 //! 2. [`send_body`] (any stream) or [`send_file_zero_copy`] (a TCP socket and a file): the
 //!    content, and nothing else. Not being able to write for the stall timeout is an error.
-//! 3. [`finish`]: half-close, then wait (bounded) for the server to close. Only then is the
+//! 3. [`finish`] (any stream) or [`finish_tcp`]: half-close, then wait (bounded) for the server to close. Only then is the
 //!    transfer confirmed.
 //!
 //! This module knows nothing of command lines, spool directories or retry policy.
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 /// The command the server sends before the client may send anything.
 pub const COMMAND: &[u8; 7] = b"accio\r\n";
@@ -34,8 +34,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Longest wait for the next byte of the command.
     pub handshake: Duration,
-    /// Longest time the send buffer may stay full; also TCP_USER_TIMEOUT, so data stuck
-    /// unacknowledged in the kernel fails in bounded time as well.
+    /// Longest time the send buffer may stay full, and, after the last write, the longest
+    /// time the server may acknowledge none of the data still queued in the kernel.
     pub stall: Duration,
     /// Longest wait for the server to close after our half-close.
     pub close: Duration,
@@ -324,6 +324,74 @@ pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     match timeout(close_timeout, wait).await {
         Err(_) => Err(ProtocolError::CloseTimeout(close_timeout)),
         Ok(result) => result,
+    }
+}
+
+/// How often [`finish_tcp`] checks that the server is still taking our queued data. Only
+/// while data is queued; the wait for the close itself is purely event-driven.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Bytes in the socket's send queue not yet acknowledged by the peer (`SIOCOUTQ`), or
+/// `None` where the kernel cannot tell.
+fn unacked_bytes(stream: &TcpStream) -> Option<u64> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: the descriptor is open (borrowed) and `queued` is a valid c_int out-pointer,
+    // which is what TIOCOUTQ (= SIOCOUTQ) writes.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    (rc == 0 && queued >= 0).then_some(queued as u64)
+}
+
+/// [`finish`] for TCP: half-closes, then waits for the server's close. The last part of the
+/// file may still sit in our send buffer (up to a few MiB) when the half-close is made, and a
+/// slow but steady server may take long to read it: so the stall rule, not the close timeout,
+/// applies while the server is still acknowledging data. The close timeout starts once
+/// everything, including our FIN, was acknowledged.
+///
+/// # Errors
+/// Shutdown failure, a reset or other read error, no acknowledgement progress for `stall`,
+/// or no close within `close_timeout` after everything was acknowledged.
+pub async fn finish_tcp(
+    stream: &mut TcpStream,
+    stall: Duration,
+    close_timeout: Duration,
+) -> Result<(), ProtocolError> {
+    stream.shutdown().await.map_err(ProtocolError::CloseIo)?;
+    let mut queued = unacked_bytes(stream);
+    let mut last_progress = Instant::now();
+    // Without SIOCOUTQ we cannot see the drain: fall back to the plain close timeout.
+    let mut close_deadline = match queued {
+        Some(0) | None => Some(last_progress + close_timeout),
+        Some(_) => None,
+    };
+    let mut sink = [0u8; 4096];
+    loop {
+        let wake = close_deadline.unwrap_or_else(|| Instant::now() + DRAIN_POLL);
+        tokio::select! {
+            read = stream.read(&mut sink) => match read {
+                Ok(0) => return Ok(()),
+                // Unsolicited bytes: ignored.
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ProtocolError::CloseIo(e)),
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                if close_deadline.is_some() {
+                    return Err(ProtocolError::CloseTimeout(close_timeout));
+                }
+                match unacked_bytes(stream) {
+                    Some(0) | None => close_deadline = Some(now + close_timeout),
+                    Some(q) if Some(q) < queued => {
+                        queued = Some(q);
+                        last_progress = now;
+                    }
+                    Some(_) if now - last_progress >= stall => {
+                        return Err(ProtocolError::Stall(stall));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
     }
 }
 
