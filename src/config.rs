@@ -80,7 +80,10 @@ pub struct WatchConfig {
 /// # Errors
 /// [`ConfigError`] naming the file, the key and the line of the first problem.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-    Err(ConfigError(format!("{}: loading is not implemented yet", path.display())))
+    Err(ConfigError(format!(
+        "{}: loading is not implemented yet",
+        path.display()
+    )))
 }
 
 /// Why a configuration was refused; the message names file, key and line.
@@ -147,7 +150,10 @@ mod tests {
     fn default_filter() {
         let f = NameFilter::new(
             &["*".to_string()],
-            &DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &DEFAULT_EXCLUDE
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
         )
         .unwrap();
         for ok in ["a", "report.csv", "x.partial", "a.tmp.gz"] {
