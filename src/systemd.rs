@@ -14,7 +14,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -61,6 +61,8 @@ struct Inner {
     enabled: bool,
     /// A failed send is logged once, not every second.
     send_failed: AtomicBool,
+    /// The last STATUS= text sent, so the periodic refresh sends only changes.
+    last_status: Mutex<String>,
 }
 
 impl Inner {
@@ -97,11 +99,29 @@ impl Inner {
     /// Changes the phase and tells systemd at once, with a fresh STATUS=.
     fn enter(&self, phase: Phase, state: Option<NotifyState<'_>>) {
         self.phase.store(phase as u8, Ordering::Relaxed);
-        let text = self.status_text();
+        let mut last = self.lock_last();
+        *last = self.status_text();
         match state {
-            Some(s) => self.send(&[s, NotifyState::Status(&text)]),
-            None => self.send(&[NotifyState::Status(&text)]),
+            Some(s) => self.send(&[s, NotifyState::Status(&last)]),
+            None => self.send(&[NotifyState::Status(&last)]),
         }
+    }
+
+    /// Sends STATUS= if its text changed since the last one sent.
+    fn refresh(&self) {
+        let text = self.status_text();
+        let mut last = self.lock_last();
+        if *last != text {
+            self.send(&[NotifyState::Status(&text)]);
+            *last = text;
+        }
+    }
+
+    fn lock_last(&self) -> std::sync::MutexGuard<'_, String> {
+        // A panic while holding it cannot leave the String inconsistent: keep going.
+        self.last_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -129,6 +149,7 @@ impl Notifier {
             phase: AtomicU8::new(Phase::Starting as u8),
             enabled: std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty()),
             send_failed: AtomicBool::new(false),
+            last_status: Mutex::new(String::new()),
         });
         let mut tasks = Vec::new();
 
@@ -218,14 +239,9 @@ pub fn watchdog_period(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Op
 async fn refresh_status(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = String::new();
     loop {
         tick.tick().await;
-        let text = inner.status_text();
-        if text != last {
-            inner.send(&[NotifyState::Status(&text)]);
-            last = text;
-        }
+        inner.refresh();
     }
 }
 
@@ -274,6 +290,7 @@ mod tests {
             phase: AtomicU8::new(Phase::Starting as u8),
             enabled: false,
             send_failed: AtomicBool::new(false),
+            last_status: Mutex::new(String::new()),
         };
         assert!(inner.status_text().starts_with("starting: watching 2 dirs"));
         inner.enter(Phase::Running, Some(NotifyState::Ready));
