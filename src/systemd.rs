@@ -205,6 +205,17 @@ impl Notifier {
             .enter(Phase::Stopping, Some(NotifyState::Stopping));
     }
 
+    /// Sends `STATUS=failed: WHY` before the service exits on a fatal error, so
+    /// `systemctl status accio` says why next to the exit code.
+    pub fn failed(&self, why: &str) {
+        self.inner
+            .phase
+            .store(Phase::Stopping as u8, Ordering::Relaxed);
+        let text = format!("failed: {why}");
+        self.inner.send(&[NotifyState::Status(&text)]);
+        *self.inner.lock_last() = text;
+    }
+
     /// The current status line, as sent in STATUS=.
     pub fn status_text(&self) -> String {
         self.inner.status_text()
