@@ -111,7 +111,8 @@ impl Inner {
     fn refresh(&self) {
         let text = self.status_text();
         let mut last = self.lock_last();
-        if *last != text {
+        // A failure reason stays: it is what the operator needs to see.
+        if *last != text && !last.starts_with("failed: ") {
             self.send(&[NotifyState::Status(&text)]);
             *last = text;
         }
