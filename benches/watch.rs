@@ -258,6 +258,8 @@ fn bench_service(files: u64, samples: u64) -> Results {
     spec.connect = "10s";
     spec.handshake = "10s";
     spec.stall = "10s";
+    spec.close = "10s";
+    spec.shutdown_grace = "10s";
     spec.retry_initial = "1s";
     spec.retry_max = "5m";
     spec.max_attempts = 10;

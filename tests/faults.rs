@@ -21,7 +21,8 @@
 //! ```
 //!
 //! `FAULTS_SEED=N` replays the random choices of a run; `FAULTS_FIGURES=FILE` also appends
-//! every figures line to FILE.
+//! every figures line to FILE; `FAULTS_KEEP=1` keeps the scenarios' directories and logs;
+//! `FAULTS_ACCIO_BIN=PATH` tests another build of `accio`.
 
 #[path = "faults/harness.rs"]
 mod harness;
@@ -77,7 +78,8 @@ fn wait_spool_drained(d: &Dirs, table: &DropTable, timeout: Duration) -> bool {
 
 fn start_ready(launch: &Launch, d: &Dirs, scenario: &str) -> Service {
     let mut svc = Service::start(launch);
-    if !svc.wait_ready(Duration::from_secs(15)) {
+    // READY=1 is a convenience: files dropped before it are found by the start-up scan.
+    if !svc.wait_ready(Duration::from_secs(3)) {
         if let Some(st) = svc.exited() {
             panic!(
                 "{scenario}: accio watch did not start ({st}); log:\n{}",
@@ -85,7 +87,7 @@ fn start_ready(launch: &Launch, d: &Dirs, scenario: &str) -> Service {
             );
         }
         // No READY=1 (no notify support?): the startup scan still picks up everything.
-        println!("[{scenario}] no READY=1 on NOTIFY_SOCKET within 15 s; going on");
+        println!("[{scenario}] no READY=1 on NOTIFY_SOCKET within 3 s; going on");
     }
     svc
 }
@@ -96,6 +98,26 @@ fn launch_for(d: &Dirs) -> Launch {
         log: d.log.clone(),
         ..Launch::default()
     }
+}
+
+/// The configs the scenarios generate are accepted by the real loader (so a scenario that
+/// fails later fails for its fault, not for a key name).
+#[test]
+fn generated_config_is_accepted() {
+    let d = Dirs::new("config");
+    ConfigSpec::quick(free_port(), d.watch()).write(&d.config);
+    let out = std::process::Command::new(bin())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check-config refused the generated config:\n{}\n{}",
+        fs::read_to_string(&d.config).unwrap(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // =======================================================================================
@@ -160,10 +182,16 @@ fn kill9_service_20_cycles() {
 // =======================================================================================
 // The server killed and restarted during a burst
 
-#[test]
-#[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
-fn server_killed_and_restarted() {
-    let scenario = "server_restarts";
+/// How the receiver goes down between its restarts.
+#[derive(Clone, Copy, PartialEq)]
+enum ServerDeath {
+    /// SIGKILL: connections in progress die with it.
+    Kill9,
+    /// SIGTERM: `accio serve` stops accepting and finishes the connections in progress.
+    Term,
+}
+
+fn server_restarts(scenario: &str, death: ServerDeath) {
     let d = Dirs::new(scenario);
     let seed = seed(scenario);
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -191,7 +219,13 @@ fn server_killed_and_restarted() {
         let mut serve = Serve::start(port, &dir, None, &serve_log);
         assert!(serve.wait_listening(addr, Duration::from_secs(10)));
         std::thread::sleep(Duration::from_millis(rng.u64(50..400)));
-        serve.kill9();
+        match death {
+            ServerDeath::Kill9 => serve.kill9(),
+            ServerDeath::Term => assert!(
+                serve.terminate(Duration::from_secs(10)),
+                "accio serve did not stop on SIGTERM"
+            ),
+        }
         std::thread::sleep(Duration::from_millis(rng.u64(50..400)));
         assert!(svc.alive(), "{scenario}: service exited in cycle {c}");
     }
@@ -205,9 +239,46 @@ fn server_killed_and_restarted() {
     let deliveries: Vec<Delivery> = dirs.iter().flat_map(|p| from_serve_dir(p)).collect();
     let f = Figures::compute(scenario, &table, &deliveries, &[&d.spool], &[&d.failed]);
     f.print();
-    f.assert_nothing_lost(&d.log_text());
+    let log = d.log_text();
     assert!(drained, "{scenario}: spool not drained: {f:?}");
-    assert_eq!(f.delivered, f.dropped, "{scenario}: {f:?}");
+    if death == ServerDeath::Kill9 && f.lost > 0 {
+        // The protocol's only confirmation is the server's close, and the kernel closes the
+        // sockets of a killed process: a server killed after reading the whole body but before
+        // saving it confirms a file it never saved. Such losses are the protocol's, not the
+        // sender's; each must match a connection the killed server left unpublished.
+        let leftovers: Vec<_> = dirs.iter().flat_map(|p| serve_leftovers(p)).collect();
+        println!(
+            "[{scenario}] lost {:?}; the killed servers left {} unpublished connection(s): {leftovers:?}",
+            f.lost_ids,
+            leftovers.len()
+        );
+        for id in &f.lost_ids {
+            for l in log_lines_with(&log, &format!("f{id:07}.dat")) {
+                println!("[{scenario}] log: {}", tail(l, 1));
+            }
+        }
+        assert!(
+            f.lost <= leftovers.len(),
+            "{scenario}: {} lost but only {} connections cut by the kills",
+            f.lost,
+            leftovers.len()
+        );
+    } else {
+        f.assert_nothing_lost(&log);
+    }
+    assert_eq!(f.delivered + f.lost, f.dropped, "{scenario}: {f:?}");
+}
+
+#[test]
+#[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
+fn server_killed_and_restarted() {
+    server_restarts("server_kill9_restarts", ServerDeath::Kill9);
+}
+
+#[test]
+#[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
+fn server_stopped_and_restarted() {
+    server_restarts("server_term_restarts", ServerDeath::Term);
 }
 
 // =======================================================================================
@@ -330,6 +401,7 @@ fn lossy_network_and_cut() {
     spec.connect = "2s";
     spec.handshake = "2s";
     spec.stall = "2s";
+    spec.close = "2s";
     spec.write(&d.config);
     let launch = Launch {
         netns: Some(net.a.clone()),
@@ -600,9 +672,14 @@ fn inotify_queue_overflow() {
     );
     f.print();
     let log = d.log_text();
+    let overflow = log_lines_with(&log, "overflow");
     println!(
-        "[{scenario}] log lines mentioning overflow: {}",
-        log_lines_with(&log, "overflow").len()
+        "[{scenario}] log lines mentioning the overflow: {}{}",
+        overflow.len(),
+        overflow
+            .first()
+            .map(|l| format!(", first: {}", tail(l, 1)))
+            .unwrap_or_default()
     );
     f.assert_nothing_lost(&log);
     assert!(drained, "{scenario}: spool not drained: {f:?}");
@@ -782,7 +859,8 @@ fn hostile(scenario: &str, full: bool) {
     );
     drop_file(&d.stage, &d.spool, 500, 1000, Some(long), &mut table);
 
-    let drained = wait_spool_drained(&d, &table, Duration::from_secs(30));
+    let drain_wait = Duration::from_secs(if full { 30 } else { 10 });
+    let drained = wait_spool_drained(&d, &table, drain_wait);
     let unreadable_failed = wait_until(Duration::from_secs(20), || {
         unreadable.iter().all(|n| !d.spool.join(n).exists())
     });
@@ -802,10 +880,28 @@ fn hostile(scenario: &str, full: bool) {
     f.print();
     f.assert_nothing_lost(&log2);
     let mut problems = Vec::new();
-    if !drained || f.delivered != f.dropped {
+    if f.delivered != f.dropped {
         problems.push(format!(
-            "regular files not all delivered (drained: {drained}); undelivered ids {:?}",
+            "regular files not all delivered; undelivered ids {:?}",
             f.undelivered
+        ));
+    }
+    if !drained {
+        let left: Vec<String> = fs::read_dir(&d.spool)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| format!("{:?}", e.file_name()))
+            .map(|n| {
+                if n.len() > 60 {
+                    format!("{}…({} bytes)", &n[..40], n.len())
+                } else {
+                    n
+                }
+            })
+            .collect();
+        problems.push(format!(
+            "regular files still in the spool {drain_wait:?} after being dropped: {left:?}"
         ));
     }
     for name in &hostile.left_alone {

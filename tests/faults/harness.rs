@@ -15,9 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 use super::payload;
 use super::sink::Reception;
 
-/// The `accio` binary under test.
+/// The `accio` binary under test: `FAULTS_ACCIO_BIN` if set (e.g. an installed build), else
+/// the one cargo built with this test.
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_accio"))
+    std::env::var_os("FAULTS_ACCIO_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_accio")))
 }
 
 /// Polls `cond` every few ms until it holds or `timeout` passes; true if it held.
@@ -82,6 +85,8 @@ pub struct ConfigSpec {
     pub connect: &'static str,
     pub handshake: &'static str,
     pub stall: &'static str,
+    pub close: &'static str,
+    pub shutdown_grace: &'static str,
     pub retry_initial: &'static str,
     pub retry_max: &'static str,
     pub max_attempts: i64,
@@ -98,6 +103,8 @@ impl ConfigSpec {
             connect: "1s",
             handshake: "1s",
             stall: "1s",
+            close: "1s",
+            shutdown_grace: "3s",
             retry_initial: "20ms",
             retry_max: "300ms",
             max_attempts: 0,
@@ -115,6 +122,7 @@ impl ConfigSpec {
         }
         let mut t = Table::new();
         t.insert("concurrency".into(), Value::Integer(self.concurrency));
+        t.insert("shutdown_grace".into(), s(self.shutdown_grace));
         let mut server = Table::new();
         server.insert("host".into(), s(&self.host));
         server.insert("port".into(), Value::Integer(self.port.into()));
@@ -123,6 +131,7 @@ impl ConfigSpec {
         to.insert("connect".into(), s(self.connect));
         to.insert("handshake".into(), s(self.handshake));
         to.insert("stall".into(), s(self.stall));
+        to.insert("close".into(), s(self.close));
         t.insert("timeouts".into(), Value::Table(to));
         let mut retry = Table::new();
         retry.insert("initial".into(), s(self.retry_initial));
@@ -172,6 +181,12 @@ impl Dirs {
             .prefix(&format!("accio-faults-{scenario}-"))
             .tempdir()
             .unwrap();
+        let mut tmp = tmp;
+        // FAULTS_KEEP=1 keeps every scenario's directories (spool, receiver, logs) to look at.
+        if std::env::var_os("FAULTS_KEEP").is_some() {
+            tmp.disable_cleanup(true);
+            println!("[{scenario}] keeping {}", tmp.path().display());
+        }
         let d = |n: &str| {
             let p = tmp.path().join(n);
             fs::create_dir_all(&p).unwrap();
@@ -200,8 +215,11 @@ impl Dirs {
         }
     }
 
+    /// The service's log, with this scenario's temporary directory shown as `<tmp>` so that
+    /// searches for a word do not match the directory's name.
     pub fn log_text(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default())
+            .replace(self.tmp.path().to_str().unwrap(), "<tmp>")
     }
 }
 
@@ -407,6 +425,34 @@ impl Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM (the receiver finishes the connections in progress), then waits for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let exited = wait_until(timeout, || matches!(self.child.try_wait(), Ok(Some(_))));
+        if !exited {
+            self.kill9();
+        }
+        exited
+    }
+}
+
+/// What a killed `accio serve` left unpublished in `dir`: its hidden `.N.file.part` files,
+/// with the id in each one's header if it has one.
+pub fn serve_leftovers(dir: &Path) -> Vec<(String, u64, Option<u64>)> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".part") {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((name, len, payload::id_of_file(&e.path())));
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Serve {
@@ -521,6 +567,10 @@ pub fn from_serve_dir(dir: &Path) -> Vec<Delivery> {
         let Ok(bytes) = fs::read(e.path()) else {
             continue;
         };
+        if bytes.is_empty() {
+            // A connection that sent nothing: the tests' own "is it listening" probes.
+            continue;
+        }
         let at_sys = e
             .metadata()
             .and_then(|m| m.modified())
@@ -676,10 +726,17 @@ impl Figures {
     }
 }
 
-/// The last `n` lines of a log.
+/// The last `n` lines of a log, each cut to 400 characters (names may be 255 bytes long).
 pub fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| match l.char_indices().nth(400) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Lines of `log` that contain `needle` (case-insensitive).
