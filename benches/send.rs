@@ -27,6 +27,12 @@ fn main() {
         println!("benches/send.rs: run with `cargo bench --bench send`");
         return;
     }
+    // Optional filter: `cargo bench --bench send -- small` (or `big`).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |what: &str| only.is_empty() || only.iter().any(|o| o == what);
     let baseline_exe = build_baseline();
     let port = start_sink();
     let dir = tempfile::Builder::new()
@@ -43,10 +49,19 @@ fn main() {
     println!("baseline: {}", baseline_exe.display());
     println!();
 
+    if want("big") {
+        bench_big(&baseline_exe, &port, &big);
+    }
+    if want("small") {
+        bench_small(&baseline_exe, &port, &small);
+    }
+}
+
+fn bench_big(baseline_exe: &Path, port: &str, big: &Path) {
     // Warm-up: page cache, binaries, sockets.
     for _ in 0..2 {
-        run_process(Path::new(ACCIO), &["send", "127.0.0.1", &port], &big);
-        run_process(&baseline_exe, &["127.0.0.1", &port], &big);
+        run_process(Path::new(ACCIO), &["send", "127.0.0.1", port], big);
+        run_process(baseline_exe, &["127.0.0.1", port], big);
     }
 
     const BIG_ROUNDS: usize = 9;
@@ -57,10 +72,10 @@ fn main() {
             match (round + k) % 3 {
                 0 => a.push(run_process(
                     Path::new(ACCIO),
-                    &["send", "127.0.0.1", &port],
+                    &["send", "127.0.0.1", port],
                     &big,
                 )),
-                1 => b.push(run_process(&baseline_exe, &["127.0.0.1", &port], &big)),
+                1 => b.push(run_process(baseline_exe, &["127.0.0.1", port], big)),
                 _ => {
                     let start = Instant::now();
                     baseline::send("127.0.0.1", &port, big.to_str().unwrap())
@@ -93,12 +108,14 @@ fn main() {
         ratio(ma, mb)
     );
     println!();
+}
 
+fn bench_small(baseline_exe: &Path, port: &str, small: &Path) {
     const SMALL_ROUNDS: usize = 101;
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for round in 0..SMALL_ROUNDS {
-        let accio = || run_process(Path::new(ACCIO), &["send", "127.0.0.1", &port], &small);
-        let base = || run_process(&baseline_exe, &["127.0.0.1", &port], &small);
+        let accio = || run_process(Path::new(ACCIO), &["send", "127.0.0.1", port], small);
+        let base = || run_process(baseline_exe, &["127.0.0.1", port], small);
         if round % 2 == 0 {
             a.push(accio());
             b.push(base());
@@ -120,7 +137,13 @@ fn main() {
 /// Builds `examples/baseline_client.rs` with the release profile, beside the accio binary.
 fn build_baseline() -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "--example", "baseline_client"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--example",
+            "baseline_client",
+        ])
         .arg("--manifest-path")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
         .status()

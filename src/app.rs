@@ -62,16 +62,24 @@ fn one_line_usage_error(e: &clap::Error) -> String {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+/// The async runtime for a command. `send` does one transfer on one socket: a single-thread
+/// runtime does it as fast and saves starting worker threads, which is most of the cost of
+/// sending a small file (see README, "Performance: send").
+fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        Command::Send(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    }
 }
 
 /// Runs a parsed command; returns the exit code.
 pub fn run(cli: Cli) -> u8 {
-    let rt = match runtime() {
+    let rt = match runtime(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ERROR: cannot start the async runtime: {e}");
