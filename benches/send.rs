@@ -73,12 +73,12 @@ fn bench_big(baseline_exe: &Path, port: &str, big: &Path) {
                 0 => a.push(run_process(
                     Path::new(ACCIO),
                     &["send", "127.0.0.1", port],
-                    &big,
+                    big,
                 )),
                 1 => b.push(run_process(baseline_exe, &["127.0.0.1", port], big)),
                 _ => {
                     let start = Instant::now();
-                    baseline::send("127.0.0.1", &port, big.to_str().unwrap())
+                    baseline::send("127.0.0.1", port, big.to_str().unwrap())
                         .expect("in-process baseline");
                     c.push(start.elapsed());
                 }
