@@ -460,7 +460,15 @@ impl Queue {
     fn scanned(&mut self, watch: usize, result: io::Result<Vec<Listed>>) {
         self.scanning[watch] = false;
         match result {
-            Ok(listing) => self.listed(watch, listing),
+            Ok(listing) => {
+                tracing::debug!(
+                    dir = %self.watches[watch].cfg.dir.display(),
+                    "listed {}: {} entries",
+                    self.watches[watch].cfg.dir.display(),
+                    listing.len()
+                );
+                self.listed(watch, listing)
+            }
             Err(e) => tracing::error!(
                 dir = %self.watches[watch].cfg.dir.display(),
                 "cannot list {}: {e}; trying again at the next rescan",

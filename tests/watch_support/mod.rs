@@ -351,3 +351,86 @@ impl Drop for Service {
         }
     }
 }
+
+/// One connection as a scripted server saw it.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub bytes: Vec<u8>,
+    /// Ended with a clean close (EOF), i.e. the client claimed it complete.
+    pub clean: bool,
+}
+
+/// A receiver written for one test: sends `accio\r\n`, then runs `handler(n, stream)` for
+/// connection number `n` (from 0), which returns what it saw.
+pub struct ScriptServer {
+    pub port: u16,
+    pub conns: std::sync::Arc<std::sync::Mutex<Vec<Conn>>>,
+}
+
+impl ScriptServer {
+    pub fn start(
+        handler: impl Fn(usize, std::net::TcpStream) -> Conn + Send + Sync + 'static,
+    ) -> ScriptServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handler = std::sync::Arc::new(handler);
+        let c2 = conns.clone();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { return };
+                let handler = handler.clone();
+                let conns = c2.clone();
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    if stream.write_all(b"accio\r\n").is_err() {
+                        return;
+                    }
+                    let conn = handler(n, stream);
+                    conns.lock().unwrap().push(conn);
+                });
+            }
+        });
+        ScriptServer { port, conns }
+    }
+
+    pub fn conns(&self) -> Vec<Conn> {
+        self.conns.lock().unwrap().clone()
+    }
+}
+
+/// Reads until EOF (clean) or an error (reset), appending to `bytes`.
+pub fn read_rest(stream: &mut std::net::TcpStream, mut bytes: Vec<u8>) -> Conn {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Conn { bytes, clean: true },
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                return Conn {
+                    bytes,
+                    clean: false,
+                }
+            }
+        }
+    }
+}
+
+/// Reads at least `n` bytes (or until EOF/error).
+pub fn read_at_least(stream: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while bytes.len() < n {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => bytes.extend_from_slice(&buf[..k]),
+        }
+    }
+    bytes
+}
+
+/// Content that is unique per `i` and about `len` bytes long.
+pub fn content(i: usize, len: usize) -> Vec<u8> {
+    let line = format!("file number {i:06}\n");
+    line.repeat(len / line.len() + 1).into_bytes()
+}
