@@ -73,8 +73,42 @@ fn candidate(dir: &Path, name: &OsStr, n: u32) -> PathBuf {
     dir.join(s)
 }
 
-/// Moves `from` into `dir` under its name or a free suffixed one, never replacing a file;
-/// across filesystems by a durable copy. Returns where it went.
+/// Renames `from` into `dir` under its name or a free suffixed one, never replacing a file.
+/// Cheap enough to run on the async workers (no data is copied, no fsync waited for).
+/// Returns where it went.
+///
+/// # Errors
+/// Renaming failed; the source is still in place. Across filesystems the error's raw OS
+/// code is `EXDEV`: use [`move_into`] (blocking) then.
+pub fn rename_into(from: &Path, dir: &Path, name: &OsStr, syncer: &Syncer) -> io::Result<PathBuf> {
+    for n in 0..=MAX_SUFFIX + 1 {
+        let to = candidate(dir, name, n);
+        match rename_noreplace(from, &to) {
+            Ok(()) => {
+                syncer.mark(dir);
+                if let Some(parent) = from.parent() {
+                    syncer.mark(parent);
+                }
+                return Ok(to);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return Err(e),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot move {} to {}: {e}", from.display(), to.display()),
+                ))
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no free name for {:?} in {}", name, dir.display()),
+    ))
+}
+
+/// Moves `from` into `dir` like [`rename_into`], and across filesystems by a durable copy.
+/// Blocking (the copy can be long): run it with `spawn_blocking`.
 ///
 /// `file` is the open (claimed) source, used for the copy so the bytes moved are the ones
 /// that were checked; without it the copy opens `from`.
@@ -88,32 +122,12 @@ pub fn move_into(
     name: &OsStr,
     syncer: &Syncer,
 ) -> io::Result<PathBuf> {
-    for n in 0..=MAX_SUFFIX + 1 {
-        let to = candidate(dir, name, n);
-        match rename_noreplace(from, &to) {
-            Ok(()) => {
-                syncer.mark(dir);
-                if let Some(parent) = from.parent() {
-                    syncer.mark(parent);
-                }
-                return Ok(to);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                return copy_across(file, from, dir, name, syncer)
-            }
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot move {} to {}: {e}", from.display(), to.display()),
-                ))
-            }
+    match rename_into(from, dir, name, syncer) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_across(file, from, dir, name, syncer)
         }
+        other => other,
     }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        format!("no free name for {:?} in {}", name, dir.display()),
-    ))
 }
 
 /// The move across filesystems: copy to a hidden temporary in `dir`, fsync it, rename it

@@ -98,7 +98,8 @@ pub async fn run(
     // (or both: the queue deduplicates).
     let (tx, rx) = mpsc::channel(watcher::HINT_CAPACITY);
     let overflow = Arc::new(AtomicBool::new(false));
-    let watcher = watcher::start(&dirs, tx, overflow.clone())?;
+    let filters = watches.iter().map(|w| w.filter.clone()).collect();
+    let watcher = watcher::start(&dirs, filters, tx, overflow.clone())?;
 
     let syncer = disposition::Syncer::new();
     let shared = Arc::new(Shared {

@@ -95,7 +95,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     if let Mode::Finish { id, after } = &job.mode {
         if claim.id == *id {
             return match after {
-                After::Delivered => dispose_delivered(&job, &sh, claim, 0, Duration::ZERO).await,
+                After::Delivered => dispose_delivered(&job, &sh, claim, None).await,
                 After::GaveUp(reason) => give_up(&job, &sh, Some(claim), &path, reason).await,
             };
         }
@@ -112,7 +112,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     )
     .await;
     match result {
-        Ok(bytes) => dispose_delivered(&job, &sh, claim, bytes, started.elapsed()).await,
+        Ok(bytes) => dispose_delivered(&job, &sh, claim, Some((bytes, started.elapsed()))).await,
         Err(UploadError::Rejected(why)) => {
             tracing::info!(
                 path = %path.display(),
@@ -151,32 +151,48 @@ fn unchanged(claim: &Claim, before: &Identity, sent: u64) -> Result<(), String> 
     Ok(())
 }
 
+/// Moves or deletes a delivered file. `sent` is (bytes, duration) of the upload just made,
+/// or `None` when only finishing an earlier attempt's disposition.
 async fn dispose_delivered(
     job: &Job,
     sh: &Arc<Shared>,
     claim: Claim,
-    bytes: u64,
-    took: Duration,
+    sent: Option<(u64, Duration)>,
 ) -> Outcome {
+    let (bytes, took) = sent.unwrap_or_default();
     let id = claim.id;
     let path = claim.path.clone();
     let w = job.watch.clone();
     let syncer = sh.syncer.clone();
     let name = job.name.clone();
-    let moved = tokio::task::spawn_blocking(move || {
-        let r = match (w.cfg.on_success, &w.cfg.done_dir) {
-            (OnSuccess::Move, Some(done)) => {
-                disposition::move_into(Some(&claim.file), &claim.path, done, &name, &syncer)
+    // The common cases (rename within the filesystem, unlink) are single quick syscalls and
+    // run right here; only a copy across filesystems goes to a blocking thread. The claim (and
+    // its lock) ends only after the move or delete.
+    let moved = match (w.cfg.on_success, &w.cfg.done_dir) {
+        (OnSuccess::Move, Some(done)) => {
+            match disposition::rename_into(&claim.path, done, &name, &syncer) {
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    let done = done.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let r = disposition::move_into(
+                            Some(&claim.file),
+                            &claim.path,
+                            &done,
+                            &name,
+                            &syncer,
+                        );
+                        drop(claim);
+                        r
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
                     .map(Some)
+                }
+                other => other.map(Some),
             }
-            _ => disposition::delete(&claim.path, &syncer).map(|()| None),
-        };
-        // The claim (and its lock) ends only here, after the move or delete.
-        drop(claim);
-        r
-    })
-    .await;
-    let moved = moved.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        }
+        _ => disposition::delete(&claim.path, &syncer).map(|()| None),
+    };
     let dest = &job.watch.cfg.server;
     match moved {
         Ok(to) => {
@@ -184,6 +200,14 @@ async fn dispose_delivered(
                 Some(to) => format!("moved to {}", to.display()),
                 None => "deleted".to_string(),
             };
+            if sent.is_none() {
+                tracing::info!(
+                    path = %path.display(),
+                    "{} (delivered earlier) is now {then}",
+                    path.display()
+                );
+                return Outcome::Delivered;
+            }
             tracing::info!(
                 path = %path.display(),
                 bytes,

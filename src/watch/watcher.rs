@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::claim::{self, Identity};
 use super::FatalError;
+use crate::config::NameFilter;
 
 /// Capacity of the hint channel; past it hints are dropped and a rescan is due.
 pub const HINT_CAPACITY: usize = 16 * 1024;
@@ -81,12 +82,15 @@ fn fatal(dir: &Path, e: notify::Error) -> FatalError {
 }
 
 /// Starts watching `dirs` (non-recursively). Hints go to `tx`; when it is full, `overflow`
-/// is raised instead. `dirs[i]` is watch number `i`; they must be absolute.
+/// is raised instead. `dirs[i]` is watch number `i`; they must be absolute. Names that
+/// `filters[i]` refuses are dropped here already: writers' temporary files make most of the
+/// events, and they need not cross the channel.
 ///
 /// # Errors
 /// [`FatalError`] when a directory cannot be watched, with inotify's limits named.
 pub fn start(
     dirs: &[PathBuf],
+    filters: Vec<NameFilter>,
     tx: mpsc::Sender<Msg>,
     overflow: Arc<AtomicBool>,
 ) -> Result<Watcher, FatalError> {
@@ -141,6 +145,9 @@ pub fn start(
                 continue;
             };
             if let Some(&watch) = index.get(parent) {
+                if !filters[watch].accepts(name) {
+                    continue;
+                }
                 send(Msg::Hint {
                     watch,
                     name: name.to_os_string(),
