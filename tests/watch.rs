@@ -557,3 +557,37 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
         .unwrap();
     assert_eq!(stats.snapshot().watching, 0);
 }
+
+#[test]
+fn done_dir_on_another_filesystem_gets_a_durable_copy() {
+    use std::os::unix::fs::MetadataExt;
+    let mut dirs = Dirs::new();
+    let Ok(other) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("no /dev/shm: skipped");
+        return;
+    };
+    if fs::metadata(other.path()).unwrap().dev() == fs::metadata(&dirs.spool).unwrap().dev() {
+        eprintln!("/dev/shm is on the spool's filesystem: skipped");
+        return;
+    }
+    dirs.done = other.path().to_path_buf();
+    fs::write(dirs.done.join("x"), b"taken").unwrap();
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let _svc = Service::start(&cfg);
+    let big = content(3, 1 << 20);
+    dirs.drop_file("x", &big);
+    wait_for("x.1 in done and the spool empty", || {
+        dirs.done.join("x.1").exists() && names(&dirs.spool).is_empty()
+    });
+    assert_eq!(fs::read(dirs.done.join("x.1")).unwrap(), big);
+    assert_eq!(fs::read(dirs.done.join("x")).unwrap(), b"taken");
+    // No temporary left behind.
+    let all: Vec<_> = fs::read_dir(&dirs.done).unwrap().collect();
+    assert_eq!(all.len(), 2);
+    assert_eq!(recv.times_received(&big), 1);
+}

@@ -216,3 +216,54 @@ pub fn list(dir: &Path, accepts: &dyn Fn(&std::ffi::OsStr) -> bool) -> io::Resul
     out.sort_by(|a, b| a.id.mtime_ns.cmp(&b.id.mtime_ns).then(a.name.cmp(&b.name)));
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_full_channel_raises_overflow_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = std::path::absolute(dir.path()).unwrap();
+        let (tx, mut rx) = mpsc::channel(2);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let filter = NameFilter::new(&["*".to_string()], &[]).unwrap();
+        let _w = start(&[path.clone()], vec![filter], tx, overflow.clone()).unwrap();
+        for i in 0..20 {
+            std::fs::write(path.join(format!("f{i}")), b"x").unwrap();
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while !overflow.load(Ordering::Acquire) {
+            assert!(Instant::now() < end, "no overflow reported");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut n = 0;
+        while let Ok(msg) = rx.try_recv() {
+            assert!(matches!(msg, Msg::Hint { watch: 0, .. }), "{msg:?}");
+            n += 1;
+        }
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn inotify_limits_are_named() {
+        let e = fatal(
+            Path::new("/spool"),
+            notify::Error::new(notify::ErrorKind::MaxFilesWatch),
+        );
+        assert!(e
+            .to_string()
+            .contains("inotify watch limit reached (fs.inotify.max_user_watches)"));
+        let e = fatal(
+            Path::new("/spool"),
+            notify::Error::io(io::Error::from_raw_os_error(libc::EMFILE)),
+        );
+        assert!(e.to_string().contains("fs.inotify.max_user_instances"));
+        let e = fatal(
+            Path::new("/spool"),
+            notify::Error::new(notify::ErrorKind::PathNotFound),
+        );
+        assert!(e.to_string().contains("cannot watch /spool"), "{e}");
+    }
+}
