@@ -229,7 +229,13 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(2);
         let overflow = Arc::new(AtomicBool::new(false));
         let filter = NameFilter::new(&["*".to_string()], &[]).unwrap();
-        let _w = start(&[path.clone()], vec![filter], tx, overflow.clone()).unwrap();
+        let _w = start(
+            std::slice::from_ref(&path),
+            vec![filter],
+            tx,
+            overflow.clone(),
+        )
+        .unwrap();
         for i in 0..20 {
             std::fs::write(path.join(format!("f{i}")), b"x").unwrap();
         }
