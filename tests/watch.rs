@@ -591,3 +591,39 @@ fn done_dir_on_another_filesystem_gets_a_durable_copy() {
     assert_eq!(all.len(), 2);
     assert_eq!(recv.times_received(&big), 1);
 }
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let dirs = Dirs::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let (_hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let hold_rx = std::sync::Mutex::new(hold_rx);
+    let server = ScriptServer::start(move |_, mut stream| {
+        let first = read_at_least(&mut stream, 64 * 1024);
+        let _ = started_tx.lock().unwrap().send(());
+        let _ = hold_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(60));
+        Conn {
+            bytes: first,
+            clean: false,
+        }
+    });
+    let o = Opts {
+        timeout: "60s",
+        grace: "60s",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
+    let mut svc = Service::start(&cfg);
+    dirs.drop_file("big", &content(8, 16 << 20));
+    started_rx.recv_timeout(DEADLINE).unwrap();
+    svc.signal(libc::SIGINT);
+    svc.wait_log("waiting up to");
+    svc.signal(libc::SIGTERM);
+    let st = svc.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0));
+    assert_eq!(names(&dirs.spool), ["big"]);
+}

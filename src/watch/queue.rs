@@ -49,6 +49,9 @@ const WRITER_QUIET_MIN: Duration = Duration::from_secs(30);
 /// How long to wait before looking again at a file another instance is sending.
 const BUSY_RECHECK: Duration = Duration::from_millis(500);
 
+/// Floor of the rescan interval, so that a zero from a library caller cannot make a busy loop.
+const MIN_RESCAN: Duration = Duration::from_millis(50);
+
 /// Hints handled per wake-up before the other sources get a turn.
 const HINT_BATCH: usize = 1024;
 
@@ -127,7 +130,7 @@ impl Queue {
         let n = watches.len();
         let next_rescan = watches
             .iter()
-            .map(|w| now + w.cfg.rescan_interval)
+            .map(|w| now + w.cfg.rescan_interval.max(MIN_RESCAN))
             .collect();
         Queue {
             watches,
@@ -437,7 +440,8 @@ impl Queue {
     }
 
     fn request_scan(&mut self, watch: usize) {
-        self.next_rescan[watch] = Instant::now() + self.watches[watch].cfg.rescan_interval;
+        self.next_rescan[watch] =
+            Instant::now() + self.watches[watch].cfg.rescan_interval.max(MIN_RESCAN);
         if self.scanning[watch] {
             self.rescan_again[watch] = true;
             return;

@@ -89,7 +89,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         Err(ClaimError::Busy) => return Outcome::Busy,
         Err(ClaimError::Io(e)) => {
             let error = format!("cannot open {}: {e}", path.display());
-            return failed(&job, &sh, None, &path, error).await;
+            return failed(&job, &sh, None, &path, error, Duration::ZERO).await;
         }
     };
     if let Mode::Finish { id, after } = &job.mode {
@@ -124,7 +124,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         }
         Err(UploadError::Client(e)) => {
             let error = format!("upload to {} failed: {e}", job.watch.cfg.server);
-            failed(&job, &sh, Some(claim), &path, error).await
+            failed(&job, &sh, Some(claim), &path, error, started.elapsed()).await
         }
     }
 }
@@ -241,8 +241,10 @@ async fn failed(
     claim: Option<Claim>,
     path: &Path,
     error: String,
+    took: Duration,
 ) -> Outcome {
     let max = sh.retry.max_attempts;
+    let bytes = claim.as_ref().map_or(0, |c| c.id.size);
     if max != 0 && job.attempt >= max {
         let reason = format!(
             "file: {}\nattempts: {}\nlast error: {}\ntime: {}\n",
@@ -253,6 +255,8 @@ async fn failed(
         );
         tracing::warn!(
             path = %path.display(),
+            bytes,
+            duration_ms = took.as_secs_f64() * 1000.0,
             attempt = job.attempt,
             "upload of {} failed (attempt {} of {max}): {error}; giving up",
             path.display(),
@@ -268,6 +272,8 @@ async fn failed(
     };
     tracing::warn!(
         path = %path.display(),
+        bytes,
+        duration_ms = took.as_secs_f64() * 1000.0,
         attempt = job.attempt,
         "upload of {} failed (attempt {}{of}): {error}; retrying in {retry_in:.1?}",
         path.display(),
