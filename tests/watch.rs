@@ -627,3 +627,22 @@ fn a_second_signal_exits_at_once() {
     assert_eq!(st.code(), Some(0));
     assert_eq!(names(&dirs.spool), ["big"]);
 }
+
+#[test]
+fn a_spool_directory_replaced_while_running_is_watched_again() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        // Rescans cannot be what finds the file below.
+        rescan: "1h",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let svc = Service::start(&cfg);
+    fs::rename(&dirs.spool, dirs.root.path().join("spool.old")).unwrap();
+    fs::create_dir(&dirs.spool).unwrap();
+    svc.wait_log("watching the new one");
+    dirs.drop_file("after", b"after the swap");
+    wait_for("after in done", || dirs.done.join("after").exists());
+    assert_eq!(recv.times_received(b"after the swap"), 1);
+}

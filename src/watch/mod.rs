@@ -109,6 +109,7 @@ pub async fn run(
         syncer: syncer.clone(),
     });
     let mut queue = queue::Queue::new(
+        watcher,
         watches.clone(),
         shared,
         config.concurrency,
@@ -127,10 +128,10 @@ pub async fn run(
         })?;
         tracing::info!(
             dir = %w.cfg.dir.display(),
-            backlog = listing.len(),
+            backlog = listing.entries.len(),
             "watching {} ({} entries already there) → {}",
             w.cfg.dir.display(),
-            listing.len(),
+            listing.entries.len(),
             w.cfg.server
         );
         queue.initial_listing(i, listing);
@@ -144,9 +145,10 @@ pub async fn run(
         let _ = ready.send(());
     }
 
+    // The queue owns the watcher (to watch a replaced directory again) and drops it when it
+    // stops.
     queue.run(rx, overflow, shutdown).await;
 
-    drop(watcher);
     stats
         .watching
         .fetch_sub(watches.len() as u64, Ordering::Relaxed);

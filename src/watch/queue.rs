@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::claim::{self, Identity, Kind};
 use super::uploader::{self, After, Job, Mode, Outcome};
-use super::watcher::{self, Hint, Listed, Msg};
+use super::watcher::{self, Hint, Listing, Msg, Watcher};
 use super::{Shared, WatchCtx};
 
 /// A name in one of the watched directories: (watch number, file name).
@@ -92,8 +92,17 @@ impl Entry {
     }
 }
 
+/// How soon a directory that could not be listed is tried again (unless the rescan interval
+/// is shorter): it may be back soon (replaced, remounted).
+const RELIST_AFTER_ERROR: Duration = Duration::from_secs(1);
+
 /// Everything the queue task owns.
 pub struct Queue {
+    /// The kernel watch; kept here to watch a directory again when it was replaced.
+    watcher: Watcher,
+    /// (device, inode) of each directory when it was last listed: a change means the
+    /// inotify watch is on the old one.
+    dir_ids: Vec<Option<(u64, u64)>>,
     watches: Vec<Arc<WatchCtx>>,
     shared: Arc<Shared>,
     /// Uploads in flight at most, all watches together.
@@ -110,10 +119,12 @@ pub struct Queue {
     inflight: JoinSet<Outcome>,
     inflight_keys: HashMap<tokio::task::Id, Key>,
     /// Directory listings in progress, per watch; a request meanwhile sets `rescan_again`.
-    scans: JoinSet<(usize, io::Result<Vec<Listed>>)>,
+    scans: JoinSet<(usize, io::Result<Listing>)>,
     scanning: Vec<bool>,
     rescan_again: Vec<bool>,
     next_rescan: Vec<Instant>,
+    /// The last listing of this directory failed: report further failures quietly.
+    list_failing: Vec<bool>,
     /// What this queue last added to `stats.queued` (several pipelines may share the stats
     /// while a reload overlaps them).
     published_queued: u64,
@@ -121,6 +132,7 @@ pub struct Queue {
 
 impl Queue {
     pub fn new(
+        watcher: Watcher,
         watches: Vec<Arc<WatchCtx>>,
         shared: Arc<Shared>,
         concurrency: usize,
@@ -133,6 +145,8 @@ impl Queue {
             .map(|w| now + w.cfg.rescan_interval.max(MIN_RESCAN))
             .collect();
         Queue {
+            watcher,
+            dir_ids: vec![None; n],
             watches,
             shared,
             concurrency: concurrency.max(1),
@@ -148,6 +162,7 @@ impl Queue {
             scanning: vec![false; n],
             rescan_again: vec![false; n],
             next_rescan,
+            list_failing: vec![false; n],
             published_queued: 0,
         }
     }
@@ -345,11 +360,12 @@ impl Queue {
 
     /// Applies a directory listing (oldest first): unknown regular files start settling in
     /// that order, so equal deadlines keep it; not-regular entries are reported once.
-    fn listed(&mut self, watch: usize, listing: Vec<Listed>) {
+    fn listed(&mut self, watch: usize, listing: Listing) {
+        self.check_dir_identity(watch, listing.dir_id);
         let now = Instant::now();
         let at = now + self.settle(watch);
-        let mut present = HashSet::with_capacity(listing.len());
-        for l in listing {
+        let mut present = HashSet::with_capacity(listing.entries.len());
+        for l in listing.entries {
             let key = (watch, l.name);
             present.insert(key.1.clone());
             if l.id.kind != Kind::Regular {
@@ -375,6 +391,32 @@ impl Queue {
         }
         self.ignored
             .retain(|k, _| k.0 != watch || present.contains(&k.1));
+    }
+
+    /// If the directory at the watched path is not the one listed before (removed and
+    /// created again, mounted over), the inotify watch is on the old one: watch again.
+    fn check_dir_identity(&mut self, watch: usize, id: (u64, u64)) {
+        let before = self.dir_ids[watch];
+        if before == Some(id) {
+            return;
+        }
+        let dir = self.watches[watch].cfg.dir.clone();
+        if before.is_some() {
+            match self.watcher.rewatch(&dir) {
+                Ok(()) => tracing::warn!(
+                    dir = %dir.display(),
+                    "{} was replaced (or mounted over); watching the new one",
+                    dir.display()
+                ),
+                Err(e) => {
+                    tracing::error!("{e}; relying on rescans and trying again at the next one");
+                    // Unknown: compare again next time.
+                    self.dir_ids[watch] = Some((u64::MAX, u64::MAX));
+                    return;
+                }
+            }
+        }
+        self.dir_ids[watch] = Some(id);
     }
 
     fn fire(&mut self, key: Key, gen: u64, now: Instant) {
@@ -461,23 +503,39 @@ impl Queue {
         }
     }
 
-    fn scanned(&mut self, watch: usize, result: io::Result<Vec<Listed>>) {
+    fn scanned(&mut self, watch: usize, result: io::Result<Listing>) {
         self.scanning[watch] = false;
+        let dir = self.watches[watch].cfg.dir.clone();
         match result {
             Ok(listing) => {
+                if std::mem::take(&mut self.list_failing[watch]) {
+                    tracing::info!(dir = %dir.display(), "{} can be listed again", dir.display());
+                }
                 tracing::debug!(
-                    dir = %self.watches[watch].cfg.dir.display(),
+                    dir = %dir.display(),
                     "listed {}: {} entries",
-                    self.watches[watch].cfg.dir.display(),
-                    listing.len()
+                    dir.display(),
+                    listing.entries.len()
                 );
                 self.listed(watch, listing)
             }
-            Err(e) => tracing::error!(
-                dir = %self.watches[watch].cfg.dir.display(),
-                "cannot list {}: {e}; trying again at the next rescan",
-                self.watches[watch].cfg.dir.display()
-            ),
+            Err(e) => {
+                let again = self.watches[watch]
+                    .cfg
+                    .rescan_interval
+                    .min(RELIST_AFTER_ERROR)
+                    .max(MIN_RESCAN);
+                if std::mem::replace(&mut self.list_failing[watch], true) {
+                    tracing::debug!(dir = %dir.display(), "still cannot list {}: {e}", dir.display());
+                } else {
+                    tracing::error!(
+                        dir = %dir.display(),
+                        "cannot list {}: {e}; trying again every {again:?}",
+                        dir.display()
+                    );
+                }
+                self.next_rescan[watch] = Instant::now() + again;
+            }
         }
         if std::mem::take(&mut self.rescan_again[watch]) {
             self.request_scan(watch);
@@ -585,7 +643,7 @@ impl Queue {
     }
 
     /// Queues the backlog found by the first listing of `watch`.
-    pub fn initial_listing(&mut self, watch: usize, listing: Vec<Listed>) {
+    pub fn initial_listing(&mut self, watch: usize, listing: Listing) {
         self.listed(watch, listing);
         self.publish();
     }

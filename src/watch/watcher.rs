@@ -58,7 +58,27 @@ pub enum Msg {
 
 /// The running kernel watch. Dropping it stops the events.
 pub struct Watcher {
-    _inner: notify::RecommendedWatcher,
+    inner: notify::RecommendedWatcher,
+}
+
+impl Watcher {
+    /// Watches `dir` again, after it was replaced or mounted over: an inotify watch follows
+    /// the directory's inode, not its path.
+    ///
+    /// # Errors
+    /// As for [`start`]; the caller keeps relying on rescans and tries again later.
+    pub fn rewatch(&mut self, dir: &Path) -> Result<(), FatalError> {
+        let _ = self.inner.unwatch(dir);
+        self.inner
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| fatal(dir, e))
+    }
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
 }
 
 fn fatal(dir: &Path, e: notify::Error) -> FatalError {
@@ -182,7 +202,7 @@ pub fn start(
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| fatal(dir, e))?;
     }
-    Ok(Watcher { _inner: inner })
+    Ok(Watcher { inner })
 }
 
 /// One entry of a directory listing.
@@ -192,12 +212,22 @@ pub struct Listed {
     pub id: Identity,
 }
 
+/// A directory listing, and which directory (device, inode) it was.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub dir_id: (u64, u64),
+    /// Oldest (mtime) first.
+    pub entries: Vec<Listed>,
+}
+
 /// Lists `dir`: every entry whose name passes `accepts`, with its `lstat`, oldest (mtime)
 /// first. Blocking; run it with `spawn_blocking`.
 ///
 /// # Errors
 /// The directory cannot be read. Entries that vanish while listing are skipped.
-pub fn list(dir: &Path, accepts: &dyn Fn(&std::ffi::OsStr) -> bool) -> io::Result<Vec<Listed>> {
+pub fn list(dir: &Path, accepts: &dyn Fn(&std::ffi::OsStr) -> bool) -> io::Result<Listing> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -214,7 +244,10 @@ pub fn list(dir: &Path, accepts: &dyn Fn(&std::ffi::OsStr) -> bool) -> io::Resul
         }
     }
     out.sort_by(|a, b| a.id.mtime_ns.cmp(&b.id.mtime_ns).then(a.name.cmp(&b.name)));
-    Ok(out)
+    Ok(Listing {
+        dir_id: (meta.dev(), meta.ino()),
+        entries: out,
+    })
 }
 
 #[cfg(test)]
