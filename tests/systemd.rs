@@ -104,6 +104,11 @@ struct Spool {
 
 impl Spool {
     fn new(port: u16) -> Spool {
+        Spool::with_top_level(port, "")
+    }
+
+    /// `top`: extra top-level keys, such as `log_level = "warn"`.
+    fn with_top_level(port: u16, top: &str) -> Spool {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         for d in ["outbox", "sent", "failed"] {
@@ -114,6 +119,7 @@ impl Spool {
             &config,
             format!(
                 r#"concurrency = 2
+{top}
 
 [server]
 host = "127.0.0.1"
@@ -621,4 +627,116 @@ fn a_config_that_does_not_load_never_reports_ready() {
     assert!(err.contains("bad.toml"), "error names the file: {err}");
     notify.drain();
     assert_eq!(notify.count("READY=1"), 0, "{:#?}", notify.lines);
+}
+
+/// Runs the service until one file is delivered, then stops it; returns its stderr (a file).
+fn run_to_one_delivery(spool: &Spool, receiver: &Receiver, rust_log: Option<&str>) -> String {
+    let mut notify = NotifySocket::bind();
+    let mut cmd = Service::command(&spool.config);
+    cmd.env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("RUST_LOG");
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    let log = spool
+        .root
+        .join(format!("watch-{}.log", rust_log.unwrap_or("none")));
+    let mut service = Service::spawn_logging_to(cmd, &log);
+    let ready = notify.wait_line(0, "READY=1", |l| l == "READY=1");
+    let before = receiver.received().len();
+    spool.drop_file(&format!("f{before}.txt"), b"x");
+    notify.wait_line(ready, "STATUS with a delivery", |l| {
+        l.starts_with("STATUS=") && l.contains(" 1 sent")
+    });
+    assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
+    service.log()
+}
+
+#[test]
+fn level_from_config_unless_rust_log_is_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&tmp.path().join("received"));
+    let spool = Spool::with_top_level(receiver.port, r#"log_level = "warn""#);
+
+    // The config says warn: no info lines at all (the log is complete: the process exited).
+    let quiet = run_to_one_delivery(&spool, &receiver, None);
+    assert!(
+        !quiet.contains("INFO"),
+        "info lines with log_level = \"warn\":\n{quiet}"
+    );
+    // RUST_LOG wins over the config.
+    let loud = run_to_one_delivery(&spool, &receiver, Some("info"));
+    assert!(
+        loud.contains("INFO"),
+        "no info lines with RUST_LOG=info:\n{loud}"
+    );
+}
+
+#[test]
+fn on_a_terminal_colors_and_timestamps() {
+    // util-linux `script` gives the service a pseudo-terminal as stderr.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("`script` not found; skipping the terminal test");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&tmp.path().join("received"));
+    let spool = Spool::new(receiver.port);
+    let mut notify = NotifySocket::bind();
+    let pidfile = tmp.path().join("pid");
+    let inner = format!(
+        "echo $$ > '{}'; exec '{}' watch --config '{}'",
+        pidfile.display(),
+        ACCIO,
+        spool.config.display()
+    );
+    // The same environment as the other tests, but through `script`.
+    let mut cmd = Service::command(&spool.config);
+    let mut script = Command::new("script");
+    script.args(["-qefc", &inner, "/dev/null"]);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    cmd.env_clear();
+    let out = tmp.path().join("terminal.out");
+    // `script` copies what the terminal shows to its stdout.
+    let child = script
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut wrapper = Service { child, log: None };
+
+    let ready = notify.wait_line(0, "READY=1", |l| l == "READY=1");
+    spool.drop_file("one.txt", b"1");
+    notify.wait_line(ready, "STATUS with 1 sent", |l| {
+        l.starts_with("STATUS=") && l.contains(" 1 sent")
+    });
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the service's pid, read from the file its shell wrote.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let end = Instant::now() + DEADLINE;
+    while wrapper.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < end,
+            "script did not end after the service stopped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = String::from_utf8_lossy(&std::fs::read(&out).unwrap()).into_owned();
+    assert!(text.contains("\x1b["), "no colors on a terminal:\n{text}");
+    assert!(
+        text.lines().any(has_timestamp),
+        "no timestamps on a terminal:\n{text}"
+    );
 }
