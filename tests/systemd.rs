@@ -740,3 +740,123 @@ fn on_a_terminal_colors_and_timestamps() {
         "no timestamps on a terminal:\n{text}"
     );
 }
+
+/// True if `prog` runs (`--version`).
+fn have(prog: &str) -> bool {
+    Command::new(prog)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// The shipped sysusers, tmpfiles and example config, together, as the real `accio` user:
+/// the user and spool are made in a scratch root, which is bind-mounted over /var/spool in a
+/// private mount namespace; the service runs there as `accio` and delivers a file.
+/// Needs root and util-linux (`unshare`, `setpriv`); skipped otherwise.
+#[test]
+fn shipped_files_make_a_working_service_as_user_accio() {
+    // SAFETY: getuid(2) has no preconditions.
+    let root_user = unsafe { libc::getuid() } == 0;
+    if !root_user
+        || !["unshare", "setpriv", "systemd-sysusers", "systemd-tmpfiles"]
+            .iter()
+            .all(|p| have(p))
+        || !Path::new("/var/spool").is_dir()
+    {
+        eprintln!("needs root, util-linux and systemd's sysusers/tmpfiles; skipping");
+        return;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&tmp.path().join("received"));
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("etc/accio")).unwrap();
+    // Traversable by the service user, like a real root.
+    for dir in [tmp.path(), root.as_path()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    let rooted = |tool: &str, file: &str, extra: &[&str]| {
+        let out = Command::new(tool)
+            .arg(format!("--root={}", root.display()))
+            .args(extra)
+            .arg(repo.join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    rooted("systemd-sysusers", "systemd/accio.sysusers", &[]);
+    rooted("systemd-tmpfiles", "systemd/accio.tmpfiles", &["--create"]);
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    let uid: u32 = passwd
+        .lines()
+        .find_map(|l| l.strip_prefix("accio:x:"))
+        .and_then(|rest| rest.split(':').next())
+        .expect("sysusers made no accio user")
+        .parse()
+        .unwrap();
+
+    // The example config as shipped, only pointed at our receiver.
+    let example = std::fs::read_to_string(repo.join("config/accio.toml")).unwrap();
+    assert!(example.contains("port = 5000"), "the example's port moved");
+    let config = root.join("etc/accio/accio.toml");
+    std::fs::write(
+        &config,
+        example.replacen("port = 5000", &format!("port = {}", receiver.port), 1),
+    )
+    .unwrap();
+
+    let mut notify = NotifySocket::bind();
+    // The service user must reach the notify socket, as it reaches systemd's.
+    for p in [notify.path.parent().unwrap(), notify.path.as_path()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    let script = format!(
+        "mount --bind '{spool}' /var/spool && exec setpriv --reuid={uid} --regid={uid} \
+         --clear-groups '{ACCIO}' watch --config '{config}'",
+        spool = root.join("var/spool").display(),
+        config = config.display()
+    );
+    let mut cmd = Service::command(&config);
+    let mut unshare = Command::new("unshare");
+    unshare.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => unshare.env(k, v),
+            None => unshare.env_remove(k),
+        };
+    }
+    cmd.env_clear();
+    unshare
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut service = Service::spawn_logging_to(unshare, &tmp.path().join("watch.log"));
+
+    let ready = notify.wait_line(0, "READY=1 from the service as accio", |l| l == "READY=1");
+    // A producer (root here) drops a file the documented way.
+    let outbox = root.join("var/spool/accio/outbox");
+    std::fs::write(outbox.join(".report.part"), b"shipped files work\n").unwrap();
+    std::fs::rename(outbox.join(".report.part"), outbox.join("report")).unwrap();
+    notify.wait_line(ready, "STATUS with 1 sent", |l| {
+        l.starts_with("STATUS=") && l.contains(" 1 sent")
+    });
+    wait_until("the file received", || {
+        receiver.received() == vec![b"shipped files work\n".to_vec()]
+    });
+    let sent = root.join("var/spool/accio/sent/report");
+    wait_until("the file moved to sent", || sent.exists());
+    assert_eq!(
+        std::fs::metadata(&sent).unwrap().uid(),
+        0,
+        "moved, not copied"
+    );
+    assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
+}
