@@ -824,3 +824,28 @@ fn real_default_timeouts_are_ten_seconds() {
         );
     }
 }
+
+/// stderr is a pipe nobody reads any more (`accio send ... 2>&1 | head -0`): writing the
+/// `ERROR:` line fails with EPIPE, which must not turn into a panic or a signal death; the
+/// exit code still tells the failure class.
+#[test]
+fn broken_stderr_pipe_keeps_the_exit_code() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe(2) to fill.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created by pipe(2) and are owned only here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-file");
+    let status = accio()
+        .args(["send", "127.0.0.1", "5000"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write_end))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(code::FILE), "{status:?}");
+}

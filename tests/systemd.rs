@@ -104,6 +104,11 @@ struct Spool {
 
 impl Spool {
     fn new(port: u16) -> Spool {
+        Spool::with_top_level(port, "")
+    }
+
+    /// `top`: extra top-level keys, such as `log_level = "warn"`.
+    fn with_top_level(port: u16, top: &str) -> Spool {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         for d in ["outbox", "sent", "failed"] {
@@ -114,6 +119,7 @@ impl Spool {
             &config,
             format!(
                 r#"concurrency = 2
+{top}
 
 [server]
 host = "127.0.0.1"
@@ -621,4 +627,236 @@ fn a_config_that_does_not_load_never_reports_ready() {
     assert!(err.contains("bad.toml"), "error names the file: {err}");
     notify.drain();
     assert_eq!(notify.count("READY=1"), 0, "{:#?}", notify.lines);
+}
+
+/// Runs the service until one file is delivered, then stops it; returns its stderr (a file).
+fn run_to_one_delivery(spool: &Spool, receiver: &Receiver, rust_log: Option<&str>) -> String {
+    let mut notify = NotifySocket::bind();
+    let mut cmd = Service::command(&spool.config);
+    cmd.env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("RUST_LOG");
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    let log = spool
+        .root
+        .join(format!("watch-{}.log", rust_log.unwrap_or("none")));
+    let mut service = Service::spawn_logging_to(cmd, &log);
+    let ready = notify.wait_line(0, "READY=1", |l| l == "READY=1");
+    let before = receiver.received().len();
+    spool.drop_file(&format!("f{before}.txt"), b"x");
+    notify.wait_line(ready, "STATUS with a delivery", |l| {
+        l.starts_with("STATUS=") && l.contains(" 1 sent")
+    });
+    assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
+    service.log()
+}
+
+#[test]
+fn level_from_config_unless_rust_log_is_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&tmp.path().join("received"));
+    let spool = Spool::with_top_level(receiver.port, r#"log_level = "warn""#);
+
+    // The config says warn: no info lines at all (the log is complete: the process exited).
+    let quiet = run_to_one_delivery(&spool, &receiver, None);
+    assert!(
+        !quiet.contains("INFO"),
+        "info lines with log_level = \"warn\":\n{quiet}"
+    );
+    // RUST_LOG wins over the config.
+    let loud = run_to_one_delivery(&spool, &receiver, Some("info"));
+    assert!(
+        loud.contains("INFO"),
+        "no info lines with RUST_LOG=info:\n{loud}"
+    );
+}
+
+#[test]
+fn on_a_terminal_colors_and_timestamps() {
+    // util-linux `script` gives the service a pseudo-terminal as stderr.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("`script` not found; skipping the terminal test");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&tmp.path().join("received"));
+    let spool = Spool::new(receiver.port);
+    let mut notify = NotifySocket::bind();
+    let pidfile = tmp.path().join("pid");
+    let inner = format!(
+        "echo $$ > '{}'; exec '{}' watch --config '{}'",
+        pidfile.display(),
+        ACCIO,
+        spool.config.display()
+    );
+    // The same environment as the other tests, but through `script`.
+    let mut cmd = Service::command(&spool.config);
+    let mut script = Command::new("script");
+    script.args(["-qefc", &inner, "/dev/null"]);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    cmd.env_clear();
+    let out = tmp.path().join("terminal.out");
+    // `script` copies what the terminal shows to its stdout.
+    let child = script
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut wrapper = Service { child, log: None };
+
+    let ready = notify.wait_line(0, "READY=1", |l| l == "READY=1");
+    spool.drop_file("one.txt", b"1");
+    notify.wait_line(ready, "STATUS with 1 sent", |l| {
+        l.starts_with("STATUS=") && l.contains(" 1 sent")
+    });
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the service's pid, read from the file its shell wrote.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let end = Instant::now() + DEADLINE;
+    while wrapper.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < end,
+            "script did not end after the service stopped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = String::from_utf8_lossy(&std::fs::read(&out).unwrap()).into_owned();
+    assert!(text.contains("\x1b["), "no colors on a terminal:\n{text}");
+    assert!(
+        text.lines().any(has_timestamp),
+        "no timestamps on a terminal:\n{text}"
+    );
+}
+
+/// True if `prog` runs (`--version`).
+fn have(prog: &str) -> bool {
+    Command::new(prog)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// The shipped sysusers, tmpfiles and example config, together, as the real `accio` user:
+/// the user and spool are made in a scratch root, which is bind-mounted over /var/spool in a
+/// private mount namespace; the service runs there as `accio` and delivers a file.
+/// Needs root and util-linux (`unshare`, `setpriv`); skipped otherwise.
+#[test]
+fn shipped_files_make_a_working_service_as_user_accio() {
+    // SAFETY: getuid(2) has no preconditions.
+    let root_user = unsafe { libc::getuid() } == 0;
+    if !root_user
+        || !["unshare", "setpriv", "systemd-sysusers", "systemd-tmpfiles"]
+            .iter()
+            .all(|p| have(p))
+        || !Path::new("/var/spool").is_dir()
+    {
+        eprintln!("needs root, util-linux and systemd's sysusers/tmpfiles; skipping");
+        return;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&tmp.path().join("received"));
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("etc/accio")).unwrap();
+    // Traversable by the service user, like a real root.
+    for dir in [tmp.path(), root.as_path()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    let rooted = |tool: &str, file: &str, extra: &[&str]| {
+        let out = Command::new(tool)
+            .arg(format!("--root={}", root.display()))
+            .args(extra)
+            .arg(repo.join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    rooted("systemd-sysusers", "systemd/accio.sysusers", &[]);
+    rooted("systemd-tmpfiles", "systemd/accio.tmpfiles", &["--create"]);
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    let uid: u32 = passwd
+        .lines()
+        .find_map(|l| l.strip_prefix("accio:x:"))
+        .and_then(|rest| rest.split(':').next())
+        .expect("sysusers made no accio user")
+        .parse()
+        .unwrap();
+
+    // The example config as shipped, only pointed at our receiver.
+    let example = std::fs::read_to_string(repo.join("config/accio.toml")).unwrap();
+    assert!(example.contains("port = 5000"), "the example's port moved");
+    let config = root.join("etc/accio/accio.toml");
+    std::fs::write(
+        &config,
+        example.replacen("port = 5000", &format!("port = {}", receiver.port), 1),
+    )
+    .unwrap();
+
+    let mut notify = NotifySocket::bind();
+    // The service user must reach the notify socket, as it reaches systemd's.
+    for p in [notify.path.parent().unwrap(), notify.path.as_path()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    let script = format!(
+        "mount --bind '{spool}' /var/spool && exec setpriv --reuid={uid} --regid={uid} \
+         --clear-groups '{ACCIO}' watch --config '{config}'",
+        spool = root.join("var/spool").display(),
+        config = config.display()
+    );
+    let mut cmd = Service::command(&config);
+    let mut unshare = Command::new("unshare");
+    unshare.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => unshare.env(k, v),
+            None => unshare.env_remove(k),
+        };
+    }
+    cmd.env_clear();
+    unshare
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut service = Service::spawn_logging_to(unshare, &tmp.path().join("watch.log"));
+
+    let ready = notify.wait_line(0, "READY=1 from the service as accio", |l| l == "READY=1");
+    // A producer (root here) drops a file the documented way.
+    let outbox = root.join("var/spool/accio/outbox");
+    std::fs::write(outbox.join(".report.part"), b"shipped files work\n").unwrap();
+    std::fs::rename(outbox.join(".report.part"), outbox.join("report")).unwrap();
+    notify.wait_line(ready, "STATUS with 1 sent", |l| {
+        l.starts_with("STATUS=") && l.contains(" 1 sent")
+    });
+    wait_until("the file received", || {
+        receiver.received() == vec![b"shipped files work\n".to_vec()]
+    });
+    let sent = root.join("var/spool/accio/sent/report");
+    wait_until("the file moved to sent", || sent.exists());
+    assert_eq!(
+        std::fs::metadata(&sent).unwrap().uid(),
+        0,
+        "moved, not copied"
+    );
+    assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
 }
