@@ -55,22 +55,35 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Longest file name (bytes) Linux filesystems take.
+const NAME_MAX: usize = 255;
+
+/// `base` followed by `suffix`, with `base` cut short if needed so the whole stays within
+/// [`NAME_MAX`]: a 255-byte name must still get its collision suffix, temporary name or
+/// `.reason` file instead of failing with ENAMETOOLONG for ever.
+fn fit_name(base: &OsStr, suffix: &str) -> OsString {
+    let b = base.as_bytes();
+    let keep = b.len().min(NAME_MAX.saturating_sub(suffix.len()));
+    let mut s = OsString::from(OsStr::from_bytes(&b[..keep]));
+    s.push(suffix);
+    s
+}
+
 /// Candidate names in `dir` for `name`: `name`, `name.1`, `name.2`, … then one with a
-/// timestamp and a random part.
+/// timestamp and a random part (the name shortened if a suffix would not fit).
 fn candidate(dir: &Path, name: &OsStr, n: u32) -> PathBuf {
     if n == 0 {
         return dir.join(name);
     }
-    let mut s = OsString::from(name);
-    if n <= MAX_SUFFIX {
-        s.push(format!(".{n}"));
+    let suffix = if n <= MAX_SUFFIX {
+        format!(".{n}")
     } else {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        s.push(format!(".{}.{:08x}", now.as_nanos(), fastrand::u32(..)));
-    }
-    dir.join(s)
+        format!(".{}.{:08x}", now.as_nanos(), fastrand::u32(..))
+    };
+    dir.join(fit_name(name, &suffix))
 }
 
 /// Renames `from` into `dir` under its name or a free suffixed one, never replacing a file.
@@ -145,8 +158,10 @@ fn copy_across(
     };
     let mut tmp_name = OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".accio-{:08x}.tmp", fastrand::u32(..)));
-    let tmp = dir.join(tmp_name);
+    let tmp = dir.join(fit_name(
+        &tmp_name,
+        &format!(".accio-{:08x}.tmp", fastrand::u32(..)),
+    ));
     let result = (|| {
         let mut out = std::fs::OpenOptions::new()
             .write(true)
@@ -212,16 +227,42 @@ pub fn delete(path: &Path, syncer: &Syncer) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `REASON` beside a file moved to `failed_dir`: `<final name>.reason`.
+/// Writes `REASON` beside a file moved to `failed_dir`: `<final name>.reason`. A name too
+/// long for that is shortened, and then never replaces another file's reason (`.1.reason`, …).
 ///
 /// # Errors
 /// Creating or writing the reason file failed.
 pub fn write_reason(moved_to: &Path, text: &str, syncer: &Syncer) -> io::Result<PathBuf> {
-    let mut p = moved_to.as_os_str().to_owned();
-    p.push(".reason");
-    let p = PathBuf::from(p);
-    let mut f = File::create(&p)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", p.display())))?;
+    let dir = moved_to.parent().unwrap_or(Path::new("."));
+    let name = moved_to.file_name().unwrap_or_default();
+    let fits = name.len() + ".reason".len() <= NAME_MAX;
+    let mut n = 0u32;
+    let (p, mut f) = loop {
+        let suffix = match n {
+            0 => ".reason".to_string(),
+            n => format!(".{n}.reason"),
+        };
+        let p = dir.join(fit_name(name, &suffix));
+        let opened = if fits {
+            // The full name is this file's own: a stale one from before may be replaced.
+            File::create(&p)
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+        };
+        match opened {
+            Ok(f) => break (p, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < MAX_SUFFIX => n += 1,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", p.display()),
+                ))
+            }
+        }
+    };
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     if let Some(parent) = p.parent() {
@@ -307,6 +348,39 @@ mod tests {
         assert_eq!(std::fs::read(done.path().join("a.1")).unwrap(), b"old1");
         assert_eq!(std::fs::read(&to).unwrap(), b"new");
         assert!(!src.exists());
+        syncer.flush_blocking();
+    }
+
+    #[test]
+    fn longest_names_get_suffixes_and_reasons() {
+        let spool = tempfile::tempdir().unwrap();
+        let done = tempfile::tempdir().unwrap();
+        let syncer = Syncer::default();
+        let name = OsString::from("n".repeat(NAME_MAX));
+        let mut moved = Vec::new();
+        for content in [&b"one"[..], b"two"] {
+            let src = spool.path().join(&name);
+            std::fs::write(&src, content).unwrap();
+            let f = File::open(&src).unwrap();
+            moved.push(move_into(Some(&f), &src, done.path(), &name, &syncer).unwrap());
+            // Across filesystems too (the temporary name must fit as well).
+            std::fs::write(&src, content).unwrap();
+            let f = File::open(&src).unwrap();
+            moved.push(copy_across(Some(&f), &src, done.path(), &name, &syncer).unwrap());
+        }
+        assert_eq!(moved[0], done.path().join(&name));
+        let distinct: HashSet<_> = moved.iter().collect();
+        assert_eq!(distinct.len(), 4, "{moved:?}");
+        let reasons: Vec<_> = moved
+            .iter()
+            .map(|m| write_reason(m, "why", &syncer).unwrap())
+            .collect();
+        let distinct: HashSet<_> = reasons.iter().collect();
+        assert_eq!(distinct.len(), 4, "a reason replaced another: {reasons:?}");
+        for r in &reasons {
+            assert!(r.file_name().unwrap().len() <= NAME_MAX);
+            assert_eq!(std::fs::read(r).unwrap(), b"why");
+        }
         syncer.flush_blocking();
     }
 
