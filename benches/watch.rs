@@ -135,6 +135,16 @@ fn measure(
     lat.sort();
     res.single_p50 = percentile(&lat, 0.5);
     res.single_p99 = percentile(&lat, 0.99);
+    println!(
+        "{name}: one at a time, {} samples: min {} p10 {} p50 {} p90 {} p99 {} max {}",
+        lat.len(),
+        ms(percentile(&lat, 0.0)),
+        ms(percentile(&lat, 0.1)),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.9)),
+        ms(percentile(&lat, 0.99)),
+        ms(percentile(&lat, 1.0))
+    );
 
     // The burst: every file written first, then renamed in as fast as possible.
     let first = 1_000_000u64;
@@ -270,8 +280,8 @@ fn bench_service(files: u64, samples: u64) -> Results {
         log: d.log.clone(),
         ..Launch::default()
     });
-    if !svc.wait_ready(Duration::from_secs(15)) {
-        println!("accio watch: no READY=1 within 15 s (going on; the warm-up will tell)");
+    if !svc.wait_ready(Duration::from_secs(3)) {
+        println!("accio watch: no READY=1 within 3 s (going on; the warm-up will tell)");
     }
     let pid = svc.pid;
     let res = measure(
@@ -325,7 +335,7 @@ fn bench_baseline(files: u64, samples: u64) -> Option<Results> {
     }
     let d = Dirs::new("bench-baseline");
     let sink = Sink::start();
-    let script = r#"inotifywait -q -m -e moved_to --format %w%f "$SPOOL" | while read -r f; do "$ACCIO" send 127.0.0.1 "$PORT" "$f"; done"#;
+    let script = r#"inotifywait -m -e moved_to --format %w%f "$SPOOL" | while read -r f; do "$ACCIO" send 127.0.0.1 "$PORT" "$f"; done"#;
     let mut child = Command::new("bash")
         .args(["-c", script])
         .env("SPOOL", &d.spool)
@@ -333,11 +343,29 @@ fn bench_baseline(files: u64, samples: u64) -> Option<Results> {
         .env("PORT", sink.port().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .ok()?;
     let pgid = child.id();
+    // inotifywait says "Watches established." on stderr once it watches: files renamed in
+    // before that would never be seen.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take()?;
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("Watches established") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(15)).is_err() {
+        println!("baseline: inotifywait did not establish its watch within 15 s");
+    }
     let res = measure(
         "baseline (inotifywait | accio send)",
         &sink,
