@@ -68,12 +68,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-/// Writes file `id` in `stage`, renames it into `spool`; returns the time of the rename.
+/// Writes file `id` in `stage`, renames it into `spool`; returns the time just before the
+/// rename (on a loaded machine the service may receive the file before this thread runs again
+/// after `rename` returns).
 fn drop_one(stage: &Path, spool: &Path, id: u64) -> Instant {
     let tmp = stage.join(format!("s{id}"));
     fs::write(&tmp, payload::content(id, FILE_SIZE)).unwrap();
+    let t = Instant::now();
     fs::rename(&tmp, spool.join(format!("f{id:07}.dat"))).unwrap();
-    Instant::now()
+    t
 }
 
 /// First complete reception per id.
@@ -154,12 +157,12 @@ fn measure(
     let mut renamed = Vec::with_capacity(files as usize);
     let t0 = Instant::now();
     for i in first..first + files {
+        renamed.push((i, Instant::now()));
         fs::rename(
             stage.join(format!("s{i}")),
             spool.join(format!("f{i:07}.dat")),
         )
         .unwrap();
-        renamed.push((i, Instant::now()));
     }
     let rename_secs = t0.elapsed().as_secs_f64();
     let all = wait_until(Duration::from_secs(600), || {
