@@ -638,6 +638,10 @@ impl Figures {
         let mut first: HashMap<u64, SystemTime> = HashMap::new();
         let mut partial = 0;
         for d in deliveries {
+            if d.id.is_some_and(|id| !dropped.contains_key(&id)) {
+                // Another phase's file (the same receiver serves several bursts).
+                continue;
+            }
             let complete = match (d.id, d.intact) {
                 (Some(id), true) => dropped.get(&id).is_some_and(|f| f.len == d.len),
                 _ => false,
