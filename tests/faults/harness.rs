@@ -555,13 +555,21 @@ pub fn from_sink(rs: &[Reception]) -> Vec<Delivery> {
 /// What `accio serve` saved in `dir` (complete `N.file`s only; the time is the file's mtime,
 /// that is when the last byte was written).
 pub fn from_serve_dir(dir: &Path) -> Vec<Delivery> {
+    from_serve_dir_except(dir, &Default::default())
+}
+
+/// Like [`from_serve_dir`], leaving out the files named in `seen` (an earlier phase's).
+pub fn from_serve_dir_except(
+    dir: &Path,
+    seen: &std::collections::HashSet<OsString>,
+) -> Vec<Delivery> {
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir(dir) else {
         return out;
     };
     for e in rd.flatten() {
         let name = e.file_name();
-        if name.to_string_lossy().starts_with('.') {
+        if name.to_string_lossy().starts_with('.') || seen.contains(&name) {
             continue;
         }
         let Ok(bytes) = fs::read(e.path()) else {
