@@ -55,6 +55,10 @@ struct Results {
     burst_p50: Duration,
     burst_p99: Duration,
     idle_cpu_pct: f64,
+    /// Clock ticks used while idle for 5 s (the resolution of the figure above).
+    idle_ticks: u64,
+    /// CPU time (user+system) the contender used for the burst, per file.
+    burst_cpu_per_file: Duration,
     rss_kib: u64,
     hwm_kib: u64,
     received: usize,
@@ -155,6 +159,7 @@ fn measure(
         fs::write(stage.join(format!("s{i}")), payload::content(i, FILE_SIZE)).unwrap();
     }
     let mut renamed = Vec::with_capacity(files as usize);
+    let cpu0 = cpu_ticks(&pids());
     let t0 = Instant::now();
     for i in first..first + files {
         renamed.push((i, Instant::now()));
@@ -185,6 +190,9 @@ fn measure(
         .copied()
         .unwrap_or(t0);
     res.burst_secs = last.duration_since(t0).as_secs_f64();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let burst_ticks = cpu_ticks(&pids()).saturating_sub(cpu0);
+    res.burst_cpu_per_file = Duration::from_secs_f64(burst_ticks as f64 / hz / files.max(1) as f64);
     if moves_to_done {
         let empty = wait_until(Duration::from_secs(120), || {
             fs::read_dir(spool).map(|d| d.count() == 0).unwrap_or(false)
@@ -207,8 +215,8 @@ fn measure(
     let before = cpu_ticks(&pids());
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
-    let ticks = cpu_ticks(&pids()) - before;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks = cpu_ticks(&pids()).saturating_sub(before);
+    res.idle_ticks = ticks;
     res.idle_cpu_pct = ticks as f64 / hz / t.elapsed().as_secs_f64() * 100.0;
     for p in pids() {
         res.rss_kib += status_kib(p, "VmRSS:");
@@ -217,7 +225,8 @@ fn measure(
     res
 }
 
-/// utime + stime of these processes, in clock ticks.
+/// utime + stime of these processes and of their reaped children (the baseline's
+/// `accio send`s, reaped by the shell loop), in clock ticks.
 fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
@@ -225,9 +234,10 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
             // Fields after the command name, which is in parentheses and may hold spaces.
             let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
             let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-            f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-                + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+            // utime, stime, cutime, cstime: fields 14-17 of stat, 12-15 after the name.
+            (11..=14)
+                .map(|i| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0))
+                .sum::<u64>()
         })
         .sum()
 }
@@ -453,9 +463,15 @@ fn main() {
         b(&|r| format!("{} / {}", ms(r.burst_p50), ms(r.burst_p99)))
     );
     println!(
-        "| idle CPU (utime+stime over 5 s) | {:.2} % | {} |",
+        "| idle CPU (utime+stime over 5 s) | {:.2} % ({} ticks) | {} |",
         svc.idle_cpu_pct,
-        b(&|r| format!("{:.2} %", r.idle_cpu_pct))
+        svc.idle_ticks,
+        b(&|r| format!("{:.2} % ({} ticks)", r.idle_cpu_pct, r.idle_ticks))
+    );
+    println!(
+        "| CPU (user+system) per file in the burst | {:.0} µs | {} |",
+        svc.burst_cpu_per_file.as_secs_f64() * 1e6,
+        b(&|r| format!("{:.0} µs", r.burst_cpu_per_file.as_secs_f64() * 1e6))
     );
     println!(
         "| RSS idle after the burst / peak (VmHWM) | {} KiB / {} KiB | {} |",
