@@ -135,12 +135,14 @@ fn unchanged(claim: &Claim, before: &Identity, sent: u64) -> Result<(), String> 
         .restat()
         .map_err(|e| format!("could not be checked after sending: {e}"))?;
     if after != *before {
-        return Err(format!(
-            "changed while being sent (size {} → {}, mtime or ctime changed: {})",
-            before.size,
-            after.size,
-            after.mtime_ns != before.mtime_ns || after.ctime_ns != before.ctime_ns
-        ));
+        let what = if after.size != before.size {
+            format!("size {} → {} bytes", before.size, after.size)
+        } else if after.mtime_ns != before.mtime_ns {
+            "modification time changed".to_string()
+        } else {
+            "status change time changed".to_string()
+        };
+        return Err(format!("changed while being sent ({what})"));
     }
     if sent != before.size {
         return Err(format!(
