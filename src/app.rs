@@ -9,6 +9,16 @@ use clap::{CommandFactory, Parser};
 use crate::cli::{Cli, Command};
 use crate::client::exit;
 
+/// Prints one `ERROR: ...` line on stderr. Unlike `eprintln!`, a closed or broken stderr
+/// (EPIPE: the reader of `accio send ... 2>&1 | head` went away) does not panic: the exit
+/// code still tells what happened.
+macro_rules! error_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "ERROR: {}", format_args!($($arg)*));
+    }};
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     main_with_args(std::env::args_os())
@@ -25,11 +35,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprintln!("ERROR: no command given (usage: accio <send|serve|watch|check-config|completions> ...; see accio --help)");
+            error_line!("no command given (usage: accio <send|serve|watch|check-config|completions> ...; see accio --help)");
             return ExitCode::from(exit::USAGE);
         }
         Err(e) => {
-            eprintln!("ERROR: {}", one_line_usage_error(&e));
+            error_line!("{}", one_line_usage_error(&e));
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -62,19 +72,27 @@ fn one_line_usage_error(e: &clap::Error) -> String {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+/// The async runtime for a command. `send` does one transfer on one socket: a single-thread
+/// runtime does it as fast and saves starting worker threads, which is most of the cost of
+/// sending a small file (see README, "Performance: send").
+fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        Command::Send(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    }
 }
 
 /// Runs a parsed command; returns the exit code.
 pub fn run(cli: Cli) -> u8 {
-    let rt = match runtime() {
+    let rt = match runtime(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ERROR: cannot start the async runtime: {e}");
+            error_line!("cannot start the async runtime: {e}");
             return exit::OTHER;
         }
     };
@@ -86,7 +104,7 @@ pub fn run(cli: Cli) -> u8 {
             )) {
                 Ok(_) => exit::OK,
                 Err(f) => {
-                    eprintln!("ERROR: {}", f.message);
+                    error_line!("{}", f.message);
                     f.code
                 }
             }
@@ -104,7 +122,7 @@ pub fn run(cli: Cli) -> u8 {
             match man.render(&mut std::io::stdout()) {
                 Ok(()) => exit::OK,
                 Err(e) => {
-                    eprintln!("ERROR: cannot write the man page: {e}");
+                    error_line!("cannot write the man page: {e}");
                     exit::OTHER
                 }
             }
@@ -116,18 +134,18 @@ async fn serve(args: crate::cli::ServeArgs) -> u8 {
     let port = match crate::client::parse_port(&args.port) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("ERROR: {e}");
+            error_line!("{e}");
             return exit::USAGE;
         }
     };
     match std::fs::metadata(&args.dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            eprintln!("ERROR: {:?} is not a directory", args.dir);
+            error_line!("{:?} is not a directory", args.dir);
             return exit::USAGE;
         }
         Err(e) => {
-            eprintln!("ERROR: cannot use directory {:?}: {e}", args.dir);
+            error_line!("cannot use directory {:?}: {e}", args.dir);
             return exit::USAGE;
         }
     }
@@ -135,14 +153,14 @@ async fn serve(args: crate::cli::ServeArgs) -> u8 {
     let listener = match crate::serve::bind(port) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("ERROR: cannot listen on port {port}: {e}");
+            error_line!("cannot listen on port {port}: {e}");
             return exit::OTHER;
         }
     };
     let shutdown = match crate::signals::termination() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ERROR: cannot install signal handlers: {e}");
+            error_line!("cannot install signal handlers: {e}");
             return exit::OTHER;
         }
     };
@@ -153,7 +171,7 @@ async fn serve(args: crate::cli::ServeArgs) -> u8 {
     match crate::serve::run(listener, opts, shutdown).await {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("ERROR: {e}");
+            error_line!("{e}");
             exit::OTHER
         }
     }

@@ -59,6 +59,8 @@ pub struct SendArgs {
     /// Server host name, IPv4 or IPv6 address.
     pub host: String,
     /// Server port: 1-65535 or a service name such as `http-alt`.
+    // Negative numbers are values, so `-1` is reported as an invalid port, not an unknown flag.
+    #[arg(allow_negative_numbers = true)]
     pub port: String,
     /// The file to send.
     pub file: PathBuf,
@@ -93,6 +95,7 @@ impl TimeoutArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Port to listen on, on all interfaces: 1-65535 or a service name.
+    #[arg(allow_negative_numbers = true)]
     pub port: String,
     /// Directory where received files are saved.
     pub dir: PathBuf,

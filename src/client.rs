@@ -184,8 +184,10 @@ impl ClientError {
 /// Resolution and all attempts together end within `timeouts.connect`; each attempt gets an
 /// equal share of the time left, so one black-holed address cannot starve the others.
 ///
-/// The socket gets TCP_USER_TIMEOUT = `timeouts.stall`, so unacknowledged data also fails in
-/// bounded time.
+/// No TCP_USER_TIMEOUT is set: on a small receive window the kernel counts even a steadily
+/// progressing transfer in persist mode against it and aborts a slow but steady server. Data
+/// stuck unacknowledged is caught by [`protocol::finish_tcp`] instead, which watches the send
+/// queue drain with the stall timeout.
 ///
 /// # Errors
 /// [`ClientError::Resolve`], [`ClientError::NoAddresses`], [`ClientError::Connect`] or
@@ -226,7 +228,7 @@ pub async fn connect(dest: &Destination, timeouts: &Timeouts) -> Result<TcpStrea
         }
         let left = count - i as u32;
         let share = (deadline - now) / left;
-        match tokio::time::timeout(share, connect_one(addr, timeouts.stall)).await {
+        match tokio::time::timeout(share, connect_one(addr)).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(e)) => tried.0.push((addr, e.to_string())),
             Err(_) => tried.0.push((addr, format!("no answer within {share:?}"))),
@@ -246,16 +248,12 @@ pub async fn connect(dest: &Destination, timeouts: &Timeouts) -> Result<TcpStrea
     }
 }
 
-async fn connect_one(addr: SocketAddr, stall: Duration) -> io::Result<TcpStream> {
+async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
-    let stream = socket.connect(addr).await?;
-    let sock = socket2::SockRef::from(&stream);
-    // Best effort: without it, the stall timeout still bounds every wait we make ourselves.
-    let _ = sock.set_tcp_user_timeout(Some(stall.max(Duration::from_millis(1))));
-    Ok(stream)
+    socket.connect(addr).await
 }
 
 /// One whole upload of an open file: connect, wait for the command, send the file's bytes
@@ -296,7 +294,7 @@ pub async fn upload<E>(
         protocol::abort(stream);
         return Err(UploadError::Rejected(e));
     }
-    if let Err(e) = protocol::finish(&mut stream, timeouts.close).await {
+    if let Err(e) = protocol::finish_tcp(&mut stream, timeouts.stall, timeouts.close).await {
         protocol::abort(stream);
         return Err(proto(e).into());
     }

@@ -7,7 +7,7 @@
 //!    rejected at once; no byte for the handshake timeout is an error.
 //! 2. [`send_body`] (any stream) or [`send_file_zero_copy`] (a TCP socket and a file): the
 //!    content, and nothing else. Not being able to write for the stall timeout is an error.
-//! 3. [`finish`]: half-close, then wait (bounded) for the server to close. Only then is the
+//! 3. [`finish`] (any stream) or [`finish_tcp`]: half-close, then wait (bounded) for the server to close. Only then is the
 //!    transfer confirmed.
 //!
 //! This module knows nothing of command lines, spool directories or retry policy.
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 /// The command the server sends before the client may send anything.
 pub const COMMAND: &[u8; 7] = b"accio\r\n";
@@ -34,8 +34,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Longest wait for the next byte of the command.
     pub handshake: Duration,
-    /// Longest time the send buffer may stay full; also TCP_USER_TIMEOUT, so data stuck
-    /// unacknowledged in the kernel fails in bounded time as well.
+    /// Longest time the send buffer may stay full, and, after the last write, the longest
+    /// time the server may acknowledge none of the data still queued in the kernel.
     pub stall: Duration,
     /// Longest wait for the server to close after our half-close.
     pub close: Duration,
@@ -327,6 +327,74 @@ pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// How often [`finish_tcp`] checks that the server is still taking our queued data. Only
+/// while data is queued; the wait for the close itself is purely event-driven.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Bytes in the socket's send queue not yet acknowledged by the peer (`SIOCOUTQ`), or
+/// `None` where the kernel cannot tell.
+fn unacked_bytes(stream: &TcpStream) -> Option<u64> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: the descriptor is open (borrowed) and `queued` is a valid c_int out-pointer,
+    // which is what TIOCOUTQ (= SIOCOUTQ) writes.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    (rc == 0 && queued >= 0).then_some(queued as u64)
+}
+
+/// [`finish`] for TCP: half-closes, then waits for the server's close. The last part of the
+/// file may still sit in our send buffer (up to a few MiB) when the half-close is made, and a
+/// slow but steady server may take long to read it: so the stall rule, not the close timeout,
+/// applies while the server is still acknowledging data. The close timeout starts once
+/// everything, including our FIN, was acknowledged.
+///
+/// # Errors
+/// Shutdown failure, a reset or other read error, no acknowledgement progress for `stall`,
+/// or no close within `close_timeout` after everything was acknowledged.
+pub async fn finish_tcp(
+    stream: &mut TcpStream,
+    stall: Duration,
+    close_timeout: Duration,
+) -> Result<(), ProtocolError> {
+    stream.shutdown().await.map_err(ProtocolError::CloseIo)?;
+    let mut queued = unacked_bytes(stream);
+    let mut last_progress = Instant::now();
+    // Without SIOCOUTQ we cannot see the drain: fall back to the plain close timeout.
+    let mut close_deadline = match queued {
+        Some(0) | None => Some(last_progress + close_timeout),
+        Some(_) => None,
+    };
+    let mut sink = [0u8; 4096];
+    loop {
+        let wake = close_deadline.unwrap_or_else(|| Instant::now() + DRAIN_POLL);
+        tokio::select! {
+            read = stream.read(&mut sink) => match read {
+                Ok(0) => return Ok(()),
+                // Unsolicited bytes: ignored.
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ProtocolError::CloseIo(e)),
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                if close_deadline.is_some() {
+                    return Err(ProtocolError::CloseTimeout(close_timeout));
+                }
+                match unacked_bytes(stream) {
+                    Some(0) | None => close_deadline = Some(now + close_timeout),
+                    Some(q) if Some(q) < queued => {
+                        queued = Some(q);
+                        last_progress = now;
+                    }
+                    Some(_) if now - last_progress >= stall => {
+                        return Err(ProtocolError::Stall(stall));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Drops a connection with a reset instead of a graceful close, so the peer can tell that
 /// the transfer was not completed.
 pub fn abort(stream: TcpStream) {
@@ -371,5 +439,232 @@ mod tests {
         let mut m = CommandMatcher::new();
         m.feed(b"accio\r\ngarbage").unwrap();
         assert!(m.is_complete());
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// What the handshake must do with `input` (the whole stream, then EOF): accept, reject
+    /// at a 0-based position, or find the stream closed after a proper prefix.
+    #[derive(Debug, PartialEq)]
+    enum Expected {
+        Accept,
+        RejectAt(usize),
+        ClosedAfter(usize),
+    }
+
+    fn expected(input: &[u8]) -> Expected {
+        for (i, &expected) in COMMAND.iter().enumerate() {
+            match input.get(i) {
+                None => return Expected::ClosedAfter(i),
+                Some(&b) if b != expected => return Expected::RejectAt(i),
+                Some(_) => {}
+            }
+        }
+        Expected::Accept
+    }
+
+    /// Splits `input` at the given cut points (any values; clamped and sorted).
+    fn chunks(input: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
+        cuts.push(0);
+        cuts.push(input.len());
+        cuts.sort_unstable();
+        cuts.windows(2)
+            .map(|w| input[w[0]..w[1]].to_vec())
+            .collect()
+    }
+
+    /// Inputs that exercise every branch: random bytes, proper prefixes of the command with
+    /// anything after, and the command with one byte changed.
+    fn inputs() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..24),
+            (
+                0..=COMMAND.len(),
+                proptest::collection::vec(any::<u8>(), 0..16)
+            )
+                .prop_map(|(k, tail)| [&COMMAND[..k], &tail[..]].concat()),
+            (
+                0..COMMAND.len(),
+                any::<u8>(),
+                proptest::collection::vec(any::<u8>(), 0..8)
+            )
+                .prop_map(|(i, b, tail)| {
+                    let mut v = COMMAND.to_vec();
+                    v[i] = b;
+                    v.extend(tail);
+                    v
+                }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The matcher never panics, accepts exactly when the input starts with the command,
+        /// and rejects in the chunk that holds the first bad byte, naming that byte.
+        #[test]
+        fn matcher_on_any_bytes_and_chunking(
+            input in inputs(),
+            cuts in proptest::collection::vec(0usize..32, 0..8),
+        ) {
+            let want = expected(&input);
+            let mut m = CommandMatcher::new();
+            let mut fed = 0usize;
+            let mut outcome = None;
+            for chunk in chunks(&input, &cuts) {
+                match m.feed(&chunk) {
+                    Ok(()) => fed += chunk.len(),
+                    Err(e) => {
+                        outcome = Some((fed, chunk.len(), e));
+                        break;
+                    }
+                }
+            }
+            match want {
+                Expected::Accept => {
+                    proptest::prop_assert!(outcome.is_none());
+                    proptest::prop_assert!(m.is_complete());
+                }
+                Expected::ClosedAfter(n) => {
+                    proptest::prop_assert!(outcome.is_none());
+                    proptest::prop_assert_eq!(m.matched(), n);
+                    proptest::prop_assert!(!m.is_complete());
+                }
+                Expected::RejectAt(i) => {
+                    let (start, len, err) = outcome.expect("a bad byte must be rejected");
+                    proptest::prop_assert!(start <= i && i < start + len, "rejected in the wrong chunk");
+                    proptest::prop_assert_eq!(m.matched(), i);
+                    match err {
+                        ProtocolError::WrongCommand { byte, expected, position } => {
+                            proptest::prop_assert_eq!(byte, input[i] as char);
+                            proptest::prop_assert_eq!(expected, COMMAND[i] as char);
+                            proptest::prop_assert_eq!(position, i + 1);
+                        }
+                        other => proptest::prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+            }
+        }
+
+        /// `read_command` over an in-memory stream written in random chunks: the same
+        /// verdicts, the server closing early is reported with the count received, and
+        /// nothing beyond the command is consumed.
+        #[test]
+        fn read_command_over_a_duplex_stream(
+            input in inputs(),
+            cuts in proptest::collection::vec(0usize..32, 0..8),
+            capacity in 1usize..16,
+        ) {
+            let want = expected(&input);
+            let parts = chunks(&input, &cuts);
+            let (result, rest) = rt().block_on(async move {
+                let (mut server, mut client) = tokio::io::duplex(capacity);
+                let writer = tokio::spawn(async move {
+                    for part in parts {
+                        if server.write_all(&part).await.is_err() {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                });
+                let result = read_command(&mut client, Duration::from_secs(10)).await;
+                let mut rest = Vec::new();
+                if result.is_ok() {
+                    client.read_to_end(&mut rest).await.unwrap();
+                }
+                drop(client);
+                writer.await.unwrap();
+                (result, rest)
+            });
+            match (want, result) {
+                (Expected::Accept, Ok(())) => {
+                    proptest::prop_assert_eq!(&rest[..], &input[COMMAND.len()..]);
+                }
+                (Expected::RejectAt(i), Err(ProtocolError::WrongCommand { position, .. })) => {
+                    proptest::prop_assert_eq!(position, i + 1);
+                }
+                (Expected::ClosedAfter(n), Err(ProtocolError::ClosedBeforeCommand { received })) => {
+                    proptest::prop_assert_eq!(received, n);
+                }
+                (want, got) => proptest::prop_assert!(false, "expected {want:?}, got {got:?}"),
+            }
+        }
+
+        /// The copying path delivers exactly the input, whatever the reader's pace.
+        #[test]
+        fn send_body_is_byte_exact(
+            len in 0usize..600_000,
+            seed in proptest::prelude::any::<u64>(),
+            capacity in 1usize..70_000,
+        ) {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let data: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            let expected = data.clone();
+            let (sent, got, last_progress) = rt().block_on(async move {
+                let (mut tx, mut rx) = tokio::io::duplex(capacity);
+                let reader = tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = vec![0u8; 1 + (seed as usize % 50_000)];
+                    loop {
+                        let n = rx.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            return got;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                });
+                let mut last = 0;
+                let mut progress = |n| last = n;
+                let sent = send_body(&mut &data[..], &mut tx, Duration::from_secs(10), 0, &mut progress)
+                    .await
+                    .unwrap();
+                drop(tx);
+                (sent, reader.await.unwrap(), last)
+            });
+            proptest::prop_assert_eq!(sent, len as u64);
+            proptest::prop_assert_eq!(last_progress, len as u64);
+            proptest::prop_assert!(got == expected);
+        }
+    }
+
+    #[test]
+    fn read_command_times_out_without_progress() {
+        rt().block_on(async {
+            let (mut server, mut client) = tokio::io::duplex(64);
+            server.write_all(b"acc").await.unwrap();
+            let start = std::time::Instant::now();
+            let err = read_command(&mut client, Duration::from_millis(100))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ProtocolError::HandshakeTimeout(_)), "{err:?}");
+            assert!(err.is_handshake());
+            assert!(start.elapsed() >= Duration::from_millis(100));
+            drop(server);
+        });
+    }
+
+    #[test]
+    fn send_body_fails_when_the_peer_stops_reading() {
+        rt().block_on(async {
+            let (mut tx, rx) = tokio::io::duplex(1024);
+            let data = vec![7u8; 100_000];
+            let err = send_body(
+                &mut &data[..],
+                &mut tx,
+                Duration::from_millis(100),
+                0,
+                &mut |_| {},
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, ProtocolError::Stall(_)), "{err:?}");
+            assert!(!err.is_handshake());
+            drop(rx);
+        });
     }
 }

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +59,8 @@ pub fn bind(port: u16) -> io::Result<TcpListener> {
 }
 
 /// Accepts connections until `shutdown` completes, then stops accepting and gives the
-/// connections in progress up to `idle_timeout` to end.
+/// connections in progress up to `idle_timeout` to end. A connection still running after that
+/// is dropped with its unfinished file, which never appears under its final name.
 ///
 /// # Errors
 /// Only setup errors; a failing connection is logged and the server goes on.
@@ -71,6 +72,12 @@ pub async fn run(
     let counter = Arc::new(AtomicU64::new(0));
     let tracker = TaskTracker::new();
     let opts = Arc::new(opts);
+    // Tests and demos wait for this line before connecting.
+    tracing::info!(
+        "listening on {}, saving to {}",
+        listener.local_addr()?,
+        opts.dir.display()
+    );
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -98,16 +105,69 @@ pub async fn run(
     }
     drop(listener);
     tracker.close();
+    if !tracker.is_empty() {
+        tracing::info!(
+            "stopping: waiting up to {:?} for {} connection(s) in progress",
+            opts.idle_timeout,
+            tracker.len()
+        );
+    }
+    if tokio::time::timeout(opts.idle_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopping: abandoning connections still in progress");
+    }
     Ok(())
 }
 
-/// Receives one connection into `DIR/N.file`.
+/// Removes an unpublished part file when its connection is dropped (shutdown), so a partial
+/// transfer leaves nothing behind.
+struct PartFile {
+    path: PathBuf,
+    /// False once the file was renamed to its final name.
+    armed: bool,
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Receives one connection into `DIR/N.file`, then closes it: gracefully (the client's
+/// confirmation) only when the file is in place, else with a reset.
 async fn handle(mut stream: TcpStream, n: u64, opts: &ServeOptions) -> io::Result<u64> {
+    match save(&mut stream, n, opts).await {
+        Ok(bytes) => {
+            drop(stream);
+            Ok(bytes)
+        }
+        Err(e) => {
+            abort(stream);
+            Err(e)
+        }
+    }
+}
+
+/// Writes what the connection sends to a hidden part file and renames it to `N.file` when
+/// complete; a failed transfer leaves `N.file` holding exactly `ERROR`.
+async fn save(stream: &mut TcpStream, n: u64, opts: &ServeOptions) -> io::Result<u64> {
     let final_path = opts.dir.join(format!("{n}.file"));
-    let part_path = opts.dir.join(format!(".{n}.file.part"));
-    let mut file = tokio::fs::File::create(&part_path).await?;
-    let outcome = receive(&mut stream, &mut file, opts.idle_timeout).await;
-    let result = match outcome {
+    let mut part = PartFile {
+        path: opts.dir.join(format!(".{n}.file.part")),
+        armed: true,
+    };
+    let mut file = tokio::fs::File::create(&part.path).await.map_err(|e| {
+        part.armed = false;
+        io::Error::new(
+            e.kind(),
+            format!("cannot create {}: {e}", part.path.display()),
+        )
+    })?;
+    let result = match receive(stream, &mut file, opts.idle_timeout).await {
         Ok(bytes) => {
             file.flush().await?;
             drop(file);
@@ -115,18 +175,18 @@ async fn handle(mut stream: TcpStream, n: u64, opts: &ServeOptions) -> io::Resul
         }
         Err(e) => {
             drop(file);
-            tokio::fs::write(&part_path, b"ERROR").await?;
+            tokio::fs::write(&part.path, b"ERROR").await?;
             Err(e)
         }
     };
-    publish(&part_path, &final_path).await?;
-    // The client takes our close as confirmation, so close only once the file is in place.
-    drop(stream);
+    tokio::fs::rename(&part.path, &final_path).await?;
+    part.armed = false;
     result
 }
 
-async fn publish(part: &Path, final_path: &Path) -> io::Result<()> {
-    tokio::fs::rename(part, final_path).await
+fn abort(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
 }
 
 async fn receive(

@@ -1,0 +1,364 @@
+//! `accio serve PORT DIR` as the real binary: numbering, empty and ERROR files, concurrency,
+//! signals, atomic publication, IPv4 and IPv6.
+
+mod sendserve_support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sendserve_support::*;
+
+/// A running `accio serve` on a free port, killed on drop.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    /// Everything the server logged so far.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts a server with the given idle timeout and waits until it listens. The port is
+    /// found by binding port 0 and releasing it; if another process takes it meanwhile the
+    /// server fails to bind and we try again.
+    fn start(idle: &str) -> Server {
+        for _ in 0..5 {
+            let port = TcpListener::bind("[::]:0")
+                .or_else(|_| TcpListener::bind("0.0.0.0:0"))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::tempdir().unwrap();
+            let mut child = accio()
+                .args(["serve", &port.to_string()])
+                .arg(dir.path())
+                .env("ACCIO_SERVE_IDLE_TIMEOUT", idle)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let stderr = child.stderr.take().unwrap();
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            let start = Instant::now();
+            loop {
+                if log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l.contains("listening on"))
+                {
+                    return Server {
+                        child: Some(child),
+                        port,
+                        dir,
+                        log,
+                    };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // Port taken meanwhile: try another.
+                }
+                assert!(start.elapsed() < DEADLINE, "serve did not start");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        panic!("serve failed to start five times");
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn read(&self, n: u64) -> Vec<u8> {
+        std::fs::read(self.path(&format!("{n}.file"))).unwrap()
+    }
+
+    /// Names in DIR.
+    fn listing(&self) -> BTreeSet<String> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// A raw client that has received the whole command.
+    fn connect(&self, host: &str) -> TcpStream {
+        let mut s = TcpStream::connect((host, self.port)).unwrap();
+        let mut cmd = [0u8; 7];
+        s.read_exact(&mut cmd).unwrap();
+        assert_eq!(&cmd, COMMAND);
+        s
+    }
+
+    fn send(&self, host: &str, file: &Path) -> Outcome {
+        run(&mut send_cmd(host, &self.port.to_string(), file, SHORT))
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().unwrap().id() as libc::pid_t;
+        // SAFETY: signalling our own child, which is alive (not yet waited for).
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// Waits for the server to exit (with the deadline) and returns its exit code.
+    fn wait(&mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = child.kill();
+                panic!("serve did not exit; log: {:?}", self.log.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn numbers_connections_one_two_three_byte_exact() {
+    let server = Server::start("10s");
+    let src = tempfile::tempdir().unwrap();
+    let contents = [pattern(500, 21), pattern(10 << 20, 22), Vec::new()];
+    for (i, content) in contents.iter().enumerate() {
+        let file = write_file(src.path(), &format!("f{i}"), content);
+        server.send("127.0.0.1", &file).assert_success();
+    }
+    for (i, content) in contents.iter().enumerate() {
+        let got = server.read(i as u64 + 1);
+        assert!(&got == content, "{}.file differs", i + 1);
+    }
+    assert_eq!(
+        server.listing(),
+        ["1.file", "2.file", "3.file"].map(String::from).into()
+    );
+}
+
+/// A client that connects, receives the command and closes at once: an empty file, in place
+/// before the server closes (the close is the client's confirmation).
+#[test]
+fn empty_connection_gives_an_empty_file() {
+    let server = Server::start("10s");
+    let mut s = server.connect("127.0.0.1");
+    shutdown_write(&s);
+    let (extra, end) = read_all(&mut s);
+    end.unwrap();
+    assert!(extra.is_empty());
+    assert_eq!(server.read(1), b"");
+}
+
+/// Silence for the idle timeout: the connection is aborted and the file holds exactly
+/// `ERROR`, whatever arrived before.
+#[test]
+fn idle_connection_gives_error_content() {
+    let server = Server::start("500ms");
+    let mut s = server.connect("127.0.0.1");
+    s.write_all(b"some partial data").unwrap();
+    let start = Instant::now();
+    let (_, _end) = read_all(&mut s); // Returns when the server aborts.
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(450), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    wait_until("1.file", || server.path("1.file").exists());
+    assert_eq!(server.read(1), b"ERROR");
+    // Silence right from the start: ERROR as well.
+    let mut s = server.connect("127.0.0.1");
+    let _ = read_all(&mut s);
+    wait_until("2.file", || server.path("2.file").exists());
+    assert_eq!(server.read(2), b"ERROR");
+}
+
+/// A client that resets mid-transfer: ERROR, not a truncated file.
+#[test]
+fn reset_connection_gives_error_content() {
+    let server = Server::start("10s");
+    let mut s = server.connect("127.0.0.1");
+    s.write_all(&pattern(100_000, 23)).unwrap();
+    wait_until("data to arrive", || {
+        std::fs::metadata(server.path(".1.file.part")).is_ok_and(|m| m.len() == 100_000)
+    });
+    reset(s);
+    wait_until("1.file", || server.path("1.file").exists());
+    assert_eq!(server.read(1), b"ERROR");
+}
+
+#[test]
+fn ten_concurrent_clients_byte_exact() {
+    let server = Server::start("10s");
+    let src = tempfile::tempdir().unwrap();
+    let contents: Vec<Vec<u8>> = (0..10)
+        .map(|i| pattern(256 << 10 | i, 30 + i as u64))
+        .collect();
+    let children: Vec<_> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let file = write_file(src.path(), &format!("f{i}"), c);
+            spawn(&mut send_cmd(
+                "127.0.0.1",
+                &server.port.to_string(),
+                &file,
+                SHORT,
+            ))
+        })
+        .collect();
+    for (child, started) in children {
+        finish(child, started).assert_success();
+    }
+    let received: BTreeSet<Vec<u8>> = (1..=10).map(|n| server.read(n)).collect();
+    let sent: BTreeSet<Vec<u8>> = contents.into_iter().collect();
+    assert!(received == sent, "received contents differ from sent");
+    assert_eq!(server.listing().len(), 10);
+}
+
+/// While a transfer is in progress its data is only in a hidden part file; `1.file` appears
+/// complete, once the client has closed.
+#[test]
+fn file_appears_under_its_final_name_only_when_complete() {
+    let server = Server::start("10s");
+    let first = pattern(300_000, 24);
+    let second = pattern(200_000, 25);
+    let mut s = server.connect("127.0.0.1");
+    s.write_all(&first).unwrap();
+    wait_until("the first part to be written", || {
+        std::fs::metadata(server.path(".1.file.part")).is_ok_and(|m| m.len() == 300_000)
+    });
+    assert_eq!(
+        server.listing(),
+        BTreeSet::from([".1.file.part".to_string()])
+    );
+    s.write_all(&second).unwrap();
+    shutdown_write(&s);
+    let (_, end) = read_all(&mut s);
+    end.unwrap();
+    assert_eq!(server.listing(), BTreeSet::from(["1.file".to_string()]));
+    assert_eq!(server.read(1), [first, second].concat());
+}
+
+#[test]
+fn listens_on_ipv4_and_ipv6() {
+    let server = Server::start("10s");
+    let src = tempfile::tempdir().unwrap();
+    let v4 = write_file(src.path(), "v4", b"over IPv4");
+    server.send("127.0.0.1", &v4).assert_success();
+    assert_eq!(server.read(1), b"over IPv4");
+    if !have_ipv6() {
+        eprintln!("skipped the IPv6 half: no IPv6 on loopback");
+        return;
+    }
+    let v6 = write_file(src.path(), "v6", b"over IPv6");
+    server.send("::1", &v6).assert_success();
+    assert_eq!(server.read(2), b"over IPv6");
+}
+
+fn exits_zero_on(sig: libc::c_int) {
+    let mut server = Server::start("10s");
+    // One completed transfer first, so the signal arrives at a server that has worked.
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "f", b"before the signal");
+    server.send("127.0.0.1", &file).assert_success();
+    server.signal(sig);
+    assert_eq!(
+        server.wait(),
+        Some(0),
+        "log: {:?}",
+        server.log.lock().unwrap()
+    );
+    assert_eq!(server.read(1), b"before the signal");
+}
+
+#[test]
+fn sigint_exits_zero() {
+    exits_zero_on(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_exits_zero() {
+    exits_zero_on(libc::SIGTERM);
+}
+
+#[test]
+fn sigquit_exits_zero() {
+    exits_zero_on(libc::SIGQUIT);
+}
+
+/// A signal during a transfer: the server waits (bounded) for it, then exits 0; an
+/// unfinished transfer never shows up as `N.file`.
+#[test]
+fn signal_during_a_transfer_leaves_no_partial_file() {
+    let mut server = Server::start("1s");
+    let mut s = server.connect("127.0.0.1");
+    s.write_all(b"unfinished").unwrap();
+    wait_until("data to arrive", || {
+        std::fs::metadata(server.path(".1.file.part")).is_ok_and(|m| m.len() == 10)
+    });
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(), Some(0));
+    let _ = read_all(&mut s);
+    let listing = server.listing();
+    assert!(
+        listing.is_empty() || listing == BTreeSet::from(["1.file".to_string()]),
+        "{listing:?}"
+    );
+    if !listing.is_empty() {
+        // The idle timeout struck while waiting: ERROR, never the partial data.
+        assert_eq!(server.read(1), b"ERROR");
+    }
+}
+
+#[test]
+fn bad_port_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for port in ["0", "65536", "-1", "abc", ""] {
+        let out = run(accio().args(["serve", port]).arg(dir.path()));
+        assert_ne!(out.code(), Some(0), "{port:?}");
+        out.assert_one_error_line();
+        assert!(out.stderr.contains("port"), "{port:?}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn port_in_use_is_an_error() {
+    let taken = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(accio().args(["serve", &port]).arg(dir.path()));
+    assert_ne!(out.code(), Some(0));
+    out.assert_one_error_line();
+}
+
+#[test]
+fn missing_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(accio()
+        .args(["serve", "5000"])
+        .arg(dir.path().join("missing")));
+    assert_ne!(out.code(), Some(0));
+    out.assert_one_error_line();
+    assert!(out.stderr.contains("missing"), "{}", out.stderr);
+}
