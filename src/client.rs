@@ -274,6 +274,11 @@ pub async fn upload<E>(
     before_close: impl FnOnce(u64) -> Result<(), E>,
 ) -> Result<u64, UploadError<E>> {
     let mut stream = connect(dest, timeouts).await?;
+    // Linger 0 from the start: any close other than the confirmed finish below (this future
+    // dropped when a service's shutdown grace runs out, the process killed) becomes a reset,
+    // so the server never takes a partial file as complete. After the confirmed finish the
+    // connection is already closed at the TCP level and dropping it sends nothing.
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     let proto = |source| ClientError::Protocol {
         dest: dest.clone(),
         source,

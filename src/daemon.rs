@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::exit;
 use crate::config::{self, Config};
+use crate::logging::LogControl;
 use crate::status::Stats;
 use crate::watch::{self, FatalError};
 
@@ -32,11 +33,11 @@ pub fn main(rt: &tokio::runtime::Runtime, args: crate::cli::WatchArgs) -> u8 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ERROR: {e}");
-            return exit::OTHER;
+            return config::EXIT_INVALID;
         }
     };
-    crate::logging::init_service(args.log_format, &config.log_level);
-    rt.block_on(service(config, args.config))
+    let log = crate::logging::init_service(args.log_format, &config.log_level);
+    rt.block_on(service(config, args.config, log))
 }
 
 /// One running pipeline.
@@ -69,7 +70,7 @@ impl Pipeline {
     }
 }
 
-async fn service(config: Config, path: PathBuf) -> u8 {
+async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -93,7 +94,7 @@ async fn service(config: Config, path: PathBuf) -> u8 {
             sig = signals.next() => match sig {
                 Some(SIGHUP) => {
                     // systemd: RELOADING=1 goes here.
-                    if let Some(new) = reload(&path, &stats).await {
+                    if let Some(new) = reload(&path, &stats, &log).await {
                         let old = std::mem::replace(&mut current, new);
                         old.stop.cancel();
                         retiring.spawn(async move {
@@ -139,7 +140,7 @@ async fn service(config: Config, path: PathBuf) -> u8 {
 }
 
 /// Loads the config again and starts a pipeline on it; `None` (logged) keeps the old one.
-async fn reload(path: &Path, stats: &Arc<Stats>) -> Option<Pipeline> {
+async fn reload(path: &Path, stats: &Arc<Stats>, log: &LogControl) -> Option<Pipeline> {
     tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
     let config = match config::load(path) {
         Ok(c) => c,
@@ -148,8 +149,12 @@ async fn reload(path: &Path, stats: &Arc<Stats>) -> Option<Pipeline> {
             return None;
         }
     };
+    let level = config.log_level.clone();
     match Pipeline::start(config, stats.clone()).await {
         Ok(p) => {
+            if let Err(e) = log.set_level(&level) {
+                tracing::warn!("{e}; keeping the previous log level");
+            }
             tracing::info!(config = %path.display(), "configuration reloaded");
             Some(p)
         }

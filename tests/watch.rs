@@ -277,20 +277,18 @@ fn sigterm_lets_the_transfer_run_for_the_grace_then_exits_0_leaving_the_file() {
     let dirs = Dirs::new();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let started_tx = std::sync::Mutex::new(started_tx);
-    let (_hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
     let hold_rx = std::sync::Mutex::new(hold_rx);
     let server = ScriptServer::start(move |_, mut stream| {
         let first = read_at_least(&mut stream, 64 * 1024);
         let _ = started_tx.lock().unwrap().send(());
-        // Stop reading: the transfer cannot finish.
+        // Stop reading (the transfer cannot finish) until the service has exited; then see
+        // how the connection ended.
         let _ = hold_rx
             .lock()
             .unwrap()
             .recv_timeout(Duration::from_secs(30));
-        Conn {
-            bytes: first,
-            clean: false,
-        }
+        read_rest(&mut stream, first)
     });
     let o = Opts {
         timeout: "20s",
@@ -307,6 +305,16 @@ fn sigterm_lets_the_transfer_run_for_the_grace_then_exits_0_leaving_the_file() {
     assert_eq!(names(&dirs.spool), ["big"]);
     assert!(names(&dirs.done).is_empty());
     assert!(svc.log().contains("did not finish within"), "{}", svc.log());
+    hold_tx.send(()).unwrap();
+    wait_for("the server saw the connection end", || {
+        server.conns().len() == 1
+    });
+    let conn = &server.conns()[0];
+    assert!(
+        !conn.clean,
+        "the cut transfer ended with a clean close, as if complete"
+    );
+    assert!(conn.bytes.len() < 16 << 20);
 }
 
 #[test]
@@ -369,6 +377,16 @@ fn kill_9_during_a_burst_loses_nothing() {
         .collect();
     assert_eq!(lost, Vec::<usize>::new(), "lost files");
     assert_eq!(names(&dirs.done).len(), n);
+    // A transfer cut by the kill was reset, never closed as if complete: the receiver holds
+    // whole files, or ERROR for a broken connection, never a truncated file.
+    let whole: std::collections::HashSet<Vec<u8>> = (0..n).map(|i| content(i, 2000)).collect();
+    for (k, c) in recv.files() {
+        assert!(
+            whole.contains(&c) || c == b"ERROR",
+            "{k}.file is neither a whole file nor ERROR ({} bytes)",
+            c.len()
+        );
+    }
 }
 
 #[test]
@@ -448,7 +466,7 @@ fn an_invalid_config_is_refused_at_start() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("ERROR:"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
