@@ -253,6 +253,13 @@ async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
+    // Linger 0 from before the handshake: any close other than a confirmed finish (the
+    // future dropped when a service's shutdown grace runs out, the process killed, even
+    // right after the handshake) becomes a reset, so the server never takes a partial or
+    // empty transfer as complete. After the confirmed finish (the server's close) the
+    // connection is already closed at the TCP level and dropping it sends nothing.
+    // (Zero linger never blocks the close, unlike the non-zero kind tokio warns about.)
+    socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO))?;
     socket.connect(addr).await
 }
 
@@ -274,11 +281,6 @@ pub async fn upload<E>(
     before_close: impl FnOnce(u64) -> Result<(), E>,
 ) -> Result<u64, UploadError<E>> {
     let mut stream = connect(dest, timeouts).await?;
-    // Linger 0 from the start: any close other than the confirmed finish below (this future
-    // dropped when a service's shutdown grace runs out, the process killed) becomes a reset,
-    // so the server never takes a partial file as complete. After the confirmed finish the
-    // connection is already closed at the TCP level and dropping it sends nothing.
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     let proto = |source| ClientError::Protocol {
         dest: dest.clone(),
         source,

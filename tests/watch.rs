@@ -227,15 +227,15 @@ fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let started_tx = std::sync::Mutex::new(started_tx);
     let go_rx = std::sync::Mutex::new(go_rx);
-    let server = ScriptServer::start(move |n, mut stream| {
+    let server = ScriptServer::start_with_rcvbuf(Some(64 * 1024), move |n, stream| {
         if n == 0 {
             // Take a little, then stop reading until the test has changed the file.
-            let first = read_at_least(&mut stream, 64 * 1024);
+            let first = read_at_least(stream, 64 * 1024);
             let _ = started_tx.lock().unwrap().send(());
             let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
-            return read_rest(&mut stream, first);
+            return read_rest(stream, first);
         }
-        read_rest(&mut stream, Vec::new())
+        read_rest(stream, Vec::new())
     });
     let o = Opts {
         timeout: "10s",
@@ -258,10 +258,12 @@ fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
     expected.extend_from_slice(b"appended\n");
     let conns = server.conns();
     let clean: Vec<&Conn> = conns.iter().filter(|c| c.clean).collect();
+    let summary: Vec<(usize, bool)> = conns.iter().map(|c| (c.bytes.len(), c.clean)).collect();
     assert_eq!(
         clean.len(),
         1,
-        "exactly one connection may claim to be complete"
+        "exactly one connection may claim to be complete: {summary:?}\n{}",
+        svc.log()
     );
     assert!(
         clean[0].bytes == expected,
@@ -273,14 +275,60 @@ fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
 }
 
 #[test]
+fn a_file_modified_after_it_was_sent_but_before_it_was_moved_is_sent_again() {
+    let dirs = Dirs::new();
+    let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let eof_tx = std::sync::Mutex::new(eof_tx);
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let server = ScriptServer::start(move |n, stream| {
+        let conn = read_rest(stream, Vec::new());
+        if n == 0 {
+            // Everything received; hold the confirming close until the file was changed.
+            let _ = eof_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
+        }
+        conn
+    });
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, server.port, &Opts::default()),
+    );
+    let svc = Service::start(&cfg);
+    dirs.drop_file("f", b"first version\n");
+    eof_rx.recv_timeout(DEADLINE).unwrap();
+    let mut f = fs::File::options()
+        .append(true)
+        .open(dirs.spool.join("f"))
+        .unwrap();
+    f.write_all(b"appended\n").unwrap();
+    drop(f);
+    go_tx.send(()).unwrap();
+    wait_for("f in done", || dirs.done.join("f").exists());
+    assert_eq!(
+        fs::read(dirs.done.join("f")).unwrap(),
+        b"first version\nappended\n"
+    );
+    let conns = server.conns();
+    assert!(
+        conns
+            .iter()
+            .any(|c| c.clean && c.bytes == b"first version\nappended\n"),
+        "the changed content was delivered: {conns:?}"
+    );
+    svc.wait_log("after it was sent");
+}
+
+#[test]
 fn sigterm_lets_the_transfer_run_for_the_grace_then_exits_0_leaving_the_file() {
     let dirs = Dirs::new();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let started_tx = std::sync::Mutex::new(started_tx);
     let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
     let hold_rx = std::sync::Mutex::new(hold_rx);
-    let server = ScriptServer::start(move |_, mut stream| {
-        let first = read_at_least(&mut stream, 64 * 1024);
+    let server = ScriptServer::start(move |_, stream| {
+        let first = read_at_least(stream, 64 * 1024);
         let _ = started_tx.lock().unwrap().send(());
         // Stop reading (the transfer cannot finish) until the service has exited; then see
         // how the connection ended.
@@ -288,7 +336,7 @@ fn sigterm_lets_the_transfer_run_for_the_grace_then_exits_0_leaving_the_file() {
             .lock()
             .unwrap()
             .recv_timeout(Duration::from_secs(30));
-        read_rest(&mut stream, first)
+        read_rest(stream, first)
     });
     let o = Opts {
         timeout: "20s",
@@ -617,8 +665,8 @@ fn a_second_signal_exits_at_once() {
     let started_tx = std::sync::Mutex::new(started_tx);
     let (_hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
     let hold_rx = std::sync::Mutex::new(hold_rx);
-    let server = ScriptServer::start(move |_, mut stream| {
-        let first = read_at_least(&mut stream, 64 * 1024);
+    let server = ScriptServer::start(move |_, stream| {
+        let first = read_at_least(stream, 64 * 1024);
         let _ = started_tx.lock().unwrap().send(());
         let _ = hold_rx
             .lock()

@@ -212,21 +212,34 @@ pub fn delete(path: &Path, syncer: &Syncer) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `REASON` beside a file moved to `failed_dir`: `<final name>.reason`.
+/// Writes `text` beside a file moved to `failed_dir`, as `<final name>.reason`: to a hidden
+/// temporary first, synced, then renamed, so a reader never sees it half written.
 ///
 /// # Errors
-/// Creating or writing the reason file failed.
+/// Creating, writing or renaming the reason file failed.
 pub fn write_reason(moved_to: &Path, text: &str, syncer: &Syncer) -> io::Result<PathBuf> {
+    let ctx = |p: &Path, e: io::Error| {
+        io::Error::new(e.kind(), format!("cannot write {}: {e}", p.display()))
+    };
     let mut p = moved_to.as_os_str().to_owned();
     p.push(".reason");
     let p = PathBuf::from(p);
-    let mut f = File::create(&p)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", p.display())))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    if let Some(parent) = p.parent() {
-        syncer.mark(parent);
+    let dir = p.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(p.file_name().unwrap_or_default());
+    tmp_name.push(format!(".{:08x}.tmp", fastrand::u32(..)));
+    let tmp = dir.join(tmp_name);
+    let written = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &p)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ctx(&p, e));
     }
+    syncer.mark(dir);
     Ok(p)
 }
 

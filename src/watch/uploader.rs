@@ -164,6 +164,20 @@ async fn dispose_delivered(
     let (bytes, took) = sent.unwrap_or_default();
     let id = claim.id;
     let path = claim.path.clone();
+    // Written to after `before_close` checked it, while the server was still taking the last
+    // bytes: the server has the earlier content, complete. Moving the newer content to
+    // done_dir as "delivered" would lose the change; send it again instead.
+    if sent.is_some() {
+        if let Err(why) = unchanged(&claim, &id, id.size) {
+            tracing::info!(
+                path = %path.display(),
+                attempt = job.attempt,
+                "{} {why} after it was sent (the server got the earlier content); it is sent again once it settles",
+                path.display()
+            );
+            return Outcome::Changed;
+        }
+    }
     let w = job.watch.clone();
     let syncer = sh.syncer.clone();
     let name = job.name.clone();
