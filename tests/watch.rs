@@ -402,11 +402,12 @@ fn sighup_adds_a_watch_and_a_bad_reload_keeps_the_old_config() {
 fn kill_9_during_a_burst_loses_nothing() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
+    // One at a time, so that the kill surely lands mid-burst.
+    let o = Opts {
+        concurrency: 1,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
     let mut svc = Service::start(&cfg);
     let n = 300;
     for i in 0..n {
