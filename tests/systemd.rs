@@ -342,6 +342,12 @@ fn ready_then_status_with_counts_then_stopping() {
     let code = service.terminate();
     let stopping = notify.wait_line(sent, "STOPPING=1", |l| l == "STOPPING=1");
     assert!(ready < sent && sent < stopping, "{:#?}", notify.lines);
+    // STATUS= keeps reporting while transfers in flight drain.
+    assert!(
+        notify.lines[stopping + 1].starts_with("STATUS=stopping: watching"),
+        "{:#?}",
+        notify.lines
+    );
     assert_eq!(
         code,
         Some(0),
