@@ -25,6 +25,7 @@ use crate::client::exit;
 use crate::config::{self, Config};
 use crate::logging::LogControl;
 use crate::status::Stats;
+use crate::systemd::Notifier;
 use crate::watch::{self, FatalError};
 
 /// Runs the service until SIGTERM/SIGINT; returns the exit code.
@@ -79,21 +80,30 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
         }
     };
     let stats = Arc::new(Stats::default());
-    let mut current = match Pipeline::start(config, stats.clone()).await {
-        Ok(p) => p,
+    // Before the pipeline: STATUS=starting, and SIGUSR1 is handled from now on.
+    let notifier = match Notifier::start(stats.clone()) {
+        Ok(n) => n,
         Err(e) => {
             tracing::error!("cannot start: {e}");
             return exit::OTHER;
         }
     };
-    // systemd: READY=1 goes here.
+    let mut current = match Pipeline::start(config, stats.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            notifier.failed(&e.to_string());
+            return exit::OTHER;
+        }
+    };
+    notifier.ready();
     tracing::info!(config = %path.display(), "accio watch is running");
     let mut retiring: JoinSet<()> = JoinSet::new();
     loop {
         tokio::select! {
             sig = signals.next() => match sig {
                 Some(SIGHUP) => {
-                    // systemd: RELOADING=1 goes here.
+                    notifier.reloading();
                     if let Some(new) = reload(&path, &stats, &log).await {
                         let old = std::mem::replace(&mut current, new);
                         old.stop.cancel();
@@ -101,7 +111,7 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
                             let _ = old.handle.await;
                         });
                     }
-                    // systemd: READY=1 (end of reload) goes here.
+                    notifier.ready();
                 }
                 Some(sig) => {
                     tracing::info!("received signal {sig}: stopping");
@@ -116,12 +126,13 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
                     Err(e) => format!("the pipeline failed: {e}"),
                 };
                 tracing::error!("stopping: {why}");
+                notifier.failed(&why);
                 return exit::OTHER;
             }
             Some(_) = retiring.join_next(), if !retiring.is_empty() => {}
         }
     }
-    // systemd: STOPPING=1 goes here.
+    notifier.stopping();
     current.stop.cancel();
     let all = async {
         let _ = (&mut current.handle).await;
