@@ -364,8 +364,11 @@ pub async fn finish_tcp(
         Some(_) => None,
     };
     let mut sink = [0u8; 4096];
+    // Fixed instants, not "now + poll" per iteration: a server flooding us with unsolicited
+    // bytes must not postpone the checks.
+    let mut next_check = last_progress + DRAIN_POLL;
     loop {
-        let wake = close_deadline.unwrap_or_else(|| Instant::now() + DRAIN_POLL);
+        let wake = close_deadline.unwrap_or(next_check);
         tokio::select! {
             read = stream.read(&mut sink) => match read {
                 Ok(0) => return Ok(()),
@@ -379,6 +382,7 @@ pub async fn finish_tcp(
                 if close_deadline.is_some() {
                     return Err(ProtocolError::CloseTimeout(close_timeout));
                 }
+                next_check = now + DRAIN_POLL;
                 match unacked_bytes(stream) {
                     Some(0) | None => close_deadline = Some(now + close_timeout),
                     Some(q) if Some(q) < queued => {

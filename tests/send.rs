@@ -375,6 +375,34 @@ fn server_that_never_closes_is_a_failure() {
     assert!(out.elapsed >= Duration::from_millis(500));
 }
 
+/// A server that answers the half-close with an endless stream of bytes and never closes:
+/// the bytes are ignored and the close timeout still ends the wait.
+#[test]
+fn server_flooding_instead_of_closing_is_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "f", &pattern(500, 16));
+    let peer = Peer::new();
+    let port = peer.port_str();
+    let server = peer.serve(|mut s| {
+        s.write_all(COMMAND).unwrap();
+        let (data, end) = read_all(&mut s);
+        end.unwrap();
+        let junk = vec![b'x'; 64 << 10];
+        // Until the client gives up and resets.
+        while s.write_all(&junk).is_ok() {}
+        data
+    });
+    let out = run(&mut send_cmd(
+        "127.0.0.1",
+        &port,
+        &file,
+        &[("ACCIO_CLOSE_TIMEOUT", "500ms")],
+    ));
+    assert_eq!(server.join().unwrap().len(), 500);
+    out.assert_error(code::TRANSFER);
+    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+}
+
 /// Waits until the sender on the other end of `s` has half-closed with data still queued
 /// (FIN_WAIT1, send queue non-empty): it is in its finish phase. Reads a little at a time if
 /// the sender is still writing. Returns the bytes read meanwhile.
@@ -787,18 +815,25 @@ fn real_default_timeouts_are_ten_seconds() {
     let handshake = spawn(&mut send_cmd("127.0.0.1", &silent_port, &small, &[]));
     let stall = spawn(&mut send_cmd("127.0.0.1", &stall_port, &big, &[]));
 
-    // No busy waiting: over ~1 s of waiting for the command, the sender uses (almost) no CPU.
+    // No busy waiting: over ~1 s of waiting (for the connect, for the command, for the
+    // socket to become writable again), each sender uses (almost) no CPU.
     std::thread::sleep(Duration::from_secs(2));
-    let pid = handshake.0.id();
-    let before = cpu_ticks(pid);
+    let pids = [
+        ("connect", connect.0.id()),
+        ("handshake", handshake.0.id()),
+        ("stall", stall.0.id()),
+    ];
+    let before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
     let sampled = Instant::now();
     std::thread::sleep(Duration::from_millis(1000));
-    let used = cpu_ticks(pid) - before;
     let over = sampled.elapsed();
-    assert!(
-        used <= 2,
-        "sender used {used} ticks of CPU in {over:?} while waiting"
-    );
+    for ((what, pid), before) in pids.iter().zip(before) {
+        let used = cpu_ticks(*pid) - before;
+        assert!(
+            used <= 2,
+            "{what}: sender used {used} ticks of CPU in {over:?} while waiting"
+        );
+    }
 
     let connect = finish(connect.0, connect.1);
     let handshake = finish(handshake.0, handshake.1);
