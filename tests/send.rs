@@ -291,7 +291,7 @@ fn reset_mid_transfer_is_a_failure() {
     let out = run(&mut send_cmd("127.0.0.1", &port, &file, SHORT));
     server.join().unwrap();
     out.assert_error(code::TRANSFER);
-    assert!(out.elapsed < Duration::from_secs(2), "{:?}", out.elapsed);
+    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
 }
 
 /// Two pauses of 0.7 × the stall timeout, each long enough for the sender's buffers to be
@@ -509,7 +509,7 @@ fn black_hole() -> BlackHole {
     let addr = listener.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..64 {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
             Ok(s) => fillers.push(s),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return BlackHole {
@@ -538,7 +538,7 @@ fn connect_timeout_against_a_black_hole() {
     out.assert_error(code::CONNECT);
     assert!(out.stderr.contains("timed out"), "{}", out.stderr);
     assert!(out.elapsed >= Duration::from_secs(1), "{:?}", out.elapsed);
-    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
 }
 
 #[test]
@@ -552,7 +552,7 @@ fn connection_refused_is_a_connect_error() {
     let file = write_file(dir.path(), "f", b"data");
     let out = run(&mut send_cmd("127.0.0.1", &port.to_string(), &file, SHORT));
     out.assert_error(code::CONNECT);
-    assert!(out.elapsed < Duration::from_secs(2));
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
 }
 
 #[test]
@@ -620,7 +620,7 @@ fn service_name_port_resolves() {
 }
 
 #[test]
-fn bad_ports_are_usage_errors_before_connecting() {
+fn bad_ports_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_file(dir.path(), "f", b"data");
     for port in ["0", "65536", "-1", "abc", "", "no-such-service-name", "80x"] {
@@ -628,7 +628,7 @@ fn bad_ports_are_usage_errors_before_connecting() {
         out.assert_error(code::USAGE);
         assert!(out.stderr.contains("port"), "{port:?}: {}", out.stderr);
         assert!(
-            out.elapsed < Duration::from_secs(2),
+            out.elapsed < Duration::from_secs(3),
             "{port:?}: {:?}",
             out.elapsed
         );
@@ -644,7 +644,7 @@ fn bad_host_is_a_resolve_error() {
     let out = run(&mut send_cmd(&host, "5000", &file, SHORT));
     out.assert_error(code::RESOLVE);
     assert!(out.stderr.contains(&host), "{}", out.stderr);
-    assert!(out.elapsed < Duration::from_secs(2), "{:?}", out.elapsed);
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
 
     let out = run(&mut send_cmd("", "5000", &file, SHORT));
     out.assert_error(code::USAGE);
@@ -663,7 +663,11 @@ fn missing_and_extra_arguments_are_usage_errors() {
     for args in cases {
         let out = run(accio().args(*args));
         out.assert_error(code::USAGE);
-        assert!(out.elapsed < Duration::from_secs(2));
+        assert!(
+            out.elapsed < Duration::from_secs(3),
+            "{args:?}: {:?}",
+            out.elapsed
+        );
     }
 }
 
