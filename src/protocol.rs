@@ -371,7 +371,9 @@ pub async fn finish_tcp(
         let wake = close_deadline.unwrap_or(next_check);
         tokio::select! {
             read = stream.read(&mut sink) => match read {
-                Ok(0) => return Ok(()),
+                // A server that half-closed early may still be reading: confirmed only once
+                // it has also acknowledged everything.
+                Ok(0) => return wait_acknowledged(stream, stall, queued, last_progress).await,
                 // Unsolicited bytes: ignored.
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -396,6 +398,29 @@ pub async fn finish_tcp(
                 }
             }
         }
+    }
+}
+
+/// After the server's FIN: waits until everything we sent is acknowledged, with the stall
+/// rule. Polls the send queue; reading is over, since the stream is at end of file.
+async fn wait_acknowledged(
+    stream: &TcpStream,
+    stall: Duration,
+    mut queued: Option<u64>,
+    mut last_progress: Instant,
+) -> Result<(), ProtocolError> {
+    loop {
+        let now = Instant::now();
+        match unacked_bytes(stream) {
+            Some(0) | None => return Ok(()),
+            Some(q) if queued.map_or(true, |before| q < before) => {
+                queued = Some(q);
+                last_progress = now;
+            }
+            Some(_) if now - last_progress >= stall => return Err(ProtocolError::Stall(stall)),
+            Some(_) => {}
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
     }
 }
 

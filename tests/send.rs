@@ -403,10 +403,50 @@ fn server_flooding_instead_of_closing_is_a_failure() {
     assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
 }
 
+/// A server that half-closes right after the command and then reads slowly: its early FIN
+/// is not the confirmation; the sender succeeds only once all its data was acknowledged,
+/// which here is after the server's pause.
+#[test]
+fn early_half_close_by_the_server_waits_for_the_data_to_be_taken() {
+    let content = pattern(512 << 10, 17);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "f", &content);
+    let peer = Peer::with_small_rcvbuf();
+    let port = peer.port_str();
+    let server = peer.serve(|mut s| {
+        s.write_all(COMMAND).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // Our FIN came first, so the sender's half-close takes it to LAST_ACK.
+        let mut data = wait_for_sender_state(&mut s, TCP_LAST_ACK);
+        std::thread::sleep(Duration::from_millis(500));
+        let resumed = Instant::now();
+        let (rest, end) = read_all(&mut s);
+        end.unwrap();
+        data.extend_from_slice(&rest);
+        (data, resumed)
+    });
+    let (child, started) = spawn(&mut send_cmd("127.0.0.1", &port, &file, SHORT));
+    let out = finish(child, started);
+    let exited = started + out.elapsed;
+    out.assert_success();
+    let (received, resumed) = server.join().unwrap();
+    assert!(received == content);
+    assert!(
+        exited > resumed,
+        "the sender claimed success before the server read on"
+    );
+}
+
 /// Waits until the sender on the other end of `s` has half-closed with data still queued
 /// (FIN_WAIT1, send queue non-empty): it is in its finish phase. Reads a little at a time if
 /// the sender is still writing. Returns the bytes read meanwhile.
 fn wait_for_sender_finishing(s: &mut TcpStream) -> Vec<u8> {
+    wait_for_sender_state(s, TCP_FIN_WAIT1)
+}
+
+/// Waits until the sender's socket is in `want` state with data still queued (see
+/// [`wait_for_sender_finishing`]).
+fn wait_for_sender_state(s: &mut TcpStream, want: u8) -> Vec<u8> {
     let client = s.peer_addr().unwrap().port();
     let server = s.local_addr().unwrap().port();
     let mut data = Vec::new();
@@ -416,7 +456,7 @@ fn wait_for_sender_finishing(s: &mut TcpStream) -> Vec<u8> {
         let wait = Instant::now();
         while wait.elapsed() < Duration::from_millis(300) {
             if let Some((state, queued)) = tcp_socket_state(client, server) {
-                if state == TCP_FIN_WAIT1 && queued > 0 {
+                if state == want && queued > 0 {
                     return data;
                 }
             }
