@@ -270,7 +270,7 @@ pub async fn upload<E>(
     dest: &Destination,
     file: &std::fs::File,
     timeouts: &Timeouts,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
     before_close: impl FnOnce(u64) -> Result<(), E>,
 ) -> Result<u64, UploadError<E>> {
     let mut stream = connect(dest, timeouts).await?;

@@ -1,8 +1,177 @@
 //! `accio watch`: wiring of the service: config, logging, signals, systemd notify, and the
 //! shutdown order.
+//!
+//! The pipeline itself ([`crate::watch::run`]) takes its shutdown as a token; this module
+//! owns the process-level decisions:
+//!
+//! - SIGTERM / SIGINT: cancel the pipeline (it stops taking files and lets transfers in
+//!   flight finish within `shutdown_grace`), then exit 0. A second signal exits at once.
+//! - SIGHUP: load the config again. If it is invalid (or its directories cannot be watched),
+//!   log why and keep running on the old one. Otherwise start a pipeline on the new config,
+//!   and once it is watching, stop the old one gracefully. The two overlap briefly; the
+//!   per-file claim lock makes that safe (no file is sent by both).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::exit;
+use crate::config::{self, Config};
+use crate::logging::LogControl;
+use crate::status::Stats;
+use crate::systemd::Notifier;
+use crate::watch::{self, FatalError};
 
 /// Runs the service until SIGTERM/SIGINT; returns the exit code.
-pub fn main(_rt: &tokio::runtime::Runtime, args: crate::cli::WatchArgs) -> u8 {
-    eprintln!("ERROR: {:?}: watch is not implemented yet", args.config);
-    crate::client::exit::OTHER
+pub fn main(rt: &tokio::runtime::Runtime, args: crate::cli::WatchArgs) -> u8 {
+    let config = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            return exit::OTHER;
+        }
+    };
+    let log = crate::logging::init_service(args.log_format, &config.log_level);
+    rt.block_on(service(config, args.config, log))
+}
+
+/// One running pipeline.
+struct Pipeline {
+    stop: CancellationToken,
+    handle: JoinHandle<Result<(), FatalError>>,
+}
+
+impl Pipeline {
+    /// Starts a pipeline and waits until it is watching with its backlog queued.
+    async fn start(config: Config, stats: Arc<Stats>) -> Result<Pipeline, FatalError> {
+        let stop = CancellationToken::new();
+        let (tx, rx) = oneshot::channel();
+        let mut handle = tokio::spawn(watch::run(config, stats, stop.clone(), Some(tx)));
+        if rx.await.is_ok() {
+            return Ok(Pipeline { stop, handle });
+        }
+        // The pipeline dropped `ready` without sending it: it failed to start.
+        match (&mut handle).await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(FatalError::Watch {
+                dir: PathBuf::new(),
+                message: "the pipeline stopped before it was ready".to_string(),
+            }),
+            Err(e) => Err(FatalError::Watch {
+                dir: PathBuf::new(),
+                message: format!("the pipeline failed: {e}"),
+            }),
+        }
+    }
+}
+
+async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return exit::OTHER;
+        }
+    };
+    let stats = Arc::new(Stats::default());
+    // Before the pipeline: STATUS=starting, and SIGUSR1 is handled from now on.
+    let notifier = match Notifier::start(stats.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return exit::OTHER;
+        }
+    };
+    let mut current = match Pipeline::start(config, stats.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            notifier.failed(&e.to_string());
+            return exit::OTHER;
+        }
+    };
+    notifier.ready();
+    tracing::info!(config = %path.display(), "accio watch is running");
+    let mut retiring: JoinSet<()> = JoinSet::new();
+    loop {
+        tokio::select! {
+            sig = signals.next() => match sig {
+                Some(SIGHUP) => {
+                    notifier.reloading();
+                    if let Some(new) = reload(&path, &stats, &log).await {
+                        let old = std::mem::replace(&mut current, new);
+                        old.stop.cancel();
+                        retiring.spawn(async move {
+                            let _ = old.handle.await;
+                        });
+                    }
+                    notifier.ready();
+                }
+                Some(sig) => {
+                    tracing::info!("received signal {sig}: stopping");
+                    break;
+                }
+                None => break,
+            },
+            result = &mut current.handle => {
+                let why = match result {
+                    Ok(Ok(())) => "the pipeline stopped unexpectedly".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("the pipeline failed: {e}"),
+                };
+                tracing::error!("stopping: {why}");
+                notifier.failed(&why);
+                return exit::OTHER;
+            }
+            Some(_) = retiring.join_next(), if !retiring.is_empty() => {}
+        }
+    }
+    notifier.stopping();
+    current.stop.cancel();
+    let all = async {
+        let _ = (&mut current.handle).await;
+        while retiring.join_next().await.is_some() {}
+    };
+    tokio::select! {
+        _ = all => {
+            tracing::info!(stats = %stats.snapshot(), "stopped");
+            exit::OK
+        }
+        _ = signals.next() => {
+            tracing::warn!("second signal: exiting now; files not delivered stay in the spool");
+            exit::OK
+        }
+    }
+}
+
+/// Loads the config again and starts a pipeline on it; `None` (logged) keeps the old one.
+async fn reload(path: &Path, stats: &Arc<Stats>, log: &LogControl) -> Option<Pipeline> {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused: {e}; still running on the previous configuration");
+            return None;
+        }
+    };
+    let level = config.log_level.clone();
+    match Pipeline::start(config, stats.clone()).await {
+        Ok(p) => {
+            if let Err(e) = log.set_level(&level) {
+                tracing::warn!("{e}; keeping the previous log level");
+            }
+            tracing::info!(config = %path.display(), "configuration reloaded");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::error!("reload failed: {e}; still running on the previous configuration");
+            None
+        }
+    }
 }

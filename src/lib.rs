@@ -13,6 +13,8 @@
 //! - [`watch`]: the spool service: watcher (events + rescans) → queue (readiness, dedup,
 //!   order) → uploader (bounded concurrency, retries) → disposition (done, failed, delete).
 //! - [`daemon`]: wiring for `accio watch`: signals, reload, systemd notify, shutdown order.
+//! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) and the SIGUSR1 summary;
+//!   [`logging`]: terminal, journald or JSON output.
 //! - [`cli`] and [`app`]: the command line and the one place exit codes are decided.
 
 pub mod app;
@@ -26,4 +28,5 @@ pub mod send;
 pub mod serve;
 pub mod signals;
 pub mod status;
+pub mod systemd;
 pub mod watch;

@@ -195,7 +195,7 @@ pub async fn send_body<R, S>(
     stream: &mut S,
     stall: Duration,
     mut sent: u64,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<u64, ProtocolError>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -244,7 +244,7 @@ pub async fn send_file_zero_copy(
     file: &std::fs::File,
     stream: &mut TcpStream,
     stall: Duration,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<u64, ProtocolError> {
     let file_fd = file.as_raw_fd();
     let sock_fd = stream.as_raw_fd();

@@ -1,0 +1,150 @@
+//! The checks [`super::load`] adds to [`super::parse`]: every directory exists, is a
+//! directory, and this user may write into it; and, with symlinks resolved, no two watches
+//! share a spool and no done/failed directory is or lies inside its spool.
+
+use std::ffi::CString;
+use std::io;
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::validate::{Ctx, Parsed};
+use super::{ConfigError, OnSuccess};
+
+/// Runs the filesystem checks on a validated config.
+///
+/// # Errors
+/// The first directory that is missing, not a directory, not writable, or that resolves to
+/// the same place as a directory it must differ from.
+pub(crate) fn check(cx: &Ctx, parsed: &Parsed) -> Result<(), ConfigError> {
+    let mut spools: Vec<(PathBuf, usize)> = Vec::new();
+    for (i, (w, spans)) in parsed
+        .config
+        .watches
+        .iter()
+        .zip(&parsed.watch_spans)
+        .enumerate()
+    {
+        let key = |name: &str| format!("watch[{i}].{name}");
+        // The spool is listed, and files are renamed out of it and locked in it.
+        let dir = usable_dir(
+            cx,
+            &key("dir"),
+            &w.dir,
+            &spans.dir,
+            libc::R_OK | libc::W_OK | libc::X_OK,
+        )?;
+        let mut targets = Vec::new();
+        if let (OnSuccess::Move, Some(done), Some(span)) =
+            (w.on_success, &w.done_dir, &spans.done_dir)
+        {
+            let real = usable_dir(cx, &key("done_dir"), done, span, libc::W_OK | libc::X_OK)?;
+            targets.push(("done_dir", real, span.clone()));
+        }
+        let real = usable_dir(
+            cx,
+            &key("failed_dir"),
+            &w.failed_dir,
+            &spans.failed_dir,
+            libc::W_OK | libc::X_OK,
+        )?;
+        targets.push(("failed_dir", real, spans.failed_dir.clone()));
+
+        for (name, real, span) in &targets {
+            if *real == dir {
+                return Err(cx.err(
+                    span,
+                    &key(name),
+                    format!("resolves to the spool directory itself ({})", dir.display()),
+                ));
+            }
+            if real.starts_with(&dir) {
+                return Err(cx.err(
+                    span,
+                    &key(name),
+                    format!(
+                        "resolves to {}, inside the spool directory {}",
+                        real.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        if let [(_, done, _), (_, failed, span)] = targets.as_slice() {
+            if done == failed {
+                return Err(cx.err(
+                    span,
+                    &key("failed_dir"),
+                    format!(
+                        "resolves to the same directory as done_dir ({})",
+                        done.display()
+                    ),
+                ));
+            }
+        }
+        if let Some((_, j)) = spools.iter().find(|(p, _)| *p == dir) {
+            return Err(cx.err(
+                &spans.dir,
+                &key("dir"),
+                format!(
+                    "resolves to {}, already watched by watch[{j}]",
+                    dir.display()
+                ),
+            ));
+        }
+        spools.push((dir, i));
+    }
+    Ok(())
+}
+
+/// Checks one directory; returns its canonical path for comparisons.
+fn usable_dir(
+    cx: &Ctx,
+    key: &str,
+    path: &Path,
+    span: &Range<usize>,
+    mode: libc::c_int,
+) -> Result<PathBuf, ConfigError> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        let msg = if e.kind() == io::ErrorKind::NotFound {
+            format!("directory {shown} does not exist; create it (accio does not create directories: their owner and mode are yours to choose)")
+        } else {
+            format!("cannot use directory {shown}: {e}")
+        };
+        cx.err(span, key, msg)
+    })?;
+    if !meta.is_dir() {
+        return Err(cx.err(span, key, format!("{shown} is not a directory")));
+    }
+    if let Err(e) = access(path, mode) {
+        let need = if mode & libc::R_OK != 0 {
+            "readable and writable"
+        } else {
+            "writable"
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        return Err(cx.err(
+            span,
+            key,
+            format!("directory {shown} is not {need} by this user (uid {uid}): {e}"),
+        ));
+    }
+    std::fs::canonicalize(path)
+        .map_err(|e| cx.err(span, key, format!("cannot resolve {shown}: {e}")))
+}
+
+/// `access(2)` with the effective ids (`AT_EACCESS`): what the service itself may do.
+/// It also reports a read-only filesystem (`EROFS`), which permission bits would not show.
+fn access(path: &Path, mode: libc::c_int) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

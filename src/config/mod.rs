@@ -1,0 +1,713 @@
+//! The service's configuration: TOML in, validated [`Config`] out.
+//!
+//! The types below are the contract between the loader and the service. The loader refuses
+//! unknown keys, wrong types and missing required keys, naming the file, the key and the line.
+//!
+//! - [`tree`]: `toml`'s parser into a tree of values that know their position.
+//! - [`validate`]: the schema, defaults and cross-checks; no filesystem access, so [`parse`]
+//!   can be fed bytes by tests.
+//! - [`fs_check`]: what [`load`] adds: directories exist, are directories and are writable.
+//! - [`render`]: the effective settings as TOML, for `accio check-config`.
+//!
+//! Every error reads `FILE:LINE: key `KEY`: what is wrong`, e.g.
+//! ``/etc/accio/accio.toml:14: key `watch[0].done_dir`: directory "/x" does not exist``.
+//! `[[watch]]` tables are numbered from 0 in keys; the line number removes any doubt.
+
+mod fs_check;
+mod render;
+mod tree;
+mod validate;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use render::render;
+pub use validate::{defaults, MAX_CONCURRENCY, MAX_DURATION};
+
+use crate::client::Destination;
+use crate::protocol::Timeouts;
+
+/// Where `accio watch` and `accio check-config` look when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/accio/accio.toml";
+
+/// Validated settings of the whole service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file these settings came from, for messages.
+    pub path: PathBuf,
+    /// Uploads in flight, all watches together.
+    pub concurrency: usize,
+    /// Protocol timeouts for every upload.
+    pub timeouts: Timeouts,
+    /// What to do after a failed upload.
+    pub retry: RetryPolicy,
+    /// How long SIGTERM waits for transfers in flight before exiting.
+    pub shutdown_grace: Duration,
+    /// Log filter (tracing `EnvFilter` syntax) when `RUST_LOG` is not set.
+    pub log_level: String,
+    /// One entry per `[[watch]]`, at least one.
+    pub watches: Vec<WatchConfig>,
+}
+
+/// Exponential backoff with jitter, then give up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Upper bound of any delay.
+    pub max: Duration,
+    /// Attempts before the file goes to `failed_dir`; 0 = retry forever.
+    pub max_attempts: u32,
+}
+
+/// What happens to a file after it was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSuccess {
+    /// Move into `done_dir`.
+    Move,
+    /// Delete it.
+    Delete,
+}
+
+/// One spool directory and its policy.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// The spool directory.
+    pub dir: PathBuf,
+    /// Where delivered files go; required when `on_success` is `Move`.
+    pub done_dir: Option<PathBuf>,
+    /// Where files go after `max_attempts` failures, with a `.reason` file beside them.
+    pub failed_dir: PathBuf,
+    /// Move to `done_dir` or delete after delivery.
+    pub on_success: OnSuccess,
+    /// This watch's destination: its own `server`, else the top-level `[server]`.
+    pub server: Destination,
+    /// Names that are uploaded: a file is taken when it matches `include` and not `exclude`.
+    pub include: Vec<String>,
+    /// Names that are never uploaded. Default: `.*`, `*.part`, `*.tmp`, `*~`.
+    pub exclude: Vec<String>,
+    /// How long a file closed after writing must stay unchanged before it is sent.
+    pub settle: Duration,
+    /// Full rescan of the directory at this interval, besides kernel events.
+    pub rescan_interval: Duration,
+}
+
+/// Largest configuration file [`load`] reads.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Loads and validates a configuration file, including checks against the filesystem
+/// (directories exist, are directories and are writable by this user). Directories are
+/// never created: their owner and mode are the operator's decision (packaging or tmpfiles).
+///
+/// # Errors
+/// [`ConfigError`] naming the file, the key and the line of the first problem.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let refuse = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: None,
+        message,
+    };
+    // Bounded: `--config /dev/zero` must fail, not eat the memory.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| refuse(format!("cannot read the configuration: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(refuse(format!(
+            "cannot read the configuration: larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    let text = text_of(&bytes, path)?;
+    let cx = validate::Ctx { text, file: path };
+    let parsed = parse_text(&cx)?;
+    fs_check::check(&cx, &parsed)?;
+    Ok(parsed.config)
+}
+
+/// Parses and validates configuration text without looking at the filesystem: syntax,
+/// types, ranges, defaults and how the settings relate. `path` is used in messages and
+/// becomes [`Config::path`].
+///
+/// # Errors
+/// [`ConfigError`] naming the file, the key and the line of the first problem.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+    let text = text_of(bytes, path)?;
+    parse_text(&validate::Ctx { text, file: path }).map(|p| p.config)
+}
+
+fn text_of<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str, ConfigError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let valid = &bytes[..e.valid_up_to()];
+        ConfigError {
+            file: path.to_path_buf(),
+            line: Some(valid.iter().filter(|&&b| b == b'\n').count() + 1),
+            key: None,
+            message: "not valid UTF-8 (TOML files are UTF-8)".to_string(),
+        }
+    })
+}
+
+fn parse_text(cx: &validate::Ctx) -> Result<validate::Parsed, ConfigError> {
+    let root = tree::parse(cx.text).map_err(|(message, span)| ConfigError {
+        file: cx.file.to_path_buf(),
+        line: span.map(|s| tree::line_of(cx.text, s.start)),
+        key: None,
+        // toml's messages span lines ("invalid string\nexpected ..."); keep one line.
+        message: format!(
+            "invalid TOML: {}",
+            message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    })?;
+    validate::validate(cx, &root)
+}
+
+/// Why a configuration was refused. Displayed as `FILE:LINE: key `KEY`: MESSAGE`; the line
+/// is absent only when the file could not be read, the key only for syntax errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// 1-based line of the offending value, key or table.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `watch[0].done_dir`.
+    pub key: Option<String>,
+    /// What is wrong, and where it helps, what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Compiles one name glob the way [`NameFilter`] does.
+pub(crate) fn compile_glob(g: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(g)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+}
+
+/// Which names in a spool directory are taken: matching an `include` glob and no `exclude`
+/// glob. Globs match the file name only, not the path.
+#[derive(Debug, Clone)]
+pub struct NameFilter {
+    include: globset::GlobSet,
+    exclude: globset::GlobSet,
+}
+
+/// The default `exclude` globs: hidden files and names writers use while writing.
+pub const DEFAULT_EXCLUDE: &[&str] = &[".*", "*.part", "*.tmp", "*~"];
+
+impl NameFilter {
+    /// Compiles the globs.
+    ///
+    /// # Errors
+    /// The first glob that does not compile.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, globset::Error> {
+        fn set(globs: &[String]) -> Result<globset::GlobSet, globset::Error> {
+            let mut b = globset::GlobSetBuilder::new();
+            for g in globs {
+                b.add(compile_glob(g)?);
+            }
+            b.build()
+        }
+        Ok(NameFilter {
+            include: set(include)?,
+            exclude: set(exclude)?,
+        })
+    }
+
+    /// True if a file with this name (not path) is to be uploaded.
+    pub fn accepts(&self, name: &std::ffi::OsStr) -> bool {
+        let path = std::path::Path::new(name);
+        self.include.is_match(path) && !self.exclude.is_match(path)
+    }
+}
+
+/// `accio check-config`: load, validate, print the effective settings to stdout. Returns
+/// the exit code: 0 valid, [`EXIT_INVALID`] refused (one `ERROR:` line on stderr).
+pub fn check_config_command(args: &crate::cli::CheckConfigArgs) -> u8 {
+    match load(&args.config) {
+        Ok(config) => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match out
+                .write_all(render(&config).as_bytes())
+                .and_then(|()| out.flush())
+            {
+                Ok(()) => crate::client::exit::OK,
+                Err(e) => {
+                    eprintln!("ERROR: cannot write the settings to stdout: {e}");
+                    crate::client::exit::OTHER
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            EXIT_INVALID
+        }
+    }
+}
+
+/// Exit code for a configuration that was refused: `EX_CONFIG` from sysexits.h, which
+/// systemd knows ("CONFIG"), so a unit can use `RestartPreventExitStatus=78` to stop
+/// restarting a service that can never start.
+pub const EXIT_INVALID: u8 = 78;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/accio/test.toml";
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(text.as_bytes(), Path::new(FILE))
+    }
+
+    const MINIMAL: &str = r#"
+[server]
+host = "127.0.0.1"
+port = 5000
+
+[[watch]]
+dir = "/var/spool/accio/outbox"
+done_dir = "/var/spool/accio/sent"
+failed_dir = "/var/spool/accio/failed"
+"#;
+
+    #[test]
+    fn minimal_gets_defaults() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.path, Path::new(FILE));
+        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.timeouts, crate::protocol::Timeouts::default());
+        assert_eq!(
+            c.retry,
+            RetryPolicy {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(300),
+                max_attempts: 10
+            }
+        );
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.watches.len(), 1);
+        let w = &c.watches[0];
+        assert_eq!(w.dir, Path::new("/var/spool/accio/outbox"));
+        assert_eq!(
+            w.done_dir.as_deref(),
+            Some(Path::new("/var/spool/accio/sent"))
+        );
+        assert_eq!(w.failed_dir, Path::new("/var/spool/accio/failed"));
+        assert_eq!(w.on_success, OnSuccess::Move);
+        assert_eq!(
+            w.server,
+            Destination {
+                host: "127.0.0.1".into(),
+                port: 5000
+            }
+        );
+        assert_eq!(w.include, ["*"]);
+        assert_eq!(w.exclude, DEFAULT_EXCLUDE);
+        assert_eq!(w.settle, Duration::from_millis(250));
+        assert_eq!(w.rescan_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_key_set() {
+        let c = parse_str(
+            r#"
+concurrency = 16
+shutdown_grace = "0s"
+log_level = "accio=debug,warn"
+[server]
+host = "[::1]"
+port = "http-alt"
+[timeouts]
+connect = "1s"
+handshake = "2s"
+stall = "3s"
+close = "4s"
+[retry]
+initial = "100ms"
+max = "2s"
+max_attempts = 0
+[[watch]]
+dir = "/s/a"
+failed_dir = "/s/a-failed"
+on_success = "delete"
+server = { host = "example.org", port = 7000 }
+include = ["*.csv", "*.json"]
+exclude = []
+settle = "0s"
+rescan_interval = "1h 30m"
+[[watch]]
+dir = "/s/b"
+done_dir = "/s/b-done"
+failed_dir = "/s/b-failed"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.concurrency, 16);
+        assert_eq!(c.shutdown_grace, Duration::ZERO);
+        assert_eq!(c.log_level, "accio=debug,warn");
+        assert_eq!(c.timeouts.connect, Duration::from_secs(1));
+        assert_eq!(c.timeouts.close, Duration::from_secs(4));
+        assert_eq!(c.retry.initial, Duration::from_millis(100));
+        assert_eq!(c.retry.max_attempts, 0);
+        let [a, b] = c.watches.as_slice() else {
+            panic!("two watches")
+        };
+        assert_eq!(a.on_success, OnSuccess::Delete);
+        assert_eq!(a.done_dir, None);
+        assert_eq!(
+            a.server,
+            Destination {
+                host: "example.org".into(),
+                port: 7000
+            }
+        );
+        assert_eq!(a.include, ["*.csv", "*.json"]);
+        assert!(a.exclude.is_empty());
+        assert_eq!(a.settle, Duration::ZERO);
+        assert_eq!(a.rescan_interval, Duration::from_secs(5400));
+        // The top-level server, with the URL-style brackets removed; the service name resolved.
+        assert_eq!(
+            b.server,
+            Destination {
+                host: "::1".into(),
+                port: 8080
+            }
+        );
+    }
+
+    /// (text, line, key, part of the message) for each class of refusal.
+    const BAD: &[(&str, usize, &str, &str)] = &[
+        ("concurrency = 0\n", 1, "concurrency", "out of range"),
+        ("concurrency = 5000\n", 1, "concurrency", "out of range"),
+        (
+            "concurrency = \"4\"\n",
+            1,
+            "concurrency",
+            "expected an integer, found a string",
+        ),
+        (
+            "\n\nconcurency = 4\n",
+            3,
+            "concurency",
+            "did you mean `concurrency`",
+        ),
+        (
+            "[server]\nhost = \"h\"\nport = 0\n",
+            3,
+            "server.port",
+            "invalid port 0",
+        ),
+        (
+            "[server]\nhost = \"h\"\nport = 70000\n",
+            3,
+            "server.port",
+            "invalid port",
+        ),
+        (
+            "[server]\nhost = \"h\"\nport = \"no-such-service-x\"\n",
+            3,
+            "server.port",
+            "invalid port",
+        ),
+        (
+            "[server]\nhost = \"h\"\nport = 1.5\n",
+            3,
+            "server.port",
+            "found a float",
+        ),
+        ("[server]\nport = 1\n", 1, "server.host", "missing"),
+        (
+            "[server]\nhost = \"a b\"\nport = 1\n",
+            2,
+            "server.host",
+            "not a host name",
+        ),
+        (
+            "[server]\nhost = \"h\"\nport = 1\nuser = \"x\"\n",
+            4,
+            "server.user",
+            "unknown key",
+        ),
+        (
+            "[timeouts]\nconnect = 10\n",
+            2,
+            "timeouts.connect",
+            "expected a duration string",
+        ),
+        (
+            "[timeouts]\nstall = \"10 parsecs\"\n",
+            2,
+            "timeouts.stall",
+            "invalid duration",
+        ),
+        (
+            "[timeouts]\nhandshake = \"0s\"\n",
+            2,
+            "timeouts.handshake",
+            "greater than zero",
+        ),
+        (
+            "[timeouts]\nclose = \"1000years\"\n",
+            2,
+            "timeouts.close",
+            "too long",
+        ),
+        (
+            "[retry]\ninitial = \"10s\"\nmax = \"1s\"\n",
+            3,
+            "retry.max",
+            "shorter than retry.initial",
+        ),
+        (
+            "[retry]\nmax_attempts = -1\n",
+            2,
+            "retry.max_attempts",
+            "out of range",
+        ),
+        (
+            "log_level = \"info,=[\"\n",
+            1,
+            "log_level",
+            "invalid log filter",
+        ),
+        ("timeouts = 5\n", 1, "timeouts", "expected a table"),
+        (
+            "[watch]\ndir = \"/a\"\n",
+            1,
+            "watch",
+            "write [[watch]], not [watch]",
+        ),
+        ("watch = []\n", 1, "watch", "at least one"),
+        ("concurrency = 1\n", 1, "watch", "missing"),
+    ];
+
+    #[test]
+    fn refusals_name_file_line_and_key() {
+        let server = "[server]\nhost = \"h\"\nport = 1\n";
+        let watch = "[[watch]]\ndir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\n";
+        for (text, line, key, msg) in BAD {
+            // Complete the document around the broken part so that it is the only problem.
+            let mut doc = text.to_string();
+            if !text.contains("[server]") && !text.contains("watch") {
+                doc.push_str(server);
+            }
+            if !text.contains("watch") && *key != "watch" {
+                doc.push_str(watch);
+            }
+            let e = parse_str(&doc).expect_err(&doc);
+            assert_eq!(e.line, Some(*line), "{doc}\n{e}");
+            assert_eq!(e.key.as_deref(), Some(*key), "{doc}\n{e}");
+            assert!(e.message.contains(msg), "{doc}\n{e}");
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with(&format!("{FILE}:{line}: key `{key}`: ")),
+                "{shown}"
+            );
+            assert!(!shown.contains('\n'), "{shown}");
+        }
+    }
+
+    #[test]
+    fn watch_refusals() {
+        let head = "[server]\nhost = \"h\"\nport = 1\n[[watch]]\n"; // [[watch]] on line 4
+        let cases: &[(&str, usize, &str, &str)] = &[
+            ("dir = \"/s\"\nfailed_dir = \"/f\"\n", 4, "watch[0].done_dir", "required when on_success"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\n", 4, "watch[0].failed_dir", "missing"),
+            ("done_dir = \"/d\"\nfailed_dir = \"/f\"\n", 4, "watch[0].dir", "missing"),
+            ("dir = \"spool\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\n", 5, "watch[0].dir", "relative path"),
+            ("dir = \"/s\"\ndone_dir = \"/s/\"\nfailed_dir = \"/f\"\n", 6, "watch[0].done_dir", "spool directory itself"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/s/x/../failed\"\n", 7, "watch[0].failed_dir", "inside the spool"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/d\"\n", 7, "watch[0].failed_dir", "same directory as done_dir"),
+            ("dir = \"/s\"\nfailed_dir = \"/f\"\non_success = \"copy\"\n", 7, "watch[0].on_success", "\"move\" or \"delete\""),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\non_success = \"delete\"\n", 6, "watch[0].done_dir", "never uses it"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\ninclude = [\"*\", \"a[\"]\n", 8, "watch[0].include[1]", "invalid glob"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\nexclude = [\"x/*\"]\n", 8, "watch[0].exclude[0]", "file names, not paths"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\nexclude = [1]\n", 8, "watch[0].exclude[0]", "expected a string"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\ninclude = []\n", 8, "watch[0].include", "empty"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\nsettle = 5\n", 8, "watch[0].settle", "duration"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\nrescan_interval = \"0s\"\n", 8, "watch[0].rescan_interval", "greater than zero"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\nserver = { host = \"h\" }\n", 8, "watch[0].server.port", "missing"),
+            ("dir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\n[[watch]]\ndir = \"/s/.\"\ndone_dir = \"/d2\"\nfailed_dir = \"/f2\"\n", 9, "watch[1].dir", "already watched by watch[0] (line 5)"),
+        ];
+        for (body, line, key, msg) in cases {
+            let doc = format!("{head}{body}");
+            let e = parse_str(&doc).expect_err(&doc);
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(*line), Some(*key)),
+                "{doc}\n{e}"
+            );
+            assert!(e.message.contains(msg), "{doc}\n{e}");
+        }
+    }
+
+    #[test]
+    fn dotted_keys_are_the_same_keys() {
+        let c = parse_str(
+            "retry.max = \"1m\"\ntimeouts.stall = \"3s\"\nserver.host = \"h\"\nserver.port = 2\n\
+             [[watch]]\ndir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\nserver.host = \"w\"\nserver.port = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.retry.max, Duration::from_secs(60));
+        assert_eq!(c.timeouts.stall, Duration::from_secs(3));
+        assert_eq!(
+            c.watches[0].server,
+            Destination {
+                host: "w".into(),
+                port: 3
+            }
+        );
+        let e = parse_str(
+            "[server]\nhost = \"h\"\nport = 1\n[[watch]]\ndir = \"/s\"\nretry.max = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(6), Some("watch[0].retry")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_server_anywhere() {
+        let doc =
+            "concurrency = 2\n\n[[watch]]\ndir = \"/s\"\ndone_dir = \"/d\"\nfailed_dir = \"/f\"\n";
+        let e = parse_str(doc).unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("watch[0].server"))
+        );
+        assert!(e.message.contains("no top-level [server]"), "{e}");
+        // Fine when every watch has its own.
+        let doc = format!("{doc}server = {{ host = \"h\", port = 9 }}\n");
+        assert_eq!(parse_str(&doc).unwrap().watches[0].server.port, 9);
+    }
+
+    #[test]
+    fn syntax_and_encoding_errors() {
+        let e = parse_str("a = 1\nb = \"unterminated\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), None));
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{FILE}:2: invalid TOML: ")),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'));
+        let e = parse_str("a = 1\na = 2\n").unwrap_err();
+        assert!(e.message.contains("duplicate key"), "{e}");
+        let e = parse(b"# x\n# \xff\n", Path::new(FILE)).unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("UTF-8"));
+        let e = parse_str("").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("watch"));
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let c = parse_str(MINIMAL).unwrap();
+        let text = render(&c);
+        let again = parse(text.as_bytes(), Path::new(FILE)).unwrap();
+        assert_eq!(render(&again), text);
+        assert!(
+            text.contains("exclude = [\".*\", \"*.part\", \"*.tmp\", \"*~\"]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../config/accio.toml");
+        let c = parse(text.as_bytes(), Path::new("config/accio.toml")).unwrap();
+        assert!(!c.watches.is_empty());
+        let again = parse(render(&c).as_bytes(), Path::new("config/accio.toml")).unwrap();
+        assert_eq!(render(&again), render(&c));
+    }
+
+    #[test]
+    fn load_checks_the_filesystem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for d in ["spool", "done", "failed", "spool2"] {
+            std::fs::create_dir(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("file"), "").unwrap();
+        std::os::unix::fs::symlink(root.join("spool"), root.join("spool-link")).unwrap();
+        let cfg = root.join("accio.toml");
+        let write = |dir: &str, done: &str, failed: &str, extra: &str| {
+            let r = root.display();
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[server]\nhost = \"h\"\nport = 1\n[[watch]]\ndir = \"{r}/{dir}\"\ndone_dir = \"{r}/{done}\"\nfailed_dir = \"{r}/{failed}\"\n{extra}"
+                ),
+            )
+            .unwrap();
+        };
+        write("spool", "done", "failed", "");
+        load(&cfg).unwrap();
+
+        let cases = [
+            ("nope", "done", "failed", "", "watch[0].dir", 5, "does not exist"),
+            ("spool", "nope", "failed", "", "watch[0].done_dir", 6, "does not exist"),
+            ("spool", "done", "file", "", "watch[0].failed_dir", 7, "is not a directory"),
+            ("spool", "spool-link", "failed", "", "watch[0].done_dir", 6, "spool directory itself"),
+            ("spool", "done", "failed", &format!("[[watch]]\ndir = \"{}/spool-link\"\ndone_dir = \"{0}/done\"\nfailed_dir = \"{0}/failed\"\n", root.display()), "watch[1].dir", 9, "already watched by watch[0]"),
+        ];
+        for (dir, done, failed, extra, key, line, msg) in cases {
+            write(dir, done, failed, extra);
+            let e = load(&cfg).unwrap_err();
+            assert_eq!(e.file, cfg);
+            assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
+            assert!(e.message.contains(msg), "{e}");
+        }
+
+        let e = load(&root.join("missing.toml")).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (None, None));
+        assert!(e.to_string().contains("missing.toml: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn default_filter() {
+        let f = NameFilter::new(
+            &["*".to_string()],
+            &DEFAULT_EXCLUDE
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        for ok in ["a", "report.csv", "x.partial", "a.tmp.gz"] {
+            assert!(f.accepts(std::ffi::OsStr::new(ok)), "{ok}");
+        }
+        for no in [".hidden", "x.part", "y.tmp", "z~", ".x.part"] {
+            assert!(!f.accepts(std::ffi::OsStr::new(no)), "{no}");
+        }
+    }
+}

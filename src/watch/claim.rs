@@ -1,0 +1,234 @@
+//! Taking a file out of the spool for sending, safely against other writers, other
+//! instances of the service and things that are not regular files.
+//!
+//! A claim is: `lstat` (screen out what is not a regular file without opening it, so a
+//! device is never opened), `open` with `O_NOFOLLOW | O_NONBLOCK` (a symlink swapped in
+//! fails, a FIFO swapped in does not block), `fstat` (what we opened is a regular file),
+//! `flock(LOCK_EX | LOCK_NB)` (another instance sending it → busy), then `lstat` again: the
+//! name must still point at the inode we hold, because another instance may have delivered
+//! and moved it between our open and our lock. The lock lives as long as the [`Claim`], which
+//! is kept until the file was moved or deleted.
+
+use std::fmt;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// What kind of directory entry a path names. Everything but [`Kind::Regular`] is left
+/// alone by the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Regular,
+    Symlink,
+    Fifo,
+    Socket,
+    Device,
+    Directory,
+    Other,
+}
+
+impl Kind {
+    fn of(meta: &Metadata) -> Kind {
+        let t = meta.file_type();
+        if t.is_file() {
+            Kind::Regular
+        } else if t.is_symlink() {
+            Kind::Symlink
+        } else if t.is_dir() {
+            Kind::Directory
+        } else if t.is_fifo() {
+            Kind::Fifo
+        } else if t.is_socket() {
+            Kind::Socket
+        } else if t.is_block_device() || t.is_char_device() {
+            Kind::Device
+        } else {
+            Kind::Other
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Regular => "regular file",
+            Kind::Symlink => "symbolic link",
+            Kind::Fifo => "FIFO",
+            Kind::Socket => "socket",
+            Kind::Device => "device",
+            Kind::Directory => "directory",
+            Kind::Other => "special file",
+        })
+    }
+}
+
+/// Who a directory entry is and what state its content is in: enough to tell "the same
+/// file, unchanged" from anything else (replaced, rewritten, appended, touched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub kind: Kind,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Modification time in nanoseconds since the epoch; also the backlog's sort key.
+    pub mtime_ns: i128,
+    /// Status change time: catches writes that restore the mtime, renames over, chmod.
+    pub ctime_ns: i128,
+}
+
+impl Identity {
+    pub fn from_metadata(meta: &Metadata) -> Identity {
+        Identity {
+            kind: Kind::of(meta),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+
+    /// The same inode (possibly changed).
+    pub fn same_inode(&self, other: &Identity) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+}
+
+/// `lstat` of a path as an [`Identity`].
+///
+/// # Errors
+/// The `lstat` error (`NotFound` when the entry is gone).
+pub fn lstat(path: &Path) -> io::Result<Identity> {
+    std::fs::symlink_metadata(path).map(|m| Identity::from_metadata(&m))
+}
+
+/// A regular file of the spool, open and locked against other instances.
+#[derive(Debug)]
+pub struct Claim {
+    /// Open read-only, locked with `flock`; closing it releases the lock.
+    pub file: File,
+    /// Where it is in the spool.
+    pub path: PathBuf,
+    /// `fstat` right after claiming: the content we are about to send.
+    pub id: Identity,
+}
+
+/// Why a path could not be claimed.
+#[derive(Debug)]
+pub enum ClaimError {
+    /// No entry by that name any more, or it names another inode now (delivered by another
+    /// instance, deleted, replaced). Not an error: look at the name again.
+    Gone,
+    /// Not a regular file; never sent.
+    Special(Identity),
+    /// Another process holds the lock (another instance is sending it).
+    Busy,
+    /// Could not open or inspect it (permissions, I/O): a failed attempt for this file.
+    Io(io::Error),
+}
+
+/// Claims `path` for sending (see the module docs for the steps and why).
+///
+/// # Errors
+/// [`ClaimError`]: gone, not a regular file, busy, or an I/O error.
+pub fn claim(path: &Path) -> Result<Claim, ClaimError> {
+    let before = match lstat(path) {
+        Ok(id) => id,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ClaimError::Gone),
+        Err(e) => return Err(ClaimError::Io(e)),
+    };
+    if before.kind != Kind::Regular {
+        return Err(ClaimError::Special(before));
+    }
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ClaimError::Gone),
+        // ELOOP: a symlink was swapped in after the lstat; ENXIO: a socket.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENXIO)) => {
+            return match lstat(path) {
+                Ok(id) if id.kind != Kind::Regular => Err(ClaimError::Special(id)),
+                _ => Err(ClaimError::Gone),
+            }
+        }
+        Err(e) => return Err(ClaimError::Io(e)),
+    };
+    let id = match file.metadata() {
+        Ok(m) => Identity::from_metadata(&m),
+        Err(e) => return Err(ClaimError::Io(e)),
+    };
+    if id.kind != Kind::Regular {
+        return Err(ClaimError::Special(id));
+    }
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => Err(ClaimError::Busy),
+            _ => Err(ClaimError::Io(e)),
+        };
+    }
+    // The name must still be ours: another instance may have sent and moved (or deleted)
+    // this inode while we waited between open and lock.
+    match lstat(path) {
+        Ok(now) if now.same_inode(&id) => {}
+        Ok(_) => return Err(ClaimError::Gone),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ClaimError::Gone),
+        Err(e) => return Err(ClaimError::Io(e)),
+    }
+    Ok(Claim {
+        file,
+        path: path.to_path_buf(),
+        id,
+    })
+}
+
+impl Claim {
+    /// `fstat` of the open file now.
+    ///
+    /// # Errors
+    /// The `fstat` error.
+    pub fn restat(&self) -> io::Result<Identity> {
+        self.file.metadata().map(|m| Identity::from_metadata(&m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_regular_files_only_and_locks_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a");
+        std::fs::write(&f, b"hello").unwrap();
+        let c = claim(&f).unwrap();
+        assert_eq!(c.id.size, 5);
+        // A second claim (another open file description) is refused while the first lives.
+        assert!(matches!(claim(&f), Err(ClaimError::Busy)));
+        drop(c);
+        assert!(claim(&f).is_ok());
+
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(matches!(claim(&link), Err(ClaimError::Special(id)) if id.kind == Kind::Symlink));
+        let sub = dir.path().join("d");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(matches!(claim(&sub), Err(ClaimError::Special(id)) if id.kind == Kind::Directory));
+        let fifo = dir.path().join("p");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(matches!(claim(&fifo), Err(ClaimError::Special(id)) if id.kind == Kind::Fifo));
+        assert!(matches!(
+            claim(&dir.path().join("missing")),
+            Err(ClaimError::Gone)
+        ));
+    }
+}

@@ -1,0 +1,767 @@
+//! The queue: one task that owns what is known about every name in the spools, turns hints
+//! and listings into "ready" decisions, and starts uploads with bounded concurrency.
+//!
+//! Every name moves through a small state machine:
+//!
+//! ```text
+//!   created/modified ──> Writing ──(closed)──> Settling ──(unchanged for `settle`)──> Ready
+//!   found by a scan  ──────────────────────────> Settling
+//!   moved in ──────────────────────────────────────────────────────────────────────> Ready
+//!   Ready ──(a slot is free)──> InFlight ──> delivered / given up: forgotten
+//!                                        ──> failed: Waiting (backoff) ──> Ready
+//!                                        ──> changed while sent: Settling
+//! ```
+//!
+//! Not-regular entries (symlinks, FIFOs, sockets, devices, directories) are kept apart, with
+//! their identity, only so each is reported once.
+//!
+//! Each state that waits has a deadline in one timer heap (lazy: a stale timer is recognised
+//! by its generation and skipped), so an idle service sleeps until the next deadline and
+//! never polls. Hints are not trusted for the file's kind or state: the entry is `lstat`ed
+//! whenever a decision is made.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::claim::{self, Identity, Kind};
+use super::uploader::{self, After, Job, Mode, Outcome};
+use super::watcher::{self, Hint, Listing, Msg, Watcher};
+use super::{Shared, WatchCtx};
+
+/// A name in one of the watched directories: (watch number, file name).
+type Key = (usize, OsString);
+
+/// A file seen being written (created or modified, never closed) is considered abandoned by
+/// its writer only after this much silence, or the rescan interval if longer. Files that
+/// appear without a close (hard links) wait this long; writers are told to rename instead.
+const WRITER_QUIET_MIN: Duration = Duration::from_secs(30);
+
+/// How long to wait before looking again at a file another instance is sending.
+const BUSY_RECHECK: Duration = Duration::from_millis(500);
+
+/// Floor of the rescan interval, so that a zero from a library caller cannot make a busy loop.
+const MIN_RESCAN: Duration = Duration::from_millis(50);
+
+/// Hints handled per wake-up before the other sources get a turn.
+const HINT_BATCH: usize = 1024;
+
+#[derive(Debug)]
+enum State {
+    /// Seen being written and not closed since `last` activity.
+    Writing { last: Instant },
+    /// Must stay `snap` until `since + settle`.
+    Settling { since: Instant, snap: Identity },
+    /// In the ready queue.
+    Ready,
+    /// An upload task has it. `dirty`: something happened to the name meanwhile, so look
+    /// at it again afterwards.
+    InFlight { dirty: bool },
+    /// Backing off after a failure, or waiting for another instance's claim.
+    Waiting,
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    /// Failed upload attempts so far.
+    failures: u32,
+    /// Delivered or given up, but not yet moved: the next attempt only finishes that.
+    pending: Option<(Identity, After)>,
+    /// Generation of the entry's live timer; older timers are stale.
+    gen: u64,
+}
+
+impl Entry {
+    fn new(state: State) -> Entry {
+        Entry {
+            state,
+            failures: 0,
+            pending: None,
+            gen: 0,
+        }
+    }
+}
+
+/// How soon a directory that could not be listed is tried again (unless the rescan interval
+/// is shorter): it may be back soon (replaced, remounted).
+const RELIST_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// Everything the queue task owns.
+pub struct Queue {
+    /// The kernel watch; kept here to watch a directory again when it was replaced.
+    watcher: Watcher,
+    /// (device, inode) of each directory when it was last listed: a change means the
+    /// inotify watch is on the old one.
+    dir_ids: Vec<Option<(u64, u64)>>,
+    watches: Vec<Arc<WatchCtx>>,
+    shared: Arc<Shared>,
+    /// Uploads in flight at most, all watches together.
+    concurrency: usize,
+    /// How long in-flight uploads may finish after shutdown.
+    grace: Duration,
+    entries: HashMap<Key, Entry>,
+    /// Entries that are not regular files, with the identity already reported.
+    ignored: HashMap<Key, Identity>,
+    timers: BinaryHeap<Reverse<(Instant, u64, Key)>>,
+    next_gen: u64,
+    /// Ready keys in the order they became ready (lazy: checked when popped).
+    ready: VecDeque<Key>,
+    inflight: JoinSet<Outcome>,
+    inflight_keys: HashMap<tokio::task::Id, Key>,
+    /// Directory listings in progress, per watch; a request meanwhile sets `rescan_again`.
+    scans: JoinSet<(usize, io::Result<Listing>)>,
+    scanning: Vec<bool>,
+    rescan_again: Vec<bool>,
+    next_rescan: Vec<Instant>,
+    /// The last listing of this directory failed: report further failures quietly.
+    list_failing: Vec<bool>,
+    /// What this queue last added to `stats.queued` (several pipelines may share the stats
+    /// while a reload overlaps them).
+    published_queued: u64,
+}
+
+impl Queue {
+    pub fn new(
+        watcher: Watcher,
+        watches: Vec<Arc<WatchCtx>>,
+        shared: Arc<Shared>,
+        concurrency: usize,
+        grace: Duration,
+    ) -> Queue {
+        let now = Instant::now();
+        let n = watches.len();
+        let next_rescan = watches
+            .iter()
+            .map(|w| now + w.cfg.rescan_interval.max(MIN_RESCAN))
+            .collect();
+        Queue {
+            watcher,
+            dir_ids: vec![None; n],
+            watches,
+            shared,
+            concurrency: concurrency.max(1),
+            grace,
+            entries: HashMap::new(),
+            ignored: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_gen: 1,
+            ready: VecDeque::new(),
+            inflight: JoinSet::new(),
+            inflight_keys: HashMap::new(),
+            scans: JoinSet::new(),
+            scanning: vec![false; n],
+            rescan_again: vec![false; n],
+            next_rescan,
+            list_failing: vec![false; n],
+            published_queued: 0,
+        }
+    }
+
+    fn settle(&self, watch: usize) -> Duration {
+        self.watches[watch].cfg.settle
+    }
+
+    fn writer_quiet(&self, watch: usize) -> Duration {
+        self.watches[watch]
+            .cfg
+            .rescan_interval
+            .max(WRITER_QUIET_MIN)
+    }
+
+    fn path(&self, key: &Key) -> std::path::PathBuf {
+        self.watches[key.0].cfg.dir.join(&key.1)
+    }
+
+    fn arm(&mut self, key: &Key, at: Instant) {
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        if let Some(e) = self.entries.get_mut(key) {
+            e.gen = gen;
+            self.timers.push(Reverse((at, gen, key.clone())));
+        }
+    }
+
+    fn make_ready(&mut self, key: &Key) {
+        if let Some(e) = self.entries.get_mut(key) {
+            if !matches!(e.state, State::Ready | State::InFlight { .. }) {
+                e.state = State::Ready;
+                self.ready.push_back(key.clone());
+            }
+        }
+    }
+
+    /// Reports a not-regular entry once per identity and forgets it as a candidate.
+    fn ignore(&mut self, key: Key, id: Identity) {
+        self.entries.remove(&key);
+        if self.ignored.get(&key) != Some(&id) {
+            let path = self.path(&key);
+            tracing::warn!(
+                path = %path.display(),
+                kind = %id.kind,
+                "ignoring {}: it is a {}, not a regular file; it is left alone and never sent",
+                path.display(),
+                id.kind
+            );
+            self.ignored.insert(key, id);
+        }
+    }
+
+    /// Starts settling a name as if a scan had just found it: `lstat`, and settle from now.
+    /// Used where we know nothing reliable about the name's writer.
+    fn settle_from_now(&mut self, key: Key) {
+        let path = self.path(&key);
+        match claim::lstat(&path) {
+            Ok(id) if id.kind != Kind::Regular => self.ignore(key, id),
+            Ok(id) => {
+                self.ignored.remove(&key);
+                let now = Instant::now();
+                let at = now + self.settle(key.0);
+                let e = self
+                    .entries
+                    .entry(key.clone())
+                    .or_insert_with(|| Entry::new(State::Waiting));
+                e.state = State::Settling {
+                    since: now,
+                    snap: id,
+                };
+                self.arm(&key, at);
+            }
+            Err(_) => {
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    /// Applies one hint from the watcher.
+    fn hint(&mut self, watch: usize, name: OsString, hint: Hint) {
+        if !self.watches[watch].filter.accepts(&name) {
+            return;
+        }
+        let key = (watch, name);
+        if let Some(Entry {
+            state: State::InFlight { dirty },
+            ..
+        }) = self.entries.get_mut(&key)
+        {
+            // The upload task owns it; afterwards, look again if someone touched the name.
+            // (Our own move away shows up as `Gone`.)
+            if hint != Hint::Gone {
+                *dirty = true;
+            }
+            return;
+        }
+        let now = Instant::now();
+        match hint {
+            Hint::Gone => {
+                self.entries.remove(&key);
+                self.ignored.remove(&key);
+            }
+            Hint::Created | Hint::Modified => {
+                if hint == Hint::Created || self.ignored.contains_key(&key) {
+                    // Links, FIFOs, sockets and directories announce themselves only by a
+                    // create: find out now what it is.
+                    match claim::lstat(&self.path(&key)) {
+                        Ok(id) if id.kind != Kind::Regular => return self.ignore(key, id),
+                        Ok(_) => {
+                            self.ignored.remove(&key);
+                        }
+                        Err(_) => {
+                            self.entries.remove(&key);
+                            return;
+                        }
+                    }
+                }
+                let quiet = self.writer_quiet(watch);
+                match self.entries.get_mut(&key) {
+                    Some(Entry {
+                        state: State::Writing { last },
+                        ..
+                    }) => *last = now,
+                    Some(e) => {
+                        e.state = State::Writing { last: now };
+                        self.arm(&key, now + quiet);
+                    }
+                    None => {
+                        self.entries
+                            .insert(key.clone(), Entry::new(State::Writing { last: now }));
+                        self.arm(&key, now + quiet);
+                    }
+                }
+            }
+            Hint::Closed | Hint::Attrib => {
+                let id = match claim::lstat(&self.path(&key)) {
+                    Ok(id) if id.kind != Kind::Regular => return self.ignore(key, id),
+                    Ok(id) => id,
+                    Err(_) => {
+                        self.entries.remove(&key);
+                        return;
+                    }
+                };
+                self.ignored.remove(&key);
+                let settle = self.settle(watch);
+                match self.entries.get_mut(&key) {
+                    Some(Entry {
+                        state: State::Settling { since, snap },
+                        ..
+                    }) => {
+                        // The timer notices the later deadline and re-arms.
+                        *since = now;
+                        *snap = id;
+                    }
+                    // Still being written, ready or backing off: a chmod or touch changes
+                    // nothing for us.
+                    Some(_) if hint == Hint::Attrib => {}
+                    _ => {
+                        let e = self
+                            .entries
+                            .entry(key.clone())
+                            .or_insert_with(|| Entry::new(State::Waiting));
+                        e.state = State::Settling {
+                            since: now,
+                            snap: id,
+                        };
+                        self.arm(&key, now + settle);
+                    }
+                }
+            }
+            Hint::MovedIn => match claim::lstat(&self.path(&key)) {
+                Ok(id) if id.kind != Kind::Regular => self.ignore(key, id),
+                Ok(_) => {
+                    self.ignored.remove(&key);
+                    // A file renamed in is complete by the writers' convention: a new file,
+                    // whatever this name held before.
+                    let e = self
+                        .entries
+                        .entry(key.clone())
+                        .or_insert_with(|| Entry::new(State::Waiting));
+                    e.failures = 0;
+                    e.pending = None;
+                    if matches!(e.state, State::Settling { .. } | State::Writing { .. }) {
+                        e.state = State::Waiting;
+                    }
+                    self.make_ready(&key);
+                }
+                Err(_) => {
+                    self.entries.remove(&key);
+                }
+            },
+        }
+    }
+
+    /// Applies a directory listing (oldest first): unknown regular files start settling in
+    /// that order, so equal deadlines keep it; not-regular entries are reported once.
+    fn listed(&mut self, watch: usize, listing: Listing) {
+        self.check_dir_identity(watch, listing.dir_id);
+        let now = Instant::now();
+        let at = now + self.settle(watch);
+        let mut present = HashSet::with_capacity(listing.entries.len());
+        for l in listing.entries {
+            let key = (watch, l.name);
+            present.insert(key.1.clone());
+            if l.id.kind != Kind::Regular {
+                // A name we are sending cannot have become a FIFO; if it did, the claim
+                // notices.
+                if !self.entries.contains_key(&key) {
+                    self.ignore(key, l.id);
+                }
+                continue;
+            }
+            self.ignored.remove(&key);
+            if self.entries.contains_key(&key) {
+                continue;
+            }
+            self.entries.insert(
+                key.clone(),
+                Entry::new(State::Settling {
+                    since: now,
+                    snap: l.id,
+                }),
+            );
+            self.arm(&key, at);
+        }
+        self.ignored
+            .retain(|k, _| k.0 != watch || present.contains(&k.1));
+    }
+
+    /// If the directory at the watched path is not the one listed before (removed and
+    /// created again, mounted over), the inotify watch is on the old one: watch again.
+    fn check_dir_identity(&mut self, watch: usize, id: (u64, u64)) {
+        let before = self.dir_ids[watch];
+        if before == Some(id) {
+            return;
+        }
+        let dir = self.watches[watch].cfg.dir.clone();
+        if before.is_some() {
+            match self.watcher.rewatch(&dir) {
+                Ok(()) => tracing::warn!(
+                    dir = %dir.display(),
+                    "{} was replaced (or mounted over); watching the new one",
+                    dir.display()
+                ),
+                Err(e) => {
+                    tracing::error!("{e}; relying on rescans and trying again at the next one");
+                    // Unknown: compare again next time.
+                    self.dir_ids[watch] = Some((u64::MAX, u64::MAX));
+                    return;
+                }
+            }
+        }
+        self.dir_ids[watch] = Some(id);
+    }
+
+    fn fire(&mut self, key: Key, gen: u64, now: Instant) {
+        let Some(e) = self.entries.get(&key) else {
+            return;
+        };
+        if e.gen != gen {
+            return;
+        }
+        match e.state {
+            State::Writing { last } => {
+                let quiet = self.writer_quiet(key.0);
+                if now < last + quiet {
+                    self.arm(&key, last + quiet);
+                } else {
+                    let path = self.path(&key);
+                    tracing::info!(
+                        path = %path.display(),
+                        "{} was being written but nothing happened to it for {quiet:?}; treating it as complete once it settles",
+                        path.display()
+                    );
+                    self.settle_from_now(key);
+                }
+            }
+            State::Settling { since, snap } => {
+                let settle = self.settle(key.0);
+                if now < since + settle {
+                    self.arm(&key, since + settle);
+                    return;
+                }
+                match claim::lstat(&self.path(&key)) {
+                    Ok(id) if id.kind != Kind::Regular => self.ignore(key, id),
+                    Ok(id) if id == snap => self.make_ready(&key),
+                    Ok(id) => {
+                        if let Some(e) = self.entries.get_mut(&key) {
+                            e.state = State::Settling {
+                                since: now,
+                                snap: id,
+                            };
+                        }
+                        self.arm(&key, now + settle);
+                    }
+                    Err(_) => {
+                        self.entries.remove(&key);
+                    }
+                }
+            }
+            State::Waiting => self.make_ready(&key),
+            State::Ready | State::InFlight { .. } => {}
+        }
+    }
+
+    fn fire_due(&mut self, now: Instant) {
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, gen, key))) = self.timers.pop() else {
+                break;
+            };
+            self.fire(key, gen, now);
+        }
+    }
+
+    fn request_scan(&mut self, watch: usize) {
+        self.next_rescan[watch] =
+            Instant::now() + self.watches[watch].cfg.rescan_interval.max(MIN_RESCAN);
+        if self.scanning[watch] {
+            self.rescan_again[watch] = true;
+            return;
+        }
+        self.scanning[watch] = true;
+        let w = self.watches[watch].clone();
+        self.scans.spawn_blocking(move || {
+            let r = watcher::list(&w.cfg.dir, &|n| w.filter.accepts(n));
+            (watch, r)
+        });
+    }
+
+    fn scan_all(&mut self, why: &str) {
+        tracing::info!("rescanning the spool directories: {why}");
+        for w in 0..self.watches.len() {
+            self.request_scan(w);
+        }
+    }
+
+    fn scanned(&mut self, watch: usize, result: io::Result<Listing>) {
+        self.scanning[watch] = false;
+        let dir = self.watches[watch].cfg.dir.clone();
+        match result {
+            Ok(listing) => {
+                if std::mem::take(&mut self.list_failing[watch]) {
+                    tracing::info!(dir = %dir.display(), "{} can be listed again", dir.display());
+                }
+                tracing::debug!(
+                    dir = %dir.display(),
+                    "listed {}: {} entries",
+                    dir.display(),
+                    listing.entries.len()
+                );
+                self.listed(watch, listing)
+            }
+            Err(e) => {
+                let again = self.watches[watch]
+                    .cfg
+                    .rescan_interval
+                    .min(RELIST_AFTER_ERROR)
+                    .max(MIN_RESCAN);
+                if std::mem::replace(&mut self.list_failing[watch], true) {
+                    tracing::debug!(dir = %dir.display(), "still cannot list {}: {e}", dir.display());
+                } else {
+                    tracing::error!(
+                        dir = %dir.display(),
+                        "cannot list {}: {e}; trying again every {again:?}",
+                        dir.display()
+                    );
+                }
+                self.next_rescan[watch] = Instant::now() + again;
+            }
+        }
+        if std::mem::take(&mut self.rescan_again[watch]) {
+            self.request_scan(watch);
+        }
+    }
+
+    fn dispatch(&mut self, stopping: bool) {
+        while !stopping && self.inflight.len() < self.concurrency {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(e) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            if !matches!(e.state, State::Ready) {
+                continue;
+            }
+            e.state = State::InFlight { dirty: false };
+            let mode = match e.pending.take() {
+                Some((id, after)) => Mode::Finish { id, after },
+                None => Mode::Upload,
+            };
+            let job = Job {
+                watch: self.watches[key.0].clone(),
+                name: key.1.clone(),
+                attempt: e.failures + 1,
+                mode,
+            };
+            self.shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let handle = self
+                .inflight
+                .spawn(uploader::process(job, self.shared.clone()));
+            self.inflight_keys.insert(handle.id(), key);
+        }
+    }
+
+    fn finished(&mut self, key: Key, outcome: Option<Outcome>) {
+        self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let dirty = match self.entries.get(&key) {
+            Some(Entry {
+                state: State::InFlight { dirty },
+                ..
+            }) => *dirty,
+            _ => true,
+        };
+        let now = Instant::now();
+        let Some(outcome) = outcome else {
+            // The task panicked or was aborted: nothing is known; look again.
+            self.entries.remove(&key);
+            return self.settle_from_now(key);
+        };
+        match outcome {
+            Outcome::Delivered | Outcome::GaveUp => {
+                let counter = if matches!(outcome, Outcome::Delivered) {
+                    &self.shared.stats.sent
+                } else {
+                    &self.shared.stats.failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.entries.remove(&key);
+                if dirty {
+                    self.settle_from_now(key);
+                }
+            }
+            Outcome::Gone => {
+                self.entries.remove(&key);
+                self.settle_from_now(key);
+            }
+            Outcome::Special(id) => self.ignore(key, id),
+            Outcome::Busy => {
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.state = State::Waiting;
+                }
+                self.arm(&key, now + BUSY_RECHECK.max(self.settle(key.0)));
+            }
+            Outcome::Changed => self.settle_from_now(key),
+            Outcome::Failed { retry_in } => {
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.failures = e.failures.saturating_add(1);
+                    e.state = State::Waiting;
+                }
+                self.arm(&key, now + retry_in);
+            }
+            Outcome::DispositionFailed { id, after } => {
+                let retry_in = uploader::backoff(&self.shared.retry, 4).max(BUSY_RECHECK);
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.pending = Some((id, after));
+                    e.state = State::Waiting;
+                }
+                self.arm(&key, now + retry_in);
+            }
+        }
+    }
+
+    /// Publishes the number of waiting files into the shared counters.
+    fn publish(&mut self) {
+        let queued = (self.entries.len() - self.inflight.len().min(self.entries.len())) as u64;
+        let stats = &self.shared.stats.queued;
+        if queued > self.published_queued {
+            stats.fetch_add(queued - self.published_queued, Ordering::Relaxed);
+        } else {
+            stats.fetch_sub(self.published_queued - queued, Ordering::Relaxed);
+        }
+        self.published_queued = queued;
+    }
+
+    /// Queues the backlog found by the first listing of `watch`.
+    pub fn initial_listing(&mut self, watch: usize, listing: Listing) {
+        self.listed(watch, listing);
+        self.publish();
+    }
+
+    /// Runs until `shutdown`; then stops starting uploads, lets those in flight finish
+    /// within the grace period, and aborts the rest (their files stay in the spool).
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        overflow: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) {
+        let far = Duration::from_secs(24 * 3600);
+        let mut hints_open = true;
+        loop {
+            self.dispatch(false);
+            self.publish();
+            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let next_rescan = self.next_rescan.iter().min().copied();
+            let wake = [next_timer, next_rescan]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or_else(|| Instant::now() + far);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(done) = self.inflight.join_next_with_id(), if !self.inflight.is_empty() => {
+                    self.on_join(done);
+                }
+                msg = rx.recv(), if hints_open => match msg {
+                    Some(msg) => {
+                        self.message(msg);
+                        for _ in 0..HINT_BATCH {
+                            match rx.try_recv() {
+                                Ok(msg) => self.message(msg),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        // Cannot happen while the watcher lives; rescans still find files.
+                        tracing::error!("the kernel watcher stopped; relying on rescans");
+                        hints_open = false;
+                    }
+                },
+                Some(scan) = self.scans.join_next(), if !self.scans.is_empty() => {
+                    if let Ok((watch, result)) = scan {
+                        self.scanned(watch, result);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    self.fire_due(now);
+                    for w in 0..self.watches.len() {
+                        if self.next_rescan[w] <= now {
+                            self.request_scan(w);
+                        }
+                    }
+                }
+            }
+            if overflow.swap(false, Ordering::AcqRel) {
+                self.scan_all("events were dropped (too many at once)");
+            }
+        }
+        self.drain().await;
+    }
+
+    fn message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Hint { watch, name, hint } => self.hint(watch, name, hint),
+            Msg::Rescan { why } => self.scan_all(&why),
+        }
+    }
+
+    fn on_join(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        let (id, outcome) = match done {
+            Ok((id, outcome)) => (id, Some(outcome)),
+            Err(e) => {
+                if e.is_panic() {
+                    tracing::error!("an upload task panicked: {e}");
+                }
+                (e.id(), None)
+            }
+        };
+        if let Some(key) = self.inflight_keys.remove(&id) {
+            self.finished(key, outcome);
+        }
+    }
+
+    async fn drain(&mut self) {
+        self.scans.abort_all();
+        if !self.inflight.is_empty() {
+            tracing::info!(
+                "stopping: waiting up to {:?} for {} upload(s) in flight",
+                self.grace,
+                self.inflight.len()
+            );
+        }
+        let deadline = Instant::now() + self.grace;
+        while !self.inflight.is_empty() {
+            tokio::select! {
+                Some(done) = self.inflight.join_next_with_id() => self.on_join(done),
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        "stopping: {} upload(s) did not finish within {:?}; aborted, the files stay in the spool",
+                        self.inflight.len(),
+                        self.grace
+                    );
+                    self.inflight.abort_all();
+                    while let Some(done) = self.inflight.join_next_with_id().await {
+                        self.on_join(done);
+                    }
+                }
+            }
+        }
+        // This pipeline no longer holds anything: take its share out of the counters.
+        self.entries.clear();
+        self.publish();
+    }
+}

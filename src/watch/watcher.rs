@@ -1,0 +1,308 @@
+//! Finding files: kernel events (inotify through `notify`) as hints, directory listings as
+//! the truth.
+//!
+//! The notify callback runs on notify's own thread and must not block, so it turns each
+//! event into a small [`Hint`] and `try_send`s it into a bounded channel. When the channel is
+//! full the hint is dropped and an overflow flag is raised instead; the queue then rescans,
+//! exactly as for the kernel's own queue overflow. Memory stays bounded whatever the event
+//! rate.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use super::claim::{self, Identity};
+use super::FatalError;
+use crate::config::NameFilter;
+
+/// Capacity of the hint channel; past it hints are dropped and a rescan is due.
+pub const HINT_CAPACITY: usize = 16 * 1024;
+
+/// What an event says about one name in a watched directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// Created (IN_CREATE): a writer has it open, or it is a link, FIFO, directory, ….
+    Created,
+    /// Written to (IN_MODIFY): being written.
+    Modified,
+    /// Closed after writing (IN_CLOSE_WRITE): ready after the settle time.
+    Closed,
+    /// Renamed into the directory (IN_MOVED_TO): complete, ready now.
+    MovedIn,
+    /// Metadata changed (IN_ATTRIB): restarts the settle time.
+    Attrib,
+    /// Deleted or renamed away.
+    Gone,
+}
+
+/// A message from the watcher thread to the queue.
+#[derive(Debug)]
+pub enum Msg {
+    /// Something happened to `name` in watch number `watch`.
+    Hint {
+        watch: usize,
+        name: OsString,
+        hint: Hint,
+    },
+    /// The events cannot be trusted (overflow, watcher error, the directory itself was
+    /// moved or removed): list the directories again.
+    Rescan { why: String },
+}
+
+/// The running kernel watch. Dropping it stops the events.
+pub struct Watcher {
+    inner: notify::RecommendedWatcher,
+}
+
+impl Watcher {
+    /// Watches `dir` again, after it was replaced or mounted over: an inotify watch follows
+    /// the directory's inode, not its path.
+    ///
+    /// # Errors
+    /// As for [`start`]; the caller keeps relying on rescans and tries again later.
+    pub fn rewatch(&mut self, dir: &Path) -> Result<(), FatalError> {
+        let _ = self.inner.unwatch(dir);
+        self.inner
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| fatal(dir, e))
+    }
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
+}
+
+fn fatal(dir: &Path, e: notify::Error) -> FatalError {
+    match e.kind {
+        notify::ErrorKind::MaxFilesWatch => FatalError::InotifyWatchLimit {
+            dir: dir.to_path_buf(),
+        },
+        notify::ErrorKind::Io(ref io) if io.raw_os_error() == Some(libc::EMFILE) => {
+            FatalError::InotifyInstanceLimit
+        }
+        notify::ErrorKind::Io(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => {
+            FatalError::InotifyWatchLimit {
+                dir: dir.to_path_buf(),
+            }
+        }
+        _ => FatalError::Watch {
+            dir: dir.to_path_buf(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Starts watching `dirs` (non-recursively). Hints go to `tx`; when it is full, `overflow`
+/// is raised instead. `dirs[i]` is watch number `i`; they must be absolute. Names that
+/// `filters[i]` refuses are dropped here already: writers' temporary files make most of the
+/// events, and they need not cross the channel.
+///
+/// # Errors
+/// [`FatalError`] when a directory cannot be watched, with inotify's limits named.
+pub fn start(
+    dirs: &[PathBuf],
+    filters: Vec<NameFilter>,
+    tx: mpsc::Sender<Msg>,
+    overflow: Arc<AtomicBool>,
+) -> Result<Watcher, FatalError> {
+    let index: HashMap<PathBuf, usize> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.clone(), i))
+        .collect();
+    let send = move |msg: Msg| {
+        if tx.try_send(msg).is_err() {
+            overflow.store(true, Ordering::Release);
+        }
+    };
+    let handler = move |res: notify::Result<notify::Event>| {
+        let event = match res {
+            Ok(ev) => ev,
+            Err(e) => {
+                send(Msg::Rescan {
+                    why: format!("watcher error: {e}"),
+                });
+                return;
+            }
+        };
+        if event.need_rescan() {
+            send(Msg::Rescan {
+                why: "the kernel's event queue overflowed".to_string(),
+            });
+            return;
+        }
+        let hint = match event.kind {
+            EventKind::Create(_) => Hint::Created,
+            EventKind::Modify(ModifyKind::Data(_)) => Hint::Modified,
+            EventKind::Modify(ModifyKind::Metadata(_)) => Hint::Attrib,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Hint::MovedIn,
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => Hint::Gone,
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Hint::Closed,
+            EventKind::Remove(_) => Hint::Gone,
+            // Our own opens and reads, rename pairs (reported as From and To as well), ….
+            _ => return,
+        };
+        for path in &event.paths {
+            if index.contains_key(path.as_path()) {
+                // The directory itself was removed or moved away.
+                if hint == Hint::Gone {
+                    send(Msg::Rescan {
+                        why: format!("{} itself was moved or removed", path.display()),
+                    });
+                }
+                continue;
+            }
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            if let Some(&watch) = index.get(parent) {
+                if !filters[watch].accepts(name) {
+                    continue;
+                }
+                send(Msg::Hint {
+                    watch,
+                    name: name.to_os_string(),
+                    hint,
+                });
+            }
+        }
+    };
+    let mut inner = notify::recommended_watcher(handler).map_err(|e| {
+        fatal(
+            dirs.first().map(PathBuf::as_path).unwrap_or(Path::new("")),
+            e,
+        )
+    })?;
+    for dir in dirs {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(FatalError::Watch {
+                    dir: dir.clone(),
+                    message: "not a directory".to_string(),
+                })
+            }
+            Err(e) => {
+                return Err(FatalError::Watch {
+                    dir: dir.clone(),
+                    message: e.to_string(),
+                })
+            }
+        }
+        inner
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| fatal(dir, e))?;
+    }
+    Ok(Watcher { inner })
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: OsString,
+    pub id: Identity,
+}
+
+/// A directory listing, and which directory (device, inode) it was.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub dir_id: (u64, u64),
+    /// Oldest (mtime) first.
+    pub entries: Vec<Listed>,
+}
+
+/// Lists `dir`: every entry whose name passes `accepts`, with its `lstat`, oldest (mtime)
+/// first. Blocking; run it with `spawn_blocking`.
+///
+/// # Errors
+/// The directory cannot be read. Entries that vanish while listing are skipped.
+pub fn list(dir: &Path, accepts: &dyn Fn(&std::ffi::OsStr) -> bool) -> io::Result<Listing> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !accepts(&name) {
+            continue;
+        }
+        match claim::lstat(&entry.path()) {
+            Ok(id) => out.push(Listed { name, id }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), "cannot inspect {}: {e}", entry.path().display())
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.mtime_ns.cmp(&b.id.mtime_ns).then(a.name.cmp(&b.name)));
+    Ok(Listing {
+        dir_id: (meta.dev(), meta.ino()),
+        entries: out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_full_channel_raises_overflow_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = std::path::absolute(dir.path()).unwrap();
+        let (tx, mut rx) = mpsc::channel(2);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let filter = NameFilter::new(&["*".to_string()], &[]).unwrap();
+        let _w = start(
+            std::slice::from_ref(&path),
+            vec![filter],
+            tx,
+            overflow.clone(),
+        )
+        .unwrap();
+        for i in 0..20 {
+            std::fs::write(path.join(format!("f{i}")), b"x").unwrap();
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while !overflow.load(Ordering::Acquire) {
+            assert!(Instant::now() < end, "no overflow reported");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut n = 0;
+        while let Ok(msg) = rx.try_recv() {
+            assert!(matches!(msg, Msg::Hint { watch: 0, .. }), "{msg:?}");
+            n += 1;
+        }
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn inotify_limits_are_named() {
+        let e = fatal(
+            Path::new("/spool"),
+            notify::Error::new(notify::ErrorKind::MaxFilesWatch),
+        );
+        assert!(e
+            .to_string()
+            .contains("inotify watch limit reached (fs.inotify.max_user_watches)"));
+        let e = fatal(
+            Path::new("/spool"),
+            notify::Error::io(io::Error::from_raw_os_error(libc::EMFILE)),
+        );
+        assert!(e.to_string().contains("fs.inotify.max_user_instances"));
+        let e = fatal(
+            Path::new("/spool"),
+            notify::Error::new(notify::ErrorKind::PathNotFound),
+        );
+        assert!(e.to_string().contains("cannot watch /spool"), "{e}");
+    }
+}

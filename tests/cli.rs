@@ -1,0 +1,108 @@
+//! `accio completions SHELL` and `accio man`: generated from the clap definitions, so they
+//! must list the real subcommands. Runs the real binary.
+
+use assert_cmd::Command;
+
+fn accio() -> Command {
+    Command::cargo_bin("accio").unwrap()
+}
+
+fn stdout_of(args: &[&str]) -> String {
+    let out = accio().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "accio {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty(), "accio {args:?} wrote to stderr");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn completions_for_common_shells_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = stdout_of(&["completions", shell]);
+        assert!(!script.trim().is_empty(), "{shell}: empty script");
+        for sub in ["send", "serve", "watch", "check-config"] {
+            assert!(script.contains(sub), "{shell}: no {sub:?} in the script");
+        }
+    }
+    // Shell-specific markers: the scripts are for the shell asked for.
+    assert!(stdout_of(&["completions", "bash"]).contains("complete -F"));
+    assert!(stdout_of(&["completions", "zsh"]).starts_with("#compdef accio"));
+    assert!(stdout_of(&["completions", "fish"]).contains("complete -c accio"));
+}
+
+#[test]
+fn completions_reject_an_unknown_shell() {
+    let out = accio().args(["completions", "cmd.exe"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("ERROR:"), "{err}");
+}
+
+#[test]
+fn bash_completion_script_is_valid_bash() {
+    let script = stdout_of(&["completions", "bash"]);
+    let Ok(status) = std::process::Command::new("bash")
+        .args(["-n", "-c", &script])
+        .status()
+    else {
+        eprintln!("bash not found; skipping the syntax check");
+        return;
+    };
+    assert!(status.success(), "bash -n rejected the completion script");
+}
+
+#[test]
+fn man_page_is_roff_with_every_subcommand() {
+    let page = stdout_of(&["man"]);
+    assert!(
+        page.starts_with(".ie") || page.starts_with(".TH"),
+        "{}",
+        &page[..80.min(page.len())]
+    );
+    let th = page
+        .lines()
+        .find(|l| l.starts_with(".TH "))
+        .expect("no .TH line");
+    assert!(th.contains("accio"), "{th}");
+    for section in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        ".SH DESCRIPTION",
+        ".SH SUBCOMMANDS",
+    ] {
+        assert!(page.contains(section), "no {section}");
+    }
+    // roff escapes hyphens as `\-`.
+    let text = page.replace("\\-", "-");
+    for sub in ["send", "serve", "watch", "check-config", "completions"] {
+        assert!(
+            text.contains(&format!("accio-{sub}")),
+            "no {sub:?} in the man page"
+        );
+    }
+    // The hidden `man` command stays out of its own page.
+    assert!(!text.contains("accio-man"), "hidden command listed");
+}
+
+#[test]
+fn man_page_renders_with_man_when_available() {
+    let page = stdout_of(&["man"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("accio.1");
+    std::fs::write(&file, &page).unwrap();
+    // groff's own checker when present: warnings about the roff itself fail the test.
+    let Ok(out) = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(&file)
+        .output()
+    else {
+        eprintln!("groff not found; skipping the rendering check");
+        return;
+    };
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().is_empty(), "groff warnings: {err}");
+}

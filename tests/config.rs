@@ -1,0 +1,498 @@
+//! `accio check-config` against the real binary: valid files print their effective
+//! settings; every class of bad file is refused with one `ERROR:` line that names the file,
+//! the line and the key, and exit code 78 (EX_CONFIG).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const EXIT_INVALID: i32 = 78;
+
+/// A temporary directory with a spool, done and failed directory and a config file.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["spool", "done", "failed", "spool2", "done2", "failed2"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        Setup { dir }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `accio.toml`, replacing `@` with the temporary directory.
+    fn write(&self, text: &str) -> PathBuf {
+        let path = self.root().join("accio.toml");
+        std::fs::write(&path, text.replace('@', &self.root().display().to_string())).unwrap();
+        path
+    }
+}
+
+fn check_config(path: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_accio"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .env_remove("ACCIO_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// Asserts a refusal: exit 78, nothing on stdout, one `ERROR:` line naming file:line and key.
+fn assert_refused(out: &Output, path: &Path, line: usize, key: &str, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(EXIT_INVALID), "stderr: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    let head = format!("ERROR: {}:{line}: key `{key}`: ", path.display());
+    assert!(
+        stderr.starts_with(&head),
+        "expected {head:?}..., got {stderr}"
+    );
+    assert!(stderr.contains(what), "expected {what:?} in {stderr}");
+    stderr
+}
+
+const VALID: &str = r#"concurrency = 2
+
+[server]
+host = "127.0.0.1"
+port = "http-alt"
+
+[timeouts]
+stall = "2s"
+
+[[watch]]
+dir = "@/spool"
+done_dir = "@/done"
+failed_dir = "@/failed"
+"#;
+
+#[test]
+fn valid_config_prints_effective_settings() {
+    let s = Setup::new();
+    let path = s.write(VALID);
+    let out = check_config(&path);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty());
+    let r = s.root().display();
+    for expected in [
+        "concurrency = 2\n".to_string(),
+        "shutdown_grace = \"10s\"\n".into(),
+        "log_level = \"info\"\n".into(),
+        "connect = \"10s\"\n".into(),
+        "stall = \"2s\"\n".into(),
+        "initial = \"1s\"\n".into(),
+        "max = \"5m\"\n".into(),
+        "max_attempts = 10\n".into(),
+        format!("dir = \"{r}/spool\"\n"),
+        format!("done_dir = \"{r}/done\"\n"),
+        format!("failed_dir = \"{r}/failed\"\n"),
+        "on_success = \"move\"\n".into(),
+        // The service name is resolved, the top-level server copied into the watch.
+        "server = { host = \"127.0.0.1\", port = 8080 }\n".into(),
+        "include = [\"*\"]\n".into(),
+        "exclude = [\".*\", \"*.part\", \"*.tmp\", \"*~\"]\n".into(),
+        "settle = \"250ms\"\n".into(),
+        "rescan_interval = \"30s\"\n".into(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+
+    // The output is itself a valid configuration with the same meaning.
+    let again = s.root().join("effective.toml");
+    std::fs::write(&again, &stdout).unwrap();
+    let out2 = check_config(&again);
+    assert_eq!(out2.status.code(), Some(0));
+    let body = |t: &str| t.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        body(&String::from_utf8(out2.stdout).unwrap()),
+        body(&stdout)
+    );
+}
+
+#[test]
+fn shipped_example_passes_when_its_directories_exist() {
+    let s = Setup::new();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/accio.toml")).unwrap();
+    assert!(example.contains("/var/spool/accio/"));
+    let path = s.write(
+        &example
+            .replace("/var/spool/accio/outbox", "@/spool")
+            .replace("/var/spool/accio/sent", "@/done")
+            .replace("/var/spool/accio/failed", "@/failed"),
+    );
+    let out = check_config(&path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("port = 5000"), "{stdout}");
+}
+
+/// `demo/run.sh` fills in the demo template; what it produces must pass.
+#[test]
+fn demo_template_passes_when_filled_in() {
+    let s = Setup::new();
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/accio.toml")).unwrap();
+    assert!(template.contains("@DEMO@") && template.contains("@PORT@"));
+    let path = s.write(&template.replace("@DEMO@", "@").replace("@PORT@", "5000"));
+    let out = check_config(&path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_configs_name_file_line_and_key() {
+    let s = Setup::new();
+    let server = "[server]\nhost = \"127.0.0.1\"\nport = 5000\n";
+    let watch = "[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n";
+    // (file, line, key, part of the message)
+    let cases: Vec<(String, usize, &str, &str)> = vec![
+        // unknown key, with a suggestion
+        (format!("concurency = 4\n{server}{watch}"), 1, "concurency", "unknown key (did you mean `concurrency`?)"),
+        (format!("{server}{watch}dne_dir = \"@/done\"\n"), 8, "watch[0].dne_dir", "unknown key"),
+        // wrong type
+        (format!("concurrency = \"4\"\n{server}{watch}"), 1, "concurrency", "expected an integer, found a string"),
+        (format!("{server}[timeouts]\nconnect = 10\n{watch}"), 5, "timeouts.connect", "expected a duration string"),
+        (format!("{server}[watch]\ndir = \"@/spool\"\n"), 4, "watch", "write [[watch]], not [watch]"),
+        // missing keys: the line of the table they are missing from
+        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\n"), 4, "watch[0].failed_dir", "missing"),
+        (format!("{server}[[watch]]\ndir = \"@/spool\"\nfailed_dir = \"@/failed\"\n"), 4, "watch[0].done_dir", "required when on_success = \"move\""),
+        (server.to_string(), 1, "watch", "missing"),
+        (format!("\n{watch}"), 2, "watch[0].server", "no top-level [server]"),
+        // bad values
+        (format!("[server]\nhost = \"h\"\nport = 65536\n{watch}"), 3, "server.port", "invalid port 65536"),
+        (format!("[server]\nhost = \"h\"\nport = \"nosuchservice\"\n{watch}"), 3, "server.port", "invalid port \"nosuchservice\""),
+        (format!("concurrency = 0\n{server}{watch}"), 1, "concurrency", "out of range"),
+        (format!("{server}[retry]\ninitial = \"1m\"\nmax = \"10s\"\n{watch}"), 6, "retry.max", "shorter than retry.initial"),
+        (format!("{server}[timeouts]\nstall = \"soon\"\n{watch}"), 5, "timeouts.stall", "invalid duration \"soon\""),
+        (format!("{server}{watch}exclude = [\".*\", \"[z-a]\"]\n"), 8, "watch[0].exclude[1]", "invalid glob"),
+        (format!("{server}{watch}on_success = \"keep\"\n"), 8, "watch[0].on_success", "expected \"move\" or \"delete\""),
+        // directories
+        (format!("{server}[[watch]]\ndir = \"spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n"), 5, "watch[0].dir", "relative path"),
+        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/nonexistent\"\nfailed_dir = \"@/failed\"\n"), 6, "watch[0].done_dir", "does not exist"),
+        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/accio.toml\"\n"), 7, "watch[0].failed_dir", "is not a directory"),
+        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/spool\"\nfailed_dir = \"@/failed\"\n"), 6, "watch[0].done_dir", "the spool directory itself"),
+        (format!("{server}[[watch]]\ndir = \"@\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n"), 6, "watch[0].done_dir", "inside the spool directory"),
+        (format!("{server}{watch}[[watch]]\ndir = \"@/spool/\"\ndone_dir = \"@/done2\"\nfailed_dir = \"@/failed2\"\n"), 9, "watch[1].dir", "already watched by watch[0]"),
+    ];
+    for (text, line, key, what) in &cases {
+        let path = s.write(text);
+        assert_refused(&check_config(&path), &path, *line, key, what);
+    }
+}
+
+#[test]
+fn syntax_error_and_unreadable_file() {
+    let s = Setup::new();
+    let path = s.write("concurrency = 4\n[server\nhost = \"h\"\n");
+    let out = check_config(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_INVALID));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("ERROR: {}:2: invalid TOML: ", path.display())),
+        "{stderr}"
+    );
+
+    let missing = s.root().join("nope.toml");
+    let out = check_config(&missing);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_INVALID));
+    assert!(
+        stderr.starts_with(&format!(
+            "ERROR: {}: cannot read the configuration: ",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+}
+
+/// A directory the service's user cannot write into. Root may write anywhere, so as root the
+/// check runs as `nobody` (setpriv); elsewhere the directory's mode takes the write bit away.
+#[test]
+fn unwritable_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(s.root(), 0o755);
+    mode(&s.root().join("spool"), 0o777);
+    mode(&s.root().join("done"), 0o777);
+    mode(&s.root().join("failed"), 0o555);
+    let path = s.write(
+        "[server]\nhost = \"h\"\nport = 1\n[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
+    );
+    mode(&path, 0o644);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let out = if root {
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            eprintln!("skipped: running as root without setpriv");
+            return;
+        }
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_accio"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    } else {
+        check_config(&path)
+    };
+    if root
+        && String::from_utf8_lossy(&out.stderr).contains("Permission denied")
+        && !String::from_utf8_lossy(&out.stderr).contains("failed_dir")
+    {
+        eprintln!(
+            "skipped: nobody cannot reach the temporary directory: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    assert_refused(
+        &out,
+        &path,
+        7,
+        "watch[0].failed_dir",
+        "is not writable by this user",
+    );
+}
+
+/// Issue 5: the loader never panics, whatever the input. `parse` is the whole loader minus
+/// the filesystem checks, so it is fed directly.
+mod props {
+    use std::path::Path;
+
+    use accio::config::{parse, render};
+    use proptest::prelude::*;
+
+    const FILE: &str = "/etc/accio/prop.toml";
+
+    /// A configuration that uses every key, to be mutated.
+    const FULL: &str = r#"concurrency = 4
+shutdown_grace = "10s"
+log_level = "info"
+[server]
+host = "127.0.0.1"
+port = 5000
+[timeouts]
+connect = "10s"
+handshake = "10s"
+stall = "10s"
+close = "10s"
+[retry]
+initial = "1s"
+max = "5m"
+max_attempts = 10
+[[watch]]
+dir = "/var/spool/accio/outbox"
+done_dir = "/var/spool/accio/sent"
+failed_dir = "/var/spool/accio/failed"
+on_success = "move"
+server = { host = "::1", port = "http-alt" }
+include = ["*"]
+exclude = [".*", "*.part", "*.tmp", "*~"]
+settle = "250ms"
+rescan_interval = "30s"
+[[watch]]
+dir = "/var/spool/accio/b"
+failed_dir = "/var/spool/accio/b-failed"
+on_success = "delete"
+"#;
+
+    /// Values worth trying in any position: edge numbers, bad durations, paths, types.
+    const VALUES: &[&str] = &[
+        "0",
+        "-1",
+        "1",
+        "65535",
+        "65536",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "1.5",
+        "nan",
+        "-inf",
+        "true",
+        "1979-05-27T07:32:00Z",
+        "07:32:00",
+        "1979-05-27",
+        "\"\"",
+        "\"0s\"",
+        "\"1ms\"",
+        "\"18446744073709551615s\"",
+        "\"99999999999999years\"",
+        "\"10\"",
+        "\"5 m\"",
+        "\"move\"",
+        "\"delete\"",
+        "\"ssh\"",
+        "\"x\"",
+        "\"/\"",
+        "\"relative\"",
+        "\"/var/spool/accio/outbox\"",
+        "\"/var/spool/accio/outbox/..\"",
+        "\"[\"",
+        "\"a\\u0000b\"",
+        "[]",
+        "[1, \"a\"]",
+        "[\"*\", \"[\"]",
+        "[[]]",
+        "{}",
+        "{ host = \"h\" }",
+        "{ host = \"h\", port = 0 }",
+        "{ host = 1, port = \"a\" }",
+        "'''multi\nline'''",
+    ];
+
+    /// Applies one edit to the lines of a config.
+    fn mutate(lines: &mut Vec<String>, op: u8, a: usize, b: usize, v: usize) {
+        if lines.is_empty() {
+            return;
+        }
+        let n = lines.len();
+        let (a, b) = (a % n, b % n);
+        match op % 7 {
+            // Drop a line (a key or a table header).
+            0 => {
+                lines.remove(a);
+            }
+            // Duplicate a line.
+            1 => {
+                let l = lines[a].clone();
+                lines.insert(b, l);
+            }
+            // Swap two lines.
+            2 => lines.swap(a, b),
+            // Give a key another key's value.
+            3 | 4 => {
+                let value = lines[b].split_once('=').map(|(_, v)| v.to_string());
+                if let (Some((k, _)), Some(v)) = (lines[a].split_once('='), value) {
+                    lines[a] = format!("{k}={v}");
+                }
+            }
+            // Give a key an edge value.
+            5 => {
+                if let Some((k, _)) = lines[a].split_once('=') {
+                    lines[a] = format!("{k}= {}", VALUES[v % VALUES.len()]);
+                }
+            }
+            // Give a value another line's key.
+            _ => {
+                let key = lines[b].split_once('=').map(|(k, _)| k.to_string());
+                if let (Some((_, v)), Some(k)) = (lines[a].split_once('='), key) {
+                    lines[a] = format!("{k}={v}");
+                }
+            }
+        }
+    }
+
+    /// Parse must answer; an error is one line that starts with the file; a success renders
+    /// to a config that parses to the same rendering.
+    fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+        match parse(bytes, Path::new(FILE)) {
+            Ok(c) => {
+                let text = render(&c);
+                let again = parse(text.as_bytes(), Path::new(FILE)).map_err(|e| {
+                    TestCaseError::fail(format!("rendering does not parse: {e}\n{text}"))
+                })?;
+                prop_assert_eq!(render(&again), text);
+            }
+            Err(e) => {
+                let shown = e.to_string();
+                prop_assert!(shown.starts_with(FILE), "{}", shown);
+                prop_assert!(!shown.contains('\n'), "{}", shown);
+                prop_assert!(e.line.is_some(), "{}", shown);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        // 256 cases each by default; PROPTEST_CASES=100000 for a long run.
+        #[test]
+        fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            check(&bytes)?;
+        }
+
+        #[test]
+        fn arbitrary_strings(s in any::<String>()) {
+            check(s.as_bytes())?;
+        }
+
+        /// Strings made of TOML's punctuation and this schema's words, which get much
+        /// further into the parser and the schema than random characters.
+        #[test]
+        fn toml_like_strings(parts in prop::collection::vec(prop::sample::select(vec![
+            "[", "]", "[[", "]]", "{", "}", "=", ",", ".", "\"", "'", "\n", " ", "#", "\\",
+            "watch", "server", "dir", "port", "host", "retry", "max", "initial", "1", "0",
+            "\"10s\"", "\"/a\"", "-", "+", "e", "true", "1979-05-27",
+        ]), 0..60)) {
+            check(parts.concat().as_bytes())?;
+        }
+
+        #[test]
+        fn mutated_valid_config(edits in prop::collection::vec(
+            (any::<u8>(), any::<usize>(), any::<usize>(), any::<usize>()), 1..6)) {
+            let mut lines: Vec<String> = FULL.lines().map(String::from).collect();
+            for (op, a, b, v) in edits {
+                mutate(&mut lines, op, a, b, v);
+            }
+            check(lines.join("\n").as_bytes())?;
+        }
+
+        #[test]
+        fn truncated_valid_config(cut in 0..FULL.len(), junk in "[ -~\n]{0,8}") {
+            let mut text = FULL.as_bytes()[..cut].to_vec();
+            text.extend_from_slice(junk.as_bytes());
+            check(&text)?;
+        }
+    }
+
+    #[test]
+    fn the_unmutated_config_is_valid() {
+        let c = parse(FULL.as_bytes(), Path::new(FILE)).unwrap();
+        assert_eq!(c.watches.len(), 2);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        for text in [
+            format!("a = {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("a = {}1{}", "{b=".repeat(50_000), "}".repeat(50_000)),
+            format!("a{} = 1", ".a".repeat(50_000)),
+            format!("[a{}]", ".a".repeat(50_000)),
+        ] {
+            let e = parse(text.as_bytes(), Path::new(FILE)).unwrap_err();
+            assert!(e.message.contains("recursion limit"), "{e}");
+        }
+    }
+}

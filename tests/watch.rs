@@ -1,0 +1,648 @@
+//! End-to-end tests of `accio watch`: the real binary, real spool directories and real
+//! filesystem events, with `accio serve` (or a server written here, where the test needs
+//! one that misbehaves) as the receiver.
+
+mod watch_support;
+
+use std::fs;
+use std::io::Write;
+use std::time::Duration;
+
+use watch_support::*;
+
+#[test]
+fn renamed_files_are_delivered_and_moved_to_done() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let svc = Service::start(&cfg);
+    let contents: Vec<Vec<u8>> = (0..5)
+        .map(|i| format!("file {i}\n").repeat(i + 1).into_bytes())
+        .collect();
+    for (i, c) in contents.iter().enumerate() {
+        dirs.drop_file(&format!("f{i}"), c);
+    }
+    wait_for("5 files in done", || names(&dirs.done).len() == 5);
+    assert!(names(&dirs.spool).is_empty());
+    for c in &contents {
+        assert_eq!(recv.times_received(c), 1);
+    }
+    assert_eq!(recv.count(), 5);
+    for (i, c) in contents.iter().enumerate() {
+        assert_eq!(&fs::read(dirs.done.join(format!("f{i}"))).unwrap(), c);
+    }
+    svc.wait_log_n("delivered", 5);
+}
+
+#[test]
+fn backlog_is_sent_oldest_first() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    // Name order is the reverse of age order.
+    let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for (age, name) in ["e", "d", "c", "b", "a"].iter().enumerate() {
+        let p = dirs.spool.join(name);
+        fs::write(&p, name.as_bytes()).unwrap();
+        let f = fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(base + Duration::from_secs(age as u64 * 60))
+            .unwrap();
+    }
+    let o = Opts {
+        concurrency: 1,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let _svc = Service::start(&cfg);
+    wait_for("5 files in done", || names(&dirs.done).len() == 5);
+    let order: Vec<String> = recv
+        .files()
+        .values()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    assert_eq!(order, ["e", "d", "c", "b", "a"]);
+    assert!(names(&dirs.spool).is_empty());
+}
+
+#[test]
+fn a_slow_writer_is_sent_once_complete() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        settle: "100ms",
+        rescan: "200ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let svc = Service::start(&cfg);
+    // Written in place under its final name, with pauses longer than the settle time and
+    // than the rescan interval: open but not closed means not ready.
+    let mut f = fs::File::create(dirs.spool.join("slow")).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..4 {
+        let chunk = content(i, 1000);
+        f.write_all(&chunk).unwrap();
+        expected.extend_from_slice(&chunk);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    svc.wait_log_n("listed", 3);
+    assert_eq!(recv.count(), 0, "sent while still open for writing");
+    drop(f);
+    wait_for("slow in done", || dirs.done.join("slow").exists());
+    assert_eq!(recv.times_received(&expected), 1);
+    assert_eq!(recv.count(), 1);
+}
+
+#[test]
+fn ignored_names_stay_in_the_spool() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        rescan: "200ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let svc = Service::start(&cfg);
+    let ignored = [".hidden", "x.part", "y.tmp", "z~"];
+    for n in ignored {
+        fs::write(dirs.spool.join(n), n).unwrap();
+    }
+    dirs.drop_file("ok", b"ok");
+    wait_for("ok in done", || dirs.done.join("ok").exists());
+    // Two full rescans later, still only `ok` was sent.
+    let listed = svc.log_count("listed");
+    svc.wait_log_n("listed", listed + 2);
+    dirs.drop_file("ok2", b"ok2");
+    wait_for("ok2 in done", || dirs.done.join("ok2").exists());
+    assert_eq!(recv.count(), 2);
+    for n in ignored {
+        assert!(dirs.spool.join(n).exists(), "{n}");
+    }
+}
+
+#[test]
+fn special_files_are_reported_once_and_never_sent() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let outside = dirs.root.path().join("outside.txt");
+    fs::write(&outside, b"secret outside the spool").unwrap();
+    std::os::unix::fs::symlink(&outside, dirs.spool.join("link")).unwrap();
+    std::os::unix::fs::symlink(
+        dirs.root.path().join("nowhere"),
+        dirs.spool.join("dangling"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("loop", dirs.spool.join("loop")).unwrap();
+    fs::create_dir(dirs.spool.join("sub")).unwrap();
+    fs::write(dirs.spool.join("sub/inner"), b"inner").unwrap();
+    fs::write(dirs.spool.join("before"), b"before").unwrap();
+    let o = Opts {
+        rescan: "200ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let svc = Service::start(&cfg);
+    // These appear while it runs: the events path.
+    let fifo = std::ffi::CString::new(
+        dirs.spool
+            .join("fifo")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+    let _sock = std::os::unix::net::UnixListener::bind(dirs.spool.join("sock")).unwrap();
+    std::os::unix::fs::symlink(&outside, dirs.spool.join("link2")).unwrap();
+    dirs.drop_file("after", b"after");
+    wait_for("before and after in done", || {
+        dirs.done.join("before").exists() && dirs.done.join("after").exists()
+    });
+    let listed = svc.log_count("listed");
+    svc.wait_log_n("listed", listed + 3);
+    assert_eq!(recv.count(), 2);
+    assert_eq!(recv.times_received(b"secret outside the spool"), 0);
+    for n in ["link", "dangling", "loop", "sub", "fifo", "sock", "link2"] {
+        assert!(
+            fs::symlink_metadata(dirs.spool.join(n)).is_ok(),
+            "{n} was touched"
+        );
+        let needle = format!("ignoring {}:", dirs.spool.join(n).display());
+        assert_eq!(svc.log_count(&needle), 1, "{n}: reported not exactly once");
+    }
+    assert!(dirs.spool.join("sub/inner").exists());
+}
+
+#[test]
+fn files_wait_while_the_server_is_down() {
+    let dirs = Dirs::new();
+    let port = free_port();
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &Opts::default()));
+    let svc = Service::start(&cfg);
+    for i in 0..3 {
+        dirs.drop_file(&format!("f{i}"), &content(i, 100));
+    }
+    svc.wait_log_n("failed (attempt 2", 3);
+    assert_eq!(names(&dirs.spool).len(), 3);
+    let recv = Receiver::start_on(&dirs.recv, port);
+    wait_for("3 files in done", || names(&dirs.done).len() == 3);
+    for i in 0..3 {
+        assert_eq!(recv.times_received(&content(i, 100)), 1);
+    }
+}
+
+#[test]
+fn after_max_attempts_a_file_goes_to_failed_with_a_reason() {
+    let dirs = Dirs::new();
+    let port = free_port();
+    let o = Opts {
+        max_attempts: 2,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
+    let svc = Service::start(&cfg);
+    dirs.drop_file("bad", b"never delivered");
+    wait_for("bad.reason in failed", || {
+        dirs.failed.join("bad.reason").exists()
+    });
+    assert_eq!(
+        fs::read(dirs.failed.join("bad")).unwrap(),
+        b"never delivered"
+    );
+    let reason = fs::read_to_string(dirs.failed.join("bad.reason")).unwrap();
+    assert!(reason.contains("attempts: 2"), "{reason}");
+    assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
+    assert!(names(&dirs.spool).is_empty());
+    svc.wait_log("gave up on");
+    assert_eq!(svc.log_count("gave up on"), 1);
+}
+
+#[test]
+fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
+    let dirs = Dirs::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let server = ScriptServer::start(move |n, mut stream| {
+        if n == 0 {
+            // Take a little, then stop reading until the test has changed the file.
+            let first = read_at_least(&mut stream, 64 * 1024);
+            let _ = started_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            return read_rest(&mut stream, first);
+        }
+        read_rest(&mut stream, Vec::new())
+    });
+    let o = Opts {
+        timeout: "10s",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
+    let svc = Service::start(&cfg);
+    let original = content(1, 16 << 20);
+    dirs.drop_file("big", &original);
+    started_rx.recv_timeout(DEADLINE).unwrap();
+    let mut f = fs::File::options()
+        .append(true)
+        .open(dirs.spool.join("big"))
+        .unwrap();
+    f.write_all(b"appended\n").unwrap();
+    drop(f);
+    go_tx.send(()).unwrap();
+    wait_for("big in done", || dirs.done.join("big").exists());
+    let mut expected = original;
+    expected.extend_from_slice(b"appended\n");
+    let conns = server.conns();
+    let clean: Vec<&Conn> = conns.iter().filter(|c| c.clean).collect();
+    assert_eq!(
+        clean.len(),
+        1,
+        "exactly one connection may claim to be complete"
+    );
+    assert!(
+        clean[0].bytes == expected,
+        "the complete one has the final content"
+    );
+    assert!(conns.len() >= 2);
+    assert_eq!(fs::read(dirs.done.join("big")).unwrap(), expected);
+    svc.wait_log("changed while being sent");
+}
+
+#[test]
+fn sigterm_lets_the_transfer_run_for_the_grace_then_exits_0_leaving_the_file() {
+    let dirs = Dirs::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let (_hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let hold_rx = std::sync::Mutex::new(hold_rx);
+    let server = ScriptServer::start(move |_, mut stream| {
+        let first = read_at_least(&mut stream, 64 * 1024);
+        let _ = started_tx.lock().unwrap().send(());
+        // Stop reading: the transfer cannot finish.
+        let _ = hold_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
+        Conn {
+            bytes: first,
+            clean: false,
+        }
+    });
+    let o = Opts {
+        timeout: "20s",
+        grace: "500ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
+    let mut svc = Service::start(&cfg);
+    dirs.drop_file("big", &content(7, 16 << 20));
+    started_rx.recv_timeout(DEADLINE).unwrap();
+    svc.signal(libc::SIGTERM);
+    let st = svc.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{}", svc.log());
+    assert_eq!(names(&dirs.spool), ["big"]);
+    assert!(names(&dirs.done).is_empty());
+    assert!(svc.log().contains("did not finish within"), "{}", svc.log());
+}
+
+#[test]
+fn sighup_adds_a_watch_and_a_bad_reload_keeps_the_old_config() {
+    let dirs = Dirs::new();
+    let dirs2 = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts::default();
+    let one = config_text(&dirs, recv.port, &o);
+    let cfg = write_config(&dirs, "a.toml", &one);
+    let svc = Service::start(&cfg);
+    dirs.drop_file("a1", b"a1");
+    wait_for("a1 in done", || dirs.done.join("a1").exists());
+
+    let two = format!("{one}\n{}", watch_table(&dirs2, &o));
+    fs::write(&cfg, &two).unwrap();
+    svc.signal(libc::SIGHUP);
+    svc.wait_log("configuration reloaded");
+    dirs2.drop_file("b1", b"b1");
+    wait_for("b1 in the second done", || dirs2.done.join("b1").exists());
+
+    fs::write(&cfg, format!("no_such_key = 1\n{two}")).unwrap();
+    svc.signal(libc::SIGHUP);
+    svc.wait_log("reload refused");
+    assert!(svc.log().contains("no_such_key"), "{}", svc.log());
+    dirs.drop_file("a2", b"a2");
+    dirs2.drop_file("b2", b"b2");
+    wait_for("a2 and b2 in done", || {
+        dirs.done.join("a2").exists() && dirs2.done.join("b2").exists()
+    });
+    for c in [&b"a1"[..], b"b1", b"a2", b"b2"] {
+        assert_eq!(recv.times_received(c), 1);
+    }
+}
+
+#[test]
+fn kill_9_during_a_burst_loses_nothing() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let mut svc = Service::start(&cfg);
+    let n = 300;
+    for i in 0..n {
+        dirs.drop_file(&format!("f{i:03}"), &content(i, 2000));
+    }
+    wait_for("a fifth received", || recv.count() >= n / 5);
+    svc.kill9();
+    assert!(
+        names(&dirs.done).len() < n,
+        "the kill came too late to prove anything"
+    );
+    let _svc = Service::start(&cfg);
+    wait_for("spool empty", || names(&dirs.spool).is_empty());
+    let lost: Vec<usize> = (0..n)
+        .filter(|&i| recv.times_received(&content(i, 2000)) == 0)
+        .collect();
+    assert_eq!(lost, Vec::<usize>::new(), "lost files");
+    assert_eq!(names(&dirs.done).len(), n);
+}
+
+#[test]
+fn two_instances_on_one_spool_never_send_a_file_twice() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let a = Service::start(&cfg);
+    let b = Service::start(&cfg);
+    let n = 300;
+    for i in 0..n {
+        dirs.drop_file(&format!("f{i:03}"), &content(i, 500));
+    }
+    wait_for("all in done", || names(&dirs.done).len() == n);
+    assert!(names(&dirs.spool).is_empty());
+    let files = recv.files();
+    let twice: Vec<usize> = (0..n)
+        .filter(|&i| files.values().filter(|c| **c == content(i, 500)).count() != 1)
+        .collect();
+    assert_eq!(twice, Vec::<usize>::new(), "not received exactly once");
+    assert_eq!(files.len(), n);
+    // Both took part.
+    assert!(a.log_count("delivered") > 0 && b.log_count("delivered") > 0);
+}
+
+#[test]
+fn on_success_delete_removes_delivered_files() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        delete: true,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let _svc = Service::start(&cfg);
+    for i in 0..3 {
+        dirs.drop_file(&format!("f{i}"), &content(i, 10));
+    }
+    wait_for("3 received", || recv.count() == 3);
+    wait_for("spool empty", || names(&dirs.spool).is_empty());
+    assert!(names(&dirs.done).is_empty());
+    for i in 0..3 {
+        assert_eq!(recv.times_received(&content(i, 10)), 1);
+    }
+}
+
+#[test]
+fn a_name_taken_in_done_gets_a_suffix() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    fs::write(dirs.done.join("a"), b"old").unwrap();
+    fs::write(dirs.done.join("a.1"), b"old1").unwrap();
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let _svc = Service::start(&cfg);
+    dirs.drop_file("a", b"new");
+    wait_for("a.2 in done", || dirs.done.join("a.2").exists());
+    assert_eq!(fs::read(dirs.done.join("a")).unwrap(), b"old");
+    assert_eq!(fs::read(dirs.done.join("a.1")).unwrap(), b"old1");
+    assert_eq!(fs::read(dirs.done.join("a.2")).unwrap(), b"new");
+    assert_eq!(recv.times_received(b"new"), 1);
+}
+
+#[test]
+fn an_invalid_config_is_refused_at_start() {
+    let dirs = Dirs::new();
+    let cfg = write_config(&dirs, "bad.toml", "concurrency = \"four\"\n");
+    let out = std::process::Command::new(BIN)
+        .args(["watch", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("ERROR:"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn a_failed_move_to_done_keeps_the_file_and_is_retried_without_sending_again() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let svc = Service::start(&cfg);
+    // done_dir stops being a directory (as good as a read-only or full disk: the rename fails).
+    fs::remove_dir(&dirs.done).unwrap();
+    fs::write(&dirs.done, b"in the way").unwrap();
+    dirs.drop_file("a", b"payload");
+    svc.wait_log("it stays in the spool");
+    assert_eq!(names(&dirs.spool), ["a"]);
+    fs::remove_file(&dirs.done).unwrap();
+    fs::create_dir(&dirs.done).unwrap();
+    wait_for("a in done", || dirs.done.join("a").exists());
+    assert!(names(&dirs.spool).is_empty());
+    assert_eq!(fs::read(dirs.done.join("a")).unwrap(), b"payload");
+    assert_eq!(recv.times_received(b"payload"), 1, "sent again");
+    svc.wait_log("(delivered earlier) is now moved to");
+}
+
+/// The library entry point, as the daemon uses it: ready once watching, counters, and a
+/// shutdown token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reports_ready_counts_and_stops_on_the_token() {
+    use std::sync::Arc;
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    fs::write(dirs.spool.join("old"), b"old").unwrap();
+    let watch = accio::config::WatchConfig {
+        dir: dirs.spool.clone(),
+        done_dir: Some(dirs.done.clone()),
+        failed_dir: dirs.failed.clone(),
+        on_success: accio::config::OnSuccess::Move,
+        server: accio::client::Destination {
+            host: "127.0.0.1".into(),
+            port: recv.port,
+        },
+        include: vec!["*".into()],
+        exclude: accio::config::DEFAULT_EXCLUDE
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        settle: Duration::from_millis(100),
+        rescan_interval: Duration::from_secs(1),
+    };
+    let config = accio::config::Config {
+        path: dirs.root.path().join("none.toml"),
+        concurrency: 2,
+        timeouts: accio::protocol::Timeouts {
+            connect: Duration::from_secs(2),
+            handshake: Duration::from_secs(2),
+            stall: Duration::from_secs(2),
+            close: Duration::from_secs(2),
+        },
+        retry: accio::config::RetryPolicy {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+            max_attempts: 0,
+        },
+        shutdown_grace: Duration::from_secs(1),
+        log_level: "info".into(),
+        watches: vec![watch],
+    };
+    let stats = Arc::new(accio::status::Stats::default());
+    let token = tokio_util::sync::CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(accio::watch::run(
+        config,
+        stats.clone(),
+        token.clone(),
+        Some(tx),
+    ));
+    rx.await.unwrap();
+    let s = stats.snapshot();
+    assert_eq!(s.watching, 1);
+    assert_eq!(s.queued, 1, "the backlog is queued when ready is sent");
+    for i in 0..3 {
+        dirs.drop_file(&format!("f{i}"), &content(i, 100));
+    }
+    let st = stats.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("4 sent, nothing queued or in flight", || {
+            let s = st.snapshot();
+            (s.sent, s.failed, s.in_flight, s.queued) == (4, 0, 0, 0)
+        })
+    })
+    .await
+    .unwrap();
+    assert!(names(&dirs.spool).is_empty());
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run stops after the token is cancelled")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.snapshot().watching, 0);
+}
+
+#[test]
+fn done_dir_on_another_filesystem_gets_a_durable_copy() {
+    use std::os::unix::fs::MetadataExt;
+    let mut dirs = Dirs::new();
+    let Ok(other) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("no /dev/shm: skipped");
+        return;
+    };
+    if fs::metadata(other.path()).unwrap().dev() == fs::metadata(&dirs.spool).unwrap().dev() {
+        eprintln!("/dev/shm is on the spool's filesystem: skipped");
+        return;
+    }
+    dirs.done = other.path().to_path_buf();
+    fs::write(dirs.done.join("x"), b"taken").unwrap();
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let _svc = Service::start(&cfg);
+    let big = content(3, 1 << 20);
+    dirs.drop_file("x", &big);
+    wait_for("x.1 in done and the spool empty", || {
+        dirs.done.join("x.1").exists() && names(&dirs.spool).is_empty()
+    });
+    assert_eq!(fs::read(dirs.done.join("x.1")).unwrap(), big);
+    assert_eq!(fs::read(dirs.done.join("x")).unwrap(), b"taken");
+    // No temporary left behind.
+    let all: Vec<_> = fs::read_dir(&dirs.done).unwrap().collect();
+    assert_eq!(all.len(), 2);
+    assert_eq!(recv.times_received(&big), 1);
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let dirs = Dirs::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let (_hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let hold_rx = std::sync::Mutex::new(hold_rx);
+    let server = ScriptServer::start(move |_, mut stream| {
+        let first = read_at_least(&mut stream, 64 * 1024);
+        let _ = started_tx.lock().unwrap().send(());
+        let _ = hold_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(60));
+        Conn {
+            bytes: first,
+            clean: false,
+        }
+    });
+    let o = Opts {
+        timeout: "60s",
+        grace: "60s",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
+    let mut svc = Service::start(&cfg);
+    dirs.drop_file("big", &content(8, 16 << 20));
+    started_rx.recv_timeout(DEADLINE).unwrap();
+    svc.signal(libc::SIGINT);
+    svc.wait_log("waiting up to");
+    svc.signal(libc::SIGTERM);
+    let st = svc.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0));
+    assert_eq!(names(&dirs.spool), ["big"]);
+}
+
+#[test]
+fn a_spool_directory_replaced_while_running_is_watched_again() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        // Rescans cannot be what finds the file below.
+        rescan: "1h",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let svc = Service::start(&cfg);
+    fs::rename(&dirs.spool, dirs.root.path().join("spool.old")).unwrap();
+    fs::create_dir(&dirs.spool).unwrap();
+    svc.wait_log("watching the new one");
+    dirs.drop_file("after", b"after the swap");
+    wait_for("after in done", || dirs.done.join("after").exists());
+    assert_eq!(recv.times_received(b"after the swap"), 1);
+}
