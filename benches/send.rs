@@ -81,7 +81,7 @@ fn bench_big(baseline_exe: &Path, port: &str, big: &Path) {
         accio();
         sendfile();
     }
-    const ROUNDS: usize = 11;
+    const ROUNDS: usize = 21;
     let clients: [(&str, &dyn Fn() -> Sample); 4] = [
         ("accio send (process)", &accio),
         ("baseline sendfile (process)", &sendfile),
@@ -102,7 +102,7 @@ fn bench_small(baseline_exe: &Path, port: &str, small: &Path) {
         accio();
         sendfile();
     }
-    const ROUNDS: usize = 101;
+    const ROUNDS: usize = 201;
     let clients: [(&str, &dyn Fn() -> Sample); 2] = [
         ("accio send (process)", &accio),
         ("baseline sendfile (process)", &sendfile),
