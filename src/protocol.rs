@@ -85,7 +85,7 @@ pub enum ProtocolError {
         #[source]
         source: io::Error,
     },
-    #[error("server did not confirm the transfer: no close within {0:?} after all data was sent")]
+    #[error("server did not confirm the transfer: no close within {0:?} once all data was sent and acknowledged")]
     CloseTimeout(Duration),
     #[error("server did not confirm the transfer: {0}")]
     CloseIo(#[source] io::Error),
