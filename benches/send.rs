@@ -3,7 +3,9 @@
 //! Run with `cargo bench --bench send`. Prints medians and ratios; asserts nothing about time.
 //!
 //! - 1 GiB: `accio send` (release binary, whole process) vs the baseline client as a
-//!   process (`examples/baseline_client.rs`) and the same baseline code in-process.
+//!   process (`examples/baseline_client.rs`: blocking sendfile, as a C client would), the same
+//!   code in-process, and the baseline with `std::io::copy` (which current std does not turn
+//!   into sendfile for file → socket: it is a read/write loop).
 //! - 500 B: whole process vs whole process (startup dominates).
 //!
 //! The sink sends `accio\r\n`, reads to EOF into a reused buffer and closes: it does the same
@@ -40,7 +42,9 @@ fn main() {
         .tempdir_in(Path::new(ACCIO).parent().unwrap())
         .unwrap();
     let big = dir.path().join("1GiB");
-    write_file(&big, 1 << 30);
+    if want("big") {
+        write_file(&big, 1 << 30);
+    }
     let small = dir.path().join("500B");
     write_file(&small, 500);
     let port = port.to_string();
@@ -58,80 +62,98 @@ fn main() {
 }
 
 fn bench_big(baseline_exe: &Path, port: &str, big: &Path) {
+    let accio = || run_process(Path::new(ACCIO), &["send", "127.0.0.1", port], big);
+    let sendfile = || run_process(baseline_exe, &["127.0.0.1", port], big);
+    let std_copy = || run_process(baseline_exe, &["--copy", "127.0.0.1", port], big);
+    let in_process = || {
+        run_in_process(|| {
+            baseline::send(
+                "127.0.0.1",
+                port,
+                big.to_str().unwrap(),
+                baseline::Body::Sendfile,
+            )
+            .expect("in-process baseline")
+        })
+    };
     // Warm-up: page cache, binaries, sockets.
     for _ in 0..2 {
-        run_process(Path::new(ACCIO), &["send", "127.0.0.1", port], big);
-        run_process(baseline_exe, &["127.0.0.1", port], big);
+        accio();
+        sendfile();
     }
-
-    const BIG_ROUNDS: usize = 9;
-    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..BIG_ROUNDS {
-        // Rotate the order so no client always runs right after another.
-        for k in 0..3 {
-            match (round + k) % 3 {
-                0 => a.push(run_process(
-                    Path::new(ACCIO),
-                    &["send", "127.0.0.1", port],
-                    big,
-                )),
-                1 => b.push(run_process(baseline_exe, &["127.0.0.1", port], big)),
-                _ => {
-                    let start = Instant::now();
-                    baseline::send("127.0.0.1", port, big.to_str().unwrap())
-                        .expect("in-process baseline");
-                    c.push(start.elapsed());
-                }
-            }
-        }
-    }
-    let (ma, mb, mc) = (median(&mut a), median(&mut b), median(&mut c));
-    let gib = |d: Duration| (1u64 << 30) as f64 / d.as_secs_f64() / (1u64 << 30) as f64;
-    println!("1 GiB, median of {BIG_ROUNDS}:");
-    println!(
-        "  accio send (process)          {:>9.1} ms  {:>5.2} GiB/s",
-        ms(ma),
-        gib(ma)
-    );
-    println!(
-        "  baseline std client (process) {:>9.1} ms  {:>5.2} GiB/s",
-        ms(mb),
-        gib(mb)
-    );
-    println!(
-        "  baseline std (in-process)     {:>9.1} ms  {:>5.2} GiB/s",
-        ms(mc),
-        gib(mc)
-    );
-    println!(
-        "  ratio accio / baseline process: {:.3}   (target <= 1.05)",
-        ratio(ma, mb)
-    );
-    println!();
+    const ROUNDS: usize = 21;
+    let clients: [(&str, &dyn Fn() -> Sample); 4] = [
+        ("accio send (process)", &accio),
+        ("baseline sendfile (process)", &sendfile),
+        ("baseline sendfile (in-process)", &in_process),
+        ("baseline std::io::copy (process)", &std_copy),
+    ];
+    let times = rounds(&clients, ROUNDS);
+    println!("1 GiB, {ROUNDS} runs each, interleaved:");
+    report(&clients, &times, |wall| {
+        format!("{:>5.2} GiB/s", 1.0 / wall.as_secs_f64())
+    });
 }
 
 fn bench_small(baseline_exe: &Path, port: &str, small: &Path) {
-    const SMALL_ROUNDS: usize = 101;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for round in 0..SMALL_ROUNDS {
-        let accio = || run_process(Path::new(ACCIO), &["send", "127.0.0.1", port], small);
-        let base = || run_process(baseline_exe, &["127.0.0.1", port], small);
-        if round % 2 == 0 {
-            a.push(accio());
-            b.push(base());
-        } else {
-            b.push(base());
-            a.push(accio());
+    let accio = || run_process(Path::new(ACCIO), &["send", "127.0.0.1", port], small);
+    let sendfile = || run_process(baseline_exe, &["127.0.0.1", port], small);
+    for _ in 0..5 {
+        accio();
+        sendfile();
+    }
+    const ROUNDS: usize = 201;
+    let clients: [(&str, &dyn Fn() -> Sample); 2] = [
+        ("accio send (process)", &accio),
+        ("baseline sendfile (process)", &sendfile),
+    ];
+    let times = rounds(&clients, ROUNDS);
+    println!("500 B, whole process, {ROUNDS} runs each, interleaved:");
+    report(&clients, &times, |_| String::new());
+}
+
+/// Runs every client `n` times, rotating the order each round so that no client always runs
+/// right after another.
+fn rounds(clients: &[(&str, &dyn Fn() -> Sample)], n: usize) -> Vec<Vec<Sample>> {
+    let mut times = vec![Vec::new(); clients.len()];
+    for round in 0..n {
+        for k in 0..clients.len() {
+            let i = (round + k) % clients.len();
+            times[i].push((clients[i].1)());
         }
     }
-    let (ma, mb) = (median(&mut a), median(&mut b));
-    println!("500 B, whole process, median of {SMALL_ROUNDS}:");
-    println!("  accio send                    {:>9.3} ms", ms(ma));
-    println!("  baseline std client           {:>9.3} ms", ms(mb));
+    times
+}
+
+/// Prints a table: median wall, min wall, median CPU; then accio's ratios to the first
+/// baseline (the second client).
+fn report(
+    clients: &[(&str, &dyn Fn() -> Sample)],
+    times: &[Vec<Sample>],
+    extra: impl Fn(Duration) -> String,
+) {
     println!(
-        "  ratio accio / baseline: {:.3}   (target <= 2)",
-        ratio(ma, mb)
+        "  {:<34} {:>12} {:>12} {:>12}",
+        "client", "median wall", "min wall", "median CPU"
     );
+    let all: Vec<_> = times.iter().map(|t| stats(t)).collect();
+    for ((name, _), (wall, min, cpu)) in clients.iter().zip(&all) {
+        println!(
+            "  {name:<34} {:>9.3} ms {:>9.3} ms {:>9.3} ms  {}",
+            ms(*wall),
+            ms(*min),
+            ms(*cpu),
+            extra(*wall)
+        );
+    }
+    let (a, b) = (all[0], all[1]);
+    println!(
+        "  accio / baseline sendfile process: median wall {:.3}, min wall {:.3}, CPU {:.3}",
+        ratio(a.0, b.0),
+        ratio(a.1, b.1),
+        ratio(a.2, b.2)
+    );
+    println!();
 }
 
 /// Builds `examples/baseline_client.rs` with the release profile, beside the accio binary.
@@ -191,26 +213,79 @@ fn write_file(path: &Path, len: usize) {
     }
 }
 
-/// Runs a client process to completion; returns its wall time. Panics on failure: a
-/// benchmark of a failing transfer means nothing.
-fn run_process(exe: &Path, args: &[&str], file: &Path) -> Duration {
+/// Wall-clock and CPU (user + system) time of one client run. CPU time is what the client
+/// itself costs, and is far less disturbed by other load on the machine than wall time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Sample {
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn cpu_of(ru: &libc::rusage) -> Duration {
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Runs a client process to completion. Panics on failure: a benchmark of a failing transfer
+/// means nothing.
+// The child is reaped by wait4 (to get its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn run_process(exe: &Path, args: &[&str], file: &Path) -> Sample {
     let mut cmd = Command::new(exe);
-    cmd.args(args).arg(file).stdin(Stdio::null());
+    cmd.args(args)
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("ACCIO_") {
             cmd.env_remove(key);
         }
     }
     let start = Instant::now();
-    let out = cmd.output().expect("spawning the client");
-    let took = start.elapsed();
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        exe.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
+    let mut child = cmd.spawn().expect("spawning the client");
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, which has not been reaped; valid out-pointers.
+    let rc = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
+    let wall = start.elapsed();
+    assert_eq!(rc, child.id() as libc::pid_t, "wait4");
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok {
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("{} failed ({status}): {err}", exe.display());
+    }
+    Sample {
+        wall,
+        cpu: cpu_of(&ru),
+    }
+}
+
+/// Runs `f` in this process and measures it (CPU of this thread only).
+fn run_in_process(f: impl FnOnce()) -> Sample {
+    let thread_cpu = || {
+        // SAFETY: zeroed rusage is a valid out-parameter for getrusage.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointer; RUSAGE_THREAD is supported on Linux.
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+        cpu_of(&ru)
+    };
+    let (start, cpu0) = (Instant::now(), thread_cpu());
+    f();
+    Sample {
+        wall: start.elapsed(),
+        cpu: thread_cpu() - cpu0,
+    }
+}
+
+/// Median wall time, minimum wall time, median CPU time.
+fn stats(v: &[Sample]) -> (Duration, Duration, Duration) {
+    let mut wall: Vec<Duration> = v.iter().map(|s| s.wall).collect();
+    let mut cpu: Vec<Duration> = v.iter().map(|s| s.cpu).collect();
+    let min = *wall.iter().min().unwrap();
+    (median(&mut wall), min, median(&mut cpu))
 }
 
 fn median(v: &mut [Duration]) -> Duration {

@@ -1,21 +1,33 @@
-//! The benchmark's baseline: the plainest correct Accio client in Rust std, blocking I/O.
-//! Connect, read the 7-byte command, `std::io::copy` the file into the socket (sendfile on
-//! Linux), half-close, read to EOF. No timeouts, no error classes: only what the transfer
-//! itself costs. Used by `benches/send.rs` as a process, beside `accio send`.
+//! The benchmark's baseline: the plainest correct Accio client, blocking I/O, std plus one
+//! libc call. Connect, read the 7-byte command, send the file, half-close, read to EOF. No
+//! timeouts, no error classes: only what the transfer itself costs. Used by `benches/send.rs`
+//! as a process, beside `accio send`.
 //!
-//! Usage: baseline_client HOST PORT FILE
+//! Two ways to send the file:
+//! - default: a blocking `sendfile(2)` loop, what a C client would do;
+//! - `--copy`: `std::io::copy(&mut file, &mut stream)`. Note that current std does NOT use
+//!   sendfile from a regular file into a socket (pages still in the send buffer could show
+//!   later changes to the file), so this is a read/write loop with an 8 KiB buffer.
+//!
+//! Usage: baseline_client [--copy] HOST PORT FILE
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 {
-        eprintln!("ERROR: usage: baseline_client HOST PORT FILE");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let copy = args.first().is_some_and(|a| a == "--copy");
+    if copy {
+        args.remove(0);
+    }
+    if args.len() != 3 {
+        eprintln!("ERROR: usage: baseline_client [--copy] HOST PORT FILE");
         return ExitCode::from(2);
     }
-    match send(&args[1], &args[2], &args[3]) {
+    let how = if copy { Body::StdCopy } else { Body::Sendfile };
+    match send(&args[0], &args[1], &args[2], how) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ERROR: {e}");
@@ -24,7 +36,20 @@ fn main() -> ExitCode {
     }
 }
 
-pub fn send(host: &str, port: &str, path: &str) -> std::io::Result<()> {
+/// How the file's content goes into the socket.
+#[derive(Clone, Copy, Debug)]
+pub enum Body {
+    /// Blocking `sendfile(2)` until end of file.
+    Sendfile,
+    /// `std::io::copy`.
+    StdCopy,
+}
+
+/// One transfer.
+///
+/// # Errors
+/// Any I/O error, a bad port, or a wrong command.
+pub fn send(host: &str, port: &str, path: &str, how: Body) -> std::io::Result<()> {
     let port: u16 = port
         .parse()
         .map_err(|_| std::io::Error::other("bad port"))?;
@@ -35,7 +60,33 @@ pub fn send(host: &str, port: &str, path: &str) -> std::io::Result<()> {
     if &command != b"accio\r\n" {
         return Err(std::io::Error::other("wrong command"));
     }
-    std::io::copy(&mut file, &mut stream)?;
+    match how {
+        Body::StdCopy => {
+            std::io::copy(&mut file, &mut stream)?;
+        }
+        Body::Sendfile => loop {
+            // SAFETY: both descriptors are open for the call; a null offset means "use and
+            // advance the file's own offset".
+            let n = unsafe {
+                libc::sendfile(
+                    stream.as_raw_fd(),
+                    file.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    1 << 30,
+                )
+            };
+            match n {
+                0 => break,
+                n if n > 0 => continue,
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        },
+    }
     stream.flush()?;
     stream.shutdown(Shutdown::Write)?;
     let mut rest = Vec::new();

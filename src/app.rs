@@ -117,15 +117,34 @@ pub fn run(cli: Cli) -> u8 {
             clap_complete::generate(shell, &mut cmd, "accio", &mut std::io::stdout());
             exit::OK
         }
-        Command::Man => {
-            let man = clap_mangen::Man::new(Cli::command());
-            match man.render(&mut std::io::stdout()) {
-                Ok(()) => exit::OK,
-                Err(e) => {
-                    error_line!("cannot write the man page: {e}");
-                    exit::OTHER
-                }
-            }
+        Command::Man { command } => man_page(command.as_deref()),
+    }
+}
+
+/// Renders accio(1), or accio-COMMAND(1) for a subcommand, to stdout.
+fn man_page(command: Option<&str>) -> u8 {
+    let top = Cli::command();
+    let cmd = match command {
+        None => top,
+        Some(name) => {
+            let Some(sub) = top.find_subcommand(name).cloned() else {
+                error_line!("no such command {name:?} (see accio --help)");
+                return exit::USAGE;
+            };
+            // The page's name and the usage line say `accio-send` / `accio send`.
+            let page = format!("accio-{}", sub.get_name());
+            sub.name(page)
+                .bin_name(format!("accio {name}"))
+                .version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+        Ok(()) => exit::OK,
+        // `accio man | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            error_line!("cannot write the man page: {e}");
+            exit::OTHER
         }
     }
 }

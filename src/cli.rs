@@ -38,9 +38,12 @@ pub enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to stdout.
+    /// Print a man page (roff) to stdout: accio(1), or accio-COMMAND(1) for a subcommand.
     #[command(hide = true)]
-    Man,
+    Man {
+        /// The subcommand whose page to print (send, serve, watch, ...).
+        command: Option<String>,
+    },
 }
 
 pub const SEND_EXIT_CODES: &str = "\

@@ -194,19 +194,20 @@ impl ClientError {
 /// [`ClientError::ConnectTimeout`].
 pub async fn connect(dest: &Destination, timeouts: &Timeouts) -> Result<TcpStream, ClientError> {
     let deadline = Instant::now() + timeouts.connect;
-    let mut tried = TriedAddrs::default();
-    let timed_out = |tried| ClientError::ConnectTimeout {
-        dest: dest.clone(),
-        timeout: timeouts.connect,
-        tried,
-    };
     let addrs: Vec<SocketAddr> = match timeout_at(
         deadline,
         tokio::net::lookup_host((dest.host.as_str(), dest.port)),
     )
     .await
     {
-        Err(_) => return Err(timed_out(tried)),
+        // Resolution itself used up the connect timeout.
+        Err(_) => {
+            return Err(ClientError::ConnectTimeout {
+                dest: dest.clone(),
+                timeout: timeouts.connect,
+                tried: TriedAddrs::default(),
+            })
+        }
         Ok(Err(source)) => {
             return Err(ClientError::Resolve {
                 host: dest.host.clone(),
@@ -220,6 +221,22 @@ pub async fn connect(dest: &Destination, timeouts: &Timeouts) -> Result<TcpStrea
             host: dest.host.clone(),
         });
     }
+    connect_addrs(dest, addrs, timeouts, deadline).await
+}
+
+/// Tries `addrs` in turn until `deadline`, each with an equal share of the time left.
+async fn connect_addrs(
+    dest: &Destination,
+    addrs: Vec<SocketAddr>,
+    timeouts: &Timeouts,
+    deadline: Instant,
+) -> Result<TcpStream, ClientError> {
+    let mut tried = TriedAddrs::default();
+    let timed_out = |tried| ClientError::ConnectTimeout {
+        dest: dest.clone(),
+        timeout: timeouts.connect,
+        tried,
+    };
     let count = addrs.len() as u32;
     for (i, addr) in addrs.into_iter().enumerate() {
         let now = Instant::now();
@@ -253,6 +270,13 @@ async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
+    // Linger 0 from before the handshake: any close other than a confirmed finish (the
+    // future dropped when a service's shutdown grace runs out, the process killed, even
+    // right after the handshake) becomes a reset, so the server never takes a partial or
+    // empty transfer as complete. After the confirmed finish (the server's close) the
+    // connection is already closed at the TCP level and dropping it sends nothing.
+    // (Zero linger never blocks the close, unlike the non-zero kind tokio warns about.)
+    socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO))?;
     socket.connect(addr).await
 }
 
@@ -331,6 +355,92 @@ mod tests {
         ] {
             assert!(parse_port(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    /// A listener whose accept queue is full: Linux drops new SYNs to it, so connecting
+    /// hangs. Returns the address and what must stay alive.
+    fn black_hole() -> (SocketAddr, socket2::Socket, Vec<std::net::TcpStream>) {
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut fillers = Vec::new();
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(s) => fillers.push(s),
+                Err(_) => return (addr, listener, fillers),
+            }
+            assert!(fillers.len() < 64, "accept queue never filled");
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn dest() -> Destination {
+        Destination {
+            host: "test".to_string(),
+            port: 1,
+        }
+    }
+
+    /// A black-holed first address does not use up the whole connect timeout: the next one
+    /// gets its share and is reached.
+    #[test]
+    fn every_address_is_tried_within_the_connect_timeout() {
+        let (hole, _l, _f) = black_hole();
+        let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let good_addr = good.local_addr().unwrap();
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(2),
+            ..Timeouts::default()
+        };
+        rt().block_on(async {
+            let start = Instant::now();
+            let deadline = start + timeouts.connect;
+            let stream = connect_addrs(&dest(), vec![hole, good_addr], &timeouts, deadline)
+                .await
+                .unwrap();
+            assert_eq!(stream.peer_addr().unwrap(), good_addr);
+            let took = start.elapsed();
+            assert!(took >= Duration::from_millis(900), "{took:?}");
+            assert!(took < Duration::from_secs(2), "{took:?}");
+        });
+    }
+
+    /// However many addresses there are, the whole connect phase ends at the deadline.
+    #[test]
+    fn many_black_holes_still_end_at_the_connect_timeout() {
+        let holes: Vec<_> = (0..3).map(|_| black_hole()).collect();
+        let addrs: Vec<SocketAddr> = holes.iter().map(|h| h.0).collect();
+        let timeouts = Timeouts {
+            connect: Duration::from_millis(1500),
+            ..Timeouts::default()
+        };
+        rt().block_on(async {
+            let start = Instant::now();
+            let deadline = start + timeouts.connect;
+            let err = connect_addrs(&dest(), addrs, &timeouts, deadline)
+                .await
+                .unwrap_err();
+            let took = start.elapsed();
+            assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err}");
+            assert_eq!(err.exit_code(), exit::CONNECT);
+            assert!(took >= Duration::from_millis(1400), "{took:?}");
+            assert!(took < Duration::from_millis(2500), "{took:?}");
+            // The message names every address tried.
+            let msg = err.to_string();
+            for (addr, _, _) in &holes {
+                assert!(msg.contains(&addr.to_string()), "{msg}");
+            }
+        });
     }
 
     #[test]

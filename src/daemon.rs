@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::exit;
 use crate::config::{self, Config};
+use crate::logging::LogControl;
 use crate::status::Stats;
+use crate::systemd::Notifier;
 use crate::watch::{self, FatalError};
 
 /// Runs the service until SIGTERM/SIGINT; returns the exit code.
@@ -32,11 +34,11 @@ pub fn main(rt: &tokio::runtime::Runtime, args: crate::cli::WatchArgs) -> u8 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ERROR: {e}");
-            return exit::OTHER;
+            return config::EXIT_INVALID;
         }
     };
-    crate::logging::init_service(args.log_format, &config.log_level);
-    rt.block_on(service(config, args.config))
+    let log = crate::logging::init_service(args.log_format, &config.log_level);
+    rt.block_on(service(config, args.config, log))
 }
 
 /// One running pipeline.
@@ -69,7 +71,7 @@ impl Pipeline {
     }
 }
 
-async fn service(config: Config, path: PathBuf) -> u8 {
+async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -78,29 +80,38 @@ async fn service(config: Config, path: PathBuf) -> u8 {
         }
     };
     let stats = Arc::new(Stats::default());
-    let mut current = match Pipeline::start(config, stats.clone()).await {
-        Ok(p) => p,
+    // Before the pipeline: STATUS=starting, and SIGUSR1 is handled from now on.
+    let notifier = match Notifier::start(stats.clone()) {
+        Ok(n) => n,
         Err(e) => {
             tracing::error!("cannot start: {e}");
             return exit::OTHER;
         }
     };
-    // systemd: READY=1 goes here.
+    let mut current = match Pipeline::start(config, stats.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            notifier.failed(&e.to_string());
+            return exit::OTHER;
+        }
+    };
+    notifier.ready();
     tracing::info!(config = %path.display(), "accio watch is running");
     let mut retiring: JoinSet<()> = JoinSet::new();
     loop {
         tokio::select! {
             sig = signals.next() => match sig {
                 Some(SIGHUP) => {
-                    // systemd: RELOADING=1 goes here.
-                    if let Some(new) = reload(&path, &stats).await {
+                    notifier.reloading();
+                    if let Some(new) = reload(&path, &stats, &log).await {
                         let old = std::mem::replace(&mut current, new);
                         old.stop.cancel();
                         retiring.spawn(async move {
                             let _ = old.handle.await;
                         });
                     }
-                    // systemd: READY=1 (end of reload) goes here.
+                    notifier.ready();
                 }
                 Some(sig) => {
                     tracing::info!("received signal {sig}: stopping");
@@ -115,12 +126,13 @@ async fn service(config: Config, path: PathBuf) -> u8 {
                     Err(e) => format!("the pipeline failed: {e}"),
                 };
                 tracing::error!("stopping: {why}");
+                notifier.failed(&why);
                 return exit::OTHER;
             }
             Some(_) = retiring.join_next(), if !retiring.is_empty() => {}
         }
     }
-    // systemd: STOPPING=1 goes here.
+    notifier.stopping();
     current.stop.cancel();
     let all = async {
         let _ = (&mut current.handle).await;
@@ -139,7 +151,7 @@ async fn service(config: Config, path: PathBuf) -> u8 {
 }
 
 /// Loads the config again and starts a pipeline on it; `None` (logged) keeps the old one.
-async fn reload(path: &Path, stats: &Arc<Stats>) -> Option<Pipeline> {
+async fn reload(path: &Path, stats: &Arc<Stats>, log: &LogControl) -> Option<Pipeline> {
     tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
     let config = match config::load(path) {
         Ok(c) => c,
@@ -148,8 +160,12 @@ async fn reload(path: &Path, stats: &Arc<Stats>) -> Option<Pipeline> {
             return None;
         }
     };
+    let level = config.log_level.clone();
     match Pipeline::start(config, stats.clone()).await {
         Ok(p) => {
+            if let Err(e) = log.set_level(&level) {
+                tracing::warn!("{e}; keeping the previous log level");
+            }
             tracing::info!(config = %path.display(), "configuration reloaded");
             Some(p)
         }

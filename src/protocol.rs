@@ -85,7 +85,7 @@ pub enum ProtocolError {
         #[source]
         source: io::Error,
     },
-    #[error("server did not confirm the transfer: no close within {0:?} after all data was sent")]
+    #[error("server did not confirm the transfer: no close within {0:?} once all data was sent and acknowledged")]
     CloseTimeout(Duration),
     #[error("server did not confirm the transfer: {0}")]
     CloseIo(#[source] io::Error),
@@ -364,11 +364,16 @@ pub async fn finish_tcp(
         Some(_) => None,
     };
     let mut sink = [0u8; 4096];
+    // Fixed instants, not "now + poll" per iteration: a server flooding us with unsolicited
+    // bytes must not postpone the checks.
+    let mut next_check = last_progress + DRAIN_POLL;
     loop {
-        let wake = close_deadline.unwrap_or_else(|| Instant::now() + DRAIN_POLL);
+        let wake = close_deadline.unwrap_or(next_check);
         tokio::select! {
             read = stream.read(&mut sink) => match read {
-                Ok(0) => return Ok(()),
+                // A server that half-closed early may still be reading: confirmed only once
+                // it has also acknowledged everything.
+                Ok(0) => return wait_acknowledged(stream, stall, queued, last_progress).await,
                 // Unsolicited bytes: ignored.
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -379,6 +384,7 @@ pub async fn finish_tcp(
                 if close_deadline.is_some() {
                     return Err(ProtocolError::CloseTimeout(close_timeout));
                 }
+                next_check = now + DRAIN_POLL;
                 match unacked_bytes(stream) {
                     Some(0) | None => close_deadline = Some(now + close_timeout),
                     Some(q) if Some(q) < queued => {
@@ -392,6 +398,29 @@ pub async fn finish_tcp(
                 }
             }
         }
+    }
+}
+
+/// After the server's FIN: waits until everything we sent is acknowledged, with the stall
+/// rule. Polls the send queue; reading is over, since the stream is at end of file.
+async fn wait_acknowledged(
+    stream: &TcpStream,
+    stall: Duration,
+    mut queued: Option<u64>,
+    mut last_progress: Instant,
+) -> Result<(), ProtocolError> {
+    loop {
+        let now = Instant::now();
+        match unacked_bytes(stream) {
+            Some(0) | None => return Ok(()),
+            Some(q) if queued.map_or(true, |before| q < before) => {
+                queued = Some(q);
+                last_progress = now;
+            }
+            Some(_) if now - last_progress >= stall => return Err(ProtocolError::Stall(stall)),
+            Some(_) => {}
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
     }
 }
 

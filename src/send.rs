@@ -101,7 +101,27 @@ fn open_regular(path: &Path) -> Result<std::fs::File, SendFailure> {
             format!("cannot send {shown:?}: it is {what}"),
         ));
     }
+    // O_NONBLOCK was only for the open (a FIFO must not hang us). Left on, it would make
+    // sendfile's internal splice non-blocking on the file side as well.
+    set_blocking(&file)
+        .map_err(|e| SendFailure::new(exit::FILE, format!("cannot use file {shown:?}: {e}")))?;
     Ok(file)
+}
+
+/// Clears O_NONBLOCK on an open file.
+fn set_blocking(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with flag arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn progress_bar(len: u64) -> Option<ProgressBar> {

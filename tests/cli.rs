@@ -106,3 +106,21 @@ fn man_page_renders_with_man_when_available() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.trim().is_empty(), "groff warnings: {err}");
 }
+
+#[test]
+fn every_subcommand_has_its_own_man_page() {
+    for sub in ["send", "serve", "watch", "check-config", "completions"] {
+        let page = stdout_of(&["man", sub]).replace("\\-", "-");
+        let th = page
+            .lines()
+            .find(|l| l.starts_with(".TH "))
+            .expect("no .TH line");
+        assert!(th.contains(&format!("accio-{sub}")), "{th}");
+        assert!(page.contains(&format!("accio {sub}")), "usage of {sub}");
+    }
+    // The send page carries the exit codes.
+    assert!(stdout_of(&["man", "send"]).contains("Exit codes"));
+    let out = accio().args(["man", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stderr.starts_with(b"ERROR: "), "{out:?}");
+}

@@ -291,7 +291,7 @@ fn reset_mid_transfer_is_a_failure() {
     let out = run(&mut send_cmd("127.0.0.1", &port, &file, SHORT));
     server.join().unwrap();
     out.assert_error(code::TRANSFER);
-    assert!(out.elapsed < Duration::from_secs(2), "{:?}", out.elapsed);
+    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
 }
 
 /// Two pauses of 0.7 × the stall timeout, each long enough for the sender's buffers to be
@@ -375,10 +375,78 @@ fn server_that_never_closes_is_a_failure() {
     assert!(out.elapsed >= Duration::from_millis(500));
 }
 
+/// A server that answers the half-close with an endless stream of bytes and never closes:
+/// the bytes are ignored and the close timeout still ends the wait.
+#[test]
+fn server_flooding_instead_of_closing_is_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "f", &pattern(500, 16));
+    let peer = Peer::new();
+    let port = peer.port_str();
+    let server = peer.serve(|mut s| {
+        s.write_all(COMMAND).unwrap();
+        let (data, end) = read_all(&mut s);
+        end.unwrap();
+        let junk = vec![b'x'; 64 << 10];
+        // Until the client gives up and resets.
+        while s.write_all(&junk).is_ok() {}
+        data
+    });
+    let out = run(&mut send_cmd(
+        "127.0.0.1",
+        &port,
+        &file,
+        &[("ACCIO_CLOSE_TIMEOUT", "500ms")],
+    ));
+    assert_eq!(server.join().unwrap().len(), 500);
+    out.assert_error(code::TRANSFER);
+    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+}
+
+/// A server that half-closes right after the command and then reads slowly: its early FIN
+/// is not the confirmation; the sender succeeds only once all its data was acknowledged,
+/// which here is after the server's pause.
+#[test]
+fn early_half_close_by_the_server_waits_for_the_data_to_be_taken() {
+    let content = pattern(512 << 10, 17);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "f", &content);
+    let peer = Peer::with_small_rcvbuf();
+    let port = peer.port_str();
+    let server = peer.serve(|mut s| {
+        s.write_all(COMMAND).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // Our FIN came first, so the sender's half-close takes it to LAST_ACK.
+        let mut data = wait_for_sender_state(&mut s, TCP_LAST_ACK);
+        std::thread::sleep(Duration::from_millis(500));
+        let resumed = Instant::now();
+        let (rest, end) = read_all(&mut s);
+        end.unwrap();
+        data.extend_from_slice(&rest);
+        (data, resumed)
+    });
+    let (child, started) = spawn(&mut send_cmd("127.0.0.1", &port, &file, SHORT));
+    let out = finish(child, started);
+    let exited = started + out.elapsed;
+    out.assert_success();
+    let (received, resumed) = server.join().unwrap();
+    assert!(received == content);
+    assert!(
+        exited > resumed,
+        "the sender claimed success before the server read on"
+    );
+}
+
 /// Waits until the sender on the other end of `s` has half-closed with data still queued
 /// (FIN_WAIT1, send queue non-empty): it is in its finish phase. Reads a little at a time if
 /// the sender is still writing. Returns the bytes read meanwhile.
 fn wait_for_sender_finishing(s: &mut TcpStream) -> Vec<u8> {
+    wait_for_sender_state(s, TCP_FIN_WAIT1)
+}
+
+/// Waits until the sender's socket is in `want` state with data still queued (see
+/// [`wait_for_sender_finishing`]).
+fn wait_for_sender_state(s: &mut TcpStream, want: u8) -> Vec<u8> {
     let client = s.peer_addr().unwrap().port();
     let server = s.local_addr().unwrap().port();
     let mut data = Vec::new();
@@ -388,7 +456,7 @@ fn wait_for_sender_finishing(s: &mut TcpStream) -> Vec<u8> {
         let wait = Instant::now();
         while wait.elapsed() < Duration::from_millis(300) {
             if let Some((state, queued)) = tcp_socket_state(client, server) {
-                if state == TCP_FIN_WAIT1 && queued > 0 {
+                if state == want && queued > 0 {
                     return data;
                 }
             }
@@ -481,7 +549,7 @@ fn black_hole() -> BlackHole {
     let addr = listener.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..64 {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
             Ok(s) => fillers.push(s),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return BlackHole {
@@ -510,7 +578,7 @@ fn connect_timeout_against_a_black_hole() {
     out.assert_error(code::CONNECT);
     assert!(out.stderr.contains("timed out"), "{}", out.stderr);
     assert!(out.elapsed >= Duration::from_secs(1), "{:?}", out.elapsed);
-    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
 }
 
 #[test]
@@ -524,7 +592,7 @@ fn connection_refused_is_a_connect_error() {
     let file = write_file(dir.path(), "f", b"data");
     let out = run(&mut send_cmd("127.0.0.1", &port.to_string(), &file, SHORT));
     out.assert_error(code::CONNECT);
-    assert!(out.elapsed < Duration::from_secs(2));
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
 }
 
 #[test]
@@ -592,7 +660,7 @@ fn service_name_port_resolves() {
 }
 
 #[test]
-fn bad_ports_are_usage_errors_before_connecting() {
+fn bad_ports_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_file(dir.path(), "f", b"data");
     for port in ["0", "65536", "-1", "abc", "", "no-such-service-name", "80x"] {
@@ -600,7 +668,7 @@ fn bad_ports_are_usage_errors_before_connecting() {
         out.assert_error(code::USAGE);
         assert!(out.stderr.contains("port"), "{port:?}: {}", out.stderr);
         assert!(
-            out.elapsed < Duration::from_secs(2),
+            out.elapsed < Duration::from_secs(3),
             "{port:?}: {:?}",
             out.elapsed
         );
@@ -616,7 +684,7 @@ fn bad_host_is_a_resolve_error() {
     let out = run(&mut send_cmd(&host, "5000", &file, SHORT));
     out.assert_error(code::RESOLVE);
     assert!(out.stderr.contains(&host), "{}", out.stderr);
-    assert!(out.elapsed < Duration::from_secs(2), "{:?}", out.elapsed);
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
 
     let out = run(&mut send_cmd("", "5000", &file, SHORT));
     out.assert_error(code::USAGE);
@@ -635,7 +703,11 @@ fn missing_and_extra_arguments_are_usage_errors() {
     for args in cases {
         let out = run(accio().args(*args));
         out.assert_error(code::USAGE);
-        assert!(out.elapsed < Duration::from_secs(2));
+        assert!(
+            out.elapsed < Duration::from_secs(3),
+            "{args:?}: {:?}",
+            out.elapsed
+        );
     }
 }
 
@@ -787,18 +859,25 @@ fn real_default_timeouts_are_ten_seconds() {
     let handshake = spawn(&mut send_cmd("127.0.0.1", &silent_port, &small, &[]));
     let stall = spawn(&mut send_cmd("127.0.0.1", &stall_port, &big, &[]));
 
-    // No busy waiting: over ~1 s of waiting for the command, the sender uses (almost) no CPU.
+    // No busy waiting: over ~1 s of waiting (for the connect, for the command, for the
+    // socket to become writable again), each sender uses (almost) no CPU.
     std::thread::sleep(Duration::from_secs(2));
-    let pid = handshake.0.id();
-    let before = cpu_ticks(pid);
+    let pids = [
+        ("connect", connect.0.id()),
+        ("handshake", handshake.0.id()),
+        ("stall", stall.0.id()),
+    ];
+    let before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
     let sampled = Instant::now();
     std::thread::sleep(Duration::from_millis(1000));
-    let used = cpu_ticks(pid) - before;
     let over = sampled.elapsed();
-    assert!(
-        used <= 2,
-        "sender used {used} ticks of CPU in {over:?} while waiting"
-    );
+    for ((what, pid), before) in pids.iter().zip(before) {
+        let used = cpu_ticks(*pid) - before;
+        assert!(
+            used <= 2,
+            "{what}: sender used {used} ticks of CPU in {over:?} while waiting"
+        );
+    }
 
     let connect = finish(connect.0, connect.1);
     let handshake = finish(handshake.0, handshake.1);

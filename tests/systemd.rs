@@ -342,6 +342,12 @@ fn ready_then_status_with_counts_then_stopping() {
     let code = service.terminate();
     let stopping = notify.wait_line(sent, "STOPPING=1", |l| l == "STOPPING=1");
     assert!(ready < sent && sent < stopping, "{:#?}", notify.lines);
+    // STATUS= keeps reporting while transfers in flight drain.
+    assert!(
+        notify.lines[stopping + 1].starts_with("STATUS=stopping: watching"),
+        "{:#?}",
+        notify.lines
+    );
     assert_eq!(
         code,
         Some(0),
@@ -661,7 +667,7 @@ fn level_from_config_unless_rust_log_is_set() {
     // The config says warn: no info lines at all (the log is complete: the process exited).
     let quiet = run_to_one_delivery(&spool, &receiver, None);
     assert!(
-        !quiet.contains("INFO"),
+        !quiet.contains(" INFO "),
         "info lines with log_level = \"warn\":\n{quiet}"
     );
     // RUST_LOG wins over the config.
@@ -857,6 +863,46 @@ fn shipped_files_make_a_working_service_as_user_accio() {
         std::fs::metadata(&sent).unwrap().uid(),
         0,
         "moved, not copied"
+    );
+    assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
+}
+
+#[test]
+fn reload_is_bracketed_by_reloading_and_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&tmp.path().join("received"));
+    let spool = Spool::new(receiver.port);
+    let mut notify = NotifySocket::bind();
+    let mut cmd = Service::command(&spool.config);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut service = Service::spawn_logging_to(cmd, &tmp.path().join("watch.log"));
+    let ready = notify.wait_line(0, "READY=1", |l| l == "READY=1");
+
+    // A valid config: RELOADING=1, then READY=1 once the new pipeline is watching.
+    service.signal(libc::SIGHUP);
+    let reloading = notify.wait_line(ready, "RELOADING=1", |l| l == "RELOADING=1");
+    let reloaded = notify.wait_line(reloading, "READY=1 after reload", |l| l == "READY=1");
+    assert!(notify.lines[reloading + 1].starts_with("STATUS=reloading: "));
+
+    // An invalid one: still READY=1 at the end (running on the old config), and delivering.
+    let good = std::fs::read_to_string(&spool.config).unwrap();
+    std::fs::write(&spool.config, "concurrency = \"many\"\n").unwrap();
+    service.signal(libc::SIGHUP);
+    let refused = notify.wait_line(reloaded + 1, "RELOADING=1 (bad config)", |l| {
+        l == "RELOADING=1"
+    });
+    let back = notify.wait_line(refused, "READY=1 after a refused reload", |l| {
+        l == "READY=1"
+    });
+    std::fs::write(&spool.config, good).unwrap();
+    spool.drop_file("after.txt", b"still running\n");
+    notify.wait_line(back, "STATUS with 1 sent", |l| {
+        l.starts_with("STATUS=") && l.contains(" 1 sent")
+    });
+    assert!(
+        service.log().contains("reload refused"),
+        "{}",
+        service.log()
     );
     assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
 }

@@ -227,15 +227,15 @@ fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let started_tx = std::sync::Mutex::new(started_tx);
     let go_rx = std::sync::Mutex::new(go_rx);
-    let server = ScriptServer::start(move |n, mut stream| {
+    let server = ScriptServer::start_with_rcvbuf(Some(64 * 1024), move |n, stream| {
         if n == 0 {
             // Take a little, then stop reading until the test has changed the file.
-            let first = read_at_least(&mut stream, 64 * 1024);
+            let first = read_at_least(stream, 64 * 1024);
             let _ = started_tx.lock().unwrap().send(());
             let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
-            return read_rest(&mut stream, first);
+            return read_rest(stream, first);
         }
-        read_rest(&mut stream, Vec::new())
+        read_rest(stream, Vec::new())
     });
     let o = Opts {
         timeout: "10s",
@@ -258,10 +258,12 @@ fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
     expected.extend_from_slice(b"appended\n");
     let conns = server.conns();
     let clean: Vec<&Conn> = conns.iter().filter(|c| c.clean).collect();
+    let summary: Vec<(usize, bool)> = conns.iter().map(|c| (c.bytes.len(), c.clean)).collect();
     assert_eq!(
         clean.len(),
         1,
-        "exactly one connection may claim to be complete"
+        "exactly one connection may claim to be complete: {summary:?}\n{}",
+        svc.log()
     );
     assert!(
         clean[0].bytes == expected,
@@ -273,24 +275,68 @@ fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
 }
 
 #[test]
+fn a_file_modified_after_it_was_sent_but_before_it_was_moved_is_sent_again() {
+    let dirs = Dirs::new();
+    let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let eof_tx = std::sync::Mutex::new(eof_tx);
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let server = ScriptServer::start(move |n, stream| {
+        let conn = read_rest(stream, Vec::new());
+        if n == 0 {
+            // Everything received; hold the confirming close until the file was changed.
+            let _ = eof_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
+        }
+        conn
+    });
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, server.port, &Opts::default()),
+    );
+    let svc = Service::start(&cfg);
+    dirs.drop_file("f", b"first version\n");
+    eof_rx.recv_timeout(DEADLINE).unwrap();
+    let mut f = fs::File::options()
+        .append(true)
+        .open(dirs.spool.join("f"))
+        .unwrap();
+    f.write_all(b"appended\n").unwrap();
+    drop(f);
+    go_tx.send(()).unwrap();
+    wait_for("f in done", || dirs.done.join("f").exists());
+    assert_eq!(
+        fs::read(dirs.done.join("f")).unwrap(),
+        b"first version\nappended\n"
+    );
+    let conns = server.conns();
+    assert!(
+        conns
+            .iter()
+            .any(|c| c.clean && c.bytes == b"first version\nappended\n"),
+        "the changed content was delivered: {conns:?}"
+    );
+    svc.wait_log("after it was sent");
+}
+
+#[test]
 fn sigterm_lets_the_transfer_run_for_the_grace_then_exits_0_leaving_the_file() {
     let dirs = Dirs::new();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let started_tx = std::sync::Mutex::new(started_tx);
-    let (_hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
     let hold_rx = std::sync::Mutex::new(hold_rx);
-    let server = ScriptServer::start(move |_, mut stream| {
-        let first = read_at_least(&mut stream, 64 * 1024);
+    let server = ScriptServer::start(move |_, stream| {
+        let first = read_at_least(stream, 64 * 1024);
         let _ = started_tx.lock().unwrap().send(());
-        // Stop reading: the transfer cannot finish.
+        // Stop reading (the transfer cannot finish) until the service has exited; then see
+        // how the connection ended.
         let _ = hold_rx
             .lock()
             .unwrap()
             .recv_timeout(Duration::from_secs(30));
-        Conn {
-            bytes: first,
-            clean: false,
-        }
+        read_rest(stream, first)
     });
     let o = Opts {
         timeout: "20s",
@@ -307,6 +353,16 @@ fn sigterm_lets_the_transfer_run_for_the_grace_then_exits_0_leaving_the_file() {
     assert_eq!(names(&dirs.spool), ["big"]);
     assert!(names(&dirs.done).is_empty());
     assert!(svc.log().contains("did not finish within"), "{}", svc.log());
+    hold_tx.send(()).unwrap();
+    wait_for("the server saw the connection end", || {
+        server.conns().len() == 1
+    });
+    let conn = &server.conns()[0];
+    assert!(
+        !conn.clean,
+        "the cut transfer ended with a clean close, as if complete"
+    );
+    assert!(conn.bytes.len() < 16 << 20);
 }
 
 #[test]
@@ -346,11 +402,12 @@ fn sighup_adds_a_watch_and_a_bad_reload_keeps_the_old_config() {
 fn kill_9_during_a_burst_loses_nothing() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
+    // One at a time, so that the kill surely lands mid-burst.
+    let o = Opts {
+        concurrency: 1,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
     let mut svc = Service::start(&cfg);
     let n = 300;
     for i in 0..n {
@@ -369,6 +426,16 @@ fn kill_9_during_a_burst_loses_nothing() {
         .collect();
     assert_eq!(lost, Vec::<usize>::new(), "lost files");
     assert_eq!(names(&dirs.done).len(), n);
+    // A transfer cut by the kill was reset, never closed as if complete: the receiver holds
+    // whole files, or ERROR for a broken connection, never a truncated file.
+    let whole: std::collections::HashSet<Vec<u8>> = (0..n).map(|i| content(i, 2000)).collect();
+    for (k, c) in recv.files() {
+        assert!(
+            whole.contains(&c) || c == b"ERROR",
+            "{k}.file is neither a whole file nor ERROR ({} bytes)",
+            c.len()
+        );
+    }
 }
 
 #[test]
@@ -448,7 +515,7 @@ fn an_invalid_config_is_refused_at_start() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("ERROR:"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -599,8 +666,8 @@ fn a_second_signal_exits_at_once() {
     let started_tx = std::sync::Mutex::new(started_tx);
     let (_hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
     let hold_rx = std::sync::Mutex::new(hold_rx);
-    let server = ScriptServer::start(move |_, mut stream| {
-        let first = read_at_least(&mut stream, 64 * 1024);
+    let server = ScriptServer::start(move |_, stream| {
+        let first = read_at_least(stream, 64 * 1024);
         let _ = started_tx.lock().unwrap().send(());
         let _ = hold_rx
             .lock()

@@ -227,48 +227,64 @@ pub fn delete(path: &Path, syncer: &Syncer) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `REASON` beside a file moved to `failed_dir`: `<final name>.reason`. A name too
-/// long for that is shortened, and then never replaces another file's reason (`.1.reason`, …).
+/// Writes `text` beside a file moved to `failed_dir`, as `<final name>.reason`: to a hidden
+/// temporary first, synced, then renamed, so a reader never sees it half written. A name too
+/// long for the suffix is shortened, and a shortened name never replaces another file's
+/// reason (`.1.reason`, …).
 ///
 /// # Errors
-/// Creating or writing the reason file failed.
+/// Creating, writing or renaming the reason file failed.
 pub fn write_reason(moved_to: &Path, text: &str, syncer: &Syncer) -> io::Result<PathBuf> {
     let dir = moved_to.parent().unwrap_or(Path::new("."));
     let name = moved_to.file_name().unwrap_or_default();
+    let ctx = |e: io::Error| {
+        let p = dir.join(fit_name(name, ".reason"));
+        io::Error::new(e.kind(), format!("cannot write {}: {e}", p.display()))
+    };
     let fits = name.len() + ".reason".len() <= NAME_MAX;
-    let mut n = 0u32;
-    let (p, mut f) = loop {
-        let suffix = match n {
-            0 => ".reason".to_string(),
-            n => format!(".{n}.reason"),
-        };
-        let p = dir.join(fit_name(name, &suffix));
-        let opened = if fits {
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    let tmp = dir.join(fit_name(
+        &tmp_name,
+        &format!(".reason.{:08x}.tmp", fastrand::u32(..)),
+    ));
+    let written = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        if fits {
             // The full name is this file's own: a stale one from before may be replaced.
-            File::create(&p)
-        } else {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&p)
-        };
-        match opened {
-            Ok(f) => break (p, f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < MAX_SUFFIX => n += 1,
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot create {}: {e}", p.display()),
-                ))
+            let p = dir.join(fit_name(name, ".reason"));
+            std::fs::rename(&tmp, &p)?;
+            return Ok(p);
+        }
+        for n in 0..=MAX_SUFFIX {
+            let suffix = match n {
+                0 => ".reason".to_string(),
+                n => format!(".{n}.reason"),
+            };
+            let p = dir.join(fit_name(name, &suffix));
+            match rename_noreplace(&tmp, &p) {
+                Ok(()) => return Ok(p),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
             }
         }
-    };
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    if let Some(parent) = p.parent() {
-        syncer.mark(parent);
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free name for the reason file",
+        ))
+    })();
+    match written {
+        Ok(p) => {
+            syncer.mark(dir);
+            Ok(p)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(ctx(e))
+        }
     }
-    Ok(p)
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {

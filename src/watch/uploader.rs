@@ -135,12 +135,14 @@ fn unchanged(claim: &Claim, before: &Identity, sent: u64) -> Result<(), String> 
         .restat()
         .map_err(|e| format!("could not be checked after sending: {e}"))?;
     if after != *before {
-        return Err(format!(
-            "changed while being sent (size {} → {}, mtime or ctime changed: {})",
-            before.size,
-            after.size,
-            after.mtime_ns != before.mtime_ns || after.ctime_ns != before.ctime_ns
-        ));
+        let what = if after.size != before.size {
+            format!("size {} → {} bytes", before.size, after.size)
+        } else if after.mtime_ns != before.mtime_ns {
+            "modification time changed".to_string()
+        } else {
+            "status change time changed".to_string()
+        };
+        return Err(format!("changed while being sent ({what})"));
     }
     if sent != before.size {
         return Err(format!(
@@ -162,6 +164,20 @@ async fn dispose_delivered(
     let (bytes, took) = sent.unwrap_or_default();
     let id = claim.id;
     let path = claim.path.clone();
+    // Written to after `before_close` checked it, while the server was still taking the last
+    // bytes: the server has the earlier content, complete. Moving the newer content to
+    // done_dir as "delivered" would lose the change; send it again instead.
+    if sent.is_some() {
+        if let Err(why) = unchanged(&claim, &id, id.size) {
+            tracing::info!(
+                path = %path.display(),
+                attempt = job.attempt,
+                "{} {why} after it was sent (the server got the earlier content); it is sent again once it settles",
+                path.display()
+            );
+            return Outcome::Changed;
+        }
+    }
     let w = job.watch.clone();
     let syncer = sh.syncer.clone();
     let name = job.name.clone();

@@ -293,6 +293,10 @@ pub fn have_ipv6() -> bool {
 /// acknowledged, i.e. the sender is in its finish phase with data still queued.
 pub const TCP_FIN_WAIT1: u8 = 0x04;
 
+/// TCP state `LAST_ACK`: the peer closed first, then we closed; our FIN is not yet
+/// acknowledged.
+pub const TCP_LAST_ACK: u8 = 0x09;
+
 /// State and send-queue length (bytes not yet acknowledged) of the IPv4 loopback socket
 /// whose local port is `local` and remote port is `remote`, from /proc/net/tcp.
 pub fn tcp_socket_state(local: u16, remote: u16) -> Option<(u8, u64)> {

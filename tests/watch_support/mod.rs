@@ -111,11 +111,22 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// On a free port; another test may take the port between the probe and serve's bind,
+    /// so a few are tried.
     pub fn start(dir: &Path) -> Receiver {
+        for _ in 0..9 {
+            if let Some(r) = Receiver::try_start_on(dir, free_port()) {
+                return r;
+            }
+        }
         Receiver::start_on(dir, free_port())
     }
 
     pub fn start_on(dir: &Path, port: u16) -> Receiver {
+        Receiver::try_start_on(dir, port).unwrap_or_else(|| panic!("accio serve {port} exited"))
+    }
+
+    fn try_start_on(dir: &Path, port: u16) -> Option<Receiver> {
         let child = Command::new(BIN)
             .args(["serve", &port.to_string()])
             .arg(dir)
@@ -129,13 +140,12 @@ impl Receiver {
             port,
             dir: dir.to_path_buf(),
         };
+        let mut exited = false;
         wait_for("accio serve to listen", || {
-            if let Ok(Some(st)) = r.child.try_wait() {
-                panic!("accio serve exited: {st}");
-            }
-            listening(port)
+            exited = matches!(r.child.try_wait(), Ok(Some(_)));
+            exited || listening(port)
         });
-        r
+        (!exited).then_some(r)
     }
 
     /// What each connection delivered: N → content (complete files only).
@@ -151,8 +161,16 @@ impl Receiver {
         m
     }
 
+    /// Files received so far (names only: cheap enough to poll).
     pub fn count(&self) -> usize {
-        self.files().len()
+        fs::read_dir(&self.dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.') && name.ends_with(".file")
+            })
+            .count()
     }
 
     /// How many connections delivered exactly `content`.
@@ -361,7 +379,8 @@ pub struct Conn {
 }
 
 /// A receiver written for one test: sends `accio\r\n`, then runs `handler(n, stream)` for
-/// connection number `n` (from 0), which returns what it saw.
+/// connection number `n` (from 0), which returns what it saw. The connection is closed
+/// after the handler returns and its result is recorded.
 pub struct ScriptServer {
     pub port: u16,
     pub conns: std::sync::Arc<std::sync::Mutex<Vec<Conn>>>,
@@ -369,9 +388,31 @@ pub struct ScriptServer {
 
 impl ScriptServer {
     pub fn start(
-        handler: impl Fn(usize, std::net::TcpStream) -> Conn + Send + Sync + 'static,
+        handler: impl Fn(usize, &mut std::net::TcpStream) -> Conn + Send + Sync + 'static,
     ) -> ScriptServer {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        ScriptServer::start_with_rcvbuf(None, handler)
+    }
+
+    /// `rcvbuf`: a small receive buffer (no autotuning), so that a server that stops
+    /// reading really stops the client (loopback buffers can otherwise hold tens of MiB).
+    pub fn start_with_rcvbuf(
+        rcvbuf: Option<usize>,
+        handler: impl Fn(usize, &mut std::net::TcpStream) -> Conn + Send + Sync + 'static,
+    ) -> ScriptServer {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(n) = rcvbuf {
+            sock.set_recv_buffer_size(n).unwrap();
+        }
+        sock.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        sock.listen(128).unwrap();
+        let listener: std::net::TcpListener = sock.into();
         let port = listener.local_addr().unwrap().port();
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let handler = std::sync::Arc::new(handler);
@@ -386,8 +427,11 @@ impl ScriptServer {
                     if stream.write_all(b"accio\r\n").is_err() {
                         return;
                     }
-                    let conn = handler(n, stream);
+                    let conn = handler(n, &mut stream);
+                    // Recorded before the stream is dropped: the drop is the server's close,
+                    // which the client takes as confirmation.
                     conns.lock().unwrap().push(conn);
+                    drop(stream);
                 });
             }
         });
