@@ -991,3 +991,66 @@ fn fast_hostile_spool_contents() {
 fn hostile_spool_contents() {
     hostile("hostile", true);
 }
+
+// =======================================================================================
+// systemd (the NOTIFY_SOCKET reader) too busy to read notifications
+
+#[test]
+#[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
+fn notify_socket_not_read() {
+    let scenario = "notify_unread";
+    let d = Dirs::new(scenario);
+    let seed = seed(scenario);
+    // Some connections never get the command, so uploads wait on their timers.
+    let sink = Sink::start_with(SinkOptions {
+        seed,
+        no_command: 0.2,
+        ..SinkOptions::default()
+    });
+    ConfigSpec::quick(sink.port(), d.watch()).write(&d.config);
+    let mut svc = start_ready(
+        &Launch {
+            notify_unread: true,
+            ..launch_for(&d)
+        },
+        &d,
+        scenario,
+    );
+    // The socket's queue (net.unix.max_dgram_qlen, 10 by default) fills with STATUS=
+    // updates; a blocking sd_notify would then stall the service.
+    let mut table = DropTable::new();
+    let start = Instant::now();
+    let mut id = 1;
+    while start.elapsed() < Duration::from_secs(20) {
+        let mut t = burst(
+            d.stage.clone(),
+            d.spool.clone(),
+            id,
+            5,
+            100..1000,
+            Duration::ZERO,
+            seed + id,
+        )
+        .join()
+        .unwrap();
+        id += 5;
+        table.append(&mut t);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let drained = wait_spool_drained(&d, &table, Duration::from_secs(15));
+    let stopped = svc.terminate(EXIT_DEADLINE);
+    let f = Figures::compute(
+        scenario,
+        &table,
+        &from_sink(&sink.receptions()),
+        &[&d.spool],
+        &[&d.failed],
+    );
+    f.print();
+    f.assert_nothing_lost(&d.log_text());
+    assert!(
+        drained,
+        "{scenario}: the service stopped delivering once NOTIFY_SOCKET was not read: {f:?}"
+    );
+    assert!(stopped.is_ok(), "{scenario}: {stopped:?}");
+}

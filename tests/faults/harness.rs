@@ -10,6 +10,8 @@ use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::payload;
@@ -235,15 +237,19 @@ pub struct Launch {
     pub as_user: Option<(u32, u32)>,
     /// Run inside this network namespace (via `ip netns exec`).
     pub netns: Option<String>,
+    /// Stop reading NOTIFY_SOCKET after `READY=1`, like a systemd too busy to read it.
+    pub notify_unread: bool,
 }
 
 /// `accio watch` as a child process. Killed with SIGKILL if still running when dropped.
 pub struct Service {
     child: Child,
     pub pid: u32,
-    notify: UnixDatagram,
+    /// Set by the notify reader when `READY=1` arrives.
+    ready: Arc<AtomicBool>,
+    /// Tells the notify reader to stop.
+    stop: Arc<AtomicBool>,
     notify_path: PathBuf,
-    ready: bool,
 }
 
 impl Service {
@@ -255,6 +261,27 @@ impl Service {
         notify
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
+        // Read every notification for the service's whole life, as systemd does: a queue
+        // left full (10 datagrams) would block the service's next sd_notify.
+        let (ready, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        {
+            let (ready, stop) = (ready.clone(), stop.clone());
+            let unread = l.notify_unread;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !(stop.load(Ordering::SeqCst) || unread && ready.load(Ordering::SeqCst)) {
+                    if let Ok(n) = notify.recv(&mut buf) {
+                        let msg = String::from_utf8_lossy(&buf[..n]);
+                        if msg.lines().any(|l| l == "READY=1") {
+                            ready.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
         // The service may run as another user; it must be able to send to us.
         let _ = fs::set_permissions(
             &notify_path,
@@ -294,29 +321,18 @@ impl Service {
         Service {
             pid: child.id(),
             child,
-            notify,
+            ready,
+            stop,
             notify_path,
-            ready: false,
         }
     }
 
     /// Waits for `READY=1` on the notify socket (the service is watching). False if it did
     /// not come within `timeout` or the service exited.
     pub fn wait_ready(&mut self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        while !self.ready && Instant::now() < end {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]);
-                if msg.lines().any(|l| l == "READY=1") {
-                    self.ready = true;
-                }
-            }
-            if !self.alive() {
-                return false;
-            }
-        }
-        self.ready
+        let ready = self.ready.clone();
+        wait_until(timeout, || ready.load(Ordering::SeqCst) || !self.alive())
+            && ready.load(Ordering::SeqCst)
     }
 
     /// True while the process runs.
@@ -371,6 +387,7 @@ impl Drop for Service {
         if self.alive() {
             self.kill9();
         }
+        self.stop.store(true, Ordering::SeqCst);
         let _ = fs::remove_file(&self.notify_path);
     }
 }
