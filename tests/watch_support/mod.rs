@@ -272,8 +272,19 @@ impl Service {
         s
     }
 
+    /// Starts the service with extra environment variables and waits until it runs.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Service {
+        let s = Service::spawn_with_env(config, env);
+        s.wait_log(RUNNING);
+        s
+    }
+
     /// Starts the service without waiting.
     pub fn spawn(config: &Path) -> Service {
+        Service::spawn_with_env(config, &[])
+    }
+
+    pub fn spawn_with_env(config: &Path, env: &[(&str, &str)]) -> Service {
         let n: u32 = fastrand::u32(..);
         let log = config.with_extension(format!("{n:08x}.log"));
         let err = fs::File::create(&log).unwrap();
@@ -284,6 +295,7 @@ impl Service {
             .env("NO_COLOR", "1")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -477,4 +489,20 @@ pub fn read_at_least(stream: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
 pub fn content(i: usize, len: usize) -> Vec<u8> {
     let line = format!("file number {i:06}\n");
     line.repeat(len / line.len() + 1).into_bytes()
+}
+
+/// A server that answers every connection with a wrong greeting and closes it: the
+/// destination is reachable, but every attempt fails (and counts against max_attempts).
+/// Returns its port; it runs until the test process ends.
+pub fn bad_greeting_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            use std::io::Write;
+            let _ = stream.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n");
+        }
+    });
+    port
 }
