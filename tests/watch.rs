@@ -203,6 +203,35 @@ fn connection_failures_do_not_use_up_attempts_and_files_go_once_the_server_is_up
 }
 
 #[test]
+fn files_waiting_for_an_unreachable_server_go_soon_after_an_upload_to_it_succeeds() {
+    let dirs = Dirs::new();
+    let port = free_port();
+    let o = Opts {
+        initial: "1s",
+        max: "60s",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
+    let svc = Service::start(&cfg);
+    dirs.drop_file("waiting", b"waiting");
+    // Three connect failures: its next retry is up to 8 s away.
+    svc.wait_log_n("not counted as a failed attempt", 3);
+    let recv = Receiver::start_on(&dirs.recv, port);
+    dirs.drop_file("fresh", b"fresh");
+    wait_for("fresh in done", || dirs.done.join("fresh").exists());
+    let delivered = std::time::Instant::now();
+    wait_for("waiting in done", || dirs.done.join("waiting").exists());
+    // Woken by the delivery of `fresh` (within a fraction of a second), not by its backoff.
+    svc.wait_log("is reachable again: retrying");
+    assert!(
+        delivered.elapsed() < Duration::from_millis(2500),
+        "took {:?} after the server was back",
+        delivered.elapsed()
+    );
+    assert_eq!(recv.times_received(b"waiting"), 1);
+}
+
+#[test]
 fn after_max_attempts_a_file_goes_to_failed_with_a_reason() {
     let dirs = Dirs::new();
     let port = bad_greeting_server();

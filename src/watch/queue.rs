@@ -4,16 +4,22 @@
 //! Every name moves through a small state machine:
 //!
 //! ```text
-//!   created/modified ──> Writing ──(closed)──> Settling ──(unchanged for `settle`)──> Ready
-//!   found by a scan  ──────────────────────────> Settling
+//!   created/modified ──> Writing ──(closed, or no writer left)──> Settling
+//!   found by a scan  ────────────────────────────────────────────> Settling
+//!   Settling ──(unchanged for `settle`)──> Ready
 //!   moved in ──────────────────────────────────────────────────────────────────────> Ready
-//!   Ready ──(a slot is free)──> InFlight ──> delivered / given up: forgotten
+//!   Ready ──(a slot is free)──> InFlight ──> delivered / given up: look at the name again
 //!                                        ──> failed: Waiting (backoff) ──> Ready
+//!                                        ──> server unreachable: Waiting (not counted)
+//!                                        ──> still open for writing: Writing
 //!                                        ──> changed while sent: Settling
 //! ```
 //!
+//! "No writer left" is asked of the kernel with a lease ([`claim::writers`]); where it
+//! cannot tell, a writer silent for [`WRITER_QUIET_MIN`] is taken as done.
+//!
 //! Not-regular entries (symlinks, FIFOs, sockets, devices, directories) are kept apart, with
-//! their identity, only so each is reported once.
+//! their identity, only so each is reported once (per process: see [`super::Reported`]).
 //!
 //! Each state that waits has a deadline in one timer heap (lazy: a stale timer is recognised
 //! by its generation and skipped), so an idle service sleeps until the next deadline and
@@ -77,9 +83,9 @@ enum State {
     Settling { since: Instant, snap: Identity },
     /// In the ready queue.
     Ready,
-    /// An upload task has it. `dirty`: something happened to the name meanwhile, so look
-    /// at it again afterwards.
-    InFlight { dirty: bool },
+    /// An upload task has it; whatever happens to the name meanwhile, it is looked at again
+    /// afterwards.
+    InFlight,
     /// Backing off after a failure, or waiting for another instance's claim.
     Waiting,
 }
@@ -257,7 +263,7 @@ impl Queue {
 
     fn make_ready(&mut self, key: &Key) {
         if let Some(e) = self.entries.get_mut(key) {
-            if !matches!(e.state, State::Ready | State::InFlight { .. }) {
+            if !matches!(e.state, State::Ready | State::InFlight) {
                 e.state = State::Ready;
                 self.ready.push_back(key.clone());
             }
@@ -314,15 +320,11 @@ impl Queue {
         }
         let key = (watch, name);
         if let Some(Entry {
-            state: State::InFlight { dirty },
+            state: State::InFlight,
             ..
-        }) = self.entries.get_mut(&key)
+        }) = self.entries.get(&key)
         {
-            // The upload task owns it; afterwards, look again if someone touched the name.
-            // (Our own move away shows up as `Gone`.)
-            if hint != Hint::Gone {
-                *dirty = true;
-            }
+            // The upload task owns it; the name is looked at again after it.
             return;
         }
         let now = Instant::now();
@@ -554,7 +556,7 @@ impl Queue {
                 }
             }
             State::Waiting => self.make_ready(&key),
-            State::Ready | State::InFlight { .. } => {}
+            State::Ready | State::InFlight => {}
         }
     }
 
@@ -642,7 +644,7 @@ impl Queue {
             if !matches!(e.state, State::Ready) {
                 continue;
             }
-            e.state = State::InFlight { dirty: false };
+            e.state = State::InFlight;
             self.unreachable.remove(&key);
             let mode = match e.pending.take() {
                 Some((id, after)) => Mode::Finish { id, after },
@@ -664,13 +666,6 @@ impl Queue {
 
     fn finished(&mut self, key: Key, outcome: Option<Outcome>) {
         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let dirty = match self.entries.get(&key) {
-            Some(Entry {
-                state: State::InFlight { dirty },
-                ..
-            }) => *dirty,
-            _ => true,
-        };
         let now = Instant::now();
         let Some(outcome) = outcome else {
             // The task panicked or was aborted: nothing is known; look again.
@@ -689,10 +684,8 @@ impl Queue {
                 if let Outcome::Delivered { uploaded: true } = outcome {
                     self.destination_reachable(key.0, now);
                 }
-                // Always look at the name again (one lstat): if it was replaced while it
-                // was being sent, the new file is there and must be sent too, even when
-                // its event was lost.
-                let _ = dirty;
+                // Always look at the name again (one lstat): if it was replaced while being
+                // sent, the new file is there and must be sent too.
                 self.settle_from_now(key);
             }
             Outcome::Gone => {
@@ -805,6 +798,12 @@ impl Queue {
             };
             if waiting {
                 let jitter = Duration::from_millis(fastrand::u64(0..=RECOVERY_JITTER_MS));
+                let path = self.path(&key);
+                tracing::debug!(
+                    path = %esc(&path),
+                    "{dest} is reachable again: retrying {} in {jitter:.1?}",
+                    esc(&path)
+                );
                 self.arm(&key, now + jitter);
             }
         }

@@ -252,37 +252,40 @@ async fn dispose_delivered(
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     let dest = &job.watch.cfg.server;
-    let delivered = |then: &str| {
+    // `now`: what became of it after this upload; `earlier`: after an earlier one.
+    let delivered = |now: &str, earlier: &str| {
         if uploaded {
             tracing::info!(
                 path = %esc(&path),
                 bytes,
                 duration_ms = took.as_secs_f64() * 1000.0,
                 attempt = job.attempt,
-                "delivered {} ({bytes} bytes in {took:.1?}, attempt {}) to {dest}; {then}",
+                "delivered {} ({bytes} bytes in {took:.1?}, attempt {}) to {dest}{now}",
                 esc(&path),
                 job.attempt
             );
-        } else if !then.is_empty() {
+        } else if !earlier.is_empty() {
             tracing::info!(
                 path = %esc(&path),
-                "{} (delivered earlier) is now {then}",
+                "{} (delivered earlier) {earlier}",
                 esc(&path)
             );
         }
     };
+    const REPLACED: &str = "the name was replaced meanwhile (or removed), so there is nothing to move; what it holds now is sent on its own";
     match result {
         Ok(Disposed::Done(to)) => {
             match &to {
-                Some(to) => delivered(&format!("moved to {}", esc(to))),
-                None => delivered("deleted"),
+                Some(to) => delivered(
+                    &format!("; moved to {}", esc(to)),
+                    &format!("is now moved to {}", esc(to)),
+                ),
+                None => delivered("; deleted", "is now deleted"),
             }
             Outcome::Delivered { uploaded }
         }
         Ok(Disposed::NotOurs) => {
-            delivered(
-                "the name was replaced meanwhile (or removed): the sent file left the spool already, and what the name holds now is sent on its own",
-            );
+            delivered(&format!("; {REPLACED}"), &format!(": {REPLACED}"));
             Outcome::Delivered { uploaded }
         }
         Ok(Disposed::Changed) => {
@@ -296,7 +299,7 @@ async fn dispose_delivered(
         Err(e) => {
             // The delivery itself is reported once; the failed move by the queue, which
             // knows how often it failed.
-            delivered("");
+            delivered("", "");
             Outcome::DispositionFailed {
                 id,
                 after: After::Delivered,
