@@ -81,8 +81,9 @@ fn candidate(dir: &Path, name: &OsStr, n: u32) -> PathBuf {
 /// Returns where it went.
 ///
 /// # Errors
-/// Renaming failed; the source is still in place. Across filesystems the error's raw OS
-/// code is `EXDEV`: use [`move_into`] (blocking) then.
+/// Renaming failed (the bare OS error; callers say what was moved where); the source is
+/// still in place. Across filesystems the error's raw OS code is `EXDEV`: use
+/// [`move_into`] (blocking) then.
 pub fn rename_into(from: &Path, dir: &Path, name: &OsStr, syncer: &Syncer) -> io::Result<PathBuf> {
     for n in 0..=MAX_SUFFIX + 1 {
         let to = candidate(dir, name, n);
@@ -95,13 +96,7 @@ pub fn rename_into(from: &Path, dir: &Path, name: &OsStr, syncer: &Syncer) -> io
                 return Ok(to);
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return Err(e),
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot move {} to {}: {e}", esc(from), esc(&to)),
-                ))
-            }
+            Err(e) => return Err(e),
         }
     }
     Err(io::Error::new(
@@ -256,13 +251,20 @@ pub fn move_if_ours(
     name: &OsStr,
     syncer: &Syncer,
 ) -> io::Result<Disposed> {
-    if let Some(d) = check_ours(from, id)? {
+    let ctx = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot move {} to {}: {e}", esc(from), esc(dir)),
+        )
+    };
+    if let Some(d) = check_ours(from, id).map_err(ctx)? {
         return Ok(d);
     }
     match rename_into(from, dir, name, syncer) {
-        Ok(to) => verify_moved(from, to, id, syncer),
+        Ok(to) => verify_moved(from, to, id, syncer).map_err(ctx),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let (to, removed) = copy_across(file, from, Some(id), dir, name, syncer)?;
+            let (to, removed) =
+                copy_across(file, from, Some(id), dir, name, syncer).map_err(ctx)?;
             Ok(match removed {
                 // The copy in `dir` is our content, read from the claimed descriptor; the
                 // spool name held another file by then and keeps it.
@@ -270,7 +272,7 @@ pub fn move_if_ours(
                 Disposed::Changed => Disposed::Changed,
             })
         }
-        Err(e) => Err(e),
+        Err(e) => Err(ctx(e)),
     }
 }
 

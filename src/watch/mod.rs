@@ -186,17 +186,19 @@ pub async fn run_with(
             dir: w.cfg.dir.clone(),
             source,
         })?;
-        for d in [w.cfg.done_dir.as_ref(), Some(&w.cfg.failed_dir)]
-            .into_iter()
-            .flatten()
-        {
-            let d = d.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || disposition::clean_stale_temporaries(&d)).await;
-        }
-        let spool = w.cfg.dir.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || disposition::restore_stale_deletions(&spool)).await;
+        // Leftovers of a crash, in the background: done_dir may be large, and nothing
+        // waits for this.
+        let (done, failed, spool) = (
+            w.cfg.done_dir.clone(),
+            w.cfg.failed_dir.clone(),
+            w.cfg.dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            for d in done.iter().chain(std::iter::once(&failed)) {
+                disposition::clean_stale_temporaries(d);
+            }
+            disposition::restore_stale_deletions(&spool);
+        });
         tracing::info!(
             dir = %esc(&w.cfg.dir),
             backlog = listing.entries.len(),
