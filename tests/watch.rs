@@ -1054,3 +1054,44 @@ fn stale_temporaries_of_ours_are_removed_from_done_at_start() {
     );
     assert!(other.exists(), "not ours");
 }
+
+#[test]
+fn a_name_replaced_during_the_transfer_delivers_both_files() {
+    let dirs = Dirs::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let server = ScriptServer::start_with_rcvbuf(Some(64 * 1024), move |n, stream| {
+        if n == 0 {
+            // Take a little, then stop reading until the test has replaced the file.
+            let first = read_at_least(stream, 64 * 1024);
+            let _ = started_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            return read_rest(stream, first);
+        }
+        read_rest(stream, Vec::new())
+    });
+    let o = Opts {
+        timeout: "10s",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
+    let svc = Service::start(&cfg);
+    let old = content(5, 8 << 20);
+    dirs.drop_file("big", &old);
+    started_rx.recv_timeout(DEADLINE).unwrap();
+    // The writer replaces it (the old inode is unlinked while we still read it).
+    dirs.drop_file("big", b"the new big\n");
+    go_tx.send(()).unwrap();
+    wait_for("the new one in done", || {
+        fs::read(dirs.done.join("big")).is_ok_and(|c| c == b"the new big\n")
+    });
+    let conns = server.conns();
+    let clean: Vec<&Conn> = conns.iter().filter(|c| c.clean).collect();
+    assert_eq!(clean.len(), 2, "{}", svc.log());
+    assert!(clean.iter().any(|c| c.bytes == old), "the old one, whole");
+    assert!(clean.iter().any(|c| c.bytes == b"the new big\n"));
+    assert_eq!(names(&dirs.done), ["big"]);
+    assert!(names(&dirs.spool).is_empty());
+}

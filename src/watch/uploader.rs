@@ -174,7 +174,14 @@ fn unchanged(claim: &Claim, before: &Identity, sent: u64) -> Result<(), String> 
     let after = claim
         .restat()
         .map_err(|e| format!("could not be checked after sending: {e}"))?;
-    if after != *before {
+    // Renamed over or removed under its name while being sent changes only the status
+    // change time of what we send (its link count dropped): the content is whole, and that
+    // file has left the spool; deliver it. (The ctime is compared at all to catch writes
+    // that restore the mtime; one together with a replace of the name is not a concern.)
+    let replaced = || !matches!(claim::lstat(&claim.path), Ok(now) if now.same_inode(before));
+    if after != *before
+        && !(after.size == before.size && after.mtime_ns == before.mtime_ns && replaced())
+    {
         let what = if after.size != before.size {
             format!("size {} → {} bytes", before.size, after.size)
         } else if after.mtime_ns != before.mtime_ns {
@@ -211,22 +218,13 @@ async fn dispose_delivered(
     // done_dir as "delivered" would lose the change; send it again instead.
     if uploaded {
         if let Err(why) = unchanged(&claim, &id, id.size) {
-            // Replaced under its name (renamed over, removed) while being sent changes only
-            // the status change time of what we sent (its link count dropped): that file was
-            // delivered whole and has left the spool; the disposition finds the name taken.
-            let same_content = claim
-                .restat()
-                .is_ok_and(|now| now.size == id.size && now.mtime_ns == id.mtime_ns);
-            let replaced = !matches!(claim::lstat(&path), Ok(now) if now.same_inode(&id));
-            if !(same_content && replaced) {
-                tracing::info!(
-                    path = %esc(&path),
-                    attempt = job.attempt,
-                    "{} {why} after it was sent (the server got the earlier content); it is sent again once it settles",
-                    esc(&path)
-                );
-                return Outcome::Changed;
-            }
+            tracing::info!(
+                path = %esc(&path),
+                attempt = job.attempt,
+                "{} {why} after it was sent (the server got the earlier content); it is sent again once it settles",
+                esc(&path)
+            );
+            return Outcome::Changed;
         }
     }
     let w = job.watch.clone();
