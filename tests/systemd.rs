@@ -4,7 +4,6 @@
 //! and the log shapes (journald, JSON).
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
@@ -35,8 +34,9 @@ struct Receiver {
 impl Receiver {
     fn start(dir: &Path) -> Receiver {
         std::fs::create_dir_all(dir).unwrap();
-        // A free port can be taken by someone else between our probe and serve's bind:
-        // try a few.
+        // A free port can be taken by someone else between our probe and serve's bind: try
+        // a few. Readiness is serve's own "listening on" line, not a probe connection (which
+        // could reach another test's listener on a port serve failed to bind).
         for _ in 0..10 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -48,33 +48,45 @@ impl Receiver {
                 .arg(dir)
                 .env_remove("RUST_LOG")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let end = Instant::now() + DEADLINE;
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken: try another
+            let stderr = child.stderr.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Keeps draining serve's log after the line, so serve never blocks on a full pipe.
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("listening on") {
+                        let _ = tx.send(true);
+                    }
                 }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    // That probe is connection 1: its file must not count as a delivery.
-                    let first = dir.join("1.file");
-                    wait_until("the probe connection's file", || first.exists());
-                    std::fs::remove_file(&first).unwrap();
+                let _ = tx.send(false);
+            });
+            match rx.recv_timeout(DEADLINE) {
+                Ok(true) => {
                     return Receiver {
                         child,
                         port,
                         dir: dir.to_path_buf(),
-                    };
+                    }
                 }
-                assert!(Instant::now() < end, "accio serve did not start");
-                std::thread::sleep(Duration::from_millis(10));
+                Ok(false) => {
+                    // Exited (port taken): try another.
+                    let _ = child.wait();
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("accio serve did not start within {DEADLINE:?}");
+                }
             }
         }
         panic!("no free port for accio serve");
     }
 
-    /// Contents of the received files (`N.file`), excluding the probe.
+    /// Contents of the received files (`N.file`).
     fn received(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.dir).unwrap() {
