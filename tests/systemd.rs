@@ -918,3 +918,37 @@ fn reload_is_bracketed_by_reloading_and_ready() {
     );
     assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
 }
+
+#[test]
+fn a_manager_that_never_reads_its_socket_cannot_freeze_the_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&tmp.path().join("received"));
+    let spool = Spool::new(receiver.port);
+    // Bound but never read: its queue fills with watchdog pings within a second.
+    let notify = NotifySocket::bind();
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"WATCHDOG_PID=$$ exec "$0" "$@""#,
+        ACCIO,
+        "watch",
+        "--config",
+    ])
+    .arg(&spool.config)
+    .env("NOTIFY_SOCKET", &notify.path)
+    .env("WATCHDOG_USEC", "2000")
+    .env_remove("JOURNAL_STREAM")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
+    let mut service = Service::spawn_logging_to(cmd, &tmp.path().join("watch.log"));
+    // Pings every 1 ms: the socket's queue is full long before these files arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..5 {
+        spool.drop_file(&format!("f{i}"), format!("content {i}").as_bytes());
+    }
+    wait_until("all five files delivered and moved", || {
+        receiver.received().len() == 5 && spool.count("sent") == 5
+    });
+    assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
+    drop(notify);
+}
