@@ -229,3 +229,18 @@ pub async fn run_with(
     let _ = sync_task.await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn paths_in_logs_are_escaped() {
+        let p = Path::new(std::ffi::OsStr::from_bytes(
+            b"/s/a\nb\\c\t\x1b[1m\xff\xc3\xa9",
+        ));
+        assert_eq!(esc(p).to_string(), "/s/a\\nb\\\\c\\t\\u{1b}[1m\\xffé");
+        assert_eq!(esc(Path::new("/plain/name")).to_string(), "/plain/name");
+    }
+}
