@@ -127,25 +127,43 @@ impl Receiver {
     }
 
     fn try_start_on(dir: &Path, port: u16) -> Option<Receiver> {
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["serve", &port.to_string()])
             .arg(dir)
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Ready is serve's own "listening on" line: a check of the port could see another
+        // test's listener while this serve is failing to bind it.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            // Keeps draining after the line, so serve never blocks on a full pipe.
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening on") {
+                    let _ = tx.send(true);
+                }
+            }
+            let _ = tx.send(false);
+        });
         let mut r = Receiver {
             child,
             port,
             dir: dir.to_path_buf(),
         };
-        let mut exited = false;
-        wait_for("accio serve to listen", || {
-            exited = matches!(r.child.try_wait(), Ok(Some(_)));
-            exited || listening(port)
-        });
-        (!exited).then_some(r)
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(true) => Some(r),
+            Ok(false) => {
+                let _ = r.child.wait();
+                None
+            }
+            Err(_) => panic!("accio serve {port} did not start"),
+        }
     }
 
     /// What each connection delivered: N → content (complete files only).
