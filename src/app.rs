@@ -168,6 +168,11 @@ async fn serve(args: crate::cli::ServeArgs) -> u8 {
             return exit::USAGE;
         }
     }
+    // Every connection writes a file here: refuse at start rather than fail each one.
+    if let Err(e) = crate::serve::check_writable(&args.dir) {
+        error_line!("cannot write to directory {:?}: {e}", args.dir);
+        return exit::USAGE;
+    }
     crate::logging::init_for_tool();
     let listener = match crate::serve::bind(port) {
         Ok(l) => l,

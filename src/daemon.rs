@@ -26,7 +26,7 @@ use crate::config::{self, Config};
 use crate::logging::LogControl;
 use crate::status::Stats;
 use crate::systemd::Notifier;
-use crate::watch::{self, FatalError};
+use crate::watch::{self, esc, FatalError};
 
 /// Runs the service until SIGTERM/SIGINT; returns the exit code.
 pub fn main(rt: &tokio::runtime::Runtime, args: crate::cli::WatchArgs) -> u8 {
@@ -49,10 +49,20 @@ struct Pipeline {
 
 impl Pipeline {
     /// Starts a pipeline and waits until it is watching with its backlog queued.
-    async fn start(config: Config, stats: Arc<Stats>) -> Result<Pipeline, FatalError> {
+    async fn start(
+        config: Config,
+        stats: Arc<Stats>,
+        reported: watch::Reported,
+    ) -> Result<Pipeline, FatalError> {
         let stop = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
-        let mut handle = tokio::spawn(watch::run(config, stats, stop.clone(), Some(tx)));
+        let mut handle = tokio::spawn(watch::run_with(
+            config,
+            stats,
+            stop.clone(),
+            Some(tx),
+            reported,
+        ));
         if rx.await.is_ok() {
             return Ok(Pipeline { stop, handle });
         }
@@ -88,7 +98,9 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
             return exit::OTHER;
         }
     };
-    let mut current = match Pipeline::start(config, stats.clone()).await {
+    // Special entries already reported, across reloads: each is reported once per process.
+    let reported = watch::Reported::default();
+    let mut current = match Pipeline::start(config, stats.clone(), reported.clone()).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -97,14 +109,14 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
         }
     };
     notifier.ready();
-    tracing::info!(config = %path.display(), "accio watch is running");
+    tracing::info!(config = %esc(&path), "accio watch is running");
     let mut retiring: JoinSet<()> = JoinSet::new();
     loop {
         tokio::select! {
             sig = signals.next() => match sig {
                 Some(SIGHUP) => {
                     notifier.reloading();
-                    if let Some(new) = reload(&path, &stats, &log).await {
+                    if let Some(new) = reload(&path, &stats, &reported, &log).await {
                         let old = std::mem::replace(&mut current, new);
                         old.stop.cancel();
                         retiring.spawn(async move {
@@ -151,8 +163,13 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
 }
 
 /// Loads the config again and starts a pipeline on it; `None` (logged) keeps the old one.
-async fn reload(path: &Path, stats: &Arc<Stats>, log: &LogControl) -> Option<Pipeline> {
-    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+async fn reload(
+    path: &Path,
+    stats: &Arc<Stats>,
+    reported: &watch::Reported,
+    log: &LogControl,
+) -> Option<Pipeline> {
+    tracing::info!(config = %esc(path), "SIGHUP: reloading the configuration");
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -161,12 +178,12 @@ async fn reload(path: &Path, stats: &Arc<Stats>, log: &LogControl) -> Option<Pip
         }
     };
     let level = config.log_level.clone();
-    match Pipeline::start(config, stats.clone()).await {
+    match Pipeline::start(config, stats.clone(), reported.clone()).await {
         Ok(p) => {
             if let Err(e) = log.set_level(&level) {
                 tracing::warn!("{e}; keeping the previous log level");
             }
-            tracing::info!(config = %path.display(), "configuration reloaded");
+            tracing::info!(config = %esc(path), "configuration reloaded");
             Some(p)
         }
         Err(e) => {

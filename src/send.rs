@@ -73,7 +73,16 @@ pub async fn run(
     }
     match result {
         Ok(sent) => Ok(sent),
-        Err(client::UploadError::Client(e)) => Err(SendFailure::new(e.exit_code(), e.to_string())),
+        Err(client::UploadError::Client(e)) => {
+            let mut message = e.to_string();
+            if matches!(e, client::ClientError::Resolve { .. })
+                && host.starts_with('[')
+                && host.ends_with(']')
+            {
+                message.push_str(" (write an IPv6 address without brackets, e.g. ::1)");
+            }
+            Err(SendFailure::new(e.exit_code(), message))
+        }
         Err(client::UploadError::Rejected(never)) => match never {},
     }
 }

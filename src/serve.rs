@@ -26,6 +26,31 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
 }
 
+/// Checks that files can be created in `dir` (permissions, read-only mount), as the
+/// effective user, without creating anything.
+///
+/// # Errors
+/// The `faccessat(W_OK | X_OK, AT_EACCESS)` error.
+pub fn check_writable(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated path; no pointers are kept.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Binds the listening socket: IPv6 any-address with dual stack where the kernel has IPv6,
 /// else IPv4 any-address.
 ///

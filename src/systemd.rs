@@ -84,7 +84,7 @@ impl Inner {
         if !self.enabled {
             return;
         }
-        if let Err(e) = sd_notify::notify(false, states) {
+        if let Err(e) = notify_nonblocking(states) {
             // Not fatal: systemd may be gone during shutdown, or the socket unreadable.
             if !self.send_failed.swap(true, Ordering::Relaxed) {
                 let socket = std::env::var_os("NOTIFY_SOCKET").unwrap_or_default();
@@ -270,6 +270,43 @@ async fn summary_on_sigusr1(mut signals: signal_hook_tokio::Signals, inner: Arc<
     while signals.next().await.is_some() {
         tracing::info!(target: "accio::status", "status: {}", inner.status_text());
     }
+}
+
+/// Sends one notification datagram to `NOTIFY_SOCKET` without ever blocking: a manager (or a
+/// test) that does not read its socket must not freeze the service, which calls this from its
+/// async tasks. A message that does not fit is dropped with `WouldBlock`; STATUS= is sent
+/// again when it changes, and the watchdog pings again.
+///
+/// # Errors
+/// No `NOTIFY_SOCKET`-compatible address, or the send failed (including `WouldBlock`).
+fn notify_nonblocking(states: &[NotifyState<'_>]) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        // Abstract namespace, as systemd uses for some managers.
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(std::path::Path::new(&path))?,
+    };
+    let mut msg = String::new();
+    for state in states {
+        let _ = writeln!(msg, "{state}");
+    }
+    let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
+    let sent = sock.send_to_addr(msg.as_bytes(), &addr)?;
+    if sent != msg.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "incomplete notification",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

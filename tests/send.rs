@@ -688,6 +688,11 @@ fn bad_host_is_a_resolve_error() {
 
     let out = run(&mut send_cmd("", "5000", &file, SHORT));
     out.assert_error(code::USAGE);
+
+    // Brackets are URL syntax, not part of an address (as in client.py): refused, with a hint.
+    let out = run(&mut send_cmd("[::1]", "5000", &file, SHORT));
+    out.assert_error(code::RESOLVE);
+    assert!(out.stderr.contains("without brackets"), "{}", out.stderr);
 }
 
 #[test]

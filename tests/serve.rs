@@ -362,3 +362,35 @@ fn missing_directory_is_an_error() {
     out.assert_one_error_line();
     assert!(out.stderr.contains("missing"), "{}", out.stderr);
 }
+
+#[test]
+fn unwritable_directory_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Root writes anywhere: run serve as `nobody` through setpriv when we are root.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        if std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: root without setpriv");
+            return;
+        }
+        // nobody must be able to reach the directory itself.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", ACCIO]);
+        c
+    } else {
+        std::process::Command::new(ACCIO)
+    };
+    let out = run(cmd.args(["serve", "5000"]).arg(&ro));
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    out.assert_one_error_line();
+    assert!(out.stderr.contains("cannot write"), "{}", out.stderr);
+}

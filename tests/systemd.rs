@@ -4,7 +4,6 @@
 //! and the log shapes (journald, JSON).
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
@@ -35,8 +34,9 @@ struct Receiver {
 impl Receiver {
     fn start(dir: &Path) -> Receiver {
         std::fs::create_dir_all(dir).unwrap();
-        // A free port can be taken by someone else between our probe and serve's bind:
-        // try a few.
+        // A free port can be taken by someone else between our probe and serve's bind: try
+        // a few. Readiness is serve's own "listening on" line, not a probe connection (which
+        // could reach another test's listener on a port serve failed to bind).
         for _ in 0..10 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -48,33 +48,45 @@ impl Receiver {
                 .arg(dir)
                 .env_remove("RUST_LOG")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let end = Instant::now() + DEADLINE;
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken: try another
+            let stderr = child.stderr.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Keeps draining serve's log after the line, so serve never blocks on a full pipe.
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("listening on") {
+                        let _ = tx.send(true);
+                    }
                 }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    // That probe is connection 1: its file must not count as a delivery.
-                    let first = dir.join("1.file");
-                    wait_until("the probe connection's file", || first.exists());
-                    std::fs::remove_file(&first).unwrap();
+                let _ = tx.send(false);
+            });
+            match rx.recv_timeout(DEADLINE) {
+                Ok(true) => {
                     return Receiver {
                         child,
                         port,
                         dir: dir.to_path_buf(),
-                    };
+                    }
                 }
-                assert!(Instant::now() < end, "accio serve did not start");
-                std::thread::sleep(Duration::from_millis(10));
+                Ok(false) => {
+                    // Exited (port taken): try another.
+                    let _ = child.wait();
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("accio serve did not start within {DEADLINE:?}");
+                }
             }
         }
         panic!("no free port for accio serve");
     }
 
-    /// Contents of the received files (`N.file`), excluding the probe.
+    /// Contents of the received files (`N.file`).
     fn received(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.dir).unwrap() {
@@ -905,4 +917,38 @@ fn reload_is_bracketed_by_reloading_and_ready() {
         service.log()
     );
     assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
+}
+
+#[test]
+fn a_manager_that_never_reads_its_socket_cannot_freeze_the_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&tmp.path().join("received"));
+    let spool = Spool::new(receiver.port);
+    // Bound but never read: its queue fills with watchdog pings within a second.
+    let notify = NotifySocket::bind();
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"WATCHDOG_PID=$$ exec "$0" "$@""#,
+        ACCIO,
+        "watch",
+        "--config",
+    ])
+    .arg(&spool.config)
+    .env("NOTIFY_SOCKET", &notify.path)
+    .env("WATCHDOG_USEC", "2000")
+    .env_remove("JOURNAL_STREAM")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
+    let mut service = Service::spawn_logging_to(cmd, &tmp.path().join("watch.log"));
+    // Pings every 1 ms: the socket's queue is full long before these files arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..5 {
+        spool.drop_file(&format!("f{i}"), format!("content {i}").as_bytes());
+    }
+    wait_until("all five files delivered and moved", || {
+        receiver.received().len() == 5 && spool.count("sent") == 5
+    });
+    assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
+    drop(notify);
 }

@@ -177,27 +177,64 @@ fn special_files_are_reported_once_and_never_sent() {
 }
 
 #[test]
-fn files_wait_while_the_server_is_down() {
+fn connection_failures_do_not_use_up_attempts_and_files_go_once_the_server_is_up() {
     let dirs = Dirs::new();
     let port = free_port();
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &Opts::default()));
+    let o = Opts {
+        max_attempts: 2,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
     let svc = Service::start(&cfg);
     for i in 0..3 {
         dirs.drop_file(&format!("f{i}"), &content(i, 100));
     }
-    svc.wait_log_n("failed (attempt 2", 3);
+    // Well past max_attempts for each of them.
+    svc.wait_log_n("not counted as a failed attempt", 15);
     assert_eq!(names(&dirs.spool).len(), 3);
+    assert!(names(&dirs.failed).is_empty(), "{}", svc.log());
+    assert_eq!(svc.log_count("giving up"), 0);
     let recv = Receiver::start_on(&dirs.recv, port);
     wait_for("3 files in done", || names(&dirs.done).len() == 3);
     for i in 0..3 {
         assert_eq!(recv.times_received(&content(i, 100)), 1);
     }
+    assert!(names(&dirs.failed).is_empty());
+}
+
+#[test]
+fn files_waiting_for_an_unreachable_server_go_soon_after_an_upload_to_it_succeeds() {
+    let dirs = Dirs::new();
+    let port = free_port();
+    let o = Opts {
+        initial: "1s",
+        max: "60s",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
+    let svc = Service::start(&cfg);
+    dirs.drop_file("waiting", b"waiting");
+    // Three connect failures: its next retry is up to 8 s away.
+    svc.wait_log_n("not counted as a failed attempt", 3);
+    let recv = Receiver::start_on(&dirs.recv, port);
+    dirs.drop_file("fresh", b"fresh");
+    wait_for("fresh in done", || dirs.done.join("fresh").exists());
+    let delivered = std::time::Instant::now();
+    wait_for("waiting in done", || dirs.done.join("waiting").exists());
+    // Woken by the delivery of `fresh` (within a fraction of a second), not by its backoff.
+    svc.wait_log("is reachable again: retrying");
+    assert!(
+        delivered.elapsed() < Duration::from_millis(2500),
+        "took {:?} after the server was back",
+        delivered.elapsed()
+    );
+    assert_eq!(recv.times_received(b"waiting"), 1);
 }
 
 #[test]
 fn after_max_attempts_a_file_goes_to_failed_with_a_reason() {
     let dirs = Dirs::new();
-    let port = free_port();
+    let port = bad_greeting_server();
     let o = Opts {
         max_attempts: 2,
         ..Opts::default()
@@ -536,8 +573,22 @@ fn a_failed_move_to_done_keeps_the_file_and_is_retried_without_sending_again() {
     fs::remove_dir(&dirs.done).unwrap();
     fs::write(&dirs.done, b"in the way").unwrap();
     dirs.drop_file("a", b"payload");
-    svc.wait_log("it stays in the spool");
+    svc.wait_log("it stays in the spool (already delivered; not sent again)");
+    // Retried with a growing delay, reported at ERROR once (the error does not change),
+    // and the delivery itself is reported once.
+    svc.wait_log("(failure 3)");
     assert_eq!(names(&dirs.spool), ["a"]);
+    let log = svc.log();
+    let errors = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("it stays in the spool"))
+        .count();
+    assert_eq!(errors, 1, "{log}");
+    assert_eq!(svc.log_count("delivered /"), 1, "{log}");
+    assert!(
+        log.contains(&format!("cannot move {}", dirs.spool.join("a").display())),
+        "{log}"
+    );
     fs::remove_file(&dirs.done).unwrap();
     fs::create_dir(&dirs.done).unwrap();
     wait_for("a in done", || dirs.done.join("a").exists());
@@ -712,4 +763,335 @@ fn a_spool_directory_replaced_while_running_is_watched_again() {
     dirs.drop_file("after", b"after the swap");
     wait_for("after in done", || dirs.done.join("after").exists());
     assert_eq!(recv.times_received(b"after the swap"), 1);
+}
+
+/// A server whose first connection does not read until `gate` is set: the first upload
+/// stays in flight while the test does something to the file. Counts the connections it
+/// accepted.
+fn gated_server(
+    gate: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> ScriptServer {
+    use std::sync::atomic::Ordering;
+    ScriptServer::start(move |n, stream| {
+        accepted.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            let end = std::time::Instant::now() + DEADLINE;
+            while !gate.load(Ordering::SeqCst) && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        read_rest(stream, Vec::new())
+    })
+}
+
+/// The reviewer's repro: `report.csv` (inode A) is being sent when a new `report.csv`
+/// (inode B) is renamed over it. B must be sent too, and only A's delivery may dispose of
+/// anything: never B unsent.
+fn a_name_reused_while_in_flight(delete: bool) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dirs = Dirs::new();
+    let gate = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let server = gated_server(gate.clone(), accepted.clone());
+    let o = Opts {
+        timeout: "10s",
+        delete,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
+    let svc = Service::start(&cfg);
+    dirs.drop_file("report.csv", b"OLD\n");
+    wait_for("the first upload to connect", || {
+        accepted.load(Ordering::SeqCst) >= 1
+    });
+    dirs.drop_file("report.csv", b"NEW\n");
+    gate.store(true, Ordering::SeqCst);
+    wait_for("NEW received", || {
+        server
+            .conns()
+            .iter()
+            .any(|c| c.clean && c.bytes == b"NEW\n")
+    });
+    wait_for("the spool empty", || names(&dirs.spool).is_empty());
+    let conns = server.conns();
+    assert!(conns.iter().any(|c| c.clean && c.bytes == b"OLD\n"));
+    if delete {
+        assert!(names(&dirs.done).is_empty());
+    } else {
+        wait_for("report.csv in done", || {
+            dirs.done.join("report.csv").exists()
+        });
+        assert_eq!(fs::read(dirs.done.join("report.csv")).unwrap(), b"NEW\n");
+        // OLD was replaced in the spool by the writer: it is nowhere, and nothing else is.
+        assert_eq!(names(&dirs.done), ["report.csv"]);
+    }
+    svc.wait_log("the name was replaced meanwhile");
+}
+
+#[test]
+fn a_name_reused_while_in_flight_sends_the_new_file_before_moving_it() {
+    a_name_reused_while_in_flight(false);
+}
+
+#[test]
+fn a_name_reused_while_in_flight_sends_the_new_file_before_deleting_it() {
+    a_name_reused_while_in_flight(true);
+}
+
+#[test]
+fn a_writer_pausing_longer_than_the_quiet_fallback_is_not_sent_until_closed() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        settle: "100ms",
+        rescan: "200ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    // The fallback for files whose writers cannot be seen, shortened from 30 s.
+    let svc = Service::start_with_env(&cfg, &[("ACCIO_WRITER_QUIET_MS", "200")]);
+    let start = std::time::Instant::now();
+    let mut f = fs::File::create(dirs.spool.join("paused")).unwrap();
+    let first = content(1, 1000);
+    f.write_all(&first).unwrap();
+    // Seen open for writing twice, the second time well after the quiet fallback.
+    svc.wait_log_n("is open for writing", 2);
+    assert!(start.elapsed() > Duration::from_millis(400));
+    let listed = svc.log_count("listed");
+    svc.wait_log_n("listed", listed + 2);
+    assert_eq!(recv.count(), 0, "sent while still open for writing");
+    let second = content(2, 1000);
+    f.write_all(&second).unwrap();
+    drop(f);
+    wait_for("paused in done", || dirs.done.join("paused").exists());
+    let mut expected = first;
+    expected.extend_from_slice(&second);
+    assert_eq!(recv.times_received(&expected), 1);
+    assert_eq!(recv.count(), 1);
+}
+
+#[test]
+fn a_writer_active_when_the_service_starts_is_sent_only_complete() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let mut f = fs::File::create(dirs.spool.join("early")).unwrap();
+    let first = content(3, 1000);
+    f.write_all(&first).unwrap();
+    let o = Opts {
+        settle: "100ms",
+        rescan: "200ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let svc = Service::start(&cfg);
+    svc.wait_log_n("is open for writing", 2);
+    assert_eq!(recv.count(), 0, "sent while still open for writing");
+    let second = content(4, 1000);
+    f.write_all(&second).unwrap();
+    drop(f);
+    wait_for("early in done", || dirs.done.join("early").exists());
+    let mut expected = first;
+    expected.extend_from_slice(&second);
+    assert_eq!(recv.times_received(&expected), 1);
+    assert_eq!(recv.count(), 1);
+}
+
+#[test]
+fn a_reason_file_never_replaces_a_failed_file() {
+    let dirs = Dirs::new();
+    let port = bad_greeting_server();
+    let o = Opts {
+        max_attempts: 1,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
+    let svc = Service::start(&cfg);
+    dirs.drop_file("q.reason", b"a data file named q.reason");
+    wait_for("q.reason.reason in failed", || {
+        dirs.failed.join("q.reason.reason").exists()
+    });
+    dirs.drop_file("q", b"q data");
+    wait_for("q in failed", || dirs.failed.join("q").exists());
+    wait_for("q's reason in failed", || {
+        dirs.failed.join("q.reason.1").exists()
+    });
+    assert_eq!(
+        fs::read(dirs.failed.join("q.reason")).unwrap(),
+        b"a data file named q.reason"
+    );
+    let reason = fs::read_to_string(dirs.failed.join("q.reason.1")).unwrap();
+    assert!(reason.contains("attempts: 1"), "{reason}");
+    assert!(
+        reason.contains(&format!("file: {}\n", dirs.spool.join("q").display())),
+        "{reason}"
+    );
+    assert_eq!(fs::read(dirs.failed.join("q")).unwrap(), b"q data");
+    assert_eq!(svc.log_count("gave up on"), 2);
+}
+
+#[test]
+fn a_name_with_a_newline_is_logged_on_one_line() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let svc = Service::start(&cfg);
+    dirs.drop_file("a\nINFO forged line", b"x");
+    wait_for("it in done", || {
+        dirs.done.join("a\nINFO forged line").exists()
+    });
+    svc.wait_log("delivered");
+    let log = svc.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("delivered"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("a\\nINFO forged line ("), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("INFO forged line")),
+        "{log}"
+    );
+    assert_eq!(recv.times_received(b"x"), 1);
+}
+
+#[test]
+fn a_hard_link_into_the_spool_is_delivered_promptly() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let _svc = Service::start(&cfg);
+    let outside = dirs.root.path().join("linked");
+    fs::write(&outside, b"linked content").unwrap();
+    fs::hard_link(&outside, dirs.spool.join("linked")).unwrap();
+    // Not after the 30 s of the fallback for writers that cannot be seen.
+    wait_for_within(
+        "linked in done within a few seconds",
+        Duration::from_secs(8),
+        &mut || dirs.done.join("linked").exists(),
+    );
+    assert_eq!(recv.times_received(b"linked content"), 1);
+}
+
+#[test]
+fn special_files_are_reported_once_across_reloads() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        rescan: "200ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let fifo = dirs.spool.join("pipe");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let svc = Service::start(&cfg);
+    svc.wait_log("ignoring");
+    for n in 1..=2 {
+        svc.signal(libc::SIGHUP);
+        svc.wait_log_n("configuration reloaded", n);
+    }
+    let listed = svc.log_count("listed");
+    svc.wait_log_n("listed", listed + 2);
+    assert_eq!(svc.log_count("ignoring"), 1, "{}", svc.log());
+}
+
+#[test]
+fn a_missing_config_is_refused_at_start() {
+    let dirs = Dirs::new();
+    let out = std::process::Command::new(BIN)
+        .args(["watch", "--config"])
+        .arg(dirs.root.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn stale_temporaries_of_ours_are_removed_from_done_at_start() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let old = std::time::SystemTime::now() - Duration::from_secs(300);
+    let mk = |name: &str, age: Option<std::time::SystemTime>| {
+        let p = dirs.done.join(name);
+        fs::write(&p, b"partial copy").unwrap();
+        if let Some(t) = age {
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        p
+    };
+    let stale = mk(".x.accio-0123abcd.tmp", Some(old));
+    let fresh = mk(".y.accio-0123abcd.tmp", None);
+    let other = mk(".z.other.tmp", Some(old));
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let svc = Service::start(&cfg);
+    svc.wait_log("left by an interrupted move");
+    assert!(!stale.exists());
+    assert!(
+        fresh.exists(),
+        "a copy in progress (another instance) is left alone"
+    );
+    assert!(other.exists(), "not ours");
+}
+
+#[test]
+fn a_name_replaced_during_the_transfer_delivers_both_files() {
+    let dirs = Dirs::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let server = ScriptServer::start_with_rcvbuf(Some(64 * 1024), move |n, stream| {
+        if n == 0 {
+            // Take a little, then stop reading until the test has replaced the file.
+            let first = read_at_least(stream, 64 * 1024);
+            let _ = started_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            return read_rest(stream, first);
+        }
+        read_rest(stream, Vec::new())
+    });
+    let o = Opts {
+        timeout: "10s",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
+    let svc = Service::start(&cfg);
+    let old = content(5, 8 << 20);
+    dirs.drop_file("big", &old);
+    started_rx.recv_timeout(DEADLINE).unwrap();
+    // The writer replaces it (the old inode is unlinked while we still read it).
+    dirs.drop_file("big", b"the new big\n");
+    go_tx.send(()).unwrap();
+    wait_for("the new one in done", || {
+        fs::read(dirs.done.join("big")).is_ok_and(|c| c == b"the new big\n")
+    });
+    let conns = server.conns();
+    let clean: Vec<&Conn> = conns.iter().filter(|c| c.clean).collect();
+    assert_eq!(clean.len(), 2, "{}", svc.log());
+    assert!(clean.iter().any(|c| c.bytes == old), "the old one, whole");
+    assert!(clean.iter().any(|c| c.bytes == b"the new big\n"));
+    assert_eq!(names(&dirs.done), ["big"]);
+    assert!(names(&dirs.spool).is_empty());
 }

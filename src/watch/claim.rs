@@ -189,6 +189,65 @@ pub fn claim(path: &Path) -> Result<Claim, ClaimError> {
     })
 }
 
+/// Whether anybody has a file open for writing, as far as the kernel can tell us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// Nobody has it open for writing: a complete file as far as its writers are concerned.
+    None,
+    /// Some process has it open for writing: not ready.
+    Some,
+    /// Cannot tell (not the owner and no `CAP_LEASE`, or a filesystem without leases):
+    /// fall back to the events and timers.
+    Unknown,
+}
+
+/// Asks the kernel whether `file` (open read-only) is open for writing anywhere, by taking
+/// a read lease: Linux refuses one (`EAGAIN`) while the file has writers. A lease we get is
+/// released at once: while held, a writer's `open` would block until we let go.
+///
+/// Taking a lease needs the file's owner or `CAP_LEASE` (hence the capability in the
+/// systemd unit); without either the answer is [`Writers::Unknown`].
+pub fn writers(file: &File) -> Writers {
+    ignore_sigio();
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
+    if rc == 0 {
+        // SAFETY: as above. Releasing right away: see the function docs.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return Writers::None;
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EBUSY) => Writers::Some,
+        _ => Writers::Unknown,
+    }
+}
+
+/// [`writers`] for a path, without claiming it (no lock): opens it read-only the way a
+/// claim does and asks. A path that cannot be opened gives [`Writers::Unknown`].
+pub fn probe_writers(path: &Path) -> Writers {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => writers(&f),
+        _ => Writers::Unknown,
+    }
+}
+
+/// When a writer opens a file while we hold its lease (the few microseconds between taking
+/// and releasing it), the kernel signals the lease holder with SIGIO, whose default action
+/// ends the process. Nothing in accio uses SIGIO, so it is ignored, once, before the first
+/// lease.
+fn ignore_sigio() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+        unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+    });
+}
+
 impl Claim {
     /// `fstat` of the open file now.
     ///
@@ -230,5 +289,23 @@ mod tests {
             claim(&dir.path().join("missing")),
             Err(ClaimError::Gone)
         ));
+    }
+
+    #[test]
+    fn a_lease_tells_whether_a_file_has_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w");
+        let writer = File::create(&f).unwrap();
+        assert_eq!(probe_writers(&f), Writers::Some);
+        let c = claim(&f).unwrap();
+        assert_eq!(writers(&c.file), Writers::Some);
+        drop(writer);
+        assert_eq!(writers(&c.file), Writers::None);
+        assert_eq!(probe_writers(&f), Writers::None);
+        // The lease was released: a writer can open it again at once.
+        let t = std::time::Instant::now();
+        drop(OpenOptions::new().append(true).open(&f).unwrap());
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(probe_writers(&dir.path().join("missing")), Writers::Unknown);
     }
 }

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use super::claim::{self, Identity};
+use super::esc;
+
 /// How many numbered suffixes (`name.1` … ) are tried before a timestamped one.
 const MAX_SUFFIX: u32 = 1000;
 
@@ -22,7 +25,7 @@ fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("path {} contains a NUL byte", path.display()),
+            format!("path {} contains a NUL byte", esc(path)),
         )
     })
 }
@@ -91,8 +94,9 @@ fn candidate(dir: &Path, name: &OsStr, n: u32) -> PathBuf {
 /// Returns where it went.
 ///
 /// # Errors
-/// Renaming failed; the source is still in place. Across filesystems the error's raw OS
-/// code is `EXDEV`: use [`move_into`] (blocking) then.
+/// Renaming failed (the bare OS error; callers say what was moved where); the source is
+/// still in place. Across filesystems the error's raw OS code is `EXDEV`: use
+/// [`move_into`] (blocking) then.
 pub fn rename_into(from: &Path, dir: &Path, name: &OsStr, syncer: &Syncer) -> io::Result<PathBuf> {
     for n in 0..=MAX_SUFFIX + 1 {
         let to = candidate(dir, name, n);
@@ -105,18 +109,12 @@ pub fn rename_into(from: &Path, dir: &Path, name: &OsStr, syncer: &Syncer) -> io
                 return Ok(to);
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return Err(e),
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot move {} to {}: {e}", from.display(), to.display()),
-                ))
-            }
+            Err(e) => return Err(e),
         }
     }
     Err(io::Error::new(
         io::ErrorKind::AlreadyExists,
-        format!("no free name for {:?} in {}", name, dir.display()),
+        format!("no free name for {} in {}", esc(Path::new(name)), esc(dir)),
     ))
 }
 
@@ -137,10 +135,271 @@ pub fn move_into(
 ) -> io::Result<PathBuf> {
     match rename_into(from, dir, name, syncer) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            copy_across(file, from, dir, name, syncer)
+            copy_across(file, from, None, dir, name, syncer).map(|(to, _)| to)
         }
         other => other,
     }
+}
+
+/// What [`move_if_ours`] / [`delete_if_ours`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposed {
+    /// Moved there (`Some`), or deleted (`None`).
+    Done(Option<PathBuf>),
+    /// The name no longer holds the inode we sent (replaced or removed meanwhile): our file
+    /// has left the spool already and whatever the name holds now was not touched (or was
+    /// put back). The name must be looked at again.
+    NotOurs,
+    /// Still our inode, but its content changed after it was checked: left (or put back) in
+    /// the spool, to be sent again.
+    Changed,
+}
+
+/// The same inode with the same content. A rename changes the ctime, so it is not compared.
+fn is_ours(now: &Identity, id: &Identity) -> bool {
+    now.same_inode(id) && now.size == id.size && now.mtime_ns == id.mtime_ns
+}
+
+/// Is `path` still exactly `id`? `None` if so, else what to report.
+fn check_ours(path: &Path, id: &Identity) -> io::Result<Option<Disposed>> {
+    match claim::lstat(path) {
+        Ok(now) if now == *id => Ok(None),
+        Ok(now) if now.same_inode(id) => Ok(Some(Disposed::Changed)),
+        Ok(_) => Ok(Some(Disposed::NotOurs)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(Disposed::NotOurs)),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot inspect {}: {e}", esc(path)),
+        )),
+    }
+}
+
+/// After renaming `spool_path` to `moved`: if `moved` is not the inode `id` (the name was
+/// swapped between our check and our rename, or the file changed), it goes back into the
+/// spool, never replacing anything: under its name, or a free suffixed one if that is taken
+/// again. A file never leaves the spool unsent.
+fn verify_moved(
+    spool_path: &Path,
+    moved: PathBuf,
+    id: &Identity,
+    syncer: &Syncer,
+) -> io::Result<Disposed> {
+    let now = claim::lstat(&moved).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot inspect {} after moving it: {e}", esc(&moved)),
+        )
+    })?;
+    if is_ours(&now, id) {
+        return Ok(Disposed::Done(Some(moved)));
+    }
+    put_back(&moved, spool_path, syncer)?;
+    Ok(if now.same_inode(id) {
+        Disposed::Changed
+    } else {
+        Disposed::NotOurs
+    })
+}
+
+/// Renames `moved` back to `spool_path`, or to a free `NAME.N` beside it.
+fn put_back(moved: &Path, spool_path: &Path, syncer: &Syncer) -> io::Result<PathBuf> {
+    let dir = spool_path.parent().unwrap_or(Path::new("."));
+    let name = spool_path.file_name().unwrap_or_default();
+    for n in 0..=MAX_SUFFIX + 1 {
+        let to = candidate(dir, name, n);
+        match rename_noreplace(moved, &to) {
+            Ok(()) => {
+                syncer.mark(dir);
+                if let Some(p) = moved.parent() {
+                    syncer.mark(p);
+                }
+                if n == 0 {
+                    tracing::warn!(
+                        path = %esc(spool_path),
+                        "{} was replaced by another file while being moved; that file was put back, it is sent on its own",
+                        esc(spool_path)
+                    );
+                } else {
+                    tracing::warn!(
+                        path = %esc(&to),
+                        "{} was replaced by another file while being moved and the name is taken again; that file was put back as {}, it is sent on its own",
+                        esc(spool_path),
+                        esc(&to)
+                    );
+                }
+                return Ok(to);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                tracing::error!(
+                    path = %esc(moved),
+                    "{} is not the file that was sent, and it cannot be put back into the spool as {}: {e}; move it back by hand",
+                    esc(moved),
+                    esc(&to)
+                );
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot put {} back as {}: {e}", esc(moved), esc(&to)),
+                ));
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no free name to put {} back into the spool", esc(moved)),
+    ))
+}
+
+/// Moves the spool entry `from` into `dir` (like [`move_into`]) only if it still is the
+/// inode `id`, unchanged; checked right before and, since the name may be swapped in
+/// between, again right after the rename (see [`Disposed`]). Blocking across filesystems.
+///
+/// # Errors
+/// Inspecting, renaming, copying or syncing failed; the source is then still in the spool.
+pub fn move_if_ours(
+    file: Option<&File>,
+    from: &Path,
+    id: &Identity,
+    dir: &Path,
+    name: &OsStr,
+    syncer: &Syncer,
+) -> io::Result<Disposed> {
+    let ctx = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot move {} to {}: {e}", esc(from), esc(dir)),
+        )
+    };
+    if let Some(d) = check_ours(from, id).map_err(ctx)? {
+        return Ok(d);
+    }
+    match rename_into(from, dir, name, syncer) {
+        Ok(to) => verify_moved(from, to, id, syncer).map_err(ctx),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let (to, removed) =
+                copy_across(file, from, Some(id), dir, name, syncer).map_err(ctx)?;
+            Ok(match removed {
+                // The copy in `dir` is our content, read from the claimed descriptor; the
+                // spool name held another file by then and keeps it.
+                Disposed::Done(_) | Disposed::NotOurs => Disposed::Done(Some(to)),
+                Disposed::Changed => Disposed::Changed,
+            })
+        }
+        Err(e) => Err(ctx(e)),
+    }
+}
+
+/// Deletes the spool entry `path` only if it still is the inode `id`, unchanged. An unlink
+/// by name cannot be checked, so the entry is first renamed to a hidden name of ours
+/// (`.NAME.accio-XXXXXXXX.del`), checked there, and only then unlinked; if it is not ours
+/// it goes back (see [`verify_moved`]).
+///
+/// # Errors
+/// Inspecting, renaming or unlinking failed; the file is still in the spool.
+pub fn delete_if_ours(path: &Path, id: &Identity, syncer: &Syncer) -> io::Result<Disposed> {
+    if let Some(d) = check_ours(path, id)? {
+        return Ok(d);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    // A long name is shortened to fit; if a crash leaves the temporary, the file comes back
+    // under that shortened name (still in the spool, sent again).
+    let tmp = dir.join(fit_name(
+        &tmp_name,
+        &format!(".accio-{:08x}.del", fastrand::u32(..)),
+    ));
+    rename_noreplace(path, &tmp)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot delete {}: {e}", esc(path))))?;
+    match claim::lstat(&tmp) {
+        Ok(now) if is_ours(&now, id) => {
+            std::fs::remove_file(&tmp).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot delete {}: {e}", esc(&tmp)))
+            })?;
+            syncer.mark(dir);
+            Ok(Disposed::Done(None))
+        }
+        Ok(now) => {
+            put_back(&tmp, path, syncer)?;
+            Ok(if now.same_inode(id) {
+                Disposed::Changed
+            } else {
+                Disposed::NotOurs
+            })
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot inspect {}: {e}", esc(&tmp)),
+        )),
+    }
+}
+
+/// Is `name` one of our temporaries: `.ANY.accio-XXXXXXXX.<ext>`?
+fn is_our_temporary(name: &OsStr, ext: &str) -> bool {
+    let b = name.as_bytes();
+    let suffix_len = ".accio-".len() + 8 + 1 + ext.len();
+    if b.len() <= suffix_len + 1 || b[0] != b'.' {
+        return false;
+    }
+    let tail = &b[b.len() - suffix_len..];
+    tail.starts_with(b".accio-")
+        && tail[7..15].iter().all(u8::is_ascii_hexdigit)
+        && tail[15] == b'.'
+        && &tail[16..] == ext.as_bytes()
+}
+
+/// Our entries in `dir` named like `.ANY.accio-XXXXXXXX.<ext>` untouched for more than a
+/// minute (a live one of another instance is younger): for a copy (`tmp`) its data were
+/// written more than a minute ago (mtime); for a delete (`del`, a rename that keeps the
+/// mtime) it was renamed more than a minute ago (ctime).
+fn stale_ours(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    rd.flatten()
+        .filter(|e| is_our_temporary(&e.file_name(), ext))
+        .filter(|e| {
+            e.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                let t = if ext == "del" { m.ctime() } else { m.mtime() };
+                m.is_file()
+                    && std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64) < old
+            })
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Removes copies into `dir` (done_dir, failed_dir) that a crash interrupted:
+/// `.NAME.accio-XXXXXXXX.tmp`, untouched for a minute. The source of each is still in the
+/// spool, so nothing is lost. Blocking.
+pub fn clean_stale_temporaries(dir: &Path) {
+    for p in stale_ours(dir, "tmp") {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {
+                tracing::info!(path = %esc(&p), "removed {}, left by an interrupted move", esc(&p))
+            }
+            Err(e) => {
+                tracing::warn!(path = %esc(&p), "cannot remove {} (left by an interrupted move): {e}", esc(&p))
+            }
+        }
+    }
+}
+
+/// Puts back into the spool the files a crash left under the hidden name a delete uses
+/// (`.NAME.accio-XXXXXXXX.del`), untouched for a minute: whether it was the delivered file
+/// or another one is not known any more, so it is sent (again). Blocking.
+pub fn restore_stale_deletions(spool: &Path) {
+    let syncer = Syncer::default();
+    for p in stale_ours(spool, "del") {
+        let name = p.file_name().unwrap_or_default().as_bytes();
+        let orig = OsStr::from_bytes(&name[1..name.len() - ".accio-XXXXXXXX.del".len()]);
+        if let Err(e) = put_back(&p, &spool.join(orig), &syncer) {
+            tracing::warn!(path = %esc(&p), "{e}");
+        }
+    }
+    syncer.flush_blocking();
 }
 
 /// The move across filesystems: copy to a hidden temporary in `dir`, fsync it, rename it
@@ -149,12 +408,13 @@ pub fn move_into(
 fn copy_across(
     file: Option<&File>,
     from: &Path,
+    id: Option<&Identity>,
     dir: &Path,
     name: &OsStr,
     syncer: &Syncer,
-) -> io::Result<PathBuf> {
+) -> io::Result<(PathBuf, Disposed)> {
     let ctx = |what: &str, p: &Path, e: io::Error| {
-        io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
+        io::Error::new(e.kind(), format!("{what} {}: {e}", esc(p)))
     };
     let mut tmp_name = OsString::from(".");
     tmp_name.push(name);
@@ -196,16 +456,30 @@ fn copy_across(
         }
         Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("no free name for {:?} in {}", name, dir.display()),
+            format!("no free name for {} in {}", esc(Path::new(name)), esc(dir)),
         ))
     })();
     match result {
         Ok(to) => {
-            std::fs::remove_file(from).map_err(|e| ctx("copied but cannot remove", from, e))?;
+            // Only our inode is removed from the spool: the name may hold another file now.
+            let removed = match id {
+                Some(id) => delete_if_ours(from, id, syncer).map_err(|e| {
+                    ctx(
+                        "copied to",
+                        &to,
+                        io::Error::new(e.kind(), format!("but {e}")),
+                    )
+                })?,
+                None => {
+                    std::fs::remove_file(from)
+                        .map_err(|e| ctx("copied but cannot remove", from, e))?;
+                    Disposed::Done(None)
+                }
+            };
             if let Some(parent) = from.parent() {
                 syncer.mark(parent);
             }
-            Ok(to)
+            Ok((to, removed))
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -220,7 +494,7 @@ fn copy_across(
 /// The unlink failed; the file is still in the spool.
 pub fn delete(path: &Path, syncer: &Syncer) -> io::Result<()> {
     std::fs::remove_file(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot delete {}: {e}", path.display())))?;
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot delete {}: {e}", esc(path))))?;
     if let Some(parent) = path.parent() {
         syncer.mark(parent);
     }
@@ -235,54 +509,47 @@ pub fn delete(path: &Path, syncer: &Syncer) -> io::Result<()> {
 /// # Errors
 /// Creating, writing or renaming the reason file failed.
 pub fn write_reason(moved_to: &Path, text: &str, syncer: &Syncer) -> io::Result<PathBuf> {
+    let ctx =
+        |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("cannot write {}: {e}", esc(p)));
+    // Shortened if needed: `<255-byte name>.reason` would not fit in a directory entry.
+    let reason = fit_name(moved_to.file_name().unwrap_or_default(), ".reason");
     let dir = moved_to.parent().unwrap_or(Path::new("."));
-    let name = moved_to.file_name().unwrap_or_default();
-    let ctx = |e: io::Error| {
-        let p = dir.join(fit_name(name, ".reason"));
-        io::Error::new(e.kind(), format!("cannot write {}: {e}", p.display()))
-    };
-    let fits = name.len() + ".reason".len() <= NAME_MAX;
+    let p = dir.join(&reason);
     let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
+    tmp_name.push(&reason);
     let tmp = dir.join(fit_name(
         &tmp_name,
-        &format!(".reason.{:08x}.tmp", fastrand::u32(..)),
+        &format!(".accio-{:08x}.tmp", fastrand::u32(..)),
     ));
     let written = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
-        if fits {
-            // The full name is this file's own: a stale one from before may be replaced.
-            let p = dir.join(fit_name(name, ".reason"));
-            std::fs::rename(&tmp, &p)?;
-            return Ok(p);
-        }
-        for n in 0..=MAX_SUFFIX {
-            let suffix = match n {
-                0 => ".reason".to_string(),
-                n => format!(".{n}.reason"),
-            };
-            let p = dir.join(fit_name(name, &suffix));
-            match rename_noreplace(&tmp, &p) {
-                Ok(()) => return Ok(p),
+        // Never over an existing file: a spool file named `q.reason` may have failed before.
+        for n in 0..=MAX_SUFFIX + 1 {
+            let to = candidate(dir, &reason, n);
+            match rename_noreplace(&tmp, &to) {
+                Ok(()) => return Ok(to),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
         }
         Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            "no free name for the reason file",
+            "no free name".to_string(),
         ))
     })();
     match written {
-        Ok(p) => {
+        Ok(to) => {
             syncer.mark(dir);
-            Ok(p)
+            Ok(to)
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            Err(ctx(e))
+            Err(ctx(&p, e))
         }
     }
 }
@@ -324,7 +591,7 @@ impl Syncer {
         };
         for dir in dirs {
             if let Err(e) = fsync_dir(&dir) {
-                tracing::warn!(dir = %dir.display(), "cannot fsync directory {}: {e}", dir.display());
+                tracing::warn!(dir = %esc(&dir), "cannot fsync directory {}: {e}", esc(&dir));
             }
         }
     }
@@ -347,6 +614,75 @@ impl Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_swapped_before_the_move_is_left_alone() {
+        let spool = tempfile::tempdir().unwrap();
+        let done = tempfile::tempdir().unwrap();
+        let syncer = Syncer::default();
+        let p = spool.path().join("r");
+        std::fs::write(&p, b"old").unwrap();
+        let old = claim::lstat(&p).unwrap();
+        let tmp = spool.path().join(".r.part");
+        std::fs::write(&tmp, b"new").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        let d = move_if_ours(None, &p, &old, done.path(), OsStr::new("r"), &syncer).unwrap();
+        assert_eq!(d, Disposed::NotOurs);
+        assert_eq!(
+            delete_if_ours(&p, &old, &syncer).unwrap(),
+            Disposed::NotOurs
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        assert!(std::fs::read_dir(done.path()).unwrap().next().is_none());
+        // Swapped between check and rename: put back, never lost.
+        let new = claim::lstat(&p).unwrap();
+        let moved = done.path().join("r");
+        std::fs::rename(&p, &moved).unwrap();
+        std::fs::write(&p, b"newer").unwrap();
+        assert_eq!(
+            verify_moved(&p, moved.clone(), &old, &syncer).unwrap(),
+            Disposed::NotOurs
+        );
+        assert!(!moved.exists());
+        assert_eq!(std::fs::read(spool.path().join("r.1")).unwrap(), b"new");
+        assert_eq!(std::fs::read(&p).unwrap(), b"newer");
+        let _ = new;
+    }
+
+    #[test]
+    fn a_reason_never_replaces_a_file() {
+        let failed = tempfile::tempdir().unwrap();
+        let syncer = Syncer::default();
+        let q = failed.path().join("q");
+        std::fs::write(&q, b"q").unwrap();
+        std::fs::write(failed.path().join("q.reason"), b"a failed file").unwrap();
+        let r = write_reason(&q, "why", &syncer).unwrap();
+        assert_eq!(r, failed.path().join("q.reason.1"));
+        assert_eq!(std::fs::read(&r).unwrap(), b"why");
+        assert_eq!(
+            std::fs::read(failed.path().join("q.reason")).unwrap(),
+            b"a failed file"
+        );
+    }
+
+    #[test]
+    fn our_temporaries_are_recognised() {
+        assert!(is_our_temporary(OsStr::new(".a.accio-0123abcd.tmp"), "tmp"));
+        assert!(is_our_temporary(
+            OsStr::new(".a b.accio-0123abcd.del"),
+            "del"
+        ));
+        assert!(!is_our_temporary(OsStr::new("a.accio-0123abcd.tmp"), "tmp"));
+        assert!(!is_our_temporary(
+            OsStr::new(".a.accio-0123abcz.tmp"),
+            "tmp"
+        ));
+        assert!(!is_our_temporary(OsStr::new(".accio-0123abcd.tmp"), "tmp"));
+        assert!(!is_our_temporary(
+            OsStr::new(".a.accio-0123abcd.tmp"),
+            "del"
+        ));
+    }
 
     #[test]
     fn move_never_overwrites() {
@@ -382,9 +718,20 @@ mod tests {
             // Across filesystems too (the temporary name must fit as well).
             std::fs::write(&src, content).unwrap();
             let f = File::open(&src).unwrap();
-            moved.push(copy_across(Some(&f), &src, done.path(), &name, &syncer).unwrap());
+            moved.push(
+                copy_across(Some(&f), &src, None, done.path(), &name, &syncer)
+                    .unwrap()
+                    .0,
+            );
         }
         assert_eq!(moved[0], done.path().join(&name));
+        // on_success = "delete" goes through a temporary name as well.
+        let src = spool.path().join(&name);
+        std::fs::write(&src, b"three").unwrap();
+        let id = claim::lstat(&src).unwrap();
+        delete_if_ours(&src, &id, &syncer).unwrap();
+        assert!(!src.exists());
+        assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
         let distinct: HashSet<_> = moved.iter().collect();
         assert_eq!(distinct.len(), 4, "{moved:?}");
         let reasons: Vec<_> = moved
@@ -409,7 +756,17 @@ mod tests {
         std::fs::write(&src, b"content").unwrap();
         std::fs::write(done.path().join("b"), b"other").unwrap();
         let f = File::open(&src).unwrap();
-        let to = copy_across(Some(&f), &src, done.path(), OsStr::new("b"), &syncer).unwrap();
+        let id = claim::lstat(&src).unwrap();
+        let (to, removed) = copy_across(
+            Some(&f),
+            &src,
+            Some(&id),
+            done.path(),
+            OsStr::new("b"),
+            &syncer,
+        )
+        .unwrap();
+        assert_eq!(removed, Disposed::Done(None));
         assert_eq!(to, done.path().join("b.1"));
         assert_eq!(std::fs::read(&to).unwrap(), b"content");
         assert!(!src.exists());

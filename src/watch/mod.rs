@@ -17,7 +17,7 @@ pub mod queue;
 pub mod uploader;
 pub mod watcher;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -28,23 +28,67 @@ use crate::config::{Config, NameFilter, RetryPolicy, WatchConfig};
 use crate::protocol::Timeouts;
 use crate::status::Stats;
 
+/// A path for log messages and fields: control characters (a newline in a file name would
+/// split the log line and could forge another), backslashes and bytes that are not UTF-8
+/// are written as escapes (`\n`, `\\`, `\u{1b}`, `\xff`), everything else as is.
+pub struct Esc<'a>(pub &'a Path);
+
+/// [`Esc`] for `path`.
+pub fn esc(path: &Path) -> Esc<'_> {
+    Esc(path)
+}
+
+impl std::fmt::Display for Esc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        use std::os::unix::ffi::OsStrExt;
+        for chunk in self.0.as_os_str().as_bytes().utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\\' => f.write_str("\\\\")?,
+                    '\n' => f.write_str("\\n")?,
+                    '\r' => f.write_str("\\r")?,
+                    '\t' => f.write_str("\\t")?,
+                    c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+                    c => f.write_char(c)?,
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Esc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Not-regular entries already reported ("ignoring … FIFO"), by path, with the identity
+/// reported. Owned by the daemon so that a reload (a new pipeline) does not report them
+/// again: each is reported once per process (again only if it changes).
+pub type Reported = Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, claim::Identity>>>;
+
 /// Errors that stop the service. Problems with one file never are: they are logged and
 /// retried or set aside.
 #[derive(Debug, thiserror::Error)]
 pub enum FatalError {
-    #[error("inotify watch limit reached (fs.inotify.max_user_watches) while watching {}; raise it, e.g. sysctl fs.inotify.max_user_watches=524288", dir.display())]
+    #[error("inotify watch limit reached (fs.inotify.max_user_watches) while watching {}; raise it, e.g. sysctl fs.inotify.max_user_watches=524288", esc(dir))]
     InotifyWatchLimit { dir: PathBuf },
     #[error("inotify instance limit reached (fs.inotify.max_user_instances); raise it, e.g. sysctl fs.inotify.max_user_instances=1024")]
     InotifyInstanceLimit,
-    #[error("cannot watch {}: {message}", dir.display())]
+    #[error("cannot watch {}: {message}", esc(dir))]
     Watch { dir: PathBuf, message: String },
-    #[error("cannot list {}: {source}", dir.display())]
+    #[error("cannot list {}: {source}", esc(dir))]
     List {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid name pattern for {}: {message}", dir.display())]
+    #[error("invalid name pattern for {}: {message}", esc(dir))]
     Filter { dir: PathBuf, message: String },
 }
 
@@ -78,6 +122,21 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<()>>,
+) -> Result<(), FatalError> {
+    run_with(config, stats, shutdown, ready, Reported::default()).await
+}
+
+/// [`run`], sharing the set of special entries already reported with earlier pipelines
+/// of the same process (see [`Reported`]).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    config: Config,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<()>>,
+    reported: Reported,
 ) -> Result<(), FatalError> {
     let mut watches = Vec::with_capacity(config.watches.len());
     for w in &config.watches {
@@ -114,6 +173,7 @@ pub async fn run(
         shared,
         config.concurrency,
         config.shutdown_grace,
+        reported,
     );
     for (i, w) in watches.iter().enumerate() {
         let w2 = w.clone();
@@ -126,11 +186,24 @@ pub async fn run(
             dir: w.cfg.dir.clone(),
             source,
         })?;
+        // Leftovers of a crash, in the background: done_dir may be large, and nothing
+        // waits for this.
+        let (done, failed, spool) = (
+            w.cfg.done_dir.clone(),
+            w.cfg.failed_dir.clone(),
+            w.cfg.dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            for d in done.iter().chain(std::iter::once(&failed)) {
+                disposition::clean_stale_temporaries(d);
+            }
+            disposition::restore_stale_deletions(&spool);
+        });
         tracing::info!(
-            dir = %w.cfg.dir.display(),
+            dir = %esc(&w.cfg.dir),
             backlog = listing.entries.len(),
             "watching {} ({} entries already there) → {}",
-            w.cfg.dir.display(),
+            esc(&w.cfg.dir),
             listing.entries.len(),
             w.cfg.server
         );
@@ -155,4 +228,19 @@ pub async fn run(
     sync_stop.cancel();
     let _ = sync_task.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn paths_in_logs_are_escaped() {
+        let p = Path::new(std::ffi::OsStr::from_bytes(
+            b"/s/a\nb\\c\t\x1b[1m\xff\xc3\xa9",
+        ));
+        assert_eq!(esc(p).to_string(), "/s/a\\nb\\\\c\\t\\u{1b}[1m\\xffé");
+        assert_eq!(esc(Path::new("/plain/name")).to_string(), "/plain/name");
+    }
 }

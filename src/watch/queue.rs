@@ -4,16 +4,22 @@
 //! Every name moves through a small state machine:
 //!
 //! ```text
-//!   created/modified ──> Writing ──(closed)──> Settling ──(unchanged for `settle`)──> Ready
-//!   found by a scan  ──────────────────────────> Settling
+//!   created/modified ──> Writing ──(closed, or no writer left)──> Settling
+//!   found by a scan  ────────────────────────────────────────────> Settling
+//!   Settling ──(unchanged for `settle`)──> Ready
 //!   moved in ──────────────────────────────────────────────────────────────────────> Ready
-//!   Ready ──(a slot is free)──> InFlight ──> delivered / given up: forgotten
+//!   Ready ──(a slot is free)──> InFlight ──> delivered / given up: look at the name again
 //!                                        ──> failed: Waiting (backoff) ──> Ready
+//!                                        ──> server unreachable: Waiting (not counted)
+//!                                        ──> still open for writing: Writing
 //!                                        ──> changed while sent: Settling
 //! ```
 //!
+//! "No writer left" is asked of the kernel with a lease ([`claim::writers`]); where it
+//! cannot tell, a writer silent for [`WRITER_QUIET_MIN`] is taken as done.
+//!
 //! Not-regular entries (symlinks, FIFOs, sockets, devices, directories) are kept apart, with
-//! their identity, only so each is reported once.
+//! their identity, only so each is reported once (per process: see [`super::Reported`]).
 //!
 //! Each state that waits has a deadline in one timer heap (lazy: a stale timer is recognised
 //! by its generation and skipped), so an idle service sleeps until the next deadline and
@@ -33,7 +39,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::claim::{self, Identity, Kind};
+use super::claim::{self, Identity, Kind, Writers};
+use super::esc;
 use super::uploader::{self, After, Job, Mode, Outcome};
 use super::watcher::{self, Hint, Listing, Msg, Watcher};
 use super::{Shared, WatchCtx};
@@ -41,10 +48,23 @@ use super::{Shared, WatchCtx};
 /// A name in one of the watched directories: (watch number, file name).
 type Key = (usize, OsString);
 
-/// A file seen being written (created or modified, never closed) is considered abandoned by
-/// its writer only after this much silence, or the rescan interval if longer. Files that
-/// appear without a close (hard links) wait this long; writers are told to rename instead.
+/// Where the kernel cannot tell whether a file has writers (no lease: see
+/// [`claim::writers`]), a file seen being written (created or modified, never closed) is
+/// considered abandoned by its writer only after this much silence, or the rescan interval
+/// if longer. The hidden environment variable `ACCIO_WRITER_QUIET_MS` overrides it (tests).
 const WRITER_QUIET_MIN: Duration = Duration::from_secs(30);
+
+/// How often a file that is still open for writing is looked at again (besides its close
+/// event), at least; the settle time if longer.
+const WRITER_RECHECK: Duration = Duration::from_secs(1);
+
+/// Spread of the retries of files waiting for a destination that turned out reachable
+/// again, so that they do not all connect in the same instant.
+const RECOVERY_JITTER_MS: u64 = 250;
+
+/// A failed move/delete is reported at ERROR the first time, when its error changes, and
+/// every this many failures; at DEBUG otherwise.
+const DISPOSITION_REPORT_EVERY: u32 = 20;
 
 /// How long to wait before looking again at a file another instance is sending.
 const BUSY_RECHECK: Duration = Duration::from_millis(500);
@@ -63,9 +83,9 @@ enum State {
     Settling { since: Instant, snap: Identity },
     /// In the ready queue.
     Ready,
-    /// An upload task has it. `dirty`: something happened to the name meanwhile, so look
-    /// at it again afterwards.
-    InFlight { dirty: bool },
+    /// An upload task has it; whatever happens to the name meanwhile, it is looked at again
+    /// afterwards.
+    InFlight,
     /// Backing off after a failure, or waiting for another instance's claim.
     Waiting,
 }
@@ -73,8 +93,15 @@ enum State {
 #[derive(Debug)]
 struct Entry {
     state: State,
-    /// Failed upload attempts so far.
+    /// Failed upload attempts so far (those that count against `max_attempts`).
     failures: u32,
+    /// Consecutive attempts that could not reach the destination (not counted as failures;
+    /// only the backoff grows).
+    unreachable: u32,
+    /// Consecutive failed moves/deletes of a delivered (or given up) file, and the last
+    /// error, to back off and to report them without flooding the log.
+    disp_failures: u32,
+    disp_error: Option<String>,
     /// Delivered or given up, but not yet moved: the next attempt only finishes that.
     pending: Option<(Identity, After)>,
     /// Generation of the entry's live timer; older timers are stale.
@@ -86,6 +113,9 @@ impl Entry {
         Entry {
             state,
             failures: 0,
+            unreachable: 0,
+            disp_failures: 0,
+            disp_error: None,
             pending: None,
             gen: 0,
         }
@@ -95,6 +125,19 @@ impl Entry {
 /// How soon a directory that could not be listed is tried again (unless the rescan interval
 /// is shorter): it may be back soon (replaced, remounted).
 const RELIST_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// Delay before retrying a failed move/delete for the `n`th time: doubling from
+/// `retry.initial` (at least [`BUSY_RECHECK`]) up to `retry.max`, in its upper half at random.
+fn disposition_backoff(retry: &crate::config::RetryPolicy, n: u32) -> Duration {
+    let base = retry.initial.max(BUSY_RECHECK);
+    let cap = base
+        .checked_mul(1u32 << n.saturating_sub(1).min(20))
+        .unwrap_or(retry.max)
+        .min(retry.max.max(BUSY_RECHECK));
+    let half = cap / 2;
+    let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
+    half + Duration::from_nanos(fastrand::u64(0..=nanos))
+}
 
 /// Everything the queue task owns.
 pub struct Queue {
@@ -110,8 +153,14 @@ pub struct Queue {
     /// How long in-flight uploads may finish after shutdown.
     grace: Duration,
     entries: HashMap<Key, Entry>,
-    /// Entries that are not regular files, with the identity already reported.
-    ignored: HashMap<Key, Identity>,
+    /// Entries that are not regular files, with the identity already reported; shared
+    /// with the pipelines before and after a reload.
+    reported: super::Reported,
+    /// Files waiting (backing off) because their destination could not be reached: woken
+    /// when an upload to that destination succeeds. Lazy: checked when used.
+    unreachable: HashSet<Key>,
+    /// See [`WRITER_QUIET_MIN`].
+    writer_quiet_min: Duration,
     timers: BinaryHeap<Reverse<(Instant, u64, Key)>>,
     next_gen: u64,
     /// Ready keys in the order they became ready (lazy: checked when popped).
@@ -137,6 +186,7 @@ impl Queue {
         shared: Arc<Shared>,
         concurrency: usize,
         grace: Duration,
+        reported: super::Reported,
     ) -> Queue {
         let now = Instant::now();
         let n = watches.len();
@@ -152,7 +202,12 @@ impl Queue {
             concurrency: concurrency.max(1),
             grace,
             entries: HashMap::new(),
-            ignored: HashMap::new(),
+            reported,
+            unreachable: HashSet::new(),
+            writer_quiet_min: std::env::var("ACCIO_WRITER_QUIET_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(WRITER_QUIET_MIN, Duration::from_millis),
             timers: BinaryHeap::new(),
             next_gen: 1,
             ready: VecDeque::new(),
@@ -175,7 +230,22 @@ impl Queue {
         self.watches[watch]
             .cfg
             .rescan_interval
-            .max(WRITER_QUIET_MIN)
+            .max(self.writer_quiet_min)
+    }
+
+    fn writer_recheck(&self, watch: usize) -> Duration {
+        self.settle(watch).max(WRITER_RECHECK)
+    }
+
+    fn is_reported(&self, key: &Key) -> bool {
+        let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        reported.contains_key(&self.path(key))
+    }
+
+    fn unreport(&self, key: &Key) {
+        let path = self.path(key);
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        reported.remove(&path);
     }
 
     fn path(&self, key: &Key) -> std::path::PathBuf {
@@ -193,7 +263,7 @@ impl Queue {
 
     fn make_ready(&mut self, key: &Key) {
         if let Some(e) = self.entries.get_mut(key) {
-            if !matches!(e.state, State::Ready | State::InFlight { .. }) {
+            if !matches!(e.state, State::Ready | State::InFlight) {
                 e.state = State::Ready;
                 self.ready.push_back(key.clone());
             }
@@ -203,16 +273,17 @@ impl Queue {
     /// Reports a not-regular entry once per identity and forgets it as a candidate.
     fn ignore(&mut self, key: Key, id: Identity) {
         self.entries.remove(&key);
-        if self.ignored.get(&key) != Some(&id) {
-            let path = self.path(&key);
+        let path = self.path(&key);
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if reported.get(&path) != Some(&id) {
             tracing::warn!(
-                path = %path.display(),
+                path = %esc(&path),
                 kind = %id.kind,
                 "ignoring {}: it is a {}, not a regular file; it is left alone and never sent",
-                path.display(),
+                esc(&path),
                 id.kind
             );
-            self.ignored.insert(key, id);
+            reported.insert(path, id);
         }
     }
 
@@ -223,7 +294,7 @@ impl Queue {
         match claim::lstat(&path) {
             Ok(id) if id.kind != Kind::Regular => self.ignore(key, id),
             Ok(id) => {
-                self.ignored.remove(&key);
+                self.unreport(&key);
                 let now = Instant::now();
                 let at = now + self.settle(key.0);
                 let e = self
@@ -249,31 +320,27 @@ impl Queue {
         }
         let key = (watch, name);
         if let Some(Entry {
-            state: State::InFlight { dirty },
+            state: State::InFlight,
             ..
-        }) = self.entries.get_mut(&key)
+        }) = self.entries.get(&key)
         {
-            // The upload task owns it; afterwards, look again if someone touched the name.
-            // (Our own move away shows up as `Gone`.)
-            if hint != Hint::Gone {
-                *dirty = true;
-            }
+            // The upload task owns it; the name is looked at again after it.
             return;
         }
         let now = Instant::now();
         match hint {
             Hint::Gone => {
                 self.entries.remove(&key);
-                self.ignored.remove(&key);
+                self.unreport(&key);
             }
             Hint::Created | Hint::Modified => {
-                if hint == Hint::Created || self.ignored.contains_key(&key) {
+                if hint == Hint::Created || self.is_reported(&key) {
                     // Links, FIFOs, sockets and directories announce themselves only by a
                     // create: find out now what it is.
                     match claim::lstat(&self.path(&key)) {
                         Ok(id) if id.kind != Kind::Regular => return self.ignore(key, id),
                         Ok(_) => {
-                            self.ignored.remove(&key);
+                            self.unreport(&key);
                         }
                         Err(_) => {
                             self.entries.remove(&key);
@@ -281,7 +348,9 @@ impl Queue {
                         }
                     }
                 }
-                let quiet = self.writer_quiet(watch);
+                // Looked at after the settle time: by then the kernel can tell whether a
+                // writer has it open (a hard link, say, has none and needs no close).
+                let probe = self.settle(watch);
                 match self.entries.get_mut(&key) {
                     Some(Entry {
                         state: State::Writing { last },
@@ -289,12 +358,12 @@ impl Queue {
                     }) => *last = now,
                     Some(e) => {
                         e.state = State::Writing { last: now };
-                        self.arm(&key, now + quiet);
+                        self.arm(&key, now + probe);
                     }
                     None => {
                         self.entries
                             .insert(key.clone(), Entry::new(State::Writing { last: now }));
-                        self.arm(&key, now + quiet);
+                        self.arm(&key, now + probe);
                     }
                 }
             }
@@ -307,7 +376,7 @@ impl Queue {
                         return;
                     }
                 };
-                self.ignored.remove(&key);
+                self.unreport(&key);
                 let settle = self.settle(watch);
                 match self.entries.get_mut(&key) {
                     Some(Entry {
@@ -337,7 +406,7 @@ impl Queue {
             Hint::MovedIn => match claim::lstat(&self.path(&key)) {
                 Ok(id) if id.kind != Kind::Regular => self.ignore(key, id),
                 Ok(_) => {
-                    self.ignored.remove(&key);
+                    self.unreport(&key);
                     // A file renamed in is complete by the writers' convention: a new file,
                     // whatever this name held before.
                     let e = self
@@ -345,7 +414,10 @@ impl Queue {
                         .entry(key.clone())
                         .or_insert_with(|| Entry::new(State::Waiting));
                     e.failures = 0;
+                    e.unreachable = 0;
                     e.pending = None;
+                    e.disp_failures = 0;
+                    e.disp_error = None;
                     if matches!(e.state, State::Settling { .. } | State::Writing { .. }) {
                         e.state = State::Waiting;
                     }
@@ -376,7 +448,7 @@ impl Queue {
                 }
                 continue;
             }
-            self.ignored.remove(&key);
+            self.unreport(&key);
             if self.entries.contains_key(&key) {
                 continue;
             }
@@ -389,8 +461,11 @@ impl Queue {
             );
             self.arm(&key, at);
         }
-        self.ignored
-            .retain(|k, _| k.0 != watch || present.contains(&k.1));
+        let dir = &self.watches[watch].cfg.dir;
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        reported.retain(|p, _| {
+            p.parent() != Some(dir.as_path()) || p.file_name().is_some_and(|n| present.contains(n))
+        });
     }
 
     /// If the directory at the watched path is not the one listed before (removed and
@@ -404,9 +479,9 @@ impl Queue {
         if before.is_some() {
             match self.watcher.rewatch(&dir) {
                 Ok(()) => tracing::warn!(
-                    dir = %dir.display(),
+                    dir = %esc(&dir),
                     "{} was replaced (or mounted over); watching the new one",
-                    dir.display()
+                    esc(&dir)
                 ),
                 Err(e) => {
                     tracing::error!("{e}; relying on rescans and trying again at the next one");
@@ -428,17 +503,33 @@ impl Queue {
         }
         match e.state {
             State::Writing { last } => {
-                let quiet = self.writer_quiet(key.0);
-                if now < last + quiet {
-                    self.arm(&key, last + quiet);
-                } else {
-                    let path = self.path(&key);
-                    tracing::info!(
-                        path = %path.display(),
-                        "{} was being written but nothing happened to it for {quiet:?}; treating it as complete once it settles",
-                        path.display()
-                    );
-                    self.settle_from_now(key);
+                let path = self.path(&key);
+                match claim::probe_writers(&path) {
+                    // Nobody has it open for writing (any more): settle it like a closed
+                    // file. Also how a hard link into the spool is taken.
+                    Writers::None => self.settle_from_now(key),
+                    Writers::Some => {
+                        tracing::debug!(
+                            path = %esc(&path),
+                            "{} is open for writing; it is sent once it is closed",
+                            esc(&path)
+                        );
+                        let again = self.writer_recheck(key.0);
+                        self.arm(&key, now + again);
+                    }
+                    Writers::Unknown => {
+                        let quiet = self.writer_quiet(key.0);
+                        if now < last + quiet {
+                            self.arm(&key, last + quiet);
+                        } else {
+                            tracing::info!(
+                                path = %esc(&path),
+                                "{} was being written but nothing happened to it for {quiet:?}; treating it as complete once it settles",
+                                esc(&path)
+                            );
+                            self.settle_from_now(key);
+                        }
+                    }
                 }
             }
             State::Settling { since, snap } => {
@@ -465,7 +556,7 @@ impl Queue {
                 }
             }
             State::Waiting => self.make_ready(&key),
-            State::Ready | State::InFlight { .. } => {}
+            State::Ready | State::InFlight => {}
         }
     }
 
@@ -509,12 +600,12 @@ impl Queue {
         match result {
             Ok(listing) => {
                 if std::mem::take(&mut self.list_failing[watch]) {
-                    tracing::info!(dir = %dir.display(), "{} can be listed again", dir.display());
+                    tracing::info!(dir = %esc(&dir), "{} can be listed again", esc(&dir));
                 }
                 tracing::debug!(
-                    dir = %dir.display(),
+                    dir = %esc(&dir),
                     "listed {}: {} entries",
-                    dir.display(),
+                    esc(&dir),
                     listing.entries.len()
                 );
                 self.listed(watch, listing)
@@ -526,12 +617,12 @@ impl Queue {
                     .min(RELIST_AFTER_ERROR)
                     .max(MIN_RESCAN);
                 if std::mem::replace(&mut self.list_failing[watch], true) {
-                    tracing::debug!(dir = %dir.display(), "still cannot list {}: {e}", dir.display());
+                    tracing::debug!(dir = %esc(&dir), "still cannot list {}: {e}", esc(&dir));
                 } else {
                     tracing::error!(
-                        dir = %dir.display(),
+                        dir = %esc(&dir),
                         "cannot list {}: {e}; trying again every {again:?}",
-                        dir.display()
+                        esc(&dir)
                     );
                 }
                 self.next_rescan[watch] = Instant::now() + again;
@@ -553,7 +644,8 @@ impl Queue {
             if !matches!(e.state, State::Ready) {
                 continue;
             }
-            e.state = State::InFlight { dirty: false };
+            e.state = State::InFlight;
+            self.unreachable.remove(&key);
             let mode = match e.pending.take() {
                 Some((id, after)) => Mode::Finish { id, after },
                 None => Mode::Upload,
@@ -574,13 +666,6 @@ impl Queue {
 
     fn finished(&mut self, key: Key, outcome: Option<Outcome>) {
         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let dirty = match self.entries.get(&key) {
-            Some(Entry {
-                state: State::InFlight { dirty },
-                ..
-            }) => *dirty,
-            _ => true,
-        };
         let now = Instant::now();
         let Some(outcome) = outcome else {
             // The task panicked or was aborted: nothing is known; look again.
@@ -588,17 +673,20 @@ impl Queue {
             return self.settle_from_now(key);
         };
         match outcome {
-            Outcome::Delivered | Outcome::GaveUp => {
-                let counter = if matches!(outcome, Outcome::Delivered) {
+            Outcome::Delivered { .. } | Outcome::GaveUp => {
+                let counter = if matches!(outcome, Outcome::Delivered { .. }) {
                     &self.shared.stats.sent
                 } else {
                     &self.shared.stats.failed
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 self.entries.remove(&key);
-                if dirty {
-                    self.settle_from_now(key);
+                if let Outcome::Delivered { uploaded: true } = outcome {
+                    self.destination_reachable(key.0, now);
                 }
+                // Always look at the name again (one lstat): if it was replaced while being
+                // sent, the new file is there and must be sent too.
+                self.settle_from_now(key);
             }
             Outcome::Gone => {
                 self.entries.remove(&key);
@@ -612,6 +700,35 @@ impl Queue {
                 self.arm(&key, now + BUSY_RECHECK.max(self.settle(key.0)));
             }
             Outcome::Changed => self.settle_from_now(key),
+            Outcome::Writer => {
+                let path = self.path(&key);
+                tracing::debug!(
+                    path = %esc(&path),
+                    "{} is open for writing; it is sent once it is closed",
+                    esc(&path)
+                );
+                let again = self.writer_recheck(key.0);
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.state = State::Writing { last: now };
+                }
+                self.arm(&key, now + again);
+            }
+            Outcome::Unreachable { error } => {
+                let path = self.path(&key);
+                let Some(e) = self.entries.get_mut(&key) else {
+                    return;
+                };
+                e.unreachable = e.unreachable.saturating_add(1);
+                e.state = State::Waiting;
+                let retry_in = uploader::backoff(&self.shared.retry, e.unreachable);
+                tracing::warn!(
+                    path = %esc(&path),
+                    "{error}; {} stays in the spool (not counted as a failed attempt); retrying in {retry_in:.1?}",
+                    esc(&path)
+                );
+                self.unreachable.insert(key.clone());
+                self.arm(&key, now + retry_in);
+            }
             Outcome::Failed { retry_in } => {
                 if let Some(e) = self.entries.get_mut(&key) {
                     e.failures = e.failures.saturating_add(1);
@@ -619,13 +736,75 @@ impl Queue {
                 }
                 self.arm(&key, now + retry_in);
             }
-            Outcome::DispositionFailed { id, after } => {
-                let retry_in = uploader::backoff(&self.shared.retry, 4).max(BUSY_RECHECK);
-                if let Some(e) = self.entries.get_mut(&key) {
-                    e.pending = Some((id, after));
-                    e.state = State::Waiting;
+            Outcome::DispositionFailed { id, after, error } => {
+                let path = self.path(&key);
+                let retry = self.shared.retry;
+                let Some(e) = self.entries.get_mut(&key) else {
+                    return;
+                };
+                e.disp_failures = e.disp_failures.saturating_add(1);
+                let n = e.disp_failures;
+                let retry_in = disposition_backoff(&retry, n);
+                let what = match &after {
+                    After::Delivered => "already delivered",
+                    After::GaveUp(_) => "given up on",
+                };
+                let loud = n == 1
+                    || e.disp_error.as_deref() != Some(error.as_str())
+                    || n % DISPOSITION_REPORT_EVERY == 0;
+                if loud {
+                    tracing::error!(
+                        path = %esc(&path),
+                        failures = n,
+                        "{error}; it stays in the spool ({what}; not sent again); trying again in {retry_in:.1?} (failure {n}, reported again if the error changes or every {DISPOSITION_REPORT_EVERY} failures)"
+                    );
+                } else {
+                    tracing::debug!(
+                        path = %esc(&path),
+                        failures = n,
+                        "{error}; it stays in the spool ({what}; not sent again); trying again in {retry_in:.1?} (failure {n})"
+                    );
                 }
+                e.disp_error = Some(error);
+                e.pending = Some((id, after));
+                e.state = State::Waiting;
                 self.arm(&key, now + retry_in);
+            }
+        }
+    }
+
+    /// An upload to the destination of `watch` succeeded: files waiting because that
+    /// destination could not be reached are tried again soon (with a little jitter),
+    /// instead of after their backoff, which may be up to `retry.max`.
+    fn destination_reachable(&mut self, watch: usize, now: Instant) {
+        if self.unreachable.is_empty() {
+            return;
+        }
+        let dest = self.watches[watch].cfg.server.to_string();
+        let keys: Vec<Key> = self
+            .unreachable
+            .iter()
+            .filter(|k| self.watches[k.0].cfg.server.to_string() == dest)
+            .cloned()
+            .collect();
+        for key in keys {
+            self.unreachable.remove(&key);
+            let waiting = match self.entries.get_mut(&key) {
+                Some(e) if matches!(e.state, State::Waiting) && e.unreachable > 0 => {
+                    e.unreachable = 0;
+                    true
+                }
+                _ => false,
+            };
+            if waiting {
+                let jitter = Duration::from_millis(fastrand::u64(0..=RECOVERY_JITTER_MS));
+                let path = self.path(&key);
+                tracing::debug!(
+                    path = %esc(&path),
+                    "{dest} is reachable again: retrying {} in {jitter:.1?}",
+                    esc(&path)
+                );
+                self.arm(&key, now + jitter);
             }
         }
     }

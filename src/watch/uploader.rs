@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::claim::{self, Claim, ClaimError, Identity};
-use super::disposition;
-use super::{Shared, WatchCtx};
-use crate::client::{self, UploadError};
+use super::claim::{self, Claim, ClaimError, Identity, Writers};
+use super::disposition::{self, Disposed};
+use super::{esc, Shared, WatchCtx};
+use crate::client::{self, ClientError, UploadError};
 use crate::config::{OnSuccess, RetryPolicy};
 
 /// One attempt at one file.
@@ -46,8 +46,10 @@ pub enum After {
 /// How an attempt ended, for the queue.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Delivered, and moved to `done_dir` or deleted.
-    Delivered,
+    /// Delivered, and moved to `done_dir` or deleted (or the name was replaced meanwhile,
+    /// so there was nothing to move). `uploaded`: sent in this attempt (the destination
+    /// is reachable), not only moved.
+    Delivered { uploaded: bool },
     /// Given up on and moved to `failed_dir`.
     GaveUp,
     /// The name does not lead to the file any more (gone, replaced): look at it again.
@@ -59,10 +61,20 @@ pub enum Outcome {
     /// Changed during the transfer: not delivered; send again once it settles. Not counted
     /// as a failed attempt, since nothing is wrong with the destination.
     Changed,
+    /// Someone has it open for writing: not complete; wait for the close.
+    Writer,
     /// The attempt failed; try again after `retry_in`.
     Failed { retry_in: Duration },
-    /// Delivered or given up, but moving/deleting failed; retry that (only) later.
-    DispositionFailed { id: Identity, after: After },
+    /// The destination could not be reached at all; not counted as an attempt. The queue
+    /// backs off and reports it.
+    Unreachable { error: String },
+    /// Delivered or given up, but moving/deleting failed (`error` says why); retry that
+    /// (only) later. The queue reports it.
+    DispositionFailed {
+        id: Identity,
+        after: After,
+        error: String,
+    },
 }
 
 /// Exponential backoff with full jitter: a uniformly random delay between zero and
@@ -88,18 +100,29 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         Err(ClaimError::Special(id)) => return Outcome::Special(id),
         Err(ClaimError::Busy) => return Outcome::Busy,
         Err(ClaimError::Io(e)) => {
-            let error = format!("cannot open {}: {e}", path.display());
-            return failed(&job, &sh, None, &path, error, Duration::ZERO).await;
+            let error = format!("cannot open {}: {e}", esc(&path));
+            // What the name holds now: giving up moves this inode only.
+            let id = claim::lstat(&path).ok();
+            return failed(&job, &sh, None, id, &path, error, Duration::ZERO).await;
         }
     };
     if let Mode::Finish { id, after } = &job.mode {
         if claim.id == *id {
             return match after {
                 After::Delivered => dispose_delivered(&job, &sh, claim, None).await,
-                After::GaveUp(reason) => give_up(&job, &sh, Some(claim), &path, reason).await,
+                After::GaveUp(reason) => {
+                    let id = Some(claim.id);
+                    give_up(&job, &sh, Some(claim), id, &path, reason).await
+                }
             };
         }
         // Not the same content any more: a new file, to be sent.
+    }
+    // Still open for writing somewhere (a writer that paused, or was already writing when
+    // the service started): not complete. Without the means to tell (Unknown), the events
+    // and timers that brought it here decide.
+    if claim::writers(&claim.file) == Writers::Some {
+        return Outcome::Writer;
     }
     let before = claim.id;
     let started = Instant::now();
@@ -115,18 +138,35 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         Ok(bytes) => dispose_delivered(&job, &sh, claim, Some((bytes, started.elapsed()))).await,
         Err(UploadError::Rejected(why)) => {
             tracing::info!(
-                path = %path.display(),
+                path = %esc(&path),
                 attempt = job.attempt,
                 "not delivered: {} {why}; it is sent again once it settles",
-                path.display()
+                esc(&path)
             );
             Outcome::Changed
         }
+        Err(UploadError::Client(e)) if unreachable(&e) => Outcome::Unreachable {
+            error: format!("cannot reach {}: {e}", job.watch.cfg.server),
+        },
         Err(UploadError::Client(e)) => {
             let error = format!("upload to {} failed: {e}", job.watch.cfg.server);
-            failed(&job, &sh, Some(claim), &path, error, started.elapsed()).await
+            let id = Some(claim.id);
+            failed(&job, &sh, Some(claim), id, &path, error, started.elapsed()).await
         }
     }
+}
+
+/// The destination could not be reached at all (name resolution, connection refused or
+/// unreachable, connect timeout): nothing is wrong with the file, so such failures do not
+/// count against `max_attempts` (an outage must not move the backlog to failed_dir).
+fn unreachable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Resolve { .. }
+            | ClientError::NoAddresses { .. }
+            | ClientError::Connect { .. }
+            | ClientError::ConnectTimeout { .. }
+    )
 }
 
 /// The `before_close` check: the file we sent is the file we claimed, whole.
@@ -134,7 +174,14 @@ fn unchanged(claim: &Claim, before: &Identity, sent: u64) -> Result<(), String> 
     let after = claim
         .restat()
         .map_err(|e| format!("could not be checked after sending: {e}"))?;
-    if after != *before {
+    // Renamed over or removed under its name while being sent changes only the status
+    // change time of what we send (its link count dropped): the content is whole, and that
+    // file has left the spool; deliver it. (The ctime is compared at all to catch writes
+    // that restore the mtime; one together with a replace of the name is not a concern.)
+    let replaced = || !matches!(claim::lstat(&claim.path), Ok(now) if now.same_inode(before));
+    if after != *before
+        && !(after.size == before.size && after.mtime_ns == before.mtime_ns && replaced())
+    {
         let what = if after.size != before.size {
             format!("size {} → {} bytes", before.size, after.size)
         } else if after.mtime_ns != before.mtime_ns {
@@ -153,8 +200,9 @@ fn unchanged(claim: &Claim, before: &Identity, sent: u64) -> Result<(), String> 
     Ok(())
 }
 
-/// Moves or deletes a delivered file. `sent` is (bytes, duration) of the upload just made,
-/// or `None` when only finishing an earlier attempt's disposition.
+/// Moves or deletes a delivered file, only if the name still holds the very inode that was
+/// sent (see [`disposition::move_if_ours`]). `sent` is (bytes, duration) of the upload just
+/// made, or `None` when only finishing an earlier attempt's disposition.
 async fn dispose_delivered(
     job: &Job,
     sh: &Arc<Shared>,
@@ -164,16 +212,17 @@ async fn dispose_delivered(
     let (bytes, took) = sent.unwrap_or_default();
     let id = claim.id;
     let path = claim.path.clone();
+    let uploaded = sent.is_some();
     // Written to after `before_close` checked it, while the server was still taking the last
     // bytes: the server has the earlier content, complete. Moving the newer content to
     // done_dir as "delivered" would lose the change; send it again instead.
-    if sent.is_some() {
+    if uploaded {
         if let Err(why) = unchanged(&claim, &id, id.size) {
             tracing::info!(
-                path = %path.display(),
+                path = %esc(&path),
                 attempt = job.attempt,
                 "{} {why} after it was sent (the server got the earlier content); it is sent again once it settles",
-                path.display()
+                esc(&path)
             );
             return Outcome::Changed;
         }
@@ -181,80 +230,89 @@ async fn dispose_delivered(
     let w = job.watch.clone();
     let syncer = sh.syncer.clone();
     let name = job.name.clone();
-    // The common cases (rename within the filesystem, unlink) are single quick syscalls and
-    // run right here; only a copy across filesystems goes to a blocking thread. The claim (and
-    // its lock) ends only after the move or delete.
-    let moved = match (w.cfg.on_success, &w.cfg.done_dir) {
-        (OnSuccess::Move, Some(done)) => {
-            match disposition::rename_into(&claim.path, done, &name, &syncer) {
-                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                    let done = done.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let r = disposition::move_into(
-                            Some(&claim.file),
-                            &claim.path,
-                            &done,
-                            &name,
-                            &syncer,
-                        );
-                        drop(claim);
-                        r
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-                    .map(Some)
-                }
-                other => other.map(Some),
-            }
-        }
-        _ => disposition::delete(&claim.path, &syncer).map(|()| None),
-    };
+    // On a blocking thread: usually one rename or unlink and a few stats, but across
+    // filesystems a copy. The claim (and its lock) ends only after the move or delete.
+    let result = tokio::task::spawn_blocking(move || {
+        let r = match (w.cfg.on_success, &w.cfg.done_dir) {
+            (OnSuccess::Move, Some(done)) => disposition::move_if_ours(
+                Some(&claim.file),
+                &claim.path,
+                &claim.id,
+                done,
+                &name,
+                &syncer,
+            ),
+            _ => disposition::delete_if_ours(&claim.path, &claim.id, &syncer),
+        };
+        drop(claim);
+        r
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     let dest = &job.watch.cfg.server;
-    match moved {
-        Ok(to) => {
-            let then = match &to {
-                Some(to) => format!("moved to {}", to.display()),
-                None => "deleted".to_string(),
-            };
-            if sent.is_none() {
-                tracing::info!(
-                    path = %path.display(),
-                    "{} (delivered earlier) is now {then}",
-                    path.display()
-                );
-                return Outcome::Delivered;
-            }
+    // `now`: what became of it after this upload; `earlier`: after an earlier one.
+    let delivered = |now: &str, earlier: &str| {
+        if uploaded {
             tracing::info!(
-                path = %path.display(),
+                path = %esc(&path),
                 bytes,
                 duration_ms = took.as_secs_f64() * 1000.0,
                 attempt = job.attempt,
-                "delivered {} ({bytes} bytes in {took:.1?}, attempt {}) to {dest}; {then}",
-                path.display(),
+                "delivered {} ({bytes} bytes in {took:.1?}, attempt {}) to {dest}{now}",
+                esc(&path),
                 job.attempt
             );
-            Outcome::Delivered
+        } else if !earlier.is_empty() {
+            tracing::info!(
+                path = %esc(&path),
+                "{} (delivered earlier) {earlier}",
+                esc(&path)
+            );
+        }
+    };
+    const REPLACED: &str = "the name was replaced meanwhile (or removed), so there is nothing to move; what it holds now is sent on its own";
+    match result {
+        Ok(Disposed::Done(to)) => {
+            match &to {
+                Some(to) => delivered(
+                    &format!("; moved to {}", esc(to)),
+                    &format!("is now moved to {}", esc(to)),
+                ),
+                None => delivered("; deleted", "is now deleted"),
+            }
+            Outcome::Delivered { uploaded }
+        }
+        Ok(Disposed::NotOurs) => {
+            delivered(&format!("; {REPLACED}"), &format!(": {REPLACED}"));
+            Outcome::Delivered { uploaded }
+        }
+        Ok(Disposed::Changed) => {
+            tracing::info!(
+                path = %esc(&path),
+                "{} changed after it was sent (the server got the earlier content); it stays in the spool and is sent again once it settles",
+                esc(&path)
+            );
+            Outcome::Changed
         }
         Err(e) => {
-            tracing::error!(
-                path = %path.display(),
-                bytes,
-                attempt = job.attempt,
-                "delivered {} to {dest} but {e}; it stays in the spool and this is retried later",
-                path.display()
-            );
+            // The delivery itself is reported once; the failed move by the queue, which
+            // knows how often it failed.
+            delivered("", "");
             Outcome::DispositionFailed {
                 id,
                 after: After::Delivered,
+                error: e.to_string(),
             }
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn failed(
     job: &Job,
     sh: &Arc<Shared>,
     claim: Option<Claim>,
+    id: Option<Identity>,
     path: &Path,
     error: String,
     took: Duration,
@@ -264,21 +322,21 @@ async fn failed(
     if max != 0 && job.attempt >= max {
         let reason = format!(
             "file: {}\nattempts: {}\nlast error: {}\ntime: {}\n",
-            path.display(),
+            esc(path),
             job.attempt,
             error,
             humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         );
         tracing::warn!(
-            path = %path.display(),
+            path = %esc(path),
             bytes,
             duration_ms = took.as_secs_f64() * 1000.0,
             attempt = job.attempt,
             "upload of {} failed (attempt {} of {max}): {error}; giving up",
-            path.display(),
+            esc(path),
             job.attempt
         );
-        return give_up(job, sh, claim, path, &reason).await;
+        return give_up(job, sh, claim, id, path, &reason).await;
     }
     let retry_in = backoff(&sh.retry, job.attempt);
     let of = if max == 0 {
@@ -287,70 +345,87 @@ async fn failed(
         format!(" of {max}")
     };
     tracing::warn!(
-        path = %path.display(),
+        path = %esc(path),
         bytes,
         duration_ms = took.as_secs_f64() * 1000.0,
         attempt = job.attempt,
         "upload of {} failed (attempt {}{of}): {error}; retrying in {retry_in:.1?}",
-        path.display(),
+        esc(path),
         job.attempt
     );
     Outcome::Failed { retry_in }
 }
 
+/// Moves a file given up on to `failed_dir` with its reason, if the name still holds the
+/// inode `id` (see [`disposition::move_if_ours`]).
 async fn give_up(
     job: &Job,
     sh: &Arc<Shared>,
     claim: Option<Claim>,
+    id: Option<Identity>,
     path: &Path,
     reason: &str,
 ) -> Outcome {
+    let Some(id) = id else {
+        // Not even an lstat worked: nothing is known about what the name holds.
+        tracing::error!(
+            path = %esc(path),
+            "gave up on {} but cannot inspect it; it stays in the spool and this is retried later",
+            esc(path)
+        );
+        return Outcome::Failed {
+            retry_in: sh.retry.max,
+        };
+    };
     let w = job.watch.clone();
     let syncer = sh.syncer.clone();
     let name = job.name.clone();
     let from = path.to_path_buf();
     let text = reason.to_string();
-    let id = claim.as_ref().map(|c| c.id);
     let result = tokio::task::spawn_blocking(move || {
         let file = claim.as_ref().map(|c| &c.file);
-        let to = disposition::move_into(file, &from, &w.cfg.failed_dir, &name, &syncer)?;
-        let reason_file = disposition::write_reason(&to, &text, &syncer);
+        let d = disposition::move_if_ours(file, &from, &id, &w.cfg.failed_dir, &name, &syncer)?;
+        let reason_file = match &d {
+            Disposed::Done(Some(to)) => Some(disposition::write_reason(to, &text, &syncer)),
+            _ => None,
+        };
         drop(claim);
-        Ok::<_, std::io::Error>((to, reason_file))
+        Ok::<_, std::io::Error>((d, reason_file))
     })
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     match result {
-        Ok((to, reason_file)) => {
-            if let Err(e) = reason_file {
-                tracing::error!("moved {} to {} but {e}", path.display(), to.display());
+        Ok((Disposed::Done(to), reason_file)) => {
+            let to = to.unwrap_or_default();
+            if let Some(Err(e)) = reason_file {
+                tracing::error!("moved {} to {} but {e}", esc(path), esc(&to));
             }
             tracing::error!(
-                path = %path.display(),
+                path = %esc(path),
                 attempt = job.attempt,
                 "gave up on {} after {} attempts; moved to {}",
-                path.display(),
+                esc(path),
                 job.attempt,
-                to.display()
+                esc(&to)
             );
             Outcome::GaveUp
         }
-        Err(e) => {
-            tracing::error!(
-                path = %path.display(),
-                "gave up on {} but {e}; it stays in the spool and this is retried later",
-                path.display()
+        Ok((Disposed::NotOurs, _)) => {
+            tracing::warn!(
+                path = %esc(path),
+                attempt = job.attempt,
+                "gave up on {} after {} attempts, but the name was replaced meanwhile (or removed); what it holds now is a new file",
+                esc(path),
+                job.attempt
             );
-            match id {
-                Some(id) => Outcome::DispositionFailed {
-                    id,
-                    after: After::GaveUp(reason.to_string()),
-                },
-                None => Outcome::Failed {
-                    retry_in: sh.retry.max,
-                },
-            }
+            Outcome::GaveUp
         }
+        Ok((Disposed::Changed, _)) => Outcome::Changed,
+        Err(e) => Outcome::DispositionFailed {
+            id,
+            after: After::GaveUp(reason.to_string()),
+            error: e.to_string(),
+        },
     }
 }
 

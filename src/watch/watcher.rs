@@ -19,7 +19,7 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use super::claim::{self, Identity};
-use super::FatalError;
+use super::{esc, FatalError};
 use crate::config::NameFilter;
 
 /// Capacity of the hint channel; past it hints are dropped and a rescan is due.
@@ -156,7 +156,7 @@ pub fn start(
                 // The directory itself was removed or moved away.
                 if hint == Hint::Gone {
                     send(Msg::Rescan {
-                        why: format!("{} itself was moved or removed", path.display()),
+                        why: format!("{} itself was moved or removed", esc(path)),
                     });
                 }
                 continue;
@@ -239,7 +239,7 @@ pub fn list(dir: &Path, accepts: &dyn Fn(&std::ffi::OsStr) -> bool) -> io::Resul
             Ok(id) => out.push(Listed { name, id }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
-                tracing::warn!(path = %entry.path().display(), "cannot inspect {}: {e}", entry.path().display())
+                tracing::warn!(path = %esc(&entry.path()), "cannot inspect {}: {e}", esc(&entry.path()))
             }
         }
     }

@@ -127,25 +127,43 @@ impl Receiver {
     }
 
     fn try_start_on(dir: &Path, port: u16) -> Option<Receiver> {
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["serve", &port.to_string()])
             .arg(dir)
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Ready is serve's own "listening on" line: a check of the port could see another
+        // test's listener while this serve is failing to bind it.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            // Keeps draining after the line, so serve never blocks on a full pipe.
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening on") {
+                    let _ = tx.send(true);
+                }
+            }
+            let _ = tx.send(false);
+        });
         let mut r = Receiver {
             child,
             port,
             dir: dir.to_path_buf(),
         };
-        let mut exited = false;
-        wait_for("accio serve to listen", || {
-            exited = matches!(r.child.try_wait(), Ok(Some(_)));
-            exited || listening(port)
-        });
-        (!exited).then_some(r)
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(true) => Some(r),
+            Ok(false) => {
+                let _ = r.child.wait();
+                None
+            }
+            Err(_) => panic!("accio serve {port} did not start"),
+        }
     }
 
     /// What each connection delivered: N → content (complete files only).
@@ -272,8 +290,19 @@ impl Service {
         s
     }
 
+    /// Starts the service with extra environment variables and waits until it runs.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Service {
+        let s = Service::spawn_with_env(config, env);
+        s.wait_log(RUNNING);
+        s
+    }
+
     /// Starts the service without waiting.
     pub fn spawn(config: &Path) -> Service {
+        Service::spawn_with_env(config, &[])
+    }
+
+    pub fn spawn_with_env(config: &Path, env: &[(&str, &str)]) -> Service {
         let n: u32 = fastrand::u32(..);
         let log = config.with_extension(format!("{n:08x}.log"));
         let err = fs::File::create(&log).unwrap();
@@ -284,6 +313,7 @@ impl Service {
             .env("NO_COLOR", "1")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -477,4 +507,20 @@ pub fn read_at_least(stream: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
 pub fn content(i: usize, len: usize) -> Vec<u8> {
     let line = format!("file number {i:06}\n");
     line.repeat(len / line.len() + 1).into_bytes()
+}
+
+/// A server that answers every connection with a wrong greeting and closes it: the
+/// destination is reachable, but every attempt fails (and counts against max_attempts).
+/// Returns its port; it runs until the test process ends.
+pub fn bad_greeting_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            use std::io::Write;
+            let _ = stream.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n");
+        }
+    });
+    port
 }
