@@ -66,6 +66,17 @@ const RECOVERY_JITTER_MS: u64 = 250;
 /// every this many failures; at DEBUG otherwise.
 const DISPOSITION_REPORT_EVERY: u32 = 20;
 
+/// While a destination stays unreachable, its failures are reported at WARN at most this
+/// often (and when the error changes); at DEBUG otherwise.
+const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// A destination that could not be reached: what was last reported, and when.
+#[derive(Debug)]
+struct Outage {
+    warned_at: Instant,
+    error: String,
+}
+
 /// How long to wait before looking again at a file another instance is sending.
 const BUSY_RECHECK: Duration = Duration::from_millis(500);
 
@@ -106,6 +117,12 @@ struct Entry {
     pending: Option<(Identity, After)>,
     /// Generation of the entry's live timer; older timers are stale.
     gen: u64,
+    /// Seen moved in (and not written in place since): complete by the writers' convention.
+    moved_in: bool,
+    /// A close after writing was seen since the last change.
+    closed: bool,
+    /// A close was seen while an upload had it (such events are otherwise dropped).
+    closed_in_flight: bool,
 }
 
 impl Entry {
@@ -118,6 +135,9 @@ impl Entry {
             disp_error: None,
             pending: None,
             gen: 0,
+            moved_in: false,
+            closed: false,
+            closed_in_flight: false,
         }
     }
 }
@@ -159,6 +179,8 @@ pub struct Queue {
     /// Files waiting (backing off) because their destination could not be reached: woken
     /// when an upload to that destination succeeds. Lazy: checked when used.
     unreachable: HashSet<Key>,
+    /// Destinations (as written in the config) that could not be reached at the last try.
+    outages: HashMap<String, Outage>,
     /// See [`WRITER_QUIET_MIN`].
     writer_quiet_min: Duration,
     timers: BinaryHeap<Reverse<(Instant, u64, Key)>>,
@@ -204,6 +226,7 @@ impl Queue {
             entries: HashMap::new(),
             reported,
             unreachable: HashSet::new(),
+            outages: HashMap::new(),
             writer_quiet_min: std::env::var("ACCIO_WRITER_QUIET_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -305,6 +328,9 @@ impl Queue {
                     since: now,
                     snap: id,
                 };
+                // Nothing reliable is known about its writer any more.
+                e.moved_in = false;
+                e.closed = false;
                 self.arm(&key, at);
             }
             Err(_) => {
@@ -319,13 +345,15 @@ impl Queue {
             return;
         }
         let key = (watch, name);
-        if let Some(Entry {
-            state: State::InFlight,
-            ..
-        }) = self.entries.get(&key)
-        {
-            // The upload task owns it; the name is looked at again after it.
-            return;
+        if let Some(e) = self.entries.get_mut(&key) {
+            if matches!(e.state, State::InFlight) {
+                // The upload task owns it; the name is looked at again after it. A close
+                // is remembered: a writer the upload finds may be the one that just left.
+                if hint == Hint::Closed {
+                    e.closed_in_flight = true;
+                }
+                return;
+            }
         }
         let now = Instant::now();
         match hint {
@@ -351,6 +379,11 @@ impl Queue {
                 // Looked at after the settle time: by then the kernel can tell whether a
                 // writer has it open (a hard link, say, has none and needs no close).
                 let probe = self.settle(watch);
+                if let Some(e) = self.entries.get_mut(&key) {
+                    // Written in place: neither a rename nor an earlier close vouches for it.
+                    e.moved_in = false;
+                    e.closed = false;
+                }
                 match self.entries.get_mut(&key) {
                     Some(Entry {
                         state: State::Writing { last },
@@ -378,6 +411,16 @@ impl Queue {
                 };
                 self.unreport(&key);
                 let settle = self.settle(watch);
+                if hint == Hint::Closed {
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.closed = true;
+                        // Moved in, then closed (a writer that renames before it closes):
+                        // complete now. The writer check before the send still applies.
+                        if e.moved_in && matches!(e.state, State::Ready | State::Writing { .. }) {
+                            return self.make_ready(&key);
+                        }
+                    }
+                }
                 match self.entries.get_mut(&key) {
                     Some(Entry {
                         state: State::Settling { since, snap },
@@ -399,6 +442,7 @@ impl Queue {
                             since: now,
                             snap: id,
                         };
+                        e.closed = hint == Hint::Closed;
                         self.arm(&key, now + settle);
                     }
                 }
@@ -418,6 +462,8 @@ impl Queue {
                     e.pending = None;
                     e.disp_failures = 0;
                     e.disp_error = None;
+                    e.moved_in = true;
+                    e.closed = false;
                     if matches!(e.state, State::Settling { .. } | State::Writing { .. }) {
                         e.state = State::Waiting;
                     }
@@ -645,6 +691,8 @@ impl Queue {
                 continue;
             }
             e.state = State::InFlight;
+            e.closed_in_flight = false;
+            let trusted = e.moved_in || e.closed;
             self.unreachable.remove(&key);
             let mode = match e.pending.take() {
                 Some((id, after)) => Mode::Finish { id, after },
@@ -655,6 +703,8 @@ impl Queue {
                 name: key.1.clone(),
                 attempt: e.failures + 1,
                 mode,
+                trusted,
+                quiet: self.writer_quiet(key.0),
             };
             self.shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let handle = self
@@ -708,10 +758,35 @@ impl Queue {
                     esc(&path)
                 );
                 let again = self.writer_recheck(key.0);
-                if let Some(e) = self.entries.get_mut(&key) {
-                    e.state = State::Writing { last: now };
+                let Some(e) = self.entries.get_mut(&key) else {
+                    return;
+                };
+                e.state = State::Writing { last: now };
+                if std::mem::take(&mut e.closed_in_flight) {
+                    // Closed while the upload looked: the writer it saw may be gone.
+                    if e.moved_in {
+                        return self.make_ready(&key);
+                    }
+                    self.settle_from_now(key.clone());
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.closed = true;
+                    }
+                    return;
                 }
                 self.arm(&key, now + again);
+            }
+            Outcome::Young { wait } => {
+                let path = self.path(&key);
+                tracing::debug!(
+                    path = %esc(&path),
+                    "{} changed less than {:?} ago and whether it is still being written cannot be told; looking again in {wait:.1?} (or when it is closed)",
+                    esc(&path),
+                    self.writer_quiet(key.0)
+                );
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.state = State::Waiting;
+                }
+                self.arm(&key, now + wait);
             }
             Outcome::Unreachable { error } => {
                 let path = self.path(&key);
@@ -721,13 +796,35 @@ impl Queue {
                 e.unreachable = e.unreachable.saturating_add(1);
                 e.state = State::Waiting;
                 let retry_in = uploader::backoff(&self.shared.retry, e.unreachable);
-                tracing::warn!(
-                    path = %esc(&path),
-                    "{error}; {} stays in the spool (not counted as a failed attempt); retrying in {retry_in:.1?}",
-                    esc(&path)
-                );
                 self.unreachable.insert(key.clone());
                 self.arm(&key, now + retry_in);
+                // One outage is one story, not one line per file per retry: the first
+                // failure, a changed error, and then once a minute at most are warnings.
+                let dest = self.watches[key.0].cfg.server.to_string();
+                let loud = match self.outages.get(&dest) {
+                    None => true,
+                    Some(o) => o.error != error || now >= o.warned_at + OUTAGE_REPORT_EVERY,
+                };
+                if loud {
+                    let waiting = self.waiting_for(&dest);
+                    tracing::warn!(
+                        path = %esc(&path),
+                        "{error}; {waiting} file(s) waiting for it stay in the spool (not counted as failed attempts) and are retried with backoff (further failures are reported once a minute or when the error changes)"
+                    );
+                    self.outages.insert(
+                        dest,
+                        Outage {
+                            warned_at: now,
+                            error,
+                        },
+                    );
+                } else {
+                    tracing::debug!(
+                        path = %esc(&path),
+                        "{error}; {} stays in the spool (not counted as a failed attempt); retrying in {retry_in:.1?}",
+                        esc(&path)
+                    );
+                }
             }
             Outcome::Failed { retry_in } => {
                 if let Some(e) = self.entries.get_mut(&key) {
@@ -777,10 +874,14 @@ impl Queue {
     /// destination could not be reached are tried again soon (with a little jitter),
     /// instead of after their backoff, which may be up to `retry.max`.
     fn destination_reachable(&mut self, watch: usize, now: Instant) {
-        if self.unreachable.is_empty() {
+        if self.unreachable.is_empty() && self.outages.is_empty() {
             return;
         }
         let dest = self.watches[watch].cfg.server.to_string();
+        if self.outages.remove(&dest).is_some() {
+            let waiting = self.waiting_for(&dest);
+            tracing::info!("{dest} is reachable again; {waiting} file(s) waiting go now");
+        }
         let keys: Vec<Key> = self
             .unreachable
             .iter()
@@ -807,6 +908,20 @@ impl Queue {
                 self.arm(&key, now + jitter);
             }
         }
+    }
+
+    /// How many files wait because `dest` could not be reached.
+    fn waiting_for(&self, dest: &str) -> usize {
+        self.unreachable
+            .iter()
+            .filter(|k| {
+                self.watches[k.0].cfg.server.to_string() == dest
+                    && self
+                        .entries
+                        .get(*k)
+                        .is_some_and(|e| matches!(e.state, State::Waiting) && e.unreachable > 0)
+            })
+            .count()
     }
 
     /// Publishes the number of waiting files into the shared counters.

@@ -5,8 +5,9 @@
 
 use std::ffi::OsString;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::claim::{self, Claim, ClaimError, Identity, Writers};
 use super::disposition::{self, Disposed};
@@ -23,6 +24,12 @@ pub struct Job {
     /// 1-based number of this attempt (failed uploads before it, plus one).
     pub attempt: u32,
     pub mode: Mode,
+    /// The file was seen moved in, or closed after it was last written: complete by the
+    /// writers' convention even where the kernel cannot tell whether it has writers.
+    pub trusted: bool,
+    /// Where the kernel cannot tell whether an untrusted file has writers, how long its
+    /// content and status must have been unchanged before it is taken as complete.
+    pub quiet: Duration,
 }
 
 /// What the attempt does.
@@ -63,6 +70,9 @@ pub enum Outcome {
     Changed,
     /// Someone has it open for writing: not complete; wait for the close.
     Writer,
+    /// Whether it has writers cannot be told, nothing says it is complete, and it changed
+    /// less than the quiet period ago: look again after `wait` (or on its close).
+    Young { wait: Duration },
     /// The attempt failed; try again after `retry_in`.
     Failed { retry_in: Duration },
     /// The destination could not be reached at all; not counted as an attempt. The queue
@@ -121,8 +131,20 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     // Still open for writing somewhere (a writer that paused, or was already writing when
     // the service started): not complete. Without the means to tell (Unknown), the events
     // and timers that brought it here decide.
-    if claim::writers(&claim.file) == Writers::Some {
-        return Outcome::Writer;
+    match claim::writers(&claim.file) {
+        Writers::Some => return Outcome::Writer,
+        Writers::Unknown if !job.trusted => {
+            // Read right away: nothing ran since the refused fcntl on this thread.
+            let errno = std::io::Error::last_os_error();
+            warn_no_lease(&errno, job.quiet);
+            let age = age(&claim.id);
+            if age < job.quiet {
+                return Outcome::Young {
+                    wait: job.quiet - age,
+                };
+            }
+        }
+        _ => {}
     }
     let before = claim.id;
     let started = Instant::now();
@@ -154,6 +176,42 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             failed(&job, &sh, Some(claim), id, &path, error, started.elapsed()).await
         }
     }
+}
+
+/// Whether the "no leases" warning was logged (once per process).
+static NO_LEASE_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Logs once per process that writers cannot be seen, why, and what it costs.
+fn warn_no_lease(errno: &std::io::Error, quiet: Duration) {
+    if NO_LEASE_WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let code = match errno.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".to_string(),
+        Some(libc::EACCES) => "EACCES".to_string(),
+        Some(libc::EINVAL) => "EINVAL".to_string(),
+        _ => errno.to_string(),
+    };
+    tracing::warn!(
+        "cannot check for writers with a file lease ({code}): files written in place are taken after {}s without change; grant CAP_LEASE or rename finished files into the spool",
+        quiet.as_secs_f64()
+    );
+}
+
+/// How long ago the content or status of a file last changed (its newer of mtime and
+/// ctime), by the wall clock. A modification time in the future (clock skew, `touch -d`)
+/// is not waited for: the status change time, which the kernel sets, is used alone.
+fn age(id: &Identity) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i128::MAX as u128) as i128);
+    let last = if id.mtime_ns > now {
+        id.ctime_ns
+    } else {
+        id.mtime_ns.max(id.ctime_ns)
+    };
+    let ns = (now - last).clamp(0, i128::from(u64::MAX));
+    Duration::from_nanos(ns as u64)
 }
 
 /// The destination could not be reached at all (name resolution, connection refused or
