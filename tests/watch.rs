@@ -1095,3 +1095,201 @@ fn a_name_replaced_during_the_transfer_delivers_both_files() {
     assert_eq!(names(&dirs.done), ["big"]);
     assert!(names(&dirs.spool).is_empty());
 }
+
+/// A writer that renames its file into the spool before closing it: once closed it is
+/// complete, and goes at once instead of after another settle time.
+#[test]
+fn a_file_renamed_in_before_its_close_goes_at_once_when_closed() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        settle: "3s",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let svc = Service::start(&cfg);
+    let tmp = dirs.root.path().join("rb.tmp");
+    let mut f = fs::File::create(&tmp).unwrap();
+    let c = content(7, 5000);
+    f.write_all(&c).unwrap();
+    fs::rename(&tmp, dirs.spool.join("rb")).unwrap();
+    // Taken at once (moved in), and found still open for writing.
+    svc.wait_log("is open for writing");
+    assert_eq!(recv.count(), 0, "sent while still open for writing");
+    let closed = std::time::Instant::now();
+    drop(f);
+    wait_for("rb in done", || dirs.done.join("rb").exists());
+    assert!(
+        closed.elapsed() < Duration::from_secs(3),
+        "took {:?} after the close: settled again",
+        closed.elapsed()
+    );
+    assert_eq!(recv.times_received(&c), 1);
+}
+
+/// The uid of `nobody` and a `setpriv` prefix that runs a command as nobody, when this test
+/// runs as root and can do so; `None` (and the test is skipped) otherwise.
+fn as_nobody() -> Option<(u32, Vec<&'static str>)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the service as nobody");
+        return None;
+    }
+    let out = std::process::Command::new("id")
+        .args(["-u", "nobody"])
+        .output()
+        .ok()?;
+    let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let ok = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "true",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: setpriv cannot run a command as nobody:nogroup");
+        return None;
+    }
+    Some((
+        uid,
+        vec![
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+        ],
+    ))
+}
+
+/// Makes the test's directories usable by `uid` (the service), the spool's files staying
+/// root's: the service then cannot take leases on them and cannot tell whether they have
+/// writers.
+fn hand_dirs_to(dirs: &Dirs, uid: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dirs.root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for d in [&dirs.spool, &dirs.done, &dirs.failed] {
+        std::os::unix::fs::chown(d, Some(uid), None).unwrap();
+    }
+}
+
+/// Without leases, a file being written in place that a listing finds (at start, or after a
+/// reload) is not taken after the settle time alone: it must be unchanged for the quiet
+/// period, or closed.
+fn unwatched_writer_found_by_a_listing(reload: bool) {
+    let Some((uid, wrapper)) = as_nobody() else {
+        return;
+    };
+    let dirs = Dirs::new();
+    hand_dirs_to(&dirs, uid);
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        settle: "100ms",
+        rescan: "200ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let env = [("ACCIO_WRITER_QUIET_MS", "6000")];
+    let first = content(5, 1000);
+    let (svc, mut f) = if reload {
+        let svc = Service::start_wrapped(&cfg, &env, &wrapper);
+        let mut f = fs::File::create(dirs.spool.join("inplace")).unwrap();
+        f.write_all(&first).unwrap();
+        svc.signal(libc::SIGHUP);
+        svc.wait_log("configuration reloaded");
+        (svc, f)
+    } else {
+        let mut f = fs::File::create(dirs.spool.join("inplace")).unwrap();
+        f.write_all(&first).unwrap();
+        (Service::start_wrapped(&cfg, &env, &wrapper), f)
+    };
+    svc.wait_log("cannot check for writers with a file lease");
+    // Looked at (found by the listing, settled) and left for later.
+    svc.wait_log("whether it is still being written cannot be told");
+    assert_eq!(recv.count(), 0, "sent while still being written");
+    let second = content(6, 1000);
+    f.write_all(&second).unwrap();
+    drop(f);
+    wait_for("inplace in done", || dirs.done.join("inplace").exists());
+    let mut expected = first;
+    expected.extend_from_slice(&second);
+    assert_eq!(recv.times_received(&expected), 1, "{}", svc.log());
+    assert_eq!(recv.count(), 1);
+    assert_eq!(
+        svc.log_count("cannot check for writers with a file lease"),
+        1
+    );
+}
+
+#[test]
+fn without_leases_a_writer_found_at_start_is_not_sent_after_settle_alone() {
+    unwatched_writer_found_by_a_listing(false);
+}
+
+#[test]
+fn without_leases_a_writer_found_after_a_reload_is_not_sent_after_settle_alone() {
+    unwatched_writer_found_by_a_listing(true);
+}
+
+/// Without leases, an old file (a typical backlog) goes at once: only recent changes wait.
+#[test]
+fn without_leases_an_old_backlog_goes_at_once() {
+    let Some((uid, wrapper)) = as_nobody() else {
+        return;
+    };
+    let dirs = Dirs::new();
+    hand_dirs_to(&dirs, uid);
+    let recv = Receiver::start(&dirs.recv);
+    // The status change time cannot be set back: a quiet period shorter than the test's
+    // own run stands for "old".
+    let p = dirs.spool.join("old");
+    fs::write(&p, b"old").unwrap();
+    let written = std::time::Instant::now();
+    let o = Opts {
+        settle: "100ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    while written.elapsed() < Duration::from_millis(1200) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _svc = Service::start_wrapped(&cfg, &[("ACCIO_WRITER_QUIET_MS", "1000")], &wrapper);
+    wait_for("old in done", || dirs.done.join("old").exists());
+    assert_eq!(recv.times_received(b"old"), 1);
+}
+
+/// An outage is reported once per destination (not per file and retry), and its end once.
+#[test]
+fn an_unreachable_destination_is_reported_once_not_per_file_and_retry() {
+    let dirs = Dirs::new();
+    let port = free_port();
+    let o = Opts {
+        initial: "20ms",
+        max: "100ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
+    let svc = Service::start(&cfg);
+    for i in 0..5 {
+        dirs.drop_file(&format!("f{i}"), &content(i, 100));
+    }
+    // Many retries of each file.
+    svc.wait_log_n("not counted as a failed attempt", 30);
+    let warns = |svc: &Service| {
+        svc.log()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("cannot reach"))
+            .count()
+    };
+    assert_eq!(warns(&svc), 1, "{}", svc.log());
+    let recv = Receiver::start_on(&dirs.recv, port);
+    wait_for("5 files in done", || names(&dirs.done).len() == 5);
+    svc.wait_log("reachable again;");
+    assert_eq!(svc.log_count("reachable again;"), 1, "{}", svc.log());
+    assert_eq!(warns(&svc), 1);
+    for i in 0..5 {
+        assert_eq!(recv.times_received(&content(i, 100)), 1);
+    }
+}

@@ -303,10 +303,30 @@ impl Service {
     }
 
     pub fn spawn_with_env(config: &Path, env: &[(&str, &str)]) -> Service {
+        Service::spawn_wrapped(config, env, &[])
+    }
+
+    /// Starts the service under `wrapper` (a command and its arguments that runs the rest,
+    /// e.g. `setpriv ...`) and waits until it runs.
+    pub fn start_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Service {
+        let s = Service::spawn_wrapped(config, env, wrapper);
+        s.wait_log(RUNNING);
+        s
+    }
+
+    pub fn spawn_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Service {
         let n: u32 = fastrand::u32(..);
         let log = config.with_extension(format!("{n:08x}.log"));
         let err = fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["watch", "--config"])
             .arg(config)
             .env("RUST_LOG", "info,accio::watch=debug")
