@@ -1293,3 +1293,50 @@ fn an_unreachable_destination_is_reported_once_not_per_file_and_retry() {
         assert_eq!(recv.times_received(&content(i, 100)), 1);
     }
 }
+
+/// Without leases, a name recreated and being written in place while its old file was in
+/// flight (its events dropped then) is not sent after the settle time alone either.
+#[test]
+fn without_leases_a_name_recreated_while_in_flight_waits_for_its_writer() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let Some((uid, wrapper)) = as_nobody() else {
+        return;
+    };
+    let dirs = Dirs::new();
+    hand_dirs_to(&dirs, uid);
+    let gate = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let server = gated_server(gate.clone(), accepted.clone());
+    let o = Opts {
+        timeout: "10s",
+        settle: "100ms",
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
+    let env = [("ACCIO_WRITER_QUIET_MS", "6000")];
+    let svc = Service::start_wrapped(&cfg, &env, &wrapper);
+    dirs.drop_file("report.csv", b"OLD\n");
+    wait_for("the first upload to connect", || {
+        accepted.load(Ordering::SeqCst) >= 1
+    });
+    // Recreated in place and still being written.
+    fs::remove_file(dirs.spool.join("report.csv")).unwrap();
+    let mut f = fs::File::create(dirs.spool.join("report.csv")).unwrap();
+    f.write_all(b"NEW, first half\n").unwrap();
+    gate.store(true, Ordering::SeqCst);
+    svc.wait_log("whether it is still being written cannot be told");
+    f.write_all(b"NEW, second half\n").unwrap();
+    drop(f);
+    wait_for("report.csv in done", || {
+        fs::read(dirs.done.join("report.csv"))
+            .is_ok_and(|c| c == b"NEW, first half\nNEW, second half\n")
+    });
+    let conns = server.conns();
+    let clean: Vec<&Conn> = conns.iter().filter(|c| c.clean).collect();
+    assert_eq!(clean.len(), 2, "{}", svc.log());
+    assert!(clean.iter().any(|c| c.bytes == b"OLD\n"));
+    assert!(clean
+        .iter()
+        .any(|c| c.bytes == b"NEW, first half\nNEW, second half\n"));
+}

@@ -12,11 +12,16 @@
 //!                                        ──> failed: Waiting (backoff) ──> Ready
 //!                                        ──> server unreachable: Waiting (not counted)
 //!                                        ──> still open for writing: Writing
+//!                                        ──> changed recently, writers unknown: Waiting
 //!                                        ──> changed while sent: Settling
+//!   Ready or Writing, moved in ──(closed)──> Ready (a writer that renames before it closes)
 //! ```
 //!
-//! "No writer left" is asked of the kernel with a lease ([`claim::writers`]); where it
-//! cannot tell, a writer silent for [`WRITER_QUIET_MIN`] is taken as done.
+//! "No writer left" is asked of the kernel with a lease ([`claim::writers`]) before every
+//! send. Where it cannot tell (no `CAP_LEASE`, another user's file), a writer silent for
+//! [`WRITER_QUIET_MIN`] is taken as done, and a file that was neither moved in nor closed
+//! since its last change (found by a listing, or recreated while its name was in flight)
+//! goes only once its mtime and ctime are that old.
 //!
 //! Not-regular entries (symlinks, FIFOs, sockets, devices, directories) are kept apart, with
 //! their identity, only so each is reported once (per process: see [`super::Reported`]).
