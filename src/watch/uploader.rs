@@ -133,12 +133,12 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     // and timers that brought it here decide.
     match claim::writers(&claim.file) {
         Writers::Some => return Outcome::Writer,
-        Writers::Unknown if !job.trusted => {
+        Writers::Unknown => {
             // Read right away: nothing ran since the refused fcntl on this thread.
             let errno = std::io::Error::last_os_error();
             warn_no_lease(&errno, job.quiet);
             let age = age(&claim.id);
-            if age < job.quiet {
+            if !job.trusted && age < job.quiet {
                 return Outcome::Young {
                     wait: job.quiet - age,
                 };
