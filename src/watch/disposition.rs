@@ -187,15 +187,16 @@ fn usable(to: &Path, pair: bool) -> bool {
     !pair || std::fs::symlink_metadata(reason_path(to)).is_err()
 }
 
-/// The `n`th name to try for `name` in `dir`; with `pair` (failed_dir) short enough that
-/// `.reason` can be appended whole, or two long names would share one reason file.
+/// The `n`th name to try for `name` in `dir`. With `pair` (failed_dir): the name itself
+/// first, even if too long for `.reason` to be appended whole (its reason is then
+/// `NAME` shortened + `.reason`); after that only names short enough for `.reason` to fit
+/// whole, since suffixed long names would all share one shortened reason name.
 fn pair_candidate(dir: &Path, name: &OsStr, n: u32, pair: bool) -> PathBuf {
-    let max = if pair {
-        NAME_MAX - ".reason".len()
-    } else {
-        NAME_MAX
-    };
-    candidate_to(dir, name, n, max)
+    match (pair, n) {
+        (false, n) => candidate(dir, name, n),
+        (true, 0) => candidate(dir, name, 0),
+        (true, n) => candidate_to(dir, name, n - 1, NAME_MAX - ".reason".len()),
+    }
 }
 
 fn rename_into_paired(
@@ -205,7 +206,7 @@ fn rename_into_paired(
     syncer: &Syncer,
     pair: bool,
 ) -> io::Result<PathBuf> {
-    for n in 0..=MAX_SUFFIX + 1 {
+    for n in 0..=MAX_SUFFIX + 2 {
         let to = pair_candidate(dir, name, n, pair);
         if !usable(&to, pair) {
             continue;
@@ -638,7 +639,7 @@ fn copy_across(
         io::copy(&mut src, &mut out).map_err(|e| tctx("write", e))?;
         out.flush().map_err(|e| tctx("write", e))?;
         out.sync_all().map_err(|e| tctx("sync", e))?;
-        for n in 0..=MAX_SUFFIX + 1 {
+        for n in 0..=MAX_SUFFIX + 2 {
             let to = pair_candidate(dir, name, n, pair);
             if !usable(&to, pair) {
                 continue;
@@ -882,6 +883,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(to, failed.path().join("y.3"));
+    }
+
+    #[test]
+    fn longest_failed_names_keep_distinct_reasons() {
+        let spool = tempfile::tempdir().unwrap();
+        let failed = tempfile::tempdir().unwrap();
+        let syncer = Syncer::default();
+        let name = OsString::from("f".repeat(NAME_MAX));
+        let mut pairs = Vec::new();
+        for i in 0..3 {
+            let p = spool.path().join(&name);
+            std::fs::write(&p, format!("{i}")).unwrap();
+            let id = claim::lstat(&p).unwrap();
+            let Disposed::Done(Some(to)) =
+                move_failed_if_ours(None, &p, &id, failed.path(), &name, &syncer).unwrap()
+            else {
+                panic!("not moved")
+            };
+            let r = write_reason(&to, "why", &syncer).unwrap();
+            assert_eq!(r, reason_path(&to));
+            pairs.push((to, r));
+        }
+        // The first keeps its whole name; the others are shortened so `.reason` fits.
+        assert_eq!(pairs[0].0, failed.path().join(&name));
+        for (to, r) in &pairs[1..] {
+            let mut expect = to.file_name().unwrap().to_owned();
+            expect.push(".reason");
+            assert_eq!(r.file_name().unwrap(), expect);
+        }
+        let distinct: HashSet<_> = pairs.iter().map(|(_, r)| r).collect();
+        assert_eq!(distinct.len(), 3, "{pairs:?}");
     }
 
     #[test]
