@@ -913,22 +913,28 @@ fn a_reason_file_never_replaces_a_failed_file() {
         dirs.failed.join("q.reason.reason").exists()
     });
     dirs.drop_file("q", b"q data");
-    wait_for("q in failed", || dirs.failed.join("q").exists());
-    wait_for("q's reason in failed", || {
-        dirs.failed.join("q.reason.1").exists()
+    // `q.reason` is taken (by a failed file), so `q` goes as `q.1`, its reason `q.1.reason`.
+    wait_for("q.1 in failed", || dirs.failed.join("q.1").exists());
+    wait_for("q.1's reason in failed", || {
+        dirs.failed.join("q.1.reason").exists()
     });
     assert_eq!(
         fs::read(dirs.failed.join("q.reason")).unwrap(),
         b"a data file named q.reason"
     );
-    let reason = fs::read_to_string(dirs.failed.join("q.reason.1")).unwrap();
+    let reason = fs::read_to_string(dirs.failed.join("q.1.reason")).unwrap();
     assert!(reason.contains("attempts: 1"), "{reason}");
     assert!(
         reason.contains(&format!("file: {}\n", dirs.spool.join("q").display())),
         "{reason}"
     );
-    assert_eq!(fs::read(dirs.failed.join("q")).unwrap(), b"q data");
-    assert_eq!(svc.log_count("gave up on"), 2);
+    assert_eq!(fs::read(dirs.failed.join("q.1")).unwrap(), b"q data");
+    assert!(!dirs.failed.join("q").exists());
+    svc.wait_log_n("gave up on", 2);
+    svc.wait_log(&format!(
+        "reason in {}",
+        dirs.failed.join("q.1.reason").display()
+    ));
 }
 
 #[test]
@@ -1020,7 +1026,7 @@ fn a_missing_config_is_refused_at_start() {
 }
 
 #[test]
-fn stale_temporaries_of_ours_are_removed_from_done_at_start() {
+fn stale_temporaries_of_ours_are_reported_never_removed_at_start() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
     let old = std::time::SystemTime::now() - Duration::from_secs(300);
@@ -1038,6 +1044,15 @@ fn stale_temporaries_of_ours_are_removed_from_done_at_start() {
         p
     };
     let stale = mk(".x.accio-0123abcd.tmp", Some(old));
+    // A user's failed file that happens to match the pattern must never be deleted.
+    let users = dirs.failed.join(".backup.accio-0badf00d.tmp");
+    fs::write(&users, b"precious").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&users)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let fresh = mk(".y.accio-0123abcd.tmp", None);
     let other = mk(".z.other.tmp", Some(old));
     let cfg = write_config(
@@ -1046,13 +1061,14 @@ fn stale_temporaries_of_ours_are_removed_from_done_at_start() {
         &config_text(&dirs, recv.port, &Opts::default()),
     );
     let svc = Service::start(&cfg);
-    svc.wait_log("left by an interrupted move");
-    assert!(!stale.exists());
-    assert!(
-        fresh.exists(),
-        "a copy in progress (another instance) is left alone"
-    );
-    assert!(other.exists(), "not ours");
+    let warning = "looks like a temporary copy left by an interrupted move; the original stayed in the spool; remove it if it is not yours";
+    svc.wait_log(&format!("{} {warning}", stale.display()));
+    svc.wait_log(&format!("{} {warning}", users.display()));
+    assert!(stale.exists(), "never deleted");
+    assert_eq!(fs::read(&users).unwrap(), b"precious");
+    assert!(fresh.exists());
+    assert!(other.exists());
+    assert_eq!(svc.log_count(warning), 2, "{}", svc.log());
 }
 
 #[test]
@@ -1094,6 +1110,161 @@ fn a_name_replaced_during_the_transfer_delivers_both_files() {
     assert!(clean.iter().any(|c| c.bytes == b"the new big\n"));
     assert_eq!(names(&dirs.done), ["big"]);
     assert!(names(&dirs.spool).is_empty());
+}
+
+#[test]
+fn a_hidden_delete_left_by_a_crash_is_restored_and_sent_without_a_restart() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let svc = Service::start_with_env(&cfg, &[("ACCIO_STALE_AGE_MS", "300")]);
+    // What a crash between the rename and the unlink of a delete leaves, appearing after the
+    // start (as after a restart within the age guard).
+    let hidden = dirs.spool.join(".accio-del.0123456789abcdef.lost");
+    fs::write(&hidden, b"hidden by a crash").unwrap();
+    wait_for("lost delivered into done", || {
+        dirs.done.join("lost").exists()
+    });
+    assert!(!hidden.exists());
+    assert_eq!(
+        fs::read(dirs.done.join("lost")).unwrap(),
+        b"hidden by a crash"
+    );
+    assert_eq!(recv.times_received(b"hidden by a crash"), 1);
+    svc.wait_log("an interrupted delete left it hidden");
+}
+
+#[test]
+fn deletes_under_load_are_never_restored_as_leftovers() {
+    // A short age guard with many deletes in flight: the periodic restore must skip this
+    // process's own hidden names, so each file is sent exactly once.
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        delete: true,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let svc = Service::start_with_env(&cfg, &[("ACCIO_STALE_AGE_MS", "1")]);
+    let contents: Vec<Vec<u8>> = (0..30).map(|i| content(i, 2000)).collect();
+    for (i, c) in contents.iter().enumerate() {
+        dirs.drop_file(&format!("d{i}"), c);
+    }
+    svc.wait_log_n("delivered", 30);
+    wait_for("spool empty", || {
+        fs::read_dir(&dirs.spool).unwrap().count() == 0
+    });
+    for c in &contents {
+        assert_eq!(recv.times_received(c), 1);
+    }
+    assert_eq!(svc.log_count("interrupted delete"), 0, "{}", svc.log());
+}
+
+/// A directory on another filesystem than the spool (/dev/shm), if there is one.
+fn other_filesystem(dirs: &Dirs) -> Option<tempfile::TempDir> {
+    use std::os::unix::fs::MetadataExt;
+    let other = tempfile::tempdir_in("/dev/shm").ok()?;
+    (fs::metadata(other.path()).unwrap().dev() != fs::metadata(&dirs.spool).unwrap().dev())
+        .then_some(other)
+}
+
+#[test]
+fn longest_names_are_moved_across_filesystems_deleted_and_failed_with_a_reason() {
+    let long = |c: char, n: usize| c.to_string().repeat(n);
+    // Move to done_dir on another filesystem (a copy through a temporary name).
+    let mut dirs = Dirs::new();
+    let _other = other_filesystem(&dirs);
+    if let Some(o) = &_other {
+        dirs.done = o.path().to_path_buf();
+    } else {
+        eprintln!("no other filesystem for done_dir: the move is tested within one");
+    }
+    let recv = Receiver::start(&dirs.recv);
+    let cfg = write_config(
+        &dirs,
+        "a.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    );
+    let svc = Service::start(&cfg);
+    for n in [250, 255] {
+        let name = long('m', n);
+        fs::write(dirs.done.join(&name), b"taken").unwrap();
+        drop_long(&dirs.spool, &name, format!("moved {n}").as_bytes());
+        wait_for("a long name moved", || {
+            fs::read_dir(&dirs.done).unwrap().count() >= 2
+                && !dirs.spool.join(&name).exists()
+                && names(&dirs.done).iter().any(|m| {
+                    fs::read(dirs.done.join(m)).unwrap() == format!("moved {n}").as_bytes()
+                })
+        });
+        for e in fs::read_dir(&dirs.done).unwrap() {
+            fs::remove_file(e.unwrap().path()).unwrap();
+        }
+    }
+    drop(svc);
+
+    // on_success = "delete".
+    let dirs = Dirs::new();
+    let o = Opts {
+        delete: true,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let svc = Service::start(&cfg);
+    for n in [250, 255] {
+        let name = long('d', n);
+        drop_long(&dirs.spool, &name, format!("deleted {n}").as_bytes());
+        wait_for("a long name deleted", || {
+            recv.times_received(format!("deleted {n}").as_bytes()) == 1
+                && fs::read_dir(&dirs.spool).unwrap().count() == 0
+        });
+    }
+    drop(svc);
+
+    // Given up on: failed_dir with a reason, even when the plain names are taken.
+    let dirs = Dirs::new();
+    let port = bad_greeting_server();
+    let o = Opts {
+        max_attempts: 1,
+        ..Opts::default()
+    };
+    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
+    let svc = Service::start(&cfg);
+    for n in [250, 255] {
+        let name = long('f', n);
+        fs::write(dirs.failed.join(&name), b"taken").unwrap();
+        drop_long(&dirs.spool, &name, format!("failed {n}").as_bytes());
+    }
+    svc.wait_log_n("gave up on", 2);
+    // The two taken names, the two failed files (shortened so that NAME.reason fits whole)
+    // and their reasons.
+    wait_for("4 files and 2 reasons in failed", || {
+        names(&dirs.failed).len() == 6
+    });
+    let all = names(&dirs.failed);
+    let reasons: Vec<_> = all.iter().filter(|n| n.ends_with(".reason")).collect();
+    assert_eq!(reasons.len(), 2, "{all:?}");
+    for r in reasons {
+        assert!(r.len() <= 255);
+        let file = r.strip_suffix(".reason").unwrap();
+        assert!(fs::read(dirs.failed.join(file))
+            .unwrap()
+            .starts_with(b"failed "));
+        let text = fs::read_to_string(dirs.failed.join(r)).unwrap();
+        assert!(text.contains("attempts: 1"), "{text}");
+    }
+    assert_eq!(svc.log_count("reason in"), 2, "{}", svc.log());
+}
+
+/// [`drop_file`] for a name too long for its `.NAME.part` temporary.
+fn drop_long(dir: &std::path::Path, name: &str, content: &[u8]) {
+    let tmp = dir.join(".long.part");
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 /// A writer that renames its file into the spool before closing it: once closed it is

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Seek, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -58,6 +58,68 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// How old a leftover of ours must be before it is taken for one of a crash rather than
+/// one in progress (of this or another instance). Tests shorten it with the hidden
+/// `ACCIO_STALE_AGE_MS`, since a ctime cannot be set back.
+pub fn stale_age() -> std::time::Duration {
+    static AGE: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *AGE.get_or_init(|| {
+        std::env::var("ACCIO_STALE_AGE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(std::time::Duration::from_secs(60))
+    })
+}
+
+/// The hidden names this process's deletes are using right now: a periodic
+/// [`restore_stale_deletions`] must not put one back under its feet, however old its ctime.
+fn deleting() -> std::sync::MutexGuard<'static, HashSet<PathBuf>> {
+    static SET: std::sync::OnceLock<Mutex<HashSet<PathBuf>>> = std::sync::OnceLock::new();
+    SET.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Registers a hidden delete name in [`deleting`] for as long as it lives.
+struct Deleting(PathBuf);
+
+impl Deleting {
+    fn new(p: &Path) -> Deleting {
+        deleting().insert(p.to_path_buf());
+        Deleting(p.to_path_buf())
+    }
+}
+
+impl Drop for Deleting {
+    fn drop(&mut self) {
+        deleting().remove(&self.0);
+    }
+}
+
+/// Start of the hidden name a delete renames a file to: `.accio-del.<16 hex>.<NAME>`, a
+/// pattern a user's own file is implausible to match.
+const DEL_PREFIX: &str = ".accio-del.";
+
+/// The hidden name for deleting `name`: `.accio-del.<16 hex>.<NAME>`, `NAME` cut short if
+/// needed to fit [`NAME_MAX`] (if a crash leaves it, the file comes back under that
+/// shortened name: still in the spool, sent again).
+fn del_name(name: &OsStr) -> OsString {
+    let mut b = format!("{DEL_PREFIX}{:016x}.", fastrand::u64(..)).into_bytes();
+    b.extend_from_slice(name.as_bytes());
+    b.truncate(NAME_MAX);
+    OsString::from_vec(b)
+}
+
+/// The original name inside a hidden delete name, if `name` is one.
+fn del_original(name: &OsStr) -> Option<&OsStr> {
+    let rest = name.as_bytes().strip_prefix(DEL_PREFIX.as_bytes())?;
+    if rest.len() < 18 || !rest[..16].iter().all(u8::is_ascii_hexdigit) || rest[16] != b'.' {
+        return None;
+    }
+    Some(OsStr::from_bytes(&rest[17..]))
+}
+
 /// Longest file name (bytes) Linux filesystems take.
 const NAME_MAX: usize = 255;
 
@@ -65,8 +127,13 @@ const NAME_MAX: usize = 255;
 /// [`NAME_MAX`]: a 255-byte name must still get its collision suffix, temporary name or
 /// `.reason` file instead of failing with ENAMETOOLONG for ever.
 fn fit_name(base: &OsStr, suffix: &str) -> OsString {
+    fit_name_to(base, suffix, NAME_MAX)
+}
+
+/// [`fit_name`] within `max` bytes.
+fn fit_name_to(base: &OsStr, suffix: &str, max: usize) -> OsString {
     let b = base.as_bytes();
-    let keep = b.len().min(NAME_MAX.saturating_sub(suffix.len()));
+    let keep = b.len().min(max.saturating_sub(suffix.len()));
     let mut s = OsString::from(OsStr::from_bytes(&b[..keep]));
     s.push(suffix);
     s
@@ -75,8 +142,13 @@ fn fit_name(base: &OsStr, suffix: &str) -> OsString {
 /// Candidate names in `dir` for `name`: `name`, `name.1`, `name.2`, … then one with a
 /// timestamp and a random part (the name shortened if a suffix would not fit).
 fn candidate(dir: &Path, name: &OsStr, n: u32) -> PathBuf {
+    candidate_to(dir, name, n, NAME_MAX)
+}
+
+/// [`candidate`] names of at most `max` bytes.
+fn candidate_to(dir: &Path, name: &OsStr, n: u32, max: usize) -> PathBuf {
     if n == 0 {
-        return dir.join(name);
+        return dir.join(fit_name_to(name, "", max));
     }
     let suffix = if n <= MAX_SUFFIX {
         format!(".{n}")
@@ -86,7 +158,7 @@ fn candidate(dir: &Path, name: &OsStr, n: u32) -> PathBuf {
             .unwrap_or_default();
         format!(".{}.{:08x}", now.as_nanos(), fastrand::u32(..))
     };
-    dir.join(fit_name(name, &suffix))
+    dir.join(fit_name_to(name, &suffix, max))
 }
 
 /// Renames `from` into `dir` under its name or a free suffixed one, never replacing a file.
@@ -98,8 +170,47 @@ fn candidate(dir: &Path, name: &OsStr, n: u32) -> PathBuf {
 /// still in place. Across filesystems the error's raw OS code is `EXDEV`: use
 /// [`move_into`] (blocking) then.
 pub fn rename_into(from: &Path, dir: &Path, name: &OsStr, syncer: &Syncer) -> io::Result<PathBuf> {
-    for n in 0..=MAX_SUFFIX + 1 {
-        let to = candidate(dir, name, n);
+    rename_into_paired(from, dir, name, syncer, false)
+}
+
+/// The `.reason` file that goes with `moved` (in failed_dir): `NAME.reason`, `NAME` cut
+/// short if needed to fit [`NAME_MAX`].
+pub fn reason_path(moved: &Path) -> PathBuf {
+    let dir = moved.parent().unwrap_or(Path::new("."));
+    dir.join(fit_name(moved.file_name().unwrap_or_default(), ".reason"))
+}
+
+/// With `pair`, a candidate name is only taken if its [`reason_path`] is free as well, so a
+/// file in failed_dir and its reason keep matching names (`y.1` and `y.1.reason`, never
+/// `y` and `y.reason.1`).
+fn usable(to: &Path, pair: bool) -> bool {
+    !pair || std::fs::symlink_metadata(reason_path(to)).is_err()
+}
+
+/// The `n`th name to try for `name` in `dir`. With `pair` (failed_dir): the name itself
+/// first, even if too long for `.reason` to be appended whole (its reason is then
+/// `NAME` shortened + `.reason`); after that only names short enough for `.reason` to fit
+/// whole, since suffixed long names would all share one shortened reason name.
+fn pair_candidate(dir: &Path, name: &OsStr, n: u32, pair: bool) -> PathBuf {
+    match (pair, n) {
+        (false, n) => candidate(dir, name, n),
+        (true, 0) => candidate(dir, name, 0),
+        (true, n) => candidate_to(dir, name, n - 1, NAME_MAX - ".reason".len()),
+    }
+}
+
+fn rename_into_paired(
+    from: &Path,
+    dir: &Path,
+    name: &OsStr,
+    syncer: &Syncer,
+    pair: bool,
+) -> io::Result<PathBuf> {
+    for n in 0..=MAX_SUFFIX + 2 {
+        let to = pair_candidate(dir, name, n, pair);
+        if !usable(&to, pair) {
+            continue;
+        }
         match rename_noreplace(from, &to) {
             Ok(()) => {
                 syncer.mark(dir);
@@ -135,7 +246,7 @@ pub fn move_into(
 ) -> io::Result<PathBuf> {
     match rename_into(from, dir, name, syncer) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            copy_across(file, from, None, dir, name, syncer).map(|(to, _)| to)
+            copy_across(file, from, None, dir, name, syncer, false).map(|(to, _)| to)
         }
         other => other,
     }
@@ -264,6 +375,34 @@ pub fn move_if_ours(
     name: &OsStr,
     syncer: &Syncer,
 ) -> io::Result<Disposed> {
+    move_if_ours_paired(file, from, id, dir, name, syncer, false)
+}
+
+/// [`move_if_ours`] into failed_dir: the name chosen leaves its [`reason_path`] free too,
+/// for [`write_reason`].
+///
+/// # Errors
+/// As [`move_if_ours`].
+pub fn move_failed_if_ours(
+    file: Option<&File>,
+    from: &Path,
+    id: &Identity,
+    dir: &Path,
+    name: &OsStr,
+    syncer: &Syncer,
+) -> io::Result<Disposed> {
+    move_if_ours_paired(file, from, id, dir, name, syncer, true)
+}
+
+fn move_if_ours_paired(
+    file: Option<&File>,
+    from: &Path,
+    id: &Identity,
+    dir: &Path,
+    name: &OsStr,
+    syncer: &Syncer,
+    pair: bool,
+) -> io::Result<Disposed> {
     let ctx = |e: io::Error| {
         io::Error::new(
             e.kind(),
@@ -273,11 +412,11 @@ pub fn move_if_ours(
     if let Some(d) = check_ours(from, id).map_err(ctx)? {
         return Ok(d);
     }
-    match rename_into(from, dir, name, syncer) {
+    match rename_into_paired(from, dir, name, syncer, pair) {
         Ok(to) => verify_moved(from, to, id, syncer).map_err(ctx),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             let (to, removed) =
-                copy_across(file, from, Some(id), dir, name, syncer).map_err(ctx)?;
+                copy_across(file, from, Some(id), dir, name, syncer, pair).map_err(ctx)?;
             Ok(match removed {
                 // The copy in `dir` is our content, read from the claimed descriptor; the
                 // spool name held another file by then and keeps it.
@@ -291,8 +430,8 @@ pub fn move_if_ours(
 
 /// Deletes the spool entry `path` only if it still is the inode `id`, unchanged. An unlink
 /// by name cannot be checked, so the entry is first renamed to a hidden name of ours
-/// (`.NAME.accio-XXXXXXXX.del`), checked there, and only then unlinked; if it is not ours
-/// it goes back (see [`verify_moved`]).
+/// (`.accio-del.<16 hex>.NAME`, see [`del_name`]), checked there, and only then unlinked;
+/// if it is not ours it goes back (see [`verify_moved`]).
 ///
 /// # Errors
 /// Inspecting, renaming or unlinking failed; the file is still in the spool.
@@ -301,20 +440,24 @@ pub fn delete_if_ours(path: &Path, id: &Identity, syncer: &Syncer) -> io::Result
         return Ok(d);
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(path.file_name().unwrap_or_default());
-    // A long name is shortened to fit; if a crash leaves the temporary, the file comes back
-    // under that shortened name (still in the spool, sent again).
-    let tmp = dir.join(fit_name(
-        &tmp_name,
-        &format!(".accio-{:08x}.del", fastrand::u32(..)),
-    ));
-    rename_noreplace(path, &tmp)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot delete {}: {e}", esc(path))))?;
+    let tmp = dir.join(del_name(path.file_name().unwrap_or_default()));
+    // Errors name `path`, never the random hidden name: the queue compares error texts to
+    // throttle a repeated ERROR.
+    let ctx = |what: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("cannot {what} {}: {e}", esc(path)))
+    };
+    let _deleting = Deleting::new(&tmp);
+    rename_noreplace(path, &tmp).map_err(|e| ctx("delete", e))?;
     match claim::lstat(&tmp) {
         Ok(now) if is_ours(&now, id) => {
             std::fs::remove_file(&tmp).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot delete {}: {e}", esc(&tmp)))
+                tracing::warn!(
+                    path = %esc(&tmp),
+                    "cannot unlink {} (the delivered {} renamed for its delete): {e}; it is put back when stale",
+                    esc(&tmp),
+                    esc(path)
+                );
+                ctx("delete", e)
             })?;
             syncer.mark(dir);
             Ok(Disposed::Done(None))
@@ -327,10 +470,7 @@ pub fn delete_if_ours(path: &Path, id: &Identity, syncer: &Syncer) -> io::Result
                 Disposed::NotOurs
             })
         }
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("cannot inspect {}: {e}", esc(&tmp)),
-        )),
+        Err(e) => Err(ctx("inspect (renamed for its delete)", e)),
     }
 }
 
@@ -348,58 +488,101 @@ fn is_our_temporary(name: &OsStr, ext: &str) -> bool {
         && &tail[16..] == ext.as_bytes()
 }
 
-/// Our entries in `dir` named like `.ANY.accio-XXXXXXXX.<ext>` untouched for more than a
-/// minute (a live one of another instance is younger): for a copy (`tmp`) its data were
-/// written more than a minute ago (mtime); for a delete (`del`, a rename that keeps the
-/// mtime) it was renamed more than a minute ago (ctime).
-fn stale_ours(dir: &Path, ext: &str) -> Vec<PathBuf> {
+/// Entries of `dir` that `ours` recognises, untouched for [`stale_age`] (a live one, of
+/// this or another instance, is younger): for a copy (`tmp`) its data were written that
+/// long ago (mtime); for a delete (a rename, which keeps the mtime) it was renamed that long
+/// ago (ctime, `by_ctime`).
+fn stale_ours(dir: &Path, ours: impl Fn(&OsStr) -> bool, by_ctime: bool) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    let old = std::time::SystemTime::now() - stale_age();
     rd.flatten()
-        .filter(|e| is_our_temporary(&e.file_name(), ext))
+        .filter(|e| ours(&e.file_name()))
         .filter(|e| {
             e.metadata().is_ok_and(|m| {
                 use std::os::unix::fs::MetadataExt;
-                let t = if ext == "del" { m.ctime() } else { m.mtime() };
-                m.is_file()
-                    && std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64) < old
+                let (s, ns) = if by_ctime {
+                    (m.ctime(), m.ctime_nsec())
+                } else {
+                    (m.mtime(), m.mtime_nsec())
+                };
+                let t = std::time::UNIX_EPOCH
+                    + std::time::Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32);
+                m.is_file() && t < old
             })
         })
         .map(|e| e.path())
         .collect()
 }
 
-/// Removes copies into `dir` (done_dir, failed_dir) that a crash interrupted:
-/// `.NAME.accio-XXXXXXXX.tmp`, untouched for a minute. The source of each is still in the
-/// spool, so nothing is lost. Blocking.
-pub fn clean_stale_temporaries(dir: &Path) {
-    for p in stale_ours(dir, "tmp") {
-        match std::fs::remove_file(&p) {
-            Ok(()) => {
-                tracing::info!(path = %esc(&p), "removed {}, left by an interrupted move", esc(&p))
-            }
-            Err(e) => {
-                tracing::warn!(path = %esc(&p), "cannot remove {} (left by an interrupted move): {e}", esc(&p))
-            }
-        }
+/// Reports copies into `dir` (done_dir, failed_dir) that a crash seems to have interrupted:
+/// `.NAME.accio-XXXXXXXX.tmp`, untouched for [`stale_age`]. Never deletes them: a user's
+/// file may match the pattern, and the source of a real leftover is still in the spool.
+/// Blocking.
+pub fn warn_stale_temporaries(dir: &Path) {
+    for p in stale_ours(dir, |n| is_our_temporary(n, "tmp"), false) {
+        tracing::warn!(
+            path = %esc(&p),
+            "{} looks like a temporary copy left by an interrupted move; the original stayed in the spool; remove it if it is not yours",
+            esc(&p)
+        );
     }
 }
 
-/// Puts back into the spool the files a crash left under the hidden name a delete uses
-/// (`.NAME.accio-XXXXXXXX.del`), untouched for a minute: whether it was the delivered file
-/// or another one is not known any more, so it is sent (again). Blocking.
-pub fn restore_stale_deletions(spool: &Path) {
+/// Puts back into the spool the files a crash (or a failed unlink) left under the hidden
+/// name a delete uses (`.accio-del.<16 hex>.NAME`), renamed more than [`stale_age`] ago and
+/// not a delete of this process in progress: whether it was the delivered file or another
+/// one is not known any more, so it is sent (again). Never replaces a file: a taken name
+/// gets a suffix. Run at start and periodically. Blocking. Returns how many were restored.
+pub fn restore_stale_deletions(spool: &Path) -> usize {
     let syncer = Syncer::default();
-    for p in stale_ours(spool, "del") {
-        let name = p.file_name().unwrap_or_default().as_bytes();
-        let orig = OsStr::from_bytes(&name[1..name.len() - ".accio-XXXXXXXX.del".len()]);
-        if let Err(e) = put_back(&p, &spool.join(orig), &syncer) {
-            tracing::warn!(path = %esc(&p), "{e}");
+    let mut restored = 0;
+    for p in stale_ours(spool, |n| del_original(n).is_some(), true) {
+        if deleting().contains(&p) {
+            continue;
+        }
+        let Some(orig) = p.file_name().and_then(del_original) else {
+            continue;
+        };
+        let mut result = Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free name".to_string(),
+        ));
+        for n in 0..=MAX_SUFFIX + 1 {
+            let to = candidate(spool, orig, n);
+            match rename_noreplace(&p, &to) {
+                Ok(()) => {
+                    result = Ok(to);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(to) => {
+                syncer.mark(spool);
+                restored += 1;
+                tracing::warn!(
+                    path = %esc(&to),
+                    "put {} back as {}: an interrupted delete left it hidden; it is sent again",
+                    esc(&p),
+                    esc(&to)
+                );
+            }
+            Err(e) => tracing::warn!(
+                path = %esc(&p),
+                "cannot put {} (left hidden by an interrupted delete) back into the spool: {e}",
+                esc(&p)
+            ),
         }
     }
     syncer.flush_blocking();
+    restored
 }
 
 /// The move across filesystems: copy to a hidden temporary in `dir`, fsync it, rename it
@@ -412,9 +595,22 @@ fn copy_across(
     dir: &Path,
     name: &OsStr,
     syncer: &Syncer,
+    pair: bool,
 ) -> io::Result<(PathBuf, Disposed)> {
     let ctx = |what: &str, p: &Path, e: io::Error| {
         io::Error::new(e.kind(), format!("{what} {}: {e}", esc(p)))
+    };
+    // Errors about the temporary name the file and the directory, never the random name:
+    // the queue compares error texts to throttle a repeated ERROR.
+    let tctx = |what: &str, e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot {what} a temporary copy of {} in {}: {e}",
+                esc(from),
+                esc(dir)
+            ),
+        )
     };
     let mut tmp_name = OsString::from(".");
     tmp_name.push(name);
@@ -427,7 +623,7 @@ fn copy_across(
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| ctx("cannot create", &tmp, e))?;
+            .map_err(|e| tctx("create", e))?;
         let mut src = match file {
             Some(f) => f.try_clone()?,
             None => {
@@ -439,12 +635,15 @@ fn copy_across(
                     .map_err(|e| ctx("cannot open", from, e))?
             }
         };
-        src.rewind()?;
-        io::copy(&mut src, &mut out).map_err(|e| ctx("cannot copy into", &tmp, e))?;
-        out.flush()?;
-        out.sync_all().map_err(|e| ctx("cannot sync", &tmp, e))?;
-        for n in 0..=MAX_SUFFIX + 1 {
-            let to = candidate(dir, name, n);
+        src.rewind().map_err(|e| ctx("cannot read", from, e))?;
+        io::copy(&mut src, &mut out).map_err(|e| tctx("write", e))?;
+        out.flush().map_err(|e| tctx("write", e))?;
+        out.sync_all().map_err(|e| tctx("sync", e))?;
+        for n in 0..=MAX_SUFFIX + 2 {
+            let to = pair_candidate(dir, name, n, pair);
+            if !usable(&to, pair) {
+                continue;
+            }
             match rename_noreplace(&tmp, &to) {
                 Ok(()) => {
                     fsync_dir(dir).map_err(|e| ctx("cannot sync", dir, e))?;
@@ -650,6 +849,139 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_file_and_its_reason_keep_matching_names() {
+        let spool = tempfile::tempdir().unwrap();
+        let failed = tempfile::tempdir().unwrap();
+        let syncer = Syncer::default();
+        std::fs::write(failed.path().join("y.reason"), b"a user's file").unwrap();
+        let p = spool.path().join("y");
+        std::fs::write(&p, b"y").unwrap();
+        let id = claim::lstat(&p).unwrap();
+        let d =
+            move_failed_if_ours(None, &p, &id, failed.path(), OsStr::new("y"), &syncer).unwrap();
+        let to = failed.path().join("y.1");
+        assert_eq!(d, Disposed::Done(Some(to.clone())));
+        let r = write_reason(&to, "why", &syncer).unwrap();
+        assert_eq!(r, failed.path().join("y.1.reason"));
+        assert_eq!(r, reason_path(&to));
+        assert_eq!(
+            std::fs::read(failed.path().join("y.reason")).unwrap(),
+            b"a user's file"
+        );
+        // Across filesystems the same rule applies to the copy's final name.
+        std::fs::write(&p, b"y2").unwrap();
+        let id = claim::lstat(&p).unwrap();
+        std::fs::write(failed.path().join("y.2.reason"), b"another").unwrap();
+        let (to, _) = copy_across(
+            None,
+            &p,
+            Some(&id),
+            failed.path(),
+            OsStr::new("y"),
+            &syncer,
+            true,
+        )
+        .unwrap();
+        assert_eq!(to, failed.path().join("y.3"));
+    }
+
+    #[test]
+    fn longest_failed_names_keep_distinct_reasons() {
+        let spool = tempfile::tempdir().unwrap();
+        let failed = tempfile::tempdir().unwrap();
+        let syncer = Syncer::default();
+        let name = OsString::from("f".repeat(NAME_MAX));
+        let mut pairs = Vec::new();
+        for i in 0..3 {
+            let p = spool.path().join(&name);
+            std::fs::write(&p, format!("{i}")).unwrap();
+            let id = claim::lstat(&p).unwrap();
+            let Disposed::Done(Some(to)) =
+                move_failed_if_ours(None, &p, &id, failed.path(), &name, &syncer).unwrap()
+            else {
+                panic!("not moved")
+            };
+            let r = write_reason(&to, "why", &syncer).unwrap();
+            assert_eq!(r, reason_path(&to));
+            pairs.push((to, r));
+        }
+        // The first keeps its whole name; the others are shortened so `.reason` fits.
+        assert_eq!(pairs[0].0, failed.path().join(&name));
+        for (to, r) in &pairs[1..] {
+            let mut expect = to.file_name().unwrap().to_owned();
+            expect.push(".reason");
+            assert_eq!(r.file_name().unwrap(), expect);
+        }
+        let distinct: HashSet<_> = pairs.iter().map(|(_, r)| r).collect();
+        assert_eq!(distinct.len(), 3, "{pairs:?}");
+    }
+
+    #[test]
+    fn copy_errors_do_not_name_the_random_temporary() {
+        let spool = tempfile::tempdir().unwrap();
+        let missing = spool.path().join("no-such-dir");
+        let syncer = Syncer::default();
+        let p = spool.path().join("c");
+        std::fs::write(&p, b"c").unwrap();
+        let id = claim::lstat(&p).unwrap();
+        let errs: Vec<String> = (0..3)
+            .map(|_| {
+                copy_across(
+                    None,
+                    &p,
+                    Some(&id),
+                    &missing,
+                    OsStr::new("c"),
+                    &syncer,
+                    false,
+                )
+                .unwrap_err()
+                .to_string()
+            })
+            .collect();
+        assert_eq!(errs[0], errs[1]);
+        assert_eq!(errs[1], errs[2]);
+        assert!(!errs[0].contains("accio-"), "{}", errs[0]);
+        assert!(errs[0].contains("no-such-dir"), "{}", errs[0]);
+        assert!(p.exists());
+    }
+
+    #[test]
+    fn hidden_delete_names_are_distinctive_and_fit() {
+        let n = del_name(OsStr::new("a.txt"));
+        assert!(n.as_bytes().starts_with(b".accio-del."), "{n:?}");
+        assert_eq!(del_original(&n), Some(OsStr::new("a.txt")));
+        let long = OsString::from("l".repeat(NAME_MAX));
+        let n = del_name(&long);
+        assert_eq!(n.len(), NAME_MAX);
+        assert_eq!(del_original(&n).unwrap().len(), NAME_MAX - 28);
+        for not in [
+            ".a.accio-0123abcd.del",
+            ".accio-del.0123.x",
+            ".accio-del.0123456789abcdefx",
+            ".accio-del.0123456789abcdef.",
+            ".accio-del.0123456789abcdeg.x",
+        ] {
+            assert_eq!(del_original(OsStr::new(not)), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn a_fresh_or_in_progress_hidden_delete_is_left_alone() {
+        let spool = tempfile::tempdir().unwrap();
+        let h = spool.path().join(".accio-del.0123456789abcdef.f");
+        std::fs::write(&h, b"f").unwrap();
+        // Renamed just now: possibly another instance's delete in progress.
+        if stale_age() >= std::time::Duration::from_secs(1) {
+            assert_eq!(restore_stale_deletions(spool.path()), 0);
+            assert!(h.exists());
+        }
+        let _d = Deleting::new(&h);
+        assert_eq!(restore_stale_deletions(spool.path()), 0);
+        assert!(h.exists());
+    }
+
+    #[test]
     fn a_reason_never_replaces_a_file() {
         let failed = tempfile::tempdir().unwrap();
         let syncer = Syncer::default();
@@ -719,7 +1051,7 @@ mod tests {
             std::fs::write(&src, content).unwrap();
             let f = File::open(&src).unwrap();
             moved.push(
-                copy_across(Some(&f), &src, None, done.path(), &name, &syncer)
+                copy_across(Some(&f), &src, None, done.path(), &name, &syncer, true)
                     .unwrap()
                     .0,
             );
@@ -764,6 +1096,7 @@ mod tests {
             done.path(),
             OsStr::new("b"),
             &syncer,
+            false,
         )
         .unwrap();
         assert_eq!(removed, Disposed::Done(None));

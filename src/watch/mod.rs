@@ -175,6 +175,7 @@ pub async fn run_with(
         config.shutdown_grace,
         reported,
     );
+    let mut spools = Vec::new();
     for (i, w) in watches.iter().enumerate() {
         let w2 = w.clone();
         let listing = tokio::task::spawn_blocking(move || {
@@ -195,10 +196,10 @@ pub async fn run_with(
         );
         tokio::task::spawn_blocking(move || {
             for d in done.iter().chain(std::iter::once(&failed)) {
-                disposition::clean_stale_temporaries(d);
+                disposition::warn_stale_temporaries(d);
             }
-            disposition::restore_stale_deletions(&spool);
         });
+        spools.push(spool);
         tracing::info!(
             dir = %esc(&w.cfg.dir),
             backlog = listing.entries.len(),
@@ -214,6 +215,7 @@ pub async fn run_with(
         .fetch_add(watches.len() as u64, Ordering::Relaxed);
     let sync_stop = CancellationToken::new();
     let sync_task = tokio::spawn(syncer.run(sync_stop.clone()));
+    let restore_task = tokio::spawn(restore_deletions(spools, sync_stop.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -227,7 +229,33 @@ pub async fn run_with(
         .fetch_sub(watches.len() as u64, Ordering::Relaxed);
     sync_stop.cancel();
     let _ = sync_task.await;
+    let _ = restore_task.await;
     Ok(())
+}
+
+/// Puts back files a crash left hidden by a delete (see
+/// [`disposition::restore_stale_deletions`]): at start, and then periodically, since a
+/// service restarted at once (systemd) finds them too young to be taken for leftovers.
+async fn restore_deletions(spools: Vec<PathBuf>, stop: CancellationToken) {
+    let period = (disposition::stale_age() / 2).clamp(
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_secs(30),
+    );
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = spools.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for d in &s {
+                disposition::restore_stale_deletions(d);
+            }
+        })
+        .await;
+    }
 }
 
 #[cfg(test)]

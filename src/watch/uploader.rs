@@ -442,7 +442,8 @@ async fn give_up(
     let text = reason.to_string();
     let result = tokio::task::spawn_blocking(move || {
         let file = claim.as_ref().map(|c| &c.file);
-        let d = disposition::move_if_ours(file, &from, &id, &w.cfg.failed_dir, &name, &syncer)?;
+        let d =
+            disposition::move_failed_if_ours(file, &from, &id, &w.cfg.failed_dir, &name, &syncer)?;
         let reason_file = match &d {
             Disposed::Done(Some(to)) => Some(disposition::write_reason(to, &text, &syncer)),
             _ => None,
@@ -455,13 +456,15 @@ async fn give_up(
     match result {
         Ok((Disposed::Done(to), reason_file)) => {
             let to = to.unwrap_or_default();
-            if let Some(Err(e)) = reason_file {
-                tracing::error!("moved {} to {} but {e}", esc(path), esc(&to));
-            }
+            let reason_at = match reason_file {
+                Some(Ok(r)) => format!("; reason in {}", esc(&r)),
+                Some(Err(e)) => format!("; no reason file: {e}"),
+                None => String::new(),
+            };
             tracing::error!(
                 path = %esc(path),
                 attempt = job.attempt,
-                "gave up on {} after {} attempts; moved to {}",
+                "gave up on {} after {} attempts; moved to {}{reason_at}",
                 esc(path),
                 job.attempt,
                 esc(&to)
