@@ -811,7 +811,12 @@ impl Queue {
                     Some(o) => o.error != error || now >= o.warned_at + OUTAGE_REPORT_EVERY,
                 };
                 if loud {
-                    let waiting = self.waiting_for(&dest);
+                    // Everything queued for it waits, not only what already failed.
+                    let waiting = self
+                        .entries
+                        .keys()
+                        .filter(|k| self.watches[k.0].cfg.server.to_string() == dest)
+                        .count();
                     tracing::warn!(
                         path = %esc(&path),
                         "{error}; {waiting} file(s) waiting for it stay in the spool (not counted as failed attempts) and are retried with backoff (further failures are reported once a minute or when the error changes)"
