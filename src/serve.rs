@@ -32,23 +32,7 @@ pub struct ServeOptions {
 /// # Errors
 /// The `faccessat(W_OK | X_OK, AT_EACCESS)` error.
 pub fn check_writable(dir: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: `c` is a valid NUL-terminated path; no pointers are kept.
-    let rc = unsafe {
-        libc::faccessat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::W_OK | libc::X_OK,
-            libc::AT_EACCESS,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::config::fs_check::access(dir, libc::W_OK | libc::X_OK)
 }
 
 /// Binds the listening socket: IPv6 any-address with dual stack where the kernel has IPv6,
@@ -171,7 +155,7 @@ async fn handle(mut stream: TcpStream, n: u64, opts: &ServeOptions) -> io::Resul
             Ok(bytes)
         }
         Err(e) => {
-            abort(stream);
+            crate::protocol::abort(stream);
             Err(e)
         }
     }
@@ -207,11 +191,6 @@ async fn save(stream: &mut TcpStream, n: u64, opts: &ServeOptions) -> io::Result
     tokio::fs::rename(&part.path, &final_path).await?;
     part.armed = false;
     result
-}
-
-fn abort(stream: TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
 }
 
 async fn receive(

@@ -137,7 +137,7 @@ fn usable_dir(
 
 /// `access(2)` with the effective ids (`AT_EACCESS`): what the service itself may do.
 /// It also reports a read-only filesystem (`EROFS`), which permission bits would not show.
-fn access(path: &Path, mode: libc::c_int) -> io::Result<()> {
+pub(crate) fn access(path: &Path, mode: libc::c_int) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.

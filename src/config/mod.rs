@@ -13,7 +13,7 @@
 //! ``/etc/accio/accio.toml:14: key `watch[0].done_dir`: directory "/x" does not exist``.
 //! `[[watch]]` tables are numbered from 0 in keys; the line number removes any doubt.
 
-mod fs_check;
+pub(crate) mod fs_check;
 mod render;
 mod tree;
 mod validate;
