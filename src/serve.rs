@@ -149,8 +149,16 @@ impl Drop for PartFile {
 /// Receives one connection into `DIR/N.file`, then closes it: gracefully (the client's
 /// confirmation) only when the file is in place, else with a reset.
 async fn handle(mut stream: TcpStream, n: u64, opts: &ServeOptions) -> io::Result<u64> {
+    // Until the file is published, any close is a reset: if this process dies (even by
+    // SIGKILL) after reading the whole body but before saving it, the kernel's close of the
+    // socket must not look like the confirming close to the client. Best effort: without it
+    // only a crash in that window could confirm an unsaved file.
+    let sock = socket2::SockRef::from(&stream);
+    let _ = sock.set_linger(Some(Duration::ZERO));
     match save(&mut stream, n, opts).await {
         Ok(bytes) => {
+            // Published: now the graceful close is the truth.
+            let _ = socket2::SockRef::from(&stream).set_linger(None);
             drop(stream);
             Ok(bytes)
         }
