@@ -106,9 +106,51 @@ const DEL_PREFIX: &str = ".accio-del.";
 /// shortened name: still in the spool, sent again).
 fn del_name(name: &OsStr) -> OsString {
     let mut b = format!("{DEL_PREFIX}{:016x}.", fastrand::u64(..)).into_bytes();
-    b.extend_from_slice(name.as_bytes());
-    b.truncate(NAME_MAX);
+    let room = NAME_MAX - b.len();
+    b.extend_from_slice(spool_name(name, "", room).as_bytes());
     OsString::from_vec(b)
+}
+
+/// Splits `name` into stem and extension (with its dot): `report.csv` → (`report`,
+/// `.csv`). A leading dot is not an extension, and neither is a long tail (over 16 bytes).
+fn split_ext(name: &[u8]) -> (&[u8], &[u8]) {
+    match name.iter().rposition(|&b| b == b'.') {
+        Some(p) if p > 0 && name.len() - p <= 16 => name.split_at(p),
+        _ => (name, &[]),
+    }
+}
+
+/// A name for a file that goes back into the spool: `stem` + `tag` + extension, the stem cut
+/// short to fit `max` bytes. Keeping the extension last keeps the name matching the watch's
+/// globs (`*.csv`), so a file put back is still picked up and sent.
+fn spool_name(name: &OsStr, tag: &str, max: usize) -> OsString {
+    let (stem, ext) = split_ext(name.as_bytes());
+    let ext = if ext.len() + tag.len() < max {
+        ext
+    } else {
+        &[][..]
+    };
+    let keep = stem.len().min(max.saturating_sub(tag.len() + ext.len()));
+    let mut b = stem[..keep].to_vec();
+    b.extend_from_slice(tag.as_bytes());
+    b.extend_from_slice(ext);
+    OsString::from_vec(b)
+}
+
+/// Candidate names for a file put back into the spool: `name`, then `stem.1.ext`,
+/// `stem.2.ext`, … then one with a timestamp and a random part.
+fn spool_candidate(dir: &Path, name: &OsStr, n: u32) -> PathBuf {
+    let tag = match n {
+        0 => String::new(),
+        n if n <= MAX_SUFFIX => format!(".{n}"),
+        _ => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            format!(".{}.{:08x}", now.as_nanos(), fastrand::u32(..))
+        }
+    };
+    dir.join(spool_name(name, &tag, NAME_MAX))
 }
 
 /// The original name inside a hidden delete name, if `name` is one.
@@ -312,12 +354,12 @@ fn verify_moved(
     })
 }
 
-/// Renames `moved` back to `spool_path`, or to a free `NAME.N` beside it.
+/// Renames `moved` back to `spool_path`, or to a free `STEM.N.EXT` beside it.
 fn put_back(moved: &Path, spool_path: &Path, syncer: &Syncer) -> io::Result<PathBuf> {
     let dir = spool_path.parent().unwrap_or(Path::new("."));
     let name = spool_path.file_name().unwrap_or_default();
     for n in 0..=MAX_SUFFIX + 1 {
-        let to = candidate(dir, name, n);
+        let to = spool_candidate(dir, name, n);
         match rename_noreplace(moved, &to) {
             Ok(()) => {
                 syncer.mark(dir);
@@ -550,7 +592,7 @@ pub fn restore_stale_deletions(spool: &Path) -> usize {
             "no free name".to_string(),
         ));
         for n in 0..=MAX_SUFFIX + 1 {
-            let to = candidate(spool, orig, n);
+            let to = spool_candidate(spool, orig, n);
             match rename_noreplace(&p, &to) {
                 Ok(()) => {
                     result = Ok(to);
@@ -813,6 +855,28 @@ impl Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_put_back_into_the_spool_keep_their_extension() {
+        let dir = Path::new("/s");
+        let c = |name: &str, n| spool_candidate(dir, OsStr::new(name), n);
+        assert_eq!(c("report.csv", 0), dir.join("report.csv"));
+        assert_eq!(c("report.csv", 1), dir.join("report.1.csv"));
+        assert_eq!(c("report", 2), dir.join("report.2"));
+        assert_eq!(c(".hidden", 1), dir.join(".hidden.1"));
+        assert_eq!(c("a.tar.gz", 1), dir.join("a.tar.1.gz"));
+        // A long name is shortened in its stem; the extension survives.
+        let long = format!("{}.csv", "x".repeat(251));
+        let p = c(&long, 3);
+        let got = p.file_name().unwrap().as_bytes();
+        assert_eq!(got.len(), NAME_MAX);
+        assert!(got.ends_with(b".3.csv"));
+        // The hidden delete name of a 255-byte name still restores to a `*.csv`.
+        let hidden = del_name(OsStr::new(&long));
+        assert!(hidden.as_bytes().len() <= NAME_MAX);
+        let orig = del_original(&hidden).unwrap();
+        assert!(orig.as_bytes().ends_with(b".csv"), "{orig:?}");
+    }
 
     #[test]
     fn a_name_swapped_before_the_move_is_left_alone() {
