@@ -128,6 +128,9 @@ struct Entry {
     closed: bool,
     /// A close was seen while an upload had it (such events are otherwise dropped).
     closed_in_flight: bool,
+    /// A write (or re-create) was seen while an upload had it: after an attempt that did
+    /// not deliver, `moved_in` and `closed` no longer vouch for the content.
+    modified_in_flight: bool,
 }
 
 impl Entry {
@@ -143,6 +146,7 @@ impl Entry {
             moved_in: false,
             closed: false,
             closed_in_flight: false,
+            modified_in_flight: false,
         }
     }
 }
@@ -354,8 +358,10 @@ impl Queue {
             if matches!(e.state, State::InFlight) {
                 // The upload task owns it; the name is looked at again after it. A close
                 // is remembered: a writer the upload finds may be the one that just left.
-                if hint == Hint::Closed {
-                    e.closed_in_flight = true;
+                match hint {
+                    Hint::Closed => e.closed_in_flight = true,
+                    Hint::Created | Hint::Modified => e.modified_in_flight = true,
+                    _ => {}
                 }
                 return;
             }
@@ -697,6 +703,7 @@ impl Queue {
             }
             e.state = State::InFlight;
             e.closed_in_flight = false;
+            e.modified_in_flight = false;
             let trusted = e.moved_in || e.closed;
             self.unreachable.remove(&key);
             let mode = match e.pending.take() {
@@ -727,6 +734,14 @@ impl Queue {
             self.entries.remove(&key);
             return self.settle_from_now(key);
         };
+        if let Some(e) = self.entries.get_mut(&key) {
+            if std::mem::take(&mut e.modified_in_flight) {
+                // Written to while the upload had it: whatever made it look complete
+                // (moved in, closed) is older than that write.
+                e.moved_in = false;
+                e.closed = false;
+            }
+        }
         match outcome {
             Outcome::Delivered { .. } | Outcome::GaveUp => {
                 let counter = if matches!(outcome, Outcome::Delivered { .. }) {
@@ -788,8 +803,17 @@ impl Queue {
                     esc(&path),
                     self.writer_quiet(key.0)
                 );
-                if let Some(e) = self.entries.get_mut(&key) {
-                    e.state = State::Waiting;
+                let Some(e) = self.entries.get_mut(&key) else {
+                    return;
+                };
+                e.state = State::Waiting;
+                if std::mem::take(&mut e.closed_in_flight) {
+                    // Its writer closed it while the upload looked: settle from that close.
+                    self.settle_from_now(key.clone());
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.closed = true;
+                    }
+                    return;
                 }
                 self.arm(&key, now + wait);
             }
