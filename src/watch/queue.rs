@@ -726,6 +726,15 @@ impl Queue {
         }
     }
 
+    /// Settles `key` afresh, as a file that was closed after writing (so it counts as
+    /// complete once settled): for a close that arrived while an upload had it.
+    fn settle_from_close(&mut self, key: Key) {
+        self.settle_from_now(key.clone());
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.closed = true;
+        }
+    }
+
     fn finished(&mut self, key: Key, outcome: Option<Outcome>) {
         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
@@ -787,11 +796,7 @@ impl Queue {
                     if e.moved_in {
                         return self.make_ready(&key);
                     }
-                    self.settle_from_now(key.clone());
-                    if let Some(e) = self.entries.get_mut(&key) {
-                        e.closed = true;
-                    }
-                    return;
+                    return self.settle_from_close(key);
                 }
                 self.arm(&key, now + again);
             }
@@ -809,11 +814,7 @@ impl Queue {
                 e.state = State::Waiting;
                 if std::mem::take(&mut e.closed_in_flight) {
                     // Its writer closed it while the upload looked: settle from that close.
-                    self.settle_from_now(key.clone());
-                    if let Some(e) = self.entries.get_mut(&key) {
-                        e.closed = true;
-                    }
-                    return;
+                    return self.settle_from_close(key);
                 }
                 self.arm(&key, now + wait);
             }
