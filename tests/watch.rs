@@ -260,20 +260,8 @@ fn after_max_attempts_a_file_goes_to_failed_with_a_reason() {
 #[test]
 fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
     let dirs = Dirs::new();
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let started_tx = std::sync::Mutex::new(started_tx);
-    let go_rx = std::sync::Mutex::new(go_rx);
-    let server = ScriptServer::start_with_rcvbuf(Some(64 * 1024), move |n, stream| {
-        if n == 0 {
-            // Take a little, then stop reading until the test has changed the file.
-            let first = read_at_least(stream, 64 * 1024);
-            let _ = started_tx.lock().unwrap().send(());
-            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
-            return read_rest(stream, first);
-        }
-        read_rest(stream, Vec::new())
-    });
+    // The first connection takes a little, then stops reading until the test has changed the file.
+    let (server, started_rx, go_tx) = first_connection_paused();
     let o = Opts {
         timeout: "10s",
         ..Opts::default()
@@ -1074,20 +1062,8 @@ fn stale_temporaries_of_ours_are_reported_never_removed_at_start() {
 #[test]
 fn a_name_replaced_during_the_transfer_delivers_both_files() {
     let dirs = Dirs::new();
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let started_tx = std::sync::Mutex::new(started_tx);
-    let go_rx = std::sync::Mutex::new(go_rx);
-    let server = ScriptServer::start_with_rcvbuf(Some(64 * 1024), move |n, stream| {
-        if n == 0 {
-            // Take a little, then stop reading until the test has replaced the file.
-            let first = read_at_least(stream, 64 * 1024);
-            let _ = started_tx.lock().unwrap().send(());
-            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
-            return read_rest(stream, first);
-        }
-        read_rest(stream, Vec::new())
-    });
+    // The first connection takes a little, then stops reading until the test has replaced the file.
+    let (server, started_rx, go_tx) = first_connection_paused();
     let o = Opts {
         timeout: "10s",
         ..Opts::default()
@@ -1510,4 +1486,27 @@ fn without_leases_a_name_recreated_while_in_flight_waits_for_its_writer() {
     assert!(clean
         .iter()
         .any(|c| c.bytes == b"NEW, first half\nNEW, second half\n"));
+}
+
+/// A server whose first connection reads 64 KiB, reports it on `started`, then stops
+/// reading (small receive buffer) until `go` is sent; every other connection reads at once.
+fn first_connection_paused() -> (
+    ScriptServer,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let server = ScriptServer::start_with_rcvbuf(Some(64 * 1024), move |n, stream| {
+        if n == 0 {
+            let first = read_at_least(stream, 64 * 1024);
+            let _ = started_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            return read_rest(stream, first);
+        }
+        read_rest(stream, Vec::new())
+    });
+    (server, started_rx, go_tx)
 }
