@@ -39,6 +39,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Uploads in flight, all watches together.
     pub concurrency: usize,
+    /// Files held in memory per watch; the rest wait on disk (see `watch::core`).
+    pub active_limit: usize,
     /// Protocol timeouts for every upload.
     pub timeouts: Timeouts,
     /// What to do after a failed upload.
@@ -85,6 +87,10 @@ pub struct WatchConfig {
     pub on_success: OnSuccess,
     /// This watch's destination: its own `server`, else the top-level `[server]`.
     pub server: Destination,
+    /// The destination's cap of uploads in flight; `None`: the global `concurrency`.
+    pub server_concurrency: Option<usize>,
+    /// Whether the destination's limit adapts between 1 and its cap (else pinned at it).
+    pub adaptive: bool,
     /// Names that are uploaded: a file is taken when it matches `include` and not `exclude`.
     pub include: Vec<String>,
     /// Names that are never uploaded. Default: `.*`, `*.part`, `*.tmp`, `*~`.

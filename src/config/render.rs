@@ -35,6 +35,7 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
         c.path.display()
     )?;
     writeln!(o, "concurrency = {}", c.concurrency)?;
+    writeln!(o, "active_limit = {}", c.active_limit)?;
     writeln!(o, "shutdown_grace = {}", d(c.shutdown_grace))?;
     writeln!(o, "log_level = {}", s(&c.log_level))?;
     writeln!(o, "\n[timeouts]")?;
@@ -58,11 +59,13 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
             OnSuccess::Delete => "delete",
         };
         writeln!(o, "on_success = {}", s(on_success))?;
+        let cap = w.server_concurrency.unwrap_or(c.concurrency);
         writeln!(
             o,
-            "server = {{ host = {}, port = {} }}",
+            "server = {{ host = {}, port = {}, concurrency = {cap}, adaptive = {} }}",
             s(&w.server.host),
-            w.server.port
+            w.server.port,
+            w.adaptive
         )?;
         writeln!(o, "include = {}", list(&w.include))?;
         writeln!(o, "exclude = {}", list(&w.exclude))?;

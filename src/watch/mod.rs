@@ -12,6 +12,7 @@
 //! so a crash at any point can only cause a second send.
 
 pub mod claim;
+pub mod core;
 pub mod disposition;
 pub mod queue;
 pub mod uploader;
@@ -127,7 +128,16 @@ pub async fn run(
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<(), FatalError> {
     let metrics = Arc::new(Metrics::default());
-    run_with(config, stats, metrics, shutdown, ready, Reported::default()).await
+    run_with(
+        config,
+        stats,
+        metrics,
+        shutdown,
+        ready,
+        Reported::default(),
+        None,
+    )
+    .await
 }
 
 /// [`run`], recording events into the process's `metrics`, and sharing the set of special
@@ -142,6 +152,7 @@ pub async fn run_with(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<()>>,
     reported: Reported,
+    views: Option<mpsc::Receiver<crate::status::ViewRequest>>,
 ) -> Result<(), FatalError> {
     let mut watches = Vec::with_capacity(config.watches.len());
     for w in &config.watches {
@@ -166,6 +177,7 @@ pub async fn run_with(
     let watcher = watcher::start(&dirs, filters, tx, overflow.clone())?;
 
     let syncer = disposition::Syncer::new();
+    let params = queue::params(&config, &watches);
     let shared = Arc::new(Shared {
         timeouts: config.timeouts,
         retry: config.retry,
@@ -173,49 +185,33 @@ pub async fn run_with(
         metrics,
         syncer: syncer.clone(),
     });
-    let mut queue = queue::Queue::new(
-        watcher,
-        watches.clone(),
-        shared,
-        config.concurrency,
-        config.shutdown_grace,
-        reported,
-    );
     let mut spools = Vec::new();
-    for (i, w) in watches.iter().enumerate() {
-        let w2 = w.clone();
-        let listing = tokio::task::spawn_blocking(move || {
-            watcher::list(&w2.cfg.dir, &|n| w2.filter.accepts(n))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-        .map_err(|source| FatalError::List {
+    for w in &watches {
+        // The listing itself runs in the queue, after READY (a large backlog must not delay
+        // it); a directory that cannot be read at all stops the start here.
+        std::fs::read_dir(&w.cfg.dir).map_err(|source| FatalError::List {
             dir: w.cfg.dir.clone(),
             source,
         })?;
         // Leftovers of a crash, in the background: done_dir may be large, and nothing
         // waits for this.
-        let (done, failed, spool) = (
-            w.cfg.done_dir.clone(),
-            w.cfg.failed_dir.clone(),
-            w.cfg.dir.clone(),
-        );
+        let (done, failed) = (w.cfg.done_dir.clone(), w.cfg.failed_dir.clone());
         tokio::task::spawn_blocking(move || {
             for d in done.iter().chain(std::iter::once(&failed)) {
                 disposition::warn_stale_temporaries(d);
             }
         });
-        spools.push(spool);
-        tracing::info!(
-            dir = %esc(&w.cfg.dir),
-            backlog = listing.entries.len(),
-            "watching {} ({} entries already there) → {}",
-            esc(&w.cfg.dir),
-            listing.entries.len(),
-            w.cfg.server
-        );
-        queue.initial_listing(i, listing);
+        spools.push(w.cfg.dir.clone());
+        tracing::info!("watching {} → {}", esc(&w.cfg.dir), w.cfg.server);
     }
+    let queue = queue::Queue::new(
+        watcher,
+        watches.clone(),
+        shared,
+        params,
+        config.shutdown_grace,
+        reported,
+    );
     stats
         .watching
         .fetch_add(watches.len() as u64, Ordering::Relaxed);
@@ -228,7 +224,8 @@ pub async fn run_with(
 
     // The queue owns the watcher (to watch a replaced directory again) and drops it when it
     // stops.
-    queue.run(rx, overflow, shutdown).await;
+    let views = views.unwrap_or_else(|| mpsc::channel(1).1);
+    queue.run(rx, overflow, views, shutdown).await;
 
     stats
         .watching

@@ -529,17 +529,23 @@ pub fn content(i: usize, len: usize) -> Vec<u8> {
     line.repeat(len / line.len() + 1).into_bytes()
 }
 
-/// A server that answers every connection with a wrong greeting and closes it: the
-/// destination is reachable, but every attempt fails (and counts against max_attempts).
-/// Returns its port; it runs until the test process ends.
-pub fn bad_greeting_server() -> u16 {
+/// A server that greets every connection and then resets it: the destination is up (it
+/// greets), but every attempt fails after the greeting, so each counts against
+/// max_attempts. (A wrong greeting would be the destination's failure: it would be marked
+/// down and its files would wait instead.) Returns its port; it runs until the test process
+/// ends.
+pub fn failing_server() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             use std::io::Write;
-            let _ = stream.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n");
+            let _ = stream.write_all(b"accio\r\n");
+            // Wait for the first bytes (or the client's end), then reset.
+            let mut buf = [0u8; 1];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         }
     });
     port

@@ -91,7 +91,12 @@ pub const VIEW_WAITING: usize = 20;
 /// uniformly random value in `[base/2, base]`. The one place that decides every retry delay
 /// (files, probes of a down destination, failed moves); `floor` is `retry.initial` (or
 /// more).
-pub fn retry_delay(policy: &RetryPolicy, floor: Duration, n: u32, rng: &mut fastrand::Rng) -> Duration {
+pub fn retry_delay(
+    policy: &RetryPolicy,
+    floor: Duration,
+    n: u32,
+    rng: &mut fastrand::Rng,
+) -> Duration {
     let exp = n.saturating_sub(1).min(31);
     let max = policy.max.max(floor);
     let base = floor.checked_mul(1u32 << exp).unwrap_or(max).min(max);
@@ -242,13 +247,25 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
     /// A name that is not a regular file; reported once per identity.
-    Ignoring { key: Key, kind: Kind },
+    Ignoring {
+        key: Key,
+        id: Identity,
+    },
     /// Still open for writing (debug).
-    WriterOpen { key: Key },
+    WriterOpen {
+        key: Key,
+    },
     /// Was being written but nothing happened for `quiet`; taken as complete once settled.
-    WriterQuiet { key: Key, quiet: Duration },
+    WriterQuiet {
+        key: Key,
+        quiet: Duration,
+    },
     /// Writers cannot be told and it changed recently (debug).
-    Young { key: Key, quiet: Duration, wait: Duration },
+    Young {
+        key: Key,
+        quiet: Duration,
+        wait: Duration,
+    },
     /// An attempt failed; retried in `retry_in`.
     AttemptFailed {
         key: Key,
@@ -296,20 +313,33 @@ pub enum Report {
         loud: bool,
     },
     /// The first listing of a watch.
-    Backlog { watch: usize, files: usize },
+    Backlog {
+        watch: usize,
+        files: usize,
+    },
     /// A listing (debug).
-    Listed { watch: usize, files: usize },
+    Listed {
+        watch: usize,
+        files: usize,
+    },
     ListFailed {
         watch: usize,
         error: String,
         again: Duration,
         first: bool,
     },
-    ListRecovered { watch: usize },
+    ListRecovered {
+        watch: usize,
+    },
     /// The events cannot be trusted; every directory is listed again.
-    Rescan { why: String },
+    Rescan {
+        why: String,
+    },
     /// The active set of a watch is full: further names wait on disk.
-    Full { watch: usize, limit: usize },
+    Full {
+        watch: usize,
+        limit: usize,
+    },
 }
 
 /// What the driver is asked to do.
@@ -321,10 +351,15 @@ pub enum Action {
     ProbeWriters(Key),
     /// List the directory of `watch`, keeping the `limit` oldest regular files; answer with
     /// [`Core::listed`].
-    List { watch: usize, limit: usize },
+    List {
+        watch: usize,
+        limit: usize,
+    },
     /// The directory was replaced: watch the new one ([`Core::rewatch_failed`] if that
     /// fails).
-    Rewatch { watch: usize },
+    Rewatch {
+        watch: usize,
+    },
     /// Start an attempt; answer with [`Core::finished`].
     Start(Start),
     Report(Report),
@@ -366,7 +401,6 @@ enum State {
     InFlight {
         /// Start sequence number (rounds of the adaptive limit).
         seq: u64,
-        started: Instant,
         /// Counted in its destination's lane (not a finish-only attempt).
         lane: bool,
         /// The probe of a down destination.
@@ -646,10 +680,13 @@ impl Core {
         match cont {
             Cont::Settle { closed } => {
                 let settle = self.settle(key.0);
-                if let Some(e) = self.entry_or_insert(&key, State::Waiting {
-                    why: Wait::Young,
-                    until: now,
-                }) {
+                if let Some(e) = self.entry_or_insert(
+                    &key,
+                    State::Waiting {
+                        why: Wait::Young,
+                        until: now,
+                    },
+                ) {
                     e.state = State::Settling {
                         since: now,
                         snap: id,
@@ -681,10 +718,13 @@ impl Core {
             Cont::Hint(Hint::Created | Hint::Modified) => self.writing(key),
             Cont::Hint(Hint::MovedIn) => {
                 // Complete by the writers' convention: a new file, whatever this name held.
-                if let Some(e) = self.entry_or_insert(&key, State::Waiting {
-                    why: Wait::Young,
-                    until: now,
-                }) {
+                if let Some(e) = self.entry_or_insert(
+                    &key,
+                    State::Waiting {
+                        why: Wait::Young,
+                        until: now,
+                    },
+                ) {
                     e.failures = 0;
                     e.pending = None;
                     e.moved_in = true;
@@ -726,10 +766,13 @@ impl Core {
                     // Being written, ready or backing off: a chmod or touch changes nothing.
                     Some(_) if hint == Hint::Attrib => {}
                     _ => {
-                        if let Some(e) = self.entry_or_insert(&key, State::Waiting {
-                            why: Wait::Young,
-                            until: now,
-                        }) {
+                        if let Some(e) = self.entry_or_insert(
+                            &key,
+                            State::Waiting {
+                                why: Wait::Young,
+                                until: now,
+                            },
+                        ) {
                             e.state = State::Settling {
                                 since: now,
                                 snap: id,
@@ -749,8 +792,7 @@ impl Core {
         if !self.probes.remove(&key) {
             return;
         }
-        let Some(State::Writing { last }) = self.entries.get(&key).map(|e| e.state.clone())
-        else {
+        let Some(State::Writing { last }) = self.entries.get(&key).map(|e| e.state.clone()) else {
             return;
         };
         let now = self.now;
@@ -794,11 +836,7 @@ impl Core {
             }
             Err(error) => {
                 let w = &mut self.watches[watch];
-                let again = w
-                    .p
-                    .rescan_interval
-                    .min(RELIST_AFTER_ERROR)
-                    .max(MIN_RESCAN);
+                let again = w.p.rescan_interval.min(RELIST_AFTER_ERROR).max(MIN_RESCAN);
                 let first = !std::mem::replace(&mut w.list_failing, true);
                 w.next_rescan = self.now + again;
                 self.report(Report::ListFailed {
@@ -980,10 +1018,7 @@ impl Core {
                 let (failures, loud) = match &e.pending {
                     Some(p) => {
                         let n = p.failures.saturating_add(1);
-                        (
-                            n,
-                            p.error != error || n % DISPOSITION_REPORT_EVERY == 0,
-                        )
+                        (n, p.error != error || n % DISPOSITION_REPORT_EVERY == 0)
                     }
                     None => (1, true),
                 };
@@ -1091,8 +1126,8 @@ impl Core {
     }
 
     /// Special entries reported so far (handed to the next core after a reload).
-    pub fn into_reported(self) -> HashMap<Key, Identity> {
-        self.reported
+    pub fn reported(&self) -> &HashMap<Key, Identity> {
+        &self.reported
     }
 
     /// The name of destination `d`.
@@ -1233,7 +1268,7 @@ impl Core {
         if self.reported.get(&key) != Some(&id) {
             self.report(Report::Ignoring {
                 key: key.clone(),
-                kind: id.kind,
+                id,
             });
             self.reported.insert(key, id);
         }
@@ -1384,7 +1419,11 @@ impl Core {
     fn clean_front(&mut self, w: usize, finish: bool) -> bool {
         loop {
             let st = &mut self.watches[w];
-            let q = if finish { &mut st.finish } else { &mut st.ready };
+            let q = if finish {
+                &mut st.finish
+            } else {
+                &mut st.ready
+            };
             let Some((name, seq)) = q.front() else {
                 return false;
             };
@@ -1493,7 +1532,6 @@ impl Core {
         };
         e.state = State::InFlight {
             seq,
-            started: now,
             lane,
             probe,
             lane_full,
@@ -1600,5 +1638,122 @@ impl Core {
             smoothed: l.smoothed(),
         };
         self.report(r);
+    }
+}
+
+/// What the core knows for `accio status`, apart from names of directories and files.
+#[derive(Debug, Clone, Default)]
+pub struct CoreView {
+    pub destinations: Vec<crate::status::DestinationView>,
+    /// Per watch: `dir` and `destination` are left for the driver to fill in.
+    pub watches: Vec<crate::status::WatchView>,
+    /// The oldest waiting files: key, seconds since the core knew of it, why it waits.
+    pub waiting: Vec<(Key, f64, crate::status::Why)>,
+}
+
+impl Core {
+    /// The state of lanes, watches and the oldest waiting files (at most `max_waiting`).
+    /// `wall_now`: the time of day now, in seconds since the epoch (for "down since").
+    pub fn view(&self, now: Instant, wall_now: f64, max_waiting: usize) -> CoreView {
+        use crate::status::{DestinationView, WatchView, Why};
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let destinations = self
+            .dests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let (down_since_unix, last_error, next_probe_in_s) = match &d.health {
+                    Health::Up => (None, None, None),
+                    Health::Down {
+                        since,
+                        error,
+                        probe_at,
+                        ..
+                    } => (
+                        Some(wall_now - now.saturating_duration_since(*since).as_secs_f64()),
+                        Some(error.clone()),
+                        Some(probe_at.saturating_duration_since(now).as_secs_f64()),
+                    ),
+                };
+                DestinationView {
+                    name: d.p.name.clone(),
+                    up: d.health.is_up(),
+                    down_since_unix,
+                    last_error,
+                    in_flight: d.in_flight as u64,
+                    queued: self.waiting_for(i) as u64,
+                    limit: d.limiter.limit() as u64,
+                    cap: d.limiter.cap as u64,
+                    adaptive: d.limiter.adaptive,
+                    baseline_greeting_ms: d.limiter.baseline().map(ms),
+                    greeting_ms: d.limiter.smoothed().map(ms),
+                    next_probe_in_s,
+                }
+            })
+            .collect();
+        let mut oldest: Vec<Option<Instant>> = vec![None; self.watches.len()];
+        let mut waiting: Vec<(&Key, &Entry)> = Vec::new();
+        for (k, e) in &self.entries {
+            if matches!(e.state, State::InFlight { .. }) {
+                continue;
+            }
+            let o = &mut oldest[k.0];
+            *o = Some(o.map_or(e.since, |t| t.min(e.since)));
+            waiting.push((k, e));
+        }
+        waiting.sort_by(|a, b| a.1.since.cmp(&b.1.since).then(a.0.cmp(b.0)));
+        waiting.truncate(max_waiting);
+        let waiting = waiting
+            .into_iter()
+            .map(|(k, e)| {
+                let dest_up = self.dests[self.watches[k.0].p.dest].health.is_up();
+                let why = match &e.state {
+                    State::Writing { .. } => Why::WriterOpen,
+                    State::Settling { .. } => Why::Settling,
+                    State::Ready { .. } if !dest_up => Why::DestinationDown,
+                    State::Ready { .. } | State::InFlight { .. } => Why::Ready,
+                    State::Waiting { why, until } => match why {
+                        Wait::Backoff { error } => Why::BackingOff {
+                            retry_in_s: until.saturating_duration_since(now).as_secs_f64(),
+                            attempts: e.failures,
+                            error: error.clone(),
+                        },
+                        Wait::Busy => Why::Ready,
+                        Wait::Young => Why::WriterUnknown,
+                        Wait::Disposition => Why::DispositionPending {
+                            error: e
+                                .pending
+                                .as_ref()
+                                .map_or(String::new(), |p| p.error.clone()),
+                        },
+                    },
+                };
+                (
+                    k.clone(),
+                    now.saturating_duration_since(e.since).as_secs_f64(),
+                    why,
+                )
+            })
+            .collect();
+        let watches = self
+            .watches
+            .iter()
+            .enumerate()
+            .map(|(i, w)| WatchView {
+                dir: String::new(),
+                destination: self.dests[w.p.dest].p.name.clone(),
+                queued: ((w.count - w.in_flight) + w.on_disk) as u64,
+                in_flight: w.in_flight as u64,
+                sent: w.sent,
+                failed: w.failed,
+                oldest_waiting_age_s: oldest[i]
+                    .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            })
+            .collect();
+        CoreView {
+            destinations,
+            watches,
+            waiting,
+        }
     }
 }
