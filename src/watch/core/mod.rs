@@ -412,6 +412,9 @@ enum State {
         /// A write or re-create was seen meanwhile: after an attempt that did not deliver,
         /// `moved_in` and `closed` no longer vouch for the content.
         modified: bool,
+        /// A file was renamed in over the name meanwhile: afterwards it is handled as moved
+        /// in (whatever the attempt found).
+        moved: bool,
     },
     /// Until its timer fires.
     Waiting { why: Wait, until: Instant },
@@ -622,7 +625,10 @@ impl Core {
         let key = (watch, name);
         if let Some(e) = self.entries.get_mut(&key) {
             if let State::InFlight {
-                closed, modified, ..
+                closed,
+                modified,
+                moved,
+                ..
             } = &mut e.state
             {
                 // The attempt owns it; the name is looked at again after it. A close is
@@ -630,7 +636,8 @@ impl Core {
                 match hint {
                     Hint::Closed => *closed = true,
                     Hint::Created | Hint::Modified => *modified = true,
-                    _ => {}
+                    Hint::MovedIn => *moved = true,
+                    Hint::Attrib | Hint::Gone => {}
                 }
                 return;
             }
@@ -883,7 +890,7 @@ impl Core {
             lane_full,
             closed: closed_during,
             modified: modified_during,
-            ..
+            moved: moved_during,
         } = e.state
         else {
             return;
@@ -937,6 +944,24 @@ impl Core {
             }
             _ => {}
         }
+        self.after_attempt(key.clone(), outcome, closed_during, modified_during);
+        if moved_during {
+            // Whatever became of the file the attempt had, the name now holds one renamed
+            // in: complete by the writers' convention.
+            self.look(key, Cont::Hint(Hint::MovedIn));
+        }
+    }
+
+    /// The file's next state after an attempt.
+    fn after_attempt(
+        &mut self,
+        key: Key,
+        outcome: Outcome,
+        closed_during: bool,
+        modified_during: bool,
+    ) {
+        let now = self.now;
+        let w = key.0;
         match outcome {
             Outcome::Delivered { .. } | Outcome::GaveUp => {
                 if matches!(outcome, Outcome::Delivered { .. }) {
@@ -953,7 +978,14 @@ impl Core {
                 self.remove(&key);
                 self.look(key, Cont::Settle { closed: false });
             }
-            Outcome::Special(id) => self.ignore(key, id),
+            Outcome::Special(id) => {
+                self.ignore(key.clone(), id);
+                if modified_during {
+                    // Replaced by something else while the attempt looked (its events were
+                    // swallowed then): look at what the name holds now.
+                    self.look(key, Cont::Settle { closed: false });
+                }
+            }
             Outcome::Busy => {
                 let at = now + BUSY_RECHECK.max(self.settle(w));
                 self.wait(&key, Wait::Busy, at);
@@ -1509,7 +1541,6 @@ impl Core {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.last_start = seq;
-        let now = self.now;
         let max = self.p.retry.max_attempts;
         let Some(e) = self.entries.get_mut(&key) else {
             return;
@@ -1537,6 +1568,7 @@ impl Core {
             lane_full,
             closed: false,
             modified: false,
+            moved: false,
         };
         self.in_flight += 1;
         self.watches[w].in_flight += 1;
