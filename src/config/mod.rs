@@ -32,6 +32,9 @@ use crate::protocol::Timeouts;
 /// Where `accio watch` and `accio check-config` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/accio/accio.toml";
 
+/// The default `control_socket` (systemd's `RuntimeDirectory=accio` creates its directory).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/accio/control.sock";
+
 /// Validated settings of the whole service.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -49,6 +52,10 @@ pub struct Config {
     pub log_level: String,
     /// One entry per `[[watch]]`, at least one.
     pub watches: Vec<WatchConfig>,
+    /// The Unix socket `accio status` asks the running service on.
+    pub control_socket: PathBuf,
+    /// `[metrics] listen`: where to serve Prometheus metrics; `None`: no listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Exponential backoff with jitter, then give up.
