@@ -24,8 +24,8 @@ fn cstring(path: &Path) -> io::Result<CString> {
 
 /// `rename` that fails with `AlreadyExists` instead of replacing `to`. Uses
 /// `renameat2(RENAME_NOREPLACE)`; on filesystems without it, `link` + `unlink` (which also
-/// never replaces).
-pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+/// never replaces). Also `accio serve`'s way to publish a received file.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let (f, t) = (cstring(from)?, cstring(to)?);
     // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them like rename(2).
     let rc = unsafe {
