@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NameFilter, RetryPolicy, WatchConfig};
+use crate::metrics::Metrics;
 use crate::protocol::Timeouts;
 use crate::status::Stats;
 
@@ -107,6 +108,8 @@ pub struct Shared {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub stats: Arc<Stats>,
+    /// Event metrics (deliveries, attempts, give-ups); one per process, across reloads.
+    pub metrics: Arc<Metrics>,
     pub syncer: Arc<disposition::Syncer>,
 }
 
@@ -123,17 +126,19 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<(), FatalError> {
-    run_with(config, stats, shutdown, ready, Reported::default()).await
+    let metrics = Arc::new(Metrics::default());
+    run_with(config, stats, metrics, shutdown, ready, Reported::default()).await
 }
 
-/// [`run`], sharing the set of special entries already reported with earlier pipelines
-/// of the same process (see [`Reported`]).
+/// [`run`], recording events into the process's `metrics`, and sharing the set of special
+/// entries already reported with earlier pipelines of the same process (see [`Reported`]).
 ///
 /// # Errors
 /// As [`run`].
 pub async fn run_with(
     config: Config,
     stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<()>>,
     reported: Reported,
@@ -165,6 +170,7 @@ pub async fn run_with(
         timeouts: config.timeouts,
         retry: config.retry,
         stats: stats.clone(),
+        metrics,
         syncer: syncer.clone(),
     });
     let mut queue = queue::Queue::new(
