@@ -220,8 +220,8 @@ pub async fn run_with(
         .watching
         .fetch_add(watches.len() as u64, Ordering::Relaxed);
     let sync_stop = CancellationToken::new();
-    let sync_task = tokio::spawn(syncer.run(sync_stop.clone()));
-    let restore_task = tokio::spawn(restore_deletions(spools, sync_stop.clone()));
+    let sync_task = tokio::spawn(syncer.clone().run(sync_stop.clone()));
+    let restore_task = tokio::spawn(restore_deletions(spools, syncer.clone(), sync_stop.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -242,7 +242,11 @@ pub async fn run_with(
 /// Puts back files a crash left hidden by a delete (see
 /// [`disposition::restore_stale_deletions`]): at start, and then periodically, since a
 /// service restarted at once (systemd) finds them too young to be taken for leftovers.
-async fn restore_deletions(spools: Vec<PathBuf>, stop: CancellationToken) {
+async fn restore_deletions(
+    spools: Vec<PathBuf>,
+    syncer: Arc<disposition::Syncer>,
+    stop: CancellationToken,
+) {
     let period = (disposition::stale_age() / 2).clamp(
         std::time::Duration::from_millis(20),
         std::time::Duration::from_secs(30),
@@ -254,10 +258,10 @@ async fn restore_deletions(spools: Vec<PathBuf>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let s = spools.clone();
+        let (s, syncer) = (spools.clone(), syncer.clone());
         let _ = tokio::task::spawn_blocking(move || {
             for d in &s {
-                disposition::restore_stale_deletions(d);
+                disposition::restore_stale_deletions(d, &syncer);
             }
         })
         .await;
