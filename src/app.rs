@@ -77,9 +77,12 @@ fn one_line_usage_error(e: &clap::Error) -> String {
 /// sending a small file (see README, "Performance: send").
 fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
     match command {
-        Command::Send(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
+        // `status` and `retry` are blocking tools; the runtime is only there to be uniform.
+        Command::Send(_) | Command::Status(_) | Command::Retry(_) => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
         _ => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -308,6 +308,8 @@ failed_dir = "/var/spool/accio/failed"
         let c = parse_str(MINIMAL).unwrap();
         assert_eq!(c.path, Path::new(FILE));
         assert_eq!(c.concurrency, 4);
+        assert_eq!(c.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.metrics_listen, None);
         assert_eq!(c.timeouts, crate::protocol::Timeouts::default());
         assert_eq!(
             c.retry,
@@ -512,6 +514,25 @@ failed_dir = "/s/b-failed"
             "write [[watch]], not [watch]",
         ),
         ("watch = []\n", 1, "watch", "at least one"),
+        (
+            "control_socket = \"run/c.sock\"\n",
+            1,
+            "control_socket",
+            "relative path",
+        ),
+        (
+            "[metrics]\nlisten = \"localhost:9187\"\n",
+            2,
+            "metrics.listen",
+            "not an address and port",
+        ),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            2,
+            "metrics.listen",
+            "port 0",
+        ),
+        ("[metrics]\nport = 9187\n", 2, "metrics.port", "unknown key"),
         ("concurrency = 1\n", 1, "watch", "missing"),
     ];
 

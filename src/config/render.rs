@@ -37,7 +37,11 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
     writeln!(o, "concurrency = {}", c.concurrency)?;
     writeln!(o, "shutdown_grace = {}", d(c.shutdown_grace))?;
     writeln!(o, "log_level = {}", s(&c.log_level))?;
-    writeln!(o, "control_socket = {}", s(&c.control_socket.to_string_lossy()))?;
+    writeln!(
+        o,
+        "control_socket = {}",
+        s(&c.control_socket.to_string_lossy())
+    )?;
     writeln!(o, "\n[timeouts]")?;
     writeln!(o, "connect = {}", d(c.timeouts.connect))?;
     writeln!(o, "handshake = {}", d(c.timeouts.handshake))?;

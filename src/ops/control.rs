@@ -153,14 +153,19 @@ async fn answer(stream: UnixStream, views: &ViewHandle, started: Instant) -> io:
 }
 
 fn error_json(message: &str) -> Vec<u8> {
-    serde_json::json!({ "error": message }).to_string().into_bytes()
+    serde_json::json!({ "error": message })
+        .to_string()
+        .into_bytes()
 }
 
 /// Why `accio status` got no [`View`].
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
     /// Nothing listens on the socket: the service is not running (or uses another socket).
-    #[error("the service is not running: cannot connect to {}: {source}", esc(path))]
+    #[error(
+        "the service is not running: cannot connect to {}: {source}",
+        esc(path)
+    )]
     NotRunning {
         path: PathBuf,
         #[source]

@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod http;
+pub mod retry;
 pub mod status_text;
 
 use std::sync::Arc;
@@ -55,9 +56,9 @@ impl Ops {
                     stop.clone(),
                 )));
             }
-            Err(e) => tracing::warn!(
-                "no control socket, `accio status` will not reach this service: {e}"
-            ),
+            Err(e) => {
+                tracing::warn!("no control socket, `accio status` will not reach this service: {e}")
+            }
         }
         if let Some(addr) = config.metrics_listen {
             match http::bind(addr).await {

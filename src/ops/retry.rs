@@ -88,9 +88,8 @@ pub fn list(watches: &[&WatchConfig]) -> Result<Vec<GivenUp>, (PathBuf, io::Erro
                 continue;
             }
             let reason = has_reason.then_some(reason);
-            let (spool, name) = origin(reason.as_deref(), w, watches).unwrap_or_else(|| {
-                (w.dir.clone(), n.clone())
-            });
+            let (spool, name) =
+                origin(reason.as_deref(), w, watches).unwrap_or_else(|| (w.dir.clone(), n.clone()));
             out.entry(path.clone()).or_insert(GivenUp {
                 path,
                 reason,
@@ -104,7 +103,11 @@ pub fn list(watches: &[&WatchConfig]) -> Result<Vec<GivenUp>, (PathBuf, io::Erro
 
 /// The spool and name a `.reason` file says the file came from (its `file:` line), if that
 /// spool is one of `watches` (else the file goes back to `w`, under its current name).
-fn origin(reason: Option<&Path>, w: &WatchConfig, watches: &[&WatchConfig]) -> Option<(PathBuf, OsString)> {
+fn origin(
+    reason: Option<&Path>,
+    w: &WatchConfig,
+    watches: &[&WatchConfig],
+) -> Option<(PathBuf, OsString)> {
     let text = std::fs::read(reason?).ok()?;
     let line = text
         .split(|&b| b == b'\n')
@@ -137,16 +140,19 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 /// The move failed; the file is still in failed_dir.
 pub fn put_back(f: &GivenUp, syncer: &Syncer) -> io::Result<Moved> {
     let to = disposition::put_back(&f.path, &f.spool, &f.name, syncer)?;
-    let reason_left = f.reason.as_ref().and_then(|r| match std::fs::remove_file(r) {
-        Ok(()) => {
-            if let Some(d) = r.parent() {
-                syncer.mark(d);
+    let reason_left = f
+        .reason
+        .as_ref()
+        .and_then(|r| match std::fs::remove_file(r) {
+            Ok(()) => {
+                if let Some(d) = r.parent() {
+                    syncer.mark(d);
+                }
+                None
             }
-            None
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => Some(e),
-    });
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(e),
+        });
     Ok(Moved {
         from: f.path.clone(),
         to,
@@ -167,9 +173,17 @@ pub fn retry_command(args: &crate::cli::RetryArgs) -> u8 {
     let selected: Vec<&WatchConfig> = match &args.watch {
         None => config.watches.iter().collect(),
         Some(dir) => {
-            let found: Vec<_> = config.watches.iter().filter(|w| same_dir(&w.dir, dir)).collect();
+            let found: Vec<_> = config
+                .watches
+                .iter()
+                .filter(|w| same_dir(&w.dir, dir))
+                .collect();
             if found.is_empty() {
-                let all: Vec<String> = config.watches.iter().map(|w| esc(&w.dir).to_string()).collect();
+                let all: Vec<String> = config
+                    .watches
+                    .iter()
+                    .map(|w| esc(&w.dir).to_string())
+                    .collect();
                 error_line(&format!(
                     "--watch {}: not a spool directory of {} (its watches: {})",
                     esc(dir),
@@ -259,7 +273,10 @@ fn matches(f: &GivenUp, n: &OsStr) -> bool {
 }
 
 fn failed_dirs(watches: &[&WatchConfig]) -> String {
-    let mut d: Vec<String> = watches.iter().map(|w| esc(&w.failed_dir).to_string()).collect();
+    let mut d: Vec<String> = watches
+        .iter()
+        .map(|w| esc(&w.failed_dir).to_string())
+        .collect();
     d.dedup();
     d.join(", ")
 }

@@ -67,7 +67,11 @@ fn write_view(o: &mut String, v: &View) -> std::fmt::Result {
     writeln!(o, "\nwaiting, oldest first:")?;
     if v.waiting.is_empty() {
         if v.totals.queued > 0 {
-            writeln!(o, "  {} queued (no detail from this version)", v.totals.queued)?;
+            writeln!(
+                o,
+                "  {} queued (no detail from this version)",
+                v.totals.queued
+            )?;
         } else {
             writeln!(o, "  none")?;
         }
@@ -196,12 +200,29 @@ mod tests {
             }],
         };
         let t = render(&v);
-        assert!(t.starts_with("accio 0.1.0 (pid 42), up 3m 20s: watching 1 dirs"), "{t}");
-        assert!(t.contains("  a:1: up, 1 in flight, 1 queued, limit 4\n"), "{t}");
+        assert!(
+            t.starts_with("accio 0.1.0 (pid 42), up 3m 20s: watching 1 dirs"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  a:1: up, 1 in flight, 1 queued, limit 4\n"),
+            "{t}"
+        );
         assert!(t.contains("  b:2: DOWN since 2023-11-14T22:13:20Z, next probe in 3.0s, 0 in flight, 0 queued, limit 1 of 4; last error: connection refused\n"), "{t}");
-        assert!(t.contains("  /s → a:1: 1 queued, 0 in flight, 0 sent, 0 failed, oldest waiting 1m 5s\n"), "{t}");
-        assert!(t.contains("  /s/big → a:1: 3.0 MiB of 12.0 MiB (25%), 1.3s, attempt 2\n"), "{t}");
-        assert!(t.contains("  /s/w → b:2: waiting 1m 5s; destination down\n"), "{t}");
+        assert!(
+            t.contains(
+                "  /s → a:1: 1 queued, 0 in flight, 0 sent, 0 failed, oldest waiting 1m 5s\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("  /s/big → a:1: 3.0 MiB of 12.0 MiB (25%), 1.3s, attempt 2\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  /s/w → b:2: waiting 1m 5s; destination down\n"),
+            "{t}"
+        );
     }
 
     #[test]
