@@ -28,6 +28,10 @@ pub enum Command {
     #[command(after_help = SEND_EXIT_CODES)]
     Send(SendArgs),
     /// Receive files: connection N is saved as DIR/N.file.
+    ///
+    /// Receive files: connection N is saved as DIR/N.file. Numbering continues after the
+    /// highest N.file already in DIR, and an existing file is never replaced (if a name is
+    /// taken meanwhile, the next number is used).
     Serve(ServeArgs),
     /// Run the spool-directory upload service.
     Watch(WatchArgs),

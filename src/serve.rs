@@ -2,11 +2,16 @@
 //! interfaces, sends `accio\r\n` on each connection, and saves what connection N sends as
 //! `DIR/N.file`. A connection silent for the idle timeout, or broken, leaves a file holding
 //! exactly `ERROR`. Files are written under a hidden temporary name and renamed when complete.
+//!
+//! Nothing already in DIR is ever replaced: numbering continues after the highest `N.file`
+//! found at start (a restarted receiver must not overwrite what the last run received), and a
+//! file is published with a no-replace rename, taking the next number if its name was taken
+//! meanwhile (another process writing into DIR).
 
 use std::future::Future;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,9 +83,17 @@ pub async fn run(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let counter = Arc::new(AtomicU64::new(0));
+    let numbering = Arc::new(Numbering::after_existing(&opts.dir)?);
     let tracker = TaskTracker::new();
     let opts = Arc::new(opts);
+    let last = numbering.last();
+    if last > 0 {
+        tracing::info!(
+            "{} holds {last}.file: numbering continues at {}",
+            opts.dir.display(),
+            last + 1
+        );
+    }
     // Tests and demos wait for this line before connecting.
     tracing::info!(
         "listening on {}, saving to {}",
@@ -101,11 +114,17 @@ pub async fn run(
                         continue;
                     }
                 };
-                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                let Some(n) = numbering.next() else {
+                    // Only after u64::MAX.file: refuse rather than wrap around to 0.file.
+                    tracing::warn!("no file number left after {}.file: connection refused", u64::MAX);
+                    crate::protocol::abort(stream);
+                    continue;
+                };
                 let opts = opts.clone();
+                let numbering = numbering.clone();
                 tracker.spawn(async move {
-                    match handle(stream, n, &opts).await {
-                        Ok(bytes) => tracing::info!(connection = n, %peer, bytes, "received {n}.file"),
+                    match handle(stream, n, &opts, &numbering).await {
+                        Ok((name, bytes)) => tracing::info!(connection = n, %peer, bytes, "received {name}.file"),
                         Err(e) => tracing::warn!(connection = n, %peer, "connection {n} failed: {e}"),
                     }
                 });
@@ -130,6 +149,90 @@ pub async fn run(
     Ok(())
 }
 
+/// The numbers of `N.file`: after the highest one in DIR at start, one per connection.
+#[derive(Debug)]
+pub struct Numbering {
+    /// The last number handed out (or found in DIR).
+    last: AtomicU64,
+}
+
+impl Numbering {
+    /// Starts after the highest `N.file` in `dir` (N decimal digits; other names, hidden part
+    /// files included, do not count).
+    ///
+    /// # Errors
+    /// `dir` cannot be listed.
+    pub fn after_existing(dir: &Path) -> io::Result<Numbering> {
+        let mut last = 0u64;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display()))
+            })?;
+            if let Some(n) = file_number(&entry.file_name()) {
+                last = last.max(n);
+            }
+        }
+        Ok(Numbering {
+            last: AtomicU64::new(last),
+        })
+    }
+
+    /// The last number handed out or found.
+    pub fn last(&self) -> u64 {
+        self.last.load(Ordering::SeqCst)
+    }
+
+    /// The next number, or `None` once `u64::MAX` was used.
+    pub fn next(&self) -> Option<u64> {
+        self.last
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_add(1))
+            .ok()
+            .map(|n| n + 1)
+    }
+}
+
+/// N for a name `N.file` (N decimal digits, as this server writes it or with leading zeros).
+fn file_number(name: &std::ffi::OsStr) -> Option<u64> {
+    let digits = name.to_str()?.strip_suffix(".file")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Too many digits for u64: a name this server can never reach, so it cannot collide.
+    digits.parse().ok()
+}
+
+/// Renames the complete part file to `DIR/N.file` without ever replacing a file: if the name
+/// was taken meanwhile, the next free number is used. Returns the number used.
+fn publish(part: &Path, dir: &Path, mut n: u64, numbering: &Numbering) -> io::Result<u64> {
+    loop {
+        let target = dir.join(format!("{n}.file"));
+        match crate::watch::disposition::rename_noreplace(part, &target) {
+            Ok(()) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let next = numbering.next().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} exists and no file number is left", target.display()),
+                    )
+                })?;
+                tracing::warn!(
+                    "{} appeared meanwhile (not written by this server): saving as {next}.file",
+                    target.display()
+                );
+                n = next;
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot publish {}: {e}", target.display()),
+                ))
+            }
+        }
+    }
+}
+
 /// Removes an unpublished part file when its connection is dropped (shutdown), so a partial
 /// transfer leaves nothing behind.
 struct PartFile {
@@ -146,21 +249,27 @@ impl Drop for PartFile {
     }
 }
 
-/// Receives one connection into `DIR/N.file`, then closes it: gracefully (the client's
-/// confirmation) only when the file is in place, else with a reset.
-async fn handle(mut stream: TcpStream, n: u64, opts: &ServeOptions) -> io::Result<u64> {
+/// Receives one connection into `DIR/N.file` (or the next free number), then closes it:
+/// gracefully (the client's confirmation) only when the file is in place, else with a reset.
+/// Returns the number the file was saved under and its size.
+async fn handle(
+    mut stream: TcpStream,
+    n: u64,
+    opts: &ServeOptions,
+    numbering: &Arc<Numbering>,
+) -> io::Result<(u64, u64)> {
     // Until the file is published, any close is a reset: if this process dies (even by
     // SIGKILL) after reading the whole body but before saving it, the kernel's close of the
     // socket must not look like the confirming close to the client. Best effort: without it
     // only a crash in that window could confirm an unsaved file.
     let sock = socket2::SockRef::from(&stream);
     let _ = sock.set_linger(Some(Duration::ZERO));
-    match save(&mut stream, n, opts).await {
-        Ok(bytes) => {
+    match save(&mut stream, n, opts, numbering).await {
+        Ok(saved) => {
             // Published: now the graceful close is the truth.
             let _ = socket2::SockRef::from(&stream).set_linger(None);
             drop(stream);
-            Ok(bytes)
+            Ok(saved)
         }
         Err(e) => {
             crate::protocol::abort(stream);
@@ -169,21 +278,16 @@ async fn handle(mut stream: TcpStream, n: u64, opts: &ServeOptions) -> io::Resul
     }
 }
 
-/// Writes what the connection sends to a hidden part file and renames it to `N.file` when
-/// complete; a failed transfer leaves `N.file` holding exactly `ERROR`.
-async fn save(stream: &mut TcpStream, n: u64, opts: &ServeOptions) -> io::Result<u64> {
-    let final_path = opts.dir.join(format!("{n}.file"));
-    let mut part = PartFile {
-        path: opts.dir.join(format!(".{n}.file.part")),
-        armed: true,
-    };
-    let mut file = tokio::fs::File::create(&part.path).await.map_err(|e| {
-        part.armed = false;
-        io::Error::new(
-            e.kind(),
-            format!("cannot create {}: {e}", part.path.display()),
-        )
-    })?;
+/// Writes what the connection sends to a hidden part file and publishes it as `N.file` when
+/// complete; a failed transfer leaves `N.file` holding exactly `ERROR`. Returns the number
+/// used and the bytes received.
+async fn save(
+    stream: &mut TcpStream,
+    n: u64,
+    opts: &ServeOptions,
+    numbering: &Arc<Numbering>,
+) -> io::Result<(u64, u64)> {
+    let (mut file, mut part) = create_part(&opts.dir, n).await?;
     let result = match receive(stream, &mut file, opts.idle_timeout).await {
         Ok(bytes) => {
             file.flush().await?;
@@ -196,9 +300,43 @@ async fn save(stream: &mut TcpStream, n: u64, opts: &ServeOptions) -> io::Result
             Err(e)
         }
     };
-    tokio::fs::rename(&part.path, &final_path).await?;
+    let (path, dir, numbering) = (part.path.clone(), opts.dir.clone(), numbering.clone());
+    let used = tokio::task::spawn_blocking(move || publish(&path, &dir, n, &numbering)).await??;
     part.armed = false;
-    result
+    result.map(|bytes| (used, bytes))
+}
+
+/// Creates the hidden part file `.N.file.part` for connection N. Never truncates an existing
+/// one (another receiver on the same DIR may be writing it): then a random suffix is added.
+async fn create_part(dir: &Path, n: u64) -> io::Result<(tokio::fs::File, PartFile)> {
+    let mut name = format!(".{n}.file.part");
+    for _ in 0..16 {
+        let path = dir.join(&name);
+        match tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+        {
+            Ok(file) => return Ok((file, PartFile { path, armed: true })),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                name = format!(".{n}.file.{:08x}.part", fastrand::u32(..));
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", path.display()),
+                ))
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "cannot create a part file for {n}.file in {}: every name tried exists",
+            dir.display()
+        ),
+    ))
 }
 
 async fn receive(

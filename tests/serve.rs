@@ -27,6 +27,11 @@ impl Server {
     /// found by binding port 0 and releasing it; if another process takes it meanwhile the
     /// server fails to bind and we try again.
     fn start(idle: &str) -> Server {
+        Server::start_in(idle, tempfile::tempdir().unwrap())
+    }
+
+    /// As [`Server::start`], saving into `dir` (which may hold files already).
+    fn start_in(idle: &str, dir: tempfile::TempDir) -> Server {
         for _ in 0..5 {
             let port = TcpListener::bind("[::]:0")
                 .or_else(|_| TcpListener::bind("0.0.0.0:0"))
@@ -34,7 +39,6 @@ impl Server {
                 .local_addr()
                 .unwrap()
                 .port();
-            let dir = tempfile::tempdir().unwrap();
             let mut child = accio()
                 .args(["serve", &port.to_string()])
                 .arg(dir.path())
@@ -393,4 +397,75 @@ fn unwritable_directory_is_refused_at_start() {
     assert_eq!(out.code(), Some(2), "{}", out.stderr);
     out.assert_one_error_line();
     assert!(out.stderr.contains("cannot write"), "{}", out.stderr);
+}
+
+/// Restarted on a directory that holds files: numbering continues after the highest
+/// `N.file`, and nothing there is replaced.
+#[test]
+fn restart_continues_numbering_and_replaces_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let old: Vec<(&str, Vec<u8>)> = vec![
+        ("1.file", pattern(26 << 10, 40)),
+        ("2.file", b"ERROR".to_vec()),
+        ("0007.file", pattern(100, 41)),
+        // Not N.file: do not count.
+        ("99.file.bak", b"x".to_vec()),
+        (".50.file.part", b"y".to_vec()),
+        ("x.file", b"z".to_vec()),
+        ("123456789012345678901234567890.file", b"too big".to_vec()),
+    ];
+    for (name, content) in &old {
+        write_file(dir.path(), name, content);
+    }
+    let server = Server::start_in("10s", dir);
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "new", &pattern(3500, 42));
+    server.send("127.0.0.1", &file).assert_success();
+    server.send("127.0.0.1", &file).assert_success();
+    assert_eq!(server.read(8), pattern(3500, 42));
+    assert_eq!(server.read(9), pattern(3500, 42));
+    for (name, content) in &old {
+        assert_eq!(
+            &std::fs::read(server.path(name)).unwrap(),
+            content,
+            "{name}"
+        );
+    }
+    assert!(
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("numbering continues at 8")),
+        "{:?}",
+        server.log.lock().unwrap()
+    );
+}
+
+/// A name taken by someone else while its connection is in progress is not replaced: the
+/// file is saved under the next number.
+#[test]
+fn a_name_taken_meanwhile_is_not_replaced() {
+    let server = Server::start("10s");
+    let mut s = server.connect("127.0.0.1");
+    s.write_all(b"received").unwrap();
+    wait_until("data to arrive", || {
+        std::fs::metadata(server.path(".1.file.part")).is_ok_and(|m| m.len() == 8)
+    });
+    std::fs::write(server.path("1.file"), b"someone else's").unwrap();
+    shutdown_write(&s);
+    let (_, end) = read_all(&mut s);
+    end.unwrap();
+    assert_eq!(server.read(1), b"someone else's");
+    assert_eq!(server.read(2), b"received");
+    // The next connection goes on after it.
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "f", b"third");
+    server.send("127.0.0.1", &file).assert_success();
+    assert_eq!(server.read(3), b"third");
+    assert_eq!(
+        server.listing(),
+        ["1.file", "2.file", "3.file"].map(String::from).into()
+    );
 }
