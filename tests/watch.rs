@@ -2,13 +2,13 @@
 //! filesystem events, with `accio serve` (or a server written here, where the test needs
 //! one that misbehaves) as the receiver.
 
-mod watch_support;
+mod support;
 
 use std::fs;
 use std::io::Write;
 use std::time::Duration;
 
-use watch_support::*;
+use support::{net::*, receiver::*, scripted::*, wait::*, watch::*, BIN};
 
 #[test]
 fn renamed_files_are_delivered_and_moved_to_done() {
