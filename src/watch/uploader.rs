@@ -150,6 +150,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let started = Instant::now();
     let result = client::upload(
         &job.watch.cfg.server,
+        job.watch.cfg.confirm,
         &claim.file,
         &sh.timeouts,
         &mut |_| {},
@@ -157,7 +158,9 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     )
     .await;
     match result {
-        Ok(bytes) => dispose_delivered(&job, &sh, claim, Some((bytes, started.elapsed()))).await,
+        Ok(done) => {
+            dispose_delivered(&job, &sh, claim, Some((done.bytes, started.elapsed()))).await
+        }
         Err(UploadError::Rejected(why)) => {
             tracing::info!(
                 path = %esc(&path),
