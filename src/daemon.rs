@@ -17,14 +17,15 @@ use std::sync::Arc;
 use futures::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::exit;
 use crate::config::{self, Config};
 use crate::logging::LogControl;
-use crate::status::Stats;
+use crate::metrics::Metrics;
+use crate::status::{Stats, View, ViewHandle, ViewRequest};
 use crate::systemd::Notifier;
 use crate::watch::{self, esc, FatalError};
 
@@ -41,6 +42,17 @@ pub fn main(rt: &tokio::runtime::Runtime, args: crate::cli::WatchArgs) -> u8 {
     rt.block_on(service(config, args.config, log))
 }
 
+/// What every pipeline shares with the daemon and its successors (after SIGHUP).
+#[derive(Clone)]
+struct Process {
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    /// Special entries already reported: each is reported once per process.
+    reported: watch::Reported,
+    /// Where the control socket and the metrics endpoint ask for the current [`View`].
+    views: ViewHandle,
+}
+
 /// One running pipeline.
 struct Pipeline {
     stop: CancellationToken,
@@ -49,21 +61,19 @@ struct Pipeline {
 
 impl Pipeline {
     /// Starts a pipeline and waits until it is watching with its backlog queued.
-    async fn start(
-        config: Config,
-        stats: Arc<Stats>,
-        reported: watch::Reported,
-    ) -> Result<Pipeline, FatalError> {
+    async fn start(config: Config, p: &Process) -> Result<Pipeline, FatalError> {
         let stop = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
         let mut handle = tokio::spawn(watch::run_with(
             config,
-            stats,
+            p.stats.clone(),
+            p.metrics.clone(),
             stop.clone(),
             Some(tx),
-            reported,
+            p.reported.clone(),
         ));
         if rx.await.is_ok() {
+            p.views.set(answer_views(p.stats.clone(), stop.clone()));
             return Ok(Pipeline { stop, handle });
         }
         // The pipeline dropped `ready` without sending it: it failed to start.
@@ -90,6 +100,12 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
         }
     };
     let stats = Arc::new(Stats::default());
+    let process = Process {
+        stats: stats.clone(),
+        metrics: Arc::new(Metrics::default()),
+        reported: watch::Reported::default(),
+        views: ViewHandle::default(),
+    };
     // Before the pipeline: STATUS=starting, and SIGUSR1 is handled from now on.
     let notifier = match Notifier::start(stats.clone()) {
         Ok(n) => n,
@@ -98,9 +114,7 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
             return exit::OTHER;
         }
     };
-    // Special entries already reported, across reloads: each is reported once per process.
-    let reported = watch::Reported::default();
-    let mut current = match Pipeline::start(config, stats.clone(), reported.clone()).await {
+    let mut current = match Pipeline::start(config, &process).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -116,7 +130,7 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
             sig = signals.next() => match sig {
                 Some(SIGHUP) => {
                     notifier.reloading();
-                    if let Some(new) = reload(&path, &stats, &reported, &log).await {
+                    if let Some(new) = reload(&path, &process, &log).await {
                         let old = std::mem::replace(&mut current, new);
                         old.stop.cancel();
                         retiring.spawn(async move {
@@ -163,12 +177,7 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
 }
 
 /// Loads the config again and starts a pipeline on it; `None` (logged) keeps the old one.
-async fn reload(
-    path: &Path,
-    stats: &Arc<Stats>,
-    reported: &watch::Reported,
-    log: &LogControl,
-) -> Option<Pipeline> {
+async fn reload(path: &Path, process: &Process, log: &LogControl) -> Option<Pipeline> {
     tracing::info!(config = %esc(path), "SIGHUP: reloading the configuration");
     let config = match config::load(path) {
         Ok(c) => c,
@@ -178,7 +187,7 @@ async fn reload(
         }
     };
     let level = config.log_level.clone();
-    match Pipeline::start(config, stats.clone(), reported.clone()).await {
+    match Pipeline::start(config, process).await {
         Ok(p) => {
             if let Err(e) = log.set_level(&level) {
                 tracing::warn!("{e}; keeping the previous log level");
@@ -191,4 +200,29 @@ async fn reload(
             None
         }
     }
+}
+
+/// The requests for a [`View`] of one pipeline: the sender goes into the [`ViewHandle`].
+///
+/// For now the answer is built from the [`Stats`] counters alone (totals; no per-destination
+/// or per-file detail). The pipeline's own core is meant to answer instead: then this is
+/// replaced by the channel the pipeline serves.
+fn answer_views(stats: Arc<Stats>, stop: CancellationToken) -> mpsc::Sender<ViewRequest> {
+    let (tx, mut rx) = mpsc::channel::<ViewRequest>(8);
+    tokio::spawn(async move {
+        loop {
+            let reply = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            let _ = reply.send(View {
+                totals: stats.snapshot(),
+                ..View::default()
+            });
+        }
+    });
+    tx
 }

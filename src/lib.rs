@@ -13,6 +13,8 @@
 //! - [`watch`]: the spool service: watcher (events + rescans) → queue (readiness, dedup,
 //!   order) → uploader (bounded concurrency, retries) → disposition (done, failed, delete).
 //! - [`daemon`]: wiring for `accio watch`: signals, reload, systemd notify, shutdown order.
+//! - [`status`]: counters and the [`status::View`] that `accio status` prints; [`metrics`]:
+//!   Prometheus metrics.
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) and the SIGUSR1 summary;
 //!   [`logging`]: terminal, journald or JSON output.
 //! - [`cli`] and [`app`]: the command line and the one place exit codes are decided.
@@ -23,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod send;
 pub mod serve;

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NameFilter, RetryPolicy, WatchConfig};
+use crate::metrics::Metrics;
 use crate::protocol::Timeouts;
 use crate::status::Stats;
 
@@ -107,6 +108,8 @@ pub struct Shared {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub stats: Arc<Stats>,
+    /// Event metrics (deliveries, attempts, give-ups); one per process, across reloads.
+    pub metrics: Arc<Metrics>,
     pub syncer: Arc<disposition::Syncer>,
 }
 
@@ -123,17 +126,19 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<(), FatalError> {
-    run_with(config, stats, shutdown, ready, Reported::default()).await
+    let metrics = Arc::new(Metrics::default());
+    run_with(config, stats, metrics, shutdown, ready, Reported::default()).await
 }
 
-/// [`run`], sharing the set of special entries already reported with earlier pipelines
-/// of the same process (see [`Reported`]).
+/// [`run`], recording events into the process's `metrics`, and sharing the set of special
+/// entries already reported with earlier pipelines of the same process (see [`Reported`]).
 ///
 /// # Errors
 /// As [`run`].
 pub async fn run_with(
     config: Config,
     stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<()>>,
     reported: Reported,
@@ -165,6 +170,7 @@ pub async fn run_with(
         timeouts: config.timeouts,
         retry: config.retry,
         stats: stats.clone(),
+        metrics,
         syncer: syncer.clone(),
     });
     let mut queue = queue::Queue::new(
@@ -214,8 +220,8 @@ pub async fn run_with(
         .watching
         .fetch_add(watches.len() as u64, Ordering::Relaxed);
     let sync_stop = CancellationToken::new();
-    let sync_task = tokio::spawn(syncer.run(sync_stop.clone()));
-    let restore_task = tokio::spawn(restore_deletions(spools, sync_stop.clone()));
+    let sync_task = tokio::spawn(syncer.clone().run(sync_stop.clone()));
+    let restore_task = tokio::spawn(restore_deletions(spools, syncer.clone(), sync_stop.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -236,7 +242,11 @@ pub async fn run_with(
 /// Puts back files a crash left hidden by a delete (see
 /// [`disposition::restore_stale_deletions`]): at start, and then periodically, since a
 /// service restarted at once (systemd) finds them too young to be taken for leftovers.
-async fn restore_deletions(spools: Vec<PathBuf>, stop: CancellationToken) {
+async fn restore_deletions(
+    spools: Vec<PathBuf>,
+    syncer: Arc<disposition::Syncer>,
+    stop: CancellationToken,
+) {
     let period = (disposition::stale_age() / 2).clamp(
         std::time::Duration::from_millis(20),
         std::time::Duration::from_secs(30),
@@ -248,10 +258,10 @@ async fn restore_deletions(spools: Vec<PathBuf>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let s = spools.clone();
+        let (s, syncer) = (spools.clone(), syncer.clone());
         let _ = tokio::task::spawn_blocking(move || {
             for d in &s {
-                disposition::restore_stale_deletions(d);
+                disposition::restore_stale_deletions(d, &syncer);
             }
         })
         .await;

@@ -14,6 +14,7 @@ use super::disposition::{self, Disposed};
 use super::{esc, Shared, WatchCtx};
 use crate::client::{self, ClientError, UploadError};
 use crate::config::{OnSuccess, RetryPolicy};
+use crate::metrics::AttemptResult;
 
 /// One attempt at one file.
 #[derive(Debug)]
@@ -110,6 +111,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         Err(ClaimError::Special(id)) => return Outcome::Special(id),
         Err(ClaimError::Busy) => return Outcome::Busy,
         Err(ClaimError::Io(e)) => {
+            attempt_ended(&job, &sh, AttemptResult::file_error, Duration::ZERO);
             let error = format!("cannot open {}: {e}", esc(&path));
             // What the name holds now: giving up moves this inode only.
             let id = claim::lstat(&path).ok();
@@ -157,10 +159,10 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         |sent| unchanged(&claim, &before, sent),
     )
     .await;
+    let took = started.elapsed();
+    attempt_ended(&job, &sh, attempt_result(&result), took);
     match result {
-        Ok(done) => {
-            dispose_delivered(&job, &sh, claim, Some((done.bytes, started.elapsed()))).await
-        }
+        Ok(done) => dispose_delivered(&job, &sh, claim, Some((done.bytes, took))).await,
         Err(UploadError::Rejected(why)) => {
             tracing::info!(
                 path = %esc(&path),
@@ -179,6 +181,29 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             failed(&job, &sh, Some(claim), id, &path, error, started.elapsed()).await
         }
     }
+}
+
+/// How an upload ended, for the `result` label of the attempts metric.
+fn attempt_result<E>(r: &Result<client::Uploaded, UploadError<E>>) -> AttemptResult {
+    match r {
+        Ok(_) => AttemptResult::ok,
+        Err(UploadError::Rejected(_)) => AttemptResult::changed,
+        Err(UploadError::Client(e)) if unreachable(e) => AttemptResult::unreachable,
+        Err(UploadError::Client(ClientError::Protocol { source, .. })) if source.is_handshake() => {
+            AttemptResult::no_greeting
+        }
+        Err(UploadError::Client(_)) => AttemptResult::failed,
+    }
+}
+
+fn attempt_ended(job: &Job, sh: &Shared, result: AttemptResult, took: Duration) {
+    let dest = job.watch.cfg.server.to_string();
+    sh.metrics.attempt(&dest, result, took);
+}
+
+/// The watch label of the metrics: the spool directory.
+fn watch_label(job: &Job) -> std::borrow::Cow<'_, str> {
+    job.watch.cfg.dir.to_string_lossy()
 }
 
 /// Whether the "no leases" warning was logged (once per process).
@@ -287,6 +312,11 @@ async fn dispose_delivered(
             );
             return Outcome::Changed;
         }
+        // Confirmed by the server and unchanged: delivered, whatever becomes of the move.
+        // The latency runs from the file's last change (a rename into the spool sets it),
+        // which is when it became complete for the service.
+        sh.metrics
+            .file_sent(&watch_label(job), bytes, Some(age(&id)));
     }
     let w = job.watch.clone();
     let syncer = sh.syncer.clone();
@@ -359,6 +389,7 @@ async fn dispose_delivered(
             // The delivery itself is reported once; the failed move by the queue, which
             // knows how often it failed.
             delivered("", "");
+            sh.metrics.disposition_failed(&watch_label(job));
             Outcome::DispositionFailed {
                 id,
                 after: After::Delivered,
@@ -472,6 +503,7 @@ async fn give_up(
                 job.attempt,
                 esc(&to)
             );
+            sh.metrics.file_given_up(&watch_label(job));
             Outcome::GaveUp
         }
         Ok((Disposed::NotOurs, _)) => {
@@ -482,14 +514,18 @@ async fn give_up(
                 esc(path),
                 job.attempt
             );
+            sh.metrics.file_given_up(&watch_label(job));
             Outcome::GaveUp
         }
         Ok((Disposed::Changed, _)) => Outcome::Changed,
-        Err(e) => Outcome::DispositionFailed {
-            id,
-            after: After::GaveUp(reason.to_string()),
-            error: e.to_string(),
-        },
+        Err(e) => {
+            sh.metrics.disposition_failed(&watch_label(job));
+            Outcome::DispositionFailed {
+                id,
+                after: After::GaveUp(reason.to_string()),
+                error: e.to_string(),
+            }
+        }
     }
 }
 
