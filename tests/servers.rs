@@ -199,14 +199,17 @@ fn watch_default_never_claims_a_file_the_server_did_not_confirm() {
     for (i, c) in contents.iter().enumerate() {
         dirs.drop_file(&format!("f{i}"), c);
     }
-    ws::wait_for("every file done or failed", || {
+    // Failed files with their reasons (a reason is written after its file is moved).
+    let failed_with_reason = || {
+        let names = ws::names(&dirs.failed);
+        let files: Vec<&String> = names.iter().filter(|n| !n.ends_with(".reason")).collect();
+        let complete = files.iter().all(|n| names.contains(&format!("{n}.reason")));
+        complete.then_some(files.len())
+    };
+    ws::wait_for("every file done or failed with its reason", || {
         ws::names(&dirs.spool).is_empty()
-            && ws::names(&dirs.done).len()
-                + ws::names(&dirs.failed)
-                    .iter()
-                    .filter(|n| !n.ends_with(".reason"))
-                    .count()
-                == contents.len()
+            && failed_with_reason()
+                .is_some_and(|failed| ws::names(&dirs.done).len() + failed == contents.len())
     });
     let records = server.records();
     // Every file claimed as delivered was saved whole on a connection the server closed.
