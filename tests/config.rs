@@ -110,8 +110,9 @@ fn valid_config_prints_effective_settings() {
         format!("done_dir = \"{r}/done\"\n"),
         format!("failed_dir = \"{r}/failed\"\n"),
         "on_success = \"move\"\n".into(),
-        // The service name is resolved, the top-level server copied into the watch.
-        "server = { host = \"127.0.0.1\", port = 8080 }\n".into(),
+        // The service name is resolved, the top-level server copied into the watch, the
+        // default confirmation policy written out.
+        "server = { host = \"127.0.0.1\", port = 8080, confirm = \"close\" }\n".into(),
         "include = [\"*\"]\n".into(),
         "exclude = [\".*\", \"*.part\", \"*.tmp\", \"*~\"]\n".into(),
         "settle = \"250ms\"\n".into(),

@@ -603,6 +603,7 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
             host: "127.0.0.1".into(),
             port: recv.port,
         },
+        confirm: accio::protocol::Confirm::Close,
         include: vec!["*".into()],
         exclude: accio::config::DEFAULT_EXCLUDE
             .iter()
