@@ -103,7 +103,11 @@ pub fn run(cli: Cli) -> u8 {
         Command::Send(args) => {
             let timeouts = args.timeouts.to_timeouts();
             match rt.block_on(crate::send::run(
-                &args.host, &args.port, &args.file, timeouts,
+                &args.host,
+                &args.port,
+                &args.file,
+                args.confirm.into(),
+                timeouts,
             )) {
                 Ok(_) => exit::OK,
                 Err(f) => {

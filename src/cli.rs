@@ -57,7 +57,8 @@ pub enum Command {
 
 pub const SEND_EXIT_CODES: &str = "\
 Exit codes:
-  0  the file was delivered and the server confirmed by closing
+  0  the file was delivered and the server confirmed by closing (with --confirm
+     acked: the server's TCP acknowledged every byte, or it closed)
   1  other error
   2  usage error: missing or extra arguments, invalid port
   3  FILE missing, not a regular file, or unreadable
@@ -76,8 +77,31 @@ pub struct SendArgs {
     pub port: String,
     /// The file to send.
     pub file: PathBuf,
+    /// What confirms the transfer: the server's close (the protocol), or, for servers that
+    /// keep connections open, the server's TCP acknowledging every byte and the end of the
+    /// file ("acked" trusts the server's kernel, not its disk).
+    #[arg(long, value_enum, default_value_t = ConfirmArg::Close)]
+    pub confirm: ConfirmArg,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+}
+
+/// `--confirm`: the command line's name for [`crate::protocol::Confirm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfirmArg {
+    /// Success is the server's close after our half-close.
+    Close,
+    /// Success is every byte and our FIN acknowledged by the server's TCP (or its close).
+    Acked,
+}
+
+impl From<ConfirmArg> for crate::protocol::Confirm {
+    fn from(c: ConfirmArg) -> Self {
+        match c {
+            ConfirmArg::Close => crate::protocol::Confirm::Close,
+            ConfirmArg::Acked => crate::protocol::Confirm::Acked,
+        }
+    }
 }
 
 /// Protocol timeouts. Hidden: the spec fixes them at 10 s; tests shorten them.

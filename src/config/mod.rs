@@ -27,7 +27,7 @@ pub use render::render;
 pub use validate::{defaults, MAX_CONCURRENCY, MAX_DURATION};
 
 use crate::client::Destination;
-use crate::protocol::Timeouts;
+use crate::protocol::{Confirm, Timeouts};
 
 /// Where `accio watch` and `accio check-config` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/accio/accio.toml";
@@ -92,6 +92,9 @@ pub struct WatchConfig {
     pub on_success: OnSuccess,
     /// This watch's destination: its own `server`, else the top-level `[server]`.
     pub server: Destination,
+    /// What confirms a transfer to `server`: its `confirm`, else the top-level `[server]`'s,
+    /// else [`Confirm::Close`].
+    pub confirm: Confirm,
     /// Names that are uploaded: a file is taken when it matches `include` and not `exclude`.
     pub include: Vec<String>,
     /// Names that are never uploaded. Default: `.*`, `*.part`, `*.tmp`, `*~`.
@@ -636,6 +639,63 @@ failed_dir = "/s/b-failed"
         // Fine when every watch has its own.
         let doc = format!("{doc}server = {{ host = \"h\", port = 9 }}\n");
         assert_eq!(parse_str(&doc).unwrap().watches[0].server.port, 9);
+    }
+
+    /// `confirm`: default close; a watch's own server table inherits [server]'s; a watch
+    /// without one takes [server]'s; an unknown value names the key and the choices.
+    #[test]
+    fn confirm_per_destination_and_inherited() {
+        use crate::protocol::Confirm;
+        let watch = |n: usize, server: &str| {
+            format!("[[watch]]\ndir = \"/s{n}\"\ndone_dir = \"/d{n}\"\nfailed_dir = \"/f{n}\"\n{server}\n")
+        };
+        let confirms = |doc: &str| -> Vec<Confirm> {
+            parse_str(doc)
+                .unwrap()
+                .watches
+                .iter()
+                .map(|w| w.confirm)
+                .collect()
+        };
+        assert_eq!(confirms(MINIMAL), [Confirm::Close]);
+        let top = "[server]\nhost = \"h\"\nport = 1\nconfirm = \"acked\"\n";
+        let doc = format!(
+            "{top}{}{}{}",
+            watch(1, ""),
+            watch(2, "server = { host = \"o\", port = 2 }"),
+            watch(
+                3,
+                "server = { host = \"o\", port = 2, confirm = \"close\" }"
+            ),
+        );
+        assert_eq!(
+            confirms(&doc),
+            [Confirm::Acked, Confirm::Acked, Confirm::Close]
+        );
+        let doc = format!(
+            "[server]\nhost = \"h\"\nport = 1\n{}",
+            watch(
+                1,
+                "server = { host = \"o\", port = 2, confirm = \"acked\" }"
+            )
+        );
+        assert_eq!(confirms(&doc), [Confirm::Acked]);
+        // check-config shows it, and its output means the same.
+        let c = parse_str(&doc).unwrap();
+        let text = render(&c);
+        assert!(text.contains("confirm = \"acked\""), "{text}");
+        assert_eq!(confirms(&text), [Confirm::Acked]);
+        let e = parse_str(&format!("{top}{}", watch(1, "")).replace("\"acked\"", "\"ack\""))
+            .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(4), Some("server.confirm")),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("\"close\"") && e.message.contains("\"acked\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -70,9 +70,10 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
         writeln!(o, "on_success = {}", s(on_success))?;
         writeln!(
             o,
-            "server = {{ host = {}, port = {} }}",
+            "server = {{ host = {}, port = {}, confirm = {} }}",
             s(&w.server.host),
-            w.server.port
+            w.server.port,
+            s(w.confirm.as_str())
         )?;
         writeln!(o, "include = {}", list(&w.include))?;
         writeln!(o, "exclude = {}", list(&w.exclude))?;
