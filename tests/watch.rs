@@ -2,13 +2,13 @@
 //! filesystem events, with `accio serve` (or a server written here, where the test needs
 //! one that misbehaves) as the receiver.
 
-mod watch_support;
+mod support;
 
 use std::fs;
 use std::io::Write;
 use std::time::Duration;
 
-use watch_support::*;
+use support::{net::*, receiver::*, scripted::*, wait::*, watch::*, BIN};
 
 #[test]
 fn renamed_files_are_delivered_and_moved_to_done() {
@@ -603,6 +603,7 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
         },
         server_concurrency: None,
         adaptive: true,
+        confirm: accio::protocol::Confirm::Close,
         include: vec!["*".into()],
         exclude: accio::config::DEFAULT_EXCLUDE
             .iter()
@@ -629,6 +630,8 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
         shutdown_grace: Duration::from_secs(1),
         log_level: "info".into(),
         watches: vec![watch],
+        control_socket: dirs.root.path().join("control.sock"),
+        metrics_listen: None,
     };
     let stats = Arc::new(accio::status::Stats::default());
     let token = tokio_util::sync::CancellationToken::new();
@@ -1274,19 +1277,23 @@ fn a_file_renamed_in_before_its_close_goes_at_once_when_closed() {
     assert_eq!(recv.times_received(&c), 1);
 }
 
-/// The uid of `nobody` and a `setpriv` prefix that runs a command as nobody, when this test
-/// runs as root and can do so; `None` (and the test is skipped) otherwise.
-fn as_nobody() -> Option<(u32, Vec<&'static str>)> {
+/// The uid of `nobody` and a `setpriv` prefix that runs a command as nobody. Root-only tests
+/// are `#[ignore = "needs root: ..."]` and named `as_root_*`, so CI (root) runs them with
+/// `cargo test -- --ignored as_root_`; run so, they fail saying why if they cannot run.
+fn as_nobody() -> (u32, Vec<&'static str>) {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run the service as nobody");
-        return None;
-    }
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "needs root to run the service as nobody"
+    );
     let out = std::process::Command::new("id")
         .args(["-u", "nobody"])
         .output()
-        .ok()?;
-    let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+        .expect("cannot run id(1)");
+    let uid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("no user nobody");
     let ok = std::process::Command::new("setpriv")
         .args([
             "--reuid=nobody",
@@ -1296,11 +1303,11 @@ fn as_nobody() -> Option<(u32, Vec<&'static str>)> {
         ])
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: setpriv cannot run a command as nobody:nogroup");
-        return None;
-    }
-    Some((
+    assert!(
+        ok,
+        "setpriv (util-linux) cannot run a command as nobody:nogroup"
+    );
+    (
         uid,
         vec![
             "setpriv",
@@ -1308,7 +1315,7 @@ fn as_nobody() -> Option<(u32, Vec<&'static str>)> {
             "--regid=nogroup",
             "--clear-groups",
         ],
-    ))
+    )
 }
 
 /// Makes the test's directories usable by `uid` (the service), the spool's files staying
@@ -1326,9 +1333,7 @@ fn hand_dirs_to(dirs: &Dirs, uid: u32) {
 /// reload) is not taken after the settle time alone: it must be unchanged for the quiet
 /// period, or closed.
 fn unwatched_writer_found_by_a_listing(reload: bool) {
-    let Some((uid, wrapper)) = as_nobody() else {
-        return;
-    };
+    let (uid, wrapper) = as_nobody();
     let dirs = Dirs::new();
     hand_dirs_to(&dirs, uid);
     let recv = Receiver::start(&dirs.recv);
@@ -1371,21 +1376,22 @@ fn unwatched_writer_found_by_a_listing(reload: bool) {
 }
 
 #[test]
-fn without_leases_a_writer_found_at_start_is_not_sent_after_settle_alone() {
+#[ignore = "needs root: cargo test --test watch -- --ignored as_root_"]
+fn as_root_without_leases_a_writer_found_at_start_is_not_sent_after_settle_alone() {
     unwatched_writer_found_by_a_listing(false);
 }
 
 #[test]
-fn without_leases_a_writer_found_after_a_reload_is_not_sent_after_settle_alone() {
+#[ignore = "needs root: cargo test --test watch -- --ignored as_root_"]
+fn as_root_without_leases_a_writer_found_after_a_reload_is_not_sent_after_settle_alone() {
     unwatched_writer_found_by_a_listing(true);
 }
 
 /// Without leases, an old file (a typical backlog) goes at once: only recent changes wait.
 #[test]
-fn without_leases_an_old_backlog_goes_at_once() {
-    let Some((uid, wrapper)) = as_nobody() else {
-        return;
-    };
+#[ignore = "needs root: cargo test --test watch -- --ignored as_root_"]
+fn as_root_without_leases_an_old_backlog_goes_at_once() {
+    let (uid, wrapper) = as_nobody();
     let dirs = Dirs::new();
     hand_dirs_to(&dirs, uid);
     let recv = Receiver::start(&dirs.recv);
@@ -1444,12 +1450,11 @@ fn an_unreachable_destination_is_reported_once_not_per_file_and_retry() {
 /// Without leases, a name recreated and being written in place while its old file was in
 /// flight (its events dropped then) is not sent after the settle time alone either.
 #[test]
-fn without_leases_a_name_recreated_while_in_flight_waits_for_its_writer() {
+#[ignore = "needs root: cargo test --test watch -- --ignored as_root_"]
+fn as_root_without_leases_a_name_recreated_while_in_flight_waits_for_its_writer() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
-    let Some((uid, wrapper)) = as_nobody() else {
-        return;
-    };
+    let (uid, wrapper) = as_nobody();
     let dirs = Dirs::new();
     hand_dirs_to(&dirs, uid);
     let gate = Arc::new(AtomicBool::new(false));

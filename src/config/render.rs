@@ -38,11 +38,21 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
     writeln!(o, "active_limit = {}", c.active_limit)?;
     writeln!(o, "shutdown_grace = {}", d(c.shutdown_grace))?;
     writeln!(o, "log_level = {}", s(&c.log_level))?;
+    writeln!(
+        o,
+        "control_socket = {}",
+        s(&c.control_socket.to_string_lossy())
+    )?;
     writeln!(o, "\n[timeouts]")?;
     writeln!(o, "connect = {}", d(c.timeouts.connect))?;
     writeln!(o, "handshake = {}", d(c.timeouts.handshake))?;
     writeln!(o, "stall = {}", d(c.timeouts.stall))?;
     writeln!(o, "close = {}", d(c.timeouts.close))?;
+    writeln!(o, "\n[metrics]")?;
+    match c.metrics_listen {
+        Some(a) => writeln!(o, "listen = {}", s(&a.to_string()))?,
+        None => writeln!(o, "# listen: not set, no metrics listener")?,
+    }
     writeln!(o, "\n[retry]")?;
     writeln!(o, "initial = {}", d(c.retry.initial))?;
     writeln!(o, "max = {}", d(c.retry.max))?;
@@ -62,10 +72,11 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
         let cap = w.server_concurrency.unwrap_or(c.concurrency);
         writeln!(
             o,
-            "server = {{ host = {}, port = {}, concurrency = {cap}, adaptive = {} }}",
+            "server = {{ host = {}, port = {}, concurrency = {cap}, adaptive = {}, confirm = {} }}",
             s(&w.server.host),
             w.server.port,
-            w.adaptive
+            w.adaptive,
+            s(w.confirm.as_str())
         )?;
         writeln!(o, "include = {}", list(&w.include))?;
         writeln!(o, "exclude = {}", list(&w.exclude))?;

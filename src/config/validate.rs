@@ -11,7 +11,7 @@ use super::{
     compile_glob, Config, ConfigError, OnSuccess, RetryPolicy, WatchConfig, DEFAULT_EXCLUDE,
 };
 use crate::client::{parse_port, Destination};
-use crate::protocol::Timeouts;
+use crate::protocol::{Confirm, Timeouts};
 
 /// Defaults of optional keys, shown in `config/accio.toml` and by `check-config`.
 pub mod defaults {
@@ -263,6 +263,7 @@ pub(crate) struct ServerSpec {
     pub dest: Destination,
     pub concurrency: Option<usize>,
     pub adaptive: Option<bool>,
+    pub confirm: Option<Confirm>,
     /// Span of the table, for errors about the destination as a whole.
     pub span: Range<usize>,
 }
@@ -281,10 +282,25 @@ fn server_spec(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<ServerSpec> {
         },
         None => None,
     };
+    let confirm = match t.get("confirm") {
+        Some(v) => Some(match as_str(cx, &t.key("confirm"), v)? {
+            "close" => Confirm::Close,
+            "acked" => Confirm::Acked,
+            other => {
+                return Err(cx.err(
+                    &v.span(),
+                    &t.key("confirm"),
+                    format!("{other:?} is not an option; expected \"close\" (the server's close confirms) or \"acked\" (the server's TCP acknowledging everything confirms)"),
+                ))
+            }
+        }),
+        None => None,
+    };
     Ok(ServerSpec {
         dest: destination(cx, &t)?,
         concurrency,
         adaptive,
+        confirm,
         span: v.span(),
     })
 }
@@ -339,10 +355,13 @@ fn destination(cx: &Ctx, t: &Table) -> Result<Destination> {
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    Ok(Destination {
-        host: host.to_string(),
-        port,
-    })
+    Ok((
+        Destination {
+            host: host.to_string(),
+            port,
+        },
+        confirm,
+    ))
 }
 
 fn globs(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<Vec<String>> {
@@ -381,10 +400,16 @@ const ROOT_KEYS: &[&str] = &[
     "retry",
     "shutdown_grace",
     "log_level",
+    "control_socket",
+    "metrics",
     "watch",
 ];
+const METRICS_KEYS: &[&str] = &["listen"];
+
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
 const TIMEOUT_KEYS: &[&str] = &["connect", "handshake", "stall", "close"];
-const SERVER_KEYS: &[&str] = &["host", "port", "concurrency", "adaptive"];
+const SERVER_KEYS: &[&str] = &["host", "port", "concurrency", "adaptive", "confirm"];
 const RETRY_KEYS: &[&str] = &["initial", "max", "max_attempts"];
 const WATCH_KEYS: &[&str] = &[
     "dir",
@@ -524,6 +549,51 @@ pub(crate) fn validate(cx: &Ctx, root: &Sp<Node>) -> Result<Parsed> {
         None => defaults::LOG_LEVEL.to_string(),
     };
 
+    let control_socket = match root.get("control_socket") {
+        Some(v) => {
+            let p = as_abs_path(cx, "control_socket", v)?;
+            let len = p.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(cx.err(
+                    &v.span(),
+                    "control_socket",
+                    format!("{len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}"),
+                ));
+            }
+            p
+        }
+        None => PathBuf::from(super::DEFAULT_CONTROL_SOCKET),
+    };
+
+    let metrics_listen = match root.get("metrics") {
+        Some(v) => {
+            let t = as_table(cx, "metrics", v, "a table ([metrics])")?;
+            t.deny_unknown(cx, METRICS_KEYS)?;
+            match t.get("listen") {
+                Some(v) => {
+                    let s = as_str(cx, "metrics.listen", v)?;
+                    let addr = s.parse::<std::net::SocketAddr>().map_err(|_| {
+                        cx.err(
+                            &v.span(),
+                            "metrics.listen",
+                            format!("{s:?} is not an address and port; expected e.g. \"127.0.0.1:9187\" or \"[::1]:9187\""),
+                        )
+                    })?;
+                    if addr.port() == 0 {
+                        return Err(cx.err(
+                            &v.span(),
+                            "metrics.listen",
+                            format!("{s:?}: port 0 is not a fixed port; choose one, e.g. 9187"),
+                        ));
+                    }
+                    Some(addr)
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+
     let watch_v = root.required(cx, "watch", "one or more [[watch]] tables")?;
     let items = match watch_v.get_ref() {
         Node::Array(items) if !items.is_empty() => items,
@@ -564,6 +634,8 @@ pub(crate) fn validate(cx: &Ctx, root: &Sp<Node>) -> Result<Parsed> {
             shutdown_grace,
             log_level,
             watches,
+            control_socket,
+            metrics_listen,
         },
         watch_spans,
     })
@@ -630,6 +702,7 @@ fn watch(
             if let Some(top) = default_server {
                 own.concurrency = own.concurrency.or(top.concurrency);
                 own.adaptive = own.adaptive.or(top.adaptive);
+                own.confirm = own.confirm.or(top.confirm);
             }
             own
         }
@@ -711,6 +784,7 @@ fn watch(
             server: spec.dest,
             server_concurrency: spec.concurrency,
             adaptive: spec.adaptive.unwrap_or(true),
+            confirm: spec.confirm.unwrap_or_default(),
             include,
             exclude,
             settle,

@@ -182,7 +182,7 @@ pub async fn run_with(
         timeouts: config.timeouts,
         retry: config.retry,
         stats: stats.clone(),
-        metrics,
+        metrics: metrics.clone(),
         syncer: syncer.clone(),
     });
     let mut spools = Vec::new();
@@ -202,6 +202,8 @@ pub async fn run_with(
             }
         });
         spools.push(w.cfg.dir.clone());
+        // Each watch's metric series exist from the start (at 0).
+        metrics.watch_configured(&w.cfg.dir.to_string_lossy(), &w.cfg.server.to_string());
         tracing::info!("watching {} → {}", esc(&w.cfg.dir), w.cfg.server);
     }
     let queue = queue::Queue::new(
@@ -216,8 +218,8 @@ pub async fn run_with(
         .watching
         .fetch_add(watches.len() as u64, Ordering::Relaxed);
     let sync_stop = CancellationToken::new();
-    let sync_task = tokio::spawn(syncer.run(sync_stop.clone()));
-    let restore_task = tokio::spawn(restore_deletions(spools, sync_stop.clone()));
+    let sync_task = tokio::spawn(syncer.clone().run(sync_stop.clone()));
+    let restore_task = tokio::spawn(restore_deletions(spools, syncer.clone(), sync_stop.clone()));
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -239,7 +241,11 @@ pub async fn run_with(
 /// Puts back files a crash left hidden by a delete (see
 /// [`disposition::restore_stale_deletions`]): at start, and then periodically, since a
 /// service restarted at once (systemd) finds them too young to be taken for leftovers.
-async fn restore_deletions(spools: Vec<PathBuf>, stop: CancellationToken) {
+async fn restore_deletions(
+    spools: Vec<PathBuf>,
+    syncer: Arc<disposition::Syncer>,
+    stop: CancellationToken,
+) {
     let period = (disposition::stale_age() / 2).clamp(
         std::time::Duration::from_millis(20),
         std::time::Duration::from_secs(30),
@@ -251,10 +257,10 @@ async fn restore_deletions(spools: Vec<PathBuf>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let s = spools.clone();
+        let (s, syncer) = (spools.clone(), syncer.clone());
         let _ = tokio::task::spawn_blocking(move || {
             for d in &s {
-                disposition::restore_stale_deletions(d);
+                disposition::restore_stale_deletions(d, &syncer);
             }
         })
         .await;

@@ -97,12 +97,13 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     }
     let before = claim.id;
     let started = Instant::now();
-    // The first progress report comes right after the greeting: its time stands for the
-    // greeting time (connect + handshake), the signal of the adaptive limit.
+    // A failure after the greeting carries no greeting time; the first progress report,
+    // right after the greeting, stands for it then.
     let mut greeting: Option<Duration> = None;
     let progress = job.progress.clone();
     let result = client::upload(
         &job.watch.cfg.server,
+        job.watch.cfg.confirm,
         &claim.file,
         &sh.timeouts,
         &mut |n| {
@@ -117,10 +118,10 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let took = started.elapsed();
     attempt_ended(&job, &sh, attempt_result(&result), took);
     match result {
-        Ok(bytes) => {
+        Ok(done) => {
             let up = Uploaded {
-                bytes,
-                greeting: greeting.unwrap_or(took),
+                bytes: done.bytes,
+                greeting: done.greeting,
             };
             dispose_delivered(&job, &sh, claim, Some((up, took))).await
         }
@@ -173,7 +174,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
 }
 
 /// How an upload ended, for the `result` label of the attempts metric.
-fn attempt_result<E>(r: &Result<u64, UploadError<E>>) -> AttemptResult {
+fn attempt_result<E>(r: &Result<client::Uploaded, UploadError<E>>) -> AttemptResult {
     match r {
         Ok(_) => AttemptResult::ok,
         Err(UploadError::Rejected(_)) => AttemptResult::changed,

@@ -1,0 +1,205 @@
+//! Deleting a delivered file safely (through a hidden name of ours, checked there), and the
+//! leftovers a crash can leave: hidden deletes (put back into the spool) and temporary
+//! copies (reported).
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::names::{self, Naming};
+use super::ops::{rename_noreplace, rename_to_free, return_unsent};
+use super::{check_ours, is_ours, Disposed, Syncer};
+use crate::watch::claim::{self, Identity};
+use crate::watch::esc;
+
+/// How old a leftover of ours must be before it is taken for one of a crash rather than
+/// one in progress (of this or another instance). Tests shorten it with the hidden
+/// `ACCIO_STALE_AGE_MS`, since a ctime cannot be set back.
+pub fn stale_age() -> std::time::Duration {
+    static AGE: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *AGE.get_or_init(|| {
+        std::env::var("ACCIO_STALE_AGE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(std::time::Duration::from_secs(60))
+    })
+}
+
+/// Deletes the spool entry `path` only if it still is the inode `id`, unchanged. An unlink
+/// by name cannot be checked, so the entry is first renamed to a hidden name of ours
+/// (`.accio-del.<16 hex>.NAME`, see [`names::del_name`]), checked there, and only then
+/// unlinked; if it is not ours it goes back into the spool.
+///
+/// # Errors
+/// Inspecting, renaming or unlinking failed; the file is still in the spool.
+pub fn delete_if_ours(path: &Path, id: &Identity, syncer: &Syncer) -> io::Result<Disposed> {
+    if let Some(d) = check_ours(path, id)? {
+        return Ok(d);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(names::del_name(path.file_name().unwrap_or_default()));
+    // Errors name `path`, never the random hidden name: the queue compares error texts to
+    // throttle a repeated ERROR.
+    let ctx = |what: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("cannot {what} {}: {e}", esc(path)))
+    };
+    let _deleting = syncer.deleting(&tmp);
+    rename_noreplace(path, &tmp).map_err(|e| ctx("delete", e))?;
+    match claim::lstat(&tmp) {
+        Ok(now) if is_ours(&now, id) => {
+            std::fs::remove_file(&tmp).map_err(|e| {
+                tracing::warn!(
+                    path = %esc(&tmp),
+                    "cannot unlink {} (the delivered {} renamed for its delete): {e}; it is put back when stale",
+                    esc(&tmp),
+                    esc(path)
+                );
+                ctx("delete", e)
+            })?;
+            syncer.mark(dir);
+            Ok(Disposed::Done(None))
+        }
+        Ok(now) => {
+            return_unsent(&tmp, path, syncer)?;
+            Ok(if now.same_inode(id) {
+                Disposed::Changed
+            } else {
+                Disposed::NotOurs
+            })
+        }
+        Err(e) => Err(ctx("inspect (renamed for its delete)", e)),
+    }
+}
+
+/// Which time says how long a leftover has been untouched.
+#[derive(Debug, Clone, Copy)]
+enum Age {
+    /// A copy: its data were written that long ago (mtime).
+    Written,
+    /// A delete: a rename keeps the mtime, so the ctime says when it was renamed.
+    Renamed,
+}
+
+/// Entries of `dir` that `ours` recognises, untouched for [`stale_age`] (a live one, of
+/// this or another instance, is younger), by the time `age` names.
+fn stale_ours(dir: &Path, ours: impl Fn(&OsStr) -> bool, age: Age) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let old = std::time::SystemTime::now() - stale_age();
+    rd.flatten()
+        .filter(|e| ours(&e.file_name()))
+        .filter(|e| {
+            e.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                let (s, ns) = match age {
+                    Age::Renamed => (m.ctime(), m.ctime_nsec()),
+                    Age::Written => (m.mtime(), m.mtime_nsec()),
+                };
+                let t = std::time::UNIX_EPOCH
+                    + std::time::Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32);
+                m.is_file() && t < old
+            })
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Reports copies into `dir` (done_dir, failed_dir) that a crash seems to have interrupted:
+/// `.NAME.accio-XXXXXXXX.tmp`, untouched for [`stale_age`]. Never deletes them: a user's
+/// file may match the pattern, and the source of a real leftover is still in the spool.
+/// Blocking.
+pub fn warn_stale_temporaries(dir: &Path) {
+    for p in stale_ours(dir, |n| names::is_our_temporary(n, "tmp"), Age::Written) {
+        tracing::warn!(
+            path = %esc(&p),
+            "{} looks like a temporary copy left by an interrupted move; the original stayed in the spool; remove it if it is not yours",
+            esc(&p)
+        );
+    }
+}
+
+/// Puts back into the spool the files a crash (or a failed unlink) left under the hidden
+/// name a delete uses (`.accio-del.<16 hex>.NAME`), renamed more than [`stale_age`] ago and
+/// not a delete in progress of the service `syncer` belongs to: whether it was the
+/// delivered file or another one is not known any more, so it is sent (again). Never
+/// replaces a file: a taken name gets a suffix. Run at start and periodically. Blocking.
+/// Returns how many were restored.
+pub fn restore_stale_deletions(spool: &Path, syncer: &Syncer) -> usize {
+    let mut restored = 0;
+    for p in stale_ours(spool, |n| names::del_original(n).is_some(), Age::Renamed) {
+        if syncer.is_deleting(&p) {
+            continue;
+        }
+        let Some(orig) = p.file_name().and_then(names::del_original) else {
+            continue;
+        };
+        match rename_to_free(&p, spool, orig, Naming::Spool) {
+            Ok(to) => {
+                syncer.mark(spool);
+                restored += 1;
+                tracing::warn!(
+                    path = %esc(&to),
+                    "put {} back as {}: an interrupted delete left it hidden; it is sent again",
+                    esc(&p),
+                    esc(&to)
+                );
+            }
+            Err(e) => {
+                let e = e.into_io(|| "no free name".to_string());
+                tracing::warn!(
+                    path = %esc(&p),
+                    "cannot put {} (left hidden by an interrupted delete) back into the spool: {e}",
+                    esc(&p)
+                )
+            }
+        }
+    }
+    if restored > 0 {
+        // Durable before it is reported done, as each disposition is once flushed.
+        syncer.flush_blocking();
+    }
+    restored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_or_in_progress_hidden_delete_is_left_alone() {
+        let spool = tempfile::tempdir().unwrap();
+        let syncer = Syncer::default();
+        let h = spool.path().join(".accio-del.0123456789abcdef.f");
+        std::fs::write(&h, b"f").unwrap();
+        // Renamed just now: possibly another instance's delete in progress.
+        if stale_age() >= std::time::Duration::from_secs(1) {
+            assert_eq!(restore_stale_deletions(spool.path(), &syncer), 0);
+            assert!(h.exists());
+        }
+        let deleting = syncer.deleting(&h);
+        assert_eq!(restore_stale_deletions(spool.path(), &syncer), 0);
+        assert!(h.exists());
+        drop(deleting);
+        assert!(!syncer.is_deleting(&h));
+    }
+
+    #[test]
+    fn a_changed_file_is_not_deleted() {
+        let spool = tempfile::tempdir().unwrap();
+        let syncer = Syncer::default();
+        let p = spool.path().join("d.csv");
+        std::fs::write(&p, b"d").unwrap();
+        let id = claim::lstat(&p).unwrap();
+        std::fs::write(&p, b"changed").unwrap();
+        assert_eq!(delete_if_ours(&p, &id, &syncer).unwrap(), Disposed::Changed);
+        assert_eq!(std::fs::read(&p).unwrap(), b"changed");
+        let id = claim::lstat(&p).unwrap();
+        assert_eq!(
+            delete_if_ours(&p, &id, &syncer).unwrap(),
+            Disposed::Done(None)
+        );
+        assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,100 @@
+//! The state every disposition of the service shares: directories waiting for their fsync,
+//! and the hidden names deletes are using right now.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::ops::fsync_dir;
+use crate::watch::esc;
+
+/// Group commit for directory fsyncs: dispositions mark the directories they changed, one
+/// task fsyncs each marked directory once per round. Under load, one fsync covers many
+/// files; when idle, nothing runs. A crash before the fsync can only undo a move or delete,
+/// which puts the file back in the spool (sent again), never lose it.
+///
+/// It also knows the hidden names ([`super::delete_if_ours`]) its deletes are using right
+/// now, so that a periodic [`super::restore_stale_deletions`] given the same `Syncer` never
+/// puts one back under their feet, however old its ctime.
+#[derive(Debug, Default)]
+pub struct Syncer {
+    /// Directories changed since their last fsync.
+    dirty: Mutex<HashSet<PathBuf>>,
+    /// Wakes [`Syncer::run`] when a directory is marked.
+    wake: Notify,
+    /// Hidden delete names in use (see [`Deleting`]).
+    deleting: Mutex<HashSet<PathBuf>>,
+}
+
+impl Syncer {
+    pub fn new() -> Arc<Syncer> {
+        Arc::new(Syncer::default())
+    }
+
+    /// Records that `dir` changed and must be synced.
+    pub fn mark(&self, dir: &Path) {
+        let mut d = lock(&self.dirty);
+        if !d.contains(dir) {
+            d.insert(dir.to_path_buf());
+        }
+        drop(d);
+        self.wake.notify_one();
+    }
+
+    /// Fsyncs every directory marked so far (blocking).
+    pub fn flush_blocking(&self) {
+        let dirs: Vec<PathBuf> = lock(&self.dirty).drain().collect();
+        for dir in dirs {
+            if let Err(e) = fsync_dir(&dir) {
+                tracing::warn!(dir = %esc(&dir), "cannot fsync directory {}: {e}", esc(&dir));
+            }
+        }
+    }
+
+    /// Runs rounds of fsyncs until `stop` is cancelled, then one last round.
+    pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.wake.notified() => {}
+            }
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.flush_blocking()).await;
+        }
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.flush_blocking()).await;
+    }
+
+    /// Registers `hidden` as a delete in progress for as long as the guard lives.
+    pub(super) fn deleting(&self, hidden: &Path) -> Deleting<'_> {
+        lock(&self.deleting).insert(hidden.to_path_buf());
+        Deleting {
+            syncer: self,
+            path: hidden.to_path_buf(),
+        }
+    }
+
+    /// Is `hidden` a delete of ours in progress?
+    pub(super) fn is_deleting(&self, hidden: &Path) -> bool {
+        lock(&self.deleting).contains(hidden)
+    }
+}
+
+/// A delete in progress under a hidden name; unregistered when dropped.
+pub(super) struct Deleting<'a> {
+    syncer: &'a Syncer,
+    path: PathBuf,
+}
+
+impl Drop for Deleting<'_> {
+    fn drop(&mut self) {
+        lock(&self.syncer.deleting).remove(&self.path);
+    }
+}
+
+/// A set stays consistent whatever panicked while holding it.
+fn lock(m: &Mutex<HashSet<PathBuf>>) -> MutexGuard<'_, HashSet<PathBuf>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
