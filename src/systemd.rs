@@ -173,7 +173,7 @@ impl Notifier {
     }
 
     /// Sends `READY=1` when `ready` fires: the watch service's signal that every watch is
-    /// established and the backlog is queued. If the sender is dropped unsent (the service
+    /// established (the backlog is listed after). If the sender is dropped unsent (the service
     /// failed to start), READY is never sent and systemd sees the start fail.
     pub fn ready_on(&mut self, ready: oneshot::Receiver<()>) {
         let inner = Arc::clone(&self.inner);

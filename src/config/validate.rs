@@ -355,13 +355,10 @@ fn destination(cx: &Ctx, t: &Table) -> Result<Destination> {
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    Ok((
-        Destination {
-            host: host.to_string(),
-            port,
-        },
-        confirm,
-    ))
+    Ok(Destination {
+        host: host.to_string(),
+        port,
+    })
 }
 
 fn globs(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<Vec<String>> {

@@ -116,7 +116,7 @@ pub struct Shared {
 
 /// Runs the spool service for `config` until `shutdown` is cancelled, then lets uploads in
 /// flight finish within `config.shutdown_grace` and returns. `ready` is sent once every
-/// directory is watched and its backlog is queued.
+/// directory is watched (the backlog is listed after, in the queue).
 ///
 /// # Errors
 /// [`FatalError`] when a directory cannot be watched or listed at start (inotify limits are
