@@ -118,6 +118,12 @@ pub fn config_text(dirs: &Dirs, port: u16, o: &Opts) -> String {
     )
 }
 
+/// Writes the config of one watch over `dirs` sending to `port` (see [`config_text`]) as
+/// `dirs.root/a.toml` and returns its path.
+pub fn config_file(dirs: &Dirs, port: u16, o: &Opts) -> PathBuf {
+    write_config(dirs, "a.toml", &config_text(dirs, port, o))
+}
+
 /// Writes `text` as `dirs.root/NAME` and returns its path.
 pub fn write_config(dirs: &Dirs, name: &str, text: &str) -> PathBuf {
     let p = dirs.root.path().join(name);
