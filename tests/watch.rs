@@ -14,8 +14,7 @@ use support::{net::*, receiver::*, scripted::*, wait::*, watch::*, BIN};
 fn renamed_files_are_delivered_and_moved_to_done() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = config_file(&dirs, recv.port, &Opts::default());
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     let contents: Vec<Vec<u8>> = (0..5)
         .map(|i| format!("file {i}\n").repeat(i + 1).into_bytes())
         .collect();
@@ -51,8 +50,7 @@ fn backlog_is_sent_oldest_first() {
         concurrency: 1,
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, recv.port, &o);
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &o));
     wait_for("5 files in done", || names(&dirs.done).len() == 5);
     let order: Vec<String> = recv
         .files()
@@ -67,13 +65,8 @@ fn backlog_is_sent_oldest_first() {
 fn a_slow_writer_is_sent_once_complete() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let o = Opts {
-        settle: "100ms",
-        rescan: "200ms",
-        ..Opts::default()
-    };
-    let cfg = config_file(&dirs, recv.port, &o);
-    let svc = Service::start(&cfg);
+    let o = Opts::writers();
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     // Written in place under its final name, with pauses longer than the settle time and
     // than the rescan interval: open but not closed means not ready.
     let mut f = fs::File::create(dirs.spool.join("slow")).unwrap();
@@ -100,8 +93,7 @@ fn ignored_names_stay_in_the_spool() {
         rescan: "200ms",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, recv.port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     let ignored = [".hidden", "x.part", "y.tmp", "z~"];
     for n in ignored {
         fs::write(dirs.spool.join(n), n).unwrap();
@@ -139,8 +131,7 @@ fn special_files_are_reported_once_and_never_sent() {
         rescan: "200ms",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, recv.port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     // These appear while it runs: the events path.
     let fifo = std::ffi::CString::new(
         dirs.spool
@@ -180,8 +171,7 @@ fn connection_failures_do_not_use_up_attempts_and_files_go_once_the_server_is_up
         max_attempts: 2,
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     for i in 0..3 {
         dirs.drop_file(&format!("f{i}"), &content(i, 100));
     }
@@ -207,8 +197,7 @@ fn files_waiting_for_an_unreachable_server_go_soon_after_an_upload_to_it_succeed
         max: "60s",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     dirs.drop_file("waiting", b"waiting");
     // Three connect failures: its next retry is up to 8 s away.
     svc.wait_log_n("not counted as a failed attempt", 3);
@@ -235,8 +224,7 @@ fn after_max_attempts_a_file_goes_to_failed_with_a_reason() {
         max_attempts: 2,
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     dirs.drop_file("bad", b"never delivered");
     wait_for("bad.reason in failed", || {
         dirs.failed.join("bad.reason").exists()
@@ -256,17 +244,13 @@ fn after_max_attempts_a_file_goes_to_failed_with_a_reason() {
 #[test]
 fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
     let dirs = Dirs::new();
-    // The first connection takes a little, then stops reading until the test has changed the file.
-    let (server, started_rx, go_tx) = first_connection_paused();
+    // The upload stops until the test has changed the file.
     let o = Opts {
         timeout: "10s",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, server.port, &o);
-    let svc = Service::start(&cfg);
     let original = content(1, 16 << 20);
-    dirs.drop_file("big", &original);
-    started_rx.recv_timeout(DEADLINE).unwrap();
+    let (svc, server, go_tx) = big_in_flight(&dirs, &o, &original);
     let mut f = fs::File::options()
         .append(true)
         .open(dirs.spool.join("big"))
@@ -311,8 +295,7 @@ fn a_file_modified_after_it_was_sent_but_before_it_was_moved_is_sent_again() {
         }
         conn
     });
-    let cfg = config_file(&dirs, server.port, &Opts::default());
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, server.port, &Opts::default()));
     dirs.drop_file("f", b"first version\n");
     eof_rx.recv_timeout(DEADLINE).unwrap();
     let mut f = fs::File::options()
@@ -340,18 +323,14 @@ fn a_file_modified_after_it_was_sent_but_before_it_was_moved_is_sent_again() {
 #[test]
 fn sigterm_lets_the_transfer_run_for_the_grace_then_exits_0_leaving_the_file() {
     let dirs = Dirs::new();
-    // Stops reading (the transfer cannot finish) until the service has exited; then sees how
-    // the connection ended.
-    let (server, started_rx, hold_tx) = first_connection_paused();
+    // The transfer cannot finish until the service has exited; then the server sees how the
+    // connection ended.
     let o = Opts {
         timeout: "20s",
         grace: "500ms",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, server.port, &o);
-    let mut svc = Service::start(&cfg);
-    dirs.drop_file("big", &content(7, 16 << 20));
-    started_rx.recv_timeout(DEADLINE).unwrap();
+    let (mut svc, server, hold_tx) = big_in_flight(&dirs, &o, &content(7, 16 << 20));
     svc.signal(libc::SIGTERM);
     let st = svc.wait_exit(Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "{}", svc.log());
@@ -474,8 +453,7 @@ fn on_success_delete_removes_delivered_files() {
         delete: true,
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, recv.port, &o);
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &o));
     for i in 0..3 {
         dirs.drop_file(&format!("f{i}"), &content(i, 10));
     }
@@ -493,8 +471,7 @@ fn a_name_taken_in_done_gets_a_suffix() {
     let recv = Receiver::start(&dirs.recv);
     fs::write(dirs.done.join("a"), b"old").unwrap();
     fs::write(dirs.done.join("a.1"), b"old1").unwrap();
-    let cfg = config_file(&dirs, recv.port, &Opts::default());
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     dirs.drop_file("a", b"new");
     wait_for("a.2 in done", || dirs.done.join("a.2").exists());
     assert_eq!(fs::read(dirs.done.join("a")).unwrap(), b"old");
@@ -523,8 +500,7 @@ fn an_invalid_config_is_refused_at_start() {
 fn a_failed_move_to_done_keeps_the_file_and_is_retried_without_sending_again() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = config_file(&dirs, recv.port, &Opts::default());
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     // done_dir stops being a directory (as good as a read-only or full disk: the rename fails).
     fs::remove_dir(&dirs.done).unwrap();
     fs::write(&dirs.done, b"in the way").unwrap();
@@ -648,8 +624,7 @@ fn done_dir_on_another_filesystem_gets_a_durable_copy() {
     dirs.done = other.path().to_path_buf();
     fs::write(dirs.done.join("x"), b"taken").unwrap();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = config_file(&dirs, recv.port, &Opts::default());
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     let big = content(3, 1 << 20);
     dirs.drop_file("x", &big);
     wait_for("x.1 in done and the spool empty", || {
@@ -666,16 +641,12 @@ fn done_dir_on_another_filesystem_gets_a_durable_copy() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let dirs = Dirs::new();
-    let (server, started_rx, _hold_tx) = first_connection_paused();
     let o = Opts {
         timeout: "60s",
         grace: "60s",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, server.port, &o);
-    let mut svc = Service::start(&cfg);
-    dirs.drop_file("big", &content(8, 16 << 20));
-    started_rx.recv_timeout(DEADLINE).unwrap();
+    let (mut svc, _server, _hold_tx) = big_in_flight(&dirs, &o, &content(8, 16 << 20));
     svc.signal(libc::SIGINT);
     svc.wait_log("waiting up to");
     svc.signal(libc::SIGTERM);
@@ -693,8 +664,7 @@ fn a_spool_directory_replaced_while_running_is_watched_again() {
         rescan: "1h",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, recv.port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     fs::rename(&dirs.spool, dirs.root.path().join("spool.old")).unwrap();
     fs::create_dir(&dirs.spool).unwrap();
     svc.wait_log("watching the new one");
@@ -738,8 +708,7 @@ fn a_name_reused_while_in_flight(delete: bool) {
         delete,
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, server.port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, server.port, &o));
     dirs.drop_file("report.csv", b"OLD\n");
     wait_for("the first upload to connect", || {
         accepted.load(Ordering::SeqCst) >= 1
@@ -782,11 +751,7 @@ fn a_name_reused_while_in_flight_sends_the_new_file_before_deleting_it() {
 fn a_writer_pausing_longer_than_the_quiet_fallback_is_not_sent_until_closed() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let o = Opts {
-        settle: "100ms",
-        rescan: "200ms",
-        ..Opts::default()
-    };
+    let o = Opts::writers();
     let cfg = config_file(&dirs, recv.port, &o);
     // The fallback for files whose writers cannot be seen, shortened from 30 s.
     let svc = Service::start_with_env(&cfg, &[("ACCIO_WRITER_QUIET_MS", "200")]);
@@ -800,14 +765,7 @@ fn a_writer_pausing_longer_than_the_quiet_fallback_is_not_sent_until_closed() {
     let listed = svc.log_count("listed");
     svc.wait_log_n("listed", listed + 2);
     assert_eq!(recv.count(), 0, "sent while still open for writing");
-    let second = content(2, 1000);
-    f.write_all(&second).unwrap();
-    drop(f);
-    wait_for("paused in done", || dirs.done.join("paused").exists());
-    let mut expected = first;
-    expected.extend_from_slice(&second);
-    assert_eq!(recv.times_received(&expected), 1);
-    assert_eq!(recv.count(), 1);
+    close_and_expect_whole(f, "paused", first, &content(2, 1000), &dirs, &recv);
 }
 
 #[test]
@@ -817,23 +775,11 @@ fn a_writer_active_when_the_service_starts_is_sent_only_complete() {
     let mut f = fs::File::create(dirs.spool.join("early")).unwrap();
     let first = content(3, 1000);
     f.write_all(&first).unwrap();
-    let o = Opts {
-        settle: "100ms",
-        rescan: "200ms",
-        ..Opts::default()
-    };
-    let cfg = config_file(&dirs, recv.port, &o);
-    let svc = Service::start(&cfg);
+    let o = Opts::writers();
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     svc.wait_log_n("is open for writing", 2);
     assert_eq!(recv.count(), 0, "sent while still open for writing");
-    let second = content(4, 1000);
-    f.write_all(&second).unwrap();
-    drop(f);
-    wait_for("early in done", || dirs.done.join("early").exists());
-    let mut expected = first;
-    expected.extend_from_slice(&second);
-    assert_eq!(recv.times_received(&expected), 1);
-    assert_eq!(recv.count(), 1);
+    close_and_expect_whole(f, "early", first, &content(4, 1000), &dirs, &recv);
 }
 
 #[test]
@@ -844,8 +790,7 @@ fn a_reason_file_never_replaces_a_failed_file() {
         max_attempts: 1,
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     dirs.drop_file("q.reason", b"a data file named q.reason");
     wait_for("q.reason.reason in failed", || {
         dirs.failed.join("q.reason.reason").exists()
@@ -879,8 +824,7 @@ fn a_reason_file_never_replaces_a_failed_file() {
 fn a_name_with_a_newline_is_logged_on_one_line() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = config_file(&dirs, recv.port, &Opts::default());
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     dirs.drop_file("a\nINFO forged line", b"x");
     wait_for("it in done", || {
         dirs.done.join("a\nINFO forged line").exists()
@@ -904,8 +848,7 @@ fn a_name_with_a_newline_is_logged_on_one_line() {
 fn a_hard_link_into_the_spool_is_delivered_promptly() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = config_file(&dirs, recv.port, &Opts::default());
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     let outside = dirs.root.path().join("linked");
     fs::write(&outside, b"linked content").unwrap();
     fs::hard_link(&outside, dirs.spool.join("linked")).unwrap();
@@ -985,8 +928,7 @@ fn stale_temporaries_of_ours_are_reported_never_removed_at_start() {
         .unwrap();
     let fresh = mk(".y.accio-0123abcd.tmp", None);
     let other = mk(".z.other.tmp", Some(old));
-    let cfg = config_file(&dirs, recv.port, &Opts::default());
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     let warning = "looks like a temporary copy left by an interrupted move; the original stayed in the spool; remove it if it is not yours";
     svc.wait_log(&format!("{} {warning}", stale.display()));
     svc.wait_log(&format!("{} {warning}", users.display()));
@@ -1000,17 +942,13 @@ fn stale_temporaries_of_ours_are_reported_never_removed_at_start() {
 #[test]
 fn a_name_replaced_during_the_transfer_delivers_both_files() {
     let dirs = Dirs::new();
-    // The first connection takes a little, then stops reading until the test has replaced the file.
-    let (server, started_rx, go_tx) = first_connection_paused();
+    // The upload stops until the test has replaced the file.
     let o = Opts {
         timeout: "10s",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, server.port, &o);
-    let svc = Service::start(&cfg);
     let old = content(5, 8 << 20);
-    dirs.drop_file("big", &old);
-    started_rx.recv_timeout(DEADLINE).unwrap();
+    let (svc, server, go_tx) = big_in_flight(&dirs, &o, &old);
     // The writer replaces it (the old inode is unlinked while we still read it).
     dirs.drop_file("big", b"the new big\n");
     go_tx.send(()).unwrap();
@@ -1183,8 +1121,7 @@ fn a_file_renamed_in_before_its_close_goes_at_once_when_closed() {
         settle: "3s",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, recv.port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     let tmp = dirs.root.path().join("rb.tmp");
     let mut f = fs::File::create(&tmp).unwrap();
     let c = content(7, 5000);
@@ -1264,15 +1201,11 @@ fn unwatched_writer_found_by_a_listing(reload: bool) {
     let dirs = Dirs::new();
     hand_dirs_to(&dirs, uid);
     let recv = Receiver::start(&dirs.recv);
-    let o = Opts {
-        settle: "100ms",
-        rescan: "200ms",
-        ..Opts::default()
-    };
+    let o = Opts::writers();
     let cfg = config_file(&dirs, recv.port, &o);
     let env = [("ACCIO_WRITER_QUIET_MS", "6000")];
     let first = content(5, 1000);
-    let (svc, mut f) = if reload {
+    let (svc, f) = if reload {
         let svc = Service::start_wrapped(&cfg, &env, &wrapper);
         let mut f = fs::File::create(dirs.spool.join("inplace")).unwrap();
         f.write_all(&first).unwrap();
@@ -1288,14 +1221,7 @@ fn unwatched_writer_found_by_a_listing(reload: bool) {
     // Looked at (found by the listing, settled) and left for later.
     svc.wait_log("whether it is still being written cannot be told");
     assert_eq!(recv.count(), 0, "sent while still being written");
-    let second = content(6, 1000);
-    f.write_all(&second).unwrap();
-    drop(f);
-    wait_for("inplace in done", || dirs.done.join("inplace").exists());
-    let mut expected = first;
-    expected.extend_from_slice(&second);
-    assert_eq!(recv.times_received(&expected), 1, "{}", svc.log());
-    assert_eq!(recv.count(), 1);
+    close_and_expect_whole(f, "inplace", first, &content(6, 1000), &dirs, &recv);
     assert_eq!(
         svc.log_count("cannot check for writers with a file lease"),
         1
@@ -1350,8 +1276,7 @@ fn an_unreachable_destination_is_reported_once_not_per_file_and_retry() {
         max: "100ms",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, port, &o);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     for i in 0..5 {
         dirs.drop_file(&format!("f{i}"), &content(i, 100));
     }
@@ -1418,4 +1343,23 @@ fn as_root_without_leases_a_name_recreated_while_in_flight_waits_for_its_writer(
     assert!(clean
         .iter()
         .any(|c| c.bytes == b"NEW, first half\nNEW, second half\n"));
+}
+
+/// Writes `second` to the in-place writer `f` of `name` and closes it, then checks that the
+/// whole file (`first` + `second`), and nothing else, was delivered once.
+fn close_and_expect_whole(
+    mut f: fs::File,
+    name: &str,
+    first: Vec<u8>,
+    second: &[u8],
+    dirs: &Dirs,
+    recv: &Receiver,
+) {
+    f.write_all(second).unwrap();
+    drop(f);
+    wait_for(&format!("{name} in done"), || dirs.done.join(name).exists());
+    let mut whole = first;
+    whole.extend_from_slice(second);
+    assert_eq!(recv.times_received(&whole), 1);
+    assert_eq!(recv.count(), 1);
 }
