@@ -573,6 +573,8 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
         shutdown_grace: Duration::from_secs(1),
         log_level: "info".into(),
         watches: vec![watch],
+        control_socket: dirs.root.path().join("control.sock"),
+        metrics_listen: None,
     };
     let stats = Arc::new(accio::status::Stats::default());
     let token = tokio_util::sync::CancellationToken::new();
