@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use crate::protocol::{self, ProtocolError, Timeouts};
+use crate::protocol::{self, Confirm, ProtocolError, Timeouts};
 
 /// Why a PORT argument or config value is not a port.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -129,6 +129,35 @@ pub enum ClientError {
     },
 }
 
+/// Where an upload failed, for policies that treat phases differently (an outage does not
+/// count against a file; a slow greeting is the server's load, not the network's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The host name did not resolve (or to no address).
+    Resolve,
+    /// Every address refused or was unreachable.
+    Connect,
+    /// No address answered within the connect timeout.
+    ConnectTimeout,
+    /// Connected, but no complete `accio\r\n`: wrong bytes, closed first, handshake timeout.
+    Handshake,
+    /// After the greeting: sending, or waiting for the confirmation.
+    Transfer,
+}
+
+impl ClientError {
+    /// The phase this failure happened in.
+    pub fn phase(&self) -> Phase {
+        match self {
+            ClientError::Resolve { .. } | ClientError::NoAddresses { .. } => Phase::Resolve,
+            ClientError::Connect { .. } => Phase::Connect,
+            ClientError::ConnectTimeout { .. } => Phase::ConnectTimeout,
+            ClientError::Protocol { source, .. } if source.is_handshake() => Phase::Handshake,
+            ClientError::Protocol { .. } => Phase::Transfer,
+        }
+    }
+}
+
 /// The addresses a connect attempt tried, with what happened at each.
 #[derive(Debug, Default)]
 pub struct TriedAddrs(pub Vec<(SocketAddr, String)>);
@@ -171,11 +200,11 @@ pub mod exit {
 impl ClientError {
     /// The `send` exit code for this failure.
     pub fn exit_code(&self) -> u8 {
-        match self {
-            ClientError::Resolve { .. } | ClientError::NoAddresses { .. } => exit::RESOLVE,
-            ClientError::ConnectTimeout { .. } | ClientError::Connect { .. } => exit::CONNECT,
-            ClientError::Protocol { source, .. } if source.is_handshake() => exit::HANDSHAKE,
-            ClientError::Protocol { .. } => exit::TRANSFER,
+        match self.phase() {
+            Phase::Resolve => exit::RESOLVE,
+            Phase::Connect | Phase::ConnectTimeout => exit::CONNECT,
+            Phase::Handshake => exit::HANDSHAKE,
+            Phase::Transfer => exit::TRANSFER,
         }
     }
 }
@@ -280,23 +309,37 @@ async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
+/// A delivered upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Bytes of the file sent (and confirmed).
+    pub bytes: u64,
+    /// From starting to resolve and connect until the whole `accio\r\n` had arrived: how
+    /// fast the server takes a new connection, apart from the file's size.
+    pub greeting: Duration,
+}
+
 /// One whole upload of an open file: connect, wait for the command, send the file's bytes
-/// (zero-copy where possible), half-close and wait for the server's close.
+/// (zero-copy where possible), half-close and wait for the confirmation `confirm` asks for
+/// (the server's close, or with [`Confirm::Acked`] the acknowledgement of everything we sent).
 ///
 /// `before_close` runs after the content was sent and before the half-close; returning an
 /// error from it aborts the connection with a reset so the server does not take the partial
 /// or changed content as complete (the spool service checks the file did not change).
 ///
 /// # Errors
-/// Any [`ClientError`]; on error after connecting the connection is reset, never closed
-/// gracefully, so no failure can look like success to the server.
+/// Any [`ClientError`] ([`ClientError::phase`] tells where it failed); on error after
+/// connecting the connection is reset, never closed gracefully, so no failure can look like
+/// success to the server.
 pub async fn upload<E>(
     dest: &Destination,
+    confirm: Confirm,
     file: &std::fs::File,
     timeouts: &Timeouts,
     progress: &mut (dyn FnMut(u64) + Send),
     before_close: impl FnOnce(u64) -> Result<(), E>,
-) -> Result<u64, UploadError<E>> {
+) -> Result<Uploaded, UploadError<E>> {
+    let started = Instant::now();
     let mut stream = connect(dest, timeouts).await?;
     let proto = |source| ClientError::Protocol {
         dest: dest.clone(),
@@ -306,6 +349,7 @@ pub async fn upload<E>(
         protocol::abort(stream);
         return Err(proto(e).into());
     }
+    let greeting = started.elapsed();
     let sent =
         match protocol::send_file_zero_copy(file, &mut stream, timeouts.stall, progress).await {
             Ok(sent) => sent,
@@ -318,11 +362,20 @@ pub async fn upload<E>(
         protocol::abort(stream);
         return Err(UploadError::Rejected(e));
     }
-    if let Err(e) = protocol::finish_tcp(&mut stream, timeouts.stall, timeouts.close).await {
+    if let Err(e) = protocol::finish_tcp(&mut stream, confirm, timeouts.stall, timeouts.close).await
+    {
         protocol::abort(stream);
         return Err(proto(e).into());
     }
-    Ok(sent)
+    // Confirmed. With `Acked` the server may not have closed yet: close gracefully (the
+    // linger-0 reset set at connect would tell it the transfer failed, and could discard
+    // data it has not read yet). After the server's close this sends nothing.
+    let _ = socket2::SockRef::from(&stream).set_linger(None);
+    drop(stream);
+    Ok(Uploaded {
+        bytes: sent,
+        greeting,
+    })
 }
 
 /// An upload failed in the network ([`ClientError`]) or was stopped by the caller's check.

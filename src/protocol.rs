@@ -7,8 +7,9 @@
 //!    rejected at once; no byte for the handshake timeout is an error.
 //! 2. [`send_body`] (any stream) or [`send_file_zero_copy`] (a TCP socket and a file): the
 //!    content, and nothing else. Not being able to write for the stall timeout is an error.
-//! 3. [`finish`] (any stream) or [`finish_tcp`]: half-close, then wait (bounded) for the server to close. Only then is the
-//!    transfer confirmed.
+//! 3. [`finish`] (any stream) or [`finish_tcp`]: half-close, then wait (bounded) for the
+//!    confirmation. By default ([`Confirm::Close`]) that is the server's close; with
+//!    [`Confirm::Acked`] it is the server's TCP acknowledging every byte and our FIN.
 //!
 //! This module knows nothing of command lines, spool directories or retry policy.
 
@@ -52,6 +53,37 @@ impl Default for Timeouts {
     }
 }
 
+/// What confirms a transfer after the half-close. Set per destination (`confirm` in the
+/// config, `accio send --confirm`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confirm {
+    /// The server closes the connection after our half-close (the protocol's confirmation:
+    /// a careful server closes only once the file is saved).
+    #[default]
+    Close,
+    /// The server's TCP acknowledged every byte and our FIN (the socket reached FIN_WAIT2),
+    /// or the server closed. For servers that keep connections open: it trusts the server's
+    /// kernel, not its disk.
+    Acked,
+}
+
+impl Confirm {
+    /// The name used in the config and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confirm::Close => "close",
+            Confirm::Acked => "acked",
+        }
+    }
+}
+
+impl std::fmt::Display for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Everything that can go wrong once connected. Each variant says what the server did, so
 /// the message alone tells an operator where to look.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +117,13 @@ pub enum ProtocolError {
         #[source]
         source: io::Error,
     },
-    #[error("server did not confirm the transfer: no close within {0:?} once all data was sent and acknowledged")]
+    /// With [`Confirm::Close`]: everything, our FIN included, was acknowledged, but the
+    /// server did not close. The one failure `confirm = "acked"` would have accepted.
+    #[error("server did not confirm the transfer: every byte was acknowledged but the server never closed (waited {0:?}); if this server keeps connections open, set confirm = \"acked\" for it (accio send --confirm acked)")]
     CloseTimeout(Duration),
+    /// No close, and the kernel cannot show that our FIN was acknowledged either.
+    #[error("server did not confirm the transfer: no close within {0:?} once all data was sent")]
+    CloseTimeoutUnacked(Duration),
     #[error("server did not confirm the transfer: {0}")]
     CloseIo(#[source] io::Error),
 }
@@ -341,35 +378,80 @@ fn unacked_bytes(stream: &TcpStream) -> Option<u64> {
     (rc == 0 && queued >= 0).then_some(queued as u64)
 }
 
-/// [`finish`] for TCP: half-closes, then waits for the server's close. The last part of the
-/// file may still sit in our send buffer (up to a few MiB) when the half-close is made, and a
-/// slow but steady server may take long to read it: so the stall rule, not the close timeout,
-/// applies while the server is still acknowledging data. The close timeout starts once
-/// everything, including our FIN, was acknowledged.
+/// TCP state of the socket (`tcpi_state` of `TCP_INFO`), or `None` where the kernel cannot
+/// tell.
+fn tcp_state(stream: &TcpStream) -> Option<u8> {
+    // SAFETY: zeroed tcp_info is a valid value of this plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor is open (borrowed); `info` and `len` are valid out-pointers of
+    // the size given, which the kernel does not exceed.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len >= 1).then_some(info.tcpi_state)
+}
+
+/// `TCP_FIN_WAIT2` of the kernel's TCP states: our FIN was sent and acknowledged, so was
+/// every byte before it; the peer has not closed yet.
+const TCP_FIN_WAIT2: u8 = 5;
+
+/// True once the peer's TCP acknowledged all we sent, our FIN included.
+fn fin_acknowledged(stream: &TcpStream) -> bool {
+    tcp_state(stream) == Some(TCP_FIN_WAIT2)
+}
+
+/// The first checks for [`Confirm::Acked`] come quickly (on loopback the acknowledgement is
+/// often there before `shutdown` returns), then back off to [`DRAIN_POLL`].
+fn acked_poll(checks: u32) -> Duration {
+    Duration::from_millis(1u64 << checks.min(6)).min(DRAIN_POLL)
+}
+
+/// [`finish`] for TCP: half-closes, then waits for the confirmation `confirm` asks for.
+/// The last part of the file may still sit in our send buffer (up to a few MiB) when the
+/// half-close is made, and a slow but steady server may take long to read it: so the stall
+/// rule, not the close timeout, applies while the server is still acknowledging data.
+///
+/// With [`Confirm::Close`] the close timeout starts once everything, including our FIN, was
+/// acknowledged, and only the server's close confirms. With [`Confirm::Acked`] the
+/// acknowledgement of our FIN confirms (or the server's close, whichever comes first); the
+/// close timeout is not used.
 ///
 /// # Errors
 /// Shutdown failure, a reset or other read error, no acknowledgement progress for `stall`,
-/// or no close within `close_timeout` after everything was acknowledged.
+/// or (with `Close`) no close within `close_timeout` after everything was acknowledged.
 pub async fn finish_tcp(
     stream: &mut TcpStream,
+    confirm: Confirm,
     stall: Duration,
     close_timeout: Duration,
 ) -> Result<(), ProtocolError> {
     stream.shutdown().await.map_err(ProtocolError::CloseIo)?;
     let mut queued = unacked_bytes(stream);
     let mut last_progress = Instant::now();
+    let acked = confirm == Confirm::Acked;
     // Without SIOCOUTQ we cannot see the drain: fall back to the plain close timeout.
     let mut close_deadline = match queued {
-        Some(0) | None => Some(last_progress + close_timeout),
-        Some(_) => None,
+        Some(0) | None if !acked => Some(last_progress + close_timeout),
+        _ => None,
     };
+    let mut checks = 0u32;
     let mut sink = [0u8; 4096];
     // Fixed instants, not "now + poll" per iteration: a server flooding us with unsolicited
     // bytes must not postpone the checks.
-    let mut next_check = last_progress + DRAIN_POLL;
+    let mut next_check = last_progress + if acked { Duration::ZERO } else { DRAIN_POLL };
     loop {
         let wake = close_deadline.unwrap_or(next_check);
         tokio::select! {
+            // Biased: a close or reset already there wins over a due check, so a server that
+            // closed is never reported as a timeout.
+            biased;
             read = stream.read(&mut sink) => match read {
                 // A server that half-closed early may still be reading: confirmed only once
                 // it has also acknowledged everything.
@@ -382,19 +464,29 @@ pub async fn finish_tcp(
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 if close_deadline.is_some() {
-                    return Err(ProtocolError::CloseTimeout(close_timeout));
+                    return Err(if fin_acknowledged(stream) {
+                        ProtocolError::CloseTimeout(close_timeout)
+                    } else {
+                        ProtocolError::CloseTimeoutUnacked(close_timeout)
+                    });
                 }
-                next_check = now + DRAIN_POLL;
+                if acked && fin_acknowledged(stream) {
+                    return Ok(());
+                }
+                checks += 1;
+                next_check = now + if acked { acked_poll(checks) } else { DRAIN_POLL };
                 match unacked_bytes(stream) {
-                    Some(0) | None => close_deadline = Some(now + close_timeout),
+                    // With Acked, an empty queue is not enough: the FIN itself must be
+                    // acknowledged (FIN_WAIT2); until then the stall rule applies.
+                    Some(0) | None if !acked => close_deadline = Some(now + close_timeout),
                     Some(q) if Some(q) < queued => {
                         queued = Some(q);
                         last_progress = now;
                     }
-                    Some(_) if now - last_progress >= stall => {
+                    _ if now - last_progress >= stall => {
                         return Err(ProtocolError::Stall(stall));
                     }
-                    Some(_) => {}
+                    _ => {}
                 }
             }
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::{self, exit, Destination};
-use crate::protocol::Timeouts;
+use crate::protocol::{Confirm, Timeouts};
 
 /// Files at least this large get a progress bar, when stderr is a terminal.
 const PROGRESS_MIN_BYTES: u64 = 8 * 1024 * 1024;
@@ -40,6 +40,7 @@ pub async fn run(
     host: &str,
     port: &str,
     file: &Path,
+    confirm: Confirm,
     timeouts: Timeouts,
 ) -> Result<u64, SendFailure> {
     let port =
@@ -62,6 +63,7 @@ pub async fn run(
     };
     let result = client::upload::<std::convert::Infallible>(
         &dest,
+        confirm,
         &file_handle,
         &timeouts,
         &mut on_progress,
@@ -72,7 +74,7 @@ pub async fn run(
         bar.finish_and_clear();
     }
     match result {
-        Ok(sent) => Ok(sent),
+        Ok(done) => Ok(done.bytes),
         Err(client::UploadError::Client(e)) => {
             let mut message = e.to_string();
             if matches!(e, client::ClientError::Resolve { .. })

@@ -2,6 +2,8 @@
 //! settings; every class of bad file is refused with one `ERROR:` line that names the file,
 //! the line and the key, and exit code 78 (EX_CONFIG).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -34,12 +36,23 @@ impl Setup {
 }
 
 fn check_config(path: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_accio"))
+    Command::new(support::BIN)
         .args(["check-config", "--config"])
         .arg(path)
         .env_remove("ACCIO_CONFIG")
         .output()
         .unwrap()
+}
+
+/// Asserts an acceptance (exit 0) and returns stdout, the effective settings.
+fn assert_accepted(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 /// Asserts a refusal: exit 78, nothing on stdout, one `ERROR:` line naming file:line and key.
@@ -81,13 +94,7 @@ fn valid_config_prints_effective_settings() {
     let s = Setup::new();
     let path = s.write(VALID);
     let out = check_config(&path);
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = assert_accepted(&out);
     assert!(out.stderr.is_empty());
     let r = s.root().display();
     for expected in [
@@ -103,8 +110,9 @@ fn valid_config_prints_effective_settings() {
         format!("done_dir = \"{r}/done\"\n"),
         format!("failed_dir = \"{r}/failed\"\n"),
         "on_success = \"move\"\n".into(),
-        // The service name is resolved, the top-level server copied into the watch.
-        "server = { host = \"127.0.0.1\", port = 8080 }\n".into(),
+        // The service name is resolved, the top-level server copied into the watch, the
+        // default confirmation policy written out.
+        "server = { host = \"127.0.0.1\", port = 8080, confirm = \"close\" }\n".into(),
         "include = [\"*\"]\n".into(),
         "exclude = [\".*\", \"*.part\", \"*.tmp\", \"*~\"]\n".into(),
         "settle = \"250ms\"\n".into(),
@@ -140,14 +148,7 @@ fn shipped_example_passes_when_its_directories_exist() {
             .replace("/var/spool/accio/sent", "@/done")
             .replace("/var/spool/accio/failed", "@/failed"),
     );
-    let out = check_config(&path);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = assert_accepted(&check_config(&path));
     assert!(stdout.contains("port = 5000"), "{stdout}");
 }
 
@@ -159,13 +160,7 @@ fn demo_template_passes_when_filled_in() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/accio.toml")).unwrap();
     assert!(template.contains("@DEMO@") && template.contains("@PORT@"));
     let path = s.write(&template.replace("@DEMO@", "@").replace("@PORT@", "5000"));
-    let out = check_config(&path);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_accepted(&check_config(&path));
 }
 
 #[test]
@@ -254,13 +249,13 @@ fn unwritable_directory_is_refused() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let out = if root {
-        if Command::new("setpriv").arg("--version").output().is_err() {
-            eprintln!("skipped: running as root without setpriv");
-            return;
-        }
+        assert!(
+            Command::new("setpriv").arg("--version").output().is_ok(),
+            "as root this test needs setpriv (util-linux) to drop privileges"
+        );
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_accio"))
+            .arg(support::BIN)
             .args(["check-config", "--config"])
             .arg(&path)
             .output()
@@ -268,16 +263,13 @@ fn unwritable_directory_is_refused() {
     } else {
         check_config(&path)
     };
-    if root
-        && String::from_utf8_lossy(&out.stderr).contains("Permission denied")
-        && !String::from_utf8_lossy(&out.stderr).contains("failed_dir")
-    {
-        eprintln!(
-            "skipped: nobody cannot reach the temporary directory: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return;
-    }
+    assert!(
+        !(root
+            && String::from_utf8_lossy(&out.stderr).contains("Permission denied")
+            && !String::from_utf8_lossy(&out.stderr).contains("failed_dir")),
+        "nobody cannot reach the temporary directory (set TMPDIR to one it can): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_refused(
         &out,
         &path,

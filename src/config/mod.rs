@@ -27,10 +27,13 @@ pub use render::render;
 pub use validate::{defaults, MAX_CONCURRENCY, MAX_DURATION};
 
 use crate::client::Destination;
-use crate::protocol::Timeouts;
+use crate::protocol::{Confirm, Timeouts};
 
 /// Where `accio watch` and `accio check-config` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/accio/accio.toml";
+
+/// The default `control_socket` (systemd's `RuntimeDirectory=accio` creates its directory).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/accio/control.sock";
 
 /// Validated settings of the whole service.
 #[derive(Debug, Clone)]
@@ -49,6 +52,10 @@ pub struct Config {
     pub log_level: String,
     /// One entry per `[[watch]]`, at least one.
     pub watches: Vec<WatchConfig>,
+    /// The Unix socket `accio status` asks the running service on.
+    pub control_socket: PathBuf,
+    /// `[metrics] listen`: where to serve Prometheus metrics; `None`: no listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Exponential backoff with jitter, then give up.
@@ -85,6 +92,9 @@ pub struct WatchConfig {
     pub on_success: OnSuccess,
     /// This watch's destination: its own `server`, else the top-level `[server]`.
     pub server: Destination,
+    /// What confirms a transfer to `server`: its `confirm`, else the top-level `[server]`'s,
+    /// else [`Confirm::Close`].
+    pub confirm: Confirm,
     /// Names that are uploaded: a file is taken when it matches `include` and not `exclude`.
     pub include: Vec<String>,
     /// Names that are never uploaded. Default: `.*`, `*.part`, `*.tmp`, `*~`.
@@ -301,6 +311,8 @@ failed_dir = "/var/spool/accio/failed"
         let c = parse_str(MINIMAL).unwrap();
         assert_eq!(c.path, Path::new(FILE));
         assert_eq!(c.concurrency, 4);
+        assert_eq!(c.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.metrics_listen, None);
         assert_eq!(c.timeouts, crate::protocol::Timeouts::default());
         assert_eq!(
             c.retry,
@@ -505,6 +517,25 @@ failed_dir = "/s/b-failed"
             "write [[watch]], not [watch]",
         ),
         ("watch = []\n", 1, "watch", "at least one"),
+        (
+            "control_socket = \"run/c.sock\"\n",
+            1,
+            "control_socket",
+            "relative path",
+        ),
+        (
+            "[metrics]\nlisten = \"localhost:9187\"\n",
+            2,
+            "metrics.listen",
+            "not an address and port",
+        ),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            2,
+            "metrics.listen",
+            "port 0",
+        ),
+        ("[metrics]\nport = 9187\n", 2, "metrics.port", "unknown key"),
         ("concurrency = 1\n", 1, "watch", "missing"),
     ];
 
@@ -608,6 +639,63 @@ failed_dir = "/s/b-failed"
         // Fine when every watch has its own.
         let doc = format!("{doc}server = {{ host = \"h\", port = 9 }}\n");
         assert_eq!(parse_str(&doc).unwrap().watches[0].server.port, 9);
+    }
+
+    /// `confirm`: default close; a watch's own server table inherits [server]'s; a watch
+    /// without one takes [server]'s; an unknown value names the key and the choices.
+    #[test]
+    fn confirm_per_destination_and_inherited() {
+        use crate::protocol::Confirm;
+        let watch = |n: usize, server: &str| {
+            format!("[[watch]]\ndir = \"/s{n}\"\ndone_dir = \"/d{n}\"\nfailed_dir = \"/f{n}\"\n{server}\n")
+        };
+        let confirms = |doc: &str| -> Vec<Confirm> {
+            parse_str(doc)
+                .unwrap()
+                .watches
+                .iter()
+                .map(|w| w.confirm)
+                .collect()
+        };
+        assert_eq!(confirms(MINIMAL), [Confirm::Close]);
+        let top = "[server]\nhost = \"h\"\nport = 1\nconfirm = \"acked\"\n";
+        let doc = format!(
+            "{top}{}{}{}",
+            watch(1, ""),
+            watch(2, "server = { host = \"o\", port = 2 }"),
+            watch(
+                3,
+                "server = { host = \"o\", port = 2, confirm = \"close\" }"
+            ),
+        );
+        assert_eq!(
+            confirms(&doc),
+            [Confirm::Acked, Confirm::Acked, Confirm::Close]
+        );
+        let doc = format!(
+            "[server]\nhost = \"h\"\nport = 1\n{}",
+            watch(
+                1,
+                "server = { host = \"o\", port = 2, confirm = \"acked\" }"
+            )
+        );
+        assert_eq!(confirms(&doc), [Confirm::Acked]);
+        // check-config shows it, and its output means the same.
+        let c = parse_str(&doc).unwrap();
+        let text = render(&c);
+        assert!(text.contains("confirm = \"acked\""), "{text}");
+        assert_eq!(confirms(&text), [Confirm::Acked]);
+        let e = parse_str(&format!("{top}{}", watch(1, "")).replace("\"acked\"", "\"ack\""))
+            .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(4), Some("server.confirm")),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("\"close\"") && e.message.contains("\"acked\""),
+            "{e}"
+        );
     }
 
     #[test]

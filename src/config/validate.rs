@@ -11,7 +11,7 @@ use super::{
     compile_glob, Config, ConfigError, OnSuccess, RetryPolicy, WatchConfig, DEFAULT_EXCLUDE,
 };
 use crate::client::{parse_port, Destination};
-use crate::protocol::Timeouts;
+use crate::protocol::{Confirm, Timeouts};
 
 /// Defaults of optional keys, shown in `config/accio.toml` and by `check-config`.
 pub mod defaults {
@@ -248,9 +248,25 @@ pub(crate) fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-fn destination(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<Destination> {
+/// A `server` table: the destination, and its `confirm` when given (a watch's own table
+/// inherits the top-level one's).
+fn destination(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<(Destination, Option<Confirm>)> {
     let t = as_table(cx, key, v, "a table with host and port")?;
-    t.deny_unknown(cx, &["host", "port"])?;
+    t.deny_unknown(cx, &["host", "port", "confirm"])?;
+    let confirm = match t.get("confirm") {
+        Some(v) => Some(match as_str(cx, &t.key("confirm"), v)? {
+            "close" => Confirm::Close,
+            "acked" => Confirm::Acked,
+            other => {
+                return Err(cx.err(
+                    &v.span(),
+                    &t.key("confirm"),
+                    format!("{other:?} is not an option; expected \"close\" (the server's close confirms) or \"acked\" (the server's TCP acknowledging everything confirms)"),
+                ))
+            }
+        }),
+        None => None,
+    };
     let host_v = t.required(cx, "host", "the server's host name or IP address")?;
     let host = as_str(cx, &t.key("host"), host_v)?;
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -287,10 +303,13 @@ fn destination(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<Destination> {
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    Ok(Destination {
-        host: host.to_string(),
-        port,
-    })
+    Ok((
+        Destination {
+            host: host.to_string(),
+            port,
+        },
+        confirm,
+    ))
 }
 
 fn globs(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<Vec<String>> {
@@ -328,8 +347,14 @@ const ROOT_KEYS: &[&str] = &[
     "retry",
     "shutdown_grace",
     "log_level",
+    "control_socket",
+    "metrics",
     "watch",
 ];
+const METRICS_KEYS: &[&str] = &["listen"];
+
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
 const TIMEOUT_KEYS: &[&str] = &["connect", "handshake", "stall", "close"];
 const RETRY_KEYS: &[&str] = &["initial", "max", "max_attempts"];
 const WATCH_KEYS: &[&str] = &[
@@ -466,6 +491,51 @@ pub(crate) fn validate(cx: &Ctx, root: &Sp<Node>) -> Result<Parsed> {
         None => defaults::LOG_LEVEL.to_string(),
     };
 
+    let control_socket = match root.get("control_socket") {
+        Some(v) => {
+            let p = as_abs_path(cx, "control_socket", v)?;
+            let len = p.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(cx.err(
+                    &v.span(),
+                    "control_socket",
+                    format!("{len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}"),
+                ));
+            }
+            p
+        }
+        None => PathBuf::from(super::DEFAULT_CONTROL_SOCKET),
+    };
+
+    let metrics_listen = match root.get("metrics") {
+        Some(v) => {
+            let t = as_table(cx, "metrics", v, "a table ([metrics])")?;
+            t.deny_unknown(cx, METRICS_KEYS)?;
+            match t.get("listen") {
+                Some(v) => {
+                    let s = as_str(cx, "metrics.listen", v)?;
+                    let addr = s.parse::<std::net::SocketAddr>().map_err(|_| {
+                        cx.err(
+                            &v.span(),
+                            "metrics.listen",
+                            format!("{s:?} is not an address and port; expected e.g. \"127.0.0.1:9187\" or \"[::1]:9187\""),
+                        )
+                    })?;
+                    if addr.port() == 0 {
+                        return Err(cx.err(
+                            &v.span(),
+                            "metrics.listen",
+                            format!("{s:?}: port 0 is not a fixed port; choose one, e.g. 9187"),
+                        ));
+                    }
+                    Some(addr)
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+
     let watch_v = root.required(cx, "watch", "one or more [[watch]] tables")?;
     let items = match watch_v.get_ref() {
         Node::Array(items) if !items.is_empty() => items,
@@ -504,6 +574,8 @@ pub(crate) fn validate(cx: &Ctx, root: &Sp<Node>) -> Result<Parsed> {
             shutdown_grace,
             log_level,
             watches,
+            control_socket,
+            metrics_listen,
         },
         watch_spans,
     })
@@ -513,7 +585,7 @@ fn watch(
     cx: &Ctx,
     key: &str,
     v: &Sp<Node>,
-    default_server: Option<&Destination>,
+    default_server: Option<&(Destination, Option<Confirm>)>,
 ) -> Result<(WatchConfig, WatchSpans)> {
     let t = as_table(cx, key, v, "a table ([[watch]])")?;
     t.deny_unknown(cx, WATCH_KEYS)?;
@@ -563,7 +635,8 @@ fn watch(
     )?;
     let failed_dir = as_abs_path(cx, &t.key("failed_dir"), failed_v)?;
 
-    let server = match t.get("server") {
+    let default_confirm = default_server.and_then(|(_, c)| *c);
+    let (server, confirm) = match t.get("server") {
         Some(v) => destination(cx, &t.key("server"), v)?,
         None => default_server.cloned().ok_or_else(|| {
             cx.err(
@@ -573,6 +646,7 @@ fn watch(
             )
         })?,
     };
+    let confirm = confirm.or(default_confirm).unwrap_or_default();
 
     let include = match t.get("include") {
         Some(v) => {
@@ -641,6 +715,7 @@ fn watch(
             failed_dir,
             on_success,
             server,
+            confirm,
             include,
             exclude,
             settle,

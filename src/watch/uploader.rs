@@ -152,6 +152,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let started = Instant::now();
     let result = client::upload(
         &job.watch.cfg.server,
+        job.watch.cfg.confirm,
         &claim.file,
         &sh.timeouts,
         &mut |_| {},
@@ -161,7 +162,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let took = started.elapsed();
     attempt_ended(&job, &sh, attempt_result(&result), took);
     match result {
-        Ok(bytes) => dispose_delivered(&job, &sh, claim, Some((bytes, took))).await,
+        Ok(done) => dispose_delivered(&job, &sh, claim, Some((done.bytes, took))).await,
         Err(UploadError::Rejected(why)) => {
             tracing::info!(
                 path = %esc(&path),
@@ -183,7 +184,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
 }
 
 /// How an upload ended, for the `result` label of the attempts metric.
-fn attempt_result<E>(r: &Result<u64, UploadError<E>>) -> AttemptResult {
+fn attempt_result<E>(r: &Result<client::Uploaded, UploadError<E>>) -> AttemptResult {
     match r {
         Ok(_) => AttemptResult::ok,
         Err(UploadError::Rejected(_)) => AttemptResult::changed,

@@ -2,6 +2,8 @@
 //! deadline, scripted peers on loopback, content patterns, and waiting on conditions.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
