@@ -2,6 +2,7 @@
 //! handler decides what the server does (read, stall, reset, close) and what it saw.
 
 use std::io::Read;
+use std::time::Duration;
 
 /// One connection as a scripted server saw it.
 #[derive(Debug, Clone)]
@@ -104,6 +105,30 @@ pub fn read_at_least(stream: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// A server whose first connection reads 64 KiB, reports it on `started`, then stops
+/// reading (small receive buffer) until `go` is sent (or for 20 s at most); every other connection reads at once. For tests
+/// that need a transfer in flight for as long as they like.
+pub fn first_connection_paused() -> (
+    ScriptServer,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let server = ScriptServer::start_with_rcvbuf(Some(64 * 1024), move |n, stream| {
+        if n == 0 {
+            let first = read_at_least(stream, 64 * 1024);
+            let _ = started_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            return read_rest(stream, first);
+        }
+        read_rest(stream, Vec::new())
+    });
+    (server, started_rx, go_tx)
 }
 
 /// A server that answers every connection with a wrong greeting and closes it. For the

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use super::scripted::{first_connection_paused, ScriptServer};
 use super::wait::{wait_until, DEADLINE};
 use super::BIN;
 
@@ -89,6 +90,17 @@ impl Default for Opts {
     }
 }
 
+impl Opts {
+    /// Short settle and rescan times, for tests about files still being written.
+    pub fn writers() -> Opts {
+        Opts {
+            settle: "100ms",
+            rescan: "200ms",
+            ..Opts::default()
+        }
+    }
+}
+
 /// A `[[watch]]` table for `dirs`.
 pub fn watch_table(dirs: &Dirs, o: &Opts) -> String {
     let disposal = if o.delete {
@@ -116,6 +128,29 @@ pub fn config_text(dirs: &Dirs, port: u16, o: &Opts) -> String {
         watch_table(dirs, o),
         t = o.timeout,
     )
+}
+
+/// Writes the config of one watch over `dirs` sending to `port` (see [`config_text`]) as
+/// `dirs.root/a.toml` and returns its path.
+pub fn config_file(dirs: &Dirs, port: u16, o: &Opts) -> PathBuf {
+    write_config(dirs, "a.toml", &config_text(dirs, port, o))
+}
+
+/// The service over `dirs` (settings `o`) with a file `big` (`body`) dropped and its upload
+/// in flight: the server's first connection has read 64 KiB and reads on only once `go` is
+/// sent (see [`first_connection_paused`]). Returns the service, the server and `go`.
+pub fn big_in_flight(
+    dirs: &Dirs,
+    o: &Opts,
+    body: &[u8],
+) -> (Service, ScriptServer, std::sync::mpsc::Sender<()>) {
+    let (server, started, go) = first_connection_paused();
+    let svc = Service::start(&config_file(dirs, server.port, o));
+    dirs.drop_file("big", body);
+    started
+        .recv_timeout(DEADLINE)
+        .expect("the upload of big did not start");
+    (svc, server, go)
 }
 
 /// Writes `text` as `dirs.root/NAME` and returns its path.
