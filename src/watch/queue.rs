@@ -347,9 +347,10 @@ impl Queue {
             Report::Backlog { watch, files } => {
                 let dir = &self.watches[watch].cfg.dir;
                 if files > 0 {
+                    let s = if files == 1 { "" } else { "s" };
                     tracing::info!(
                         files,
-                        "{} has {files} file(s) waiting already; sending them oldest first",
+                        "{}: backlog found ({files} file{s} already there); sending oldest first",
                         esc(dir)
                     );
                 }
