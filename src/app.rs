@@ -35,7 +35,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            error_line!("no command given (usage: accio <send|serve|watch|check-config|completions> ...; see accio --help)");
+            error_line!("no command given (usage: accio <send|serve|watch|status|retry|check-config|completions|man> ...; see accio --help)");
             return ExitCode::from(exit::USAGE);
         }
         Err(e) => {
@@ -77,9 +77,12 @@ fn one_line_usage_error(e: &clap::Error) -> String {
 /// sending a small file (see README, "Performance: send").
 fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
     match command {
-        Command::Send(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
+        // `status` and `retry` are blocking tools; the runtime is only there to be uniform.
+        Command::Send(_) | Command::Status(_) | Command::Retry(_) => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
         _ => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -116,12 +119,14 @@ pub fn run(cli: Cli) -> u8 {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Watch(args) => crate::daemon::main(&rt, args),
         Command::CheckConfig(args) => crate::config::check_config_command(&args),
+        Command::Status(args) => crate::ops::status_command(&args),
+        Command::Retry(args) => crate::ops::retry::retry_command(&args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "accio", &mut std::io::stdout());
             exit::OK
         }
-        Command::Man { command } => man_page(command.as_deref()),
+        Command::Man { page } => man_page(page.as_deref()),
     }
 }
 

@@ -37,16 +37,21 @@ pub enum Command {
     Watch(WatchArgs),
     /// Validate a configuration file and print the effective settings.
     CheckConfig(CheckConfigArgs),
+    /// Show what the running service is doing: destinations, files in flight, waiting files and why.
+    #[command(after_help = STATUS_EXIT_CODES)]
+    Status(StatusArgs),
+    /// Put files the service gave up on (in failed_dir) back into their spool.
+    #[command(after_help = RETRY_EXIT_CODES)]
+    Retry(RetryArgs),
     /// Print a shell completion script to stdout.
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print a man page (roff) to stdout: accio(1), or accio-COMMAND(1) for a subcommand.
-    #[command(hide = true)]
+    /// Print a man page (roff) to stdout: accio(1), accio-COMMAND(1), or accio.toml(5).
     Man {
-        /// The subcommand whose page to print (send, serve, watch, ...).
-        command: Option<String>,
+        /// The page: a subcommand (send, serve, watch, status, retry, ...), or accio.toml.
+        page: Option<String>,
     },
 }
 
@@ -152,6 +157,43 @@ pub struct WatchArgs {
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "ACCIO_LOG_FORMAT")]
     pub log_format: LogFormat,
+}
+
+pub const STATUS_EXIT_CODES: &str = "\
+Exit codes:
+  0  the service answered; its state is printed
+  1  other error (permission denied on the socket, a bad answer)
+  3  the service is not running: nothing answers on its control socket
+  78 the configuration cannot be read or is invalid";
+
+pub const RETRY_EXIT_CODES: &str = "\
+Exit codes:
+  0  every file asked for was put back (or there was nothing to put back)
+  1  a file could not be moved, or a NAME is not a given-up file
+  2  usage error, or --watch names no watched directory
+  78 the configuration cannot be read or is invalid";
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Configuration file (it names the control socket).
+    #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "ACCIO_CONFIG")]
+    pub config: PathBuf,
+    /// Print the state as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Configuration file (it names the spool and failed directories).
+    #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "ACCIO_CONFIG")]
+    pub config: PathBuf,
+    /// Only this watch: its spool directory (`dir` in the configuration).
+    #[arg(long, value_name = "DIR")]
+    pub watch: Option<PathBuf>,
+    /// Files to put back, by name in failed_dir (or path); none: all of them.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

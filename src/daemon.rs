@@ -92,7 +92,7 @@ impl Pipeline {
 }
 
 async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
@@ -106,6 +106,24 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
         reported: watch::Reported::default(),
         views: ViewHandle::default(),
     };
+    // The control socket and metrics listener first: `accio status` answers "starting"
+    // rather than "not running" while the backlog is being listed.
+    let ops = crate::ops::Ops::start(&config, process.views.clone(), process.metrics.clone()).await;
+    let code = supervise(config, &path, &log, &process, &ops, signals).await;
+    ops.stop().await;
+    code
+}
+
+/// Runs pipelines (one, and on SIGHUP its successor) until SIGTERM/SIGINT or a fatal error.
+async fn supervise(
+    config: Config,
+    path: &Path,
+    log: &LogControl,
+    process: &Process,
+    ops: &crate::ops::Ops,
+    mut signals: Signals,
+) -> u8 {
+    let stats = &process.stats;
     // Before the pipeline: STATUS=starting, and SIGUSR1 is handled from now on.
     let notifier = match Notifier::start(stats.clone()) {
         Ok(n) => n,
@@ -114,7 +132,7 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
             return exit::OTHER;
         }
     };
-    let mut current = match Pipeline::start(config, &process).await {
+    let mut current = match Pipeline::start(config, process).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -123,14 +141,14 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
         }
     };
     notifier.ready();
-    tracing::info!(config = %esc(&path), "accio watch is running");
+    tracing::info!(config = %esc(path), "accio watch is running");
     let mut retiring: JoinSet<()> = JoinSet::new();
     loop {
         tokio::select! {
             sig = signals.next() => match sig {
                 Some(SIGHUP) => {
                     notifier.reloading();
-                    if let Some(new) = reload(&path, &process, &log).await {
+                    if let Some(new) = reload(path, process, ops, log).await {
                         let old = std::mem::replace(&mut current, new);
                         old.stop.cancel();
                         retiring.spawn(async move {
@@ -177,7 +195,12 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
 }
 
 /// Loads the config again and starts a pipeline on it; `None` (logged) keeps the old one.
-async fn reload(path: &Path, process: &Process, log: &LogControl) -> Option<Pipeline> {
+async fn reload(
+    path: &Path,
+    process: &Process,
+    ops: &crate::ops::Ops,
+    log: &LogControl,
+) -> Option<Pipeline> {
     tracing::info!(config = %esc(path), "SIGHUP: reloading the configuration");
     let config = match config::load(path) {
         Ok(c) => c,
@@ -187,6 +210,7 @@ async fn reload(path: &Path, process: &Process, log: &LogControl) -> Option<Pipe
         }
     };
     let level = config.log_level.clone();
+    ops.reloaded(&config);
     match Pipeline::start(config, process).await {
         Ok(p) => {
             if let Err(e) = log.set_level(&level) {

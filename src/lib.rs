@@ -14,7 +14,8 @@
 //!   order) → uploader (bounded concurrency, retries) → disposition (done, failed, delete).
 //! - [`daemon`]: wiring for `accio watch`: signals, reload, systemd notify, shutdown order.
 //! - [`status`]: counters and the [`status::View`] that `accio status` prints; [`metrics`]:
-//!   Prometheus metrics.
+//!   Prometheus metrics; [`ops`]: the control socket, the metrics endpoint, `accio status`
+//!   and `accio retry`.
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) and the SIGUSR1 summary;
 //!   [`logging`]: terminal, journald or JSON output.
 //! - [`cli`] and [`app`]: the command line and the one place exit codes are decided.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod ops;
 pub mod protocol;
 pub mod send;
 pub mod serve;

@@ -108,6 +108,16 @@ pub enum AttemptResult {
 }
 
 impl AttemptResult {
+    /// Every result, for series that exist (at 0) before the first attempt.
+    pub const ALL: [AttemptResult; 6] = [
+        AttemptResult::ok,
+        AttemptResult::unreachable,
+        AttemptResult::no_greeting,
+        AttemptResult::failed,
+        AttemptResult::changed,
+        AttemptResult::file_error,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -175,6 +185,22 @@ fn watch(w: &str) -> WatchLabel {
 }
 
 impl Metrics {
+    /// A watch sending to `destination` is configured: its series exist from now on, at 0,
+    /// so that rates and alerts work before the first event (Prometheus's advice).
+    pub fn watch_configured(&self, watch_dir: &str, destination: &str) {
+        let w = watch(watch_dir);
+        let _ = self.files_sent.get_or_create(&w);
+        let _ = self.files_failed.get_or_create(&w);
+        let _ = self.bytes_sent.get_or_create(&w);
+        let _ = self.disposition_failures.get_or_create(&w);
+        for result in AttemptResult::ALL {
+            let _ = self.attempts.get_or_create(&AttemptLabels {
+                destination: destination.to_string(),
+                result,
+            });
+        }
+    }
+
     /// A file from `watch` was delivered (`bytes` long). `delivery_latency`: from when the
     /// service found it (or, where that is not known, when it last changed) to the server's
     /// confirmation.

@@ -2,6 +2,8 @@
 //! settings; every class of bad file is refused with one `ERROR:` line that names the file,
 //! the line and the key, and exit code 78 (EX_CONFIG).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -34,12 +36,23 @@ impl Setup {
 }
 
 fn check_config(path: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_accio"))
+    Command::new(support::BIN)
         .args(["check-config", "--config"])
         .arg(path)
         .env_remove("ACCIO_CONFIG")
         .output()
         .unwrap()
+}
+
+/// Asserts an acceptance (exit 0) and returns stdout, the effective settings.
+fn assert_accepted(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 /// Asserts a refusal: exit 78, nothing on stdout, one `ERROR:` line naming file:line and key.
@@ -81,13 +94,7 @@ fn valid_config_prints_effective_settings() {
     let s = Setup::new();
     let path = s.write(VALID);
     let out = check_config(&path);
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = assert_accepted(&out);
     assert!(out.stderr.is_empty());
     let r = s.root().display();
     for expected in [
@@ -141,14 +148,7 @@ fn shipped_example_passes_when_its_directories_exist() {
             .replace("/var/spool/accio/sent", "@/done")
             .replace("/var/spool/accio/failed", "@/failed"),
     );
-    let out = check_config(&path);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = assert_accepted(&check_config(&path));
     assert!(stdout.contains("port = 5000"), "{stdout}");
 }
 
@@ -160,13 +160,7 @@ fn demo_template_passes_when_filled_in() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/accio.toml")).unwrap();
     assert!(template.contains("@DEMO@") && template.contains("@PORT@"));
     let path = s.write(&template.replace("@DEMO@", "@").replace("@PORT@", "5000"));
-    let out = check_config(&path);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_accepted(&check_config(&path));
 }
 
 #[test]
@@ -261,7 +255,7 @@ fn unwritable_directory_is_refused() {
         );
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_accio"))
+            .arg(support::BIN)
             .args(["check-config", "--config"])
             .arg(&path)
             .output()

@@ -11,101 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const ACCIO: &str = env!("CARGO_BIN_EXE_accio");
-/// Generous: CI is a loaded 2-core machine. Conditions are polled, never slept on.
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
 
-/// Polls `cond` every few ms until it holds or `DEADLINE` passes.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A running `accio serve` on a free loopback-reachable port.
-struct Receiver {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Receiver {
-    fn start(dir: &Path) -> Receiver {
-        std::fs::create_dir_all(dir).unwrap();
-        // A free port can be taken by someone else between our probe and serve's bind: try
-        // a few. Readiness is serve's own "listening on" line, not a probe connection (which
-        // could reach another test's listener on a port serve failed to bind).
-        for _ in 0..10 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new(ACCIO)
-                .args(["serve", &port.to_string()])
-                .arg(dir)
-                .env_remove("RUST_LOG")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let stderr = child.stderr.take().unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            // Keeps draining serve's log after the line, so serve never blocks on a full pipe.
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if line.contains("listening on") {
-                        let _ = tx.send(true);
-                    }
-                }
-                let _ = tx.send(false);
-            });
-            match rx.recv_timeout(DEADLINE) {
-                Ok(true) => {
-                    return Receiver {
-                        child,
-                        port,
-                        dir: dir.to_path_buf(),
-                    }
-                }
-                Ok(false) => {
-                    // Exited (port taken): try another.
-                    let _ = child.wait();
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("accio serve did not start within {DEADLINE:?}");
-                }
-            }
-        }
-        panic!("no free port for accio serve");
-    }
-
-    /// Contents of the received files (`N.file`).
-    fn received(&self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.dir).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".file") && !name.starts_with('.') {
-                out.push(std::fs::read(e.path()).unwrap());
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::receiver::Receiver;
+use support::wait::{wait_for, DEADLINE};
+use support::BIN;
 
 /// The spool and a config for one service under test.
 struct Spool {
@@ -241,7 +151,7 @@ struct Service {
 
 impl Service {
     fn command(config: &Path) -> Command {
-        let mut cmd = Command::new(ACCIO);
+        let mut cmd = Command::new(BIN);
         cmd.args(["watch", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -339,7 +249,7 @@ fn ready_then_status_with_counts_then_stopping() {
         "{}",
         notify.lines[sent]
     );
-    wait_until("both files received", || receiver.received().len() == 2);
+    wait_for("both files received", || receiver.received().len() == 2);
     let mut got = receiver.received();
     got.sort();
     assert_eq!(
@@ -349,7 +259,7 @@ fn ready_then_status_with_counts_then_stopping() {
             b"from before the start\n".to_vec()
         ]
     );
-    wait_until("both files moved to sent", || spool.count("sent") == 2);
+    wait_for("both files moved to sent", || spool.count("sent") == 2);
 
     let code = service.terminate();
     let stopping = notify.wait_line(sent, "STOPPING=1", |l| l == "STOPPING=1");
@@ -390,7 +300,7 @@ fn watchdog_pings_when_the_unit_asks() {
     cmd.args([
         "-c",
         r#"WATCHDOG_PID=$$ exec "$0" "$@""#,
-        ACCIO,
+        BIN,
         "watch",
         "--config",
     ])
@@ -460,14 +370,14 @@ fn sigusr1_logs_a_summary_line() {
     });
 
     service.signal(libc::SIGUSR1);
-    wait_until("the SIGUSR1 summary in the log", || {
+    wait_for("the SIGUSR1 summary in the log", || {
         service
             .log()
             .contains("status: watching 1 dirs, 0 in flight, 0 queued, 1 sent, 0 failed")
     });
     // The signal did not stop it: it still delivers, and still stops cleanly.
     spool.drop_file("two.txt", b"2");
-    wait_until("the second file received", || {
+    wait_for("the second file received", || {
         receiver.received().len() == 2
     });
     assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
@@ -484,10 +394,10 @@ fn sigusr1_works_without_systemd() {
     );
     // No NOTIFY_SOCKET: readiness seen from the outside, by a delivery.
     spool.drop_file("one.txt", b"1");
-    wait_until("the file received", || receiver.received().len() == 1);
-    wait_until("the file moved to sent", || spool.count("sent") == 1);
+    wait_for("the file received", || receiver.received().len() == 1);
+    wait_for("the file moved to sent", || spool.count("sent") == 1);
     // The counter is updated once the file is in done_dir; ask until it shows.
-    wait_until("the SIGUSR1 summary with 1 sent", || {
+    wait_for("the SIGUSR1 summary with 1 sent", || {
         service.signal(libc::SIGUSR1);
         std::thread::sleep(Duration::from_millis(50));
         service.log().contains("1 sent, 0 failed")
@@ -561,7 +471,7 @@ fn run_and_capture(extra_args: &[&str], journal: Option<&str>) -> String {
         l.starts_with("STATUS=") && l.contains(" 1 sent")
     });
     service.signal(libc::SIGUSR1);
-    wait_until("the SIGUSR1 summary", || {
+    wait_for("the SIGUSR1 summary", || {
         String::from_utf8_lossy(&output.lock().unwrap()).contains("status: watching")
     });
     assert_eq!(service.terminate(), Some(0));
@@ -705,7 +615,7 @@ fn on_a_terminal_colors_and_timestamps() {
     let inner = format!(
         "echo $$ > '{}'; exec '{}' watch --config '{}'",
         pidfile.display(),
-        ACCIO,
+        BIN,
         spool.config.display()
     );
     // The same environment as the other tests, but through `script`.
@@ -835,7 +745,7 @@ fn as_root_shipped_files_make_a_working_service_as_user_accio() {
     }
     let script = format!(
         "mount --bind '{spool}' /var/spool && exec setpriv --reuid={uid} --regid={uid} \
-         --clear-groups '{ACCIO}' watch --config '{config}'",
+         --clear-groups '{BIN}' watch --config '{config}'",
         spool = root.join("var/spool").display(),
         config = config.display()
     );
@@ -863,11 +773,11 @@ fn as_root_shipped_files_make_a_working_service_as_user_accio() {
     notify.wait_line(ready, "STATUS with 1 sent", |l| {
         l.starts_with("STATUS=") && l.contains(" 1 sent")
     });
-    wait_until("the file received", || {
+    wait_for("the file received", || {
         receiver.received() == vec![b"shipped files work\n".to_vec()]
     });
     let sent = root.join("var/spool/accio/sent/report");
-    wait_until("the file moved to sent", || sent.exists());
+    wait_for("the file moved to sent", || sent.exists());
     assert_eq!(
         std::fs::metadata(&sent).unwrap().uid(),
         0,
@@ -927,7 +837,7 @@ fn a_manager_that_never_reads_its_socket_cannot_freeze_the_service() {
     cmd.args([
         "-c",
         r#"WATCHDOG_PID=$$ exec "$0" "$@""#,
-        ACCIO,
+        BIN,
         "watch",
         "--config",
     ])
@@ -943,7 +853,7 @@ fn a_manager_that_never_reads_its_socket_cannot_freeze_the_service() {
     for i in 0..5 {
         spool.drop_file(&format!("f{i}"), format!("content {i}").as_bytes());
     }
-    wait_until("all five files delivered and moved", || {
+    wait_for("all five files delivered and moved", || {
         receiver.received().len() == 5 && spool.count("sent") == 5
     });
     assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());

@@ -2,24 +2,19 @@
 //! filesystem events, with `accio serve` (or a server written here, where the test needs
 //! one that misbehaves) as the receiver.
 
-mod watch_support;
+mod support;
 
 use std::fs;
 use std::io::Write;
 use std::time::Duration;
 
-use watch_support::*;
+use support::{net::*, receiver::*, scripted::*, wait::*, watch::*, BIN};
 
 #[test]
 fn renamed_files_are_delivered_and_moved_to_done() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     let contents: Vec<Vec<u8>> = (0..5)
         .map(|i| format!("file {i}\n").repeat(i + 1).into_bytes())
         .collect();
@@ -55,8 +50,7 @@ fn backlog_is_sent_oldest_first() {
         concurrency: 1,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &o));
     wait_for("5 files in done", || names(&dirs.done).len() == 5);
     let order: Vec<String> = recv
         .files()
@@ -71,13 +65,8 @@ fn backlog_is_sent_oldest_first() {
 fn a_slow_writer_is_sent_once_complete() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let o = Opts {
-        settle: "100ms",
-        rescan: "200ms",
-        ..Opts::default()
-    };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
-    let svc = Service::start(&cfg);
+    let o = Opts::writers();
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     // Written in place under its final name, with pauses longer than the settle time and
     // than the rescan interval: open but not closed means not ready.
     let mut f = fs::File::create(dirs.spool.join("slow")).unwrap();
@@ -104,8 +93,7 @@ fn ignored_names_stay_in_the_spool() {
         rescan: "200ms",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     let ignored = [".hidden", "x.part", "y.tmp", "z~"];
     for n in ignored {
         fs::write(dirs.spool.join(n), n).unwrap();
@@ -143,8 +131,7 @@ fn special_files_are_reported_once_and_never_sent() {
         rescan: "200ms",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     // These appear while it runs: the events path.
     let fifo = std::ffi::CString::new(
         dirs.spool
@@ -184,8 +171,7 @@ fn connection_failures_do_not_use_up_attempts_and_files_go_once_the_server_is_up
         max_attempts: 2,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     for i in 0..3 {
         dirs.drop_file(&format!("f{i}"), &content(i, 100));
     }
@@ -211,8 +197,7 @@ fn files_waiting_for_an_unreachable_server_go_soon_after_an_upload_to_it_succeed
         max: "60s",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     dirs.drop_file("waiting", b"waiting");
     // Three connect failures: its next retry is up to 8 s away.
     svc.wait_log_n("not counted as a failed attempt", 3);
@@ -239,8 +224,7 @@ fn after_max_attempts_a_file_goes_to_failed_with_a_reason() {
         max_attempts: 2,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     dirs.drop_file("bad", b"never delivered");
     wait_for("bad.reason in failed", || {
         dirs.failed.join("bad.reason").exists()
@@ -260,17 +244,13 @@ fn after_max_attempts_a_file_goes_to_failed_with_a_reason() {
 #[test]
 fn a_file_modified_during_its_transfer_is_not_delivered_then_sent_again() {
     let dirs = Dirs::new();
-    // The first connection takes a little, then stops reading until the test has changed the file.
-    let (server, started_rx, go_tx) = first_connection_paused();
+    // The upload stops until the test has changed the file.
     let o = Opts {
         timeout: "10s",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
-    let svc = Service::start(&cfg);
     let original = content(1, 16 << 20);
-    dirs.drop_file("big", &original);
-    started_rx.recv_timeout(DEADLINE).unwrap();
+    let (svc, server, go_tx) = big_in_flight(&dirs, &o, &original);
     let mut f = fs::File::options()
         .append(true)
         .open(dirs.spool.join("big"))
@@ -315,12 +295,7 @@ fn a_file_modified_after_it_was_sent_but_before_it_was_moved_is_sent_again() {
         }
         conn
     });
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, server.port, &Opts::default()),
-    );
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, server.port, &Opts::default()));
     dirs.drop_file("f", b"first version\n");
     eof_rx.recv_timeout(DEADLINE).unwrap();
     let mut f = fs::File::options()
@@ -348,30 +323,14 @@ fn a_file_modified_after_it_was_sent_but_before_it_was_moved_is_sent_again() {
 #[test]
 fn sigterm_lets_the_transfer_run_for_the_grace_then_exits_0_leaving_the_file() {
     let dirs = Dirs::new();
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let started_tx = std::sync::Mutex::new(started_tx);
-    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-    let hold_rx = std::sync::Mutex::new(hold_rx);
-    let server = ScriptServer::start(move |_, stream| {
-        let first = read_at_least(stream, 64 * 1024);
-        let _ = started_tx.lock().unwrap().send(());
-        // Stop reading (the transfer cannot finish) until the service has exited; then see
-        // how the connection ended.
-        let _ = hold_rx
-            .lock()
-            .unwrap()
-            .recv_timeout(Duration::from_secs(30));
-        read_rest(stream, first)
-    });
+    // The transfer cannot finish until the service has exited; then the server sees how the
+    // connection ended.
     let o = Opts {
         timeout: "20s",
         grace: "500ms",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
-    let mut svc = Service::start(&cfg);
-    dirs.drop_file("big", &content(7, 16 << 20));
-    started_rx.recv_timeout(DEADLINE).unwrap();
+    let (mut svc, server, hold_tx) = big_in_flight(&dirs, &o, &content(7, 16 << 20));
     svc.signal(libc::SIGTERM);
     let st = svc.wait_exit(Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "{}", svc.log());
@@ -432,7 +391,7 @@ fn kill_9_during_a_burst_loses_nothing() {
         concurrency: 1,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let cfg = config_file(&dirs, recv.port, &o);
     let mut svc = Service::start(&cfg);
     let n = 300;
     for i in 0..n {
@@ -467,11 +426,7 @@ fn kill_9_during_a_burst_loses_nothing() {
 fn two_instances_on_one_spool_never_send_a_file_twice() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
+    let cfg = config_file(&dirs, recv.port, &Opts::default());
     let a = Service::start(&cfg);
     let b = Service::start(&cfg);
     let n = 300;
@@ -498,8 +453,7 @@ fn on_success_delete_removes_delivered_files() {
         delete: true,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &o));
     for i in 0..3 {
         dirs.drop_file(&format!("f{i}"), &content(i, 10));
     }
@@ -517,12 +471,7 @@ fn a_name_taken_in_done_gets_a_suffix() {
     let recv = Receiver::start(&dirs.recv);
     fs::write(dirs.done.join("a"), b"old").unwrap();
     fs::write(dirs.done.join("a.1"), b"old1").unwrap();
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     dirs.drop_file("a", b"new");
     wait_for("a.2 in done", || dirs.done.join("a.2").exists());
     assert_eq!(fs::read(dirs.done.join("a")).unwrap(), b"old");
@@ -551,12 +500,7 @@ fn an_invalid_config_is_refused_at_start() {
 fn a_failed_move_to_done_keeps_the_file_and_is_retried_without_sending_again() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     // done_dir stops being a directory (as good as a read-only or full disk: the rename fails).
     fs::remove_dir(&dirs.done).unwrap();
     fs::write(&dirs.done, b"in the way").unwrap();
@@ -629,6 +573,8 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
         shutdown_grace: Duration::from_secs(1),
         log_level: "info".into(),
         watches: vec![watch],
+        control_socket: dirs.root.path().join("control.sock"),
+        metrics_listen: None,
     };
     let stats = Arc::new(accio::status::Stats::default());
     let token = tokio_util::sync::CancellationToken::new();
@@ -680,12 +626,7 @@ fn done_dir_on_another_filesystem_gets_a_durable_copy() {
     dirs.done = other.path().to_path_buf();
     fs::write(dirs.done.join("x"), b"taken").unwrap();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     let big = content(3, 1 << 20);
     dirs.drop_file("x", &big);
     wait_for("x.1 in done and the spool empty", || {
@@ -702,31 +643,12 @@ fn done_dir_on_another_filesystem_gets_a_durable_copy() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let dirs = Dirs::new();
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let started_tx = std::sync::Mutex::new(started_tx);
-    let (_hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-    let hold_rx = std::sync::Mutex::new(hold_rx);
-    let server = ScriptServer::start(move |_, stream| {
-        let first = read_at_least(stream, 64 * 1024);
-        let _ = started_tx.lock().unwrap().send(());
-        let _ = hold_rx
-            .lock()
-            .unwrap()
-            .recv_timeout(Duration::from_secs(60));
-        Conn {
-            bytes: first,
-            clean: false,
-        }
-    });
     let o = Opts {
         timeout: "60s",
         grace: "60s",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
-    let mut svc = Service::start(&cfg);
-    dirs.drop_file("big", &content(8, 16 << 20));
-    started_rx.recv_timeout(DEADLINE).unwrap();
+    let (mut svc, _server, _hold_tx) = big_in_flight(&dirs, &o, &content(8, 16 << 20));
     svc.signal(libc::SIGINT);
     svc.wait_log("waiting up to");
     svc.signal(libc::SIGTERM);
@@ -744,8 +666,7 @@ fn a_spool_directory_replaced_while_running_is_watched_again() {
         rescan: "1h",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     fs::rename(&dirs.spool, dirs.root.path().join("spool.old")).unwrap();
     fs::create_dir(&dirs.spool).unwrap();
     svc.wait_log("watching the new one");
@@ -789,8 +710,7 @@ fn a_name_reused_while_in_flight(delete: bool) {
         delete,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, server.port, &o));
     dirs.drop_file("report.csv", b"OLD\n");
     wait_for("the first upload to connect", || {
         accepted.load(Ordering::SeqCst) >= 1
@@ -833,12 +753,8 @@ fn a_name_reused_while_in_flight_sends_the_new_file_before_deleting_it() {
 fn a_writer_pausing_longer_than_the_quiet_fallback_is_not_sent_until_closed() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let o = Opts {
-        settle: "100ms",
-        rescan: "200ms",
-        ..Opts::default()
-    };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let o = Opts::writers();
+    let cfg = config_file(&dirs, recv.port, &o);
     // The fallback for files whose writers cannot be seen, shortened from 30 s.
     let svc = Service::start_with_env(&cfg, &[("ACCIO_WRITER_QUIET_MS", "200")]);
     let start = std::time::Instant::now();
@@ -851,14 +767,7 @@ fn a_writer_pausing_longer_than_the_quiet_fallback_is_not_sent_until_closed() {
     let listed = svc.log_count("listed");
     svc.wait_log_n("listed", listed + 2);
     assert_eq!(recv.count(), 0, "sent while still open for writing");
-    let second = content(2, 1000);
-    f.write_all(&second).unwrap();
-    drop(f);
-    wait_for("paused in done", || dirs.done.join("paused").exists());
-    let mut expected = first;
-    expected.extend_from_slice(&second);
-    assert_eq!(recv.times_received(&expected), 1);
-    assert_eq!(recv.count(), 1);
+    close_and_expect_whole(f, "paused", first, &content(2, 1000), &dirs, &recv);
 }
 
 #[test]
@@ -868,23 +777,11 @@ fn a_writer_active_when_the_service_starts_is_sent_only_complete() {
     let mut f = fs::File::create(dirs.spool.join("early")).unwrap();
     let first = content(3, 1000);
     f.write_all(&first).unwrap();
-    let o = Opts {
-        settle: "100ms",
-        rescan: "200ms",
-        ..Opts::default()
-    };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
-    let svc = Service::start(&cfg);
+    let o = Opts::writers();
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     svc.wait_log_n("is open for writing", 2);
     assert_eq!(recv.count(), 0, "sent while still open for writing");
-    let second = content(4, 1000);
-    f.write_all(&second).unwrap();
-    drop(f);
-    wait_for("early in done", || dirs.done.join("early").exists());
-    let mut expected = first;
-    expected.extend_from_slice(&second);
-    assert_eq!(recv.times_received(&expected), 1);
-    assert_eq!(recv.count(), 1);
+    close_and_expect_whole(f, "early", first, &content(4, 1000), &dirs, &recv);
 }
 
 #[test]
@@ -895,8 +792,7 @@ fn a_reason_file_never_replaces_a_failed_file() {
         max_attempts: 1,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     dirs.drop_file("q.reason", b"a data file named q.reason");
     wait_for("q.reason.reason in failed", || {
         dirs.failed.join("q.reason.reason").exists()
@@ -930,12 +826,7 @@ fn a_reason_file_never_replaces_a_failed_file() {
 fn a_name_with_a_newline_is_logged_on_one_line() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     dirs.drop_file("a\nINFO forged line", b"x");
     wait_for("it in done", || {
         dirs.done.join("a\nINFO forged line").exists()
@@ -959,12 +850,7 @@ fn a_name_with_a_newline_is_logged_on_one_line() {
 fn a_hard_link_into_the_spool_is_delivered_promptly() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
-    let _svc = Service::start(&cfg);
+    let _svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     let outside = dirs.root.path().join("linked");
     fs::write(&outside, b"linked content").unwrap();
     fs::hard_link(&outside, dirs.spool.join("linked")).unwrap();
@@ -985,7 +871,7 @@ fn special_files_are_reported_once_across_reloads() {
         rescan: "200ms",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let cfg = config_file(&dirs, recv.port, &o);
     let fifo = dirs.spool.join("pipe");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: valid C string.
@@ -1044,12 +930,7 @@ fn stale_temporaries_of_ours_are_reported_never_removed_at_start() {
         .unwrap();
     let fresh = mk(".y.accio-0123abcd.tmp", None);
     let other = mk(".z.other.tmp", Some(old));
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
     let warning = "looks like a temporary copy left by an interrupted move; the original stayed in the spool; remove it if it is not yours";
     svc.wait_log(&format!("{} {warning}", stale.display()));
     svc.wait_log(&format!("{} {warning}", users.display()));
@@ -1063,17 +944,13 @@ fn stale_temporaries_of_ours_are_reported_never_removed_at_start() {
 #[test]
 fn a_name_replaced_during_the_transfer_delivers_both_files() {
     let dirs = Dirs::new();
-    // The first connection takes a little, then stops reading until the test has replaced the file.
-    let (server, started_rx, go_tx) = first_connection_paused();
+    // The upload stops until the test has replaced the file.
     let o = Opts {
         timeout: "10s",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
-    let svc = Service::start(&cfg);
     let old = content(5, 8 << 20);
-    dirs.drop_file("big", &old);
-    started_rx.recv_timeout(DEADLINE).unwrap();
+    let (svc, server, go_tx) = big_in_flight(&dirs, &o, &old);
     // The writer replaces it (the old inode is unlinked while we still read it).
     dirs.drop_file("big", b"the new big\n");
     go_tx.send(()).unwrap();
@@ -1093,11 +970,7 @@ fn a_name_replaced_during_the_transfer_delivers_both_files() {
 fn a_hidden_delete_left_by_a_crash_is_restored_and_sent_without_a_restart() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
+    let cfg = config_file(&dirs, recv.port, &Opts::default());
     let svc = Service::start_with_env(&cfg, &[("ACCIO_STALE_AGE_MS", "300")]);
     // What a crash between the rename and the unlink of a delete leaves, appearing after the
     // start (as after a restart within the age guard).
@@ -1125,7 +998,7 @@ fn deletes_under_load_are_never_restored_as_leftovers() {
         delete: true,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let cfg = config_file(&dirs, recv.port, &o);
     let svc = Service::start_with_env(&cfg, &[("ACCIO_STALE_AGE_MS", "1")]);
     let contents: Vec<Vec<u8>> = (0..30).map(|i| content(i, 2000)).collect();
     for (i, c) in contents.iter().enumerate() {
@@ -1161,11 +1034,7 @@ fn longest_names_are_moved_across_filesystems_deleted_and_failed_with_a_reason()
         eprintln!("no other filesystem for done_dir: the move is tested within one");
     }
     let recv = Receiver::start(&dirs.recv);
-    let cfg = write_config(
-        &dirs,
-        "a.toml",
-        &config_text(&dirs, recv.port, &Opts::default()),
-    );
+    let cfg = config_file(&dirs, recv.port, &Opts::default());
     let svc = Service::start(&cfg);
     for n in [250, 255] {
         let name = long('m', n);
@@ -1190,7 +1059,7 @@ fn longest_names_are_moved_across_filesystems_deleted_and_failed_with_a_reason()
         delete: true,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let cfg = config_file(&dirs, recv.port, &o);
     let svc = Service::start(&cfg);
     for n in [250, 255] {
         let name = long('d', n);
@@ -1209,7 +1078,7 @@ fn longest_names_are_moved_across_filesystems_deleted_and_failed_with_a_reason()
         max_attempts: 1,
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
+    let cfg = config_file(&dirs, port, &o);
     let svc = Service::start(&cfg);
     for n in [250, 255] {
         let name = long('f', n);
@@ -1254,8 +1123,7 @@ fn a_file_renamed_in_before_its_close_goes_at_once_when_closed() {
         settle: "3s",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, recv.port, &o));
     let tmp = dirs.root.path().join("rb.tmp");
     let mut f = fs::File::create(&tmp).unwrap();
     let c = content(7, 5000);
@@ -1335,15 +1203,11 @@ fn unwatched_writer_found_by_a_listing(reload: bool) {
     let dirs = Dirs::new();
     hand_dirs_to(&dirs, uid);
     let recv = Receiver::start(&dirs.recv);
-    let o = Opts {
-        settle: "100ms",
-        rescan: "200ms",
-        ..Opts::default()
-    };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let o = Opts::writers();
+    let cfg = config_file(&dirs, recv.port, &o);
     let env = [("ACCIO_WRITER_QUIET_MS", "6000")];
     let first = content(5, 1000);
-    let (svc, mut f) = if reload {
+    let (svc, f) = if reload {
         let svc = Service::start_wrapped(&cfg, &env, &wrapper);
         let mut f = fs::File::create(dirs.spool.join("inplace")).unwrap();
         f.write_all(&first).unwrap();
@@ -1359,14 +1223,7 @@ fn unwatched_writer_found_by_a_listing(reload: bool) {
     // Looked at (found by the listing, settled) and left for later.
     svc.wait_log("whether it is still being written cannot be told");
     assert_eq!(recv.count(), 0, "sent while still being written");
-    let second = content(6, 1000);
-    f.write_all(&second).unwrap();
-    drop(f);
-    wait_for("inplace in done", || dirs.done.join("inplace").exists());
-    let mut expected = first;
-    expected.extend_from_slice(&second);
-    assert_eq!(recv.times_received(&expected), 1, "{}", svc.log());
-    assert_eq!(recv.count(), 1);
+    close_and_expect_whole(f, "inplace", first, &content(6, 1000), &dirs, &recv);
     assert_eq!(
         svc.log_count("cannot check for writers with a file lease"),
         1
@@ -1402,7 +1259,7 @@ fn as_root_without_leases_an_old_backlog_goes_at_once() {
         settle: "100ms",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, recv.port, &o));
+    let cfg = config_file(&dirs, recv.port, &o);
     while written.elapsed() < Duration::from_millis(1200) {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1421,8 +1278,7 @@ fn an_unreachable_destination_is_reported_once_not_per_file_and_retry() {
         max: "100ms",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, port, &o));
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file(&dirs, port, &o));
     for i in 0..5 {
         dirs.drop_file(&format!("f{i}"), &content(i, 100));
     }
@@ -1463,7 +1319,7 @@ fn as_root_without_leases_a_name_recreated_while_in_flight_waits_for_its_writer(
         settle: "100ms",
         ..Opts::default()
     };
-    let cfg = write_config(&dirs, "a.toml", &config_text(&dirs, server.port, &o));
+    let cfg = config_file(&dirs, server.port, &o);
     let env = [("ACCIO_WRITER_QUIET_MS", "6000")];
     let svc = Service::start_wrapped(&cfg, &env, &wrapper);
     dirs.drop_file("report.csv", b"OLD\n");
@@ -1491,25 +1347,21 @@ fn as_root_without_leases_a_name_recreated_while_in_flight_waits_for_its_writer(
         .any(|c| c.bytes == b"NEW, first half\nNEW, second half\n"));
 }
 
-/// A server whose first connection reads 64 KiB, reports it on `started`, then stops
-/// reading (small receive buffer) until `go` is sent; every other connection reads at once.
-fn first_connection_paused() -> (
-    ScriptServer,
-    std::sync::mpsc::Receiver<()>,
-    std::sync::mpsc::Sender<()>,
+/// Writes `second` to the in-place writer `f` of `name` and closes it, then checks that the
+/// whole file (`first` + `second`), and nothing else, was delivered once.
+fn close_and_expect_whole(
+    mut f: fs::File,
+    name: &str,
+    first: Vec<u8>,
+    second: &[u8],
+    dirs: &Dirs,
+    recv: &Receiver,
 ) {
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let started_tx = std::sync::Mutex::new(started_tx);
-    let go_rx = std::sync::Mutex::new(go_rx);
-    let server = ScriptServer::start_with_rcvbuf(Some(64 * 1024), move |n, stream| {
-        if n == 0 {
-            let first = read_at_least(stream, 64 * 1024);
-            let _ = started_tx.lock().unwrap().send(());
-            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
-            return read_rest(stream, first);
-        }
-        read_rest(stream, Vec::new())
-    });
-    (server, started_rx, go_tx)
+    f.write_all(second).unwrap();
+    drop(f);
+    wait_for(&format!("{name} in done"), || dirs.done.join(name).exists());
+    let mut whole = first;
+    whole.extend_from_slice(second);
+    assert_eq!(recv.times_received(&whole), 1);
+    assert_eq!(recv.count(), 1);
 }

@@ -32,6 +32,9 @@ use crate::protocol::{Confirm, Timeouts};
 /// Where `accio watch` and `accio check-config` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/accio/accio.toml";
 
+/// The default `control_socket` (systemd's `RuntimeDirectory=accio` creates its directory).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/accio/control.sock";
+
 /// Validated settings of the whole service.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -49,6 +52,10 @@ pub struct Config {
     pub log_level: String,
     /// One entry per `[[watch]]`, at least one.
     pub watches: Vec<WatchConfig>,
+    /// The Unix socket `accio status` asks the running service on.
+    pub control_socket: PathBuf,
+    /// `[metrics] listen`: where to serve Prometheus metrics; `None`: no listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Exponential backoff with jitter, then give up.
@@ -304,6 +311,8 @@ failed_dir = "/var/spool/accio/failed"
         let c = parse_str(MINIMAL).unwrap();
         assert_eq!(c.path, Path::new(FILE));
         assert_eq!(c.concurrency, 4);
+        assert_eq!(c.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.metrics_listen, None);
         assert_eq!(c.timeouts, crate::protocol::Timeouts::default());
         assert_eq!(
             c.retry,
@@ -508,6 +517,25 @@ failed_dir = "/s/b-failed"
             "write [[watch]], not [watch]",
         ),
         ("watch = []\n", 1, "watch", "at least one"),
+        (
+            "control_socket = \"run/c.sock\"\n",
+            1,
+            "control_socket",
+            "relative path",
+        ),
+        (
+            "[metrics]\nlisten = \"localhost:9187\"\n",
+            2,
+            "metrics.listen",
+            "not an address and port",
+        ),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            2,
+            "metrics.listen",
+            "port 0",
+        ),
+        ("[metrics]\nport = 9187\n", 2, "metrics.port", "unknown key"),
         ("concurrency = 1\n", 1, "watch", "missing"),
     ];
 

@@ -37,11 +37,21 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
     writeln!(o, "concurrency = {}", c.concurrency)?;
     writeln!(o, "shutdown_grace = {}", d(c.shutdown_grace))?;
     writeln!(o, "log_level = {}", s(&c.log_level))?;
+    writeln!(
+        o,
+        "control_socket = {}",
+        s(&c.control_socket.to_string_lossy())
+    )?;
     writeln!(o, "\n[timeouts]")?;
     writeln!(o, "connect = {}", d(c.timeouts.connect))?;
     writeln!(o, "handshake = {}", d(c.timeouts.handshake))?;
     writeln!(o, "stall = {}", d(c.timeouts.stall))?;
     writeln!(o, "close = {}", d(c.timeouts.close))?;
+    writeln!(o, "\n[metrics]")?;
+    match c.metrics_listen {
+        Some(a) => writeln!(o, "listen = {}", s(&a.to_string()))?,
+        None => writeln!(o, "# listen: not set, no metrics listener")?,
+    }
     writeln!(o, "\n[retry]")?;
     writeln!(o, "initial = {}", d(c.retry.initial))?;
     writeln!(o, "max = {}", d(c.retry.max))?;

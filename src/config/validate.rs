@@ -347,8 +347,14 @@ const ROOT_KEYS: &[&str] = &[
     "retry",
     "shutdown_grace",
     "log_level",
+    "control_socket",
+    "metrics",
     "watch",
 ];
+const METRICS_KEYS: &[&str] = &["listen"];
+
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
 const TIMEOUT_KEYS: &[&str] = &["connect", "handshake", "stall", "close"];
 const RETRY_KEYS: &[&str] = &["initial", "max", "max_attempts"];
 const WATCH_KEYS: &[&str] = &[
@@ -485,6 +491,51 @@ pub(crate) fn validate(cx: &Ctx, root: &Sp<Node>) -> Result<Parsed> {
         None => defaults::LOG_LEVEL.to_string(),
     };
 
+    let control_socket = match root.get("control_socket") {
+        Some(v) => {
+            let p = as_abs_path(cx, "control_socket", v)?;
+            let len = p.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(cx.err(
+                    &v.span(),
+                    "control_socket",
+                    format!("{len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}"),
+                ));
+            }
+            p
+        }
+        None => PathBuf::from(super::DEFAULT_CONTROL_SOCKET),
+    };
+
+    let metrics_listen = match root.get("metrics") {
+        Some(v) => {
+            let t = as_table(cx, "metrics", v, "a table ([metrics])")?;
+            t.deny_unknown(cx, METRICS_KEYS)?;
+            match t.get("listen") {
+                Some(v) => {
+                    let s = as_str(cx, "metrics.listen", v)?;
+                    let addr = s.parse::<std::net::SocketAddr>().map_err(|_| {
+                        cx.err(
+                            &v.span(),
+                            "metrics.listen",
+                            format!("{s:?} is not an address and port; expected e.g. \"127.0.0.1:9187\" or \"[::1]:9187\""),
+                        )
+                    })?;
+                    if addr.port() == 0 {
+                        return Err(cx.err(
+                            &v.span(),
+                            "metrics.listen",
+                            format!("{s:?}: port 0 is not a fixed port; choose one, e.g. 9187"),
+                        ));
+                    }
+                    Some(addr)
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+
     let watch_v = root.required(cx, "watch", "one or more [[watch]] tables")?;
     let items = match watch_v.get_ref() {
         Node::Array(items) if !items.is_empty() => items,
@@ -523,6 +574,8 @@ pub(crate) fn validate(cx: &Ctx, root: &Sp<Node>) -> Result<Parsed> {
             shutdown_grace,
             log_level,
             watches,
+            control_socket,
+            metrics_listen,
         },
         watch_spans,
     })

@@ -170,7 +170,7 @@ pub async fn run_with(
         timeouts: config.timeouts,
         retry: config.retry,
         stats: stats.clone(),
-        metrics,
+        metrics: metrics.clone(),
         syncer: syncer.clone(),
     });
     let mut queue = queue::Queue::new(
@@ -206,6 +206,8 @@ pub async fn run_with(
             }
         });
         spools.push(spool);
+        // Each watch's metric series exist from the start (at 0).
+        metrics.watch_configured(&w.cfg.dir.to_string_lossy(), &w.cfg.server.to_string());
         tracing::info!(
             dir = %esc(&w.cfg.dir),
             backlog = listing.entries.len(),

@@ -25,28 +25,18 @@ pub fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_accio")))
 }
 
-/// Polls `cond` every few ms until it holds or `timeout` passes; true if it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A TCP port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// The waiting and port helpers every test binary shares (tests/support), included by path
+// since the benchmarks include this file too.
+#[path = "../support/net.rs"]
+#[allow(dead_code)]
+mod net;
+#[path = "../support/wait.rs"]
+#[allow(dead_code)]
+mod wait;
+#[allow(unused_imports)]
+pub use net::free_port;
+#[allow(unused_imports)]
+pub use wait::wait_until;
 
 /// The random seed of a scenario: `FAULTS_SEED` if set, else the clock. Printed so that a
 /// failing run can be replayed.

@@ -46,6 +46,9 @@ pub struct ReceiverOptions {
     /// At most this many connections served at once; the others are accepted and wait for a
     /// worker before they are greeted. `None`: every connection is served at once.
     pub pool: Option<usize>,
+    /// Only copies of this length count as arrivals (a client that gives up mid-body may
+    /// still end with a FIN). `None`: any intact copy.
+    pub len: Option<u64>,
 }
 
 impl Default for ReceiverOptions {
@@ -54,6 +57,7 @@ impl Default for ReceiverOptions {
             greet: true,
             delay: Duration::ZERO,
             pool: None,
+            len: None,
         }
     }
 }
@@ -239,24 +243,26 @@ fn serve(mut s: TcpStream, index: usize, sh: &RecvShared, o: &ReceiverOptions) {
     } else if peer_closed(&s) || s.write_all(b"accio\r\n").is_err() {
         sh.greeting_timeouts.fetch_add(1, Ordering::SeqCst);
     } else {
-        let mut body = Vec::new();
+        // Checked as it comes (files may be 50 MiB): the id from the header, then every byte.
+        let mut copy = Copy::default();
         let mut clean = true;
         loop {
             match s.read(&mut buf) {
                 Ok(0) => break,
-                Ok(k) => body.extend_from_slice(&buf[..k]),
+                Ok(k) => copy.feed(&buf[..k]),
                 Err(_) => {
                     clean = false;
                     break;
                 }
             }
         }
-        if body.is_empty() {
+        if copy.len == 0 {
             // The client left without a byte: it gave up waiting for the greeting (with a
             // proxy in the way its FIN may arrive just after the greeting went out).
             sh.greeting_timeouts.fetch_add(1, Ordering::SeqCst);
         } else if clean {
-            if let Some((id, true)) = payload::check(&body) {
+            let whole = o.len.map_or(true, |l| l == copy.len);
+            if let (Some(id), true, true) = (copy.id, copy.intact, whole) {
                 sh.arrivals.lock().unwrap().push((id, Instant::now()));
             }
             if !o.delay.is_zero() {
@@ -270,6 +276,39 @@ fn serve(mut s: TcpStream, index: usize, sh: &RecvShared, o: &ReceiverOptions) {
     }
     sh.busy.fetch_sub(1, Ordering::SeqCst);
     sh.open.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// A body checked as it arrives: the id of its header, and whether every byte after it is
+/// what file `id` holds there (see `payload`).
+#[derive(Default)]
+struct Copy {
+    head: Vec<u8>,
+    id: Option<u64>,
+    len: u64,
+    intact: bool,
+}
+
+impl Copy {
+    fn feed(&mut self, mut b: &[u8]) {
+        if self.head.len() < payload::HEADER_LEN {
+            let take = (payload::HEADER_LEN - self.head.len()).min(b.len());
+            self.head.extend_from_slice(&b[..take]);
+            self.len += take as u64;
+            b = &b[take..];
+            if self.head.len() == payload::HEADER_LEN {
+                self.id = payload::parse_header(&self.head);
+                self.intact = self.id.is_some();
+            }
+        }
+        if let (Some(id), true) = (self.id, self.intact) {
+            let start = self.len;
+            self.intact = b
+                .iter()
+                .enumerate()
+                .all(|(i, x)| *x == payload::filler(id, start + i as u64));
+        }
+        self.len += b.len() as u64;
+    }
 }
 
 /// The most connections open at once among `spans` that were opened at or after `from`.
@@ -815,6 +854,7 @@ impl Pair {
             Trouble::BlackHole => BadPeer::Hole(BlackHole::start()),
             Trouble::Slow { delay } => BadPeer::Receiver(Receiver::start(ReceiverOptions {
                 delay,
+                len: Some(1024),
                 ..ReceiverOptions::default()
             })),
         };
@@ -822,7 +862,10 @@ impl Pair {
             BadPeer::Receiver(r) => r.port(),
             BadPeer::Hole(h) => h.port(),
         };
-        let healthy = Receiver::start(ReceiverOptions::default());
+        let healthy = Receiver::start(ReceiverOptions {
+            len: Some(1024),
+            ..ReceiverOptions::default()
+        });
         a.server = Some(Dest::local(bad_port));
         b.server = Some(Dest::local(healthy.port()));
         let mut conf = Conf::new(timeout, vec![a.clone(), b.clone()]);

@@ -1,0 +1,379 @@
+//! Benchmark of distance (issue 9): `accio watch` (the release binary) sending through a
+//! latency-injecting proxy (`tests/peers`: the set-up costs a round trip, every byte and FIN
+//! half a round trip each way, in order) to a receiver that serves at most P connections at
+//! once (a worker pool; the others are accepted and wait for a worker before their greeting).
+//!
+//! For each round trip (0 = no proxy, 10 ms, 50 ms) and pool (1, 8, 32): 1,000 files of 1 KiB
+//! renamed into the spool at once, and files/s from the first rename to the last body
+//! received, for the default configuration beside fixed concurrencies 4, 16, 32, 64, 128
+//! (global cap = N; once the binary knows per-destination keys also the destination's
+//! `concurrency = N` and `adaptive = false`), with the most connections the server saw open
+//! at once (waiting ones included) and the greeting timeouts (connections the client closed
+//! before it was greeted). Pool 1 at 50 ms sends 200 files per run (20 files/s at best: 1,000
+//! would take 50 s per run). Then 20 files of 50 MiB at 50 ms, pool 32, through a link of
+//! 100 MB/s shared by all connections (files/s, MB/s, peak connections).
+//!
+//! Timeouts are the defaults (10 s), `on_success = "delete"`. Figures only.
+//!
+//! Run: `cargo bench --bench wan` (about 10 minutes). Knobs (comma lists):
+//! `WAN_BENCH_RTT=0,10,50` (ms), `WAN_BENCH_POOL=1,8,32`,
+//! `WAN_BENCH_CONC=default,4,16,32,64,128`, `WAN_BENCH_FILES=1000`,
+//! `WAN_BENCH_FILES_POOL1_50MS=200`, `WAN_BENCH_BIG=20` (0 skips the 50 MiB run),
+//! `WAN_BENCH_BIG_CONC=default,4,16`, `WAN_BENCH_LINK_MBS=100` (0: no link limit),
+//! `FAULTS_ACCIO_BIN=PATH` for another build. E.g. `WAN_BENCH_RTT=50 WAN_BENCH_POOL=32`.
+
+#[path = "../tests/faults/harness.rs"]
+mod harness;
+#[path = "../tests/faults/payload.rs"]
+mod payload;
+#[path = "../tests/peers/mod.rs"]
+mod peers;
+#[path = "../tests/faults/sink.rs"]
+mod sink;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use harness::{wait_until, Dirs, Launch, Service};
+use peers::{env_num, Conf, Dest, Proxy, ProxyOptions, Receiver, ReceiverOptions, WatchConf};
+
+/// `None`: the default configuration (no concurrency keys at all).
+type Limit = Option<i64>;
+
+fn limit_name(l: Limit) -> String {
+    l.map(|n| n.to_string()).unwrap_or_else(|| "default".into())
+}
+
+fn list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn limits(name: &str, default: &str) -> Vec<Limit> {
+    list(name, default)
+        .iter()
+        .map(|s| {
+            (s != "default").then(|| {
+                s.parse()
+                    .unwrap_or_else(|_| panic!("{name}: numbers or `default`, not {s:?}"))
+            })
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+struct Run {
+    rtt_ms: u64,
+    pool: usize,
+    limit: Limit,
+    files: u64,
+    size: u64,
+}
+
+#[derive(Default, Clone)]
+struct Figures {
+    /// Distinct files received.
+    received: u64,
+    secs: f64,
+    peak_open: usize,
+    greeting_timeouts: u64,
+}
+
+impl Figures {
+    fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.received as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The originals of a size, made once; each run links them into its own stage directory.
+struct Originals {
+    dir: std::path::PathBuf,
+    size: u64,
+    count: u64,
+}
+
+impl Originals {
+    fn make(root: &Path, size: u64, count: u64) -> Originals {
+        let dir = root.join(format!("orig-{size}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 1..=count {
+            std::fs::write(dir.join(format!("s{i}")), payload::content(i, size)).unwrap();
+        }
+        Originals { dir, size, count }
+    }
+}
+
+/// Whether per-destination keys are known; decided once.
+struct Ctx {
+    dest_keys: bool,
+    link_rate: Option<u64>,
+    root: tempfile::TempDir,
+}
+
+fn run_one(ctx: &Ctx, orig: &Originals, r: Run) -> Figures {
+    assert!(r.files <= orig.count && r.size == orig.size);
+    let d = Dirs::new("wan");
+    let mut w = WatchConf::under(&d.tmp.path().join("w"));
+    w.done = None;
+    let recv = Receiver::start(ReceiverOptions {
+        pool: Some(r.pool),
+        len: Some(r.size),
+        ..ReceiverOptions::default()
+    });
+    let proxy = (r.rtt_ms > 0).then(|| {
+        Proxy::start(
+            recv.addr,
+            ProxyOptions {
+                rtt: Duration::from_millis(r.rtt_ms),
+                window: 4 << 20,
+                link_rate: ctx.link_rate,
+            },
+        )
+    });
+    let port = proxy.as_ref().map(|p| p.port()).unwrap_or(recv.port());
+    let mut server = Dest::local(port);
+    let mut conf = Conf::new("10s", vec![w.clone()]);
+    conf.retry_initial = "1s".into();
+    conf.retry_max = "5m".into();
+    conf.shutdown_grace = "2s".into();
+    if let Some(n) = r.limit {
+        conf.concurrency = Some(n);
+        if ctx.dest_keys {
+            server.concurrency = Some(n);
+            server.adaptive = Some(false);
+        }
+    }
+    conf.server = Some(server);
+    conf.write(&d.config);
+    // Into this run's stage (same filesystem), ready to be renamed in.
+    for i in 1..=r.files {
+        std::fs::hard_link(
+            orig.dir.join(format!("s{i}")),
+            d.stage.join(format!("s{i}")),
+        )
+        .unwrap();
+    }
+    let mut svc = Service::start(&Launch {
+        config: d.config.clone(),
+        log: d.log.clone(),
+        ..Launch::default()
+    });
+    if !svc.wait_ready(Duration::from_secs(20)) {
+        println!(
+            "  no READY=1 within 20 s; log:\n{}",
+            harness::tail(&d.log_text(), 20)
+        );
+    }
+    let t0 = Instant::now();
+    for i in 1..=r.files {
+        std::fs::rename(
+            d.stage.join(format!("s{i}")),
+            w.dir.join(format!("f{i:07}.dat")),
+        )
+        .unwrap();
+    }
+    // At worst 2 files/s, plus the timeouts.
+    let deadline = Duration::from_secs((60 + r.files / 2).min(900));
+    let all = wait_until(deadline, || {
+        recv.received() as u64 >= r.files || !svc.alive()
+    });
+    let got = recv.arrivals();
+    let last = got.values().max().copied();
+    let f = Figures {
+        received: got.len() as u64,
+        secs: last
+            .map(|l| l.duration_since(t0).as_secs_f64())
+            .unwrap_or(0.0),
+        peak_open: recv.peak_open(),
+        greeting_timeouts: recv.greeting_timeouts(),
+    };
+    if !all || !svc.alive() {
+        println!(
+            "  only {} of {} files within {deadline:?}; log tail:\n{}",
+            f.received,
+            r.files,
+            harness::tail(&d.log_text(), 10)
+        );
+    }
+    let _ = svc.terminate(Duration::from_secs(20));
+    drop(proxy);
+    f
+}
+
+fn main() {
+    let start = Instant::now();
+    let bin = harness::bin();
+    let rtts: Vec<u64> = list("WAN_BENCH_RTT", "0,10,50")
+        .iter()
+        .map(|s| s.parse().expect("WAN_BENCH_RTT: milliseconds"))
+        .collect();
+    let pools: Vec<usize> = list("WAN_BENCH_POOL", "1,8,32")
+        .iter()
+        .map(|s| s.parse().expect("WAN_BENCH_POOL: numbers"))
+        .collect();
+    let confs = limits("WAN_BENCH_CONC", "default,4,16,32,64,128");
+    let files = env_num("WAN_BENCH_FILES", 1000);
+    let files_slow = env_num("WAN_BENCH_FILES_POOL1_50MS", 200);
+    let big = env_num("WAN_BENCH_BIG", 20);
+    let big_confs = limits("WAN_BENCH_BIG_CONC", "default,4,16");
+    let link_mbs = env_num("WAN_BENCH_LINK_MBS", 100);
+    let ctx = Ctx {
+        dest_keys: peers::knows_destination_keys(&bin),
+        link_rate: (link_mbs > 0).then_some(link_mbs * 1_000_000),
+        root: tempfile::Builder::new()
+            .prefix("accio-wan-")
+            .tempdir()
+            .unwrap(),
+    };
+    println!(
+        "accio wan benchmark; binary {}; fixed N = {}",
+        bin.display(),
+        if ctx.dest_keys {
+            "concurrency = N, [server] concurrency = N, adaptive = false"
+        } else {
+            "concurrency = N (this binary has no per-destination keys)"
+        }
+    );
+    let small = Originals::make(ctx.root.path(), 1024, files.max(files_slow));
+
+    // (rtt, pool) -> figures per configuration.
+    let mut rows: Vec<(u64, usize, u64, Vec<Figures>)> = Vec::new();
+    for &rtt in &rtts {
+        for &pool in &pools {
+            let n = if pool == 1 && rtt >= 50 {
+                files_slow.min(files)
+            } else {
+                files
+            };
+            let mut figs = Vec::new();
+            for &limit in &confs {
+                let t = Instant::now();
+                let f = run_one(
+                    &ctx,
+                    &small,
+                    Run {
+                        rtt_ms: rtt,
+                        pool,
+                        limit,
+                        files: n,
+                        size: 1024,
+                    },
+                );
+                println!(
+                    "rtt {rtt} ms, pool {pool}, concurrency {}: {n} files, {:.0} files/s, peak {} connections, {} greeting timeouts ({:.1} s)",
+                    limit_name(limit),
+                    f.rate(),
+                    f.peak_open,
+                    f.greeting_timeouts,
+                    t.elapsed().as_secs_f64()
+                );
+                figs.push(f);
+            }
+            rows.push((rtt, pool, n, figs));
+        }
+    }
+
+    let mut big_figs = Vec::new();
+    if big > 0 {
+        let size = 50 << 20;
+        let t = Instant::now();
+        let orig = Originals::make(ctx.root.path(), size, big);
+        println!(
+            "created {big} files of 50 MiB in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        for &limit in &big_confs {
+            let t = Instant::now();
+            let f = run_one(
+                &ctx,
+                &orig,
+                Run {
+                    rtt_ms: 50,
+                    pool: 32,
+                    limit,
+                    files: big,
+                    size,
+                },
+            );
+            println!(
+                "50 MiB files, rtt 50 ms, pool 32, concurrency {}: {:.2} files/s, {:.0} MB/s, peak {} connections, {} greeting timeouts ({:.1} s)",
+                limit_name(limit),
+                f.rate(),
+                f.rate() * size as f64 / 1e6,
+                f.peak_open,
+                f.greeting_timeouts,
+                t.elapsed().as_secs_f64()
+            );
+            big_figs.push((limit, f));
+        }
+    }
+
+    println!();
+    if !rows.is_empty() {
+        print!("| round trip | server pool | files |");
+        for l in &confs {
+            print!(" {} |", limit_name(*l));
+        }
+        println!(" default / best fixed |");
+        print!("|---|---|---|");
+        for _ in &confs {
+            print!("---|");
+        }
+        println!("---|");
+        for (rtt, pool, n, figs) in &rows {
+            print!("| {rtt} ms | {pool} | {n} |");
+            for f in figs {
+                let timeouts = if f.greeting_timeouts > 0 {
+                    format!(", **{} greeting timeouts**", f.greeting_timeouts)
+                } else {
+                    String::new()
+                };
+                let short = if f.received < *n {
+                    format!(", {} received", f.received)
+                } else {
+                    String::new()
+                };
+                print!(" {:.0} ({}{timeouts}{short}) |", f.rate(), f.peak_open);
+            }
+            let default = confs
+                .iter()
+                .position(|l| l.is_none())
+                .map(|i| figs[i].rate());
+            let best = confs
+                .iter()
+                .zip(figs)
+                .filter(|(l, _)| l.is_some())
+                .map(|(_, f)| f.rate())
+                .fold(0.0, f64::max);
+            match default {
+                Some(d) if best > 0.0 => println!(" {:.0} % |", d / best * 100.0),
+                _ => println!(" - |"),
+            }
+        }
+        println!("\nCells: files/s (most connections open at the server at once).\n");
+    }
+    if !big_figs.is_empty() {
+        println!("| {big} × 50 MiB, 50 ms, pool 32, link {link_mbs} MB/s | files/s | MB/s | peak connections | greeting timeouts |");
+        println!("|---|---|---|---|---|");
+        for (l, f) in &big_figs {
+            println!(
+                "| concurrency {} | {:.2} | {:.0} | {} | {} |",
+                limit_name(*l),
+                f.rate(),
+                f.rate() * (50u64 << 20) as f64 / 1e6,
+                f.peak_open,
+                f.greeting_timeouts
+            );
+        }
+        println!();
+    }
+    println!("runtime {:.0} s", start.elapsed().as_secs_f64());
+}

@@ -1,0 +1,224 @@
+//! The control socket: a Unix stream socket on which the running service answers `accio
+//! status`.
+//!
+//! The protocol is one request line and one answer: the client writes `view\n`, the service
+//! writes the current [`View`] as one JSON document and closes. Anything else gets
+//! `{"error": "..."}`. Bounded: a few connections at once, a short request, a deadline for
+//! the whole exchange. The socket is owner-only (0600): it is created under a temporary
+//! name, restricted, then renamed into place, so it is never reachable with looser
+//! permissions.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::status::{View, ViewHandle};
+use crate::watch::esc;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 8;
+/// Longest request line.
+const MAX_REQUEST: u64 = 256;
+/// The whole exchange, request to answer.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Largest answer a client accepts (a View is capped by the pipeline; this is a guard).
+const MAX_ANSWER: u64 = 64 << 20;
+
+/// Why the control socket could not be set up. The service runs on without it.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another accio service answers on {}", esc(.0))]
+    InUse(PathBuf),
+    #[error("{} exists and is not a socket", esc(.0))]
+    NotASocket(PathBuf),
+    #[error("cannot create {}: {source}", esc(path))]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds the control socket at `path`, mode 0600. A stale socket (no one answers on it) is
+/// replaced; a live one is not.
+///
+/// # Errors
+/// [`BindError`].
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io = |source| BindError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if StdUnixStream::connect(path).is_ok() {
+                return Err(BindError::InUse(path.to_path_buf()));
+            }
+        }
+        Ok(_) => return Err(BindError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(".accio-control.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(io)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(listener)
+}
+
+/// Serves `listener` until `stop`, then removes the socket at `path` (if it is still ours).
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    views: ViewHandle,
+    started: Instant,
+    stop: CancellationToken,
+) {
+    let ours = std::fs::symlink_metadata(&path).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let conn = tokio::select! {
+            _ = stop.cancelled() => break,
+            c = listener.accept() => c,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let views = views.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(DEADLINE, answer(stream, &views, started)).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::debug!("control socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Remove the socket only if it is still the one we bound (a newer service may have
+    // replaced a name it found stale).
+    let now = std::fs::symlink_metadata(&path).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    });
+    if ours.is_some() && now == ours {
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+async fn answer(stream: UnixStream, views: &ViewHandle, started: Instant) -> io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(r, MAX_REQUEST));
+    limited.read_line(&mut line).await?;
+    let body = match line.trim() {
+        "view" => match views.get().await {
+            Some(mut v) => {
+                v.pid = std::process::id();
+                v.version = env!("CARGO_PKG_VERSION").to_string();
+                v.uptime_s = started.elapsed().as_secs_f64();
+                serde_json::to_vec(&v).map_err(io::Error::other)?
+            }
+            None => error_json("the service is starting, reloading or stopping; try again"),
+        },
+        other => error_json(&format!("unknown request {other:?}; expected \"view\"")),
+    };
+    w.write_all(&body).await?;
+    w.write_all(b"\n").await?;
+    w.shutdown().await
+}
+
+fn error_json(message: &str) -> Vec<u8> {
+    serde_json::json!({ "error": message })
+        .to_string()
+        .into_bytes()
+}
+
+/// Why `accio status` got no [`View`].
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// Nothing listens on the socket: the service is not running (or uses another socket).
+    #[error(
+        "the service is not running: cannot connect to {}: {source}",
+        esc(path)
+    )]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The socket is there but this user may not use it.
+    #[error("permission denied on {}: run as the service's user or root (sudo accio status)", esc(.0))]
+    Denied(PathBuf),
+    /// Connected, but the answer was missing, late, an error or not a View.
+    #[error("bad answer on {}: {message}", esc(path))]
+    Answer { path: PathBuf, message: String },
+}
+
+/// Asks the service listening on `path` for its [`View`]; returns the raw JSON too (printed
+/// as is by `--json`).
+///
+/// # Errors
+/// [`AskError`].
+pub fn ask(path: &Path) -> Result<(View, String), AskError> {
+    let mut s = StdUnixStream::connect(path).map_err(|source| match source.kind() {
+        io::ErrorKind::PermissionDenied => AskError::Denied(path.to_path_buf()),
+        _ => AskError::NotRunning {
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    let bad = |message: String| AskError::Answer {
+        path: path.to_path_buf(),
+        message,
+    };
+    let _ = s.set_read_timeout(Some(DEADLINE));
+    let _ = s.set_write_timeout(Some(DEADLINE));
+    s.write_all(b"view\n")
+        .map_err(|e| bad(format!("cannot send the request: {e}")))?;
+    let mut text = String::new();
+    s.take(MAX_ANSWER)
+        .read_to_string(&mut text)
+        .map_err(|e| bad(format!("cannot read the answer: {e}")))?;
+    let text = text.trim_end().to_string();
+    if let Ok(e) = serde_json::from_str::<ErrorAnswer>(&text) {
+        return Err(bad(e.error));
+    }
+    let view = serde_json::from_str::<View>(&text).map_err(|e| {
+        bad(if text.is_empty() {
+            "the service closed without answering".to_string()
+        } else {
+            format!("not a status document: {e}")
+        })
+    })?;
+    Ok((view, text))
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorAnswer {
+    error: String,
+}

@@ -1,0 +1,282 @@
+//! `accio retry [--config PATH] [--watch DIR] [NAME...]`: puts files the service gave up on
+//! back into their spool, like `postsuper -r`.
+//!
+//! A given-up file is a regular file in a watch's `failed_dir` (hidden names, which are our
+//! temporaries, and `.reason` files are not). It goes back into the spool it came from (its
+//! `.reason` file names it; else the watch whose `failed_dir` it is in) under its original
+//! name, or a free `STEM.N.EXT` if that is taken: never replacing a file, keeping the
+//! extension so the watch's globs still match. Once it is back its `.reason` file is
+//! deleted. The running service (if any) sees a file moved in and sends it at once; a
+//! service started later finds it in its backlog. Works the same whether or not it runs.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::client::exit;
+use crate::config::{self, WatchConfig};
+use crate::watch::disposition::{self, Syncer};
+use crate::watch::esc;
+
+use super::{error_line, print_out};
+
+/// One given-up file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GivenUp {
+    /// Where it is now, in `failed_dir`.
+    pub path: PathBuf,
+    /// Its `.reason` file, if there is one.
+    pub reason: Option<PathBuf>,
+    /// The spool it goes back to.
+    pub spool: PathBuf,
+    /// The name it goes back under (or a free variant of it).
+    pub name: OsString,
+}
+
+/// What [`retry_command`] did with one file.
+#[derive(Debug)]
+pub struct Moved {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    /// Deleting the `.reason` file failed (the file itself is back).
+    pub reason_left: Option<io::Error>,
+}
+
+/// The given-up files of `watches`, by path in failed_dir (sorted, deduplicated: watches
+/// may share a failed_dir).
+///
+/// # Errors
+/// A failed_dir cannot be listed.
+pub fn list(watches: &[&WatchConfig]) -> Result<Vec<GivenUp>, (PathBuf, io::Error)> {
+    let mut out: BTreeMap<PathBuf, GivenUp> = BTreeMap::new();
+    for w in watches {
+        let dir = &w.failed_dir;
+        let entries = std::fs::read_dir(dir).map_err(|e| (dir.clone(), e))?;
+        let mut names = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| (dir.clone(), e))?;
+            let regular = e.file_type().map(|t| t.is_file()).unwrap_or(false);
+            let name = e.file_name();
+            // Hidden names are temporaries (a reason being written, a copy in progress).
+            if regular && !name.as_bytes().starts_with(b".") {
+                names.push(name);
+            }
+        }
+        let present: std::collections::HashSet<&OsStr> =
+            names.iter().map(OsString::as_os_str).collect();
+        // The reason files of present files; a `.reason` without its file is left alone.
+        let reasons: std::collections::HashSet<OsString> = names
+            .iter()
+            .filter_map(|n| {
+                let r = disposition::reason_path(&dir.join(n));
+                let rn = r.file_name()?.to_os_string();
+                (rn != *n && present.contains(rn.as_os_str())).then_some(rn)
+            })
+            .collect();
+        for n in &names {
+            if reasons.contains(n) {
+                continue;
+            }
+            let path = dir.join(n);
+            let reason = disposition::reason_path(&path);
+            let has_reason = reason.file_name() != Some(n.as_os_str())
+                && present.contains(reason.file_name().unwrap_or_default());
+            if !has_reason && n.as_bytes().ends_with(b".reason") {
+                // An orphaned reason (its file was retried by hand): not a given-up file.
+                continue;
+            }
+            let reason = has_reason.then_some(reason);
+            let (spool, name) =
+                origin(reason.as_deref(), w, watches).unwrap_or_else(|| (w.dir.clone(), n.clone()));
+            out.entry(path.clone()).or_insert(GivenUp {
+                path,
+                reason,
+                spool,
+                name,
+            });
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// The spool and name a `.reason` file says the file came from (its `file:` line), if that
+/// spool is one of `watches` (else the file goes back to `w`, under its current name).
+fn origin(
+    reason: Option<&Path>,
+    w: &WatchConfig,
+    watches: &[&WatchConfig],
+) -> Option<(PathBuf, OsString)> {
+    let text = std::fs::read(reason?).ok()?;
+    let line = text
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"file: "))?;
+    // Written escaped (as in the logs): only a name without escapes is taken as is.
+    if line.contains(&b'\\') {
+        return None;
+    }
+    let p = Path::new(OsStr::from_bytes(line));
+    let (dir, name) = (p.parent()?, p.file_name()?);
+    let spool = watches
+        .iter()
+        .map(|x| &x.dir)
+        .find(|d| same_dir(d, dir))
+        .or_else(|| same_dir(&w.dir, dir).then_some(&w.dir))?;
+    Some((spool.clone(), name.to_os_string()))
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| std::fs::canonicalize(p).or_else(|_| std::path::absolute(p));
+    match (canon(a), canon(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Moves `f` back into its spool, then deletes its reason.
+///
+/// # Errors
+/// The move failed; the file is still in failed_dir.
+pub fn put_back(f: &GivenUp, syncer: &Syncer) -> io::Result<Moved> {
+    let to = disposition::put_back(&f.path, &f.spool, &f.name, syncer)?;
+    let reason_left = f
+        .reason
+        .as_ref()
+        .and_then(|r| match std::fs::remove_file(r) {
+            Ok(()) => {
+                if let Some(d) = r.parent() {
+                    syncer.mark(d);
+                }
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(e),
+        });
+    Ok(Moved {
+        from: f.path.clone(),
+        to,
+        reason_left,
+    })
+}
+
+/// `accio retry`; returns the exit code: 0 all moved (or nothing to move), 1 some could not
+/// be moved or a NAME was not found, 2 `--watch` names no watch, 78 invalid configuration.
+pub fn retry_command(args: &crate::cli::RetryArgs) -> u8 {
+    let config = match super::read_config(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            error_line(&e.to_string());
+            return config::EXIT_INVALID;
+        }
+    };
+    let selected: Vec<&WatchConfig> = match &args.watch {
+        None => config.watches.iter().collect(),
+        Some(dir) => {
+            let found: Vec<_> = config
+                .watches
+                .iter()
+                .filter(|w| same_dir(&w.dir, dir))
+                .collect();
+            if found.is_empty() {
+                let all: Vec<String> = config
+                    .watches
+                    .iter()
+                    .map(|w| esc(&w.dir).to_string())
+                    .collect();
+                error_line(&format!(
+                    "--watch {}: not a spool directory of {} (its watches: {})",
+                    esc(dir),
+                    esc(&args.config),
+                    all.join(", ")
+                ));
+                return exit::USAGE;
+            }
+            found
+        }
+    };
+    let files = match list(&selected) {
+        Ok(f) => f,
+        Err((dir, e)) => {
+            error_line(&format!("cannot list {}: {e}", esc(&dir)));
+            return exit::OTHER;
+        }
+    };
+    let mut code = exit::OK;
+    let chosen: Vec<&GivenUp> = if args.names.is_empty() {
+        files.iter().collect()
+    } else {
+        let mut chosen = Vec::new();
+        for n in &args.names {
+            let m: Vec<&GivenUp> = files.iter().filter(|f| matches(f, n)).collect();
+            if m.is_empty() {
+                error_line(&format!(
+                    "{}: no such given-up file in {}",
+                    esc(Path::new(n)),
+                    failed_dirs(&selected)
+                ));
+                code = exit::OTHER;
+            }
+            for f in m {
+                if !chosen.contains(&f) {
+                    chosen.push(f);
+                }
+            }
+        }
+        chosen
+    };
+    let mut out = String::new();
+    if chosen.is_empty() && code == exit::OK {
+        out.push_str(&format!("nothing to retry in {}\n", failed_dirs(&selected)));
+    }
+    let syncer = Syncer::default();
+    let mut moved = 0usize;
+    for f in chosen {
+        match put_back(f, &syncer) {
+            Ok(m) => {
+                moved += 1;
+                out.push_str(&format!("{} → {}\n", esc(&m.from), esc(&m.to)));
+                if let Some(e) = m.reason_left {
+                    error_line(&format!(
+                        "{} is back, but its reason file stays: {e}",
+                        esc(&m.to)
+                    ));
+                }
+            }
+            Err(e) => {
+                error_line(&e.to_string());
+                code = exit::OTHER;
+            }
+        }
+    }
+    // The moves are durable before we say they happened.
+    syncer.flush_blocking();
+    if moved > 0 {
+        let s = if moved == 1 { "" } else { "s" };
+        out.push_str(&format!("{moved} file{s} put back into the spool\n"));
+    }
+    let printed = print_out(&out);
+    if code == exit::OK {
+        printed
+    } else {
+        code
+    }
+}
+
+/// A NAME on the command line: the file's name in failed_dir, or its path.
+fn matches(f: &GivenUp, n: &OsStr) -> bool {
+    if n.as_bytes().contains(&b'/') {
+        same_dir(&f.path, Path::new(n))
+    } else {
+        f.path.file_name() == Some(n)
+    }
+}
+
+fn failed_dirs(watches: &[&WatchConfig]) -> String {
+    let mut d: Vec<String> = watches
+        .iter()
+        .map(|w| esc(&w.failed_dir).to_string())
+        .collect();
+    d.dedup();
+    d.join(", ")
+}

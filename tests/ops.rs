@@ -1,0 +1,670 @@
+//! End-to-end tests of what operators use: `/metrics` and `/health`, `accio status` over
+//! the control socket, and `accio retry`, against the real binary, real sockets and files.
+//!
+//! Two tests need Debian's `prometheus` package (promtool and the server) and are ignored
+//! without it; `.ci/run` installs it and runs them:
+//! `cargo test --test ops -- --ignored prom`.
+
+mod watch_support;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use watch_support::*;
+
+/// A config for `dirs` whose control socket is in the test's own directory and, with
+/// `metrics`, a metrics listener on that port.
+fn ops_config(dirs: &Dirs, port: u16, o: &Opts, metrics: Option<u16>) -> PathBuf {
+    let mut text = format!("control_socket = {:?}\n", socket_of(dirs));
+    text.push_str(&config_text(dirs, port, o));
+    if let Some(m) = metrics {
+        text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n"));
+    }
+    write_config(dirs, "accio.toml", &text)
+}
+
+fn socket_of(dirs: &Dirs) -> PathBuf {
+    dirs.root.path().join("control.sock")
+}
+
+fn accio(args: &[&str], config: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// One HTTP/1.1 request; returns (status code, headers, body).
+fn http(port: u16, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_string(), body.to_string())
+}
+
+fn get(port: u16, path: &str) -> (u16, String, String) {
+    http(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// The value of the sample `name{labels}` in a text exposition, if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn wait_metrics_listening(port: u16) {
+    wait_for("the metrics listener", || listening(port));
+}
+
+#[test]
+fn metrics_count_what_was_delivered() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let mport = free_port();
+    let config = ops_config(&dirs, recv.port, &Opts::default(), Some(mport));
+    let svc = Service::start(&config);
+    wait_metrics_listening(mport);
+    let watch = format!("{{watch=\"{}\"}}", dirs.spool.display());
+    let dest = format!("destination=\"127.0.0.1:{}\"", recv.port);
+
+    let (code, head, body) = get(mport, "/metrics");
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(
+        body.contains("# TYPE accio_files_sent_total counter"),
+        "{body}"
+    );
+    // Every watch's series exist from the start, at 0.
+    assert_eq!(
+        sample(&body, &format!("accio_files_sent_total{watch}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("accio_upload_attempts_total{{{dest},result=\"unreachable\"}}")
+        ),
+        Some(0.0)
+    );
+
+    // In two rounds: the counters follow each delivery, during the run.
+    let mut bytes = 0;
+    for (round, n) in [(0, 3), (1, 2)] {
+        for i in 0..n {
+            let content = vec![b'x'; 100 * (i + 1) + round];
+            bytes += content.len();
+            dirs.drop_file(&format!("r{round}-{i}"), &content);
+        }
+        let want = if round == 0 { 3 } else { 5 };
+        wait_for("all delivered and moved", || {
+            names(&dirs.done).len() == want
+        });
+        assert_eq!(recv.count(), want);
+        let (_, _, body) = get(mport, "/metrics");
+        let v = |s: &str| sample(&body, s).unwrap_or_else(|| panic!("no {s} in\n{body}"));
+        assert_eq!(v(&format!("accio_files_sent_total{watch}")), want as f64);
+        assert_eq!(v(&format!("accio_bytes_sent_total{watch}")), bytes as f64);
+        assert_eq!(
+            v(&format!(
+                "accio_upload_attempts_total{{{dest},result=\"ok\"}}"
+            )),
+            want as f64
+        );
+        assert_eq!(
+            v(&format!("accio_delivery_latency_seconds_count{watch}")),
+            want as f64
+        );
+        assert_eq!(
+            v(&format!("accio_upload_duration_seconds_count{{{dest}}}")),
+            want as f64
+        );
+        assert!(v(&format!("accio_last_success_timestamp_seconds{watch}")) > 1.6e9);
+        assert_eq!(v(&format!("accio_files_failed_total{watch}")), 0.0);
+    }
+
+    // Prometheus asks for OpenMetrics and gets it.
+    let (code, head, body) = http(
+        mport,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(body.contains("# TYPE accio_files_sent counter"), "{body}");
+
+    // A health answer, and nothing else.
+    let (code, _, body) = get(mport, "/health");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    assert_eq!(get(mport, "/").0, 404);
+    assert_eq!(get(mport, "/metrics/../etc/passwd").0, 404);
+    let (code, head, _) = http(
+        mport,
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    assert_eq!(code, 405, "{head}");
+    // An oversized request head is refused, not buffered.
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", mport)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = s.write_all(big.as_bytes());
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(svc);
+}
+
+#[test]
+fn metrics_are_off_unless_configured() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
+    let out = accio(&["check-config"], &config);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("[metrics]\n# listen: not set"),
+        "{}",
+        stdout(&out)
+    );
+    let svc = Service::start(&config);
+    assert!(!svc.log().contains("serving metrics"), "{}", svc.log());
+}
+
+#[test]
+fn a_bad_metrics_address_is_refused_naming_the_key() {
+    let dirs = Dirs::new();
+    let mut text = config_text(&dirs, 5000, &Opts::default());
+    text.push_str("\n[metrics]\nlisten = \"localhost\"\n");
+    let config = write_config(&dirs, "bad.toml", &text);
+    let out = accio(&["check-config"], &config);
+    assert_eq!(out.status.code(), Some(78));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("ERROR: ") && err.contains("metrics.listen"),
+        "{err}"
+    );
+}
+
+/// `promtool check metrics` (the format's own linter) on a scrape of a service that
+/// delivered, failed and retried files.
+#[test]
+#[ignore = "needs promtool (Debian package prometheus); .ci/run installs it and runs `cargo test --test ops -- --ignored prom`"]
+fn promtool_accepts_the_exposition() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let mport = free_port();
+    let config = ops_config(&dirs, recv.port, &Opts::default(), Some(mport));
+    let _svc = Service::start(&config);
+    wait_metrics_listening(mport);
+    dirs.drop_file("a", b"hello");
+    wait_for("delivered", || names(&dirs.done).len() == 1);
+    let (_, _, body) = get(mport, "/metrics");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{body}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// A real Prometheus server (loopback, temporary storage, 1 s scrapes) scrapes the service;
+/// the number of files sent is read back through Prometheus's own HTTP API.
+#[test]
+#[ignore = "needs prometheus (Debian package prometheus); .ci/run installs it and runs `cargo test --test ops -- --ignored prom`"]
+fn prometheus_scrapes_the_service() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let mport = free_port();
+    let config = ops_config(&dirs, recv.port, &Opts::default(), Some(mport));
+    let _svc = Service::start(&config);
+    wait_metrics_listening(mport);
+    for i in 0..3 {
+        dirs.drop_file(&format!("f{i}"), b"data");
+    }
+    wait_for("delivered", || names(&dirs.done).len() == 3);
+
+    let prom_dir = dirs.root.path().join("prometheus");
+    fs::create_dir(&prom_dir).unwrap();
+    let prom_conf = prom_dir.join("prometheus.yml");
+    fs::write(
+        &prom_conf,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: accio\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n"
+        ),
+    )
+    .unwrap();
+    let pport = free_port();
+    /// Kills Prometheus however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prom = Kill(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", prom_conf.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                prom_dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(prom_dir.join("log")).unwrap())
+            .spawn()
+            .expect("prometheus"),
+    );
+    let query = format!(
+        "/api/v1/query?query=accio_files_sent_total%7Bwatch%3D%22{}%22%7D",
+        dirs.spool.display().to_string().replace('/', "%2F")
+    );
+    let mut last = String::new();
+    wait_for_within(
+        "Prometheus to report 3 files sent",
+        Duration::from_secs(60),
+        &mut || {
+            if !listening(pport) {
+                return false;
+            }
+            let (code, _, body) = get(pport, &query);
+            last = body.clone();
+            if code != 200 {
+                return false;
+            }
+            let v: serde_json::Value = match serde_json::from_str(body.trim()) {
+                Ok(v) => v,
+                Err(_) => return false,
+            };
+            v["data"]["result"][0]["value"][1].as_str() == Some("3")
+        },
+    );
+    assert!(last.contains("\"status\":\"success\""), "{last}");
+}
+
+#[test]
+fn status_of_a_healthy_service() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
+    let svc = Service::start(&config);
+    dirs.drop_file("one", b"1");
+    wait_for("delivered", || names(&dirs.done).len() == 1);
+
+    let mode = fs::metadata(socket_of(&dirs)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "owner-only control socket");
+
+    let mut out = accio(&["status"], &config);
+    // The counter is updated once the move is done; poll the answer, not a sleep.
+    wait_for("status says 1 sent", || {
+        out = accio(&["status"], &config);
+        stdout(&out).contains("1 sent")
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "accio {} (pid {}), up ",
+            env!("CARGO_PKG_VERSION"),
+            svc.pid()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("watching 1 dirs, 0 in flight, 0 queued, 1 sent, 0 failed"),
+        "{text}"
+    );
+    assert!(text.contains("\nin flight:\n  none\n"), "{text}");
+
+    let out = accio(&["status", "--json"], &config);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["pid"], svc.pid());
+    assert_eq!(v["totals"]["sent"], 1);
+    assert_eq!(v["totals"]["watching"], 1);
+    assert!(v["uptime_s"].as_f64().unwrap() > 0.0);
+    assert!(v["waiting"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn status_when_the_service_is_not_running() {
+    let dirs = Dirs::new();
+    let config = ops_config(&dirs, 5000, &Opts::default(), None);
+    let out = accio(&["status"], &config);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("ERROR: "), "{err}");
+    assert!(
+        err.contains(&socket_of(&dirs).display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("not running"), "{err}");
+    assert!(stdout(&out).is_empty());
+
+    // A socket left by a killed service is the same: not running. The next service
+    // replaces it and answers.
+    let recv = Receiver::start(&dirs.recv);
+    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
+    let mut svc = Service::start(&config);
+    svc.kill9();
+    assert!(socket_of(&dirs).exists(), "kill -9 leaves the socket");
+    assert_eq!(accio(&["status"], &config).status.code(), Some(3));
+    let svc = Service::start(&config);
+    let out = accio(&["status", "--json"], &config);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), svc.log());
+    // A clean stop removes it.
+    let mut svc = svc;
+    svc.signal(libc::SIGTERM);
+    assert!(svc.wait_exit(DEADLINE).success());
+    assert!(!socket_of(&dirs).exists());
+}
+
+#[test]
+fn a_second_service_does_not_take_over_a_live_control_socket() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
+    let first = Service::start(&config);
+    // A second service on another spool, same socket.
+    let other = Dirs::new();
+    let mut text = format!("control_socket = {:?}\n", socket_of(&dirs));
+    text.push_str(&config_text(&other, recv.port, &Opts::default()));
+    let second = Service::start(&write_config(&other, "b.toml", &text));
+    second.wait_log("no control socket");
+    let out = accio(&["status", "--json"], &config);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["pid"], first.pid());
+}
+
+/// A destination that refuses connections is shown down, since when, with its error, and
+/// its file waits because of it.
+#[test]
+#[ignore = "needs the scheduling core (issue 8): per-destination state in the status view"]
+fn status_shows_a_down_destination() {
+    let dirs = Dirs::new();
+    let port = free_port();
+    let config = ops_config(&dirs, port, &Opts::default(), None);
+    let _svc = Service::start(&config);
+    dirs.drop_file("waits", b"w");
+    let mut v = serde_json::Value::Null;
+    wait_for("the destination reported down", || {
+        let out = accio(&["status", "--json"], &config);
+        v = serde_json::from_str(stdout(&out).trim()).unwrap_or_default();
+        v["destinations"][0]["up"] == false
+    });
+    let d = &v["destinations"][0];
+    assert_eq!(d["name"], format!("127.0.0.1:{port}"));
+    assert!(d["down_since_unix"].as_f64().is_some(), "{v}");
+    assert!(
+        d["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{v}"
+    );
+    let w = &v["waiting"][0];
+    assert!(w["path"].as_str().unwrap().ends_with("waits"), "{v}");
+    assert_eq!(w["why"]["state"], "destination_down", "{v}");
+    let text = stdout(&accio(&["status"], &config));
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}: DOWN since ")),
+        "{text}"
+    );
+    assert!(text.contains("destination down"), "{text}");
+}
+
+/// A file held open for writing in the spool waits for its writer.
+#[test]
+#[ignore = "needs the scheduling core (issue 8): waiting files and why in the status view"]
+fn status_shows_a_file_with_an_open_writer() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
+    let _svc = Service::start(&config);
+    let mut writer = fs::File::create(dirs.spool.join("growing")).unwrap();
+    writer.write_all(b"part one").unwrap();
+    let mut v = serde_json::Value::Null;
+    wait_for("the file shown waiting for its writer", || {
+        let out = accio(&["status", "--json"], &config);
+        v = serde_json::from_str(stdout(&out).trim()).unwrap_or_default();
+        v["waiting"].as_array().is_some_and(|w| {
+            w.iter().any(|f| {
+                f["path"].as_str().is_some_and(|p| p.ends_with("growing"))
+                    && (f["why"]["state"] == "writer_open" || f["why"]["state"] == "writer_unknown")
+            })
+        })
+    });
+    let text = stdout(&accio(&["status"], &config));
+    assert!(text.contains("growing"), "{text}");
+    drop(writer);
+    wait_for("sent once closed", || names(&dirs.done) == ["growing"]);
+}
+
+/// A server that greets and then resets every connection while `fail` is set, and is a
+/// correct Accio server (greet, read to the end, close) otherwise.
+struct Flaky {
+    port: u16,
+    fail: Arc<AtomicBool>,
+    received: Arc<AtomicUsize>,
+}
+
+impl Flaky {
+    fn start() -> Flaky {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let fail = Arc::new(AtomicBool::new(true));
+        let received = Arc::new(AtomicUsize::new(0));
+        let (f, r) = (fail.clone(), received.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let (f, r) = (f.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let _ = s.write_all(b"accio\r\n");
+                    if f.load(Ordering::SeqCst) {
+                        // Reset: close with unread data and SO_LINGER 0.
+                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                        return;
+                    }
+                    let mut buf = Vec::new();
+                    if s.read_to_end(&mut buf).is_ok() {
+                        r.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Flaky {
+            port,
+            fail,
+            received,
+        }
+    }
+}
+
+fn given_up(dirs: &Dirs, name: &str, from: &Path) {
+    fs::write(dirs.failed.join(name), name.as_bytes()).unwrap();
+    fs::write(
+        dirs.failed.join(format!("{name}.reason")),
+        format!(
+            "file: {}\nattempts: 10\nlast error: reset\ntime: 2026-01-01T00:00:00Z\n",
+            from.display()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn retry_puts_files_back_without_the_service() {
+    let dirs = Dirs::new();
+    let config = ops_config(&dirs, 5000, &Opts::default(), None);
+
+    // Nothing there: said so, success.
+    let out = accio(&["retry"], &config);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("nothing to retry in "),
+        "{}",
+        stdout(&out)
+    );
+
+    given_up(&dirs, "a.csv", &dirs.spool.join("a.csv"));
+    // Given up as `b.1.csv` (a `b.csv` was in failed_dir): goes back as `b.csv`.
+    given_up(&dirs, "b.1.csv", &dirs.spool.join("b.csv"));
+    // No reason file (writing it had failed): goes back under its own name.
+    fs::write(dirs.failed.join("plain"), b"plain").unwrap();
+    // Left alone: a reason without its file, and our hidden temporaries.
+    fs::write(dirs.failed.join("gone.reason"), b"file: /x/gone\n").unwrap();
+    fs::write(dirs.failed.join(".accio-tmp.x"), b"t").unwrap();
+    // Collision: the spool has a new `a.csv`; the old one becomes `a.1.csv`.
+    fs::write(dirs.spool.join("a.csv"), b"newer").unwrap();
+
+    // Only the names given.
+    let out = accio(&["retry", "plain"], &config);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{} → {}\n1 file put back into the spool\n",
+            dirs.failed.join("plain").display(),
+            dirs.spool.join("plain").display()
+        )
+    );
+
+    // Everything else.
+    let out = accio(&["retry"], &config);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "{} → {}\n",
+            dirs.failed.join("a.csv").display(),
+            dirs.spool.join("a.1.csv").display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{} → {}\n",
+            dirs.failed.join("b.1.csv").display(),
+            dirs.spool.join("b.csv").display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("2 files put back into the spool\n"),
+        "{text}"
+    );
+    assert_eq!(names(&dirs.spool), ["a.1.csv", "a.csv", "b.csv", "plain"]);
+    assert_eq!(fs::read(dirs.spool.join("a.csv")).unwrap(), b"newer");
+    assert_eq!(fs::read(dirs.spool.join("a.1.csv")).unwrap(), b"a.csv");
+    assert_eq!(fs::read(dirs.spool.join("b.csv")).unwrap(), b"b.1.csv");
+    // The reasons went with their files; the rest stayed.
+    assert_eq!(names(&dirs.failed), ["gone.reason"]);
+    assert!(dirs.failed.join(".accio-tmp.x").exists());
+
+    // A name that is not there: an error naming it, non-zero.
+    let out = accio(&["retry", "nope"], &config);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("ERROR: nope: no such given-up file in "),
+        "{}",
+        stderr(&out)
+    );
+    // --watch must name a watch.
+    let out = accio(&["retry", "--watch", "/nowhere"], &config);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a spool directory"),
+        "{}",
+        stderr(&out)
+    );
+    let out = accio(&["retry", "--watch"], &config);
+    assert_eq!(out.status.code(), Some(2));
+    let spool = dirs.spool.display().to_string();
+    let out = accio(&["retry", "--watch", &spool], &config);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn retry_with_the_service_running_sends_the_file_again() {
+    let dirs = Dirs::new();
+    let server = Flaky::start();
+    let mport = free_port();
+    let o = Opts {
+        max_attempts: 1,
+        ..Opts::default()
+    };
+    let config = ops_config(&dirs, server.port, &o, Some(mport));
+    let svc = Service::start(&config);
+    dirs.drop_file("r.csv", b"report");
+    wait_for("given up, with its reason", || {
+        names(&dirs.failed) == ["r.csv", "r.csv.reason"]
+    });
+    let watch = format!("{{watch=\"{}\"}}", dirs.spool.display());
+    wait_metrics_listening(mport);
+    let (_, _, body) = get(mport, "/metrics");
+    assert_eq!(
+        sample(&body, &format!("accio_files_failed_total{watch}")),
+        Some(1.0),
+        "{body}"
+    );
+
+    server.fail.store(false, Ordering::SeqCst);
+    let out = accio(&["retry"], &config);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 file put back"), "{}", stdout(&out));
+    wait_for("sent and moved to done", || names(&dirs.done) == ["r.csv"]);
+    assert_eq!(server.received.load(Ordering::SeqCst), 1);
+    assert!(names(&dirs.failed).is_empty(), "{:?}", names(&dirs.failed));
+    let (_, _, body) = get(mport, "/metrics");
+    assert_eq!(
+        sample(&body, &format!("accio_files_sent_total{watch}")),
+        Some(1.0)
+    );
+    drop(svc);
+}

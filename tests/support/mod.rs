@@ -1,0 +1,21 @@
+//! Helpers shared by every test binary (`mod support;`), one per job:
+//!
+//! - [`wait`]: waiting on a condition with a deadline (never sleeping and hoping);
+//! - [`net`]: free ports, "is it listening", a black-holed address;
+//! - [`receiver`]: the real `accio serve` as the receiving end;
+//! - [`scripted`]: a receiver written for one test (stalls, resets, wrong greetings);
+//! - [`watch`]: spool directories, configs and the real `accio watch` process.
+//!
+//! `wait` and `net` use nothing but std and the dev-dependencies, so a file outside this
+//! module (`tests/faults/harness.rs`, shared with the benchmarks) can include them by path.
+
+#![allow(dead_code)]
+
+pub mod net;
+pub mod receiver;
+pub mod scripted;
+pub mod wait;
+pub mod watch;
+
+/// The `accio` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_accio");

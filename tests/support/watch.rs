@@ -1,0 +1,311 @@
+//! The end-to-end tests of `accio watch`: spool directories, configs written as files, the
+//! real service process with its log.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::scripted::{first_connection_paused, ScriptServer};
+use super::wait::{wait_until, DEADLINE};
+use super::BIN;
+
+/// Names of the regular, non-hidden files in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A test's directories: spool, done, failed, and the receiver's.
+pub struct Dirs {
+    pub root: tempfile::TempDir,
+    pub spool: PathBuf,
+    pub done: PathBuf,
+    pub failed: PathBuf,
+    pub recv: PathBuf,
+}
+
+impl Dirs {
+    pub fn new() -> Dirs {
+        let root = tempfile::tempdir().unwrap();
+        let mk = |n: &str| {
+            let p = root.path().join(n);
+            fs::create_dir(&p).unwrap();
+            p
+        };
+        Dirs {
+            spool: mk("spool"),
+            done: mk("done"),
+            failed: mk("failed"),
+            recv: mk("recv"),
+            root,
+        }
+    }
+
+    /// Writes `content` under a hidden name, then renames it to `name`: the documented way.
+    pub fn drop_file(&self, name: &str, content: &[u8]) {
+        drop_file(&self.spool, name, content)
+    }
+}
+
+pub fn drop_file(dir: &Path, name: &str, content: &[u8]) {
+    let tmp = dir.join(format!(".{name}.part"));
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// Settings of a test config; defaults are short so that tests are quick.
+#[derive(Clone)]
+pub struct Opts {
+    pub concurrency: u32,
+    pub settle: &'static str,
+    pub rescan: &'static str,
+    pub initial: &'static str,
+    pub max: &'static str,
+    pub max_attempts: u32,
+    pub grace: &'static str,
+    pub timeout: &'static str,
+    pub delete: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts {
+            concurrency: 4,
+            settle: "150ms",
+            rescan: "1s",
+            initial: "50ms",
+            max: "300ms",
+            max_attempts: 0,
+            grace: "2s",
+            timeout: "2s",
+            delete: false,
+        }
+    }
+}
+
+impl Opts {
+    /// Short settle and rescan times, for tests about files still being written.
+    pub fn writers() -> Opts {
+        Opts {
+            settle: "100ms",
+            rescan: "200ms",
+            ..Opts::default()
+        }
+    }
+}
+
+/// A `[[watch]]` table for `dirs`.
+pub fn watch_table(dirs: &Dirs, o: &Opts) -> String {
+    let disposal = if o.delete {
+        "on_success = \"delete\"\n".to_string()
+    } else {
+        format!("on_success = \"move\"\ndone_dir = {:?}\n", dirs.done)
+    };
+    format!(
+        "[[watch]]\ndir = {:?}\nfailed_dir = {:?}\n{disposal}settle = {:?}\nrescan_interval = {:?}\n",
+        dirs.spool, dirs.failed, o.settle, o.rescan
+    )
+}
+
+/// A whole config file text with one watch.
+pub fn config_text(dirs: &Dirs, port: u16, o: &Opts) -> String {
+    format!(
+        "concurrency = {}\nshutdown_grace = {:?}\nlog_level = \"info\"\n\n[server]\nhost = \"127.0.0.1\"\nport = {port}\n\n\
+         [timeouts]\nconnect = {t:?}\nhandshake = {t:?}\nstall = {t:?}\nclose = {t:?}\n\n\
+         [retry]\ninitial = {:?}\nmax = {:?}\nmax_attempts = {}\n\n{}",
+        o.concurrency,
+        o.grace,
+        o.initial,
+        o.max,
+        o.max_attempts,
+        watch_table(dirs, o),
+        t = o.timeout,
+    )
+}
+
+/// Writes the config of one watch over `dirs` sending to `port` (see [`config_text`]) as
+/// `dirs.root/a.toml` and returns its path.
+pub fn config_file(dirs: &Dirs, port: u16, o: &Opts) -> PathBuf {
+    write_config(dirs, "a.toml", &config_text(dirs, port, o))
+}
+
+/// The service over `dirs` (settings `o`) with a file `big` (`body`) dropped and its upload
+/// in flight: the server's first connection has read 64 KiB and reads on only once `go` is
+/// sent (see [`first_connection_paused`]). Returns the service, the server and `go`.
+pub fn big_in_flight(
+    dirs: &Dirs,
+    o: &Opts,
+    body: &[u8],
+) -> (Service, ScriptServer, std::sync::mpsc::Sender<()>) {
+    let (server, started, go) = first_connection_paused();
+    let svc = Service::start(&config_file(dirs, server.port, o));
+    dirs.drop_file("big", body);
+    started
+        .recv_timeout(DEADLINE)
+        .expect("the upload of big did not start");
+    (svc, server, go)
+}
+
+/// Writes `text` as `dirs.root/NAME` and returns its path.
+pub fn write_config(dirs: &Dirs, name: &str, text: &str) -> PathBuf {
+    let p = dirs.root.path().join(name);
+    fs::write(&p, text).unwrap();
+    p
+}
+
+/// The real `accio watch` process, its stderr in a file.
+pub struct Service {
+    child: Child,
+    pub log: PathBuf,
+}
+
+/// The line the service logs once it watches every directory.
+pub const RUNNING: &str = "accio watch is running";
+
+impl Service {
+    /// Starts the service and waits until it logs that it is running.
+    pub fn start(config: &Path) -> Service {
+        let s = Service::spawn(config);
+        s.wait_log(RUNNING);
+        s
+    }
+
+    /// Starts the service with extra environment variables and waits until it runs.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Service {
+        let s = Service::spawn_with_env(config, env);
+        s.wait_log(RUNNING);
+        s
+    }
+
+    /// Starts the service without waiting.
+    pub fn spawn(config: &Path) -> Service {
+        Service::spawn_with_env(config, &[])
+    }
+
+    pub fn spawn_with_env(config: &Path, env: &[(&str, &str)]) -> Service {
+        Service::spawn_wrapped(config, env, &[])
+    }
+
+    /// Starts the service under `wrapper` (a command and its arguments that runs the rest,
+    /// e.g. `setpriv ...`) and waits until it runs.
+    pub fn start_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Service {
+        let s = Service::spawn_wrapped(config, env, wrapper);
+        s.wait_log(RUNNING);
+        s
+    }
+
+    pub fn spawn_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Service {
+        let n: u32 = fastrand::u32(..);
+        let log = config.with_extension(format!("{n:08x}.log"));
+        let err = fs::File::create(&log).unwrap();
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
+            .args(["watch", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,accio::watch=debug")
+            .env("NO_COLOR", "1")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Service { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log if the process exits first.
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_log_n(needle, 1)
+    }
+
+    /// Waits until `n` log lines contain `needle`.
+    pub fn wait_log_n(&self, needle: &str, n: usize) {
+        let mut log = String::new();
+        let seen = wait_until(DEADLINE, || {
+            log = self.log();
+            log.lines().filter(|l| l.contains(needle)).count() >= n
+        });
+        assert!(
+            seen,
+            "timed out waiting for {n}× {needle:?} in the log:\n{log}"
+        );
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Waits for the process to exit within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut status = None;
+        wait_until(within, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap_or_else(|| {
+            panic!(
+                "the service did not exit within {within:?}; log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- service log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Content that is unique per `i` and about `len` bytes long.
+pub fn content(i: usize, len: usize) -> Vec<u8> {
+    let line = format!("file number {i:06}\n");
+    line.repeat(len / line.len() + 1).into_bytes()
+}
