@@ -5,7 +5,7 @@
 //! never waiting for the close).
 
 mod sendserve_support;
-mod watch_support;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use sendserve_support::servers::{Behaviour, MisbehavingServer};
 use sendserve_support::{pattern, run, send_cmd, wait_until, write_file, Outcome};
-use watch_support as ws;
+/// The `accio watch` and `accio serve` helpers, under one short prefix.
+mod ws {
+    pub use super::support::{net::*, receiver::*, wait::*, watch::*};
+}
 
 /// Short timeouts; the close timeout is what a never-closing server makes the default wait.
 const TIMEOUTS: &[(&str, &str)] = &[
