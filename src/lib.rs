@@ -26,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod man;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;
