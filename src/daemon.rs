@@ -141,7 +141,7 @@ async fn supervise(
         }
     };
     notifier.ready();
-    tracing::info!(config = %esc(path), "accio watch is running");
+    tracing::info!(config = %esc(path), "accio watch is running ({})", esc(path));
     let mut retiring: JoinSet<()> = JoinSet::new();
     loop {
         tokio::select! {
@@ -184,7 +184,8 @@ async fn supervise(
     };
     tokio::select! {
         _ = all => {
-            tracing::info!(stats = %stats.snapshot(), "stopped");
+            let s = stats.snapshot();
+            tracing::info!(sent = s.sent, failed = s.failed, queued = s.queued, "stopped: {s}");
             exit::OK
         }
         _ = signals.next() => {
@@ -201,7 +202,7 @@ async fn reload(
     ops: &crate::ops::Ops,
     log: &LogControl,
 ) -> Option<Pipeline> {
-    tracing::info!(config = %esc(path), "SIGHUP: reloading the configuration");
+    tracing::info!(config = %esc(path), "SIGHUP: reloading {}", esc(path));
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -216,7 +217,7 @@ async fn reload(
             if let Err(e) = log.set_level(&level) {
                 tracing::warn!("{e}; keeping the previous log level");
             }
-            tracing::info!(config = %esc(path), "configuration reloaded");
+            tracing::info!(config = %esc(path), "configuration reloaded from {}", esc(path));
             Some(p)
         }
         Err(e) => {

@@ -27,6 +27,7 @@ pub mod config;
 pub mod daemon;
 pub mod esc;
 pub mod logging;
+pub mod man;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;

@@ -252,7 +252,19 @@ async fn ping_watchdog(inner: Arc<Inner>, period: Duration) {
 
 async fn summary_on_sigusr1(mut signals: signal_hook_tokio::Signals, inner: Arc<Inner>) {
     while signals.next().await.is_some() {
-        tracing::info!(target: "accio::status", "status: {}", inner.status_text());
+        let s = inner.stats.snapshot();
+        // The counts as numbers too, for JSON logs.
+        tracing::info!(
+            target: "accio::status",
+            watching = s.watching,
+            in_flight = s.in_flight,
+            queued = s.queued,
+            sent = s.sent,
+            failed = s.failed,
+            destinations_down = s.destinations_down,
+            "status: {}",
+            inner.status_text()
+        );
     }
 }
 

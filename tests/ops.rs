@@ -668,3 +668,40 @@ fn retry_with_the_service_running_sends_the_file_again() {
     );
     drop(svc);
 }
+
+/// Text lines for people: the message says it once, no `key=value` fields repeating it;
+/// JSON lines carry the fields, counts as numbers. The backlog at start counts files only.
+#[test]
+fn log_lines_say_it_once_in_text_and_carry_numbers_in_json() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    fs::write(dirs.spool.join("old"), b"old").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", dirs.spool.join("link")).unwrap();
+    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
+    let svc = Service::start(&config);
+    wait_for("delivered", || names(&dirs.done) == ["old"]);
+    svc.wait_log("delivered");
+    let log = svc.log();
+    assert!(log.contains("(1 file already there)"), "{log}");
+    for line in log.lines() {
+        for field in ["path=", "bytes=", "attempt=", "dir=", "backlog=", "config="] {
+            assert!(!line.contains(field), "field repeated in text: {line}");
+        }
+    }
+    let delivered = log.lines().find(|l| l.contains("delivered")).unwrap();
+    assert!(delivered.len() < 200, "{delivered}");
+    drop(svc);
+
+    let svc = Service::start_with_env(&config, &[("ACCIO_LOG_FORMAT", "json")]);
+    svc.signal(libc::SIGUSR1);
+    svc.wait_log("status: watching");
+    let line = svc
+        .log()
+        .lines()
+        .find(|l| l.contains("status: watching"))
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["watching"], 1, "{line}");
+    assert!(v["sent"].is_u64() && v["queued"].is_u64(), "{line}");
+}

@@ -172,12 +172,18 @@ pub async fn run_with(
         spools.push(spool);
         // Each watch's metric series exist from the start (at 0).
         metrics.watch_configured(&w.cfg.dir.to_string_lossy(), &w.cfg.server.to_string());
+        // The backlog is files: FIFOs, symlinks and the like are reported on their own.
+        let backlog = listing
+            .entries
+            .iter()
+            .filter(|e| e.id.kind == claim::Kind::Regular)
+            .count();
         tracing::info!(
             dir = %esc(&w.cfg.dir),
-            backlog = listing.entries.len(),
-            "watching {} ({} entries already there) → {}",
+            backlog,
+            "watching {} ({backlog} file{} already there) → {}",
             esc(&w.cfg.dir),
-            listing.entries.len(),
+            if backlog == 1 { "" } else { "s" },
             w.cfg.server
         );
         queue.initial_listing(i, listing);
