@@ -703,3 +703,29 @@ fn log_lines_say_it_once_in_text_and_carry_numbers_in_json() {
     assert_eq!(v["watching"], 1, "{line}");
     assert!(v["sent"].is_u64() && v["queued"].is_u64(), "{line}");
 }
+
+/// The control socket answers one request, `view`; anything else gets an error document.
+/// `accio status` on a configuration it cannot read exits 78 like check-config.
+#[test]
+fn the_control_socket_refuses_unknown_requests() {
+    use std::os::unix::net::UnixStream;
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
+    let _svc = Service::start(&config);
+    let mut s = UnixStream::connect(socket_of(&dirs)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"shutdown\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let v: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("unknown request"),
+        "{answer}"
+    );
+
+    let bad = write_config(&dirs, "bad.toml", "concurrency = \"many\"\n");
+    let out = accio(&["status"], &bad);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("ERROR: "), "{}", stderr(&out));
+}
