@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::claim::{self, Claim, ClaimError, Identity, Writers};
 use super::core::{After, Mode, Outcome, Uploaded};
-use super::disposition::{self, Disposed};
+use super::disposition::{self, Dest, Disposed};
 use super::{esc, Shared, WatchCtx};
 use crate::client::{self, ClientError, UploadError};
 use crate::config::OnSuccess;
@@ -319,7 +319,7 @@ async fn dispose_delivered(
                 Some(&claim.file),
                 &claim.path,
                 &claim.id,
-                done,
+                Dest::Done(done),
                 &name,
                 &syncer,
             ),
@@ -461,8 +461,14 @@ async fn give_up(
     let text = reason.to_string();
     let result = tokio::task::spawn_blocking(move || {
         let file = claim.as_ref().map(|c| &c.file);
-        let d =
-            disposition::move_failed_if_ours(file, &from, &id, &w.cfg.failed_dir, &name, &syncer)?;
+        let d = disposition::move_if_ours(
+            file,
+            &from,
+            &id,
+            Dest::Failed(&w.cfg.failed_dir),
+            &name,
+            &syncer,
+        )?;
         let reason_file = match &d {
             Disposed::Done(Some(to)) => Some(disposition::write_reason(to, &text, &syncer)),
             _ => None,
