@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::claim::{self, Claim, ClaimError, Identity, Writers};
-use super::disposition::{self, Disposed};
+use super::disposition::{self, Dest, Disposed};
 use super::{esc, Shared, WatchCtx};
 use crate::client::{self, ClientError, UploadError};
 use crate::config::{OnSuccess, RetryPolicy};
@@ -329,7 +329,7 @@ async fn dispose_delivered(
                 Some(&claim.file),
                 &claim.path,
                 &claim.id,
-                done,
+                Dest::Done(done),
                 &name,
                 &syncer,
             ),
@@ -476,8 +476,14 @@ async fn give_up(
     let text = reason.to_string();
     let result = tokio::task::spawn_blocking(move || {
         let file = claim.as_ref().map(|c| &c.file);
-        let d =
-            disposition::move_failed_if_ours(file, &from, &id, &w.cfg.failed_dir, &name, &syncer)?;
+        let d = disposition::move_if_ours(
+            file,
+            &from,
+            &id,
+            Dest::Failed(&w.cfg.failed_dir),
+            &name,
+            &syncer,
+        )?;
         let reason_file = match &d {
             Disposed::Done(Some(to)) => Some(disposition::write_reason(to, &text, &syncer)),
             _ => None,
