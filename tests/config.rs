@@ -112,7 +112,7 @@ fn valid_config_prints_effective_settings() {
         "on_success = \"move\"\n".into(),
         // The service name is resolved, the top-level server copied into the watch, the
         // default confirmation policy written out.
-        "server = { host = \"127.0.0.1\", port = 8080, confirm = \"close\" }\n".into(),
+        "server = { host = \"127.0.0.1\", port = 8080, concurrency = 2, adaptive = true, confirm = \"close\" }\n".into(),
         "include = [\"*\"]\n".into(),
         "exclude = [\".*\", \"*.part\", \"*.tmp\", \"*~\"]\n".into(),
         "settle = \"250ms\"\n".into(),

@@ -506,6 +506,17 @@ fn pause_after_the_half_close_is_judged_by_the_stall_timeout() {
 /// before the (long) close timeout.
 #[test]
 fn data_never_acknowledged_after_the_half_close_fails_after_the_stall_timeout() {
+    never_acknowledged_after_the_half_close(&[]);
+}
+
+/// With `--confirm acked` as well: "acked" needs every byte acknowledged, and data the
+/// server never takes is not.
+#[test]
+fn acked_data_never_acknowledged_after_the_half_close_fails_after_the_stall_timeout() {
+    never_acknowledged_after_the_half_close(&["--confirm", "acked"]);
+}
+
+fn never_acknowledged_after_the_half_close(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let file = write_file(dir.path(), "f", &pattern(512 << 10, 15));
     let peer = Peer::with_small_rcvbuf();
@@ -517,7 +528,7 @@ fn data_never_acknowledged_after_the_half_close_fails_after_the_stall_timeout() 
         let _ = done_rx.recv();
         read
     });
-    let out = run(&mut send_cmd(
+    let out = run(send_cmd(
         "127.0.0.1",
         &port,
         &file,
@@ -525,7 +536,8 @@ fn data_never_acknowledged_after_the_half_close_fails_after_the_stall_timeout() 
             ("ACCIO_STALL_TIMEOUT", "1s"),
             ("ACCIO_CLOSE_TIMEOUT", "20s"),
         ],
-    ));
+    )
+    .args(args));
     done_tx.send(()).unwrap();
     assert!(server.join().unwrap() < 512 << 10);
     out.assert_error(code::TRANSFER);

@@ -236,6 +236,42 @@ fn watch_default_never_claims_a_file_the_server_did_not_confirm() {
     }
 }
 
+/// A serial server that exits after 3 connections: the service delivers 3 files, the rest
+/// wait in the spool as for any unreachable server (not counted, never failed), and go once
+/// a server listens on that port again.
+#[test]
+fn watch_waits_for_a_serial_server_that_exited() {
+    let dirs = ws::Dirs::new();
+    let server = MisbehavingServer::start(Behaviour::Serial { exit_after: 3 });
+    let o = ws::Opts {
+        concurrency: 1,
+        timeout: "1s",
+        // A connection that reached the accept queue as the server exited is reset: that
+        // one counts. Refusals afterwards do not.
+        max_attempts: 3,
+        ..ws::Opts::default()
+    };
+    let config = watch_config(&dirs, server.port, None, &o);
+    let svc = ws::Service::start(&config);
+    let contents: Vec<Vec<u8>> = (0..5).map(|i| ws::content(200 + i, 10_000)).collect();
+    for (i, c) in contents.iter().enumerate() {
+        dirs.drop_file(&format!("f{i}"), c);
+    }
+    ws::wait_for("3 files done", || ws::names(&dirs.done).len() == 3);
+    ws::wait_for("the server to exit", || !ws::listening(server.port));
+    svc.wait_log("cannot reach");
+    assert_eq!(ws::names(&dirs.spool).len(), 2);
+    assert!(ws::names(&dirs.failed).is_empty());
+    let recv = ws::Receiver::start_on(&dirs.recv, server.port);
+    ws::wait_for("all 5 files done", || ws::names(&dirs.done).len() == 5);
+    assert!(ws::names(&dirs.failed).is_empty());
+    let mut delivered: Vec<Vec<u8>> = server.saved();
+    delivered.extend(recv.files().into_values());
+    for c in &contents {
+        assert!(delivered.contains(c), "a file was never delivered");
+    }
+}
+
 // ---- accio serve against independent clients ----
 
 /// How an independent client ends its upload.
