@@ -427,7 +427,6 @@ fn a_second_service_does_not_take_over_a_live_control_socket() {
 /// A destination that refuses connections is shown down, since when, with its error, and
 /// its file waits because of it.
 #[test]
-#[ignore = "needs the scheduling core (issue 8): per-destination state in the status view"]
 fn status_shows_a_down_destination() {
     let dirs = Dirs::new();
     let port = free_port();
@@ -460,7 +459,6 @@ fn status_shows_a_down_destination() {
 
 /// A file held open for writing in the spool waits for its writer.
 #[test]
-#[ignore = "needs the scheduling core (issue 8): waiting files and why in the status view"]
 fn status_shows_a_file_with_an_open_writer() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);

@@ -12,6 +12,7 @@
 //! so a crash at any point can only cause a second send.
 
 pub mod claim;
+pub mod core;
 pub mod disposition;
 pub mod queue;
 pub mod uploader;
@@ -79,7 +80,7 @@ pub struct Shared {
 
 /// Runs the spool service for `config` until `shutdown` is cancelled, then lets uploads in
 /// flight finish within `config.shutdown_grace` and returns. `ready` is sent once every
-/// directory is watched and its backlog is queued.
+/// directory is watched (the backlog is listed after, in the queue).
 ///
 /// # Errors
 /// [`FatalError`] when a directory cannot be watched or listed at start (inotify limits are
@@ -91,7 +92,16 @@ pub async fn run(
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<(), FatalError> {
     let metrics = Arc::new(Metrics::default());
-    run_with(config, stats, metrics, shutdown, ready, Reported::default()).await
+    run_with(
+        config,
+        stats,
+        metrics,
+        shutdown,
+        ready,
+        Reported::default(),
+        None,
+    )
+    .await
 }
 
 /// [`run`], recording events into the process's `metrics`, and sharing the set of special
@@ -106,6 +116,7 @@ pub async fn run_with(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<()>>,
     reported: Reported,
+    views: Option<mpsc::Receiver<crate::status::ViewRequest>>,
 ) -> Result<(), FatalError> {
     let mut watches = Vec::with_capacity(config.watches.len());
     for w in &config.watches {
@@ -130,6 +141,7 @@ pub async fn run_with(
     let watcher = watcher::start(&dirs, filters, tx, overflow.clone())?;
 
     let syncer = disposition::Syncer::new();
+    let params = queue::params(&config, &watches);
     let shared = Arc::new(Shared {
         timeouts: config.timeouts,
         retry: config.retry,
@@ -137,57 +149,35 @@ pub async fn run_with(
         metrics: metrics.clone(),
         syncer: syncer.clone(),
     });
-    let mut queue = queue::Queue::new(
-        watcher,
-        watches.clone(),
-        shared,
-        config.concurrency,
-        config.shutdown_grace,
-        reported,
-    );
     let mut spools = Vec::new();
-    for (i, w) in watches.iter().enumerate() {
-        let w2 = w.clone();
-        let listing = tokio::task::spawn_blocking(move || {
-            watcher::list(&w2.cfg.dir, &|n| w2.filter.accepts(n))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-        .map_err(|source| FatalError::List {
+    for w in &watches {
+        // The listing itself runs in the queue, after READY (a large backlog must not delay
+        // it); a directory that cannot be read at all stops the start here.
+        std::fs::read_dir(&w.cfg.dir).map_err(|source| FatalError::List {
             dir: w.cfg.dir.clone(),
             source,
         })?;
         // Leftovers of a crash, in the background: done_dir may be large, and nothing
         // waits for this.
-        let (done, failed, spool) = (
-            w.cfg.done_dir.clone(),
-            w.cfg.failed_dir.clone(),
-            w.cfg.dir.clone(),
-        );
+        let (done, failed) = (w.cfg.done_dir.clone(), w.cfg.failed_dir.clone());
         tokio::task::spawn_blocking(move || {
             for d in done.iter().chain(std::iter::once(&failed)) {
                 disposition::warn_stale_temporaries(d);
             }
         });
-        spools.push(spool);
+        spools.push(w.cfg.dir.clone());
         // Each watch's metric series exist from the start (at 0).
         metrics.watch_configured(&w.cfg.dir.to_string_lossy(), &w.cfg.server.to_string());
-        // The backlog is files: FIFOs, symlinks and the like are reported on their own.
-        let backlog = listing
-            .entries
-            .iter()
-            .filter(|e| e.id.kind == claim::Kind::Regular)
-            .count();
-        tracing::info!(
-            dir = %esc(&w.cfg.dir),
-            backlog,
-            "watching {} ({backlog} file{} already there) → {}",
-            esc(&w.cfg.dir),
-            if backlog == 1 { "" } else { "s" },
-            w.cfg.server
-        );
-        queue.initial_listing(i, listing);
+        tracing::info!("watching {} → {}", esc(&w.cfg.dir), w.cfg.server);
     }
+    let queue = queue::Queue::new(
+        watcher,
+        watches.clone(),
+        shared,
+        params,
+        config.shutdown_grace,
+        reported,
+    );
     stats
         .watching
         .fetch_add(watches.len() as u64, Ordering::Relaxed);
@@ -200,7 +190,8 @@ pub async fn run_with(
 
     // The queue owns the watcher (to watch a replaced directory again) and drops it when it
     // stops.
-    queue.run(rx, overflow, shutdown).await;
+    let views = views.unwrap_or_else(|| mpsc::channel(1).1);
+    queue.run(rx, overflow, views, shutdown).await;
 
     stats
         .watching
