@@ -4,14 +4,15 @@
 //! are shortened through the hidden ACCIO_*_TIMEOUT variables; only
 //! `real_default_timeouts_are_ten_seconds` proves the 10 s defaults.
 
-mod sendserve_support;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sendserve_support::*;
+use support::send::*;
+use support::BIN;
 
 /// Exit codes, as documented in `accio send --help`.
 mod code {
@@ -463,7 +464,7 @@ fn wait_for_sender_state(s: &mut TcpStream, want: u8) -> Vec<u8> {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(
-            start.elapsed() < DEADLINE,
+            start.elapsed() < RUN_DEADLINE,
             "sender never reached its finish phase"
         );
         let n = s.read(&mut buf).unwrap();
@@ -783,16 +784,19 @@ fn fifo_is_refused_without_blocking() {
 
 #[test]
 fn unreadable_file_is_reported_before_connecting() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        eprintln!("skipped: root can read a mode-000 file");
-        return;
-    }
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    // Reachable by the unprivileged user the send runs as; only the file is closed.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = write_file(dir.path(), "secret", b"data");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let out = file_error(&path);
+    let peer = Peer::new();
+    let mut cmd = unprivileged();
+    cmd.args(["send", "127.0.0.1", &peer.port_str()])
+        .arg(&path)
+        .envs(SHORT.iter().copied());
+    let out = run(&mut cmd);
+    assert!(!peer.saw_connection(), "connected despite the file error");
     out.assert_error(code::FILE);
     assert!(out.stderr.contains("secret"), "{}", out.stderr);
 }
@@ -824,7 +828,7 @@ fn progress_bar_on_a_terminal() {
         end.unwrap();
         buf.len() + rest.len()
     });
-    let inner = format!("{} send 127.0.0.1 {port} {}", ACCIO, file.to_str().unwrap());
+    let inner = format!("{} send 127.0.0.1 {port} {}", BIN, file.to_str().unwrap());
     let out = run(std::process::Command::new("script")
         .args(["-qec", &inner, "/dev/null"])
         .env("TERM", "xterm")

@@ -79,18 +79,11 @@ impl ScriptServer {
 
 /// Reads until EOF (clean) or an error (reset), appending to `bytes`.
 pub fn read_rest(stream: &mut std::net::TcpStream, mut bytes: Vec<u8>) -> Conn {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return Conn { bytes, clean: true },
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(_) => {
-                return Conn {
-                    bytes,
-                    clean: false,
-                }
-            }
-        }
+    let (more, end) = super::send::read_all(stream);
+    bytes.extend_from_slice(&more);
+    Conn {
+        bytes,
+        clean: end.is_ok(),
     }
 }
 
