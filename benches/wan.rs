@@ -20,7 +20,8 @@
 //! `WAN_BENCH_CONC=default,4,16,32,64,128`, `WAN_BENCH_FILES=1000`,
 //! `WAN_BENCH_FILES_POOL1_50MS=200`, `WAN_BENCH_BIG=20` (0 skips the 50 MiB run),
 //! `WAN_BENCH_BIG_CONC=default,4,16`, `WAN_BENCH_LINK_MBS=100` (0: no link limit),
-//! `FAULTS_ACCIO_BIN=PATH` for another build. E.g. `WAN_BENCH_RTT=50 WAN_BENCH_POOL=32`.
+//! `FAULTS_ACCIO_BIN=PATH` for another build, `WAN_BENCH_LOG_DIR=DIR` to keep each run's log
+//! (with `RUST_LOG=accio=debug` it shows every change of the adaptive limit). E.g. `WAN_BENCH_RTT=50 WAN_BENCH_POOL=32`.
 
 #[path = "../tests/faults/harness.rs"]
 mod harness;
@@ -205,6 +206,17 @@ fn run_one(ctx: &Ctx, orig: &Originals, r: Run) -> Figures {
     }
     let _ = svc.terminate(Duration::from_secs(20));
     drop(proxy);
+    // `WAN_BENCH_LOG_DIR=DIR` keeps each run's service log (with `RUST_LOG=accio=debug`, the
+    // adaptive limit's changes), as DIR/rtt{R}-pool{P}-{N}.log.
+    if let Ok(dir) = std::env::var("WAN_BENCH_LOG_DIR") {
+        let to = std::path::Path::new(&dir).join(format!(
+            "rtt{}-pool{}-{}.log",
+            r.rtt_ms,
+            r.pool,
+            limit_name(r.limit)
+        ));
+        let _ = std::fs::write(to, d.log_text());
+    }
     f
 }
 

@@ -277,7 +277,7 @@ fn bench_service(files: u64, samples: u64) -> Results {
     let d = Dirs::new("bench-watch");
     let sink = Sink::start();
     let mut spec = ConfigSpec::quick(sink.port(), d.watch());
-    spec.concurrency = 4;
+    spec.concurrency = env_num("WATCH_BENCH_CONCURRENCY", 4) as i64;
     spec.connect = "10s";
     spec.handshake = "10s";
     spec.stall = "10s";
@@ -405,8 +405,11 @@ fn main() {
     let files = env_num("WATCH_BENCH_FILES", 10_000);
     let samples = env_num("WATCH_BENCH_SAMPLES", 300);
     let bin: PathBuf = harness::bin();
+    // WATCH_BENCH_CONCURRENCY=256 runs the service with the default global cap (its lane's
+    // limit then adapts) instead of the fixed 4 of earlier figures.
+    let conc = env_num("WATCH_BENCH_CONCURRENCY", 4);
     println!(
-        "accio watch benchmark: {files} files of {FILE_SIZE} B, concurrency 4, {samples} latency samples; binary {}",
+        "accio watch benchmark: {files} files of {FILE_SIZE} B, concurrency {conc}, {samples} latency samples; binary {}",
         bin.display()
     );
     // WATCH_BENCH_ONLY=service|baseline runs one side only.

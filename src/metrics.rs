@@ -361,6 +361,8 @@ fn register_state(r: &mut Registry, v: &View) {
     let up: Family<DestinationLabel, Gauge> = Family::default();
     let limit: Family<DestinationLabel, Gauge> = Family::default();
     let dqueued: Family<DestinationLabel, Gauge> = Family::default();
+    let greeting: Family<DestinationLabel, Gauge<f64, AtomicU64>> = Family::default();
+    let baseline: Family<DestinationLabel, Gauge<f64, AtomicU64>> = Family::default();
     for d in &v.destinations {
         let l = DestinationLabel {
             destination: d.name.clone(),
@@ -369,6 +371,13 @@ fn register_state(r: &mut Registry, v: &View) {
         up.get_or_create(&l).set(i64::from(d.up));
         limit.get_or_create(&l).set(clamp(d.limit));
         dqueued.get_or_create(&l).set(clamp(d.queued));
+        // Only once measured: a 0 would read as "instant".
+        if let Some(ms) = d.greeting_ms {
+            greeting.get_or_create(&l).set(ms / 1000.0);
+        }
+        if let Some(ms) = d.baseline_greeting_ms {
+            baseline.get_or_create(&l).set(ms / 1000.0);
+        }
     }
     r.register(
         "uploads_in_flight",
@@ -389,6 +398,18 @@ fn register_state(r: &mut Registry, v: &View) {
         "destination_files_queued",
         "Files waiting for this destination",
         dqueued,
+    );
+    r.register_with_unit(
+        "destination_greeting",
+        "Recent time from starting to connect until the whole greeting arrived (smoothed): one round trip plus the server's queueing",
+        Unit::Seconds,
+        greeting,
+    );
+    r.register_with_unit(
+        "destination_greeting_baseline",
+        "The destination's usual greeting time (the smallest recent one); the adaptive limit shrinks when the greeting time climbs well above it",
+        Unit::Seconds,
+        baseline,
     );
 
     let totals: Gauge = Gauge::default();

@@ -316,8 +316,8 @@ failed_dir = "/var/spool/accio/failed"
     fn minimal_gets_defaults() {
         let c = parse_str(MINIMAL).unwrap();
         assert_eq!(c.path, Path::new(FILE));
-        assert_eq!(c.concurrency, 64);
-        assert_eq!(c.active_limit, 65_536);
+        assert_eq!(c.concurrency, 256);
+        assert_eq!(c.active_limit, 16_384);
         assert!(c.watches[0].adaptive);
         assert_eq!(c.watches[0].server_concurrency, None);
         assert_eq!(c.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));

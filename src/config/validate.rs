@@ -18,7 +18,7 @@ pub mod defaults {
     use std::time::Duration;
     /// Uploads in flight, all destinations together: large enough for distant servers;
     /// each destination's adaptive limit keeps what one server gets to what it handles.
-    pub const CONCURRENCY: usize = 64;
+    pub const CONCURRENCY: usize = 256;
     pub const ACTIVE_LIMIT: usize = crate::watch::core::DEFAULT_ACTIVE_LIMIT;
     pub const TIMEOUT: Duration = Duration::from_secs(10);
     pub const RETRY_INITIAL: Duration = Duration::from_secs(1);

@@ -196,6 +196,7 @@ impl Queue {
             trusted: s.trusted,
             quiet: s.quiet,
             progress: progress.clone(),
+            found: self.core.known_since(&s.key).unwrap_or_else(Self::now),
         };
         self.shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let handle = self

@@ -36,6 +36,9 @@ pub struct Job {
     pub quiet: Duration,
     /// Bytes sent so far, for `accio status`.
     pub progress: Arc<AtomicU64>,
+    /// When the service found the file (moved in, or listed): the delivery latency runs
+    /// from here.
+    pub found: Instant,
 }
 
 /// Runs one attempt for `job`.
@@ -303,10 +306,9 @@ async fn dispose_delivered(
             return Outcome::Changed;
         }
         // Confirmed by the server and unchanged: delivered, whatever becomes of the move.
-        // The latency runs from the file's last change (a rename into the spool sets it),
-        // which is when it became complete for the service.
+        // The latency runs from when the service found it (moved in, or listed).
         sh.metrics
-            .file_sent(&watch_label(job), bytes, Some(age(&id)));
+            .file_sent(&watch_label(job), bytes, Some(job.found.elapsed()));
     }
     let w = job.watch.clone();
     let syncer = sh.syncer.clone();

@@ -1,8 +1,8 @@
 //! One destination's lane: its health (up, or down and probed with backoff) and its limit of
 //! uploads in flight, which adapts between 1 and the destination's cap.
 //!
-//! The limit follows TCP and Postfix: it starts small, grows by one per success while the
-//! lane was full (slow start: doubling per round), then by `1/limit` per success once a
+//! The limit follows TCP and Postfix: it starts small, grows by two per success while the
+//! lane was full (slow start: tripling per round), then by `1/limit` per success once a
 //! congestion signal was seen (additive increase), and is multiplied by
 //! [`DECREASE`] on a signal (multiplicative decrease), at most once per round (a decrease
 //! reacts only to attempts started after the previous one).
@@ -16,7 +16,10 @@
 use std::time::{Duration, Instant};
 
 /// Limit of a new adaptive lane (or its cap, if smaller).
-pub const INITIAL_LIMIT: f64 = 4.0;
+pub const INITIAL_LIMIT: f64 = 32.0;
+/// Growth per success in slow start: the limit triples per round, so a distant server is
+/// reached in a few round trips (32 → 96 → 288).
+const SLOW_START_STEP: f64 = 2.0;
 /// Factor applied to the limit on a congestion signal.
 pub const DECREASE: f64 = 0.75;
 /// The smoothed greeting time may be this many times the baseline ...
@@ -149,7 +152,7 @@ impl Limiter {
             return None;
         }
         if self.limit < self.ssthresh {
-            self.limit += 1.0;
+            self.limit += SLOW_START_STEP;
         } else {
             self.limit += 1.0 / self.limit.max(1.0);
         }
@@ -215,14 +218,14 @@ mod tests {
 
     #[test]
     fn slow_start_then_decrease_once_per_round() {
-        let mut l = Limiter::new(64, true);
-        assert_eq!(l.limit(), 4);
+        let mut l = Limiter::new(256, true);
+        assert_eq!(l.limit(), 32);
         let mut seq = 0;
-        for _ in 0..20 {
+        for _ in 0..8 {
             seq += 1;
             l.sample(10 * MS, seq, seq, true, true);
         }
-        assert_eq!(l.limit(), 24);
+        assert_eq!(l.limit(), 48);
         // A slow greeting: decrease once, even though more of the same round follow.
         seq += 1;
         assert_eq!(
@@ -257,6 +260,6 @@ mod tests {
         for s in 1..100 {
             l.sample(MS, s, s, false, true);
         }
-        assert_eq!(l.limit(), 4);
+        assert_eq!(l.limit(), 32);
     }
 }

@@ -42,6 +42,22 @@ pub mod lane;
 #[cfg(test)]
 mod sim;
 
+#[cfg(test)]
+mod sizes {
+    /// What every held file costs, at least (printed with `--nocapture`; the bound keeps a
+    /// careless field from doubling it).
+    #[test]
+    fn entries_stay_small() {
+        let (e, s, a) = (
+            std::mem::size_of::<super::Entry>(),
+            std::mem::size_of::<super::State>(),
+            std::mem::size_of::<super::Action>(),
+        );
+        println!("Entry {e} B, State {s} B, Action {a} B");
+        assert!(e <= 96, "Entry is {e} bytes");
+    }
+}
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -81,8 +97,11 @@ pub const DISPOSITION_REPORT_EVERY: u32 = 20;
 /// (and when the error changes).
 pub const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
 
+/// Timers fired per [`Core::handle_timeout`], at most.
+const FIRE_BATCH: usize = 4096;
+
 /// Names held in memory per watch, by default.
-pub const DEFAULT_ACTIVE_LIMIT: usize = 65_536;
+pub const DEFAULT_ACTIVE_LIMIT: usize = 16_384;
 
 /// Waiting files listed in a [`View`](crate::status::View), at most.
 pub const VIEW_WAITING: usize = 20;
@@ -103,6 +122,15 @@ pub fn retry_delay(
     let half = base / 2;
     let spread = (base - half).as_nanos().min(u128::from(u64::MAX)) as u64;
     half + Duration::from_nanos(rng.u64(0..=spread))
+}
+
+/// A file's identity (inode, size, times) as 64 bits: all a settling file needs to be told
+/// unchanged, in a fifth of the memory (every held file pays for it).
+fn fingerprint(id: &Identity) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
 }
 
 /// Settings of the core (from the configuration).
@@ -392,8 +420,8 @@ enum Wait {
 enum State {
     /// Seen being written and not closed since `last` activity.
     Writing { last: Instant },
-    /// Must stay `snap` until `since + settle`.
-    Settling { since: Instant, snap: Identity },
+    /// Must stay the same (its identity's [`fingerprint`] `snap`) until `since + settle`.
+    Settling { since: Instant, snap: u64 },
     /// In its watch's ready queue under this sequence number.
     Ready { seq: u64 },
     /// An attempt has it; whatever happens to the name meanwhile, it is looked at again
@@ -434,7 +462,8 @@ struct Entry {
     state: State,
     /// Failed attempts so far (those that count against `max_attempts`).
     failures: u32,
-    pending: Option<Pending>,
+    /// Boxed: rare, and every held entry pays for the field.
+    pending: Option<Box<Pending>>,
     /// Generation of the live timer; older timers are stale.
     gen: u64,
     /// Seen moved in (and not written in place since).
@@ -696,7 +725,7 @@ impl Core {
                 ) {
                     e.state = State::Settling {
                         since: now,
-                        snap: id,
+                        snap: fingerprint(&id),
                     };
                     // Nothing reliable is known about its writer any more.
                     e.moved_in = false;
@@ -711,12 +740,12 @@ impl Core {
                 let State::Settling { snap, .. } = e.state else {
                     return;
                 };
-                if id == snap {
+                if fingerprint(&id) == snap {
                     self.make_ready(&key, false);
                 } else {
                     e.state = State::Settling {
                         since: now,
-                        snap: id,
+                        snap: fingerprint(&id),
                     };
                     let settle = self.settle(key.0);
                     self.arm(&key, now + settle);
@@ -733,11 +762,15 @@ impl Core {
                     },
                 ) {
                     e.failures = 0;
-                    e.pending = None;
+                    let was_pending = e.pending.take().is_some();
                     e.moved_in = true;
                     e.closed = false;
                     e.since = now;
-                    if matches!(e.state, State::Settling { .. } | State::Writing { .. }) {
+                    // A new file to upload: out of the finish-only queue (if it was there)
+                    // and into its lane.
+                    if was_pending
+                        || matches!(e.state, State::Settling { .. } | State::Writing { .. })
+                    {
                         e.state = State::Waiting {
                             why: Wait::Young,
                             until: now,
@@ -768,7 +801,7 @@ impl Core {
                     }) => {
                         // The timer notices the later deadline and re-arms.
                         *since = now;
-                        *snap = id;
+                        *snap = fingerprint(&id);
                     }
                     // Being written, ready or backing off: a chmod or touch changes nothing.
                     Some(_) if hint == Hint::Attrib => {}
@@ -782,7 +815,7 @@ impl Core {
                         ) {
                             e.state = State::Settling {
                                 since: now,
-                                snap: id,
+                                snap: fingerprint(&id),
                             };
                             e.closed = hint == Hint::Closed;
                             self.arm(&key, now + settle);
@@ -944,7 +977,7 @@ impl Core {
             }
             _ => {}
         }
-        self.after_attempt(key.clone(), outcome, closed_during, modified_during);
+        self.after_attempt(key.clone(), outcome, closed_during);
         if moved_during {
             // Whatever became of the file the attempt had, the name now holds one renamed
             // in: complete by the writers' convention.
@@ -953,13 +986,7 @@ impl Core {
     }
 
     /// The file's next state after an attempt.
-    fn after_attempt(
-        &mut self,
-        key: Key,
-        outcome: Outcome,
-        closed_during: bool,
-        modified_during: bool,
-    ) {
+    fn after_attempt(&mut self, key: Key, outcome: Outcome, closed_during: bool) {
         let now = self.now;
         let w = key.0;
         match outcome {
@@ -980,11 +1007,10 @@ impl Core {
             }
             Outcome::Special(id) => {
                 self.ignore(key.clone(), id);
-                if modified_during {
-                    // Replaced by something else while the attempt looked (its events were
-                    // swallowed then): look at what the name holds now.
-                    self.look(key, Cont::Settle { closed: false });
-                }
+                // It may have been replaced while the attempt looked (events are swallowed
+                // then, and a listing skips a name in flight): look at what it holds now.
+                // Still the same special entry: not reported again.
+                self.look(key, Cont::Settle { closed: false });
             }
             Outcome::Busy => {
                 let at = now + BUSY_RECHECK.max(self.settle(w));
@@ -1056,12 +1082,12 @@ impl Core {
                 };
                 let retry_in = retry_delay(&self.p.retry, floor, failures, &mut self.rng);
                 let delivered = after == After::Delivered;
-                e.pending = Some(Pending {
+                e.pending = Some(Box::new(Pending {
                     id,
                     after,
                     failures,
                     error: error.clone(),
-                });
+                }));
                 self.report(Report::DispositionFailed {
                     key: key.clone(),
                     error,
@@ -1079,10 +1105,14 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         let now = self.now;
+        // In batches: a backlog listed at start has all its settle deadlines at once, and
+        // each firing asks for a look; the next batch follows at once (the deadline is past).
+        let mut budget = FIRE_BATCH;
         while let Some(Reverse((at, _, _))) = self.timers.peek() {
-            if *at > now {
+            if *at > now || budget == 0 {
                 break;
             }
+            budget -= 1;
             let Some(Reverse((_, gen, key))) = self.timers.pop() else {
                 break;
             };
@@ -1259,6 +1289,13 @@ impl Core {
             e.gen = gen;
             self.timers.push(Reverse((at, gen, key.clone())));
         }
+        // Re-armed and forgotten names leave stale timers behind (recognised by their
+        // generation when they fire); drop them once they outnumber the live ones.
+        if self.timers.len() > 2 * self.entries.len() + 1024 {
+            let entries = &self.entries;
+            self.timers
+                .retain(|Reverse((_, g, k))| entries.get(k).is_some_and(|e| e.gen == *g));
+        }
     }
 
     fn wait(&mut self, key: &Key, why: Wait, until: Instant) {
@@ -1417,7 +1454,7 @@ impl Core {
                 Entry::new(
                     State::Settling {
                         since: now,
-                        snap: l.id,
+                        snap: fingerprint(&l.id),
                     },
                     now,
                 ),
@@ -1499,10 +1536,16 @@ impl Core {
         let cap = self.p.global_cap.max(1);
         for w in 0..self.watches.len() {
             while self.in_flight < cap && self.clean_front(w, true) {
-                let Some((name, _)) = self.watches[w].finish.pop_front() else {
+                let Some((name, seq)) = self.watches[w].finish.pop_front() else {
                     break;
                 };
-                self.start((w, name), false);
+                let key = (w, name);
+                if self.entries.get(&key).is_some_and(|e| e.pending.is_none()) {
+                    // Nothing left to finish: an upload, which takes its lane's slot.
+                    self.watches[w].ready.push_back((key.1, seq));
+                    continue;
+                }
+                self.start(key, false);
             }
         }
         let n = self.dests.len();
@@ -1537,7 +1580,11 @@ impl Core {
         let d = self.watches[w].p.dest;
         let quiet = self.writer_quiet(w);
         let probe = lane && !self.dests[d].health.is_up();
-        let lane_full = lane && self.dests[d].in_flight + 1 >= self.dests[d].limiter.limit();
+        // Limited by its lane: at its limit, or leaving ready files behind (a success then
+        // says the limit, not the supply of files, held it back).
+        let lane_full = lane
+            && (self.dests[d].in_flight + 1 >= self.dests[d].limiter.limit()
+                || !self.watches[w].ready.is_empty());
         let seq = self.next_seq;
         self.next_seq += 1;
         self.last_start = seq;

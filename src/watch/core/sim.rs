@@ -46,6 +46,8 @@ enum Verdict {
     Deliver,
     /// Fails after the greeting.
     Fail,
+    /// Delivered, but moving it out of the spool fails (done_dir full, read-only).
+    DeliverMoveFails,
 }
 
 struct Sim {
@@ -76,6 +78,8 @@ struct Sim {
     /// Per key, how many closes, renames, removals and creations were seen: a writer found
     /// by an attempt is known to the core only if none came during the attempt.
     epochs: HashMap<Key, u64>,
+    /// Delivered files whose move failed: (watch, name, inode, size).
+    stuck: HashSet<(usize, OsString, u64, u64)>,
 }
 
 fn params(watches: &[usize], dests: usize, cap: usize, dest_cap: usize, active: usize) -> Params {
@@ -132,6 +136,7 @@ impl Sim {
             starts: Vec::new(),
             silent: HashSet::new(),
             epochs: HashMap::new(),
+            stuck: HashSet::new(),
         };
         sim.pump();
         sim
@@ -365,7 +370,12 @@ impl Sim {
         }
         // Invariant 5: fairness. Every other destination with a ready file and a free slot
         // of its own was passed over once more; none more than once a round.
-        let n = self.core.dests.len();
+        // (Finish-only attempts take no lane's slot: they do not count.)
+        let n = if matches!(s.mode, Mode::Upload) {
+            self.core.dests.len()
+        } else {
+            0
+        };
         for e in 0..n {
             if e == d {
                 self.skipped[e] = 0;
@@ -381,6 +391,15 @@ impl Sim {
             }
         }
         let claimed = self.spool[w].get(&s.key.1).cloned();
+        // A delivered file is never uploaded again while it is the same, unchanged file
+        // (its move failed: only the move is retried).
+        if let (Mode::Upload, Some(c)) = (&s.mode, &claimed) {
+            assert!(
+                !self.stuck.contains(&(w, s.key.1.clone(), c.ino, c.size)),
+                "{:?} uploaded again after it was delivered",
+                s.key
+            );
+        }
         let epoch = self.epochs.get(&s.key).copied().unwrap_or(0);
         self.starts.push((self.now(), s.clone()));
         self.running.push(Attempt {
@@ -407,14 +426,23 @@ impl Sim {
                     .as_ref()
                     .is_some_and(|f| f.ino == c.ino && (f.size != c.size || f.mtime != c.mtime));
                 let finish_only = match &a.start.mode {
-                    Mode::Finish { id, .. } => id.ino == c.ino,
+                    Mode::Finish { id, .. } => *id == Self::id(c),
                     Mode::Upload => false,
                 };
                 if finish_only {
-                    if same {
-                        self.spool[w].remove(&n);
+                    if verdict == Verdict::DeliverMoveFails {
+                        Outcome::DispositionFailed {
+                            id: Self::id(c),
+                            after: After::Delivered,
+                            error: "read-only".into(),
+                        }
+                    } else {
+                        if same {
+                            self.spool[w].remove(&n);
+                        }
+                        self.stuck.retain(|k| !(k.0 == w && k.1 == n));
+                        Outcome::Delivered { uploaded: None }
                     }
-                    Outcome::Delivered { uploaded: None }
                 } else if self.leases && c.writers > 0 {
                     if self.epochs.get(&key).copied().unwrap_or(0) == a.epoch {
                         self.known_writer.insert(key.clone());
@@ -434,7 +462,15 @@ impl Sim {
                     }
                 } else if changed {
                     Outcome::Changed
-                } else if verdict == Verdict::Deliver {
+                } else if verdict == Verdict::DeliverMoveFails && same {
+                    self.delivered.push((w, n.clone(), c.ino));
+                    self.stuck.insert((w, n.clone(), c.ino, c.size));
+                    Outcome::DispositionFailed {
+                        id: Self::id(c),
+                        after: After::Delivered,
+                        error: "read-only".into(),
+                    }
+                } else if verdict != Verdict::Fail {
                     self.delivered.push((w, n.clone(), c.ino));
                     if same {
                         self.spool[w].remove(&n);
@@ -668,6 +704,29 @@ fn specials_are_reported_once_and_never_sent() {
 }
 
 #[test]
+fn a_delivered_file_whose_move_fails_is_not_sent_again() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.rename_in(0, "a");
+    s.finish(0, Verdict::DeliverMoveFails);
+    assert_eq!(s.delivered.len(), 1);
+    for _ in 0..3 {
+        while s.running.is_empty() {
+            s.step(Duration::from_secs(5));
+        }
+        assert!(matches!(s.running[0].start.mode, Mode::Finish { .. }));
+        s.finish(0, Verdict::DeliverMoveFails);
+    }
+    while s.running.is_empty() {
+        s.step(Duration::from_secs(5));
+    }
+    s.finish(0, Verdict::Deliver);
+    assert!(s.spool[0].is_empty(), "moved once it could be");
+    assert_eq!(s.delivered.len(), 1, "never sent again");
+    let loud = s.reports_of(|r| matches!(r, Report::DispositionFailed { loud: true, .. }));
+    assert_eq!(loud, 1, "reported once, not per retry");
+}
+
+#[test]
 fn a_failing_file_is_retried_with_backoff_then_given_up() {
     let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
     s.rename_in(0, "bad");
@@ -723,7 +782,11 @@ fn a_down_destination_holds_one_probe_and_its_files_go_when_it_is_back() {
     for i in 0..40 {
         s.rename_in(0, &format!("a{i}"));
     }
-    assert_eq!(s.running.len(), 4, "the adaptive limit starts at 4");
+    assert_eq!(
+        s.running.len(),
+        8,
+        "the adaptive limit starts at its cap (8) when below 32"
+    );
     s.finish_all(Verdict::Deliver);
     assert_eq!(
         s.reports_of(|r| matches!(r, Report::DestinationDown { .. })),
@@ -785,15 +848,22 @@ fn watches_of_one_destination_take_turns() {
 
 #[test]
 fn the_limit_grows_while_the_lane_is_full_and_greetings_stay_fast() {
-    let mut s = Sim::new(params(&[0], 1, 64, 64, 10_000), true);
+    let mut s = Sim::new(params(&[0], 1, 128, 128, 10_000), true);
+    // A backlog (all ready at once, so the lane is full from the start).
     for i in 0..500 {
-        s.rename_in(0, &format!("f{i:04}"));
+        s.silently_add(0, &format!("f{i:04}"), Duration::from_secs(1));
     }
-    assert_eq!(s.running.len(), 4);
-    for _ in 0..100 {
+    s.overflow();
+    s.advance(60 * MS);
+    assert_eq!(s.running.len(), 32, "it starts at 32");
+    for _ in 0..40 {
         s.finish(0, Verdict::Deliver);
     }
-    assert!(s.running.len() > 32, "{}", s.running.len());
+    assert_eq!(s.running.len(), 112, "+2 per success in slow start");
+    for _ in 0..200 {
+        s.finish(0, Verdict::Deliver);
+    }
+    assert_eq!(s.running.len(), 128, "never above its cap");
 }
 
 // ---- memory ---------------------------------------------------------------------------
@@ -849,7 +919,7 @@ enum Op {
     Silent(usize, u8),
     Overflow,
     Advance(u16),
-    Finish(u8, bool),
+    Finish(u8, u8),
     Down(usize),
     Up(usize),
 }
@@ -869,7 +939,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::Silent(w, n)),
         1 => Just(Op::Overflow),
         3 => (1u16..3000).prop_map(Op::Advance),
-        4 => (any::<u8>(), any::<bool>()).prop_map(|(i, ok)| Op::Finish(i, ok)),
+        4 => (any::<u8>(), 0u8..5).prop_map(|(i, v)| Op::Finish(i, v)),
         1 => (0usize..2).prop_map(Op::Down),
         1 => (0usize..2).prop_map(Op::Up),
     ]
@@ -892,10 +962,15 @@ fn run_ops(ops: &[Op], leases: bool, active: usize) {
             Op::Silent(w, n) => s.silently_add(*w, &nm(n), Duration::from_secs(5)),
             Op::Overflow => s.overflow(),
             Op::Advance(ms) => s.advance(Duration::from_millis(u64::from(*ms))),
-            Op::Finish(i, ok) => {
+            Op::Finish(i, v) => {
                 if !s.running.is_empty() {
                     let i = usize::from(*i) % s.running.len();
-                    s.finish(i, if *ok { Verdict::Deliver } else { Verdict::Fail });
+                    let verdict = match v {
+                        0 | 1 => Verdict::Deliver,
+                        2 | 3 => Verdict::Fail,
+                        _ => Verdict::DeliverMoveFails,
+                    };
+                    s.finish(i, verdict);
                 }
             }
             Op::Down(d) => {
