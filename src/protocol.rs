@@ -421,10 +421,8 @@ pub async fn finish_tcp(
     let mut next_check = last_progress + if acked { Duration::ZERO } else { DRAIN_POLL };
     loop {
         let wake = close_deadline.unwrap_or(next_check);
+        // Not biased: a server flooding us with bytes must not starve the timer branch.
         tokio::select! {
-            // Biased: a close or reset already there wins over a due check, so a server that
-            // closed is never reported as a timeout.
-            biased;
             read = stream.read(&mut sink) => match read {
                 // A server that half-closed early may still be reading: confirmed only once
                 // it has also acknowledged everything.

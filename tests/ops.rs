@@ -505,7 +505,10 @@ impl Flaky {
                 std::thread::spawn(move || {
                     let _ = s.write_all(b"accio\r\n");
                     if f.load(Ordering::SeqCst) {
-                        // Reset: close with unread data and SO_LINGER 0.
+                        // Past the greeting (a byte of the body came), reset: a failure of
+                        // the file, not of the destination. Reset at once, the greeting
+                        // could be lost with it and the destination taken for down.
+                        let _ = s.read(&mut [0u8; 1]);
                         let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                         return;
                     }
