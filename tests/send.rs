@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::net::BlackHole;
 use support::send::*;
+use support::wait::wait_until;
 use support::BIN;
 
 /// Exit codes, as documented in `accio send --help`.
@@ -397,14 +398,12 @@ fn wait_for_sender_state(s: &mut TcpStream, want: u8) -> Vec<u8> {
     let mut buf = vec![0u8; 64 << 10];
     let start = Instant::now();
     loop {
-        let wait = Instant::now();
-        while wait.elapsed() < Duration::from_millis(300) {
-            if let Some((state, queued)) = tcp_socket_state(client, server) {
-                if state == want && queued > 0 {
-                    return data;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let reached = wait_until(Duration::from_millis(300), || {
+            tcp_socket_state(client, server)
+                .is_some_and(|(state, queued)| state == want && queued > 0)
+        });
+        if reached {
+            return data;
         }
         assert!(
             start.elapsed() < RUN_DEADLINE,
