@@ -130,27 +130,16 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
-/// Renders accio(1), or accio-COMMAND(1) for a subcommand, to stdout.
-fn man_page(command: Option<&str>) -> u8 {
-    let top = Cli::command();
-    let cmd = match command {
-        None => top,
-        Some(name) => {
-            let Some(sub) = top.find_subcommand(name).cloned() else {
-                error_line!("no such command {name:?} (see accio --help)");
-                return exit::USAGE;
-            };
-            // The page's name and the usage line say `accio-send` / `accio send`.
-            let page = format!("accio-{}", sub.get_name());
-            sub.name(page)
-                .bin_name(format!("accio {name}"))
-                .version(env!("CARGO_PKG_VERSION"))
-        }
-    };
-    match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+/// Renders accio(1), accio-COMMAND(1) or accio.toml(5) to stdout.
+fn man_page(page: Option<&str>) -> u8 {
+    match crate::man::render(page, &mut std::io::stdout()) {
         Ok(()) => exit::OK,
+        Err(crate::man::ManError::NoSuchPage(p)) => {
+            error_line!("{}", crate::man::ManError::NoSuchPage(p));
+            exit::USAGE
+        }
         // `accio man | head`: the reader has what it wanted.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(crate::man::ManError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
         Err(e) => {
             error_line!("cannot write the man page: {e}");
             exit::OTHER

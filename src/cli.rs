@@ -37,7 +37,7 @@ pub enum Command {
     Watch(WatchArgs),
     /// Validate a configuration file and print the effective settings.
     CheckConfig(CheckConfigArgs),
-    /// Show what the running service is doing: destinations, files in flight, waiting files and why.
+    /// Show what the running service is doing, and why files wait.
     #[command(after_help = STATUS_EXIT_CODES)]
     Status(StatusArgs),
     /// Put files the service gave up on (in failed_dir) back into their spool.

@@ -25,7 +25,7 @@ use crate::client::exit;
 use crate::config::{self, Config};
 use crate::logging::LogControl;
 use crate::metrics::Metrics;
-use crate::status::{Stats, View, ViewHandle, ViewRequest};
+use crate::status::{Stats, ViewHandle, ViewRequest};
 use crate::systemd::Notifier;
 use crate::watch::{self, esc, FatalError};
 
@@ -64,6 +64,7 @@ impl Pipeline {
     async fn start(config: Config, p: &Process) -> Result<Pipeline, FatalError> {
         let stop = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
+        let (views_tx, views_rx) = mpsc::channel::<ViewRequest>(8);
         let mut handle = tokio::spawn(watch::run_with(
             config,
             p.stats.clone(),
@@ -71,9 +72,10 @@ impl Pipeline {
             stop.clone(),
             Some(tx),
             p.reported.clone(),
+            Some(views_rx),
         ));
         if rx.await.is_ok() {
-            p.views.set(answer_views(p.stats.clone(), stop.clone()));
+            p.views.set(views_tx);
             return Ok(Pipeline { stop, handle });
         }
         // The pipeline dropped `ready` without sending it: it failed to start.
@@ -141,7 +143,7 @@ async fn supervise(
         }
     };
     notifier.ready();
-    tracing::info!(config = %esc(path), "accio watch is running");
+    tracing::info!(config = %esc(path), "accio watch is running ({})", esc(path));
     let mut retiring: JoinSet<()> = JoinSet::new();
     loop {
         tokio::select! {
@@ -184,7 +186,8 @@ async fn supervise(
     };
     tokio::select! {
         _ = all => {
-            tracing::info!(stats = %stats.snapshot(), "stopped");
+            let s = stats.snapshot();
+            tracing::info!(sent = s.sent, failed = s.failed, queued = s.queued, "stopped: {s}");
             exit::OK
         }
         _ = signals.next() => {
@@ -201,7 +204,7 @@ async fn reload(
     ops: &crate::ops::Ops,
     log: &LogControl,
 ) -> Option<Pipeline> {
-    tracing::info!(config = %esc(path), "SIGHUP: reloading the configuration");
+    tracing::info!(config = %esc(path), "SIGHUP: reloading {}", esc(path));
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -216,7 +219,7 @@ async fn reload(
             if let Err(e) = log.set_level(&level) {
                 tracing::warn!("{e}; keeping the previous log level");
             }
-            tracing::info!(config = %esc(path), "configuration reloaded");
+            tracing::info!(config = %esc(path), "configuration reloaded from {}", esc(path));
             Some(p)
         }
         Err(e) => {
@@ -224,29 +227,4 @@ async fn reload(
             None
         }
     }
-}
-
-/// The requests for a [`View`] of one pipeline: the sender goes into the [`ViewHandle`].
-///
-/// For now the answer is built from the [`Stats`] counters alone (totals; no per-destination
-/// or per-file detail). The pipeline's own core is meant to answer instead: then this is
-/// replaced by the channel the pipeline serves.
-fn answer_views(stats: Arc<Stats>, stop: CancellationToken) -> mpsc::Sender<ViewRequest> {
-    let (tx, mut rx) = mpsc::channel::<ViewRequest>(8);
-    tokio::spawn(async move {
-        loop {
-            let reply = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = rx.recv() => match r {
-                    Some(r) => r,
-                    None => return,
-                },
-            };
-            let _ = reply.send(View {
-                totals: stats.snapshot(),
-                ..View::default()
-            });
-        }
-    });
-    tx
 }

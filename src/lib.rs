@@ -17,7 +17,7 @@
 //!   Prometheus metrics; [`ops`]: the control socket, the metrics endpoint, `accio status`
 //!   and `accio retry`.
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) and the SIGUSR1 summary;
-//!   [`logging`]: terminal, journald or JSON output.
+//!   [`logging`]: terminal, journald or JSON output; [`esc`]: paths escaped for log lines.
 //! - [`cli`] and [`app`]: the command line and the one place exit codes are decided.
 
 pub mod app;
@@ -25,7 +25,9 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod esc;
 pub mod logging;
+pub mod man;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;

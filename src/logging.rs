@@ -8,6 +8,11 @@
 //!   prefix (`<3>` error … `<7>` debug) so `journalctl -p warning` works;
 //! - `--log-format json`: one JSON object per line, for log shippers.
 //!
+//! A line for people carries its message only: every message says what matters once (the
+//! file, the counts, the error), so the structured fields, which would repeat it, are left
+//! out of the text and journald lines ([`MessageOnly`]). They are in the JSON objects, with
+//! counts as numbers, for machines.
+//!
 //! The level comes from `RUST_LOG` when it is set, else from the config's `log_level`; a
 //! config reload can change the latter ([`LogControl::set_level`]).
 
@@ -119,11 +124,14 @@ pub fn init_service(format: LogFormat, default_level: &str) -> LogControl {
             .boxed(),
         Output::Journald => tracing_subscriber::fmt::layer()
             .with_ansi(false)
+            .fmt_fields(MessageOnly)
             .event_format(JournaldFormat::new())
             .with_writer(std::io::stderr)
             .boxed(),
         Output::Terminal | Output::Plain => tracing_subscriber::fmt::layer()
             .with_ansi(output == Output::Terminal)
+            .with_target(false)
+            .fmt_fields(MessageOnly)
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -188,6 +196,44 @@ fn stderr_dev_ino() -> Option<(u64, u64)> {
     Some((meta.dev(), meta.ino()))
 }
 
+/// Writes an event's `message` and nothing else: for lines read by people, whose messages
+/// already say what the fields hold.
+pub struct MessageOnly;
+
+impl<'w> FormatFields<'w> for MessageOnly {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut v = MessageVisitor {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct MessageVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for MessageVisitor<'_, '_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" && self.result.is_ok() {
+            self.result = write!(self.writer, "{value:?}");
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" && self.result.is_ok() {
+            self.result = self.writer.write_str(value);
+        }
+    }
+}
+
 /// The syslog priority journald reads from a `<N>` line prefix.
 fn syslog_priority(level: &Level) -> u8 {
     match *level {
@@ -210,6 +256,7 @@ impl JournaldFormat {
             inner: format::format()
                 .without_time()
                 .with_level(false)
+                .with_target(false)
                 .with_ansi(false),
         }
     }

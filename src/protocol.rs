@@ -337,33 +337,6 @@ fn is_file_error(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EOVERFLOW))
 }
 
-/// Half-closes the stream, then waits up to `close_timeout` for the server to close. Bytes
-/// the server sends meanwhile are read and ignored. Only a clean close confirms the transfer.
-///
-/// # Errors
-/// Shutdown failure, a reset or other read error, or no close within `close_timeout`.
-pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    close_timeout: Duration,
-) -> Result<(), ProtocolError> {
-    stream.shutdown().await.map_err(ProtocolError::CloseIo)?;
-    let wait = async {
-        let mut sink = [0u8; 4096];
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) => return Ok(()),
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ProtocolError::CloseIo(e)),
-            }
-        }
-    };
-    match timeout(close_timeout, wait).await {
-        Err(_) => Err(ProtocolError::CloseTimeout(close_timeout)),
-        Ok(result) => result,
-    }
-}
-
 /// How often [`finish_tcp`] checks that the server is still taking our queued data. Only
 /// while data is queued; the wait for the close itself is purely event-driven.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -448,10 +421,8 @@ pub async fn finish_tcp(
     let mut next_check = last_progress + if acked { Duration::ZERO } else { DRAIN_POLL };
     loop {
         let wake = close_deadline.unwrap_or(next_check);
+        // Not biased: a server flooding us with bytes must not starve the timer branch.
         tokio::select! {
-            // Biased: a close or reset already there wins over a due check, so a server that
-            // closed is never reported as a timeout.
-            biased;
             read = stream.read(&mut sink) => match read {
                 // A server that half-closed early may still be reading: confirmed only once
                 // it has also acknowledged everything.

@@ -368,3 +368,43 @@ async fn receive(
         total += n as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn only_decimal_n_dot_file_counts() {
+        let n = |s: &str| file_number(OsStr::new(s));
+        assert_eq!(n("1.file"), Some(1));
+        assert_eq!(n("0007.file"), Some(7));
+        assert_eq!(n("18446744073709551615.file"), Some(u64::MAX));
+        for other in [
+            ".file",
+            "x.file",
+            "1.file.bak",
+            ".1.file.part",
+            "+1.file",
+            "1 .file",
+            "1.File",
+            "99999999999999999999999.file",
+        ] {
+            assert_eq!(n(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn numbering_never_wraps_around() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("5.file"), b"").unwrap();
+        let numbering = Numbering::after_existing(dir.path()).unwrap();
+        assert_eq!(numbering.next(), Some(6));
+        let last = Numbering {
+            last: AtomicU64::new(u64::MAX - 1),
+        };
+        assert_eq!(last.next(), Some(u64::MAX));
+        assert_eq!(last.next(), None);
+        assert_eq!(last.next(), None);
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! [`Notifier`] speaks the `sd_notify` protocol (sd-notify crate) for `Type=notify` units:
 //! - `READY=1` once the watch service says every watch is established and the backlog is
-//!   queued ([`Notifier::ready_on`]);
+//!   queued ([`Notifier::ready`]);
 //! - `STATUS=` with live counts from [`Stats`] (what `systemctl status accio` shows), sent
 //!   every [`STATUS_INTERVAL`] when it changed, and at once on every phase change;
 //! - `WATCHDOG=1` at half of `WATCHDOG_USEC` when the unit sets `WatchdogSec=`;
@@ -20,7 +20,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use sd_notify::NotifyState;
 use signal_hook::consts::SIGUSR1;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::status::Stats;
@@ -172,21 +171,6 @@ impl Notifier {
         Ok(Notifier { inner, tasks })
     }
 
-    /// Sends `READY=1` when `ready` fires: the watch service's signal that every watch is
-    /// established and the backlog is queued. If the sender is dropped unsent (the service
-    /// failed to start), READY is never sent and systemd sees the start fail.
-    pub fn ready_on(&mut self, ready: oneshot::Receiver<()>) {
-        let inner = Arc::clone(&self.inner);
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        self.tasks.push(rt.spawn(async move {
-            if ready.await.is_ok() {
-                inner.enter(Phase::Running, Some(NotifyState::Ready));
-            }
-        }));
-    }
-
     /// Sends `READY=1` now (also the end of a reload).
     pub fn ready(&self) {
         self.inner.enter(Phase::Running, Some(NotifyState::Ready));
@@ -268,7 +252,19 @@ async fn ping_watchdog(inner: Arc<Inner>, period: Duration) {
 
 async fn summary_on_sigusr1(mut signals: signal_hook_tokio::Signals, inner: Arc<Inner>) {
     while signals.next().await.is_some() {
-        tracing::info!(target: "accio::status", "status: {}", inner.status_text());
+        let s = inner.stats.snapshot();
+        // The counts as numbers too, for JSON logs.
+        tracing::info!(
+            target: "accio::status",
+            watching = s.watching,
+            in_flight = s.in_flight,
+            queued = s.queued,
+            sent = s.sent,
+            failed = s.failed,
+            destinations_down = s.destinations_down,
+            "status: {}",
+            inner.status_text()
+        );
     }
 }
 

@@ -1,5 +1,6 @@
-//! `accio completions SHELL` and `accio man`: generated from the clap definitions, so they
-//! must list the real subcommands. Runs the real binary.
+//! `accio completions SHELL` and `accio man`: generated from the clap definitions (plus the
+//! hand-written man sections), so they must list the real subcommands. Runs the real
+//! binary.
 
 use assert_cmd::Command;
 
@@ -91,21 +92,70 @@ fn man_page_is_roff_with_every_subcommand() {
     }
 }
 
+/// Every page through groff's own checker: warnings about the roff itself fail the test.
 #[test]
-fn man_page_renders_with_groff() {
-    let page = stdout_of(&["man"]);
+fn man_pages_render_with_groff() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("accio.1");
-    std::fs::write(&file, &page).unwrap();
-    // groff's own checker: warnings about the roff itself fail the test.
-    let out = std::process::Command::new("groff")
-        .args(["-man", "-Tutf8", "-ww", "-z"])
-        .arg(&file)
-        .output()
-        .expect("needs groff (groff-base; .ci/run installs it)");
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.trim().is_empty(), "groff warnings: {err}");
+    for page in [
+        "accio",
+        "watch",
+        "status",
+        "retry",
+        "send",
+        "serve",
+        "check-config",
+        "accio.toml",
+    ] {
+        let text = stdout_of(&["man", page]);
+        let file = dir.path().join(format!("{page}.roff"));
+        std::fs::write(&file, &text).unwrap();
+        let out = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(&file)
+            .output()
+            .expect("needs groff (groff-base; .ci/run installs it)");
+        assert!(out.status.success(), "{page}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.trim().is_empty(), "{page}: groff warnings: {err}");
+    }
+}
+
+/// The pages teach: the service's page says when a file is sent, what happens after
+/// success and failure, the signals and exit code 78; the configuration's page has every
+/// table; `accio man` itself is in `--help`.
+#[test]
+fn man_pages_teach_the_service_and_its_configuration() {
+    let watch = stdout_of(&["man", "watch"]).replace("\\-", "-");
+    for s in [
+        ".SH WHEN A FILE IS SENT",
+        ".SH AFTER SUCCESS",
+        ".SH AFTER FAILURE",
+        ".SH SIGNALS",
+        ".SH EXIT STATUS",
+        "SIGHUP",
+        "SIGUSR1",
+        ".B 78",
+        "accio retry",
+    ] {
+        assert!(watch.contains(s), "accio-watch(1) lacks {s:?}");
+    }
+    let toml = stdout_of(&["man", "accio.toml"]);
+    assert!(toml.starts_with(".TH accio.toml 5 "), "{}", &toml[..40]);
+    for s in [
+        ".SS [server]",
+        ".SS [retry]",
+        ".SS [metrics]",
+        ".SS [[watch]]",
+    ] {
+        assert!(toml.contains(s), "accio.toml(5) lacks {s:?}");
+    }
+    let help = stdout_of(&["--help"]);
+    for s in ["man", "status", "retry"] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(s)),
+            "--help does not list {s}:\n{help}"
+        );
+    }
 }
 
 #[test]
@@ -131,5 +181,5 @@ fn every_subcommand_has_its_own_man_page() {
     assert!(stdout_of(&["man", "send"]).contains("Exit codes"));
     let out = accio().args(["man", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(out.stderr.starts_with(b"ERROR: "), "{out:?}");
+    assert!(out.stderr.starts_with(b"ERROR: no man page"), "{out:?}");
 }

@@ -47,6 +47,21 @@ use sink::{Sink, SinkOptions};
 /// Longest a drained service may take to exit after SIGTERM.
 const EXIT_DEADLINE: Duration = Duration::from_secs(20);
 
+/// The scenario's figures (files dropped into `d.spool` against those delivered), printed,
+/// after checking that nothing was lost (`log` names what the service said about it).
+fn checked_figures(
+    name: &str,
+    table: &DropTable,
+    delivered: &[Delivery],
+    d: &Dirs,
+    log: &str,
+) -> Figures {
+    let f = Figures::compute(name, table, delivered, &[&d.spool], &[&d.failed]);
+    f.print();
+    f.assert_nothing_lost(log);
+    f
+}
+
 /// Stops the service, checks it had not exited on its own and exits 0 on SIGTERM.
 fn stop_service(svc: &mut Service, d: &Dirs, scenario: &str) {
     if let Some(st) = svc.exited() {
@@ -151,15 +166,13 @@ fn kill9_during_burst(scenario: &str, cycles: u32, files: u64, sizes: std::ops::
     let mut svc = start_ready(&launch, &d, scenario);
     let drained = wait_spool_drained(&d, &table, Duration::from_secs(60));
     stop_service(&mut svc, &d, scenario);
-    let f = Figures::compute(
+    let f = checked_figures(
         scenario,
         &table,
         &from_serve_dir(&d.recv),
-        &[&d.spool],
-        &[&d.failed],
+        &d,
+        &d.log_text(),
     );
-    f.print();
-    f.assert_nothing_lost(&d.log_text());
     assert!(drained, "{scenario}: spool not drained within 60 s: {f:?}");
     assert_eq!(
         f.delivered, f.dropped,
@@ -443,15 +456,7 @@ fn lossy_network_and_cut() {
     .join()
     .unwrap();
     let drained = wait_spool_drained(&d, &table, Duration::from_secs(180));
-    let f = Figures::compute(
-        name,
-        &table,
-        &from_serve_dir(&d.recv),
-        &[&d.spool],
-        &[&d.failed],
-    );
-    f.print();
-    f.assert_nothing_lost(&d.log_text());
+    let f = checked_figures(name, &table, &from_serve_dir(&d.recv), &d, &d.log_text());
     assert!(drained, "{name}: spool not drained: {f:?}");
     net.iptables_a(&["-F", "INPUT"]).unwrap();
     net.iptables_b(&["-F", "INPUT"]).unwrap();
@@ -487,9 +492,7 @@ fn lossy_network_and_cut() {
     stop_service(&mut svc, &d, scenario);
     // Only this phase's copies (the receiver directory also holds the first phase's).
     let deliveries = from_serve_dir_except(&d.recv, &phase1_files);
-    let f = Figures::compute(name, &table2, &deliveries, &[&d.spool], &[&d.failed]);
-    f.print();
-    f.assert_nothing_lost(&d.log_text());
+    let f = checked_figures(name, &table2, &deliveries, &d, &d.log_text());
     assert!(drained, "{name}: spool not drained: {f:?}");
     assert_eq!(f.delivered, f.dropped, "{name}: {f:?}");
 }
@@ -501,12 +504,19 @@ fn lossy_network_and_cut() {
 /// again (`recover`) and checks the spool drains.
 fn done_dir_unusable(
     scenario: &str,
-    mount: &sys::Mount,
+    tmpfs_size: &str,
     break_it: &dyn Fn(&sys::Mount),
     recover: &dyn Fn(&sys::Mount),
-    d: &Dirs,
     expect_in_log: &[&str],
 ) {
+    let d = &Dirs::new(scenario);
+    let mount = &match sys::Mount::tmpfs(&d.done, tmpfs_size) {
+        Ok(m) => m,
+        Err(why) => {
+            println!("SKIP {scenario}: {why}");
+            return;
+        }
+    };
     let seed = seed(scenario);
     let sink = Sink::start();
     ConfigSpec::quick(sink.port(), d.watch()).write(&d.config);
@@ -533,15 +543,13 @@ fn done_dir_unusable(
         got.len() == table.len()
     });
     assert!(svc.alive(), "{scenario}: service exited");
-    let f = Figures::compute(
+    let f = checked_figures(
         &format!("{scenario}_while_broken"),
         &table,
         &from_sink(&sink.receptions()),
-        &[&d.spool],
-        &[&d.failed],
+        d,
+        &d.log_text(),
     );
-    f.print();
-    f.assert_nothing_lost(&d.log_text());
     assert!(all_once, "{scenario}: not every file delivered once: {f:?}");
     assert!(
         f.in_spool + f.in_failed > 0,
@@ -560,15 +568,13 @@ fn done_dir_unusable(
     recover(mount);
     let drained = wait_spool_drained(d, &table, Duration::from_secs(30));
     stop_service(&mut svc, d, scenario);
-    let f = Figures::compute(
+    let f = checked_figures(
         &format!("{scenario}_recovered"),
         &table,
         &from_sink(&sink.receptions()),
-        &[&d.spool],
-        &[&d.failed],
+        d,
+        &d.log_text(),
     );
-    f.print();
-    f.assert_nothing_lost(&d.log_text());
     assert!(
         drained,
         "{scenario}: files stayed in the spool after done_dir recovered: {f:?}"
@@ -578,21 +584,11 @@ fn done_dir_unusable(
 #[test]
 #[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
 fn done_dir_full() {
-    let scenario = "done_full";
-    let d = Dirs::new(scenario);
-    let mount = match sys::Mount::tmpfs(&d.done, "64k") {
-        Ok(m) => m,
-        Err(why) => {
-            println!("SKIP {scenario}: {why}");
-            return;
-        }
-    };
     done_dir_unusable(
-        scenario,
-        &mount,
+        "done_full",
+        "64k",
         &|_| {},
         &|m| m.remount("size=64m").unwrap(),
-        &d,
         &["no space", "ENOSPC", "space"],
     );
 }
@@ -600,22 +596,12 @@ fn done_dir_full() {
 #[test]
 #[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
 fn done_dir_read_only() {
-    let scenario = "done_read_only";
-    let d = Dirs::new(scenario);
-    let mount = match sys::Mount::tmpfs(&d.done, "64m") {
-        Ok(m) => m,
-        Err(why) => {
-            println!("SKIP {scenario}: {why}");
-            return;
-        }
-    };
     // The service refuses an unwritable done_dir at start, so it becomes read-only after.
     done_dir_unusable(
-        scenario,
-        &mount,
+        "done_read_only",
+        "64m",
         &|m| m.remount("ro").unwrap(),
         &|m| m.remount("rw").unwrap(),
-        &d,
         &["read-only", "EROFS"],
     );
 }
@@ -873,15 +859,7 @@ fn hostile(scenario: &str, full: bool) {
     let log2 = d.log_text();
     stop_service(&mut svc, &d, scenario);
 
-    let f = Figures::compute(
-        scenario,
-        &table,
-        &from_sink(&sink.receptions()),
-        &[&d.spool],
-        &[&d.failed],
-    );
-    f.print();
-    f.assert_nothing_lost(&log2);
+    let f = checked_figures(scenario, &table, &from_sink(&sink.receptions()), &d, &log2);
     let mut problems = Vec::new();
     if f.delivered != f.dropped {
         problems.push(format!(
@@ -1041,15 +1019,13 @@ fn notify_socket_not_read() {
     }
     let drained = wait_spool_drained(&d, &table, Duration::from_secs(15));
     let stopped = svc.terminate(EXIT_DEADLINE);
-    let f = Figures::compute(
+    let f = checked_figures(
         scenario,
         &table,
         &from_sink(&sink.receptions()),
-        &[&d.spool],
-        &[&d.failed],
+        &d,
+        &d.log_text(),
     );
-    f.print();
-    f.assert_nothing_lost(&d.log_text());
     assert!(
         drained,
         "{scenario}: the service stopped delivering once NOTIFY_SOCKET was not read: {f:?}"

@@ -60,7 +60,6 @@ fn healthy_beside(name: &str, trouble: Trouble, bad_files: u64, bound: Duration)
 }
 
 #[test]
-#[ignore = "needs the per-destination scheduler (issue 8)"]
 fn greeting_less_server_beside_a_healthy_one() {
     let pair = healthy_beside("lanes-nogreet", Trouble::NoGreeting, 40, TIMEOUT + MARGIN);
     let BadPeer::Receiver(bad) = &pair.bad else {
@@ -98,7 +97,6 @@ fn greeting_less_server_beside_a_healthy_one() {
 }
 
 #[test]
-#[ignore = "needs the per-destination scheduler (issue 8)"]
 fn black_holed_server_beside_a_healthy_one() {
     healthy_beside("lanes-hole", Trouble::BlackHole, 40, TIMEOUT + MARGIN);
 }
@@ -106,7 +104,6 @@ fn black_holed_server_beside_a_healthy_one() {
 /// 2,000 files for a server that takes 50 ms per file: 25 s of backlog at 4 in flight. The
 /// test does not wait for that backlog: it ends once B's files are in (a few seconds).
 #[test]
-#[ignore = "needs the per-destination scheduler (issue 8)"]
 fn slow_server_with_a_backlog_beside_a_healthy_one() {
     let slow = Duration::from_millis(50);
     let pair = healthy_beside(

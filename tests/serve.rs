@@ -1,7 +1,7 @@
 //! `accio serve PORT DIR` as the real binary: numbering, empty and ERROR files, concurrency,
 //! signals, atomic publication, IPv4 and IPv6.
 
-mod sendserve_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,7 +11,8 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sendserve_support::*;
+use support::send::*;
+use support::wait::{wait_for, wait_until};
 
 /// A running `accio serve` on a free port, killed on drop.
 struct Server {
@@ -58,26 +59,22 @@ impl Server {
                     sink.lock().unwrap().push(line);
                 }
             });
-            let start = Instant::now();
-            loop {
-                if log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|l| l.contains("listening on"))
-                {
-                    return Server {
-                        child: Some(child),
-                        port,
-                        dir,
-                        log,
-                    };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break; // Port taken meanwhile: try another.
-                }
-                assert!(start.elapsed() < DEADLINE, "serve did not start");
-                std::thread::sleep(Duration::from_millis(5));
+            let listening = || {
+                let log = log.lock().unwrap();
+                log.iter().any(|l| l.contains("listening on"))
+            };
+            // Exited instead: the port was taken meanwhile; try another.
+            let settled = wait_until(RUN_DEADLINE, || {
+                listening() || child.try_wait().unwrap().is_some()
+            });
+            assert!(settled, "serve did not start");
+            if listening() {
+                return Server {
+                    child: Some(child),
+                    port,
+                    dir,
+                    log,
+                };
             }
         }
         panic!("serve failed to start five times");
@@ -121,17 +118,16 @@ impl Server {
     /// Waits for the server to exit (with the deadline) and returns its exit code.
     fn wait(&mut self) -> Option<i32> {
         let mut child = self.child.take().unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if start.elapsed() > DEADLINE {
-                let _ = child.kill();
-                panic!("serve did not exit; log: {:?}", self.log.lock().unwrap());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let mut status = None;
+        wait_until(RUN_DEADLINE, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        let Some(status) = status else {
+            let _ = child.kill();
+            panic!("serve did not exit; log: {:?}", self.log.lock().unwrap());
+        };
+        status.code()
     }
 }
 
@@ -188,12 +184,12 @@ fn idle_connection_gives_error_content() {
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(450), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
-    wait_until("1.file", || server.path("1.file").exists());
+    wait_for("1.file", || server.path("1.file").exists());
     assert_eq!(server.read(1), b"ERROR");
     // Silence right from the start: ERROR as well.
     let mut s = server.connect("127.0.0.1");
     let _ = read_all(&mut s);
-    wait_until("2.file", || server.path("2.file").exists());
+    wait_for("2.file", || server.path("2.file").exists());
     assert_eq!(server.read(2), b"ERROR");
 }
 
@@ -203,11 +199,11 @@ fn reset_connection_gives_error_content() {
     let server = Server::start("10s");
     let mut s = server.connect("127.0.0.1");
     s.write_all(&pattern(100_000, 23)).unwrap();
-    wait_until("data to arrive", || {
+    wait_for("data to arrive", || {
         std::fs::metadata(server.path(".1.file.part")).is_ok_and(|m| m.len() == 100_000)
     });
     reset(s);
-    wait_until("1.file", || server.path("1.file").exists());
+    wait_for("1.file", || server.path("1.file").exists());
     assert_eq!(server.read(1), b"ERROR");
 }
 
@@ -249,7 +245,7 @@ fn file_appears_under_its_final_name_only_when_complete() {
     let second = pattern(200_000, 25);
     let mut s = server.connect("127.0.0.1");
     s.write_all(&first).unwrap();
-    wait_until("the first part to be written", || {
+    wait_for("the first part to be written", || {
         std::fs::metadata(server.path(".1.file.part")).is_ok_and(|m| m.len() == 300_000)
     });
     assert_eq!(
@@ -318,7 +314,7 @@ fn signal_during_a_transfer_leaves_no_partial_file() {
     let mut server = Server::start("1s");
     let mut s = server.connect("127.0.0.1");
     s.write_all(b"unfinished").unwrap();
-    wait_until("data to arrive", || {
+    wait_for("data to arrive", || {
         std::fs::metadata(server.path(".1.file.part")).is_ok_and(|m| m.len() == 10)
     });
     server.signal(libc::SIGTERM);
@@ -374,26 +370,9 @@ fn unwritable_directory_is_refused_at_start() {
     let ro = dir.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-    // Root writes anywhere: run serve as `nobody` through setpriv when we are root.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = if root {
-        if std::process::Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: root without setpriv");
-            return;
-        }
-        // nobody must be able to reach the directory itself.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", ACCIO]);
-        c
-    } else {
-        std::process::Command::new(ACCIO)
-    };
-    let out = run(cmd.args(["serve", "5000"]).arg(&ro));
+    // The user serve runs as (nobody, as root) must be able to reach the directory itself.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run(unprivileged().args(["serve", "5000"]).arg(&ro));
     assert_eq!(out.code(), Some(2), "{}", out.stderr);
     out.assert_one_error_line();
     assert!(out.stderr.contains("cannot write"), "{}", out.stderr);
@@ -450,7 +429,7 @@ fn a_name_taken_meanwhile_is_not_replaced() {
     let server = Server::start("10s");
     let mut s = server.connect("127.0.0.1");
     s.write_all(b"received").unwrap();
-    wait_until("data to arrive", || {
+    wait_for("data to arrive", || {
         std::fs::metadata(server.path(".1.file.part")).is_ok_and(|m| m.len() == 8)
     });
     std::fs::write(server.path("1.file"), b"someone else's").unwrap();

@@ -42,6 +42,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Uploads in flight, all watches together.
     pub concurrency: usize,
+    /// Files held in memory per watch; the rest wait on disk (see `watch::core`).
+    pub active_limit: usize,
     /// Protocol timeouts for every upload.
     pub timeouts: Timeouts,
     /// What to do after a failed upload.
@@ -92,6 +94,10 @@ pub struct WatchConfig {
     pub on_success: OnSuccess,
     /// This watch's destination: its own `server`, else the top-level `[server]`.
     pub server: Destination,
+    /// The destination's cap of uploads in flight; `None`: the global `concurrency`.
+    pub server_concurrency: Option<usize>,
+    /// Whether the destination's limit adapts between 1 and its cap (else pinned at it).
+    pub adaptive: bool,
     /// What confirms a transfer to `server`: its `confirm`, else the top-level `[server]`'s,
     /// else [`Confirm::Close`].
     pub confirm: Confirm,
@@ -310,7 +316,10 @@ failed_dir = "/var/spool/accio/failed"
     fn minimal_gets_defaults() {
         let c = parse_str(MINIMAL).unwrap();
         assert_eq!(c.path, Path::new(FILE));
-        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.concurrency, 64);
+        assert_eq!(c.active_limit, 65_536);
+        assert!(c.watches[0].adaptive);
+        assert_eq!(c.watches[0].server_concurrency, None);
         assert_eq!(c.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
         assert_eq!(c.metrics_listen, None);
         assert_eq!(c.timeouts, crate::protocol::Timeouts::default());

@@ -35,6 +35,7 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
         c.path.display()
     )?;
     writeln!(o, "concurrency = {}", c.concurrency)?;
+    writeln!(o, "active_limit = {}", c.active_limit)?;
     writeln!(o, "shutdown_grace = {}", d(c.shutdown_grace))?;
     writeln!(o, "log_level = {}", s(&c.log_level))?;
     writeln!(
@@ -68,11 +69,13 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
             OnSuccess::Delete => "delete",
         };
         writeln!(o, "on_success = {}", s(on_success))?;
+        let cap = w.server_concurrency.unwrap_or(c.concurrency);
         writeln!(
             o,
-            "server = {{ host = {}, port = {}, confirm = {} }}",
+            "server = {{ host = {}, port = {}, concurrency = {cap}, adaptive = {}, confirm = {} }}",
             s(&w.server.host),
             w.server.port,
+            w.adaptive,
             s(w.confirm.as_str())
         )?;
         writeln!(o, "include = {}", list(&w.include))?;

@@ -16,7 +16,10 @@ use crate::protocol::{Confirm, Timeouts};
 /// Defaults of optional keys, shown in `config/accio.toml` and by `check-config`.
 pub mod defaults {
     use std::time::Duration;
-    pub const CONCURRENCY: i64 = 4;
+    /// Uploads in flight, all destinations together: large enough for distant servers;
+    /// each destination's adaptive limit keeps what one server gets to what it handles.
+    pub const CONCURRENCY: usize = 64;
+    pub const ACTIVE_LIMIT: usize = crate::watch::core::DEFAULT_ACTIVE_LIMIT;
     pub const TIMEOUT: Duration = Duration::from_secs(10);
     pub const RETRY_INITIAL: Duration = Duration::from_secs(1);
     pub const RETRY_MAX: Duration = Duration::from_secs(300);
@@ -31,12 +34,17 @@ pub mod defaults {
 /// Upper bound of `concurrency`: each upload holds a socket and a file open; more than this
 /// is a typo, not a plan.
 pub const MAX_CONCURRENCY: i64 = 1024;
+/// Bounds of `active_limit`.
+pub const MIN_ACTIVE_LIMIT: i64 = 4;
+pub const MAX_ACTIVE_LIMIT: i64 = 10_000_000;
 /// Upper bound of every duration, so that no deadline computed from one can overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Where the keys whose values are checked against the filesystem are, for messages.
 #[derive(Debug, Clone)]
 pub(crate) struct WatchSpans {
+    /// The watch's `server` table, or the top-level `[server]` it inherits.
+    pub server: Range<usize>,
     pub dir: Range<usize>,
     pub done_dir: Option<Range<usize>>,
     pub failed_dir: Range<usize>,
@@ -248,11 +256,32 @@ pub(crate) fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// A `server` table: the destination, and its `confirm` when given (a watch's own table
-/// inherits the top-level one's).
-fn destination(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<(Destination, Option<Confirm>)> {
+/// A `[server]` table or a watch's `server = { ... }`: the destination and its lane
+/// settings (`None`: not given here; a watch inherits the top-level value).
+#[derive(Debug, Clone)]
+pub(crate) struct ServerSpec {
+    pub dest: Destination,
+    pub concurrency: Option<usize>,
+    pub adaptive: Option<bool>,
+    pub confirm: Option<Confirm>,
+    /// Span of the table, for errors about the destination as a whole.
+    pub span: Range<usize>,
+}
+
+fn server_spec(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<ServerSpec> {
     let t = as_table(cx, key, v, "a table with host and port")?;
-    t.deny_unknown(cx, &["host", "port", "confirm"])?;
+    t.deny_unknown(cx, SERVER_KEYS)?;
+    let concurrency = match t.get("concurrency") {
+        Some(v) => Some(cap(cx, &t.key("concurrency"), v)?),
+        None => None,
+    };
+    let adaptive = match t.get("adaptive") {
+        Some(v) => match v.get_ref() {
+            Node::Boolean(b) => Some(*b),
+            _ => return Err(wrong_type(cx, &t.key("adaptive"), v, "true or false")),
+        },
+        None => None,
+    };
     let confirm = match t.get("confirm") {
         Some(v) => Some(match as_str(cx, &t.key("confirm"), v)? {
             "close" => Confirm::Close,
@@ -267,6 +296,29 @@ fn destination(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<(Destination, Option
         }),
         None => None,
     };
+    Ok(ServerSpec {
+        dest: destination(cx, &t)?,
+        concurrency,
+        adaptive,
+        confirm,
+        span: v.span(),
+    })
+}
+
+/// An upload cap: 1 to [`MAX_CONCURRENCY`].
+fn cap(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<usize> {
+    let n = as_int(cx, key, v)?;
+    if !(1..=MAX_CONCURRENCY).contains(&n) {
+        return Err(cx.err(
+            &v.span(),
+            key,
+            format!("{n} is out of range; expected 1-{MAX_CONCURRENCY}"),
+        ));
+    }
+    Ok(n as usize)
+}
+
+fn destination(cx: &Ctx, t: &Table) -> Result<Destination> {
     let host_v = t.required(cx, "host", "the server's host name or IP address")?;
     let host = as_str(cx, &t.key("host"), host_v)?;
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -303,13 +355,10 @@ fn destination(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<(Destination, Option
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    Ok((
-        Destination {
-            host: host.to_string(),
-            port,
-        },
-        confirm,
-    ))
+    Ok(Destination {
+        host: host.to_string(),
+        port,
+    })
 }
 
 fn globs(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<Vec<String>> {
@@ -342,6 +391,7 @@ fn globs(cx: &Ctx, key: &str, v: &Sp<Node>) -> Result<Vec<String>> {
 
 const ROOT_KEYS: &[&str] = &[
     "concurrency",
+    "active_limit",
     "server",
     "timeouts",
     "retry",
@@ -356,6 +406,7 @@ const METRICS_KEYS: &[&str] = &["listen"];
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 const TIMEOUT_KEYS: &[&str] = &["connect", "handshake", "stall", "close"];
+const SERVER_KEYS: &[&str] = &["host", "port", "concurrency", "adaptive", "confirm"];
 const RETRY_KEYS: &[&str] = &["initial", "max", "max_attempts"];
 const WATCH_KEYS: &[&str] = &[
     "dir",
@@ -375,23 +426,27 @@ pub(crate) fn validate(cx: &Ctx, root: &Sp<Node>) -> Result<Parsed> {
     root.deny_unknown(cx, ROOT_KEYS)?;
 
     let concurrency = match root.get("concurrency") {
+        Some(v) => cap(cx, "concurrency", v)?,
+        None => defaults::CONCURRENCY,
+    };
+    let active_limit = match root.get("active_limit") {
         Some(v) => {
-            let n = as_int(cx, "concurrency", v)?;
-            if !(1..=MAX_CONCURRENCY).contains(&n) {
+            let n = as_int(cx, "active_limit", v)?;
+            if !(MIN_ACTIVE_LIMIT..=MAX_ACTIVE_LIMIT).contains(&n) {
                 return Err(cx.err(
                     &v.span(),
-                    "concurrency",
-                    format!("{n} is out of range; expected 1-{MAX_CONCURRENCY}"),
+                    "active_limit",
+                    format!("{n} is out of range; expected {MIN_ACTIVE_LIMIT}-{MAX_ACTIVE_LIMIT}"),
                 ));
             }
-            n
+            n as usize
         }
-        None => defaults::CONCURRENCY,
+        None => defaults::ACTIVE_LIMIT,
     };
 
     let server = root
         .get("server")
-        .map(|v| destination(cx, "server", v))
+        .map(|v| server_spec(cx, "server", v))
         .transpose()?;
 
     let timeouts = match root.get("timeouts") {
@@ -564,11 +619,13 @@ pub(crate) fn validate(cx: &Ctx, root: &Sp<Node>) -> Result<Parsed> {
         watch_spans.push(spans);
     }
     relate_watches(cx, &watches, &watch_spans)?;
+    relate_destinations(cx, &watches, &watch_spans)?;
 
     Ok(Parsed {
         config: Config {
             path: cx.file.to_path_buf(),
-            concurrency: concurrency as usize,
+            concurrency,
+            active_limit,
             timeouts,
             retry,
             shutdown_grace,
@@ -585,7 +642,7 @@ fn watch(
     cx: &Ctx,
     key: &str,
     v: &Sp<Node>,
-    default_server: Option<&(Destination, Option<Confirm>)>,
+    default_server: Option<&ServerSpec>,
 ) -> Result<(WatchConfig, WatchSpans)> {
     let t = as_table(cx, key, v, "a table ([[watch]])")?;
     t.deny_unknown(cx, WATCH_KEYS)?;
@@ -635,9 +692,17 @@ fn watch(
     )?;
     let failed_dir = as_abs_path(cx, &t.key("failed_dir"), failed_v)?;
 
-    let default_confirm = default_server.and_then(|(_, c)| *c);
-    let (server, confirm) = match t.get("server") {
-        Some(v) => destination(cx, &t.key("server"), v)?,
+    let spec = match t.get("server") {
+        Some(v) => {
+            let mut own = server_spec(cx, &t.key("server"), v)?;
+            // Lane settings not given here come from the top-level [server].
+            if let Some(top) = default_server {
+                own.concurrency = own.concurrency.or(top.concurrency);
+                own.adaptive = own.adaptive.or(top.adaptive);
+                own.confirm = own.confirm.or(top.confirm);
+            }
+            own
+        }
         None => default_server.cloned().ok_or_else(|| {
             cx.err(
                 &t.span,
@@ -646,7 +711,6 @@ fn watch(
             )
         })?,
     };
-    let confirm = confirm.or(default_confirm).unwrap_or_default();
 
     let include = match t.get("include") {
         Some(v) => {
@@ -714,19 +778,44 @@ fn watch(
             done_dir,
             failed_dir,
             on_success,
-            server,
-            confirm,
+            server: spec.dest,
+            server_concurrency: spec.concurrency,
+            adaptive: spec.adaptive.unwrap_or(true),
+            confirm: spec.confirm.unwrap_or_default(),
             include,
             exclude,
             settle,
             rescan_interval,
         },
         WatchSpans {
+            server: spec.span,
             dir: dir_v.span(),
             done_dir: done_v.map(|v| v.span()),
             failed_dir: failed_v.span(),
         },
     ))
+}
+
+/// Watches that send to the same destination share its lane: they must agree on its
+/// settings.
+fn relate_destinations(cx: &Ctx, watches: &[WatchConfig], spans: &[WatchSpans]) -> Result<()> {
+    for (i, a) in watches.iter().enumerate() {
+        for (j, b) in watches.iter().enumerate().take(i) {
+            if a.server == b.server
+                && (a.server_concurrency != b.server_concurrency || a.adaptive != b.adaptive)
+            {
+                return Err(cx.err(
+                    &spans[i].server,
+                    &format!("watch[{i}].server"),
+                    format!(
+                        "{} is also the server of watch[{j}] with other lane settings (concurrency, adaptive); watches that send to one server share its lane, so give them the same settings",
+                        a.server
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Two watches on one directory would race each other for every file.

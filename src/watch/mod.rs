@@ -12,12 +12,13 @@
 //! so a crash at any point can only cause a second send.
 
 pub mod claim;
+pub mod core;
 pub mod disposition;
 pub mod queue;
 pub mod uploader;
 pub mod watcher;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -29,44 +30,8 @@ use crate::metrics::Metrics;
 use crate::protocol::Timeouts;
 use crate::status::Stats;
 
-/// A path for log messages and fields: control characters (a newline in a file name would
-/// split the log line and could forge another), backslashes and bytes that are not UTF-8
-/// are written as escapes (`\n`, `\\`, `\u{1b}`, `\xff`), everything else as is.
-pub struct Esc<'a>(pub &'a Path);
-
-/// [`Esc`] for `path`.
-pub fn esc(path: &Path) -> Esc<'_> {
-    Esc(path)
-}
-
-impl std::fmt::Display for Esc<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::fmt::Write as _;
-        use std::os::unix::ffi::OsStrExt;
-        for chunk in self.0.as_os_str().as_bytes().utf8_chunks() {
-            for c in chunk.valid().chars() {
-                match c {
-                    '\\' => f.write_str("\\\\")?,
-                    '\n' => f.write_str("\\n")?,
-                    '\r' => f.write_str("\\r")?,
-                    '\t' => f.write_str("\\t")?,
-                    c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
-                    c => f.write_char(c)?,
-                }
-            }
-            for b in chunk.invalid() {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl std::fmt::Debug for Esc<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
-}
+// Paths in log messages; re-exported where the service's modules have always found it.
+pub use crate::esc::{esc, Esc};
 
 /// Not-regular entries already reported ("ignoring … FIFO"), by path, with the identity
 /// reported. Owned by the daemon so that a reload (a new pipeline) does not report them
@@ -115,7 +80,7 @@ pub struct Shared {
 
 /// Runs the spool service for `config` until `shutdown` is cancelled, then lets uploads in
 /// flight finish within `config.shutdown_grace` and returns. `ready` is sent once every
-/// directory is watched and its backlog is queued.
+/// directory is watched (the backlog is listed after, in the queue).
 ///
 /// # Errors
 /// [`FatalError`] when a directory cannot be watched or listed at start (inotify limits are
@@ -127,7 +92,16 @@ pub async fn run(
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<(), FatalError> {
     let metrics = Arc::new(Metrics::default());
-    run_with(config, stats, metrics, shutdown, ready, Reported::default()).await
+    run_with(
+        config,
+        stats,
+        metrics,
+        shutdown,
+        ready,
+        Reported::default(),
+        None,
+    )
+    .await
 }
 
 /// [`run`], recording events into the process's `metrics`, and sharing the set of special
@@ -142,6 +116,7 @@ pub async fn run_with(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<()>>,
     reported: Reported,
+    views: Option<mpsc::Receiver<crate::status::ViewRequest>>,
 ) -> Result<(), FatalError> {
     let mut watches = Vec::with_capacity(config.watches.len());
     for w in &config.watches {
@@ -166,6 +141,7 @@ pub async fn run_with(
     let watcher = watcher::start(&dirs, filters, tx, overflow.clone())?;
 
     let syncer = disposition::Syncer::new();
+    let params = queue::params(&config, &watches);
     let shared = Arc::new(Shared {
         timeouts: config.timeouts,
         retry: config.retry,
@@ -173,51 +149,35 @@ pub async fn run_with(
         metrics: metrics.clone(),
         syncer: syncer.clone(),
     });
-    let mut queue = queue::Queue::new(
-        watcher,
-        watches.clone(),
-        shared,
-        config.concurrency,
-        config.shutdown_grace,
-        reported,
-    );
     let mut spools = Vec::new();
-    for (i, w) in watches.iter().enumerate() {
-        let w2 = w.clone();
-        let listing = tokio::task::spawn_blocking(move || {
-            watcher::list(&w2.cfg.dir, &|n| w2.filter.accepts(n))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-        .map_err(|source| FatalError::List {
+    for w in &watches {
+        // The listing itself runs in the queue, after READY (a large backlog must not delay
+        // it); a directory that cannot be read at all stops the start here.
+        std::fs::read_dir(&w.cfg.dir).map_err(|source| FatalError::List {
             dir: w.cfg.dir.clone(),
             source,
         })?;
         // Leftovers of a crash, in the background: done_dir may be large, and nothing
         // waits for this.
-        let (done, failed, spool) = (
-            w.cfg.done_dir.clone(),
-            w.cfg.failed_dir.clone(),
-            w.cfg.dir.clone(),
-        );
+        let (done, failed) = (w.cfg.done_dir.clone(), w.cfg.failed_dir.clone());
         tokio::task::spawn_blocking(move || {
             for d in done.iter().chain(std::iter::once(&failed)) {
                 disposition::warn_stale_temporaries(d);
             }
         });
-        spools.push(spool);
+        spools.push(w.cfg.dir.clone());
         // Each watch's metric series exist from the start (at 0).
         metrics.watch_configured(&w.cfg.dir.to_string_lossy(), &w.cfg.server.to_string());
-        tracing::info!(
-            dir = %esc(&w.cfg.dir),
-            backlog = listing.entries.len(),
-            "watching {} ({} entries already there) → {}",
-            esc(&w.cfg.dir),
-            listing.entries.len(),
-            w.cfg.server
-        );
-        queue.initial_listing(i, listing);
+        tracing::info!("watching {} → {}", esc(&w.cfg.dir), w.cfg.server);
     }
+    let queue = queue::Queue::new(
+        watcher,
+        watches.clone(),
+        shared,
+        params,
+        config.shutdown_grace,
+        reported,
+    );
     stats
         .watching
         .fetch_add(watches.len() as u64, Ordering::Relaxed);
@@ -230,7 +190,8 @@ pub async fn run_with(
 
     // The queue owns the watcher (to watch a replaced directory again) and drops it when it
     // stops.
-    queue.run(rx, overflow, shutdown).await;
+    let views = views.unwrap_or_else(|| mpsc::channel(1).1);
+    queue.run(rx, overflow, views, shutdown).await;
 
     stats
         .watching
@@ -267,20 +228,5 @@ async fn restore_deletions(
             }
         })
         .await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::ffi::OsStrExt;
-
-    #[test]
-    fn paths_in_logs_are_escaped() {
-        let p = Path::new(std::ffi::OsStr::from_bytes(
-            b"/s/a\nb\\c\t\x1b[1m\xff\xc3\xa9",
-        ));
-        assert_eq!(esc(p).to_string(), "/s/a\\nb\\\\c\\t\\u{1b}[1m\\xffé");
-        assert_eq!(esc(Path::new("/plain/name")).to_string(), "/plain/name");
     }
 }

@@ -5,18 +5,19 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::claim::{self, Claim, ClaimError, Identity, Writers};
-use super::disposition::{self, Disposed};
+use super::core::{After, Mode, Outcome, Uploaded};
+use super::disposition::{self, Dest, Disposed};
 use super::{esc, Shared, WatchCtx};
 use crate::client::{self, ClientError, UploadError};
-use crate::config::{OnSuccess, RetryPolicy};
+use crate::config::OnSuccess;
 use crate::metrics::AttemptResult;
 
-/// One attempt at one file.
+/// One attempt at one file, as the [core](super::core) decided it.
 #[derive(Debug)]
 pub struct Job {
     pub watch: Arc<WatchCtx>,
@@ -24,6 +25,8 @@ pub struct Job {
     pub name: OsString,
     /// 1-based number of this attempt (failed uploads before it, plus one).
     pub attempt: u32,
+    /// The last attempt allowed: a failure gives the file up (to `failed_dir`).
+    pub last: bool,
     pub mode: Mode,
     /// The file was seen moved in, or closed after it was last written: complete by the
     /// writers' convention even where the kernel cannot tell whether it has writers.
@@ -31,75 +34,8 @@ pub struct Job {
     /// Where the kernel cannot tell whether an untrusted file has writers, how long its
     /// content and status must have been unchanged before it is taken as complete.
     pub quiet: Duration,
-}
-
-/// What the attempt does.
-#[derive(Debug, Clone)]
-pub enum Mode {
-    /// Upload, then move or delete.
-    Upload,
-    /// An earlier attempt finished (delivered or gave up) but could not move or delete the
-    /// file; do only that, if the file is still exactly the one it was.
-    Finish { id: Identity, after: After },
-}
-
-/// What was decided about a file whose disposition is pending.
-#[derive(Debug, Clone)]
-pub enum After {
-    Delivered,
-    /// Given up; the text goes into the `.reason` file.
-    GaveUp(String),
-}
-
-/// How an attempt ended, for the queue.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Delivered, and moved to `done_dir` or deleted (or the name was replaced meanwhile,
-    /// so there was nothing to move). `uploaded`: sent in this attempt (the destination
-    /// is reachable), not only moved.
-    Delivered { uploaded: bool },
-    /// Given up on and moved to `failed_dir`.
-    GaveUp,
-    /// The name does not lead to the file any more (gone, replaced): look at it again.
-    Gone,
-    /// Not a regular file; leave it alone.
-    Special(Identity),
-    /// Another instance holds its lock; check again later.
-    Busy,
-    /// Changed during the transfer: not delivered; send again once it settles. Not counted
-    /// as a failed attempt, since nothing is wrong with the destination.
-    Changed,
-    /// Someone has it open for writing: not complete; wait for the close.
-    Writer,
-    /// Whether it has writers cannot be told, nothing says it is complete, and it changed
-    /// less than the quiet period ago: look again after `wait` (or on its close).
-    Young { wait: Duration },
-    /// The attempt failed; try again after `retry_in`.
-    Failed { retry_in: Duration },
-    /// The destination could not be reached at all; not counted as an attempt. The queue
-    /// backs off and reports it.
-    Unreachable { error: String },
-    /// Delivered or given up, but moving/deleting failed (`error` says why); retry that
-    /// (only) later. The queue reports it.
-    DispositionFailed {
-        id: Identity,
-        after: After,
-        error: String,
-    },
-}
-
-/// Exponential backoff with full jitter: a uniformly random delay between zero and
-/// `initial · 2^(attempt-1)`, capped at `max`. Jitter spreads the retries of a burst of files
-/// that all failed at once (server down) instead of hammering it in lockstep.
-pub fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
-    let exp = attempt.saturating_sub(1).min(32);
-    let cap = policy
-        .initial
-        .checked_mul(1u32 << exp.min(31))
-        .unwrap_or(policy.max)
-        .min(policy.max);
-    let nanos = cap.as_nanos().min(u128::from(u64::MAX)) as u64;
-    Duration::from_nanos(fastrand::u64(0..=nanos))
+    /// Bytes sent so far, for `accio status`.
+    pub progress: Arc<AtomicU64>,
 }
 
 /// Runs one attempt for `job`.
@@ -115,7 +51,18 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             let error = format!("cannot open {}: {e}", esc(&path));
             // What the name holds now: giving up moves this inode only.
             let id = claim::lstat(&path).ok();
-            return failed(&job, &sh, None, id, &path, error, Duration::ZERO).await;
+            return failed(
+                &job,
+                &sh,
+                None,
+                id,
+                &path,
+                error,
+                Duration::ZERO,
+                None,
+                false,
+            )
+            .await;
         }
     };
     if let Mode::Finish { id, after } = &job.mode {
@@ -150,19 +97,34 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     }
     let before = claim.id;
     let started = Instant::now();
+    // A failure after the greeting carries no greeting time; the first progress report,
+    // right after the greeting, stands for it then.
+    let mut greeting: Option<Duration> = None;
+    let progress = job.progress.clone();
     let result = client::upload(
         &job.watch.cfg.server,
         job.watch.cfg.confirm,
         &claim.file,
         &sh.timeouts,
-        &mut |_| {},
+        &mut |n| {
+            if greeting.is_none() {
+                greeting = Some(started.elapsed());
+            }
+            progress.store(n, Ordering::Relaxed);
+        },
         |sent| unchanged(&claim, &before, sent),
     )
     .await;
     let took = started.elapsed();
     attempt_ended(&job, &sh, attempt_result(&result), took);
     match result {
-        Ok(done) => dispose_delivered(&job, &sh, claim, Some((done.bytes, took))).await,
+        Ok(done) => {
+            let up = Uploaded {
+                bytes: done.bytes,
+                greeting: done.greeting,
+            };
+            dispose_delivered(&job, &sh, claim, Some((up, took))).await
+        }
         Err(UploadError::Rejected(why)) => {
             tracing::info!(
                 path = %esc(&path),
@@ -172,13 +134,41 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             );
             Outcome::Changed
         }
-        Err(UploadError::Client(e)) if unreachable(&e) => Outcome::Unreachable {
+        Err(UploadError::Client(e)) if unreachable(&e) => Outcome::DestinationFailed {
+            congestion: matches!(e, ClientError::ConnectTimeout { .. }),
             error: format!("cannot reach {}: {e}", job.watch.cfg.server),
         },
+        Err(UploadError::Client(ClientError::Protocol { source, .. })) if source.is_handshake() => {
+            Outcome::DestinationFailed {
+                congestion: matches!(source, crate::protocol::ProtocolError::HandshakeTimeout(_)),
+                error: format!("no greeting from {}: {source}", job.watch.cfg.server),
+            }
+        }
         Err(UploadError::Client(e)) => {
+            // Past the greeting: the destination answered; the failure is this file's.
+            let congestion = matches!(
+                &e,
+                ClientError::Protocol {
+                    source: crate::protocol::ProtocolError::SendIo { .. }
+                        | crate::protocol::ProtocolError::CloseIo(_),
+                    ..
+                }
+            );
             let error = format!("upload to {} failed: {e}", job.watch.cfg.server);
             let id = Some(claim.id);
-            failed(&job, &sh, Some(claim), id, &path, error, started.elapsed()).await
+            let greeting = Some(greeting.unwrap_or(took));
+            failed(
+                &job,
+                &sh,
+                Some(claim),
+                id,
+                &path,
+                error,
+                took,
+                greeting,
+                congestion,
+            )
+            .await
         }
     }
 }
@@ -293,16 +283,16 @@ async fn dispose_delivered(
     job: &Job,
     sh: &Arc<Shared>,
     claim: Claim,
-    sent: Option<(u64, Duration)>,
+    sent: Option<(Uploaded, Duration)>,
 ) -> Outcome {
-    let (bytes, took) = sent.unwrap_or_default();
+    let uploaded = sent.map(|(u, _)| u);
+    let (bytes, took) = sent.map_or((0, Duration::ZERO), |(u, took)| (u.bytes, took));
     let id = claim.id;
     let path = claim.path.clone();
-    let uploaded = sent.is_some();
     // Written to after `before_close` checked it, while the server was still taking the last
     // bytes: the server has the earlier content, complete. Moving the newer content to
     // done_dir as "delivered" would lose the change; send it again instead.
-    if uploaded {
+    if uploaded.is_some() {
         if let Err(why) = unchanged(&claim, &id, id.size) {
             tracing::info!(
                 path = %esc(&path),
@@ -329,7 +319,7 @@ async fn dispose_delivered(
                 Some(&claim.file),
                 &claim.path,
                 &claim.id,
-                done,
+                Dest::Done(done),
                 &name,
                 &syncer,
             ),
@@ -343,7 +333,7 @@ async fn dispose_delivered(
     let dest = &job.watch.cfg.server;
     // `now`: what became of it after this upload; `earlier`: after an earlier one.
     let delivered = |now: &str, earlier: &str| {
-        if uploaded {
+        if uploaded.is_some() {
             tracing::info!(
                 path = %esc(&path),
                 bytes,
@@ -399,6 +389,8 @@ async fn dispose_delivered(
     }
 }
 
+/// An attempt failed for this file: give it up if it was the last one allowed, else tell
+/// the core (which decides when to retry, and logs it).
 #[allow(clippy::too_many_arguments)]
 async fn failed(
     job: &Job,
@@ -408,44 +400,35 @@ async fn failed(
     path: &Path,
     error: String,
     took: Duration,
+    greeting: Option<Duration>,
+    congestion: bool,
 ) -> Outcome {
+    if !job.last {
+        return Outcome::Failed {
+            error,
+            greeting,
+            congestion,
+        };
+    }
     let max = sh.retry.max_attempts;
     let bytes = claim.as_ref().map_or(0, |c| c.id.size);
-    if max != 0 && job.attempt >= max {
-        let reason = format!(
-            "file: {}\nattempts: {}\nlast error: {}\ntime: {}\n",
-            esc(path),
-            job.attempt,
-            error,
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        );
-        tracing::warn!(
-            path = %esc(path),
-            bytes,
-            duration_ms = took.as_secs_f64() * 1000.0,
-            attempt = job.attempt,
-            "upload of {} failed (attempt {} of {max}): {error}; giving up",
-            esc(path),
-            job.attempt
-        );
-        return give_up(job, sh, claim, id, path, &reason).await;
-    }
-    let retry_in = backoff(&sh.retry, job.attempt);
-    let of = if max == 0 {
-        String::new()
-    } else {
-        format!(" of {max}")
-    };
+    let reason = format!(
+        "file: {}\nattempts: {}\nlast error: {}\ntime: {}\n",
+        esc(path),
+        job.attempt,
+        error,
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    );
     tracing::warn!(
         path = %esc(path),
         bytes,
         duration_ms = took.as_secs_f64() * 1000.0,
         attempt = job.attempt,
-        "upload of {} failed (attempt {}{of}): {error}; retrying in {retry_in:.1?}",
+        "upload of {} failed (attempt {} of {max}): {error}; giving up",
         esc(path),
         job.attempt
     );
-    Outcome::Failed { retry_in }
+    give_up(job, sh, claim, id, path, &reason).await
 }
 
 /// Moves a file given up on to `failed_dir` with its reason, if the name still holds the
@@ -466,7 +449,9 @@ async fn give_up(
             esc(path)
         );
         return Outcome::Failed {
-            retry_in: sh.retry.max,
+            error: "given up on, but the file cannot be inspected".to_string(),
+            greeting: None,
+            congestion: false,
         };
     };
     let w = job.watch.clone();
@@ -476,8 +461,14 @@ async fn give_up(
     let text = reason.to_string();
     let result = tokio::task::spawn_blocking(move || {
         let file = claim.as_ref().map(|c| &c.file);
-        let d =
-            disposition::move_failed_if_ours(file, &from, &id, &w.cfg.failed_dir, &name, &syncer)?;
+        let d = disposition::move_if_ours(
+            file,
+            &from,
+            &id,
+            Dest::Failed(&w.cfg.failed_dir),
+            &name,
+            &syncer,
+        )?;
         let reason_file = match &d {
             Disposed::Done(Some(to)) => Some(disposition::write_reason(to, &text, &syncer)),
             _ => None,
@@ -526,28 +517,5 @@ async fn give_up(
                 error: e.to_string(),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_max_with_jitter() {
-        let p = RetryPolicy {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            max_attempts: 0,
-        };
-        for _ in 0..200 {
-            assert!(backoff(&p, 1) <= Duration::from_millis(100));
-            assert!(backoff(&p, 3) <= Duration::from_millis(400));
-            assert!(backoff(&p, 10) <= Duration::from_secs(1));
-            assert!(backoff(&p, u32::MAX) <= Duration::from_secs(1));
-        }
-        // Jitter: not always the same value.
-        let a: std::collections::HashSet<_> = (0..50).map(|_| backoff(&p, 4)).collect();
-        assert!(a.len() > 1);
     }
 }

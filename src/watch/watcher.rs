@@ -18,7 +18,8 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use super::claim::{self, Identity};
+use super::claim;
+use super::core::{Listed, Listing};
 use super::{esc, FatalError};
 use crate::config::NameFilter;
 
@@ -205,30 +206,43 @@ pub fn start(
     Ok(Watcher { inner })
 }
 
-/// One entry of a directory listing.
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub name: OsString,
-    pub id: Identity,
-}
-
-/// A directory listing, and which directory (device, inode) it was.
-#[derive(Debug, Clone)]
-pub struct Listing {
-    pub dir_id: (u64, u64),
-    /// Oldest (mtime) first.
-    pub entries: Vec<Listed>,
-}
-
-/// Lists `dir`: every entry whose name passes `accepts`, with its `lstat`, oldest (mtime)
-/// first. Blocking; run it with `spawn_blocking`.
+/// Lists `dir`, bounded: the `limit` oldest (mtime, then name) regular files whose names
+/// pass `accepts`, how many such files there are in all, and every entry that is not a
+/// regular file. Memory follows `limit`, not the directory's size. Blocking; run it with
+/// `spawn_blocking`.
 ///
 /// # Errors
 /// The directory cannot be read. Entries that vanish while listing are skipped.
-pub fn list(dir: &Path, accepts: &dyn Fn(&std::ffi::OsStr) -> bool) -> io::Result<Listing> {
+pub fn list(
+    dir: &Path,
+    accepts: &dyn Fn(&std::ffi::OsStr) -> bool,
+    limit: usize,
+) -> io::Result<Listing> {
+    use std::collections::BinaryHeap;
     use std::os::unix::fs::MetadataExt;
+    /// Ordered by age, so the heap's top is the youngest kept.
+    struct ByAge(Listed);
+    impl PartialEq for ByAge {
+        fn eq(&self, o: &Self) -> bool {
+            self.cmp(o) == std::cmp::Ordering::Equal
+        }
+    }
+    impl Eq for ByAge {}
+    impl PartialOrd for ByAge {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for ByAge {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            (self.0.id.mtime_ns, &self.0.name).cmp(&(o.0.id.mtime_ns, &o.0.name))
+        }
+    }
+    let limit = limit.max(1);
     let meta = std::fs::metadata(dir)?;
-    let mut out = Vec::new();
+    let mut oldest: BinaryHeap<ByAge> = BinaryHeap::new();
+    let mut specials = Vec::new();
+    let mut total_files = 0usize;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -236,17 +250,29 @@ pub fn list(dir: &Path, accepts: &dyn Fn(&std::ffi::OsStr) -> bool) -> io::Resul
             continue;
         }
         match claim::lstat(&entry.path()) {
-            Ok(id) => out.push(Listed { name, id }),
+            Ok(id) if id.kind != claim::Kind::Regular => specials.push(Listed { name, id }),
+            Ok(id) => {
+                total_files += 1;
+                let l = ByAge(Listed { name, id });
+                if oldest.len() < limit {
+                    oldest.push(l);
+                } else if oldest.peek().is_some_and(|top| l < *top) {
+                    oldest.pop();
+                    oldest.push(l);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
-                tracing::warn!(path = %esc(&entry.path()), "cannot inspect {}: {e}", esc(&entry.path()))
+                tracing::warn!("cannot inspect {}: {e}", esc(&entry.path()))
             }
         }
     }
-    out.sort_by(|a, b| a.id.mtime_ns.cmp(&b.id.mtime_ns).then(a.name.cmp(&b.name)));
+    let files = oldest.into_sorted_vec().into_iter().map(|l| l.0).collect();
     Ok(Listing {
         dir_id: (meta.dev(), meta.ino()),
-        entries: out,
+        files,
+        total_files,
+        specials,
     })
 }
 

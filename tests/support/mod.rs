@@ -4,6 +4,8 @@
 //! - [`net`]: free ports, "is it listening", a black-holed address;
 //! - [`receiver`]: the real `accio serve` as the receiving end;
 //! - [`scripted`]: a receiver written for one test (stalls, resets, wrong greetings);
+//! - [`send`]: `accio send`/`serve` runs with their outcome, one-connection peers;
+//! - [`servers`]: serial servers that misbehave like ones people run;
 //! - [`watch`]: spool directories, configs and the real `accio watch` process.
 //!
 //! `wait` and `net` use nothing but std and the dev-dependencies, so a file outside this
@@ -14,6 +16,8 @@
 pub mod net;
 pub mod receiver;
 pub mod scripted;
+pub mod send;
+pub mod servers;
 pub mod wait;
 pub mod watch;
 

@@ -79,18 +79,11 @@ impl ScriptServer {
 
 /// Reads until EOF (clean) or an error (reset), appending to `bytes`.
 pub fn read_rest(stream: &mut std::net::TcpStream, mut bytes: Vec<u8>) -> Conn {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return Conn { bytes, clean: true },
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(_) => {
-                return Conn {
-                    bytes,
-                    clean: false,
-                }
-            }
-        }
+    let (more, end) = super::send::read_all(stream);
+    bytes.extend_from_slice(&more);
+    Conn {
+        bytes,
+        clean: end.is_ok(),
     }
 }
 
@@ -131,9 +124,9 @@ pub fn first_connection_paused() -> (
     (server, started_rx, go_tx)
 }
 
-/// A server that answers every connection with a wrong greeting and closes it: the
-/// destination is reachable, but every attempt fails (and counts against max_attempts).
-/// Returns its port; it runs until the test process ends.
+/// A server that answers every connection with a wrong greeting and closes it. For the
+/// service that is the destination's failure: it is marked down and its files wait (they
+/// use up no attempts). Returns its port; it runs until the test process ends.
 pub fn bad_greeting_server() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -142,6 +135,25 @@ pub fn bad_greeting_server() -> u16 {
             let Ok(mut stream) = stream else { return };
             use std::io::Write;
             let _ = stream.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n");
+        }
+    });
+    port
+}
+
+/// A server that greets every connection, waits for the first byte (or the end) and
+/// resets it: the destination is up, but every attempt fails after the greeting, so each
+/// counts against max_attempts. Returns its port; it runs until the test process ends.
+pub fn failing_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            use std::io::{Read, Write};
+            let _ = stream.write_all(b"accio\r\n");
+            let mut buf = [0u8; 1];
+            let _ = stream.read(&mut buf);
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
         }
     });
     port

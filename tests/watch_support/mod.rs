@@ -2,6 +2,7 @@
 //! `mod watch_support;`: everything lives in `tests/support` now (say `mod support;`).
 
 #[path = "../support/mod.rs"]
+#[allow(clippy::duplicate_mod)] // a file may use both old paths
 mod support;
 
 #[allow(unused_imports)]

@@ -92,9 +92,19 @@ fn verify_moved(
     })
 }
 
-/// Moves the spool entry `from` into `dir` (done_dir) under its name or a free suffixed one,
-/// never replacing a file, only if it still is the inode `id`, unchanged; checked right
-/// before and, since the name may be swapped in between, again right after the rename (see
+/// Where a delivered or given-up file goes, which decides the names it may take there.
+#[derive(Debug, Clone, Copy)]
+pub enum Dest<'a> {
+    /// done_dir: the name, or a free `NAME.1`, `NAME.2`, …
+    Done(&'a Path),
+    /// failed_dir: the same, but a name is only taken if its [`reason_path`] is free too,
+    /// for [`write_reason`].
+    Failed(&'a Path),
+}
+
+/// Moves the spool entry `from` into `dest` under `name` or a free suffixed one, never
+/// replacing a file, only if it still is the inode `id`, unchanged; checked right before
+/// and, since the name may be swapped in between, again right after the rename (see
 /// [`Disposed`]). Across filesystems by a durable copy, blocking: run it with
 /// `spawn_blocking`.
 ///
@@ -107,38 +117,14 @@ pub fn move_if_ours(
     file: Option<&File>,
     from: &Path,
     id: &Identity,
-    dir: &Path,
+    dest: Dest<'_>,
     name: &OsStr,
     syncer: &Syncer,
 ) -> io::Result<Disposed> {
-    move_checked(file, from, id, dir, name, syncer, Naming::Plain)
-}
-
-/// [`move_if_ours`] into failed_dir: the name chosen leaves its [`reason_path`] free too,
-/// for [`write_reason`].
-///
-/// # Errors
-/// As [`move_if_ours`].
-pub fn move_failed_if_ours(
-    file: Option<&File>,
-    from: &Path,
-    id: &Identity,
-    dir: &Path,
-    name: &OsStr,
-    syncer: &Syncer,
-) -> io::Result<Disposed> {
-    move_checked(file, from, id, dir, name, syncer, Naming::Failed)
-}
-
-fn move_checked(
-    file: Option<&File>,
-    from: &Path,
-    id: &Identity,
-    dir: &Path,
-    name: &OsStr,
-    syncer: &Syncer,
-    naming: Naming,
-) -> io::Result<Disposed> {
+    let (dir, naming) = match dest {
+        Dest::Done(dir) => (dir, Naming::Plain),
+        Dest::Failed(dir) => (dir, Naming::Failed),
+    };
     let ctx = |e: io::Error| {
         io::Error::new(
             e.kind(),
@@ -269,7 +255,15 @@ mod tests {
         let tmp = spool.path().join(".r.part");
         std::fs::write(&tmp, b"new").unwrap();
         std::fs::rename(&tmp, &p).unwrap();
-        let d = move_if_ours(None, &p, &old, done.path(), OsStr::new("r"), &syncer).unwrap();
+        let d = move_if_ours(
+            None,
+            &p,
+            &old,
+            Dest::Done(done.path()),
+            OsStr::new("r"),
+            &syncer,
+        )
+        .unwrap();
         assert_eq!(d, Disposed::NotOurs);
         assert_eq!(
             delete_if_ours(&p, &old, &syncer).unwrap(),
@@ -301,8 +295,15 @@ mod tests {
         let p = spool.path().join("y");
         std::fs::write(&p, b"y").unwrap();
         let id = claim::lstat(&p).unwrap();
-        let d =
-            move_failed_if_ours(None, &p, &id, failed.path(), OsStr::new("y"), &syncer).unwrap();
+        let d = move_if_ours(
+            None,
+            &p,
+            &id,
+            Dest::Failed(failed.path()),
+            OsStr::new("y"),
+            &syncer,
+        )
+        .unwrap();
         let to = failed.path().join("y.1");
         assert_eq!(d, Disposed::Done(Some(to.clone())));
         let r = write_reason(&to, "why", &syncer).unwrap();
@@ -341,7 +342,7 @@ mod tests {
             std::fs::write(&p, format!("{i}")).unwrap();
             let id = claim::lstat(&p).unwrap();
             let Disposed::Done(Some(to)) =
-                move_failed_if_ours(None, &p, &id, failed.path(), &name, &syncer).unwrap()
+                move_if_ours(None, &p, &id, Dest::Failed(failed.path()), &name, &syncer).unwrap()
             else {
                 panic!("not moved")
             };
@@ -421,7 +422,7 @@ mod tests {
             Some(&f),
             &src,
             &id,
-            done.path(),
+            Dest::Done(done.path()),
             OsStr::new("a"),
             &syncer,
         ));
@@ -449,7 +450,7 @@ mod tests {
                 Some(&f),
                 &src,
                 &id,
-                done.path(),
+                Dest::Done(done.path()),
                 &name,
                 &syncer,
             )));

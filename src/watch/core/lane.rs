@@ -1,0 +1,262 @@
+//! One destination's lane: its health (up, or down and probed with backoff) and its limit of
+//! uploads in flight, which adapts between 1 and the destination's cap.
+//!
+//! The limit follows TCP and Postfix: it starts small, grows by one per success while the
+//! lane was full (slow start: doubling per round), then by `1/limit` per success once a
+//! congestion signal was seen (additive increase), and is multiplied by
+//! [`DECREASE`] on a signal (multiplicative decrease), at most once per round (a decrease
+//! reacts only to attempts started after the previous one).
+//!
+//! The signal is the time from starting to connect until the whole `accio\r\n` has arrived:
+//! one round trip plus whatever the server makes us wait (its accept queue, a busy worker
+//! pool). Its baseline is the smallest value seen in the recent past; when the smoothed
+//! value climbs past [`TOLERANCE`] times the baseline plus [`SLACK`], the server is
+//! queueing us. Greeting timeouts, resets and refusals are signals too.
+
+use std::time::{Duration, Instant};
+
+/// Limit of a new adaptive lane (or its cap, if smaller).
+pub const INITIAL_LIMIT: f64 = 4.0;
+/// Factor applied to the limit on a congestion signal.
+pub const DECREASE: f64 = 0.75;
+/// The smoothed greeting time may be this many times the baseline ...
+pub const TOLERANCE: f64 = 2.0;
+/// ... plus this much (the noise of a loaded machine on loopback), before it is a signal.
+pub const SLACK: Duration = Duration::from_millis(5);
+/// Weight of a new sample in the smoothed greeting time.
+const EWMA_WEIGHT: f64 = 0.25;
+/// The baseline is the minimum over windows of this many samples: a route that got longer
+/// raises it after at most two windows.
+const BASELINE_WINDOW: u32 = 500;
+
+/// Adaptive limit of uploads in flight for one destination.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    /// The destination's cap (its own `concurrency`, else the global one).
+    pub cap: usize,
+    /// `adaptive = false` pins the limit at the cap.
+    pub adaptive: bool,
+    /// Current limit, fractional so that additive increase can add `1/limit`.
+    limit: f64,
+    /// Below it, slow start (+1 per success); at or above, additive increase.
+    ssthresh: f64,
+    /// Smallest greeting time of the previous and current windows.
+    baseline: Option<Duration>,
+    /// Smallest of the current window, and how many samples it has.
+    window_min: Option<Duration>,
+    window_n: u32,
+    /// Smoothed greeting time.
+    smoothed: Option<Duration>,
+    /// Sequence number of the last attempt started when the limit last decreased: later
+    /// signals from attempts started before it are of the same round and ignored.
+    decreased_at: u64,
+}
+
+/// Why a limit changed, for the debug log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Grew,
+    Shrank,
+}
+
+impl Limiter {
+    pub fn new(cap: usize, adaptive: bool) -> Limiter {
+        let cap = cap.max(1);
+        Limiter {
+            cap,
+            adaptive,
+            limit: if adaptive {
+                INITIAL_LIMIT.min(cap as f64)
+            } else {
+                cap as f64
+            },
+            ssthresh: f64::INFINITY,
+            baseline: None,
+            window_min: None,
+            window_n: 0,
+            smoothed: None,
+            decreased_at: 0,
+        }
+    }
+
+    /// Uploads in flight allowed now.
+    pub fn limit(&self) -> usize {
+        if !self.adaptive {
+            return self.cap;
+        }
+        (self.limit.floor() as usize).clamp(1, self.cap)
+    }
+
+    /// The baseline greeting time, if any sample was taken.
+    pub fn baseline(&self) -> Option<Duration> {
+        self.baseline
+    }
+
+    /// The smoothed greeting time, if any sample was taken.
+    pub fn smoothed(&self) -> Option<Duration> {
+        self.smoothed
+    }
+
+    /// The greeting time above which the server is taken to be queueing us.
+    pub fn threshold(&self) -> Option<Duration> {
+        self.baseline
+            .map(|b| b.mul_f64(TOLERANCE).saturating_add(SLACK))
+    }
+
+    /// An attempt got the greeting after `greeting`. `seq` is its start sequence number,
+    /// `lane_full` whether the lane was at its limit when it started (only then does a
+    /// success say the limit was too small), `ok` whether the attempt succeeded.
+    pub fn sample(
+        &mut self,
+        greeting: Duration,
+        seq: u64,
+        latest: u64,
+        lane_full: bool,
+        ok: bool,
+    ) -> Option<Change> {
+        self.window_min = Some(self.window_min.map_or(greeting, |m| m.min(greeting)));
+        self.window_n += 1;
+        self.baseline = Some(self.baseline.map_or(greeting, |b| b.min(greeting)));
+        if self.window_n >= BASELINE_WINDOW {
+            // A new window: forget minima older than the previous window.
+            self.baseline = self.window_min;
+            self.window_min = None;
+            self.window_n = 0;
+        }
+        self.smoothed = Some(match self.smoothed {
+            None => greeting,
+            Some(s) => s.mul_f64(1.0 - EWMA_WEIGHT) + greeting.mul_f64(EWMA_WEIGHT),
+        });
+        if !self.adaptive {
+            return None;
+        }
+        let queueing = match (self.smoothed, self.threshold()) {
+            (Some(s), Some(t)) => s > t,
+            _ => false,
+        };
+        if queueing {
+            return self.congestion(seq, latest);
+        }
+        if ok && lane_full {
+            return self.grow();
+        }
+        None
+    }
+
+    fn grow(&mut self) -> Option<Change> {
+        let before = self.limit();
+        if self.limit >= self.cap as f64 {
+            return None;
+        }
+        if self.limit < self.ssthresh {
+            self.limit += 1.0;
+        } else {
+            self.limit += 1.0 / self.limit.max(1.0);
+        }
+        self.limit = self.limit.min(self.cap as f64);
+        (self.limit() != before).then_some(Change::Grew)
+    }
+
+    /// A congestion signal from an attempt started with sequence number `seq` (greeting
+    /// timeout, reset, refusal, or greeting time climbing); `latest` is the sequence number
+    /// of the last attempt started so far: the round this decrease reacts to ends there.
+    pub fn congestion(&mut self, seq: u64, latest: u64) -> Option<Change> {
+        if !self.adaptive || seq <= self.decreased_at {
+            return None;
+        }
+        let before = self.limit();
+        self.limit = (self.limit * DECREASE).max(1.0);
+        self.ssthresh = self.limit;
+        self.decreased_at = latest;
+        (self.limit() != before).then_some(Change::Shrank)
+    }
+}
+
+/// Whether a destination takes files.
+#[derive(Debug, Clone)]
+pub enum Health {
+    Up,
+    /// Failures that are the destination's (resolve, refuse, unreachable, connect timeout,
+    /// no or wrong greeting): its files take no slots; one probe at a time tests it.
+    Down {
+        since: Instant,
+        /// The last failure.
+        error: String,
+        /// Failed probes so far (the backoff grows with them).
+        probes: u32,
+        /// When the next probe may start.
+        probe_at: Instant,
+        /// When it was last reported at WARN, and with which error.
+        warned_at: Instant,
+        warned_error: String,
+    },
+}
+
+impl Health {
+    pub fn is_up(&self) -> bool {
+        matches!(self, Health::Up)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn pinned_limit_is_the_cap() {
+        let mut l = Limiter::new(7, false);
+        assert_eq!(l.limit(), 7);
+        l.sample(100 * MS, 1, 1, true, true);
+        l.congestion(2, 2);
+        assert_eq!(l.limit(), 7);
+    }
+
+    #[test]
+    fn slow_start_then_decrease_once_per_round() {
+        let mut l = Limiter::new(64, true);
+        assert_eq!(l.limit(), 4);
+        let mut seq = 0;
+        for _ in 0..20 {
+            seq += 1;
+            l.sample(10 * MS, seq, seq, true, true);
+        }
+        assert_eq!(l.limit(), 24);
+        // A slow greeting: decrease once, even though more of the same round follow.
+        seq += 1;
+        assert_eq!(
+            l.sample(500 * MS, seq, seq + 10, true, true),
+            Some(Change::Shrank)
+        );
+        let after = l.limit();
+        for s in seq + 1..=seq + 10 {
+            l.sample(500 * MS, s, seq + 10, true, true);
+        }
+        assert_eq!(l.limit(), after);
+        // The next round may decrease again.
+        assert_eq!(l.congestion(seq + 11, seq + 20), Some(Change::Shrank));
+    }
+
+    #[test]
+    fn never_below_one_nor_above_the_cap() {
+        let mut l = Limiter::new(3, true);
+        for s in 1..100 {
+            l.sample(MS, s, s, true, true);
+        }
+        assert_eq!(l.limit(), 3);
+        for s in 100..200 {
+            l.congestion(s, s);
+        }
+        assert_eq!(l.limit(), 1);
+    }
+
+    #[test]
+    fn no_growth_when_the_lane_was_not_full() {
+        let mut l = Limiter::new(64, true);
+        for s in 1..100 {
+            l.sample(MS, s, s, false, true);
+        }
+        assert_eq!(l.limit(), 4);
+    }
+}

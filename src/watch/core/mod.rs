@@ -1,0 +1,1791 @@
+//! The decisions of the spool service, without I/O: which names are ready, when to look at
+//! them again, when to retry, which destination gets the next slot, whether a destination is
+//! down, and which files are held in memory at all.
+//!
+//! Like `quinn-proto`, the core neither touches the filesystem nor reads the clock nor
+//! logs. It is fed inputs ([`Core::hint`], [`Core::looked`], [`Core::writers`],
+//! [`Core::listed`], [`Core::finished`], [`Core::handle_timeout`], each with `now`) and
+//! answers with [`Action`]s ([`Core::poll_action`]: look at this name, probe its writers,
+//! list this directory, start this attempt, report this) and its next deadline
+//! ([`Core::poll_timeout`]). The tokio driver ([`super::queue`]) performs the actions and
+//! feeds the answers back; the simulation tests drive it with a simulated spool and clock.
+//!
+//! Every name moves through a small state machine:
+//!
+//! ```text
+//!   created/modified ──> Writing ──(closed, or no writer left)──> Settling
+//!   found by a listing ──────────────────────────────────────────> Settling
+//!   Settling ──(unchanged for `settle`)──> Ready
+//!   moved in ─────────────────────────────────────────────────────────────> Ready
+//!   Ready ──(a slot of its destination)──> InFlight ──> delivered / given up: look again
+//!                                         ──> failed: Waiting (backoff) ──> Ready
+//!                                         ──> destination failed: Ready (front of its lane)
+//!                                         ──> still open for writing: Writing
+//!                                         ──> changed recently, writers unknown: Waiting
+//!                                         ──> changed while sent: Settling
+//!   Ready or Writing, moved in ──(closed)──> Ready (a writer that renames before it closes)
+//! ```
+//!
+//! **Lanes.** Each destination (host, port) has a lane: the ready files of the watches that
+//! send to it, its limit of uploads in flight ([`lane::Limiter`], adaptive between 1 and its
+//! cap) and its health ([`lane::Health`]). A free slot goes to the destinations with ready
+//! files in turn (round robin), within one to its watches in turn, within a watch oldest
+//! first. A down destination takes no slot but one probe at a time, with backoff.
+//!
+//! **Memory.** At most `active_limit` names per watch are held; past that, names are left on
+//! disk and the watch is marked as having more there. When its active set runs down to a
+//! quarter, the directory is listed again and the oldest names not yet held are taken in
+//! (the listing itself keeps only the `active_limit` oldest), so memory follows the work in
+//! flight, not the backlog, and the order stays oldest first across refills.
+
+pub mod lane;
+#[cfg(test)]
+mod sim;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use super::claim::{Identity, Kind, Writers};
+use super::watcher::Hint;
+use crate::config::RetryPolicy;
+use lane::{Change, Health, Limiter};
+
+/// A name in one of the watched directories: (watch number, file name).
+pub type Key = (usize, OsString);
+
+/// Where the kernel cannot tell whether a file has writers, a file seen being written is
+/// considered abandoned after this much silence (or the rescan interval, if longer).
+pub const WRITER_QUIET_MIN: Duration = Duration::from_secs(30);
+
+/// How often a file still open for writing is looked at again, at least (the settle time,
+/// if longer).
+pub const WRITER_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long to wait before looking again at a file another instance is sending.
+pub const BUSY_RECHECK: Duration = Duration::from_millis(500);
+
+/// Floor of the rescan interval, so that a zero cannot make a busy loop.
+pub const MIN_RESCAN: Duration = Duration::from_millis(50);
+
+/// How soon a directory that could not be listed is tried again (unless the rescan
+/// interval is shorter).
+pub const RELIST_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// A failed move/delete is reported loudly the first time, when its error changes, and
+/// every this many failures.
+pub const DISPOSITION_REPORT_EVERY: u32 = 20;
+
+/// While a destination stays down, its failures are reported loudly at most this often
+/// (and when the error changes).
+pub const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Names held in memory per watch, by default.
+pub const DEFAULT_ACTIVE_LIMIT: usize = 65_536;
+
+/// Waiting files listed in a [`View`](crate::status::View), at most.
+pub const VIEW_WAITING: usize = 20;
+
+/// The delay before retry `n` (1-based): `base = floor · 2^(n−1)` capped at `max`, then a
+/// uniformly random value in `[base/2, base]`. The one place that decides every retry delay
+/// (files, probes of a down destination, failed moves); `floor` is `retry.initial` (or
+/// more).
+pub fn retry_delay(
+    policy: &RetryPolicy,
+    floor: Duration,
+    n: u32,
+    rng: &mut fastrand::Rng,
+) -> Duration {
+    let exp = n.saturating_sub(1).min(31);
+    let max = policy.max.max(floor);
+    let base = floor.checked_mul(1u32 << exp).unwrap_or(max).min(max);
+    let half = base / 2;
+    let spread = (base - half).as_nanos().min(u128::from(u64::MAX)) as u64;
+    half + Duration::from_nanos(rng.u64(0..=spread))
+}
+
+/// Settings of the core (from the configuration).
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Uploads in flight at most, all destinations together.
+    pub global_cap: usize,
+    /// Names held in memory per watch.
+    pub active_limit: usize,
+    pub retry: RetryPolicy,
+    /// See [`WRITER_QUIET_MIN`].
+    pub writer_quiet_min: Duration,
+    pub watches: Vec<WatchParams>,
+    pub dests: Vec<DestParams>,
+}
+
+/// One watch, as the core needs it.
+#[derive(Debug, Clone)]
+pub struct WatchParams {
+    pub settle: Duration,
+    pub rescan_interval: Duration,
+    /// Index into [`Params::dests`].
+    pub dest: usize,
+}
+
+/// One destination.
+#[derive(Debug, Clone)]
+pub struct DestParams {
+    /// `host:port` as configured.
+    pub name: String,
+    /// Its cap of uploads in flight.
+    pub cap: usize,
+    /// Whether its limit adapts (else it is pinned at the cap).
+    pub adaptive: bool,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: OsString,
+    pub id: Identity,
+}
+
+/// A directory listing, bounded: the oldest regular files, how many there were in all, and
+/// every entry that is not a regular file.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// (device, inode) of the directory.
+    pub dir_id: (u64, u64),
+    /// Regular files, oldest (mtime, then name) first; at most the limit asked for.
+    pub files: Vec<Listed>,
+    /// Regular files in the directory (accepted by the filter), including those not in
+    /// `files`.
+    pub total_files: usize,
+    /// Entries that are not regular files.
+    pub specials: Vec<Listed>,
+}
+
+/// What was decided about a file whose move or delete is still to be done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum After {
+    Delivered,
+    /// Given up; the text goes into the `.reason` file.
+    GaveUp(String),
+}
+
+/// What an attempt does.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Upload, then move or delete.
+    Upload,
+    /// An earlier attempt finished (delivered or gave up) but could not move or delete the
+    /// file; do only that, if the file is still exactly the one it was.
+    Finish { id: Identity, after: After },
+}
+
+/// An attempt to start.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub key: Key,
+    /// 1-based number of this attempt.
+    pub attempt: u32,
+    /// The last attempt allowed (`retry.max_attempts`): a failure gives up.
+    pub last: bool,
+    pub mode: Mode,
+    /// Seen moved in, or closed after it was last written: complete by the writers'
+    /// convention even where the kernel cannot tell whether it has writers.
+    pub trusted: bool,
+    /// Where writers cannot be told, how long an untrusted file must be unchanged.
+    pub quiet: Duration,
+}
+
+/// What a successful upload measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uploaded {
+    pub bytes: u64,
+    /// From starting to connect until the whole greeting had arrived.
+    pub greeting: Duration,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Delivered and moved or deleted (or the name was replaced meanwhile). `uploaded`:
+    /// sent in this attempt (not only moved after an earlier one).
+    Delivered { uploaded: Option<Uploaded> },
+    /// Given up on and moved to `failed_dir`.
+    GaveUp,
+    /// The name does not lead to the file any more: look at it again.
+    Gone,
+    /// Not a regular file.
+    Special(Identity),
+    /// Another instance holds its lock.
+    Busy,
+    /// Changed during the transfer: not delivered; send again once it settles.
+    Changed,
+    /// Someone has it open for writing.
+    Writer,
+    /// Writers cannot be told, nothing vouches for it, and it changed less than the quiet
+    /// period ago: look again after `wait` (or on its close).
+    Young { wait: Duration },
+    /// The attempt failed for this file (after the greeting, or the file could not be
+    /// read). `greeting`: the greeting time, if the server greeted; `congestion`: a reset
+    /// or similar sign of an overloaded server.
+    Failed {
+        error: String,
+        greeting: Option<Duration>,
+        congestion: bool,
+    },
+    /// The destination failed (resolve, refused, unreachable, connect timeout, no or wrong
+    /// greeting): nothing is known about the file; not counted against it.
+    DestinationFailed { error: String, congestion: bool },
+    /// Delivered or given up, but moving/deleting failed.
+    DispositionFailed {
+        id: Identity,
+        after: After,
+        error: String,
+    },
+}
+
+/// Something worth telling the operator; the driver logs it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// A name that is not a regular file; reported once per identity.
+    Ignoring {
+        key: Key,
+        id: Identity,
+    },
+    /// Still open for writing (debug).
+    WriterOpen {
+        key: Key,
+    },
+    /// Was being written but nothing happened for `quiet`; taken as complete once settled.
+    WriterQuiet {
+        key: Key,
+        quiet: Duration,
+    },
+    /// Writers cannot be told and it changed recently (debug).
+    Young {
+        key: Key,
+        quiet: Duration,
+        wait: Duration,
+    },
+    /// An attempt failed; retried in `retry_in`.
+    AttemptFailed {
+        key: Key,
+        attempt: u32,
+        max: u32,
+        error: String,
+        retry_in: Duration,
+    },
+    /// A destination went down.
+    DestinationDown {
+        dest: usize,
+        error: String,
+        waiting: usize,
+        probe_in: Duration,
+    },
+    /// A probe (or an attempt started before it went down) failed; `loud` at most once a
+    /// minute or when the error changed.
+    StillDown {
+        dest: usize,
+        key: Key,
+        error: String,
+        probe_in: Duration,
+        loud: bool,
+    },
+    /// A destination that was down accepted an upload.
+    DestinationUp {
+        dest: usize,
+        down_for: Duration,
+        waiting: usize,
+    },
+    /// A destination's limit changed.
+    Limit {
+        dest: usize,
+        limit: usize,
+        baseline: Option<Duration>,
+        smoothed: Option<Duration>,
+    },
+    /// Moving or deleting a delivered (or given up) file failed.
+    DispositionFailed {
+        key: Key,
+        error: String,
+        failures: u32,
+        retry_in: Duration,
+        delivered: bool,
+        loud: bool,
+    },
+    /// The first listing of a watch.
+    Backlog {
+        watch: usize,
+        files: usize,
+    },
+    /// A listing (debug).
+    Listed {
+        watch: usize,
+        files: usize,
+    },
+    ListFailed {
+        watch: usize,
+        error: String,
+        again: Duration,
+        first: bool,
+    },
+    ListRecovered {
+        watch: usize,
+    },
+    /// The events cannot be trusted; every directory is listed again.
+    Rescan {
+        why: String,
+    },
+    /// The active set of a watch is full: further names wait on disk.
+    Full {
+        watch: usize,
+        limit: usize,
+    },
+}
+
+/// What the driver is asked to do.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// `lstat` the name and answer with [`Core::looked`].
+    Look(Key),
+    /// Ask whether the name has writers; answer with [`Core::writers`].
+    ProbeWriters(Key),
+    /// List the directory of `watch`, keeping the `limit` oldest regular files; answer with
+    /// [`Core::listed`].
+    List {
+        watch: usize,
+        limit: usize,
+    },
+    /// The directory was replaced: watch the new one ([`Core::rewatch_failed`] if that
+    /// fails).
+    Rewatch {
+        watch: usize,
+    },
+    /// Start an attempt; answer with [`Core::finished`].
+    Start(Start),
+    Report(Report),
+}
+
+/// What an `lstat` answer continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cont {
+    /// A hint that needs the entry's kind (and identity).
+    Hint(Hint),
+    /// Settle afresh from now; `closed`: as a file closed after writing.
+    Settle { closed: bool },
+    /// The settle time passed: ready if unchanged.
+    SettleCheck,
+}
+
+#[derive(Debug, Clone)]
+enum Wait {
+    /// After a failed attempt.
+    Backoff { error: String },
+    /// Another instance has it.
+    Busy,
+    /// Writers unknown, changed recently.
+    Young,
+    /// The move/delete failed; trying again.
+    Disposition,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// Seen being written and not closed since `last` activity.
+    Writing { last: Instant },
+    /// Must stay `snap` until `since + settle`.
+    Settling { since: Instant, snap: Identity },
+    /// In its watch's ready queue under this sequence number.
+    Ready { seq: u64 },
+    /// An attempt has it; whatever happens to the name meanwhile, it is looked at again
+    /// afterwards.
+    InFlight {
+        /// Start sequence number (rounds of the adaptive limit).
+        seq: u64,
+        /// Counted in its destination's lane (not a finish-only attempt).
+        lane: bool,
+        /// The probe of a down destination.
+        probe: bool,
+        /// The lane was at its limit when it started.
+        lane_full: bool,
+        /// A close was seen meanwhile (such events are otherwise dropped).
+        closed: bool,
+        /// A write or re-create was seen meanwhile: after an attempt that did not deliver,
+        /// `moved_in` and `closed` no longer vouch for the content.
+        modified: bool,
+        /// A file was renamed in over the name meanwhile: afterwards it is handled as moved
+        /// in (whatever the attempt found).
+        moved: bool,
+    },
+    /// Until its timer fires.
+    Waiting { why: Wait, until: Instant },
+}
+
+/// A move or delete still to do, and how often it failed.
+#[derive(Debug, Clone)]
+struct Pending {
+    id: Identity,
+    after: After,
+    failures: u32,
+    error: String,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    state: State,
+    /// Failed attempts so far (those that count against `max_attempts`).
+    failures: u32,
+    pending: Option<Pending>,
+    /// Generation of the live timer; older timers are stale.
+    gen: u64,
+    /// Seen moved in (and not written in place since).
+    moved_in: bool,
+    /// A close after writing was seen since the last change.
+    closed: bool,
+    /// When the core first knew of it (delivery latency, age of waiting files).
+    since: Instant,
+}
+
+impl Entry {
+    fn new(state: State, now: Instant) -> Entry {
+        Entry {
+            state,
+            failures: 0,
+            pending: None,
+            gen: 0,
+            moved_in: false,
+            closed: false,
+            since: now,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WatchSt {
+    p: WatchParams,
+    /// Names ready to upload, in the order they became ready (lazy: checked when popped).
+    ready: VecDeque<(OsString, u64)>,
+    /// Names whose move/delete is pending: they need no destination.
+    finish: VecDeque<(OsString, u64)>,
+    /// Entries held.
+    count: usize,
+    in_flight: usize,
+    /// More regular files on disk than held: list again when the active set runs low.
+    more_on_disk: bool,
+    /// How many, at the last listing (plus names dropped since), for the counts.
+    on_disk: usize,
+    scanning: bool,
+    rescan_again: bool,
+    next_rescan: Instant,
+    list_failing: bool,
+    /// (device, inode) at the last listing; a change means the inotify watch is stale.
+    dir_id: Option<(u64, u64)>,
+    listed_once: bool,
+    full_reported: bool,
+    sent: u64,
+    failed: u64,
+}
+
+#[derive(Debug)]
+struct DestSt {
+    p: DestParams,
+    limiter: Limiter,
+    health: Health,
+    in_flight: usize,
+    /// Watches sending here, and the round-robin position among them.
+    watches: Vec<usize>,
+    next_watch: usize,
+}
+
+/// Counts for STATUS= and the SIGUSR1 summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub queued: u64,
+    pub in_flight: u64,
+    pub destinations_down: u64,
+}
+
+/// The state of every name, lane and directory.
+pub struct Core {
+    p: Params,
+    now: Instant,
+    rng: fastrand::Rng,
+    watches: Vec<WatchSt>,
+    dests: Vec<DestSt>,
+    entries: HashMap<Key, Entry>,
+    /// Entries that are not regular files, with the identity already reported.
+    reported: HashMap<Key, Identity>,
+    looks: HashMap<Key, Cont>,
+    probes: HashSet<Key>,
+    timers: BinaryHeap<Reverse<(Instant, u64, Key)>>,
+    next_gen: u64,
+    next_seq: u64,
+    /// Sequence number of the last attempt started.
+    last_start: u64,
+    in_flight: usize,
+    /// Round-robin position among destinations.
+    next_dest: usize,
+    stopping: bool,
+    actions: VecDeque<Action>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("entries", &self.entries.len())
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A core for `p`, at `now`. `reported`: special entries already reported by an earlier
+    /// core of the same process (a reload). `seed`: for the jitter. The first actions list
+    /// every directory.
+    pub fn new(p: Params, now: Instant, reported: HashMap<Key, Identity>, seed: u64) -> Core {
+        let dests: Vec<DestSt> = p
+            .dests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| DestSt {
+                p: d.clone(),
+                limiter: Limiter::new(d.cap.min(p.global_cap.max(1)), d.adaptive),
+                health: Health::Up,
+                in_flight: 0,
+                watches: p
+                    .watches
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.dest == i)
+                    .map(|(j, _)| j)
+                    .collect(),
+                next_watch: 0,
+            })
+            .collect();
+        let watches = p
+            .watches
+            .iter()
+            .map(|w| WatchSt {
+                p: w.clone(),
+                ready: VecDeque::new(),
+                finish: VecDeque::new(),
+                count: 0,
+                in_flight: 0,
+                more_on_disk: false,
+                on_disk: 0,
+                scanning: false,
+                rescan_again: false,
+                next_rescan: now + w.rescan_interval.max(MIN_RESCAN),
+                list_failing: false,
+                dir_id: None,
+                listed_once: false,
+                full_reported: false,
+                sent: 0,
+                failed: 0,
+            })
+            .collect();
+        let mut core = Core {
+            p,
+            now,
+            rng: fastrand::Rng::with_seed(seed),
+            watches,
+            dests,
+            entries: HashMap::new(),
+            reported,
+            looks: HashMap::new(),
+            probes: HashSet::new(),
+            timers: BinaryHeap::new(),
+            next_gen: 1,
+            next_seq: 1,
+            last_start: 0,
+            in_flight: 0,
+            next_dest: 0,
+            stopping: false,
+            actions: VecDeque::new(),
+        };
+        for w in 0..core.watches.len() {
+            core.request_scan(w);
+        }
+        core
+    }
+
+    // ---- inputs -------------------------------------------------------------------
+
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    /// A hint from the kernel watcher (already filtered by the watch's name patterns).
+    pub fn hint(&mut self, now: Instant, watch: usize, name: OsString, hint: Hint) {
+        self.advance(now);
+        if watch >= self.watches.len() {
+            return;
+        }
+        let key = (watch, name);
+        if let Some(e) = self.entries.get_mut(&key) {
+            if let State::InFlight {
+                closed,
+                modified,
+                moved,
+                ..
+            } = &mut e.state
+            {
+                // The attempt owns it; the name is looked at again after it. A close is
+                // remembered: a writer the attempt finds may be the one that just left.
+                match hint {
+                    Hint::Closed => *closed = true,
+                    Hint::Created | Hint::Modified => *modified = true,
+                    Hint::MovedIn => *moved = true,
+                    Hint::Attrib | Hint::Gone => {}
+                }
+                return;
+            }
+        }
+        match hint {
+            Hint::Gone => {
+                self.remove(&key);
+                self.reported.remove(&key);
+            }
+            Hint::Created | Hint::Modified => {
+                if hint == Hint::Created || self.reported.contains_key(&key) {
+                    // Links, FIFOs, sockets and directories announce themselves only by a
+                    // create: find out what it is.
+                    self.look(key, Cont::Hint(hint));
+                } else {
+                    self.writing(key);
+                }
+            }
+            Hint::Closed | Hint::Attrib | Hint::MovedIn => self.look(key, Cont::Hint(hint)),
+        }
+    }
+
+    /// The answer to [`Action::Look`]: the name's identity, or `None` if it is gone (or
+    /// cannot be inspected).
+    pub fn looked(&mut self, now: Instant, key: Key, id: Option<Identity>) {
+        self.advance(now);
+        let Some(cont) = self.looks.remove(&key) else {
+            return;
+        };
+        if matches!(
+            self.entries.get(&key).map(|e| &e.state),
+            Some(State::InFlight { .. })
+        ) {
+            // Sent meanwhile: looked at again afterwards.
+            return;
+        }
+        let id = match id {
+            None => {
+                self.remove(&key);
+                return;
+            }
+            Some(id) if id.kind != Kind::Regular => return self.ignore(key, id),
+            Some(id) => id,
+        };
+        self.reported.remove(&key);
+        let now = self.now;
+        match cont {
+            Cont::Settle { closed } => {
+                let settle = self.settle(key.0);
+                if let Some(e) = self.entry_or_insert(
+                    &key,
+                    State::Waiting {
+                        why: Wait::Young,
+                        until: now,
+                    },
+                ) {
+                    e.state = State::Settling {
+                        since: now,
+                        snap: id,
+                    };
+                    // Nothing reliable is known about its writer any more.
+                    e.moved_in = false;
+                    e.closed = closed;
+                    self.arm(&key, now + settle);
+                }
+            }
+            Cont::SettleCheck => {
+                let Some(e) = self.entries.get_mut(&key) else {
+                    return;
+                };
+                let State::Settling { snap, .. } = e.state else {
+                    return;
+                };
+                if id == snap {
+                    self.make_ready(&key, false);
+                } else {
+                    e.state = State::Settling {
+                        since: now,
+                        snap: id,
+                    };
+                    let settle = self.settle(key.0);
+                    self.arm(&key, now + settle);
+                }
+            }
+            Cont::Hint(Hint::Created | Hint::Modified) => self.writing(key),
+            Cont::Hint(Hint::MovedIn) => {
+                // Complete by the writers' convention: a new file, whatever this name held.
+                if let Some(e) = self.entry_or_insert(
+                    &key,
+                    State::Waiting {
+                        why: Wait::Young,
+                        until: now,
+                    },
+                ) {
+                    e.failures = 0;
+                    e.pending = None;
+                    e.moved_in = true;
+                    e.closed = false;
+                    e.since = now;
+                    if matches!(e.state, State::Settling { .. } | State::Writing { .. }) {
+                        e.state = State::Waiting {
+                            why: Wait::Young,
+                            until: now,
+                        };
+                    }
+                    self.make_ready(&key, false);
+                }
+            }
+            Cont::Hint(hint) => {
+                // Closed or Attrib.
+                let settle = self.settle(key.0);
+                if hint == Hint::Closed {
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.closed = true;
+                        // Moved in, then closed (a writer that renames before it closes):
+                        // complete now. The writer check before the send still applies.
+                        if e.moved_in
+                            && matches!(e.state, State::Ready { .. } | State::Writing { .. })
+                        {
+                            return self.make_ready(&key, false);
+                        }
+                    }
+                }
+                match self.entries.get_mut(&key) {
+                    Some(Entry {
+                        state: State::Settling { since, snap },
+                        ..
+                    }) => {
+                        // The timer notices the later deadline and re-arms.
+                        *since = now;
+                        *snap = id;
+                    }
+                    // Being written, ready or backing off: a chmod or touch changes nothing.
+                    Some(_) if hint == Hint::Attrib => {}
+                    _ => {
+                        if let Some(e) = self.entry_or_insert(
+                            &key,
+                            State::Waiting {
+                                why: Wait::Young,
+                                until: now,
+                            },
+                        ) {
+                            e.state = State::Settling {
+                                since: now,
+                                snap: id,
+                            };
+                            e.closed = hint == Hint::Closed;
+                            self.arm(&key, now + settle);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The answer to [`Action::ProbeWriters`].
+    pub fn writers(&mut self, now: Instant, key: Key, writers: Writers) {
+        self.advance(now);
+        if !self.probes.remove(&key) {
+            return;
+        }
+        let Some(State::Writing { last }) = self.entries.get(&key).map(|e| e.state.clone()) else {
+            return;
+        };
+        let now = self.now;
+        match writers {
+            // Nobody has it open for writing (any more): settle it like a closed file.
+            // Also how a hard link into the spool is taken.
+            Writers::None => self.look(key, Cont::Settle { closed: false }),
+            Writers::Some => {
+                let again = self.writer_recheck(key.0);
+                self.report(Report::WriterOpen { key: key.clone() });
+                self.arm(&key, now + again);
+            }
+            Writers::Unknown => {
+                let quiet = self.writer_quiet(key.0);
+                if now < last + quiet {
+                    self.arm(&key, last + quiet);
+                } else {
+                    self.report(Report::WriterQuiet {
+                        key: key.clone(),
+                        quiet,
+                    });
+                    self.look(key, Cont::Settle { closed: false });
+                }
+            }
+        }
+    }
+
+    /// The answer to [`Action::List`].
+    pub fn listed(&mut self, now: Instant, watch: usize, result: Result<Listing, String>) {
+        self.advance(now);
+        if watch >= self.watches.len() {
+            return;
+        }
+        self.watches[watch].scanning = false;
+        match result {
+            Ok(listing) => {
+                if std::mem::take(&mut self.watches[watch].list_failing) {
+                    self.report(Report::ListRecovered { watch });
+                }
+                self.apply_listing(watch, listing);
+            }
+            Err(error) => {
+                let w = &mut self.watches[watch];
+                let again = w.p.rescan_interval.min(RELIST_AFTER_ERROR).max(MIN_RESCAN);
+                let first = !std::mem::replace(&mut w.list_failing, true);
+                w.next_rescan = self.now + again;
+                self.report(Report::ListFailed {
+                    watch,
+                    error,
+                    again,
+                    first,
+                });
+            }
+        }
+        if std::mem::take(&mut self.watches[watch].rescan_again) {
+            self.request_scan(watch);
+        }
+    }
+
+    /// Watching the replaced directory again failed: compare its identity again at the
+    /// next listing.
+    pub fn rewatch_failed(&mut self, watch: usize) {
+        if let Some(w) = self.watches.get_mut(watch) {
+            w.dir_id = Some((u64::MAX, u64::MAX));
+        }
+    }
+
+    /// Events were lost, or cannot be trusted: list every directory again.
+    pub fn rescan_all(&mut self, now: Instant, why: String) {
+        self.advance(now);
+        self.report(Report::Rescan { why });
+        for w in 0..self.watches.len() {
+            self.request_scan(w);
+        }
+    }
+
+    /// An attempt ended (`None`: its task panicked or was aborted; nothing is known).
+    pub fn finished(&mut self, now: Instant, key: Key, outcome: Option<Outcome>) {
+        self.advance(now);
+        let now = self.now;
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
+        let State::InFlight {
+            seq,
+            lane,
+            probe,
+            lane_full,
+            closed: closed_during,
+            modified: modified_during,
+            moved: moved_during,
+        } = e.state
+        else {
+            return;
+        };
+        // Leave InFlight at once: every path below sets the next state.
+        e.state = State::Waiting {
+            why: Wait::Young,
+            until: now,
+        };
+        if modified_during {
+            // Written to while the attempt had it: whatever made it look complete (moved
+            // in, closed) is older than that write.
+            e.moved_in = false;
+            e.closed = false;
+        }
+        let w = key.0;
+        let d = self.watches[w].p.dest;
+        self.in_flight -= 1;
+        self.watches[w].in_flight -= 1;
+        if lane {
+            self.dests[d].in_flight -= 1;
+        }
+        let Some(outcome) = outcome else {
+            self.remove(&key);
+            return self.look(key, Cont::Settle { closed: false });
+        };
+        // What the attempt says about the destination.
+        match &outcome {
+            Outcome::Delivered {
+                uploaded: Some(u), ..
+            } => {
+                self.dest_up(d);
+                self.sample(d, u.greeting, seq, lane_full, true);
+            }
+            Outcome::Failed {
+                greeting: Some(g),
+                congestion,
+                ..
+            } => {
+                self.dest_up(d);
+                self.sample(d, *g, seq, lane_full, false);
+                if *congestion {
+                    self.congestion(d, seq);
+                }
+            }
+            Outcome::DestinationFailed { error, congestion } => {
+                if *congestion {
+                    self.congestion(d, seq);
+                }
+                self.dest_failed(d, &key, error, probe);
+            }
+            _ => {}
+        }
+        self.after_attempt(key.clone(), outcome, closed_during, modified_during);
+        if moved_during {
+            // Whatever became of the file the attempt had, the name now holds one renamed
+            // in: complete by the writers' convention.
+            self.look(key, Cont::Hint(Hint::MovedIn));
+        }
+    }
+
+    /// The file's next state after an attempt.
+    fn after_attempt(
+        &mut self,
+        key: Key,
+        outcome: Outcome,
+        closed_during: bool,
+        modified_during: bool,
+    ) {
+        let now = self.now;
+        let w = key.0;
+        match outcome {
+            Outcome::Delivered { .. } | Outcome::GaveUp => {
+                if matches!(outcome, Outcome::Delivered { .. }) {
+                    self.watches[w].sent += 1;
+                } else {
+                    self.watches[w].failed += 1;
+                }
+                self.remove(&key);
+                // Always look at the name again: if it was replaced while being sent, the
+                // new file is there and must be sent too.
+                self.look(key, Cont::Settle { closed: false });
+            }
+            Outcome::Gone => {
+                self.remove(&key);
+                self.look(key, Cont::Settle { closed: false });
+            }
+            Outcome::Special(id) => {
+                self.ignore(key.clone(), id);
+                if modified_during {
+                    // Replaced by something else while the attempt looked (its events were
+                    // swallowed then): look at what the name holds now.
+                    self.look(key, Cont::Settle { closed: false });
+                }
+            }
+            Outcome::Busy => {
+                let at = now + BUSY_RECHECK.max(self.settle(w));
+                self.wait(&key, Wait::Busy, at);
+            }
+            Outcome::Changed => self.look(key, Cont::Settle { closed: false }),
+            Outcome::Writer => {
+                self.report(Report::WriterOpen { key: key.clone() });
+                let again = self.writer_recheck(w);
+                let Some(e) = self.entries.get_mut(&key) else {
+                    return;
+                };
+                e.state = State::Writing { last: now };
+                if closed_during {
+                    // Closed while the attempt looked: the writer it saw may be gone.
+                    if e.moved_in {
+                        return self.make_ready(&key, false);
+                    }
+                    return self.look(key, Cont::Settle { closed: true });
+                }
+                self.arm(&key, now + again);
+            }
+            Outcome::Young { wait } => {
+                let quiet = self.writer_quiet(w);
+                self.report(Report::Young {
+                    key: key.clone(),
+                    quiet,
+                    wait,
+                });
+                if closed_during {
+                    // Its writer closed it while the attempt looked: settle from that close.
+                    return self.look(key, Cont::Settle { closed: true });
+                }
+                self.wait(&key, Wait::Young, now + wait);
+            }
+            Outcome::DestinationFailed { .. } => {
+                // Back to the front of its lane: it was the oldest, and nothing is known
+                // against it.
+                self.make_ready(&key, true);
+            }
+            Outcome::Failed { error, .. } => {
+                let Some(e) = self.entries.get_mut(&key) else {
+                    return;
+                };
+                e.failures = e.failures.saturating_add(1);
+                let attempt = e.failures;
+                let retry_in =
+                    retry_delay(&self.p.retry, self.p.retry.initial, attempt, &mut self.rng);
+                self.report(Report::AttemptFailed {
+                    key: key.clone(),
+                    attempt,
+                    max: self.p.retry.max_attempts,
+                    error: error.clone(),
+                    retry_in,
+                });
+                self.wait(&key, Wait::Backoff { error }, now + retry_in);
+            }
+            Outcome::DispositionFailed { id, after, error } => {
+                let floor = self.p.retry.initial.max(BUSY_RECHECK);
+                let Some(e) = self.entries.get_mut(&key) else {
+                    return;
+                };
+                let (failures, loud) = match &e.pending {
+                    Some(p) => {
+                        let n = p.failures.saturating_add(1);
+                        (n, p.error != error || n % DISPOSITION_REPORT_EVERY == 0)
+                    }
+                    None => (1, true),
+                };
+                let retry_in = retry_delay(&self.p.retry, floor, failures, &mut self.rng);
+                let delivered = after == After::Delivered;
+                e.pending = Some(Pending {
+                    id,
+                    after,
+                    failures,
+                    error: error.clone(),
+                });
+                self.report(Report::DispositionFailed {
+                    key: key.clone(),
+                    error,
+                    failures,
+                    retry_in,
+                    delivered,
+                    loud,
+                });
+                self.wait(&key, Wait::Disposition, now + retry_in);
+            }
+        }
+    }
+
+    /// Timers due at `now` fire: settle times, backoffs, writer checks, rescans.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let now = self.now;
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, gen, key))) = self.timers.pop() else {
+                break;
+            };
+            self.fire(key, gen);
+        }
+        for w in 0..self.watches.len() {
+            if self.watches[w].next_rescan <= now {
+                self.request_scan(w);
+            }
+        }
+    }
+
+    /// Stop starting attempts (shutdown); those in flight still report back.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+    }
+
+    // ---- outputs ------------------------------------------------------------------
+
+    /// The next thing to do, if any. Dispatching happens here: when nothing else is
+    /// pending, free slots are given out.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() {
+            self.refill();
+            self.dispatch();
+        }
+        self.actions.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] must be called next, if anything waits for time.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        // Skip stale timers so that the deadline is a real one.
+        while let Some(Reverse((_, gen, key))) = self.timers.peek() {
+            if self.entries.get(key).is_some_and(|e| e.gen == *gen) {
+                break;
+            }
+            self.timers.pop();
+        }
+        let mut next = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        for w in &self.watches {
+            consider(w.next_rescan);
+        }
+        // A down destination's next probe, if it has files and it is still to come (a
+        // probe due already waits for a slot, which a finished attempt frees).
+        for d in 0..self.dests.len() {
+            if let Health::Down { probe_at, .. } = self.dests[d].health {
+                if probe_at > self.now && self.dest_has_ready(d) {
+                    consider(probe_at);
+                }
+            }
+        }
+        next
+    }
+
+    /// Counts for the status line.
+    pub fn counts(&self) -> Counts {
+        let queued: usize = self
+            .watches
+            .iter()
+            .map(|w| (w.count - w.in_flight) + w.on_disk)
+            .sum();
+        Counts {
+            queued: queued as u64,
+            in_flight: self.in_flight as u64,
+            destinations_down: self.dests.iter().filter(|d| !d.health.is_up()).count() as u64,
+        }
+    }
+
+    /// When the core first knew of `key` (for the delivery latency).
+    pub fn known_since(&self, key: &Key) -> Option<Instant> {
+        self.entries.get(key).map(|e| e.since)
+    }
+
+    /// Special entries reported so far (handed to the next core after a reload).
+    pub fn reported(&self) -> &HashMap<Key, Identity> {
+        &self.reported
+    }
+
+    /// The name of destination `d`.
+    pub fn dest_name(&self, d: usize) -> &str {
+        &self.dests[d].p.name
+    }
+
+    /// Destination of watch `w`.
+    pub fn dest_of(&self, w: usize) -> usize {
+        self.watches[w].p.dest
+    }
+
+    /// Files of destination `d` waiting (held or on disk), not in flight.
+    pub fn waiting_for(&self, d: usize) -> usize {
+        self.dests[d]
+            .watches
+            .iter()
+            .map(|&w| {
+                let w = &self.watches[w];
+                (w.count - w.in_flight) + w.on_disk
+            })
+            .sum()
+    }
+
+    // ---- decisions ----------------------------------------------------------------
+
+    fn report(&mut self, r: Report) {
+        self.actions.push_back(Action::Report(r));
+    }
+
+    fn settle(&self, watch: usize) -> Duration {
+        self.watches[watch].p.settle
+    }
+
+    fn writer_quiet(&self, watch: usize) -> Duration {
+        self.watches[watch]
+            .p
+            .rescan_interval
+            .max(self.p.writer_quiet_min)
+    }
+
+    fn writer_recheck(&self, watch: usize) -> Duration {
+        self.settle(watch).max(WRITER_RECHECK)
+    }
+
+    /// Asks for an `lstat` of `key`, continued by `cont`. One look per name at a time: a
+    /// later request replaces the continuation of one not yet answered.
+    fn look(&mut self, key: Key, cont: Cont) {
+        if self.looks.insert(key.clone(), cont).is_none() {
+            self.actions.push_back(Action::Look(key));
+        }
+    }
+
+    /// The entry of `key`, inserted with `state` if it is not held yet and there is room.
+    /// Without room the name stays on disk, found by the next listing.
+    fn entry_or_insert(&mut self, key: &Key, state: State) -> Option<&mut Entry> {
+        if !self.entries.contains_key(key) {
+            let limit = self.p.active_limit.max(1);
+            let w = &mut self.watches[key.0];
+            if w.count >= limit {
+                w.more_on_disk = true;
+                w.on_disk += 1;
+                if !std::mem::replace(&mut w.full_reported, true) {
+                    self.report(Report::Full {
+                        watch: key.0,
+                        limit,
+                    });
+                }
+                return None;
+            }
+            w.count += 1;
+            self.entries
+                .insert(key.clone(), Entry::new(state, self.now));
+        }
+        self.entries.get_mut(key)
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(e) = self.entries.remove(key) {
+            let w = &mut self.watches[key.0];
+            w.count -= 1;
+            if let State::InFlight { lane, .. } = e.state {
+                // Not reached: attempts end through `finished`. Kept consistent anyway.
+                self.in_flight -= 1;
+                w.in_flight -= 1;
+                if lane {
+                    self.dests[w.p.dest].in_flight -= 1;
+                }
+            }
+        }
+    }
+
+    fn arm(&mut self, key: &Key, at: Instant) {
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        if let Some(e) = self.entries.get_mut(key) {
+            e.gen = gen;
+            self.timers.push(Reverse((at, gen, key.clone())));
+        }
+    }
+
+    fn wait(&mut self, key: &Key, why: Wait, until: Instant) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.state = State::Waiting { why, until };
+            self.arm(key, until);
+        }
+    }
+
+    /// Puts `key` into its watch's ready queue (at the front: a file that goes back to a
+    /// lane it was taken from).
+    fn make_ready(&mut self, key: &Key, front: bool) {
+        let seq = self.next_seq;
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
+        if matches!(e.state, State::Ready { .. } | State::InFlight { .. }) {
+            return;
+        }
+        self.next_seq += 1;
+        e.state = State::Ready { seq };
+        e.gen = 0; // no live timer
+        let w = &mut self.watches[key.0];
+        let q = if e.pending.is_some() {
+            &mut w.finish
+        } else {
+            &mut w.ready
+        };
+        if front {
+            q.push_front((key.1.clone(), seq));
+        } else {
+            q.push_back((key.1.clone(), seq));
+        }
+    }
+
+    /// A not-regular entry: reported once per identity, and forgotten as a candidate.
+    fn ignore(&mut self, key: Key, id: Identity) {
+        self.remove(&key);
+        if self.reported.get(&key) != Some(&id) {
+            self.report(Report::Ignoring {
+                key: key.clone(),
+                id,
+            });
+            self.reported.insert(key, id);
+        }
+    }
+
+    /// Created or written to in place: neither a rename nor an earlier close vouches for it.
+    /// Looked at after the settle time: by then the kernel can tell whether a writer has it
+    /// open (a hard link, say, has none and needs no close).
+    fn writing(&mut self, key: Key) {
+        let now = self.now;
+        let probe = self.settle(key.0);
+        let Some(e) = self.entry_or_insert(&key, State::Writing { last: now }) else {
+            return;
+        };
+        e.moved_in = false;
+        e.closed = false;
+        match &mut e.state {
+            State::Writing { last } if e.gen != 0 => *last = now,
+            _ => {
+                e.state = State::Writing { last: now };
+                self.arm(&key, now + probe);
+            }
+        }
+    }
+
+    fn fire(&mut self, key: Key, gen: u64) {
+        let Some(e) = self.entries.get(&key) else {
+            return;
+        };
+        if e.gen != gen {
+            return;
+        }
+        let now = self.now;
+        match e.state {
+            State::Writing { .. } => {
+                if self.probes.insert(key.clone()) {
+                    self.actions.push_back(Action::ProbeWriters(key));
+                }
+            }
+            State::Settling { since, .. } => {
+                let settle = self.settle(key.0);
+                if now < since + settle {
+                    self.arm(&key, since + settle);
+                } else {
+                    self.look(key, Cont::SettleCheck);
+                }
+            }
+            State::Waiting { .. } => self.make_ready(&key, false),
+            State::Ready { .. } | State::InFlight { .. } => {}
+        }
+    }
+
+    fn request_scan(&mut self, watch: usize) {
+        let limit = self.p.active_limit.max(1);
+        let w = &mut self.watches[watch];
+        w.next_rescan = self.now + w.p.rescan_interval.max(MIN_RESCAN);
+        if w.scanning {
+            w.rescan_again = true;
+            return;
+        }
+        w.scanning = true;
+        self.actions.push_back(Action::List { watch, limit });
+    }
+
+    /// A watch whose active set ran low while more files wait on disk is listed again.
+    fn refill(&mut self) {
+        let limit = self.p.active_limit.max(1);
+        for w in 0..self.watches.len() {
+            let st = &self.watches[w];
+            if st.more_on_disk && !st.scanning && st.count <= limit / 4 {
+                self.request_scan(w);
+            }
+        }
+    }
+
+    fn apply_listing(&mut self, watch: usize, listing: Listing) {
+        // The directory at the watched path is not the one listed before (removed and
+        // created again, mounted over): the inotify watch is on the old one.
+        let before = self.watches[watch].dir_id;
+        if before != Some(listing.dir_id) {
+            if before.is_some() {
+                self.actions.push_back(Action::Rewatch { watch });
+            }
+            self.watches[watch].dir_id = Some(listing.dir_id);
+        }
+        let now = self.now;
+        let at = now + self.settle(watch);
+        let mut present: HashSet<&OsString> = HashSet::new();
+        for l in &listing.specials {
+            present.insert(&l.name);
+            let key = (watch, l.name.clone());
+            // A name being sent cannot have become a FIFO; if it did, the claim notices.
+            if !self.entries.contains_key(&key) {
+                self.ignore(key, l.id);
+            }
+        }
+        let limit = self.p.active_limit.max(1);
+        let mut held = 0usize;
+        let mut dropped = false;
+        for l in &listing.files {
+            let key = (watch, l.name.clone());
+            self.reported.remove(&key);
+            if self.entries.contains_key(&key) || self.looks.contains_key(&key) {
+                held += 1;
+                continue;
+            }
+            if self.watches[watch].count >= limit {
+                dropped = true;
+                continue;
+            }
+            self.watches[watch].count += 1;
+            self.entries.insert(
+                key.clone(),
+                Entry::new(
+                    State::Settling {
+                        since: now,
+                        snap: l.id,
+                    },
+                    now,
+                ),
+            );
+            held += 1;
+            self.arm(&key, at);
+        }
+        for l in &listing.files {
+            present.insert(&l.name);
+        }
+        // Entries no longer there are forgotten as reported.
+        self.reported
+            .retain(|k, _| k.0 != watch || present.contains(&k.1));
+        let w = &mut self.watches[watch];
+        w.more_on_disk = dropped || listing.total_files > listing.files.len();
+        w.on_disk = listing.total_files.saturating_sub(held);
+        if !w.more_on_disk {
+            w.full_reported = false;
+        }
+        let files = listing.total_files;
+        if std::mem::replace(&mut w.listed_once, true) {
+            self.report(Report::Listed { watch, files });
+        } else {
+            self.report(Report::Backlog { watch, files });
+        }
+    }
+
+    // ---- lanes --------------------------------------------------------------------
+
+    /// Pops stale names off the front of a queue; whether a ready one is there.
+    fn clean_front(&mut self, w: usize, finish: bool) -> bool {
+        loop {
+            let st = &mut self.watches[w];
+            let q = if finish {
+                &mut st.finish
+            } else {
+                &mut st.ready
+            };
+            let Some((name, seq)) = q.front() else {
+                return false;
+            };
+            let key = (w, name.clone());
+            match self.entries.get(&key) {
+                Some(Entry {
+                    state: State::Ready { seq: s },
+                    ..
+                }) if s == seq => return true,
+                _ => {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    fn dest_has_ready(&mut self, d: usize) -> bool {
+        for i in 0..self.dests[d].watches.len() {
+            let w = self.dests[d].watches[i];
+            if self.clean_front(w, false) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn eligible(&self, d: usize) -> bool {
+        let dest = &self.dests[d];
+        match &dest.health {
+            Health::Up => dest.in_flight < dest.limiter.limit(),
+            Health::Down { probe_at, .. } => dest.in_flight == 0 && self.now >= *probe_at,
+        }
+    }
+
+    /// Gives out free slots: finish-only attempts first (they need no destination), then
+    /// destinations in turn, each its watches in turn.
+    fn dispatch(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let cap = self.p.global_cap.max(1);
+        for w in 0..self.watches.len() {
+            while self.in_flight < cap && self.clean_front(w, true) {
+                let Some((name, _)) = self.watches[w].finish.pop_front() else {
+                    break;
+                };
+                self.start((w, name), false);
+            }
+        }
+        let n = self.dests.len();
+        'slots: while self.in_flight < cap {
+            for i in 0..n {
+                let d = (self.next_dest + i) % n;
+                if !self.eligible(d) {
+                    continue;
+                }
+                let m = self.dests[d].watches.len();
+                for j in 0..m {
+                    let pos = (self.dests[d].next_watch + j) % m;
+                    let w = self.dests[d].watches[pos];
+                    if !self.clean_front(w, false) {
+                        continue;
+                    }
+                    let Some((name, _)) = self.watches[w].ready.pop_front() else {
+                        continue;
+                    };
+                    self.dests[d].next_watch = (pos + 1) % m;
+                    self.next_dest = (d + 1) % n;
+                    self.start((w, name), true);
+                    continue 'slots;
+                }
+            }
+            break;
+        }
+    }
+
+    fn start(&mut self, key: Key, lane: bool) {
+        let w = key.0;
+        let d = self.watches[w].p.dest;
+        let quiet = self.writer_quiet(w);
+        let probe = lane && !self.dests[d].health.is_up();
+        let lane_full = lane && self.dests[d].in_flight + 1 >= self.dests[d].limiter.limit();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.last_start = seq;
+        let max = self.p.retry.max_attempts;
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
+        let mode = match (&e.pending, lane) {
+            (Some(p), false) => Mode::Finish {
+                id: p.id,
+                after: p.after.clone(),
+            },
+            _ => Mode::Upload,
+        };
+        let attempt = e.failures.saturating_add(1);
+        let start = Start {
+            key: key.clone(),
+            attempt,
+            last: max != 0 && attempt >= max,
+            mode,
+            trusted: e.moved_in || e.closed,
+            quiet,
+        };
+        e.state = State::InFlight {
+            seq,
+            lane,
+            probe,
+            lane_full,
+            closed: false,
+            modified: false,
+            moved: false,
+        };
+        self.in_flight += 1;
+        self.watches[w].in_flight += 1;
+        if lane {
+            self.dests[d].in_flight += 1;
+        }
+        self.actions.push_back(Action::Start(start));
+    }
+
+    fn dest_up(&mut self, d: usize) {
+        if let Health::Down { since, .. } = self.dests[d].health {
+            self.dests[d].health = Health::Up;
+            let waiting = self.waiting_for(d);
+            self.report(Report::DestinationUp {
+                dest: d,
+                down_for: self.now.saturating_duration_since(since),
+                waiting,
+            });
+        }
+    }
+
+    fn dest_failed(&mut self, d: usize, key: &Key, error: &str, probe: bool) {
+        let now = self.now;
+        let retry = self.p.retry;
+        match &mut self.dests[d].health {
+            Health::Up => {
+                let probe_in = retry_delay(&retry, retry.initial, 1, &mut self.rng);
+                self.dests[d].health = Health::Down {
+                    since: now,
+                    error: error.to_string(),
+                    probes: 1,
+                    probe_at: now + probe_in,
+                    warned_at: now,
+                    warned_error: error.to_string(),
+                };
+                // Everything queued for it waits, not only what was in flight.
+                let waiting = self.waiting_for(d);
+                self.report(Report::DestinationDown {
+                    dest: d,
+                    error: error.to_string(),
+                    waiting,
+                    probe_in,
+                });
+            }
+            Health::Down {
+                error: last,
+                probes,
+                probe_at,
+                warned_at,
+                warned_error,
+                ..
+            } => {
+                *last = error.to_string();
+                if probe {
+                    *probes = probes.saturating_add(1);
+                    *probe_at = now + retry_delay(&retry, retry.initial, *probes, &mut self.rng);
+                }
+                let loud = warned_error != error || now >= *warned_at + OUTAGE_REPORT_EVERY;
+                if loud {
+                    *warned_at = now;
+                    *warned_error = error.to_string();
+                }
+                let probe_in = probe_at.saturating_duration_since(now);
+                self.report(Report::StillDown {
+                    dest: d,
+                    key: key.clone(),
+                    error: error.to_string(),
+                    probe_in,
+                    loud,
+                });
+            }
+        }
+    }
+
+    fn sample(&mut self, d: usize, greeting: Duration, seq: u64, lane_full: bool, ok: bool) {
+        let latest = self.last_start;
+        if self.dests[d]
+            .limiter
+            .sample(greeting, seq, latest, lane_full, ok)
+            .is_some()
+        {
+            self.report_limit(d);
+        }
+    }
+
+    fn congestion(&mut self, d: usize, seq: u64) {
+        let latest = self.last_start;
+        if self.dests[d].limiter.congestion(seq, latest) == Some(Change::Shrank) {
+            self.report_limit(d);
+        }
+    }
+
+    fn report_limit(&mut self, d: usize) {
+        let l = &self.dests[d].limiter;
+        let r = Report::Limit {
+            dest: d,
+            limit: l.limit(),
+            baseline: l.baseline(),
+            smoothed: l.smoothed(),
+        };
+        self.report(r);
+    }
+}
+
+/// What the core knows for `accio status`, apart from names of directories and files.
+#[derive(Debug, Clone, Default)]
+pub struct CoreView {
+    pub destinations: Vec<crate::status::DestinationView>,
+    /// Per watch: `dir` and `destination` are left for the driver to fill in.
+    pub watches: Vec<crate::status::WatchView>,
+    /// The oldest waiting files: key, seconds since the core knew of it, why it waits.
+    pub waiting: Vec<(Key, f64, crate::status::Why)>,
+}
+
+impl Core {
+    /// The state of lanes, watches and the oldest waiting files (at most `max_waiting`).
+    /// `wall_now`: the time of day now, in seconds since the epoch (for "down since").
+    pub fn view(&self, now: Instant, wall_now: f64, max_waiting: usize) -> CoreView {
+        use crate::status::{DestinationView, WatchView, Why};
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let destinations = self
+            .dests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let (down_since_unix, last_error, next_probe_in_s) = match &d.health {
+                    Health::Up => (None, None, None),
+                    Health::Down {
+                        since,
+                        error,
+                        probe_at,
+                        ..
+                    } => (
+                        Some(wall_now - now.saturating_duration_since(*since).as_secs_f64()),
+                        Some(error.clone()),
+                        Some(probe_at.saturating_duration_since(now).as_secs_f64()),
+                    ),
+                };
+                DestinationView {
+                    name: d.p.name.clone(),
+                    up: d.health.is_up(),
+                    down_since_unix,
+                    last_error,
+                    in_flight: d.in_flight as u64,
+                    queued: self.waiting_for(i) as u64,
+                    limit: d.limiter.limit() as u64,
+                    cap: d.limiter.cap as u64,
+                    adaptive: d.limiter.adaptive,
+                    baseline_greeting_ms: d.limiter.baseline().map(ms),
+                    greeting_ms: d.limiter.smoothed().map(ms),
+                    next_probe_in_s,
+                }
+            })
+            .collect();
+        let mut oldest: Vec<Option<Instant>> = vec![None; self.watches.len()];
+        let mut waiting: Vec<(&Key, &Entry)> = Vec::new();
+        for (k, e) in &self.entries {
+            if matches!(e.state, State::InFlight { .. }) {
+                continue;
+            }
+            let o = &mut oldest[k.0];
+            *o = Some(o.map_or(e.since, |t| t.min(e.since)));
+            waiting.push((k, e));
+        }
+        waiting.sort_by(|a, b| a.1.since.cmp(&b.1.since).then(a.0.cmp(b.0)));
+        waiting.truncate(max_waiting);
+        let waiting = waiting
+            .into_iter()
+            .map(|(k, e)| {
+                let dest_up = self.dests[self.watches[k.0].p.dest].health.is_up();
+                let why = match &e.state {
+                    State::Writing { .. } => Why::WriterOpen,
+                    State::Settling { .. } => Why::Settling,
+                    State::Ready { .. } if !dest_up => Why::DestinationDown,
+                    State::Ready { .. } | State::InFlight { .. } => Why::Ready,
+                    State::Waiting { why, until } => match why {
+                        Wait::Backoff { error } => Why::BackingOff {
+                            retry_in_s: until.saturating_duration_since(now).as_secs_f64(),
+                            attempts: e.failures,
+                            error: error.clone(),
+                        },
+                        Wait::Busy => Why::Ready,
+                        Wait::Young => Why::WriterUnknown,
+                        Wait::Disposition => Why::DispositionPending {
+                            error: e
+                                .pending
+                                .as_ref()
+                                .map_or(String::new(), |p| p.error.clone()),
+                        },
+                    },
+                };
+                (
+                    k.clone(),
+                    now.saturating_duration_since(e.since).as_secs_f64(),
+                    why,
+                )
+            })
+            .collect();
+        let watches = self
+            .watches
+            .iter()
+            .enumerate()
+            .map(|(i, w)| WatchView {
+                dir: String::new(),
+                destination: self.dests[w.p.dest].p.name.clone(),
+                queued: ((w.count - w.in_flight) + w.on_disk) as u64,
+                in_flight: w.in_flight as u64,
+                sent: w.sent,
+                failed: w.failed,
+                oldest_waiting_age_s: oldest[i]
+                    .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            })
+            .collect();
+        CoreView {
+            destinations,
+            watches,
+            waiting,
+        }
+    }
+}

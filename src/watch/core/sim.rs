@@ -1,0 +1,953 @@
+//! The core driven through a simulated spool and clock: fixtures for the bugs fixed so far
+//! and the behaviours the end-to-end tests could only check as root (no leases), and a
+//! property test that runs random sequences of filesystem events, attempt outcomes and
+//! destination failures, checking the core's invariants after every step.
+//!
+//! The simulation plays the driver's part: it answers looks and writer probes from the
+//! simulated spool at once, lists directories (bounded, oldest first, as
+//! [`crate::watch::watcher::list`] does), turns changes of the spool into hints as inotify
+//! would, and plays the uploader: an attempt claims the file, checks its writers, "sends" it
+//! and ends as the test decides (or as the spool and the destination's state dictate).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::watch::claim::{Identity, Kind, Writers};
+
+const MS: Duration = Duration::from_millis(1);
+
+#[derive(Debug, Clone)]
+struct File {
+    kind: Kind,
+    ino: u64,
+    size: u64,
+    mtime: Duration,
+    ctime: Duration,
+    /// Open for writing by this many writers.
+    writers: u32,
+}
+
+/// An attempt the core started, as the uploader would have it.
+#[derive(Debug, Clone)]
+struct Attempt {
+    start: Start,
+    /// What the claim found (None: gone at start).
+    claimed: Option<File>,
+    /// [`Sim::epochs`] of the key at start.
+    epoch: u64,
+}
+
+/// How the simulated uploader ends an attempt that reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Deliver,
+    /// Fails after the greeting.
+    Fail,
+}
+
+struct Sim {
+    core: Core,
+    base: Instant,
+    /// Simulated time since `base`.
+    t: Duration,
+    /// Per watch: name → file.
+    spool: Vec<BTreeMap<OsString, File>>,
+    next_ino: u64,
+    /// Whether leases tell writers (else `Writers::Unknown`).
+    leases: bool,
+    /// Destinations that refuse connections.
+    down: HashSet<usize>,
+    running: Vec<Attempt>,
+    /// Names sent and confirmed (watch, name, ino), in order.
+    delivered: Vec<(usize, OsString, u64)>,
+    given_up: Vec<(usize, OsString)>,
+    reports: Vec<Report>,
+    /// Keys whose writer the core was told of (probe said Some, or an attempt found one),
+    /// with no close, rename or removal since.
+    known_writer: HashSet<Key>,
+    /// Starts to other destinations while a destination had a ready file and a free slot.
+    skipped: Vec<usize>,
+    starts: Vec<(Instant, Start)>,
+    /// Files added without an event, not listed since: the core cannot know them yet.
+    silent: HashSet<Key>,
+    /// Per key, how many closes, renames, removals and creations were seen: a writer found
+    /// by an attempt is known to the core only if none came during the attempt.
+    epochs: HashMap<Key, u64>,
+}
+
+fn params(watches: &[usize], dests: usize, cap: usize, dest_cap: usize, active: usize) -> Params {
+    Params {
+        global_cap: cap,
+        active_limit: active,
+        retry: RetryPolicy {
+            initial: 100 * MS,
+            max: 2000 * MS,
+            max_attempts: 3,
+        },
+        writer_quiet_min: 3000 * MS,
+        watches: watches
+            .iter()
+            .map(|&d| WatchParams {
+                settle: 50 * MS,
+                rescan_interval: Duration::from_secs(60),
+                dest: d,
+            })
+            .collect(),
+        dests: (0..dests)
+            .map(|i| DestParams {
+                name: format!("dest{i}:1"),
+                cap: dest_cap,
+                adaptive: true,
+            })
+            .collect(),
+    }
+}
+
+fn name(s: &str) -> OsString {
+    OsString::from(s)
+}
+
+impl Sim {
+    fn new(p: Params, leases: bool) -> Sim {
+        let base = Instant::now();
+        let n = p.watches.len();
+        let d = p.dests.len();
+        let mut sim = Sim {
+            core: Core::new(p, base, HashMap::new(), 7),
+            base,
+            t: Duration::ZERO,
+            spool: vec![BTreeMap::new(); n],
+            next_ino: 1,
+            leases,
+            down: HashSet::new(),
+            running: Vec::new(),
+            delivered: Vec::new(),
+            given_up: Vec::new(),
+            reports: Vec::new(),
+            known_writer: HashSet::new(),
+            skipped: vec![0; d],
+            starts: Vec::new(),
+            silent: HashSet::new(),
+            epochs: HashMap::new(),
+        };
+        sim.pump();
+        sim
+    }
+
+    fn now(&self) -> Instant {
+        self.base + self.t
+    }
+
+    fn id(f: &File) -> Identity {
+        Identity {
+            kind: f.kind,
+            dev: 1,
+            ino: f.ino,
+            size: f.size,
+            mtime_ns: f.mtime.as_nanos() as i128,
+            ctime_ns: f.ctime.as_nanos() as i128,
+        }
+    }
+
+    fn hint(&mut self, w: usize, n: &OsString, h: Hint) {
+        let key = (w, n.clone());
+        self.silent.remove(&key);
+        if matches!(h, Hint::Closed | Hint::MovedIn | Hint::Gone | Hint::Created) {
+            *self.epochs.entry(key.clone()).or_default() += 1;
+            self.known_writer.remove(&key);
+        }
+        let now = self.now();
+        self.core.hint(now, w, n.clone(), h);
+        self.pump();
+    }
+
+    // ---- the spool ------------------------------------------------------------------
+
+    fn new_file(&mut self, writers: u32, size: u64) -> File {
+        self.next_ino += 1;
+        File {
+            kind: Kind::Regular,
+            ino: self.next_ino,
+            size,
+            mtime: self.t,
+            ctime: self.t,
+            writers,
+        }
+    }
+
+    /// A writer creates `n` in place (and keeps it open).
+    fn create(&mut self, w: usize, n: &str) {
+        let f = self.new_file(1, 0);
+        self.spool[w].insert(name(n), f);
+        self.hint(w, &name(n), Hint::Created);
+    }
+
+    fn write(&mut self, w: usize, n: &str) {
+        let t = self.t;
+        let Some(f) = self.spool[w].get_mut(&name(n)) else {
+            return;
+        };
+        if f.kind != Kind::Regular {
+            return;
+        }
+        f.size += 1;
+        f.mtime = t;
+        f.ctime = t;
+        self.hint(w, &name(n), Hint::Modified);
+    }
+
+    fn close(&mut self, w: usize, n: &str) {
+        let Some(f) = self.spool[w].get_mut(&name(n)) else {
+            return;
+        };
+        if f.writers == 0 {
+            return;
+        }
+        f.writers -= 1;
+        self.hint(w, &name(n), Hint::Closed);
+    }
+
+    /// A finished file renamed in (replacing whatever the name held).
+    fn rename_in(&mut self, w: usize, n: &str) {
+        let f = self.new_file(0, 10);
+        self.spool[w].insert(name(n), f);
+        self.hint(w, &name(n), Hint::MovedIn);
+    }
+
+    /// Renamed in while its writer still has it open (renames before it closes).
+    fn rename_in_open(&mut self, w: usize, n: &str) {
+        let f = self.new_file(1, 10);
+        self.spool[w].insert(name(n), f);
+        self.hint(w, &name(n), Hint::MovedIn);
+    }
+
+    fn unlink(&mut self, w: usize, n: &str) {
+        if self.spool[w].remove(&name(n)).is_some() {
+            self.hint(w, &name(n), Hint::Gone);
+        }
+    }
+
+    fn chmod(&mut self, w: usize, n: &str) {
+        let t = self.t;
+        if let Some(f) = self.spool[w].get_mut(&name(n)) {
+            f.ctime = t;
+            self.hint(w, &name(n), Hint::Attrib);
+        }
+    }
+
+    fn mkfifo(&mut self, w: usize, n: &str) {
+        let mut f = self.new_file(0, 0);
+        f.kind = Kind::Fifo;
+        self.spool[w].insert(name(n), f);
+        self.hint(w, &name(n), Hint::Created);
+    }
+
+    /// Files already there (at start, or dropped while events were lost): no hints.
+    fn silently_add(&mut self, w: usize, n: &str, age: Duration) {
+        let mut f = self.new_file(0, 10);
+        f.mtime = self.t.saturating_sub(age);
+        f.ctime = f.mtime;
+        self.spool[w].insert(name(n), f);
+        self.silent.insert((w, name(n)));
+    }
+
+    fn overflow(&mut self) {
+        let now = self.now();
+        self.core.rescan_all(now, "test".into());
+        self.pump();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.t += d;
+        let now = self.now();
+        self.core.handle_timeout(now);
+        self.pump();
+    }
+
+    /// Advances to the core's next deadline (at most `max`).
+    fn step(&mut self, max: Duration) {
+        let now = self.now();
+        let d = self
+            .core
+            .poll_timeout()
+            .map_or(max, |t| t.saturating_duration_since(now).min(max));
+        self.advance(d.max(MS));
+    }
+
+    // ---- the driver -----------------------------------------------------------------
+
+    fn listing(&self, w: usize, limit: usize) -> Listing {
+        let mut files: Vec<Listed> = Vec::new();
+        let mut specials = Vec::new();
+        for (n, f) in &self.spool[w] {
+            let l = Listed {
+                name: n.clone(),
+                id: Self::id(f),
+            };
+            if f.kind == Kind::Regular {
+                files.push(l);
+            } else {
+                specials.push(l);
+            }
+        }
+        let total_files = files.len();
+        files.sort_by(|a, b| (a.id.mtime_ns, &a.name).cmp(&(b.id.mtime_ns, &b.name)));
+        files.truncate(limit);
+        Listing {
+            dir_id: (1, w as u64),
+            files,
+            total_files,
+            specials,
+        }
+    }
+
+    fn pump(&mut self) {
+        while let Some(a) = self.core.poll_action() {
+            let now = self.now();
+            match a {
+                Action::Look(key) => {
+                    let id = self.spool[key.0].get(&key.1).map(Self::id);
+                    self.core.looked(now, key, id);
+                }
+                Action::ProbeWriters(key) => {
+                    let answer = match self.spool[key.0].get(&key.1) {
+                        Some(f) if self.leases && f.writers > 0 => Writers::Some,
+                        Some(_) if self.leases => Writers::None,
+                        _ => Writers::Unknown,
+                    };
+                    if answer == Writers::Some {
+                        self.known_writer.insert(key.clone());
+                    } else {
+                        self.known_writer.remove(&key);
+                    }
+                    self.core.writers(now, key, answer);
+                }
+                Action::List { watch, limit } => {
+                    self.silent.retain(|k| k.0 != watch);
+                    let l = self.listing(watch, limit);
+                    self.core.listed(now, watch, Ok(l));
+                }
+                Action::Rewatch { .. } => {}
+                Action::Start(s) => self.started(s),
+                Action::Report(r) => self.reports.push(r),
+            }
+        }
+        self.check();
+    }
+
+    fn started(&mut self, s: Start) {
+        // Invariant 2: never two attempts of one name at once.
+        assert!(
+            !self.running.iter().any(|a| a.start.key == s.key),
+            "two attempts of {:?} at once",
+            s.key
+        );
+        // Never a send while the core knows of a writer.
+        if matches!(s.mode, Mode::Upload) {
+            assert!(
+                !self.known_writer.contains(&s.key),
+                "{:?} started while the core knew of a writer",
+                s.key
+            );
+        }
+        let w = s.key.0;
+        let d = self.core.watches[w].p.dest;
+        // Invariant 3: a down destination gets an attempt (its probe) only when it has none
+        // in flight: at most one.
+        if !self.core.dests[d].health.is_up() && matches!(s.mode, Mode::Upload) {
+            assert_eq!(
+                self.core.dests[d].in_flight, 1,
+                "down destination {d} got a second attempt"
+            );
+        }
+        // Invariant 5: fairness. Every other destination with a ready file and a free slot
+        // of its own was passed over once more; none more than once a round.
+        let n = self.core.dests.len();
+        for e in 0..n {
+            if e == d {
+                self.skipped[e] = 0;
+            } else if self.core.eligible(e) && self.core.dest_has_ready(e) {
+                self.skipped[e] += 1;
+                assert!(
+                    self.skipped[e] < n,
+                    "destination {e} passed over {} times in a row",
+                    self.skipped[e]
+                );
+            } else {
+                self.skipped[e] = 0;
+            }
+        }
+        let claimed = self.spool[w].get(&s.key.1).cloned();
+        let epoch = self.epochs.get(&s.key).copied().unwrap_or(0);
+        self.starts.push((self.now(), s.clone()));
+        self.running.push(Attempt {
+            start: s,
+            claimed,
+            epoch,
+        });
+    }
+
+    /// Ends the `i`th running attempt the way the uploader would, given the spool now, the
+    /// destination's state and `verdict`.
+    fn finish(&mut self, i: usize, verdict: Verdict) {
+        let a = self.running.remove(i);
+        let key = a.start.key.clone();
+        let (w, n) = (key.0, key.1.clone());
+        let d = self.core.watches[w].p.dest;
+        let now_file = self.spool[w].get(&n).cloned();
+        let outcome = match (&a.claimed, &now_file) {
+            (None, _) => Outcome::Gone,
+            (Some(c), _) if c.kind != Kind::Regular => Outcome::Special(Self::id(c)),
+            (Some(c), now) => {
+                let same = now.as_ref().is_some_and(|f| f.ino == c.ino);
+                let changed = now
+                    .as_ref()
+                    .is_some_and(|f| f.ino == c.ino && (f.size != c.size || f.mtime != c.mtime));
+                let finish_only = match &a.start.mode {
+                    Mode::Finish { id, .. } => id.ino == c.ino,
+                    Mode::Upload => false,
+                };
+                if finish_only {
+                    if same {
+                        self.spool[w].remove(&n);
+                    }
+                    Outcome::Delivered { uploaded: None }
+                } else if self.leases && c.writers > 0 {
+                    if self.epochs.get(&key).copied().unwrap_or(0) == a.epoch {
+                        self.known_writer.insert(key.clone());
+                    }
+                    Outcome::Writer
+                } else if !self.leases
+                    && !a.start.trusted
+                    && self.t.saturating_sub(c.mtime.max(c.ctime)) < a.start.quiet
+                {
+                    Outcome::Young {
+                        wait: a.start.quiet - self.t.saturating_sub(c.mtime.max(c.ctime)),
+                    }
+                } else if self.down.contains(&d) {
+                    Outcome::DestinationFailed {
+                        error: format!("cannot reach dest{d}: refused"),
+                        congestion: true,
+                    }
+                } else if changed {
+                    Outcome::Changed
+                } else if verdict == Verdict::Deliver {
+                    self.delivered.push((w, n.clone(), c.ino));
+                    if same {
+                        self.spool[w].remove(&n);
+                    }
+                    Outcome::Delivered {
+                        uploaded: Some(Uploaded {
+                            bytes: c.size,
+                            greeting: 2 * MS,
+                        }),
+                    }
+                } else if a.start.last {
+                    self.given_up.push((w, n.clone()));
+                    if same {
+                        self.spool[w].remove(&n);
+                    }
+                    Outcome::GaveUp
+                } else {
+                    Outcome::Failed {
+                        error: "reset".into(),
+                        greeting: Some(2 * MS),
+                        congestion: false,
+                    }
+                }
+            }
+        };
+        let now = self.now();
+        self.core.finished(now, key, Some(outcome));
+        self.pump();
+    }
+
+    fn finish_all(&mut self, verdict: Verdict) {
+        while !self.running.is_empty() {
+            self.finish(0, verdict);
+        }
+    }
+
+    /// Runs until nothing is running or waiting in the spool, or `limit` of simulated time
+    /// passed; every attempt delivers (unless its destination is down).
+    fn drain(&mut self, limit: Duration) -> bool {
+        let end = self.t + limit;
+        while self.t < end {
+            self.finish_all(Verdict::Deliver);
+            if self
+                .spool
+                .iter()
+                .all(|s| s.values().all(|f| f.kind != Kind::Regular))
+                && self.running.is_empty()
+            {
+                return true;
+            }
+            self.step(Duration::from_secs(1));
+        }
+        false
+    }
+
+    // ---- invariants -----------------------------------------------------------------
+
+    fn check(&self) {
+        let c = &self.core;
+        // 2: never more in flight than the caps.
+        assert!(c.in_flight <= c.p.global_cap, "global cap exceeded");
+        assert_eq!(c.in_flight, self.running.len(), "in-flight count drifted");
+        for (i, d) in c.dests.iter().enumerate() {
+            assert!(d.in_flight <= d.limiter.cap, "destination {i} over its cap");
+        }
+        // The counts agree with the entries.
+        let mut per_watch = vec![0usize; c.watches.len()];
+        for k in c.entries.keys() {
+            per_watch[k.0] += 1;
+        }
+        for (w, st) in c.watches.iter().enumerate() {
+            assert_eq!(st.count, per_watch[w], "count of watch {w} drifted");
+            assert!(st.count <= c.p.active_limit, "active set over its limit");
+        }
+        let live: HashSet<(u64, &Key)> =
+            c.timers.iter().map(|Reverse((_, g, k))| (*g, k)).collect();
+        // 1: no accepted regular file is forgotten: it is held, being looked at, or its
+        // watch knows more wait on disk (and will list them).
+        for (w, files) in self.spool.iter().enumerate() {
+            for (n, f) in files {
+                if f.kind != Kind::Regular {
+                    continue;
+                }
+                let key = (w, n.clone());
+                if self.silent.contains(&key) {
+                    continue;
+                }
+                let held = c.entries.contains_key(&key) || c.looks.contains_key(&key);
+                assert!(
+                    held || c.watches[w].more_on_disk || c.watches[w].scanning,
+                    "{key:?} is forgotten"
+                );
+                // Held ones have a way forward: ready, in flight, a live timer, or a pending
+                // look or probe.
+                if let Some(e) = c.entries.get(&key) {
+                    let live_timer = e.gen != 0 && live.contains(&(e.gen, &key));
+                    let moving = matches!(e.state, State::Ready { .. } | State::InFlight { .. })
+                        || live_timer
+                        || c.looks.contains_key(&key)
+                        || c.probes.contains(&key);
+                    assert!(moving, "{key:?} is stuck in {:?}", e.state);
+                }
+            }
+        }
+    }
+
+    fn reports_of(&self, f: impl Fn(&Report) -> bool) -> usize {
+        self.reports.iter().filter(|r| f(r)).count()
+    }
+
+    fn started_keys(&self) -> Vec<(usize, String)> {
+        self.starts
+            .iter()
+            .map(|(_, s)| (s.key.0, s.key.1.to_string_lossy().into_owned()))
+            .collect()
+    }
+}
+
+// ---- fixtures: behaviours, and bugs fixed once -----------------------------------------
+
+#[test]
+fn renamed_in_goes_at_once_written_in_place_after_close_and_settle() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.rename_in(0, "a");
+    assert_eq!(s.running.len(), 1, "moved in: sent at once");
+    assert!(s.running[0].start.trusted);
+    s.create(0, "b");
+    s.write(0, "b");
+    s.advance(100 * MS);
+    assert_eq!(s.running.len(), 1, "still open for writing");
+    s.close(0, "b");
+    s.advance(10 * MS);
+    assert_eq!(s.running.len(), 1, "settling");
+    s.advance(60 * MS);
+    assert_eq!(s.running.len(), 2, "closed and settled");
+}
+
+#[test]
+fn a_rename_before_close_goes_at_once_on_close() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.rename_in_open(0, "a");
+    s.finish(0, Verdict::Deliver);
+    assert!(s.delivered.is_empty(), "its writer still had it open");
+    s.close(0, "a");
+    assert_eq!(s.running.len(), 1, "moved in, then closed: ready at once");
+    s.finish(0, Verdict::Deliver);
+    assert_eq!(s.delivered.len(), 1);
+}
+
+#[test]
+fn a_write_seen_during_a_failed_attempt_voids_moved_in() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), false);
+    s.rename_in(0, "a");
+    assert!(s.running[0].start.trusted);
+    // Written in place while the attempt has it; the attempt fails after the greeting.
+    s.write(0, "a");
+    s.running[0].claimed = s.spool[0].get(&name("a")).cloned();
+    s.finish(0, Verdict::Fail);
+    s.drain(Duration::from_secs(1));
+    let again = s.starts.iter().skip(1).find(|(_, st)| st.key.1 == "a");
+    if let Some((_, st)) = again {
+        assert!(!st.trusted, "a write after the rename voids it");
+    }
+}
+
+#[test]
+fn a_close_seen_during_a_too_young_check_settles_from_that_close() {
+    // No leases: a file found by a listing, still open by its writer, is tried after the
+    // settle time, found too young (untrusted); its writer closes it meanwhile. It settles
+    // from that close (and is then trusted), instead of waiting for the quiet age.
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), false);
+    s.t = Duration::from_secs(100);
+    s.silently_add(0, "a", Duration::ZERO);
+    s.spool[0].get_mut(&name("a")).unwrap().writers = 1;
+    s.overflow();
+    s.advance(60 * MS);
+    assert_eq!(s.running.len(), 1);
+    assert!(!s.running[0].start.trusted);
+    s.close(0, "a");
+    s.finish(0, Verdict::Deliver);
+    assert!(s.delivered.is_empty(), "too young");
+    s.advance(60 * MS);
+    assert_eq!(
+        s.running.len(),
+        1,
+        "settled from the close, not after the quiet age"
+    );
+    assert!(s.running[0].start.trusted);
+}
+
+#[test]
+fn without_leases_an_untrusted_file_waits_for_quiet_age_and_old_backlog_goes_at_once() {
+    let mut p = params(&[0], 1, 4, 4, 100);
+    p.writer_quiet_min = Duration::from_secs(30);
+    let mut s = Sim::new(p, false);
+    s.t = Duration::from_secs(100);
+    s.silently_add(0, "old", Duration::from_secs(60));
+    s.silently_add(0, "young", Duration::from_secs(1));
+    s.overflow();
+    s.advance(60 * MS);
+    assert_eq!(s.running.len(), 2);
+    s.finish_all(Verdict::Deliver);
+    let names: Vec<_> = s.delivered.iter().map(|d| d.1.clone()).collect();
+    assert_eq!(names, [name("old")], "the young one waits");
+    assert!(s.drain(Duration::from_secs(60)));
+    assert_eq!(s.delivered.len(), 2);
+}
+
+#[test]
+fn a_name_replaced_while_in_flight_sends_both_files() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.rename_in(0, "a");
+    let first = s.running[0].claimed.as_ref().unwrap().ino;
+    s.rename_in(0, "a");
+    s.finish(0, Verdict::Deliver);
+    assert!(s.drain(Duration::from_secs(5)));
+    let inos: Vec<u64> = s.delivered.iter().map(|d| d.2).collect();
+    assert_eq!(inos.len(), 2);
+    assert_eq!(inos[0], first);
+    assert_ne!(inos[1], first);
+}
+
+#[test]
+fn specials_are_reported_once_and_never_sent() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.mkfifo(0, "pipe");
+    s.overflow();
+    s.overflow();
+    assert_eq!(s.reports_of(|r| matches!(r, Report::Ignoring { .. })), 1);
+    assert!(s.starts.is_empty());
+}
+
+#[test]
+fn a_failing_file_is_retried_with_backoff_then_given_up() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.rename_in(0, "bad");
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let t0 = s.t;
+        s.finish(0, Verdict::Fail);
+        while s.running.is_empty() && s.t < t0 + Duration::from_secs(10) {
+            s.step(Duration::from_secs(1));
+        }
+        delays.push(s.t - t0);
+        if s.given_up.len() == 1 {
+            break;
+        }
+    }
+    assert_eq!(s.given_up.len(), 1, "given up after max_attempts");
+    // The floor: retry n waits at least initial·2^(n−1)/2.
+    assert!(delays[0] >= 50 * MS, "{delays:?}");
+    assert!(delays[1] >= 100 * MS, "{delays:?}");
+}
+
+#[test]
+fn retry_delays_stay_within_their_documented_bounds() {
+    let p = RetryPolicy {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+        max_attempts: 0,
+    };
+    let mut rng = fastrand::Rng::with_seed(3);
+    for n in 1..40u32 {
+        let base = Duration::from_secs(1)
+            .checked_mul(1u32 << (n - 1).min(31))
+            .unwrap_or(p.max)
+            .min(p.max);
+        for _ in 0..50 {
+            let d = retry_delay(&p, p.initial, n, &mut rng);
+            assert!(
+                d >= base / 2 && d <= base,
+                "retry {n}: {d:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
+        }
+    }
+}
+
+// ---- lanes ----------------------------------------------------------------------------
+
+#[test]
+fn a_down_destination_holds_one_probe_and_its_files_go_when_it_is_back() {
+    // Watch 0 → dest 0 (down), watch 1 → dest 1.
+    let mut s = Sim::new(params(&[0, 1], 2, 8, 8, 1000), true);
+    s.down.insert(0);
+    for i in 0..40 {
+        s.rename_in(0, &format!("a{i}"));
+    }
+    assert_eq!(s.running.len(), 4, "the adaptive limit starts at 4");
+    s.finish_all(Verdict::Deliver);
+    assert_eq!(
+        s.reports_of(|r| matches!(r, Report::DestinationDown { .. })),
+        1
+    );
+    // Down: the other destination's files go at once, the down one holds no slot.
+    s.rename_in(1, "b");
+    assert_eq!(s.running.len(), 1);
+    assert_eq!(s.running[0].start.key.0, 1);
+    s.finish_all(Verdict::Deliver);
+    // Probes: one at a time.
+    for _ in 0..20 {
+        s.step(Duration::from_secs(5));
+        assert!(s.running.len() <= 1);
+        s.finish_all(Verdict::Deliver);
+    }
+    assert!(s.delivered.iter().all(|d| d.0 == 1));
+    // Back: everything goes, once.
+    s.down.clear();
+    assert!(s.drain(Duration::from_secs(10)));
+    assert_eq!(s.delivered.len(), 41);
+    assert_eq!(s.given_up.len(), 0, "down destinations use up no attempts");
+    assert_eq!(
+        s.reports_of(|r| matches!(r, Report::DestinationUp { .. })),
+        1
+    );
+}
+
+#[test]
+fn one_ready_file_of_a_destination_gets_a_slot_within_one_round() {
+    let mut s = Sim::new(params(&[0, 1], 2, 2, 2, 10_000), true);
+    for i in 0..2000 {
+        s.rename_in(0, &format!("a{i:04}"));
+    }
+    assert_eq!(s.running.len(), 2);
+    s.rename_in(1, "b");
+    // The next slot that frees goes to destination 1.
+    s.finish(0, Verdict::Deliver);
+    assert!(
+        s.running.iter().any(|a| a.start.key.0 == 1),
+        "{:?}",
+        s.running.iter().map(|a| &a.start.key).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn watches_of_one_destination_take_turns() {
+    let mut s = Sim::new(params(&[0, 0], 1, 1, 1, 1000), true);
+    for i in 0..5 {
+        s.rename_in(0, &format!("a{i}"));
+    }
+    for i in 0..5 {
+        s.rename_in(1, &format!("b{i}"));
+    }
+    assert!(s.drain(Duration::from_secs(5)));
+    let order: Vec<usize> = s.started_keys().iter().map(|k| k.0).collect();
+    assert_eq!(order, [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+}
+
+#[test]
+fn the_limit_grows_while_the_lane_is_full_and_greetings_stay_fast() {
+    let mut s = Sim::new(params(&[0], 1, 64, 64, 10_000), true);
+    for i in 0..500 {
+        s.rename_in(0, &format!("f{i:04}"));
+    }
+    assert_eq!(s.running.len(), 4);
+    for _ in 0..100 {
+        s.finish(0, Verdict::Deliver);
+    }
+    assert!(s.running.len() > 32, "{}", s.running.len());
+}
+
+// ---- memory ---------------------------------------------------------------------------
+
+#[test]
+fn a_backlog_larger_than_the_active_set_is_read_in_oldest_first() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 40), true);
+    s.t = Duration::from_secs(1000);
+    for i in 0..300 {
+        // f000 is the oldest.
+        s.silently_add(0, &format!("f{i:03}"), Duration::from_secs(900 - i));
+    }
+    s.overflow();
+    assert!(s.core.entries.len() <= 40);
+    assert!(s.drain(Duration::from_secs(60)));
+    assert_eq!(s.delivered.len(), 300);
+    // Oldest first, across refills (within a batch of the active set, the order of
+    // becoming ready, which is the listing's order).
+    let names: Vec<String> = s
+        .delivered
+        .iter()
+        .map(|d| d.1.to_string_lossy().into_owned())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+}
+
+#[test]
+fn names_dropped_for_lack_of_room_are_found_by_the_next_listing() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 8), true);
+    for i in 0..30 {
+        s.rename_in(0, &format!("f{i:02}"));
+    }
+    assert!(s.core.entries.len() <= 8);
+    assert!(s.core.watches[0].more_on_disk);
+    assert!(s.drain(Duration::from_secs(60)));
+    assert_eq!(s.delivered.len(), 30);
+}
+
+// ---- random sequences -----------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(usize, u8),
+    Write(usize, u8),
+    Close(usize, u8),
+    RenameIn(usize, u8),
+    RenameInOpen(usize, u8),
+    Unlink(usize, u8),
+    Chmod(usize, u8),
+    Fifo(usize, u8),
+    Silent(usize, u8),
+    Overflow,
+    Advance(u16),
+    Finish(u8, bool),
+    Down(usize),
+    Up(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let w = 0usize..3;
+    let n = 0u8..6;
+    prop_oneof![
+        1 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::Create(w, n)),
+        1 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::Write(w, n)),
+        1 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::Close(w, n)),
+        3 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::RenameIn(w, n)),
+        1 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::RenameInOpen(w, n)),
+        1 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::Unlink(w, n)),
+        1 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::Chmod(w, n)),
+        1 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::Fifo(w, n)),
+        1 => (w.clone(), n.clone()).prop_map(|(w, n)| Op::Silent(w, n)),
+        1 => Just(Op::Overflow),
+        3 => (1u16..3000).prop_map(Op::Advance),
+        4 => (any::<u8>(), any::<bool>()).prop_map(|(i, ok)| Op::Finish(i, ok)),
+        1 => (0usize..2).prop_map(Op::Down),
+        1 => (0usize..2).prop_map(Op::Up),
+    ]
+}
+
+fn run_ops(ops: &[Op], leases: bool, active: usize) {
+    // Watches 0 and 1 send to destination 0, watch 2 to destination 1.
+    let mut s = Sim::new(params(&[0, 0, 1], 2, 3, 2, active), leases);
+    for o in ops {
+        let nm = |n: &u8| format!("n{n}");
+        match o {
+            Op::Create(w, n) => s.create(*w, &nm(n)),
+            Op::Write(w, n) => s.write(*w, &nm(n)),
+            Op::Close(w, n) => s.close(*w, &nm(n)),
+            Op::RenameIn(w, n) => s.rename_in(*w, &nm(n)),
+            Op::RenameInOpen(w, n) => s.rename_in_open(*w, &nm(n)),
+            Op::Unlink(w, n) => s.unlink(*w, &nm(n)),
+            Op::Chmod(w, n) => s.chmod(*w, &nm(n)),
+            Op::Fifo(w, n) => s.mkfifo(*w, &nm(n)),
+            Op::Silent(w, n) => s.silently_add(*w, &nm(n), Duration::from_secs(5)),
+            Op::Overflow => s.overflow(),
+            Op::Advance(ms) => s.advance(Duration::from_millis(u64::from(*ms))),
+            Op::Finish(i, ok) => {
+                if !s.running.is_empty() {
+                    let i = usize::from(*i) % s.running.len();
+                    s.finish(i, if *ok { Verdict::Deliver } else { Verdict::Fail });
+                }
+            }
+            Op::Down(d) => {
+                s.down.insert(*d);
+            }
+            Op::Up(d) => {
+                s.down.remove(d);
+            }
+        }
+    }
+    // 4. Liveness: writers gone, every destination up, no more changes: the spool drains
+    // (files found only by the no-lease quiet rule take its 3 s, backoffs at most 2 s, a
+    // down destination's probe at most 2 s).
+    for w in 0..s.spool.len() {
+        let open: Vec<String> = s.spool[w]
+            .iter()
+            .filter(|(_, f)| f.writers > 0)
+            .map(|(n, _)| n.to_string_lossy().into_owned())
+            .collect();
+        for n in open {
+            while s.spool[w].get(&name(&n)).is_some_and(|f| f.writers > 0) {
+                s.close(w, &n);
+            }
+        }
+    }
+    s.down.clear();
+    // Names written silently (no hints) are found by the periodic rescan, at most 60 s away.
+    assert!(
+        s.drain(Duration::from_secs(120)),
+        "not drained: {:?}",
+        s.spool
+            .iter()
+            .map(|f| f.keys().collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_with_leases(ops in prop::collection::vec(op(), 1..80)) {
+        run_ops(&ops, true, 1000);
+    }
+
+    #[test]
+    fn invariants_hold_without_leases(ops in prop::collection::vec(op(), 1..80)) {
+        run_ops(&ops, false, 1000);
+    }
+
+    #[test]
+    fn invariants_hold_with_a_tiny_active_set(ops in prop::collection::vec(op(), 1..80)) {
+        run_ops(&ops, true, 4);
+    }
+}
