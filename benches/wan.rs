@@ -16,7 +16,7 @@
 //!
 //! Timeouts are the defaults (10 s), `on_success = "delete"`. Figures only.
 //!
-//! Run: `cargo bench --bench wan` (about 12 minutes). Knobs (comma lists):
+//! Run: `cargo bench --bench wan` (7-8 minutes). Knobs (comma lists):
 //! `WAN_BENCH_RTT=0,10,50` (ms), `WAN_BENCH_POOL=1,8,32`,
 //! `WAN_BENCH_CONC=default,1,4,16,32,64,128` (1 runs only with the pool of 1), `WAN_BENCH_FILES=1000`,
 //! `WAN_BENCH_FILES_POOL1_50MS=200`, `WAN_BENCH_BIG=20` (0 skips the 50 MiB run),
