@@ -17,8 +17,8 @@
 //! (VmHWM from /proc once the spool is drained), and the drain rate from the start to the
 //! last file received, with its ratio to the 10k backlog's rate in the same run.
 //!
-//! Run: `cargo bench --bench lanes` (about 7 minutes with the 1M backlog, most of it the 1M
-//! run's file creation and drain; about 2 minutes without it). Knobs:
+//! Run: `cargo bench --bench lanes` (4-6 minutes with the 1M backlog, most of it the 1M
+//! run's drain; 1-2 minutes without it). Knobs:
 //! - `LANES_BENCH_ONLY=trouble` or `=backlog`: one part only;
 //! - `LANES_BENCH_BIG=100000`: skip backlogs larger than this (the 1M one);
 //!   `LANES_BENCH_SIZES=10000,100000,1000000` picks the backlog sizes (the first is the
@@ -74,8 +74,17 @@ fn trouble_case(
     let (beside, missing) = pair.healthy_latencies(&dropped, Duration::from_secs(180));
     let a_overlap = match &pair.bad {
         BadPeer::Receiver(r) if matches!(trouble, Trouble::NoGreeting) => {
-            let spans = r.spans();
-            spans.iter().filter_map(|s| s.close).min().map(|first| {
+            // A's first failure: with a large cap B's files may be in before it.
+            wait_until(Duration::from_secs(30), || {
+                r.spans().iter().any(|s| s.close.is_some())
+            });
+            let first = r.spans().iter().filter_map(|s| s.close).min();
+            first.map(|first| {
+                // As tests/lanes.rs: watch A for three timeouts after its first failure, long
+                // enough for the attempts in flight then to end and for probes to follow.
+                let until = first + Duration::from_secs(6);
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                let spans = r.spans();
                 peers::max_overlap(&spans, first, Duration::from_millis(300), Instant::now())
             })
         }

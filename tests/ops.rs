@@ -5,7 +5,7 @@
 //! without it; `.ci/run` installs it and runs them:
 //! `cargo test --test ops -- --ignored prom`.
 
-mod watch_support;
+mod support;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use watch_support::*;
+use support::{net::*, receiver::*, wait::*, watch::*, BIN};
 
 /// A config for `dirs` whose control socket is in the test's own directory and, with
 /// `metrics`, a metrics listener on that port.

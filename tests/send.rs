@@ -7,11 +7,13 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::net::BlackHole;
 use support::send::*;
+use support::wait::wait_until;
 use support::BIN;
 
 /// Exit codes, as documented in `accio send --help`.
@@ -24,15 +26,19 @@ mod code {
     pub const TRANSFER: i32 = 7;
 }
 
-/// Sends `content` to a well-behaved sink and checks the bytes arrived exactly.
+/// Sends `content` to a well-behaved sink on 127.0.0.1 and checks the bytes arrived exactly.
 fn roundtrip(content: &[u8]) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", content);
-    let peer = Peer::new();
+    let (_dir, file) = temp_file(content);
+    roundtrip_file(Peer::new(), "127.0.0.1", &file, content);
+}
+
+/// Sends `file` (holding `content`) to `host` and a well-behaved sink on `peer`, and checks
+/// the bytes arrived exactly.
+#[track_caller]
+fn roundtrip_file(peer: Peer, host: &str, file: &std::path::Path, content: &[u8]) {
     let port = peer.port_str();
     let server = peer.serve(sink);
-    let out = run(&mut send_cmd("127.0.0.1", &port, &file, SHORT));
-    out.assert_success();
+    run(&mut send_cmd(host, &port, file, SHORT)).assert_success();
     let received = server.join().unwrap();
     assert_eq!(received.len(), content.len());
     assert!(received == content, "content differs");
@@ -71,9 +77,7 @@ fn sends_100_mib_byte_exact_in_constant_memory() {
         s.read_exact(&mut data).unwrap();
         let pid = pid_rx.recv().unwrap();
         let peak = peak_rss_kib(pid);
-        let (rest, end) = read_all(&mut s);
-        end.unwrap();
-        data.extend_from_slice(&rest);
+        read_to_clean_end(&mut s, &mut data);
         (data, peak)
     });
     let (child, started) = spawn(&mut send_cmd("127.0.0.1", &port, &file, SHORT));
@@ -96,18 +100,13 @@ fn falls_back_to_copying_when_sendfile_is_refused() {
     let path = std::path::PathBuf::from(format!("/proc/{}/cmdline", std::process::id()));
     let expected = std::fs::read(&path).unwrap();
     assert!(!expected.is_empty());
-    let peer = Peer::new();
-    let port = peer.port_str();
-    let server = peer.serve(sink);
-    run(&mut send_cmd("127.0.0.1", &port, &path, SHORT)).assert_success();
-    assert_eq!(server.join().unwrap(), expected);
+    roundtrip_file(Peer::new(), "127.0.0.1", &path, &expected);
 }
 
 #[test]
 fn command_dribbled_one_byte_at_a_time() {
     let content = pattern(5000, 4);
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &content);
+    let (_dir, file) = temp_file(&content);
     let peer = Peer::new();
     let port = peer.port_str();
     let server = peer.serve(|mut s| {
@@ -129,23 +128,36 @@ fn command_dribbled_one_byte_at_a_time() {
         end.unwrap();
         data
     });
-    run(&mut send_cmd("127.0.0.1", &port, &file, SHORT)).assert_success();
+    send_local(&port, &file, SHORT).assert_success();
     assert!(server.join().unwrap() == content);
 }
 
-/// Runs a send against a server that sends `prefix` and then keeps silent until the client
-/// is gone; returns the outcome and the bytes the server received (must be none).
-fn handshake_failure(prefix: &'static [u8], env: &[(&str, &str)]) -> (Outcome, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &pattern(500, 5));
-    let peer = Peer::new();
+/// Sends `file` to `peer`, which runs `script` on the connection; returns the outcome and
+/// what the script returned.
+fn send_to<R: Send + 'static>(
+    peer: Peer,
+    file: &std::path::Path,
+    env: &[(&str, &str)],
+    script: impl FnOnce(TcpStream) -> R + Send + 'static,
+) -> (Outcome, R) {
     let port = peer.port_str();
-    let server = peer.serve(move |mut s| {
+    let server = peer.serve(script);
+    let out = send_local(&port, file, env);
+    (out, server.join().unwrap())
+}
+
+/// Runs a send against a server that sends `prefix` and then keeps silent until the client
+/// is gone; asserts a handshake error with nothing sent, and returns the outcome.
+#[track_caller]
+fn handshake_failure(prefix: &'static [u8], env: &[(&str, &str)]) -> Outcome {
+    let (_dir, file) = temp_file(&pattern(500, 5));
+    let (out, received) = send_to(Peer::new(), &file, env, move |mut s| {
         s.write_all(prefix).unwrap();
         read_all(&mut s).0
     });
-    let out = run(&mut send_cmd("127.0.0.1", &port, &file, env));
-    (out, server.join().unwrap())
+    out.assert_error(code::HANDSHAKE);
+    assert!(received.is_empty(), "sent {} bytes", received.len());
+    out
 }
 
 const LONG_HANDSHAKE: &[(&str, &str)] = &[("ACCIO_HANDSHAKE_TIMEOUT", "20s")];
@@ -153,84 +165,54 @@ const SHORT_HANDSHAKE: &[(&str, &str)] = &[("ACCIO_HANDSHAKE_TIMEOUT", "500ms")]
 
 #[test]
 fn partial_command_then_silence_times_out() {
-    let (out, received) = handshake_failure(b"accio\r", SHORT_HANDSHAKE);
-    out.assert_error(code::HANDSHAKE);
-    assert!(received.is_empty(), "sent {} bytes", received.len());
-    assert!(
-        out.elapsed >= Duration::from_millis(500),
-        "{:?}",
-        out.elapsed
-    );
-    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+    let out = handshake_failure(b"accio\r", SHORT_HANDSHAKE);
+    out.assert_elapsed(Duration::from_millis(500)..Duration::from_secs(5));
 }
 
 #[test]
 fn wrong_command_hello_is_rejected_at_once() {
     // The handshake timeout is long: only an immediate rejection ends this quickly.
-    let (out, received) = handshake_failure(b"hello\r\n", LONG_HANDSHAKE);
-    out.assert_error(code::HANDSHAKE);
-    assert!(received.is_empty(), "sent {} bytes", received.len());
-    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+    let out = handshake_failure(b"hello\r\n", LONG_HANDSHAKE);
+    out.assert_elapsed(..Duration::from_secs(5));
 }
 
 #[test]
 fn wrong_command_bare_newline_is_rejected_at_once() {
-    let (out, received) = handshake_failure(b"accio\n", LONG_HANDSHAKE);
-    out.assert_error(code::HANDSHAKE);
-    assert!(received.is_empty(), "sent {} bytes", received.len());
-    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+    let out = handshake_failure(b"accio\n", LONG_HANDSHAKE);
+    out.assert_elapsed(..Duration::from_secs(5));
 }
 
 #[test]
 fn server_that_never_sends_the_command_times_out() {
-    let (out, received) = handshake_failure(b"", SHORT_HANDSHAKE);
-    out.assert_error(code::HANDSHAKE);
-    assert!(received.is_empty());
-    assert!(
-        out.elapsed >= Duration::from_millis(500),
-        "{:?}",
-        out.elapsed
-    );
+    let out = handshake_failure(b"", SHORT_HANDSHAKE);
+    out.assert_elapsed(Duration::from_millis(500)..);
 }
 
 #[test]
 fn server_closing_first_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", b"data");
-    let peer = Peer::new();
-    let port = peer.port_str();
-    let server = peer.serve(drop);
-    let out = run(&mut send_cmd("127.0.0.1", &port, &file, LONG_HANDSHAKE));
-    server.join().unwrap();
+    let (_dir, file) = temp_file(b"data");
+    let (out, ()) = send_to(Peer::new(), &file, LONG_HANDSHAKE, drop);
     out.assert_error(code::HANDSHAKE);
-    assert!(out.elapsed < Duration::from_secs(5));
+    out.assert_elapsed(..Duration::from_secs(5));
 }
 
 #[test]
 fn server_closing_mid_command_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", b"data");
-    let peer = Peer::new();
-    let port = peer.port_str();
-    let server = peer.serve(|mut s| s.write_all(b"acc").unwrap());
-    let out = run(&mut send_cmd("127.0.0.1", &port, &file, LONG_HANDSHAKE));
-    server.join().unwrap();
+    let (_dir, file) = temp_file(b"data");
+    let (out, ()) = send_to(Peer::new(), &file, LONG_HANDSHAKE, |mut s| {
+        s.write_all(b"acc").unwrap()
+    });
     out.assert_error(code::HANDSHAKE);
     assert!(out.stderr.contains("3 of 7"), "{}", out.stderr);
 }
 
 #[test]
 fn server_resetting_right_after_the_command_is_a_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &pattern(500, 6));
-    let peer = Peer::new();
-    let port = peer.port_str();
-    let server = peer.serve(|mut s| {
+    let (_dir, file) = temp_file(&pattern(500, 6));
+    let (out, ()) = send_to(Peer::new(), &file, SHORT, |mut s| {
         s.write_all(COMMAND).unwrap();
         reset(s);
     });
-    let out = run(&mut send_cmd("127.0.0.1", &port, &file, SHORT));
-    server.join().unwrap();
     // Where the reset lands is a race (it may even be seen as the connect's socket error);
     // either way the send fails.
     assert!(
@@ -248,11 +230,7 @@ fn server_resetting_right_after_the_command_is_a_failure() {
 #[test]
 fn write_stall_fails_after_the_stall_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sparse");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    let file = sparse_file(dir.path(), 64 << 20);
     let peer = Peer::with_small_rcvbuf();
     let port = peer.port_str();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -260,39 +238,25 @@ fn write_stall_fails_after_the_stall_timeout() {
         s.write_all(COMMAND).unwrap();
         let _ = done_rx.recv();
     });
-    let out = run(&mut send_cmd(
-        "127.0.0.1",
-        &port,
-        &file,
-        &[("ACCIO_STALL_TIMEOUT", "1s")],
-    ));
+    let out = send_local(&port, &file, &[("ACCIO_STALL_TIMEOUT", "1s")]);
     done_tx.send(()).unwrap();
     server.join().unwrap();
     out.assert_error(code::TRANSFER);
-    assert!(out.elapsed >= Duration::from_secs(1), "{:?}", out.elapsed);
-    assert!(out.elapsed < Duration::from_secs(6), "{:?}", out.elapsed);
+    out.assert_elapsed(Duration::from_secs(1)..Duration::from_secs(6));
 }
 
 #[test]
 fn reset_mid_transfer_is_a_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sparse");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let peer = Peer::with_small_rcvbuf();
-    let port = peer.port_str();
-    let server = peer.serve(|mut s| {
+    let file = sparse_file(dir.path(), 64 << 20);
+    let (out, ()) = send_to(Peer::with_small_rcvbuf(), &file, SHORT, |mut s| {
         s.write_all(COMMAND).unwrap();
         let mut buf = vec![0u8; 1 << 20];
         s.read_exact(&mut buf).unwrap();
         reset(s);
     });
-    let out = run(&mut send_cmd("127.0.0.1", &port, &file, SHORT));
-    server.join().unwrap();
     out.assert_error(code::TRANSFER);
-    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+    out.assert_elapsed(..Duration::from_secs(5));
 }
 
 /// Two pauses of 0.7 × the stall timeout, each long enough for the sender's buffers to be
@@ -301,8 +265,7 @@ fn reset_mid_transfer_is_a_failure() {
 fn pauses_shorter_than_the_stall_timeout_are_survived() {
     const LEN: usize = 16 << 20;
     let content = pattern(LEN, 7);
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &content);
+    let (_dir, file) = temp_file(&content);
     let peer = Peer::with_small_rcvbuf();
     let port = peer.port_str();
     let server = peer.serve(|mut s| {
@@ -312,17 +275,10 @@ fn pauses_shorter_than_the_stall_timeout_are_survived() {
         std::thread::sleep(Duration::from_millis(1400));
         s.read_exact(&mut data[1 << 20..]).unwrap();
         std::thread::sleep(Duration::from_millis(1400));
-        let (rest, end) = read_all(&mut s);
-        end.unwrap();
-        data.extend_from_slice(&rest);
+        read_to_clean_end(&mut s, &mut data);
         data
     });
-    let out = run(&mut send_cmd(
-        "127.0.0.1",
-        &port,
-        &file,
-        &[("ACCIO_STALL_TIMEOUT", "2s")],
-    ));
+    let out = send_local(&port, &file, &[("ACCIO_STALL_TIMEOUT", "2s")]);
     out.assert_success();
     assert!(out.elapsed >= Duration::from_millis(2800));
     assert!(server.join().unwrap() == content);
@@ -331,8 +287,7 @@ fn pauses_shorter_than_the_stall_timeout_are_survived() {
 #[test]
 fn unsolicited_bytes_after_the_command_are_ignored() {
     let content = pattern(2 << 20, 8);
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &content);
+    let (_dir, file) = temp_file(&content);
     let peer = Peer::new();
     let port = peer.port_str();
     let server = peer.serve(|mut s| {
@@ -345,14 +300,13 @@ fn unsolicited_bytes_after_the_command_are_ignored() {
         s.write_all(b"thanks, bye\r\n").unwrap();
         data
     });
-    run(&mut send_cmd("127.0.0.1", &port, &file, SHORT)).assert_success();
+    send_local(&port, &file, SHORT).assert_success();
     assert!(server.join().unwrap() == content);
 }
 
 #[test]
 fn server_that_never_closes_is_a_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &pattern(500, 10));
+    let (_dir, file) = temp_file(&pattern(500, 10));
     let peer = Peer::new();
     let port = peer.port_str();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -364,12 +318,7 @@ fn server_that_never_closes_is_a_failure() {
         let _ = done_rx.recv();
         data
     });
-    let out = run(&mut send_cmd(
-        "127.0.0.1",
-        &port,
-        &file,
-        &[("ACCIO_CLOSE_TIMEOUT", "500ms")],
-    ));
+    let out = send_local(&port, &file, &[("ACCIO_CLOSE_TIMEOUT", "500ms")]);
     done_tx.send(()).unwrap();
     assert_eq!(server.join().unwrap().len(), 500);
     out.assert_error(code::TRANSFER);
@@ -380,8 +329,7 @@ fn server_that_never_closes_is_a_failure() {
 /// the bytes are ignored and the close timeout still ends the wait.
 #[test]
 fn server_flooding_instead_of_closing_is_a_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &pattern(500, 16));
+    let (_dir, file) = temp_file(&pattern(500, 16));
     let peer = Peer::new();
     let port = peer.port_str();
     let server = peer.serve(|mut s| {
@@ -393,15 +341,10 @@ fn server_flooding_instead_of_closing_is_a_failure() {
         while s.write_all(&junk).is_ok() {}
         data
     });
-    let out = run(&mut send_cmd(
-        "127.0.0.1",
-        &port,
-        &file,
-        &[("ACCIO_CLOSE_TIMEOUT", "500ms")],
-    ));
+    let out = send_local(&port, &file, &[("ACCIO_CLOSE_TIMEOUT", "500ms")]);
     assert_eq!(server.join().unwrap().len(), 500);
     out.assert_error(code::TRANSFER);
-    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+    out.assert_elapsed(..Duration::from_secs(5));
 }
 
 /// A server that half-closes right after the command and then reads slowly: its early FIN
@@ -410,8 +353,7 @@ fn server_flooding_instead_of_closing_is_a_failure() {
 #[test]
 fn early_half_close_by_the_server_waits_for_the_data_to_be_taken() {
     let content = pattern(512 << 10, 17);
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &content);
+    let (_dir, file) = temp_file(&content);
     let peer = Peer::with_small_rcvbuf();
     let port = peer.port_str();
     let server = peer.serve(|mut s| {
@@ -421,9 +363,7 @@ fn early_half_close_by_the_server_waits_for_the_data_to_be_taken() {
         let mut data = wait_for_sender_state(&mut s, TCP_LAST_ACK);
         std::thread::sleep(Duration::from_millis(500));
         let resumed = Instant::now();
-        let (rest, end) = read_all(&mut s);
-        end.unwrap();
-        data.extend_from_slice(&rest);
+        read_to_clean_end(&mut s, &mut data);
         (data, resumed)
     });
     let (child, started) = spawn(&mut send_cmd("127.0.0.1", &port, &file, SHORT));
@@ -454,14 +394,12 @@ fn wait_for_sender_state(s: &mut TcpStream, want: u8) -> Vec<u8> {
     let mut buf = vec![0u8; 64 << 10];
     let start = Instant::now();
     loop {
-        let wait = Instant::now();
-        while wait.elapsed() < Duration::from_millis(300) {
-            if let Some((state, queued)) = tcp_socket_state(client, server) {
-                if state == want && queued > 0 {
-                    return data;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let reached = wait_until(Duration::from_millis(300), || {
+            tcp_socket_state(client, server)
+                .is_some_and(|(state, queued)| state == want && queued > 0)
+        });
+        if reached {
+            return data;
         }
         assert!(
             start.elapsed() < RUN_DEADLINE,
@@ -479,25 +417,21 @@ fn wait_for_sender_state(s: &mut TcpStream, want: u8) -> Vec<u8> {
 #[test]
 fn pause_after_the_half_close_is_judged_by_the_stall_timeout() {
     let content = pattern(512 << 10, 14);
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &content);
+    let (_dir, file) = temp_file(&content);
     let peer = Peer::with_small_rcvbuf();
     let port = peer.port_str();
     let server = peer.serve(|mut s| {
         s.write_all(COMMAND).unwrap();
         let mut data = wait_for_sender_finishing(&mut s);
         std::thread::sleep(Duration::from_millis(1500));
-        let (rest, end) = read_all(&mut s);
-        end.unwrap();
-        data.extend_from_slice(&rest);
+        read_to_clean_end(&mut s, &mut data);
         data
     });
-    let out = run(&mut send_cmd(
-        "127.0.0.1",
+    let out = send_local(
         &port,
         &file,
         &[("ACCIO_STALL_TIMEOUT", "3s"), ("ACCIO_CLOSE_TIMEOUT", "1s")],
-    ));
+    );
     out.assert_success();
     assert!(server.join().unwrap() == content);
 }
@@ -517,8 +451,7 @@ fn acked_data_never_acknowledged_after_the_half_close_fails_after_the_stall_time
 }
 
 fn never_acknowledged_after_the_half_close(args: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &pattern(512 << 10, 15));
+    let (_dir, file) = temp_file(&pattern(512 << 10, 15));
     let peer = Peer::with_small_rcvbuf();
     let port = peer.port_str();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -542,56 +475,21 @@ fn never_acknowledged_after_the_half_close(args: &[&str]) {
     assert!(server.join().unwrap() < 512 << 10);
     out.assert_error(code::TRANSFER);
     assert!(out.stderr.contains("stopped reading"), "{}", out.stderr);
-    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
-}
-
-/// A listener whose accept queue is full: Linux drops new SYNs, so connecting hangs.
-struct BlackHole {
-    _listener: socket2::Socket,
-    _fillers: Vec<TcpStream>,
-    port: u16,
-}
-
-fn black_hole() -> BlackHole {
-    let listener =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    listener
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    listener.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..64 {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-            Ok(s) => fillers.push(s),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return BlackHole {
-                    _listener: listener,
-                    _fillers: fillers,
-                    port: addr.port(),
-                }
-            }
-            Err(e) => panic!("filling the accept queue: {e}"),
-        }
-    }
-    panic!("the accept queue never filled");
+    out.assert_elapsed(..Duration::from_secs(5));
 }
 
 #[test]
 fn connect_timeout_against_a_black_hole() {
-    let hole = black_hole();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", b"data");
-    let out = run(&mut send_cmd(
-        "127.0.0.1",
-        &hole.port.to_string(),
+    let hole = BlackHole::start();
+    let (_dir, file) = temp_file(b"data");
+    let out = send_local(
+        &hole.port().to_string(),
         &file,
         &[("ACCIO_CONNECT_TIMEOUT", "1s")],
-    ));
+    );
     out.assert_error(code::CONNECT);
     assert!(out.stderr.contains("timed out"), "{}", out.stderr);
-    assert!(out.elapsed >= Duration::from_secs(1), "{:?}", out.elapsed);
-    assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
+    out.assert_elapsed(Duration::from_secs(1)..Duration::from_secs(4));
 }
 
 #[test]
@@ -601,11 +499,10 @@ fn connection_refused_is_a_connect_error() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", b"data");
-    let out = run(&mut send_cmd("127.0.0.1", &port.to_string(), &file, SHORT));
+    let (_dir, file) = temp_file(b"data");
+    let out = send_local(&port.to_string(), &file, SHORT);
     out.assert_error(code::CONNECT);
-    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    out.assert_elapsed(..Duration::from_secs(3));
 }
 
 #[test]
@@ -615,13 +512,13 @@ fn ipv6_literal() {
         return;
     }
     let content = pattern(500, 11);
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &content);
-    let peer = Peer::bind("[::1]:0".parse().unwrap());
-    let port = peer.port_str();
-    let server = peer.serve(sink);
-    run(&mut send_cmd("::1", &port, &file, SHORT)).assert_success();
-    assert_eq!(server.join().unwrap(), content);
+    let (_dir, file) = temp_file(&content);
+    roundtrip_file(
+        Peer::bind("[::1]:0".parse().unwrap()),
+        "::1",
+        &file,
+        &content,
+    );
 }
 
 /// `localhost` may resolve to ::1 first; the listener is on 127.0.0.1 only, so this also
@@ -629,13 +526,8 @@ fn ipv6_literal() {
 #[test]
 fn localhost_by_name() {
     let content = pattern(500, 12);
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &content);
-    let peer = Peer::new();
-    let port = peer.port_str();
-    let server = peer.serve(sink);
-    run(&mut send_cmd("localhost", &port, &file, SHORT)).assert_success();
-    assert_eq!(server.join().unwrap(), content);
+    let (_dir, file) = temp_file(&content);
+    roundtrip_file(Peer::new(), "localhost", &file, &content);
 }
 
 /// `http-alt` is 8080: a full transfer when that port is free to bind here.
@@ -646,14 +538,13 @@ fn service_name_port_http_alt() {
         return;
     };
     let content = pattern(500, 13);
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", &content);
+    let (_dir, file) = temp_file(&content);
     let server = Peer {
         listener,
         port: 8080,
     }
     .serve(sink);
-    run(&mut send_cmd("127.0.0.1", "http-alt", &file, SHORT)).assert_success();
+    send_local("http-alt", &file, SHORT).assert_success();
     assert_eq!(server.join().unwrap(), content);
 }
 
@@ -661,9 +552,8 @@ fn service_name_port_http_alt() {
 /// nothing listens there (refused) or an SSH server answers (wrong command).
 #[test]
 fn service_name_port_resolves() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", b"data");
-    let out = run(&mut send_cmd("127.0.0.1", "ssh", &file, SHORT));
+    let (_dir, file) = temp_file(b"data");
+    let out = send_local("ssh", &file, SHORT);
     assert!(
         matches!(out.code(), Some(code::CONNECT | code::HANDSHAKE)),
         "{out:#?}"
@@ -674,30 +564,24 @@ fn service_name_port_resolves() {
 
 #[test]
 fn bad_ports_are_usage_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", b"data");
+    let (_dir, file) = temp_file(b"data");
     for port in ["0", "65536", "-1", "abc", "", "no-such-service-name", "80x"] {
-        let out = run(&mut send_cmd("127.0.0.1", port, &file, SHORT));
+        let out = send_local(port, &file, SHORT);
         out.assert_error(code::USAGE);
         assert!(out.stderr.contains("port"), "{port:?}: {}", out.stderr);
-        assert!(
-            out.elapsed < Duration::from_secs(3),
-            "{port:?}: {:?}",
-            out.elapsed
-        );
+        out.assert_elapsed(..Duration::from_secs(3));
     }
 }
 
 #[test]
 fn bad_host_is_a_resolve_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "f", b"data");
+    let (_dir, file) = temp_file(b"data");
     // A label longer than 63 bytes: the resolver rejects it without asking the network.
     let host = format!("{}.invalid", "a".repeat(70));
     let out = run(&mut send_cmd(&host, "5000", &file, SHORT));
     out.assert_error(code::RESOLVE);
     assert!(out.stderr.contains(&host), "{}", out.stderr);
-    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    out.assert_elapsed(..Duration::from_secs(3));
 
     let out = run(&mut send_cmd("", "5000", &file, SHORT));
     out.assert_error(code::USAGE);
@@ -721,11 +605,7 @@ fn missing_and_extra_arguments_are_usage_errors() {
     for args in cases {
         let out = run(accio().args(*args));
         out.assert_error(code::USAGE);
-        assert!(
-            out.elapsed < Duration::from_secs(3),
-            "{args:?}: {:?}",
-            out.elapsed
-        );
+        out.assert_elapsed(..Duration::from_secs(3));
     }
 }
 
@@ -748,7 +628,7 @@ fn help_documents_the_exit_codes() {
 /// FILE problems are reported before any connection: the listening peer never sees one.
 fn file_error(path: &std::path::Path) -> Outcome {
     let peer = Peer::new();
-    let out = run(&mut send_cmd("127.0.0.1", &peer.port_str(), path, SHORT));
+    let out = send_local(&peer.port_str(), path, SHORT);
     assert!(!peer.saw_connection(), "connected despite the file error");
     out
 }
@@ -806,16 +686,13 @@ fn unreadable_file_is_reported_before_connecting() {
 /// util-linux `script` is missing.
 #[test]
 fn progress_bar_on_a_terminal() {
-    if run(std::process::Command::new("script").arg("--version")).code() != Some(0) {
-        eprintln!("skipped: no script(1)");
-        return;
-    }
+    assert_eq!(
+        run(std::process::Command::new("script").arg("--version")).code(),
+        Some(0),
+        "needs script(1) (util-linux's bsdutils)"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sparse");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    let file = sparse_file(dir.path(), 32 << 20);
     let peer = Peer::with_small_rcvbuf();
     let port = peer.port_str();
     // Read slowly so the transfer lasts long enough for the bar to be drawn.
@@ -850,13 +727,9 @@ fn progress_bar_on_a_terminal() {
 fn real_default_timeouts_are_ten_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let small = write_file(dir.path(), "small", b"data");
-    let big = dir.path().join("sparse");
-    std::fs::File::create(&big)
-        .unwrap()
-        .set_len(256 << 20)
-        .unwrap();
+    let big = sparse_file(dir.path(), 256 << 20);
 
-    let hole = black_hole();
+    let hole = BlackHole::start();
     let silent = Peer::new();
     let silent_port = silent.port_str();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -873,7 +746,7 @@ fn real_default_timeouts_are_ten_seconds() {
 
     let connect = spawn(&mut send_cmd(
         "127.0.0.1",
-        &hole.port.to_string(),
+        &hole.port().to_string(),
         &small,
         &[],
     ));

@@ -4,15 +4,16 @@
 //! the habits of independent clients (one `recv` for the command, one `send` for the file,
 //! never waiting for the close).
 
-mod sendserve_support;
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use sendserve_support::servers::{Behaviour, MisbehavingServer};
-use sendserve_support::{pattern, run, send_cmd, wait_until, write_file, Outcome};
+use support::send::{pattern, run, send_cmd, write_file, Outcome};
+use support::servers::{Behaviour, MisbehavingServer};
+use support::wait::wait_for;
+
 /// The `accio watch` and `accio serve` helpers, under one short prefix.
 mod ws {
     pub use super::support::{net::*, receiver::*, wait::*, watch::*};
@@ -75,7 +76,7 @@ fn send_acked_to_a_never_closing_server_succeeds_at_once() {
         let out = send(server.port, &file, true);
         // A success at all shows the close was not waited for: it never comes.
         out.assert_success();
-        wait_until("the server to save it", || {
+        wait_for("the server to save it", || {
             server.times_saved(&content) == 1
         });
     }
@@ -109,7 +110,7 @@ fn send_to_a_serial_server_that_exits_after_two() {
     let b = write_file(src.path(), "b", &pattern(60_000, 4));
     send(server.port, &a, false).assert_success();
     send(server.port, &b, true).assert_success();
-    wait_until("the server to exit", || !ws::listening(server.port));
+    wait_for("the server to exit", || !ws::listening(server.port));
     send(server.port, &a, false).assert_error(5);
     send(server.port, &a, true).assert_error(5);
     assert_eq!(server.saved(), vec![pattern(50_000, 3), pattern(60_000, 4)]);
@@ -127,7 +128,7 @@ fn send_to_a_server_that_saves_after_closing() {
         let content = pattern(300_000, 20 + i as u64);
         let file = write_file(src.path(), &format!("f{i}"), &content);
         send(server.port, &file, acked).assert_success();
-        wait_until("the late save", || server.times_saved(&content) == 1);
+        wait_for("the late save", || server.times_saved(&content) == 1);
     }
 }
 
@@ -317,7 +318,7 @@ fn serve_receives_from_independent_clients() {
             independent_client(recv.port, &content, ending);
             sent.push(content);
             let want = sent.len();
-            wait_until("the file to be saved", || recv.count() == want);
+            wait_for("the file to be saved", || recv.count() == want);
         }
     }
     // All at once.
@@ -338,7 +339,7 @@ fn serve_receives_from_independent_clients() {
         t.join().unwrap();
     }
     let want = sent.len();
-    wait_until("every file to be saved", || recv.count() == want);
+    wait_for("every file to be saved", || recv.count() == want);
     let files = recv.files();
     assert_eq!(
         files.keys().copied().collect::<Vec<u64>>(),

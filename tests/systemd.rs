@@ -9,7 +9,7 @@ use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
 
@@ -632,14 +632,9 @@ fn on_a_terminal_colors_and_timestamps() {
         .unwrap();
     // SAFETY: kill(2) on the service's pid, read from the file its shell wrote.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let end = Instant::now() + DEADLINE;
-    while wrapper.child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < end,
-            "script did not end after the service stopped"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for("script to end after the service stopped", || {
+        wrapper.child.try_wait().unwrap().is_some()
+    });
     let text = String::from_utf8_lossy(&std::fs::read(&out).unwrap()).into_owned();
     assert!(text.contains("\x1b["), "no colors on a terminal:\n{text}");
     assert!(

@@ -270,12 +270,14 @@ fn serve(mut s: TcpStream, index: usize, sh: &RecvShared, o: &ReceiverOptions) {
             }
         }
     }
-    drop(s);
+    // Counted as ended before the close: our close is the client's confirmation, and it may
+    // open its next connection before this thread runs again.
     if let Some(span) = sh.spans.lock().unwrap().get_mut(index) {
         span.close = Some(Instant::now());
     }
     sh.busy.fetch_sub(1, Ordering::SeqCst);
     sh.open.fetch_sub(1, Ordering::SeqCst);
+    drop(s);
 }
 
 /// A body checked as it arrives: the id of its header, and whether every byte after it is

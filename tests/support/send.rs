@@ -83,6 +83,16 @@ impl Outcome {
         assert!(self.stdout.is_empty(), "stdout: {:?}", self.stdout);
     }
 
+    /// Asserts the run took a time within `range`.
+    #[track_caller]
+    pub fn assert_elapsed(&self, range: impl std::ops::RangeBounds<Duration>) {
+        assert!(
+            range.contains(&self.elapsed),
+            "took {:?}; outcome: {self:#?}",
+            self.elapsed
+        );
+    }
+
     #[track_caller]
     pub fn assert_success(&self) {
         assert_eq!(self.code(), Some(0), "outcome: {self:#?}");
@@ -173,6 +183,26 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// `content` as `f` in a new temporary directory, which lives as long as the first value.
+pub fn temp_file(content: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "f", content);
+    (dir, path)
+}
+
+/// A sparse file of `len` bytes (zeros, no disk space) at `dir/sparse`: large content for
+/// tests that stall or cut a transfer.
+pub fn sparse_file(dir: &Path, len: u64) -> PathBuf {
+    let path = dir.join("sparse");
+    std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+    path
+}
+
+/// `accio send 127.0.0.1 PORT FILE` with extra environment variables, run to its end.
+pub fn send_local(port: &str, file: &Path, env: &[(&str, &str)]) -> Outcome {
+    run(&mut send_cmd("127.0.0.1", port, file, env))
+}
+
 /// Writes `content` to `dir/name` and returns the path.
 pub fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     let path = dir.join(name);
@@ -250,6 +280,13 @@ pub fn read_all(stream: &mut TcpStream) -> (Vec<u8>, io::Result<()>) {
             Err(e) => return (data, Err(e)),
         }
     }
+}
+
+/// Reads on until a clean EOF (panics on a reset), appending to `data`.
+pub fn read_to_clean_end(stream: &mut TcpStream, data: &mut Vec<u8>) {
+    let (rest, end) = read_all(stream);
+    end.unwrap();
+    data.extend_from_slice(&rest);
 }
 
 /// A well-behaved server script: command, read to EOF, close. Returns what was received.

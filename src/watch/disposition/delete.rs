@@ -28,7 +28,7 @@ pub fn stale_age() -> std::time::Duration {
 
 /// Deletes the spool entry `path` only if it still is the inode `id`, unchanged. An unlink
 /// by name cannot be checked, so the entry is first renamed to a hidden name of ours
-/// (`.accio-del.<16 hex>.NAME`, see [`names::del_name`]), checked there, and only then
+/// (`.accio-del.<16 hex>.NAME`), checked there, and only then
 /// unlinked; if it is not ours it goes back into the spool.
 ///
 /// # Errors
