@@ -83,10 +83,26 @@ fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
                 .enable_all()
                 .build()
         }
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build(),
+        _ => {
+            limit_malloc_arenas();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+        }
+    }
+}
+
+/// glibc gives threads malloc arenas of their own (up to 8 per core), each keeping its high
+/// water mark: the service's listings of a large backlog, built on blocking threads and freed
+/// on the queue's, would leave memory in every arena they passed through. Two arenas keep
+/// the service's memory to what it holds (a million waiting files: under 64 MiB). Set before
+/// any thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

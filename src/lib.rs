@@ -10,8 +10,9 @@
 //! - [`send`]: `accio send HOST PORT FILE`, one transfer with the course client's semantics.
 //! - [`serve`]: `accio serve PORT DIR`, the receiver, for demos and as the tests' peer.
 //! - [`config`]: TOML to validated settings for the service.
-//! - [`watch`]: the spool service: watcher (events + rescans) → queue (readiness, dedup,
-//!   order) → uploader (bounded concurrency, retries) → disposition (done, failed, delete).
+//! - [`watch`]: the spool service: watcher (events + rescans) → queue (an I/O-free core
+//!   deciding readiness, retries, per-destination lanes, fairness and health, and its tokio
+//!   driver) → uploader (one attempt) → disposition (done, failed, delete).
 //! - [`daemon`]: wiring for `accio watch`: signals, reload, systemd notify, shutdown order.
 //! - [`status`]: counters and the [`status::View`] that `accio status` prints; [`metrics`]:
 //!   Prometheus metrics; [`ops`]: the control socket, the metrics endpoint, `accio status`

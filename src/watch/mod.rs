@@ -1,8 +1,9 @@
 //! The spool service. Data flows one way, one module per stage:
 //!
 //! 1. [`watcher`]: inotify events (hints) and directory listings (the truth).
-//! 2. [`queue`]: readiness (moved in, or closed and settled), dedup, backlog order, timers,
-//!    retries, and bounded concurrency across all watches.
+//! 2. [`core`]: every decision, without I/O: readiness (moved in, or closed and settled),
+//!    timers, retries, per-destination lanes with fair dispatch, down destinations, adaptive
+//!    limits, and the bounded set of files held in memory. [`queue`] is its tokio driver.
 //! 3. [`uploader`]: one attempt at one file: [`claim`] it (regular file, locked, still the
 //!    same inode), upload it, check it did not change while being sent.
 //! 4. [`disposition`]: move to `done_dir` / delete, or move to `failed_dir` with a reason;

@@ -36,7 +36,8 @@ struct Running {
     started: Instant,
     attempt: u32,
     bytes: Arc<AtomicU64>,
-    size: u64,
+    /// The file's size, once the attempt claimed it.
+    size: Arc<AtomicU64>,
 }
 
 /// Everything the queue task owns.
@@ -186,7 +187,7 @@ impl Queue {
 
     fn start(&mut self, s: Start) {
         let progress = Arc::new(AtomicU64::new(0));
-        let size = claim::lstat(&self.path(&s.key)).map_or(0, |id| id.size);
+        let size = Arc::new(AtomicU64::new(0));
         let job = Job {
             watch: self.watches[s.key.0].clone(),
             name: s.key.1.clone(),
@@ -196,6 +197,7 @@ impl Queue {
             trusted: s.trusted,
             quiet: s.quiet,
             progress: progress.clone(),
+            size: size.clone(),
             found: self.core.known_since(&s.key).unwrap_or_else(Self::now),
         };
         self.shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -424,7 +426,7 @@ impl Queue {
                 path: esc(&self.path(&r.key)).to_string(),
                 destination: self.watches[r.key.0].cfg.server.to_string(),
                 bytes_sent: r.bytes.load(Ordering::Relaxed),
-                size: r.size,
+                size: r.size.load(Ordering::Relaxed),
                 elapsed_s: r.started.elapsed().as_secs_f64(),
                 attempt: r.attempt,
             })

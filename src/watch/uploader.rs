@@ -34,8 +34,9 @@ pub struct Job {
     /// Where the kernel cannot tell whether an untrusted file has writers, how long its
     /// content and status must have been unchanged before it is taken as complete.
     pub quiet: Duration,
-    /// Bytes sent so far, for `accio status`.
+    /// Bytes sent so far, and the file's size once claimed, for `accio status`.
     pub progress: Arc<AtomicU64>,
+    pub size: Arc<AtomicU64>,
     /// When the service found the file (moved in, or listed): the delivery latency runs
     /// from here.
     pub found: Instant,
@@ -99,6 +100,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         _ => {}
     }
     let before = claim.id;
+    job.size.store(before.size, Ordering::Relaxed);
     let started = Instant::now();
     // A failure after the greeting carries no greeting time; the first progress report,
     // right after the greeting, stands for it then.

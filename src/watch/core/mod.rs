@@ -97,6 +97,9 @@ pub const DISPOSITION_REPORT_EVERY: u32 = 20;
 /// (and when the error changes).
 pub const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
 
+/// A listing keeps this many times the active set beyond it, as names only (the reserve).
+const RESERVE_FACTOR: usize = 3;
+
 /// Timers fired per [`Core::handle_timeout`], at most.
 const FIRE_BATCH: usize = 4096;
 
@@ -500,6 +503,12 @@ struct WatchSt {
     in_flight: usize,
     /// More regular files on disk than held: list again when the active set runs low.
     more_on_disk: bool,
+    /// The next oldest names of the last listing beyond the active set (up to
+    /// [`RESERVE_FACTOR`] times it), oldest first: refills take them without listing again.
+    reserve: VecDeque<OsString>,
+    /// The last listing had more files than it kept, or names were dropped since for lack of
+    /// room: once the reserve is used up, list again.
+    truncated: bool,
     /// How many, at the last listing (plus names dropped since), for the counts.
     on_disk: usize,
     scanning: bool,
@@ -600,6 +609,8 @@ impl Core {
                 count: 0,
                 in_flight: 0,
                 more_on_disk: false,
+                reserve: VecDeque::new(),
+                truncated: false,
                 on_disk: 0,
                 scanning: false,
                 rescan_again: false,
@@ -1251,6 +1262,7 @@ impl Core {
             let w = &mut self.watches[key.0];
             if w.count >= limit {
                 w.more_on_disk = true;
+                w.truncated = true;
                 w.on_disk += 1;
                 if !std::mem::replace(&mut w.full_reported, true) {
                     self.report(Report::Full {
@@ -1399,17 +1411,41 @@ impl Core {
             return;
         }
         w.scanning = true;
+        // The active set and a reserve beyond it: a refill then takes names from the reserve,
+        // and a large backlog is listed a few times, not once per active set.
+        let limit = limit.saturating_mul(1 + RESERVE_FACTOR);
         self.actions.push_back(Action::List { watch, limit });
     }
 
-    /// A watch whose active set ran low while more files wait on disk is listed again.
+    /// A watch whose active set ran low while more files wait on disk takes the next names
+    /// of its reserve (each looked at, then settling), or is listed again once that is empty.
     fn refill(&mut self) {
         let limit = self.p.active_limit.max(1);
         for w in 0..self.watches.len() {
             let st = &self.watches[w];
-            if st.more_on_disk && !st.scanning && st.count <= limit / 4 {
-                self.request_scan(w);
+            if !st.more_on_disk || st.scanning || st.count > limit / 4 {
+                continue;
             }
+            if st.reserve.is_empty() {
+                self.request_scan(w);
+                continue;
+            }
+            let mut room = limit.saturating_sub(self.watches[w].count + self.looks.len());
+            while room > 0 {
+                let Some(name) = self.watches[w].reserve.pop_front() else {
+                    break;
+                };
+                let key = (w, name);
+                if self.entries.contains_key(&key) || self.looks.contains_key(&key) {
+                    continue;
+                }
+                room -= 1;
+                let st = &mut self.watches[w];
+                st.on_disk = st.on_disk.saturating_sub(1);
+                self.look(key, Cont::Settle { closed: false });
+            }
+            let st = &mut self.watches[w];
+            st.more_on_disk = st.truncated || !st.reserve.is_empty();
         }
     }
 
@@ -1437,6 +1473,7 @@ impl Core {
         let limit = self.p.active_limit.max(1);
         let mut held = 0usize;
         let mut dropped = false;
+        let mut reserve = VecDeque::new();
         for l in &listing.files {
             let key = (watch, l.name.clone());
             self.reported.remove(&key);
@@ -1445,7 +1482,11 @@ impl Core {
                 continue;
             }
             if self.watches[watch].count >= limit {
-                dropped = true;
+                if reserve.len() < limit.saturating_mul(RESERVE_FACTOR) {
+                    reserve.push_back(l.name.clone());
+                } else {
+                    dropped = true;
+                }
                 continue;
             }
             self.watches[watch].count += 1;
@@ -1469,7 +1510,9 @@ impl Core {
         self.reported
             .retain(|k, _| k.0 != watch || present.contains(&k.1));
         let w = &mut self.watches[watch];
-        w.more_on_disk = dropped || listing.total_files > listing.files.len();
+        w.truncated = dropped || listing.total_files > listing.files.len();
+        w.reserve = reserve;
+        w.more_on_disk = w.truncated || !w.reserve.is_empty();
         w.on_disk = listing.total_files.saturating_sub(held);
         if !w.more_on_disk {
             w.full_reported = false;
