@@ -725,25 +725,8 @@ impl Core {
         self.reported.remove(&key);
         let now = self.now;
         match cont {
-            Cont::Settle { closed } => {
-                let settle = self.settle(key.0);
-                if let Some(e) = self.entry_or_insert(
-                    &key,
-                    State::Waiting {
-                        why: Wait::Young,
-                        until: now,
-                    },
-                ) {
-                    e.state = State::Settling {
-                        since: now,
-                        snap: fingerprint(&id),
-                    };
-                    // Nothing reliable is known about its writer any more.
-                    e.moved_in = false;
-                    e.closed = closed;
-                    self.arm(&key, now + settle);
-                }
-            }
+            // Nothing reliable is known about its writer any more.
+            Cont::Settle { closed } => self.settle_now(&key, &id, closed, true),
             Cont::SettleCheck => {
                 let Some(e) = self.entries.get_mut(&key) else {
                     return;
@@ -792,7 +775,6 @@ impl Core {
             }
             Cont::Hint(hint) => {
                 // Closed or Attrib.
-                let settle = self.settle(key.0);
                 if hint == Hint::Closed {
                     if let Some(e) = self.entries.get_mut(&key) {
                         e.closed = true;
@@ -816,24 +798,33 @@ impl Core {
                     }
                     // Being written, ready or backing off: a chmod or touch changes nothing.
                     Some(_) if hint == Hint::Attrib => {}
-                    _ => {
-                        if let Some(e) = self.entry_or_insert(
-                            &key,
-                            State::Waiting {
-                                why: Wait::Young,
-                                until: now,
-                            },
-                        ) {
-                            e.state = State::Settling {
-                                since: now,
-                                snap: fingerprint(&id),
-                            };
-                            e.closed = hint == Hint::Closed;
-                            self.arm(&key, now + settle);
-                        }
-                    }
+                    _ => self.settle_now(&key, &id, hint == Hint::Closed, false),
                 }
             }
+        }
+    }
+
+    /// `key` (inserted if there is room) starts settling from now as `id`. `closed`: a close
+    /// vouches for it; `forget_moved`: a rename no longer does.
+    fn settle_now(&mut self, key: &Key, id: &Identity, closed: bool, forget_moved: bool) {
+        let now = self.now;
+        let settle = self.settle(key.0);
+        if let Some(e) = self.entry_or_insert(
+            key,
+            State::Waiting {
+                why: Wait::Young,
+                until: now,
+            },
+        ) {
+            e.state = State::Settling {
+                since: now,
+                snap: fingerprint(id),
+            };
+            if forget_moved {
+                e.moved_in = false;
+            }
+            e.closed = closed;
+            self.arm(key, now + settle);
         }
     }
 
