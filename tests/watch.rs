@@ -1363,3 +1363,39 @@ fn close_and_expect_whole(
     assert_eq!(recv.times_received(&whole), 1);
     assert_eq!(recv.count(), 1);
 }
+
+/// A backlog much larger than the files held in memory (`active_limit = 4`): the service
+/// holds a few, lists again (bounded) as they go, and sends every file once, oldest first.
+#[test]
+fn a_backlog_larger_than_the_active_set_is_sent_oldest_first() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+    // Named against their age, so that name order would be the wrong order.
+    for i in 0..40u64 {
+        let name = format!("f{:02}", 39 - i);
+        let path = dirs.spool.join(&name);
+        fs::write(&path, format!("backlog file {i:02}\n")).unwrap();
+        let f = fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(base + Duration::from_secs(i)).unwrap();
+    }
+    let o = Opts {
+        concurrency: 1,
+        ..Opts::default()
+    };
+    let text = format!("active_limit = 4\n{}", config_text(&dirs, recv.port, &o));
+    let cfg = write_config(&dirs, "a.toml", &text);
+    let svc = Service::start(&cfg);
+    wait_for("40 files in done", || names(&dirs.done).len() == 40);
+    assert!(names(&dirs.spool).is_empty());
+    let got: Vec<Vec<u8>> = recv.files().into_values().collect();
+    let want: Vec<Vec<u8>> = (0..40u64)
+        .map(|i| format!("backlog file {i:02}\n").into_bytes())
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "sent once each, oldest first; log:\n{}",
+        svc.log()
+    );
+}
