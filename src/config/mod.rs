@@ -121,13 +121,33 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// # Errors
 /// [`ConfigError`] naming the file, the key and the line of the first problem.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let bytes = read_bounded(path)?;
+    let text = text_of(&bytes, path)?;
+    let cx = validate::Ctx { text, file: path };
+    let parsed = parse_text(&cx)?;
+    fs_check::check(&cx, &parsed)?;
+    Ok(parsed.config)
+}
+
+/// Loads a configuration file like [`load`], without the checks against the filesystem:
+/// `accio status` and `accio retry` must work even when, say, one spool directory went
+/// missing.
+///
+/// # Errors
+/// [`ConfigError`] naming the file, the key and the line of the first problem.
+pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
+    parse(&read_bounded(path)?, path)
+}
+
+/// The bytes of the file at `path`, at most [`MAX_CONFIG_BYTES`]: `--config /dev/zero` must
+/// fail, not eat the memory.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ConfigError> {
     let refuse = |message: String| ConfigError {
         file: path.to_path_buf(),
         line: None,
         key: None,
         message,
     };
-    // Bounded: `--config /dev/zero` must fail, not eat the memory.
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
@@ -137,11 +157,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             "cannot read the configuration: larger than {MAX_CONFIG_BYTES} bytes"
         )));
     }
-    let text = text_of(&bytes, path)?;
-    let cx = validate::Ctx { text, file: path };
-    let parsed = parse_text(&cx)?;
-    fs_check::check(&cx, &parsed)?;
-    Ok(parsed.config)
+    Ok(bytes)
 }
 
 /// Parses and validates configuration text without looking at the filesystem: syntax,

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, MAX_CONFIG_BYTES};
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::status::ViewHandle;
 use crate::watch::esc;
@@ -136,29 +136,7 @@ pub fn status_command(args: &crate::cli::StatusArgs) -> u8 {
 
 /// The control socket a configuration names.
 fn control_socket_of(path: &std::path::Path) -> Result<std::path::PathBuf, ConfigError> {
-    read_config(path).map(|c| c.control_socket)
-}
-
-/// A configuration parsed but not checked against the filesystem: `accio status` and
-/// `accio retry` must work even when, say, one spool directory went missing.
-pub(crate) fn read_config(path: &std::path::Path) -> Result<Config, ConfigError> {
-    use std::io::Read as _;
-    let refuse = |message: String| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        key: None,
-        message,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| refuse(format!("cannot read the configuration: {e}")))?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(refuse(format!(
-            "cannot read the configuration: larger than {MAX_CONFIG_BYTES} bytes"
-        )));
-    }
-    crate::config::parse(&bytes, path)
+    crate::config::load_unchecked(path).map(|c| c.control_socket)
 }
 
 pub(crate) fn error_line(message: &str) {

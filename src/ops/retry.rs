@@ -163,7 +163,7 @@ pub fn put_back(f: &GivenUp, syncer: &Syncer) -> io::Result<Moved> {
 /// `accio retry`; returns the exit code: 0 all moved (or nothing to move), 1 some could not
 /// be moved or a NAME was not found, 2 `--watch` names no watch, 78 invalid configuration.
 pub fn retry_command(args: &crate::cli::RetryArgs) -> u8 {
-    let config = match super::read_config(&args.config) {
+    let config = match crate::config::load_unchecked(&args.config) {
         Ok(c) => c,
         Err(e) => {
             error_line(&e.to_string());
