@@ -34,7 +34,7 @@ mod net;
 #[allow(dead_code)]
 mod wait;
 #[allow(unused_imports)]
-pub use net::free_port;
+pub use net::{free_port, BlackHole};
 #[allow(unused_imports)]
 pub use wait::wait_until;
 

@@ -339,43 +339,9 @@ pub fn max_overlap(spans: &[Span], from: Instant, slack: Duration, now: Instant)
 // ---------------------------------------------------------------------------------------
 // Black hole
 
-/// A listener whose accept queue is full: connection attempts to `addr` are never answered
-/// (the kernel drops their SYNs), so a client's connect runs into its timeout.
-pub struct BlackHole {
-    pub addr: SocketAddr,
-    _listener: socket2::Socket,
-    _fillers: Vec<TcpStream>,
-}
-
-impl BlackHole {
-    pub fn start() -> BlackHole {
-        let listener =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        listener
-            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        listener.listen(0).unwrap();
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        let mut fillers = Vec::new();
-        loop {
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                Ok(s) => fillers.push(s),
-                Err(_) => {
-                    return BlackHole {
-                        addr,
-                        _listener: listener,
-                        _fillers: fillers,
-                    }
-                }
-            }
-            assert!(fillers.len() < 64, "the accept queue never filled");
-        }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-}
+/// An address whose accept queue is full (the one `tests/support` has, through the fault
+/// harness every includer of this file also includes).
+pub use super::harness::BlackHole;
 
 // ---------------------------------------------------------------------------------------
 // Latency proxy
