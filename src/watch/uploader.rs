@@ -13,7 +13,7 @@ use super::claim::{self, Claim, ClaimError, Identity, Writers};
 use super::core::{After, Mode, Outcome, Uploaded};
 use super::disposition::{self, Dest, Disposed};
 use super::{esc, Shared, WatchCtx};
-use crate::client::{self, ClientError, UploadError};
+use crate::client::{self, ClientError, Phase, UploadError};
 use crate::config::OnSuccess;
 use crate::metrics::AttemptResult;
 
@@ -139,14 +139,22 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             );
             Outcome::Changed
         }
-        Err(UploadError::Client(e)) if unreachable(&e) => Outcome::DestinationFailed {
-            congestion: matches!(e, ClientError::ConnectTimeout { .. }),
-            error: format!("cannot reach {}: {e}", job.watch.cfg.server),
-        },
-        Err(UploadError::Client(ClientError::Protocol { source, .. })) if source.is_handshake() => {
-            Outcome::DestinationFailed {
-                congestion: matches!(source, crate::protocol::ProtocolError::HandshakeTimeout(_)),
-                error: format!("no greeting from {}: {source}", job.watch.cfg.server),
+        // Failures before the greeting are the destination's (it is marked down; nothing
+        // counts against the file); a timeout is also a sign of a server queueing us.
+        Err(UploadError::Client(e)) if e.phase() != Phase::Transfer => {
+            let dest = &job.watch.cfg.server;
+            match e {
+                ClientError::Protocol { source, .. } => Outcome::DestinationFailed {
+                    congestion: matches!(
+                        source,
+                        crate::protocol::ProtocolError::HandshakeTimeout(_)
+                    ),
+                    error: format!("no greeting from {dest}: {source}"),
+                },
+                e => Outcome::DestinationFailed {
+                    congestion: e.phase() == Phase::ConnectTimeout,
+                    error: format!("cannot reach {dest}: {e}"),
+                },
             }
         }
         Err(UploadError::Client(e)) => {
@@ -183,11 +191,11 @@ fn attempt_result<E>(r: &Result<client::Uploaded, UploadError<E>>) -> AttemptRes
     match r {
         Ok(_) => AttemptResult::ok,
         Err(UploadError::Rejected(_)) => AttemptResult::changed,
-        Err(UploadError::Client(e)) if unreachable(e) => AttemptResult::unreachable,
-        Err(UploadError::Client(ClientError::Protocol { source, .. })) if source.is_handshake() => {
-            AttemptResult::no_greeting
-        }
-        Err(UploadError::Client(_)) => AttemptResult::failed,
+        Err(UploadError::Client(e)) => match e.phase() {
+            Phase::Resolve | Phase::Connect | Phase::ConnectTimeout => AttemptResult::unreachable,
+            Phase::Handshake => AttemptResult::no_greeting,
+            Phase::Transfer => AttemptResult::failed,
+        },
     }
 }
 
@@ -235,19 +243,6 @@ fn age(id: &Identity) -> Duration {
     };
     let ns = (now - last).clamp(0, i128::from(u64::MAX));
     Duration::from_nanos(ns as u64)
-}
-
-/// The destination could not be reached at all (name resolution, connection refused or
-/// unreachable, connect timeout): nothing is wrong with the file, so such failures do not
-/// count against `max_attempts` (an outage must not move the backlog to failed_dir).
-fn unreachable(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Resolve { .. }
-            | ClientError::NoAddresses { .. }
-            | ClientError::Connect { .. }
-            | ClientError::ConnectTimeout { .. }
-    )
 }
 
 /// The `before_close` check: the file we sent is the file we claimed, whole.
