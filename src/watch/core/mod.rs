@@ -523,6 +523,13 @@ struct WatchSt {
     failed: u64,
 }
 
+impl WatchSt {
+    /// Files waiting (held, or on disk as far as the last listing tells), not in flight.
+    fn queued(&self) -> usize {
+        (self.count - self.in_flight) + self.on_disk
+    }
+}
+
 #[derive(Debug)]
 struct DestSt {
     p: DestParams,
@@ -1172,11 +1179,7 @@ impl Core {
 
     /// Counts for the status line.
     pub fn counts(&self) -> Counts {
-        let queued: usize = self
-            .watches
-            .iter()
-            .map(|w| (w.count - w.in_flight) + w.on_disk)
-            .sum();
+        let queued: usize = self.watches.iter().map(WatchSt::queued).sum();
         Counts {
             queued: queued as u64,
             in_flight: self.in_flight as u64,
@@ -1189,30 +1192,17 @@ impl Core {
         self.entries.get(key).map(|e| e.since)
     }
 
-    /// Special entries reported so far (handed to the next core after a reload).
-    pub fn reported(&self) -> &HashMap<Key, Identity> {
-        &self.reported
-    }
-
     /// The name of destination `d`.
     pub fn dest_name(&self, d: usize) -> &str {
         &self.dests[d].p.name
     }
 
-    /// Destination of watch `w`.
-    pub fn dest_of(&self, w: usize) -> usize {
-        self.watches[w].p.dest
-    }
-
     /// Files of destination `d` waiting (held or on disk), not in flight.
-    pub fn waiting_for(&self, d: usize) -> usize {
+    fn waiting_for(&self, d: usize) -> usize {
         self.dests[d]
             .watches
             .iter()
-            .map(|&w| {
-                let w = &self.watches[w];
-                (w.count - w.in_flight) + w.on_disk
-            })
+            .map(|&w| self.watches[w].queued())
             .sum()
     }
 
@@ -1855,7 +1845,7 @@ impl Core {
             .map(|(i, w)| WatchView {
                 dir: String::new(),
                 destination: self.dests[w.p.dest].p.name.clone(),
-                queued: ((w.count - w.in_flight) + w.on_disk) as u64,
+                queued: w.queued() as u64,
                 in_flight: w.in_flight as u64,
                 sent: w.sent,
                 failed: w.failed,
