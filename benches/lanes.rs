@@ -39,8 +39,8 @@ mod sink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{wait_until, Launch, Service};
-use peers::{env_num, ms, BadPeer, Conf, Pair, Receiver, ReceiverOptions, Trouble, WatchConf};
+use harness::{env_num, wait_until, Launch, Service};
+use peers::{ms, BadPeer, Conf, Pair, Receiver, ReceiverOptions, Trouble, WatchConf};
 
 struct TroubleFigures {
     case: String,
@@ -198,7 +198,7 @@ fn backlog_case(n: u64) -> BacklogFigures {
     // Generous: 200 files/s at worst.
     let deadline = Duration::from_secs(60 + n / 200);
     wait_until(deadline, || recv.received() as u64 >= n || !svc.alive());
-    let hwm_kib = peers::status_kib(svc.pid, "VmHWM:");
+    let hwm_kib = harness::status_kib(svc.pid, "VmHWM:").unwrap_or(0);
     let got = recv.arrivals();
     let received = got.len();
     let first = got.values().min().map(|t| t.duration_since(t0));

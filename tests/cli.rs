@@ -96,7 +96,10 @@ fn man_page_is_roff_with_every_subcommand() {
 fn man_pages_render_with_groff() {
     let dir = tempfile::tempdir().unwrap();
     // The main page, every subcommand's, and the configuration's.
-    let pages = ["accio"].into_iter().chain(subcommands()).chain(["accio.toml"]);
+    let pages = ["accio"]
+        .into_iter()
+        .chain(subcommands())
+        .chain(["accio.toml"]);
     for page in pages {
         let text = stdout_of(&["man", page]);
         let file = dir.path().join(format!("{page}.roff"));

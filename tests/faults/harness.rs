@@ -25,18 +25,32 @@ pub fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_accio")))
 }
 
-// The waiting and port helpers every test binary shares (tests/support), included by path
-// since the benchmarks include this file too.
+// The waiting, port and /proc helpers every test binary shares (tests/support), included by
+// path since the benchmarks include this file too.
 #[path = "../support/net.rs"]
 #[allow(dead_code)]
 mod net;
+#[path = "../support/procfs.rs"]
+#[allow(dead_code)]
+mod procfs;
 #[path = "../support/wait.rs"]
 #[allow(dead_code)]
 mod wait;
 #[allow(unused_imports)]
 pub use net::{free_port, BlackHole};
 #[allow(unused_imports)]
+pub use procfs::{cpu_times, status_kib};
+#[allow(unused_imports)]
 pub use wait::wait_until;
+
+/// A whole number from the environment variable `name` (a benchmark's or a scenario's size),
+/// else `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
 
 /// The random seed of a scenario: `FAULTS_SEED` if set, else the clock. Printed so that a
 /// failing run can be replayed.
