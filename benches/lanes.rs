@@ -39,8 +39,8 @@ mod sink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{env_num, wait_until, Launch, Service};
-use peers::{ms, BadPeer, Conf, Pair, Receiver, ReceiverOptions, Trouble, WatchConf};
+use harness::{env_num, wait_until, Conf, Launch, Service, WatchConf};
+use peers::{ms, BadPeer, Pair, Receiver, ReceiverOptions, Trouble};
 
 struct TroubleFigures {
     case: String,
@@ -176,7 +176,7 @@ fn backlog_case(n: u64) -> BacklogFigures {
         ..ReceiverOptions::default()
     });
     let mut conf = Conf::new("10s", vec![w.clone()]);
-    conf.server = Some(peers::Dest::local(recv.port()));
+    conf.server = Some(harness::Dest::local(recv.port()));
     conf.shutdown_grace = "5s".into();
     conf.write(&config);
     let t = Instant::now();

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{cpu_times, env_num, status_kib, wait_until, ConfigSpec, Dirs, Launch, Service};
+use harness::{cpu_times, env_num, status_kib, wait_until, Conf, Dirs, Launch, Service};
 use sink::Sink;
 
 const FILE_SIZE: u64 = 1024;
@@ -251,17 +251,14 @@ fn group_pids(pgid: u32) -> Vec<u32> {
 fn bench_service(files: u64, samples: u64) -> Results {
     let d = Dirs::new("bench-watch");
     let sink = Sink::start();
-    let mut spec = ConfigSpec::quick(sink.port(), d.watch());
-    spec.concurrency = env_num("WATCH_BENCH_CONCURRENCY", 4) as i64;
-    spec.connect = "10s";
-    spec.handshake = "10s";
-    spec.stall = "10s";
-    spec.close = "10s";
-    spec.shutdown_grace = "10s";
-    spec.retry_initial = "1s";
-    spec.retry_max = "5m";
+    let mut spec = Conf::quick(sink.port(), d.watch());
+    spec.concurrency = Some(env_num("WATCH_BENCH_CONCURRENCY", 4) as i64);
+    spec.set_timeouts("10s");
+    spec.shutdown_grace = "10s".into();
+    spec.retry_initial = "1s".into();
+    spec.retry_max = "5m".into();
     spec.max_attempts = 10;
-    spec.watches[0].rescan_interval = "60s";
+    spec.watches[0].rescan_interval = "60s".into();
     spec.write(&d.config);
     let mut svc = Service::start(&Launch {
         config: d.config.clone(),

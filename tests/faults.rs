@@ -120,7 +120,7 @@ fn launch_for(d: &Dirs) -> Launch {
 #[test]
 fn generated_config_is_accepted() {
     let d = Dirs::new("config");
-    ConfigSpec::quick(free_port(), d.watch()).write(&d.config);
+    Conf::quick(free_port(), d.watch()).write(&d.config);
     let out = std::process::Command::new(bin())
         .arg("check-config")
         .arg("--config")
@@ -145,7 +145,7 @@ fn kill9_during_burst(scenario: &str, cycles: u32, files: u64, sizes: std::ops::
     let port = free_port();
     let mut serve = Serve::start(port, &d.recv, None, &d.tmp.path().join("serve.log"));
     assert!(serve.wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(10)));
-    ConfigSpec::quick(port, d.watch()).write(&d.config);
+    Conf::quick(port, d.watch()).write(&d.config);
     let launch = launch_for(&d);
 
     // The burst spans the kill cycles (each lives 20-300 ms plus its start-up).
@@ -211,7 +211,7 @@ fn server_restarts(scenario: &str, death: ServerDeath) {
     let port = free_port();
     let addr = ([127, 0, 0, 1], port).into();
     let serve_log = d.tmp.path().join("serve.log");
-    ConfigSpec::quick(port, d.watch()).write(&d.config);
+    Conf::quick(port, d.watch()).write(&d.config);
     let mut svc = start_ready(&launch_for(&d), &d, scenario);
 
     let cycles = 15;
@@ -307,7 +307,7 @@ fn misbehaving_server(
     let d = Dirs::new(scenario);
     let seed = seed(scenario);
     let sink = Sink::start_with(SinkOptions { seed, ..opts });
-    ConfigSpec::quick(sink.port(), d.watch()).write(&d.config);
+    Conf::quick(sink.port(), d.watch()).write(&d.config);
     let mut svc = start_ready(&launch_for(&d), &d, scenario);
     let table = burst(
         d.stage.clone(),
@@ -409,12 +409,12 @@ fn lossy_network_and_cut() {
     let port = 5000;
     let serve_log = d.tmp.path().join("serve.log");
     let _serve = Serve::start(port, &d.recv, Some(&net.b), &serve_log);
-    let mut spec = ConfigSpec::quick(port, d.watch());
-    spec.host = sys::ADDR_B.to_string();
-    spec.connect = "2s";
-    spec.handshake = "2s";
-    spec.stall = "2s";
-    spec.close = "2s";
+    let mut spec = Conf::quick(port, d.watch());
+    spec.server = Some(Dest {
+        host: sys::ADDR_B.to_string(),
+        ..Dest::local(port)
+    });
+    spec.set_timeouts("2s");
     spec.write(&d.config);
     let launch = Launch {
         netns: Some(net.a.clone()),
@@ -519,7 +519,7 @@ fn done_dir_unusable(
     };
     let seed = seed(scenario);
     let sink = Sink::start();
-    ConfigSpec::quick(sink.port(), d.watch()).write(&d.config);
+    Conf::quick(sink.port(), d.watch()).write(&d.config);
     let mut svc = start_ready(&launch_for(d), d, scenario);
     break_it(mount);
     let table = burst(
@@ -620,9 +620,9 @@ fn inotify_queue_overflow() {
     let files = 30_000u64.max(2 * max_queued + 1000);
     let d = Dirs::new(scenario);
     let sink = Sink::start();
-    let mut spec = ConfigSpec::quick(sink.port(), d.watch());
+    let mut spec = Conf::quick(sink.port(), d.watch());
     // No periodic rescan to hide behind: only the overflow can trigger the rescan.
-    spec.watches[0].rescan_interval = "1h";
+    spec.watches[0].rescan_interval = "1h".into();
     spec.write(&d.config);
     let mut svc = start_ready(&launch_for(&d), &d, scenario);
 
@@ -789,9 +789,9 @@ fn hostile(scenario: &str, full: bool) {
         on_header: if full { Some(Arc::new(hook)) } else { None },
         ..SinkOptions::default()
     });
-    let mut spec = ConfigSpec::quick(sink.port(), d.watch());
+    let mut spec = Conf::quick(sink.port(), d.watch());
     spec.max_attempts = 4;
-    spec.watches[0].rescan_interval = "500ms";
+    spec.watches[0].rescan_interval = "500ms".into();
     spec.write(&d.config);
 
     let mut unreadable: Vec<OsString> = Vec::new();
@@ -987,7 +987,7 @@ fn notify_socket_not_read() {
         no_command: 0.2,
         ..SinkOptions::default()
     });
-    ConfigSpec::quick(sink.port(), d.watch()).write(&d.config);
+    Conf::quick(sink.port(), d.watch()).write(&d.config);
     let mut svc = start_ready(
         &Launch {
             notify_unread: true,
