@@ -98,7 +98,7 @@ impl fmt::Display for Destination {
     }
 }
 
-/// Failures of an upload, by phase. [`ClientError::exit_code`] maps them for `send`.
+/// Failures of an upload, by phase ([`ClientError::phase`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot resolve host {host:?}: {source}")]
@@ -160,7 +160,17 @@ impl ClientError {
 
 /// The addresses a connect attempt tried, with what happened at each.
 #[derive(Debug, Default)]
-pub struct TriedAddrs(pub Vec<(SocketAddr, String)>);
+pub struct TriedAddrs(pub Vec<(SocketAddr, Tried)>);
+
+/// What happened at one address: kept typed, so that callers can tell a refusal from an
+/// unreachable network (and a timeout from both) without reading the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Tried {
+    #[error("{0}")]
+    Failed(io::Error),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
 
 impl fmt::Display for TriedAddrs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -175,37 +185,6 @@ impl fmt::Display for TriedAddrs {
             write!(f, "{addr}: {what}")?;
         }
         f.write_str(")")
-    }
-}
-
-/// Exit codes of `accio send`, one per failure class. Documented in `accio send --help`.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// Anything not covered below.
-    pub const OTHER: u8 = 1;
-    /// Bad arguments: missing, extra, bad port.
-    pub const USAGE: u8 = 2;
-    /// FILE missing, not a regular file, or unreadable.
-    pub const FILE: u8 = 3;
-    /// HOST could not be resolved.
-    pub const RESOLVE: u8 = 4;
-    /// No connection within the connect timeout, or every address refused.
-    pub const CONNECT: u8 = 5;
-    /// The server did not send `accio\r\n` (wrong bytes, closed, timed out).
-    pub const HANDSHAKE: u8 = 6;
-    /// The transfer failed after the command: stall, reset, no confirmed close.
-    pub const TRANSFER: u8 = 7;
-}
-
-impl ClientError {
-    /// The `send` exit code for this failure.
-    pub fn exit_code(&self) -> u8 {
-        match self.phase() {
-            Phase::Resolve => exit::RESOLVE,
-            Phase::Connect | Phase::ConnectTimeout => exit::CONNECT,
-            Phase::Handshake => exit::HANDSHAKE,
-            Phase::Transfer => exit::TRANSFER,
-        }
     }
 }
 
@@ -276,14 +255,14 @@ async fn connect_addrs(
         let share = (deadline - now) / left;
         match tokio::time::timeout(share, connect_one(addr)).await {
             Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => tried.0.push((addr, e.to_string())),
-            Err(_) => tried.0.push((addr, format!("no answer within {share:?}"))),
+            Ok(Err(e)) => tried.0.push((addr, Tried::Failed(e))),
+            Err(_) => tried.0.push((addr, Tried::NoAnswer(share))),
         }
     }
     if tried
         .0
         .iter()
-        .any(|(_, what)| what.starts_with("no answer"))
+        .any(|(_, what)| matches!(what, Tried::NoAnswer(_)))
     {
         Err(timed_out(tried))
     } else {
@@ -485,7 +464,7 @@ mod tests {
                 .unwrap_err();
             let took = start.elapsed();
             assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err}");
-            assert_eq!(err.exit_code(), exit::CONNECT);
+            assert_eq!(err.phase(), Phase::ConnectTimeout);
             assert!(took >= Duration::from_millis(1400), "{took:?}");
             assert!(took < Duration::from_millis(2500), "{took:?}");
             // The message names every address tried.

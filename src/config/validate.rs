@@ -19,7 +19,8 @@ pub mod defaults {
     /// Uploads in flight, all destinations together: large enough for distant servers;
     /// each destination's adaptive limit keeps what one server gets to what it handles.
     pub const CONCURRENCY: usize = 256;
-    pub const ACTIVE_LIMIT: usize = crate::watch::core::DEFAULT_ACTIVE_LIMIT;
+    /// Names held in memory per watch.
+    pub const ACTIVE_LIMIT: usize = 16_384;
     pub const TIMEOUT: Duration = Duration::from_secs(10);
     pub const RETRY_INITIAL: Duration = Duration::from_secs(1);
     pub const RETRY_MAX: Duration = Duration::from_secs(300);

@@ -64,6 +64,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use super::claim::{Identity, Kind, Writers};
+use super::error::{DestError, DispositionError, FileError, Reason};
 use super::watcher::Hint;
 use crate::config::RetryPolicy;
 use lane::{Change, Health, Limiter};
@@ -89,12 +90,12 @@ pub const MIN_RESCAN: Duration = Duration::from_millis(50);
 /// interval is shorter).
 pub const RELIST_AFTER_ERROR: Duration = Duration::from_secs(1);
 
-/// A failed move/delete is reported loudly the first time, when its error changes, and
-/// every this many failures.
+/// A failed move/delete is reported loudly the first time, when the kind of its error
+/// changes, and every this many failures.
 pub const DISPOSITION_REPORT_EVERY: u32 = 20;
 
 /// While a destination stays down, its failures are reported loudly at most this often
-/// (and when the error changes).
+/// (and when the kind of the error changes).
 pub const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// A listing keeps this many times the active set beyond it, as names only (the reserve).
@@ -102,9 +103,6 @@ const RESERVE_FACTOR: usize = 3;
 
 /// Timers fired per [`Core::handle_timeout`], at most.
 const FIRE_BATCH: usize = 4096;
-
-/// Names held in memory per watch, by default.
-pub const DEFAULT_ACTIVE_LIMIT: usize = 16_384;
 
 /// Waiting files listed in a [`View`](crate::status::View), at most.
 pub const VIEW_WAITING: usize = 20;
@@ -193,11 +191,11 @@ pub struct Listing {
 }
 
 /// What was decided about a file whose move or delete is still to be done.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum After {
     Delivered,
-    /// Given up; the text goes into the `.reason` file.
-    GaveUp(String),
+    /// Given up; this goes into the `.reason` file (shared: a failing move is retried).
+    GaveUp(std::sync::Arc<Reason>),
 }
 
 /// What an attempt does.
@@ -259,23 +257,23 @@ pub enum Outcome {
     /// read). `greeting`: the greeting time, if the server greeted; `congestion`: a reset
     /// or similar sign of an overloaded server.
     Failed {
-        error: String,
+        error: FileError,
         greeting: Option<Duration>,
         congestion: bool,
     },
     /// The destination failed (resolve, refused, unreachable, connect timeout, no or wrong
     /// greeting): nothing is known about the file; not counted against it.
-    DestinationFailed { error: String, congestion: bool },
+    DestinationFailed { error: DestError, congestion: bool },
     /// Delivered or given up, but moving/deleting failed.
     DispositionFailed {
         id: Identity,
         after: After,
-        error: String,
+        error: DispositionError,
     },
 }
 
-/// Something worth telling the operator; the driver logs it.
-#[derive(Debug, Clone, PartialEq)]
+/// Something worth telling the operator; the driver logs it (errors rendered there).
+#[derive(Debug, Clone)]
 pub enum Report {
     /// A name that is not a regular file; reported once per identity.
     Ignoring {
@@ -302,22 +300,22 @@ pub enum Report {
         key: Key,
         attempt: u32,
         max: u32,
-        error: String,
+        error: FileError,
         retry_in: Duration,
     },
     /// A destination went down.
     DestinationDown {
         dest: usize,
-        error: String,
+        error: DestError,
         waiting: usize,
         probe_in: Duration,
     },
     /// A probe (or an attempt started before it went down) failed; `loud` at most once a
-    /// minute or when the error changed.
+    /// minute or when the kind of error changed.
     StillDown {
         dest: usize,
         key: Key,
-        error: String,
+        error: DestError,
         probe_in: Duration,
         loud: bool,
     },
@@ -337,7 +335,7 @@ pub enum Report {
     /// Moving or deleting a delivered (or given up) file failed.
     DispositionFailed {
         key: Key,
-        error: String,
+        error: DispositionError,
         failures: u32,
         retry_in: Duration,
         delivered: bool,
@@ -355,7 +353,7 @@ pub enum Report {
     },
     ListFailed {
         watch: usize,
-        error: String,
+        error: std::sync::Arc<std::io::Error>,
         again: Duration,
         first: bool,
     },
@@ -409,8 +407,8 @@ enum Cont {
 
 #[derive(Debug, Clone)]
 enum Wait {
-    /// After a failed attempt.
-    Backoff { error: String },
+    /// After a failed attempt. Boxed: every held entry pays for the largest state.
+    Backoff { error: Box<FileError> },
     /// Another instance has it.
     Busy,
     /// Writers unknown, changed recently.
@@ -457,7 +455,7 @@ struct Pending {
     id: Identity,
     after: After,
     failures: u32,
-    error: String,
+    error: DispositionError,
 }
 
 #[derive(Debug, Clone)]
@@ -870,7 +868,7 @@ impl Core {
     }
 
     /// The answer to [`Action::List`].
-    pub fn listed(&mut self, now: Instant, watch: usize, result: Result<Listing, String>) {
+    pub fn listed(&mut self, now: Instant, watch: usize, result: Result<Listing, std::io::Error>) {
         self.advance(now);
         if watch >= self.watches.len() {
             return;
@@ -890,7 +888,7 @@ impl Core {
                 w.next_rescan = self.now + again;
                 self.report(Report::ListFailed {
                     watch,
-                    error,
+                    error: std::sync::Arc::new(error),
                     again,
                     first,
                 });
@@ -982,7 +980,7 @@ impl Core {
                 if *congestion {
                     self.congestion(d, seq);
                 }
-                self.dest_failed(d, &key, error, probe);
+                self.dest_failed(d, &key, error.clone(), probe);
             }
             _ => {}
         }
@@ -1075,6 +1073,7 @@ impl Core {
                     error: error.clone(),
                     retry_in,
                 });
+                let error = Box::new(error);
                 self.wait(&key, Wait::Backoff { error }, now + retry_in);
             }
             Outcome::DispositionFailed { id, after, error } => {
@@ -1085,12 +1084,13 @@ impl Core {
                 let (failures, loud) = match &e.pending {
                     Some(p) => {
                         let n = p.failures.saturating_add(1);
-                        (n, p.error != error || n % DISPOSITION_REPORT_EVERY == 0)
+                        let news = p.error.kind() != error.kind();
+                        (n, news || n % DISPOSITION_REPORT_EVERY == 0)
                     }
                     None => (1, true),
                 };
                 let retry_in = retry_delay(&self.p.retry, floor, failures, &mut self.rng);
-                let delivered = after == After::Delivered;
+                let delivered = matches!(after, After::Delivered);
                 e.pending = Some(Box::new(Pending {
                     id,
                     after,
@@ -1661,25 +1661,26 @@ impl Core {
         }
     }
 
-    fn dest_failed(&mut self, d: usize, key: &Key, error: &str, probe: bool) {
+    fn dest_failed(&mut self, d: usize, key: &Key, error: DestError, probe: bool) {
         let now = self.now;
         let retry = self.p.retry;
+        let kind = error.kind();
         match &mut self.dests[d].health {
             Health::Up => {
                 let probe_in = retry_delay(&retry, retry.initial, 1, &mut self.rng);
                 self.dests[d].health = Health::Down {
                     since: now,
-                    error: error.to_string(),
+                    error: error.clone(),
                     probes: 1,
                     probe_at: now + probe_in,
                     warned_at: now,
-                    warned_error: error.to_string(),
+                    warned: kind,
                 };
                 // Everything queued for it waits, not only what was in flight.
                 let waiting = self.waiting_for(d);
                 self.report(Report::DestinationDown {
                     dest: d,
-                    error: error.to_string(),
+                    error,
                     waiting,
                     probe_in,
                 });
@@ -1689,24 +1690,26 @@ impl Core {
                 probes,
                 probe_at,
                 warned_at,
-                warned_error,
+                warned,
                 ..
             } => {
-                *last = error.to_string();
+                *last = error.clone();
                 if probe {
                     *probes = probes.saturating_add(1);
                     *probe_at = now + retry_delay(&retry, retry.initial, *probes, &mut self.rng);
                 }
-                let loud = warned_error != error || now >= *warned_at + OUTAGE_REPORT_EVERY;
+                // News: another kind of failure (refused, then unreachable), not the same
+                // one in other words (other addresses, another timeout share).
+                let loud = *warned != kind || now >= *warned_at + OUTAGE_REPORT_EVERY;
                 if loud {
                     *warned_at = now;
-                    *warned_error = error.to_string();
+                    *warned = kind;
                 }
                 let probe_in = probe_at.saturating_duration_since(now);
                 self.report(Report::StillDown {
                     dest: d,
                     key: key.clone(),
-                    error: error.to_string(),
+                    error,
                     probe_in,
                     loud,
                 });
@@ -1774,7 +1777,7 @@ impl Core {
                         ..
                     } => (
                         Some(wall_now - now.saturating_duration_since(*since).as_secs_f64()),
-                        Some(error.clone()),
+                        Some(error.to_string()),
                         Some(probe_at.saturating_duration_since(now).as_secs_f64()),
                     ),
                 };
@@ -1819,7 +1822,7 @@ impl Core {
                         Wait::Backoff { error } => Why::BackingOff {
                             retry_in_s: until.saturating_duration_since(now).as_secs_f64(),
                             attempts: e.failures,
-                            error: error.clone(),
+                            error: error.to_string(),
                         },
                         Wait::Busy => Why::Ready,
                         Wait::Young => Why::WriterUnknown,
@@ -1827,7 +1830,7 @@ impl Core {
                             error: e
                                 .pending
                                 .as_ref()
-                                .map_or(String::new(), |p| p.error.clone()),
+                                .map_or(String::new(), |p| p.error.to_string()),
                         },
                     },
                 };
