@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::validate::{Ctx, Parsed};
+use super::schema::{Ctx, Parsed};
 use super::{ConfigError, OnSuccess};
 
 /// Runs the filesystem checks on a validated config.

@@ -3,9 +3,9 @@
 //! The types below are the contract between the loader and the service. The loader refuses
 //! unknown keys, wrong types and missing required keys, naming the file, the key and the line.
 //!
-//! - [`tree`]: `toml`'s parser into a tree of values that know their position.
-//! - [`validate`]: the schema, defaults and cross-checks; no filesystem access, so [`parse`]
-//!   can be fed bytes by tests.
+//! - [`schema`]: the file as serde structs that `toml` fills in (types, unknown and missing
+//!   keys, each value's own checks, at toml's positions), then the checks that relate
+//!   settings; no filesystem access, so [`parse`] can be fed bytes by tests.
 //! - [`fs_check`]: what [`load`] adds: directories exist, are directories and are writable.
 //! - [`render`]: the effective settings as TOML, for `accio check-config`.
 //!
@@ -15,8 +15,7 @@
 
 pub(crate) mod fs_check;
 mod render;
-mod tree;
-mod validate;
+mod schema;
 
 use std::fmt;
 use std::io::Read;
@@ -24,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use render::render;
-pub use validate::{defaults, MAX_CONCURRENCY, MAX_DURATION};
+pub use schema::{defaults, MAX_CONCURRENCY, MAX_DURATION};
 
 use crate::client::Destination;
 use crate::protocol::{Confirm, Timeouts};
@@ -58,6 +57,13 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// `[metrics] listen`: where to serve Prometheus metrics; `None`: no listener.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the kernel cannot tell whether a file has writers (no lease), how long a file
+    /// seen being written must stay unchanged before it is taken as complete (at least the
+    /// watch's `rescan_interval`).
+    pub writer_quiet: Duration,
+    /// How old a leftover `.accio-*` name of ours must be before it is taken for a crash's
+    /// rather than a rename or copy in progress (of this or another instance).
+    pub stale_after: Duration,
 }
 
 /// Exponential backoff with jitter, then give up.
@@ -123,7 +129,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let bytes = read_bounded(path)?;
     let text = text_of(&bytes, path)?;
-    let cx = validate::Ctx { text, file: path };
+    let cx = schema::Ctx { text, file: path };
     let parsed = parse_text(&cx)?;
     fs_check::check(&cx, &parsed)?;
     Ok(parsed.config)
@@ -168,7 +174,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, ConfigError> {
 /// [`ConfigError`] naming the file, the key and the line of the first problem.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
     let text = text_of(bytes, path)?;
-    parse_text(&validate::Ctx { text, file: path }).map(|p| p.config)
+    parse_text(&schema::Ctx { text, file: path }).map(|p| p.config)
 }
 
 fn text_of<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str, ConfigError> {
@@ -183,23 +189,158 @@ fn text_of<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str, ConfigError> {
     })
 }
 
-fn parse_text(cx: &validate::Ctx) -> Result<validate::Parsed, ConfigError> {
-    let root = tree::parse(cx.text).map_err(|(message, span)| ConfigError {
-        file: cx.file.to_path_buf(),
-        line: span.map(|s| tree::line_of(cx.text, s.start)),
-        key: None,
-        // toml's messages span lines ("invalid string\nexpected ..."); keep one line.
-        message: format!(
-            "invalid TOML: {}",
-            message
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
+fn parse_text(cx: &schema::Ctx) -> Result<schema::Parsed, ConfigError> {
+    // Syntax first: its errors have no key.
+    let doc = toml_edit::de::Deserializer::parse(cx.text).map_err(|e| {
+        ConfigError::new(
+            cx.file,
+            Some(e.span().map_or(1, |s| schema::line_of(cx.text, s.start))),
+            None,
+            format!("invalid TOML: {}", e.message()),
+        )
     })?;
-    validate::validate(cx, &root)
+    let file: schema::File =
+        serde_path_to_error::deserialize(doc).map_err(|e| schema_error(cx, &e))?;
+    file.into_config(cx)
+}
+
+/// A schema error from serde, in our words, at toml's position. serde's messages have a
+/// fixed form (`unknown field `x`, expected one of ...`, `missing field `x``, `invalid type:
+/// ..., expected ...`, `unknown variant ...`); the values' own checks say theirs.
+fn schema_error(
+    cx: &schema::Ctx,
+    e: &serde_path_to_error::Error<toml_edit::de::Error>,
+) -> ConfigError {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for seg in e.path().iter() {
+        match seg {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            // toml hands a value's position to `Spanned` as a map with private field names;
+            // they are not keys of the document.
+            Segment::Map { key: k } if k.starts_with("$__") => {}
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    let (msg, span) = (e.inner().message(), e.inner().span());
+    let ticked = |s: &str| -> Vec<String> {
+        s.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let message = if let Some(rest) = msg.strip_prefix("missing field ") {
+        let field = ticked(rest).pop().unwrap_or_default();
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(&field);
+        match schema::required_what(&field) {
+            Some(what) => format!("missing; required: {what}"),
+            None => "missing".to_string(),
+        }
+    } else if let Some(rest) = msg.strip_prefix("unknown field ") {
+        let mut names = ticked(rest);
+        let given = if names.is_empty() {
+            String::new()
+        } else {
+            names.remove(0)
+        };
+        let allowed: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut m = "unknown key".to_string();
+        if let Some(s) = closest(&given, &allowed) {
+            m.push_str(&format!(" (did you mean `{s}`?)"));
+        }
+        m.push_str(&format!("; allowed here: {}", allowed.join(", ")));
+        m
+    } else if let Some((found, expected)) = msg
+        .strip_prefix("invalid type: ")
+        .and_then(|r| r.split_once(", expected "))
+    {
+        format!(
+            "expected {}, found {}",
+            expected_name(expected),
+            found_name(found)
+        )
+    } else if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        let names = ticked(rest);
+        let quoted: Vec<String> = names.iter().skip(1).map(|n| format!("{n:?}")).collect();
+        format!(
+            "{:?} is not an option; expected {}",
+            names.first().map_or("", String::as_str),
+            quoted.join(" or ")
+        )
+    } else {
+        msg.to_string()
+    };
+    ConfigError::new(
+        cx.file,
+        Some(span.map_or(1, |s| schema::line_of(cx.text, s.start))),
+        (!key.is_empty()).then_some(key),
+        message,
+    )
+}
+
+/// serde's name of an expected type in TOML's words.
+fn expected_name(e: &str) -> &str {
+    match e {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" => "an integer",
+        "a boolean" => "true or false",
+        "a sequence" => "an array",
+        s if s.starts_with("struct ") => "a table",
+        s => s,
+    }
+}
+
+/// serde's description of a value found (`string "x"`, `integer `5``, `map`) in TOML's words.
+fn found_name(f: &str) -> String {
+    let shown = |rest: &str| rest.trim_matches('`').to_string();
+    if let Some(r) = f.strip_prefix("string ") {
+        format!("a string ({r})")
+    } else if let Some(r) = f.strip_prefix("integer ") {
+        format!("an integer ({})", shown(r))
+    } else if let Some(r) = f.strip_prefix("floating point ") {
+        format!("a float ({})", shown(r))
+    } else if let Some(r) = f.strip_prefix("boolean ") {
+        format!("a boolean ({})", shown(r))
+    } else if f == "map" {
+        "a table".to_string()
+    } else if f == "sequence" {
+        "an array".to_string()
+    } else {
+        f.to_string()
+    }
+}
+
+/// The allowed key nearest to a misspelt one, if it is near enough to be a typo.
+fn closest<'k>(given: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let sub = prev[j] + usize::from(ca != *cb);
+                cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    let given = given.to_ascii_lowercase().replace('-', "_");
+    allowed
+        .iter()
+        .map(|a| (distance(&given, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
 }
 
 /// Why a configuration was refused. Displayed as `FILE:LINE: key `KEY`: MESSAGE`; the line
@@ -214,6 +355,31 @@ pub struct ConfigError {
     pub key: Option<String>,
     /// What is wrong, and where it helps, what would be right.
     pub message: String,
+}
+
+impl ConfigError {
+    /// An error at `line` (1-based) of `file`; the message is kept to one line.
+    pub(crate) fn new(
+        file: &Path,
+        line: Option<usize>,
+        key: Option<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let message: String = message.into();
+        // toml's syntax messages span lines ("invalid string\nexpected ..."); keep one.
+        let message = message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            key,
+            message,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
