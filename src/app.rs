@@ -1,5 +1,5 @@
-//! Dispatch from the parsed command line to the front-ends, and the one place where exit
-//! codes are decided.
+//! Dispatch from the parsed command line to the front-ends; [`crate::exit`] turns what
+//! they return into the exit code.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -7,17 +7,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command};
-use crate::client::exit;
-
-/// Prints one `ERROR: ...` line on stderr. Unlike `eprintln!`, a closed or broken stderr
-/// (EPIPE: the reader of `accio send ... 2>&1 | head` went away) does not panic: the exit
-/// code still tells what happened.
-macro_rules! error_line {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "ERROR: {}", format_args!($($arg)*));
-    }};
-}
+use crate::exit::{self, error_line, Failed, Kind};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
@@ -35,12 +25,16 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            error_line!("no command given (usage: accio <send|serve|watch|status|retry|check-config|completions|man> ...; see accio --help)");
-            return ExitCode::from(exit::USAGE);
+            return ExitCode::from(exit::finish::<()>(Err(Failed::new(
+                Kind::Usage,
+                "no command given (usage: accio <send|serve|watch|status|retry|check-config|completions|man> ...; see accio --help)",
+            ))));
         }
         Err(e) => {
-            error_line!("{}", one_line_usage_error(&e));
-            return ExitCode::from(exit::USAGE);
+            return ExitCode::from(exit::finish::<()>(Err(Failed::new(
+                Kind::Usage,
+                one_line_usage_error(&e),
+            ))));
         }
     };
     ExitCode::from(run(cli))
@@ -111,106 +105,52 @@ pub fn run(cli: Cli) -> u8 {
     let rt = match runtime(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
-            error_line!("cannot start the async runtime: {e}");
-            return exit::OTHER;
+            error_line(format!("cannot start the async runtime: {e}"));
+            return Kind::Other.code();
         }
     };
-    match cli.command {
+    exit::finish(match cli.command {
         Command::Send(args) => {
             let timeouts = args.timeouts.to_timeouts();
-            match rt.block_on(crate::send::run(
+            rt.block_on(crate::send::run(
                 &args.host,
                 &args.port,
                 &args.file,
                 args.confirm.into(),
                 timeouts,
-            )) {
-                Ok(_) => exit::OK,
-                Err(f) => {
-                    error_line!("{}", f.message);
-                    f.code
-                }
-            }
+            ))
+            .map(drop)
         }
-        Command::Serve(args) => rt.block_on(serve(args)),
-        Command::Watch(args) => crate::daemon::main(&rt, args),
-        Command::CheckConfig(args) => crate::config::check_config_command(&args),
-        Command::Status(args) => crate::ops::status_command(&args),
-        Command::Retry(args) => crate::ops::retry::retry_command(&args),
+        Command::Serve(args) => rt.block_on(crate::serve::command(
+            &args.port,
+            args.dir,
+            args.idle_timeout,
+        )),
+        Command::Watch(args) => crate::daemon::main(&rt, args.config, args.log_format.into()),
+        Command::CheckConfig(args) => crate::ops::check_config_command(&args.config),
+        Command::Status(args) => crate::ops::status_command(&args.config, args.json),
+        Command::Retry(args) => {
+            crate::ops::retry::retry_command(&args.config, args.watch.as_deref(), &args.names)
+        }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "accio", &mut std::io::stdout());
-            exit::OK
+            Ok(())
         }
         Command::Man { page } => man_page(page.as_deref()),
-    }
+    })
 }
 
 /// Renders accio(1), accio-COMMAND(1) or accio.toml(5) to stdout.
-fn man_page(page: Option<&str>) -> u8 {
+fn man_page(page: Option<&str>) -> Result<(), Failed> {
     match crate::man::render(page, &mut std::io::stdout()) {
-        Ok(()) => exit::OK,
-        Err(crate::man::ManError::NoSuchPage(p)) => {
-            error_line!("{}", crate::man::ManError::NoSuchPage(p));
-            exit::USAGE
-        }
+        Ok(()) => Ok(()),
+        Err(e @ crate::man::ManError::NoSuchPage(_)) => Err(Failed::new(Kind::Usage, e)),
         // `accio man | head`: the reader has what it wanted.
-        Err(crate::man::ManError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
-        Err(e) => {
-            error_line!("cannot write the man page: {e}");
-            exit::OTHER
-        }
-    }
-}
-
-async fn serve(args: crate::cli::ServeArgs) -> u8 {
-    let port = match crate::client::parse_port(&args.port) {
-        Ok(p) => p,
-        Err(e) => {
-            error_line!("{e}");
-            return exit::USAGE;
-        }
-    };
-    match std::fs::metadata(&args.dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            error_line!("{:?} is not a directory", args.dir);
-            return exit::USAGE;
-        }
-        Err(e) => {
-            error_line!("cannot use directory {:?}: {e}", args.dir);
-            return exit::USAGE;
-        }
-    }
-    // Every connection writes a file here: refuse at start rather than fail each one.
-    if let Err(e) = crate::serve::check_writable(&args.dir) {
-        error_line!("cannot write to directory {:?}: {e}", args.dir);
-        return exit::USAGE;
-    }
-    crate::logging::init_for_tool();
-    let listener = match crate::serve::bind(port) {
-        Ok(l) => l,
-        Err(e) => {
-            error_line!("cannot listen on port {port}: {e}");
-            return exit::OTHER;
-        }
-    };
-    let shutdown = match crate::signals::termination() {
-        Ok(s) => s,
-        Err(e) => {
-            error_line!("cannot install signal handlers: {e}");
-            return exit::OTHER;
-        }
-    };
-    let opts = crate::serve::ServeOptions {
-        dir: args.dir,
-        idle_timeout: args.idle_timeout,
-    };
-    match crate::serve::run(listener, opts, shutdown).await {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            error_line!("{e}");
-            exit::OTHER
-        }
+        Err(crate::man::ManError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failed::new(
+            Kind::Other,
+            format!("cannot write the man page: {e}"),
+        )),
     }
 }

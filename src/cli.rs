@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Send one file to an Accio server.
-    #[command(after_help = SEND_EXIT_CODES)]
+    #[command(after_help = crate::exit::send_help())]
     Send(SendArgs),
     /// Receive files: connection N is saved as DIR/N.file.
     ///
@@ -38,10 +38,10 @@ pub enum Command {
     /// Validate a configuration file and print the effective settings.
     CheckConfig(CheckConfigArgs),
     /// Show what the running service is doing, and why files wait.
-    #[command(after_help = STATUS_EXIT_CODES)]
+    #[command(after_help = crate::exit::status_help())]
     Status(StatusArgs),
     /// Put files the service gave up on (in failed_dir) back into their spool.
-    #[command(after_help = RETRY_EXIT_CODES)]
+    #[command(after_help = crate::exit::retry_help())]
     Retry(RetryArgs),
     /// Print a shell completion script to stdout.
     Completions {
@@ -54,18 +54,6 @@ pub enum Command {
         page: Option<String>,
     },
 }
-
-pub const SEND_EXIT_CODES: &str = "\
-Exit codes:
-  0  the file was delivered and the server confirmed by closing (with --confirm
-     acked: the server's TCP acknowledged every byte, or it closed)
-  1  other error
-  2  usage error: missing or extra arguments, invalid port
-  3  FILE missing, not a regular file, or unreadable
-  4  HOST could not be resolved
-  5  could not connect (refused, unreachable, or connect timeout)
-  6  the server did not send the accio command (wrong bytes, closed, or timeout)
-  7  the transfer failed (stall, reset, or the server did not confirm)";
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -140,13 +128,22 @@ pub struct ServeArgs {
     pub idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
+/// `--log-format`: the command line's name for [`crate::logging::LogFormat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
     /// Human-readable; colors on a terminal; no timestamps under journald.
-    #[default]
     Text,
     /// One JSON object per line.
     Json,
+}
+
+impl From<LogFormatArg> for crate::logging::LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => crate::logging::LogFormat::Text,
+            LogFormatArg::Json => crate::logging::LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -155,23 +152,9 @@ pub struct WatchArgs {
     #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "ACCIO_CONFIG")]
     pub config: PathBuf,
     /// Log output format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "ACCIO_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Text, env = "ACCIO_LOG_FORMAT")]
+    pub log_format: LogFormatArg,
 }
-
-pub const STATUS_EXIT_CODES: &str = "\
-Exit codes:
-  0  the service answered; its state is printed
-  1  other error (permission denied on the socket, a bad answer)
-  3  the service is not running: nothing answers on its control socket
-  78 the configuration cannot be read or is invalid";
-
-pub const RETRY_EXIT_CODES: &str = "\
-Exit codes:
-  0  every file asked for was put back (or there was nothing to put back)
-  1  a file could not be moved, or a NAME is not a given-up file
-  2  usage error, or --watch names no watched directory
-  78 the configuration cannot be read or is invalid";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {

@@ -98,7 +98,7 @@ impl fmt::Display for Destination {
     }
 }
 
-/// Failures of an upload, by phase. [`ClientError::exit_code`] maps them for `send`.
+/// Failures of an upload, by phase ([`ClientError::phase`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot resolve host {host:?}: {source}")]
@@ -175,37 +175,6 @@ impl fmt::Display for TriedAddrs {
             write!(f, "{addr}: {what}")?;
         }
         f.write_str(")")
-    }
-}
-
-/// Exit codes of `accio send`, one per failure class. Documented in `accio send --help`.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// Anything not covered below.
-    pub const OTHER: u8 = 1;
-    /// Bad arguments: missing, extra, bad port.
-    pub const USAGE: u8 = 2;
-    /// FILE missing, not a regular file, or unreadable.
-    pub const FILE: u8 = 3;
-    /// HOST could not be resolved.
-    pub const RESOLVE: u8 = 4;
-    /// No connection within the connect timeout, or every address refused.
-    pub const CONNECT: u8 = 5;
-    /// The server did not send `accio\r\n` (wrong bytes, closed, timed out).
-    pub const HANDSHAKE: u8 = 6;
-    /// The transfer failed after the command: stall, reset, no confirmed close.
-    pub const TRANSFER: u8 = 7;
-}
-
-impl ClientError {
-    /// The `send` exit code for this failure.
-    pub fn exit_code(&self) -> u8 {
-        match self.phase() {
-            Phase::Resolve => exit::RESOLVE,
-            Phase::Connect | Phase::ConnectTimeout => exit::CONNECT,
-            Phase::Handshake => exit::HANDSHAKE,
-            Phase::Transfer => exit::TRANSFER,
-        }
     }
 }
 
@@ -485,7 +454,7 @@ mod tests {
                 .unwrap_err();
             let took = start.elapsed();
             assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err}");
-            assert_eq!(err.exit_code(), exit::CONNECT);
+            assert_eq!(err.phase(), Phase::ConnectTimeout);
             assert!(took >= Duration::from_millis(1400), "{took:?}");
             assert!(took < Duration::from_millis(2500), "{took:?}");
             // The message names every address tried.

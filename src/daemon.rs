@@ -21,25 +21,26 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::exit;
 use crate::config::{self, Config};
-use crate::logging::LogControl;
+use crate::exit::{Failed, Kind};
+use crate::logging::{LogControl, LogFormat};
 use crate::metrics::Metrics;
 use crate::status::{Stats, ViewHandle, ViewRequest};
 use crate::systemd::Notifier;
 use crate::watch::{self, esc, FatalError};
 
-/// Runs the service until SIGTERM/SIGINT; returns the exit code.
-pub fn main(rt: &tokio::runtime::Runtime, args: crate::cli::WatchArgs) -> u8 {
-    let config = match config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ERROR: {e}");
-            return config::EXIT_INVALID;
-        }
-    };
-    let log = crate::logging::init_service(args.log_format, &config.log_level);
-    rt.block_on(service(config, args.config, log))
+/// Runs the service on the configuration at `path` until SIGTERM/SIGINT. A configuration
+/// that cannot be loaded is a [`Kind::Config`] failure (printed: logging is not set up yet);
+/// once logging runs, what stops the service is logged, and the failure is
+/// [`Failed::reported`].
+pub fn main(
+    rt: &tokio::runtime::Runtime,
+    path: PathBuf,
+    log_format: LogFormat,
+) -> Result<(), Failed> {
+    let config = config::load(&path).map_err(|e| Failed::new(Kind::Config, e))?;
+    let log = crate::logging::init_service(log_format, &config.log_level);
+    rt.block_on(service(config, path, log))
 }
 
 /// What every pipeline shares with the daemon and its successors (after SIGHUP).
@@ -93,12 +94,12 @@ impl Pipeline {
     }
 }
 
-async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
+async fn service(config: Config, path: PathBuf, log: LogControl) -> Result<(), Failed> {
     let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
-            return exit::OTHER;
+            return Err(Failed::reported(Kind::Other));
         }
     };
     let stats = Arc::new(Stats::default());
@@ -111,9 +112,9 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> u8 {
     // The control socket and metrics listener first: `accio status` answers "starting"
     // rather than "not running" while the backlog is being listed.
     let ops = crate::ops::Ops::start(&config, process.views.clone(), process.metrics.clone()).await;
-    let code = supervise(config, &path, &log, &process, &ops, signals).await;
+    let result = supervise(config, &path, &log, &process, &ops, signals).await;
     ops.stop().await;
-    code
+    result
 }
 
 /// Runs pipelines (one, and on SIGHUP its successor) until SIGTERM/SIGINT or a fatal error.
@@ -124,14 +125,14 @@ async fn supervise(
     process: &Process,
     ops: &crate::ops::Ops,
     mut signals: Signals,
-) -> u8 {
+) -> Result<(), Failed> {
     let stats = &process.stats;
     // Before the pipeline: STATUS=starting, and SIGUSR1 is handled from now on.
     let notifier = match Notifier::start(stats.clone()) {
         Ok(n) => n,
         Err(e) => {
             tracing::error!("cannot start: {e}");
-            return exit::OTHER;
+            return Err(Failed::reported(Kind::Other));
         }
     };
     let mut current = match Pipeline::start(config, process).await {
@@ -139,7 +140,7 @@ async fn supervise(
         Err(e) => {
             tracing::error!("cannot start: {e}");
             notifier.failed(&e.to_string());
-            return exit::OTHER;
+            return Err(Failed::reported(Kind::Other));
         }
     };
     notifier.ready();
@@ -173,7 +174,7 @@ async fn supervise(
                 };
                 tracing::error!("stopping: {why}");
                 notifier.failed(&why);
-                return exit::OTHER;
+                return Err(Failed::reported(Kind::Other));
             }
             Some(_) = retiring.join_next(), if !retiring.is_empty() => {}
         }
@@ -188,11 +189,11 @@ async fn supervise(
         _ = all => {
             let s = stats.snapshot();
             tracing::info!(sent = s.sent, failed = s.failed, queued = s.queued, "stopped: {s}");
-            exit::OK
+            Ok(())
         }
         _ = signals.next() => {
             tracing::warn!("second signal: exiting now; files not delivered stay in the spool");
-            exit::OK
+            Ok(())
         }
     }
 }

@@ -26,7 +26,15 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
-use crate::cli::LogFormat;
+/// How the service writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable; colors on a terminal; no timestamps under journald.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Logging for the short-lived tools (`serve`): human-readable on stderr, level from
 /// `RUST_LOG` (default `info`).

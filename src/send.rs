@@ -1,6 +1,6 @@
 //! `accio send HOST PORT FILE`: one transfer with the semantics of the course's `client.py`.
 //! Checks the file before any connection, uploads it, and maps every failure to one
-//! `ERROR:` line and an exit code from [`crate::client::exit`].
+//! `ERROR:` line and an [`crate::exit::Kind`].
 
 use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,44 +9,27 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::client::{self, exit, Destination};
+use crate::client::{self, Destination};
+use crate::exit::{Failed, Kind};
 use crate::protocol::{Confirm, Timeouts};
 
 /// Files at least this large get a progress bar, when stderr is a terminal.
 const PROGRESS_MIN_BYTES: u64 = 8 * 1024 * 1024;
 
-/// A failure of `send`: the line to print after `ERROR: ` and the exit code.
-#[derive(Debug)]
-pub struct SendFailure {
-    pub code: u8,
-    pub message: String,
-}
-
-impl SendFailure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
-        SendFailure {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
 /// Runs one send. Returns the number of bytes delivered.
 ///
 /// # Errors
-/// A [`SendFailure`] with its exit code: usage (bad port), file, resolve, connect,
-/// handshake or transfer.
+/// [`Failed`] of kind usage (bad port), file, resolve, connect, handshake or transfer.
 pub async fn run(
     host: &str,
     port: &str,
     file: &Path,
     confirm: Confirm,
     timeouts: Timeouts,
-) -> Result<u64, SendFailure> {
-    let port =
-        client::parse_port(port).map_err(|e| SendFailure::new(exit::USAGE, e.to_string()))?;
+) -> Result<u64, Failed> {
+    let port = client::parse_port(port).map_err(|e| Failed::new(Kind::Usage, e))?;
     if host.is_empty() {
-        return Err(SendFailure::new(exit::USAGE, "invalid host \"\": empty"));
+        return Err(Failed::new(Kind::Usage, "invalid host \"\": empty"));
     }
     let file_handle = open_regular(file)?;
     let len = file_handle.metadata().map(|m| m.len()).unwrap_or(0);
@@ -83,7 +66,7 @@ pub async fn run(
             {
                 message.push_str(" (write an IPv6 address without brackets, e.g. ::1)");
             }
-            Err(SendFailure::new(e.exit_code(), message))
+            Err(Failed::new(Kind::from(&e), message))
         }
         Err(client::UploadError::Rejected(never)) => match never {},
     }
@@ -91,31 +74,31 @@ pub async fn run(
 
 /// Opens FILE for reading, refusing anything that is not a readable regular file. Opening is
 /// non-blocking so a FIFO cannot hang us.
-fn open_regular(path: &Path) -> Result<std::fs::File, SendFailure> {
+fn open_regular(path: &Path) -> Result<std::fs::File, Failed> {
     let shown = path.display();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| SendFailure::new(exit::FILE, format!("cannot open file {shown:?}: {e}")))?;
+        .map_err(|e| Failed::new(Kind::File, format!("cannot open file {shown:?}: {e}")))?;
     let meta = file
         .metadata()
-        .map_err(|e| SendFailure::new(exit::FILE, format!("cannot stat file {shown:?}: {e}")))?;
+        .map_err(|e| Failed::new(Kind::File, format!("cannot stat file {shown:?}: {e}")))?;
     if !meta.is_file() {
         let what = if meta.is_dir() {
             "a directory"
         } else {
             "not a regular file"
         };
-        return Err(SendFailure::new(
-            exit::FILE,
+        return Err(Failed::new(
+            Kind::File,
             format!("cannot send {shown:?}: it is {what}"),
         ));
     }
     // O_NONBLOCK was only for the open (a FIFO must not hang us). Left on, it would make
     // sendfile's internal splice non-blocking on the file side as well.
     set_blocking(&file)
-        .map_err(|e| SendFailure::new(exit::FILE, format!("cannot use file {shown:?}: {e}")))?;
+        .map_err(|e| Failed::new(Kind::File, format!("cannot use file {shown:?}: {e}")))?;
     Ok(file)
 }
 

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
+use crate::exit::{Failed, Kind};
 use crate::protocol::COMMAND;
 
 /// Settings of one receiver.
@@ -37,7 +38,7 @@ pub struct ServeOptions {
 /// # Errors
 /// The `faccessat(W_OK | X_OK, AT_EACCESS)` error.
 pub fn check_writable(dir: &std::path::Path) -> io::Result<()> {
-    crate::config::fs_check::access(dir, libc::W_OK | libc::X_OK)
+    crate::files::access(dir, libc::W_OK | libc::X_OK)
 }
 
 /// Binds the listening socket: IPv6 any-address with dual stack where the kernel has IPv6,
@@ -208,7 +209,7 @@ fn file_number(name: &std::ffi::OsStr) -> Option<u64> {
 fn publish(part: &Path, dir: &Path, mut n: u64, numbering: &Numbering) -> io::Result<u64> {
     loop {
         let target = dir.join(format!("{n}.file"));
-        match crate::watch::disposition::rename_noreplace(part, &target) {
+        match crate::files::rename_noreplace(part, &target) {
             Ok(()) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let next = numbering.next().ok_or_else(|| {
@@ -367,6 +368,46 @@ async fn receive(
         file.write_all(&buf[..n]).await?;
         total += n as u64;
     }
+}
+
+/// `accio serve PORT DIR`: checks the arguments, binds, and serves until SIGTERM/SIGINT.
+///
+/// # Errors
+/// [`Kind::Usage`] (bad port, DIR missing, not a directory or not writable) or
+/// [`Kind::Other`] (cannot listen, cannot install signal handlers, the server failed).
+pub async fn command(port: &str, dir: PathBuf, idle_timeout: Duration) -> Result<(), Failed> {
+    let port = crate::client::parse_port(port).map_err(|e| Failed::new(Kind::Usage, e))?;
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Failed::new(
+                Kind::Usage,
+                format!("{dir:?} is not a directory"),
+            ))
+        }
+        Err(e) => {
+            return Err(Failed::new(
+                Kind::Usage,
+                format!("cannot use directory {dir:?}: {e}"),
+            ))
+        }
+    }
+    // Every connection writes a file here: refuse at start rather than fail each one.
+    check_writable(&dir).map_err(|e| {
+        Failed::new(
+            Kind::Usage,
+            format!("cannot write to directory {dir:?}: {e}"),
+        )
+    })?;
+    crate::logging::init_for_tool();
+    let listener = bind(port)
+        .map_err(|e| Failed::new(Kind::Other, format!("cannot listen on port {port}: {e}")))?;
+    let shutdown = crate::signals::termination()
+        .map_err(|e| Failed::new(Kind::Other, format!("cannot install signal handlers: {e}")))?;
+    let opts = ServeOptions { dir, idle_timeout };
+    run(listener, opts, shutdown)
+        .await
+        .map_err(|e| Failed::new(Kind::Other, e))
 }
 
 #[cfg(test)]

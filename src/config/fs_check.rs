@@ -2,14 +2,13 @@
 //! directory, and this user may write into it; and, with symlinks resolved, no two watches
 //! share a spool and no done/failed directory is or lies inside its spool.
 
-use std::ffi::CString;
 use std::io;
 use std::ops::Range;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::schema::{Ctx, Parsed};
 use super::{ConfigError, OnSuccess};
+use crate::files::access;
 
 /// Runs the filesystem checks on a validated config.
 ///
@@ -133,18 +132,4 @@ fn usable_dir(
     }
     std::fs::canonicalize(path)
         .map_err(|e| cx.err(span, key, format!("cannot resolve {shown}: {e}")))
-}
-
-/// `access(2)` with the effective ids (`AT_EACCESS`): what the service itself may do.
-/// It also reports a read-only filesystem (`EROFS`), which permission bits would not show.
-pub(crate) fn access(path: &Path, mode: libc::c_int) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }

@@ -13,7 +13,7 @@
 //! ``/etc/accio/accio.toml:14: key `watch[0].done_dir`: directory "/x" does not exist``.
 //! `[[watch]]` tables are numbered from 0 in keys; the line number removes any doubt.
 
-pub(crate) mod fs_check;
+mod fs_check;
 mod render;
 mod schema;
 
@@ -442,36 +442,6 @@ impl NameFilter {
         self.include.is_match(path) && !self.exclude.is_match(path)
     }
 }
-
-/// `accio check-config`: load, validate, print the effective settings to stdout. Returns
-/// the exit code: 0 valid, [`EXIT_INVALID`] refused (one `ERROR:` line on stderr).
-pub fn check_config_command(args: &crate::cli::CheckConfigArgs) -> u8 {
-    match load(&args.config) {
-        Ok(config) => {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            match out
-                .write_all(render(&config).as_bytes())
-                .and_then(|()| out.flush())
-            {
-                Ok(()) => crate::client::exit::OK,
-                Err(e) => {
-                    eprintln!("ERROR: cannot write the settings to stdout: {e}");
-                    crate::client::exit::OTHER
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("ERROR: {e}");
-            EXIT_INVALID
-        }
-    }
-}
-
-/// Exit code for a configuration that was refused: `EX_CONFIG` from sysexits.h, which
-/// systemd knows ("CONFIG"), so a unit can use `RestartPreventExitStatus=78` to stop
-/// restarting a service that can never start.
-pub const EXIT_INVALID: u8 = 78;
 
 #[cfg(test)]
 mod tests {

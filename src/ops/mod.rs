@@ -6,6 +6,9 @@
 //! - [`status_text`]: a [`View`] as text for people.
 //! - [`retry`]: `accio retry`, moving given-up files back into their spool.
 //!
+//! It also holds the front-ends of the operators' commands: [`status_command`],
+//! [`retry::retry_command`] and [`check_config_command`].
+//!
 //! The service runs on without the control socket or the metrics listener if they cannot be
 //! set up (logged): uploading files matters more than reporting on it.
 
@@ -20,13 +23,10 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::exit::{Failed, Kind};
 use crate::metrics::Metrics;
 use crate::status::ViewHandle;
 use crate::watch::esc;
-
-/// Exit code of `accio status` when the service is not running (nothing answers on the
-/// control socket), as `systemctl status` does for an inactive unit.
-pub const EXIT_NOT_RUNNING: u8 = 3;
 
 /// The control socket and metrics listener of a running service.
 pub struct Ops {
@@ -104,34 +104,45 @@ impl Ops {
     }
 }
 
-/// `accio status`: asks the service named by the configuration at `args.config` and
-/// prints its answer. Returns the exit code.
-pub fn status_command(args: &crate::cli::StatusArgs) -> u8 {
-    let socket = match control_socket_of(&args.config) {
-        Ok(s) => s,
-        Err(e) => {
-            error_line(&e.to_string());
-            return crate::config::EXIT_INVALID;
-        }
-    };
+/// `accio status`: asks the service named by the configuration at `config` and prints its
+/// answer (as one JSON document with `json`).
+///
+/// # Errors
+/// [`Kind::Config`], [`Kind::NotRunning`] (nothing answers on the control socket), or
+/// [`Kind::Other`].
+pub fn status_command(config: &std::path::Path, json: bool) -> Result<(), Failed> {
+    let socket = control_socket_of(config).map_err(|e| Failed::new(Kind::Config, e))?;
     match control::ask(&socket) {
-        Ok((view, json)) => {
-            let out = if args.json {
-                json + "\n"
+        Ok((view, doc)) => {
+            let out = if json {
+                doc + "\n"
             } else {
                 status_text::render(&view)
             };
             print_out(&out)
         }
-        Err(e @ control::AskError::NotRunning { .. }) => {
-            error_line(&e.to_string());
-            EXIT_NOT_RUNNING
-        }
-        Err(e) => {
-            error_line(&e.to_string());
-            crate::client::exit::OTHER
-        }
+        Err(e @ control::AskError::NotRunning { .. }) => Err(Failed::new(Kind::NotRunning, e)),
+        Err(e) => Err(Failed::new(Kind::Other, e)),
     }
+}
+
+/// `accio check-config`: loads and validates the configuration at `path`, with the
+/// filesystem checks, and prints the effective settings.
+///
+/// # Errors
+/// [`Kind::Config`] (refused), or [`Kind::Other`] (stdout cannot be written).
+pub fn check_config_command(path: &std::path::Path) -> Result<(), Failed> {
+    let config = crate::config::load(path).map_err(|e| Failed::new(Kind::Config, e))?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(crate::config::render(&config).as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| {
+            Failed::new(
+                Kind::Other,
+                format!("cannot write the settings to stdout: {e}"),
+            )
+        })
 }
 
 /// The control socket a configuration names.
@@ -139,21 +150,16 @@ fn control_socket_of(path: &std::path::Path) -> Result<std::path::PathBuf, Confi
     crate::config::load_unchecked(path).map(|c| c.control_socket)
 }
 
-pub(crate) fn error_line(message: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "ERROR: {message}");
-}
-
 /// Writes `out` to stdout; a closed pipe (`accio status | head`) is not an error.
-pub(crate) fn print_out(out: &str) -> u8 {
+pub(crate) fn print_out(out: &str) -> Result<(), Failed> {
     use std::io::Write as _;
     let mut so = std::io::stdout().lock();
     match so.write_all(out.as_bytes()).and_then(|()| so.flush()) {
-        Ok(()) => crate::client::exit::OK,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => crate::client::exit::OK,
-        Err(e) => {
-            error_line(&format!("cannot write to stdout: {e}"));
-            crate::client::exit::OTHER
-        }
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failed::new(
+            Kind::Other,
+            format!("cannot write to stdout: {e}"),
+        )),
     }
 }

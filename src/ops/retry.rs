@@ -15,12 +15,12 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::client::exit;
 use crate::config::{self, WatchConfig};
 use crate::watch::disposition::{self, Syncer};
 use crate::watch::esc;
 
-use super::{error_line, print_out};
+use super::print_out;
+use crate::exit::{error_line, Failed, Kind};
 
 /// One given-up file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,17 +160,17 @@ pub fn put_back(f: &GivenUp, syncer: &Syncer) -> io::Result<Moved> {
     })
 }
 
-/// `accio retry`; returns the exit code: 0 all moved (or nothing to move), 1 some could not
-/// be moved or a NAME was not found, 2 `--watch` names no watch, 78 invalid configuration.
-pub fn retry_command(args: &crate::cli::RetryArgs) -> u8 {
-    let config = match crate::config::load_unchecked(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            error_line(&e.to_string());
-            return config::EXIT_INVALID;
-        }
-    };
-    let selected: Vec<&WatchConfig> = match &args.watch {
+/// `accio retry`: puts the given-up files named by `names` (all of them if empty) of the
+/// watches of the configuration at `path` (only the one whose spool is `watch`, if given)
+/// back into their spool, printing each move.
+///
+/// # Errors
+/// [`Kind::Config`] (invalid configuration), [`Kind::Usage`] (`watch` names no watch),
+/// [`Kind::Other`] (a failed directory cannot be listed; or, reported as they happened, a
+/// file could not be moved or a NAME is not a given-up file).
+pub fn retry_command(path: &Path, watch: Option<&Path>, names: &[OsString]) -> Result<(), Failed> {
+    let config = config::load_unchecked(path).map_err(|e| Failed::new(Kind::Config, e))?;
+    let selected: Vec<&WatchConfig> = match watch {
         None => config.watches.iter().collect(),
         Some(dir) => {
             let found: Vec<_> = config
@@ -184,38 +184,36 @@ pub fn retry_command(args: &crate::cli::RetryArgs) -> u8 {
                     .iter()
                     .map(|w| esc(&w.dir).to_string())
                     .collect();
-                error_line(&format!(
-                    "--watch {}: not a spool directory of {} (its watches: {})",
-                    esc(dir),
-                    esc(&args.config),
-                    all.join(", ")
+                return Err(Failed::new(
+                    Kind::Usage,
+                    format!(
+                        "--watch {}: not a spool directory of {} (its watches: {})",
+                        esc(dir),
+                        esc(path),
+                        all.join(", ")
+                    ),
                 ));
-                return exit::USAGE;
             }
             found
         }
     };
-    let files = match list(&selected) {
-        Ok(f) => f,
-        Err((dir, e)) => {
-            error_line(&format!("cannot list {}: {e}", esc(&dir)));
-            return exit::OTHER;
-        }
-    };
-    let mut code = exit::OK;
-    let chosen: Vec<&GivenUp> = if args.names.is_empty() {
+    let files = list(&selected)
+        .map_err(|(dir, e)| Failed::new(Kind::Other, format!("cannot list {}: {e}", esc(&dir))))?;
+    // Problems with single files are printed as they are met; the others are still moved.
+    let mut failed = false;
+    let chosen: Vec<&GivenUp> = if names.is_empty() {
         files.iter().collect()
     } else {
         let mut chosen = Vec::new();
-        for n in &args.names {
+        for n in names {
             let m: Vec<&GivenUp> = files.iter().filter(|f| matches(f, n)).collect();
             if m.is_empty() {
-                error_line(&format!(
+                error_line(format!(
                     "{}: no such given-up file in {}",
                     esc(Path::new(n)),
                     failed_dirs(&selected)
                 ));
-                code = exit::OTHER;
+                failed = true;
             }
             for f in m {
                 if !chosen.contains(&f) {
@@ -226,7 +224,7 @@ pub fn retry_command(args: &crate::cli::RetryArgs) -> u8 {
         chosen
     };
     let mut out = String::new();
-    if chosen.is_empty() && code == exit::OK {
+    if chosen.is_empty() && !failed {
         out.push_str(&format!("nothing to retry in {}\n", failed_dirs(&selected)));
     }
     let syncer = Syncer::default();
@@ -237,15 +235,15 @@ pub fn retry_command(args: &crate::cli::RetryArgs) -> u8 {
                 moved += 1;
                 out.push_str(&format!("{} → {}\n", esc(&m.from), esc(&m.to)));
                 if let Some(e) = m.reason_left {
-                    error_line(&format!(
+                    error_line(format!(
                         "{} is back, but its reason file stays: {e}",
                         esc(&m.to)
                     ));
                 }
             }
             Err(e) => {
-                error_line(&e.to_string());
-                code = exit::OTHER;
+                error_line(&e);
+                failed = true;
             }
         }
     }
@@ -255,11 +253,11 @@ pub fn retry_command(args: &crate::cli::RetryArgs) -> u8 {
         let s = if moved == 1 { "" } else { "s" };
         out.push_str(&format!("{moved} file{s} put back into the spool\n"));
     }
-    let printed = print_out(&out);
-    if code == exit::OK {
-        printed
+    print_out(&out)?;
+    if failed {
+        Err(Failed::reported(Kind::Other))
     } else {
-        code
+        Ok(())
     }
 }
 

@@ -99,9 +99,6 @@ const RESERVE_FACTOR: usize = 3;
 /// Timers fired per [`Core::handle_timeout`], at most.
 const FIRE_BATCH: usize = 4096;
 
-/// Names held in memory per watch, by default.
-pub const DEFAULT_ACTIVE_LIMIT: usize = 16_384;
-
 /// Waiting files listed in a [`View`](crate::status::View), at most.
 pub const VIEW_WAITING: usize = 20;
 

@@ -29,7 +29,6 @@ use ops::{copy_across, rename_into, rename_to_free, return_unsent};
 
 pub use delete::{delete_if_ours, restore_stale_deletions, warn_stale_temporaries};
 pub use ops::put_back;
-pub(crate) use ops::rename_noreplace;
 pub use syncer::Syncer;
 
 /// What [`move_if_ours`] / [`delete_if_ours`] did.

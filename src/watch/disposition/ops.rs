@@ -2,10 +2,9 @@
 //! the first free name, the durable copy across filesystems, putting a file back into the
 //! spool.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Seek, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::names::{self, Naming};
@@ -13,42 +12,8 @@ use super::{delete_if_ours, Disposed, Syncer};
 use crate::watch::claim::Identity;
 use crate::watch::esc;
 
-fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("path {} contains a NUL byte", esc(path)),
-        )
-    })
-}
-
-/// `rename` that fails with `AlreadyExists` instead of replacing `to`. Uses
-/// `renameat2(RENAME_NOREPLACE)`; on filesystems without it, `link` + `unlink` (which also
-/// never replaces). Also `accio serve`'s way to publish a received file.
-pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let (f, t) = (cstring(from)?, cstring(to)?);
-    // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them like rename(2).
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        _ => Err(e),
-    }
-}
+/// Every rename of a disposition: one that never replaces (shared with `accio serve`).
+pub(crate) use crate::files::rename_noreplace;
 
 pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -1,0 +1,184 @@
+//! The crate's map (`src/lib.rs`) as a test: modules use only the modules below them, so
+//! the import graph runs one way (`app`/`cli` on top, the front-ends, the service, then the
+//! protocol and small helpers), and the queue's core decides without I/O.
+//!
+//! Reads the sources as text: every `crate::NAME` outside a comment is an arrow from the
+//! file's top-level module to `NAME`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Top-level modules, highest first: each may use only those after it.
+const LAYERS: &[&str] = &[
+    // The command line.
+    "app", "man", "cli", //
+    // Front-ends.
+    "daemon", "send", "serve", "ops", //
+    // The service.
+    "watch", "systemd", "metrics", "status", "config", "logging", "signals", //
+    // Below everything that ends a command or opens a connection.
+    "exit", "client", "protocol", "files", "esc",
+];
+
+/// Files of the queue's core: decisions only, no I/O, no clock of their own.
+const CORE: &[&str] = &["src/watch/core/mod.rs", "src/watch/core/lane.rs"];
+const NOT_IN_CORE: &[&str] = &[
+    "tokio",
+    "std::fs",
+    "std::net",
+    "std::thread",
+    "std::process",
+    "Instant::now",
+    "SystemTime::now",
+];
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("read src") {
+        let p = e.expect("dir entry").path();
+        if p.is_dir() {
+            sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The lines of `text` that are code (line comments and doc comments dropped).
+fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.split("//").next().unwrap_or("")))
+}
+
+/// The modules a line names as `crate::NAME`, or inside `use crate::{A, B::..}`.
+fn used(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                let name: String = item
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    out.push(name);
+                }
+            }
+        } else {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            out.push(name);
+        }
+    }
+    out
+}
+
+#[test]
+fn modules_use_only_the_layers_below_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    let rank = |m: &str| LAYERS.iter().position(|l| *l == m);
+    let mut wrong = BTreeSet::new();
+    for f in &files {
+        let rel = f.strip_prefix(&root).expect("under src");
+        let first = rel.components().next().expect("a path");
+        let module = first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let Some(from) = rank(&module) else {
+            wrong.insert(format!(
+                "src/{module}: a new top-level module: give it a place in LAYERS"
+            ));
+            continue;
+        };
+        let text = std::fs::read_to_string(f).expect("read source");
+        for (n, line) in code_lines(&text) {
+            for to in used(line) {
+                if to == module {
+                    continue;
+                }
+                match rank(&to) {
+                    Some(r) if r > from => {}
+                    Some(_) => {
+                        wrong.insert(format!(
+                            "{}:{n}: `{module}` uses `{to}`, which is above it",
+                            rel.display()
+                        ));
+                    }
+                    None => {
+                        wrong.insert(format!(
+                            "{}:{n}: `crate::{to}` is not a module in LAYERS",
+                            rel.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "arrows pointing up:\n{}",
+        Vec::from_iter(wrong).join("\n")
+    );
+}
+
+#[test]
+fn every_module_of_lib_rs_has_a_layer() {
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+        .expect("read lib.rs");
+    for line in lib.lines() {
+        if let Some(m) = line
+            .strip_prefix("pub mod ")
+            .and_then(|l| l.strip_suffix(';'))
+        {
+            assert!(
+                LAYERS.contains(&m),
+                "src/lib.rs declares `{m}`, which LAYERS does not place"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_queue_core_does_no_io() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in CORE {
+        let text = std::fs::read_to_string(root.join(f)).expect("read core");
+        // The unit tests at the bottom may use what they like.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code_lines(code) {
+            for bad in NOT_IN_CORE {
+                assert!(
+                    !line.contains(bad),
+                    "{f}:{n}: the core uses `{bad}`: {line}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_checks_see_what_they_look_for() {
+    assert_eq!(used("use crate::cli::LogFormat;"), ["cli"]);
+    assert_eq!(
+        used("use crate::{config, watch::esc};"),
+        ["config", "watch"]
+    );
+    assert_eq!(
+        used("x(crate::app::run(), crate::exit::OK)"),
+        ["app", "exit"]
+    );
+    assert!(code_lines("// crate::cli").all(|(_, l)| used(l).is_empty()));
+}
