@@ -164,47 +164,6 @@ fn demo_template_passes_when_filled_in() {
 }
 
 #[test]
-fn bad_configs_name_file_line_and_key() {
-    let s = Setup::new();
-    let server = "[server]\nhost = \"127.0.0.1\"\nport = 5000\n";
-    let watch = "[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n";
-    // (file, line, key, part of the message)
-    let cases: Vec<(String, usize, &str, &str)> = vec![
-        // unknown key, with a suggestion
-        (format!("concurency = 4\n{server}{watch}"), 1, "concurency", "unknown key (did you mean `concurrency`?)"),
-        (format!("{server}{watch}dne_dir = \"@/done\"\n"), 8, "watch[0].dne_dir", "unknown key"),
-        // wrong type
-        (format!("concurrency = \"4\"\n{server}{watch}"), 1, "concurrency", "expected an integer, found a string"),
-        (format!("{server}[timeouts]\nconnect = 10\n{watch}"), 5, "timeouts.connect", "expected a duration string"),
-        (format!("{server}[watch]\ndir = \"@/spool\"\n"), 4, "watch", "write [[watch]], not [watch]"),
-        // missing keys: the line of the table they are missing from
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\n"), 4, "watch[0].failed_dir", "missing"),
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\nfailed_dir = \"@/failed\"\n"), 4, "watch[0].done_dir", "required when on_success = \"move\""),
-        (server.to_string(), 1, "watch", "missing"),
-        (format!("\n{watch}"), 2, "watch[0].server", "no top-level [server]"),
-        // bad values
-        (format!("[server]\nhost = \"h\"\nport = 65536\n{watch}"), 3, "server.port", "invalid port 65536"),
-        (format!("[server]\nhost = \"h\"\nport = \"nosuchservice\"\n{watch}"), 3, "server.port", "invalid port \"nosuchservice\""),
-        (format!("concurrency = 0\n{server}{watch}"), 1, "concurrency", "out of range"),
-        (format!("{server}[retry]\ninitial = \"1m\"\nmax = \"10s\"\n{watch}"), 6, "retry.max", "shorter than retry.initial"),
-        (format!("{server}[timeouts]\nstall = \"soon\"\n{watch}"), 5, "timeouts.stall", "invalid duration \"soon\""),
-        (format!("{server}{watch}exclude = [\".*\", \"[z-a]\"]\n"), 8, "watch[0].exclude[1]", "invalid glob"),
-        (format!("{server}{watch}on_success = \"keep\"\n"), 8, "watch[0].on_success", "expected \"move\" or \"delete\""),
-        // directories
-        (format!("{server}[[watch]]\ndir = \"spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n"), 5, "watch[0].dir", "relative path"),
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/nonexistent\"\nfailed_dir = \"@/failed\"\n"), 6, "watch[0].done_dir", "does not exist"),
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/accio.toml\"\n"), 7, "watch[0].failed_dir", "is not a directory"),
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/spool\"\nfailed_dir = \"@/failed\"\n"), 6, "watch[0].done_dir", "the spool directory itself"),
-        (format!("{server}[[watch]]\ndir = \"@\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n"), 6, "watch[0].done_dir", "inside the spool directory"),
-        (format!("{server}{watch}[[watch]]\ndir = \"@/spool/\"\ndone_dir = \"@/done2\"\nfailed_dir = \"@/failed2\"\n"), 9, "watch[1].dir", "already watched by watch[0]"),
-    ];
-    for (text, line, key, what) in &cases {
-        let path = s.write(text);
-        assert_refused(&check_config(&path), &path, *line, key, what);
-    }
-}
-
-#[test]
 fn syntax_error_and_unreadable_file() {
     let s = Setup::new();
     let path = s.write("concurrency = 4\n[server\nhost = \"h\"\n");
@@ -630,6 +589,18 @@ const GOLDEN: &[(&str, &str)] = &[
      "ERROR: @/accio.toml:6: key `watch[0].done_dir`: resolves to the spool directory itself (@/spool)"),
     ("$S$W[[watch]]\ndir = \"@/spool-link\"\ndone_dir = \"@/done2\"\nfailed_dir = \"@/failed2\"\n",
      "ERROR: @/accio.toml:9: key `watch[1].dir`: resolves to @/spool, already watched by watch[0]"),
+    ("writer_quiet = \"0s\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `writer_quiet`: must be greater than zero"),
+    ("stale_after = 60\n$S$W",
+     "ERROR: @/accio.toml:1: key `stale_after`: expected a duration string such as \"250ms\", \"10s\" or \"5m\", found an integer (60)"),
+    ("$S[[watch]]\ndir = 1979-05-27\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:5: key `watch[0].dir`: expected a string, found a date-time (1979-05-27)"),
+    ("server.hots = \"h\"\nserver.port = 1\n$W",
+     "ERROR: @/accio.toml:1: key `server.hots`: unknown key (did you mean `host`?); allowed here: host, port, concurrency, adaptive, confirm"),
+    ("$S$Won_success = true\n",
+     "ERROR: @/accio.toml:8: key `watch[0].on_success`: expected a string, found true"),
+    ("watch = [{ dir = \"@/spool\", failed_dir = \"@/failed\" }]\n$S",
+     "ERROR: @/accio.toml:1: key `watch[0].done_dir`: missing; required when on_success = \"move\" (the default): where delivered files go"),
 ];
 
 #[test]
