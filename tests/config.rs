@@ -601,13 +601,24 @@ const GOLDEN: &[(&str, &str)] = &[
      "ERROR: @/accio.toml:8: key `watch[0].on_success`: expected a string, found true"),
     ("watch = [{ dir = \"@/spool\", failed_dir = \"@/failed\" }]\n$S",
      "ERROR: @/accio.toml:1: key `watch[0].done_dir`: missing; required when on_success = \"move\" (the default): where delivered files go"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/inner-link\"\n",
+     "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to @/spool/inner, inside the spool directory @/spool; put it beside the spool, not in it"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/done-link\"\n",
+     "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to the same directory as done_dir (@/done); delivered and failed files must be told apart"),
 ];
 
 #[test]
 fn golden_error_lines() {
     let s = Setup::new();
     std::fs::write(s.root().join("file"), "").unwrap();
-    std::os::unix::fs::symlink(s.root().join("spool"), s.root().join("spool-link")).unwrap();
+    std::fs::create_dir(s.root().join("spool/inner")).unwrap();
+    for (link, to) in [
+        ("spool-link", "spool"),
+        ("inner-link", "spool/inner"),
+        ("done-link", "done"),
+    ] {
+        std::os::unix::fs::symlink(s.root().join(to), s.root().join(link)).unwrap();
+    }
     let server = "[server]\nhost = \"127.0.0.1\"\nport = 5000\n";
     let watch = "[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n";
     let root = s.root().display().to_string();

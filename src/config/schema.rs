@@ -565,42 +565,16 @@ fn watch(
     let done_dir = w.done_dir.map(|d| d.into_inner().0);
     let failed_dir = w.failed_dir.into_inner().0;
 
-    // The directories must be distinct and outside the spool: a done or failed file found in
-    // the spool again would be sent again.
-    let ndir = normalize(&dir);
-    let mut others = Vec::new();
+    let mut targets = Vec::new();
     if let (Some(d), Some(s)) = (&done_dir, &spans.done_dir) {
-        others.push(("done_dir", normalize(d), s));
+        targets.push(("done_dir", normalize(d), s.clone()));
     }
-    others.push(("failed_dir", normalize(&failed_dir), &spans.failed_dir));
-    for (name, p, span) in &others {
-        if *p == ndir {
-            return Err(cx.err(
-                span,
-                &key(name),
-                format!("is the spool directory itself ({})", dir.display()),
-            ));
-        }
-        if p.starts_with(&ndir) {
-            return Err(cx.err(
-                span,
-                &key(name),
-                format!(
-                    "is inside the spool directory {}; put it beside the spool, not in it",
-                    dir.display()
-                ),
-            ));
-        }
-    }
-    if let [(_, done, _), (_, failed, span)] = others.as_slice() {
-        if done == failed {
-            return Err(cx.err(
-                span,
-                &key("failed_dir"),
-                "is the same directory as done_dir; delivered and failed files must be told apart",
-            ));
-        }
-    }
+    targets.push((
+        "failed_dir",
+        normalize(&failed_dir),
+        spans.failed_dir.clone(),
+    ));
+    keep_apart(cx, i, &normalize(&dir), &targets, false)?;
 
     Ok((
         WatchConfig {
@@ -625,6 +599,59 @@ fn watch(
         },
         spans,
     ))
+}
+
+/// A watch's done and failed directories must be distinct and outside its spool: a file
+/// found in the spool again would be sent again. Checked here on the paths as written (after
+/// [`normalize`]) and by [`super::fs_check`] on the real paths (`resolved`).
+pub(crate) fn keep_apart(
+    cx: &Ctx,
+    i: usize,
+    spool: &Path,
+    targets: &[(&str, PathBuf, Range<usize>)],
+    resolved: bool,
+) -> Checked<()> {
+    let key = |name: &str| format!("watch[{i}].{name}");
+    let verb = if resolved { "resolves to" } else { "is" };
+    for (name, p, span) in targets {
+        if p == spool {
+            return Err(cx.err(
+                span,
+                &key(name),
+                format!("{verb} the spool directory itself ({})", spool.display()),
+            ));
+        }
+        if p.starts_with(spool) {
+            let place = if resolved {
+                format!("resolves to {}, ", p.display())
+            } else {
+                "is ".to_string()
+            };
+            return Err(cx.err(
+                span,
+                &key(name),
+                format!(
+                    "{place}inside the spool directory {}; put it beside the spool, not in it",
+                    spool.display()
+                ),
+            ));
+        }
+    }
+    if let [(_, done, _), (_, failed, span)] = targets {
+        if done == failed {
+            let shown = if resolved {
+                format!(" ({})", done.display())
+            } else {
+                String::new()
+            };
+            return Err(cx.err(
+                span,
+                &key("failed_dir"),
+                format!("{verb} the same directory as done_dir{shown}; delivered and failed files must be told apart"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `.` and `..` resolved without touching the filesystem, for comparing paths as written.
