@@ -611,6 +611,16 @@ impl Sim {
         }
     }
 
+    /// Steps simulated time until an attempt runs, ends it with `verdict`, and returns the
+    /// last report.
+    fn next_attempt(&mut self, verdict: Verdict) -> Option<&Report> {
+        while self.running.is_empty() {
+            self.step(Duration::from_secs(5));
+        }
+        self.finish(0, verdict);
+        self.reports.last()
+    }
+
     fn reports_of(&self, f: impl Fn(&Report) -> bool) -> usize {
         self.reports.iter().filter(|r| f(r)).count()
     }
@@ -768,12 +778,8 @@ fn a_failing_move_is_loud_again_on_a_new_kind_of_error_not_on_new_wording() {
     s.rename_in(0, "a");
     // One failure of the move with `error`; whether it was loud.
     let fail = |s: &mut Sim, error: DispositionError| {
-        while s.running.is_empty() {
-            s.step(Duration::from_secs(5));
-        }
         s.move_error = error;
-        s.finish(0, Verdict::DeliverMoveFails);
-        match s.reports.last() {
+        match s.next_attempt(Verdict::DeliverMoveFails) {
             Some(Report::DispositionFailed { loud, .. }) => *loud,
             other => panic!("not a disposition failure: {other:?}"),
         }
@@ -821,12 +827,8 @@ fn a_down_destination_is_loud_again_on_a_new_kind_of_error_not_on_new_wording() 
     let went_down = s.t;
     // One failed probe with `error`: whether it was loud.
     let probe = |s: &mut Sim, error: DestError| {
-        while s.running.is_empty() {
-            s.step(Duration::from_secs(5));
-        }
         s.down_error = error;
-        s.finish(0, Verdict::Deliver);
-        match s.reports.last() {
+        match s.next_attempt(Verdict::Deliver) {
             Some(Report::StillDown { loud, .. }) => *loud,
             other => panic!("not a failed probe: {other:?}"),
         }
