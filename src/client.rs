@@ -160,7 +160,17 @@ impl ClientError {
 
 /// The addresses a connect attempt tried, with what happened at each.
 #[derive(Debug, Default)]
-pub struct TriedAddrs(pub Vec<(SocketAddr, String)>);
+pub struct TriedAddrs(pub Vec<(SocketAddr, Tried)>);
+
+/// What happened at one address: kept typed, so that callers can tell a refusal from an
+/// unreachable network (and a timeout from both) without reading the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Tried {
+    #[error("{0}")]
+    Failed(io::Error),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
 
 impl fmt::Display for TriedAddrs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -245,14 +255,14 @@ async fn connect_addrs(
         let share = (deadline - now) / left;
         match tokio::time::timeout(share, connect_one(addr)).await {
             Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => tried.0.push((addr, e.to_string())),
-            Err(_) => tried.0.push((addr, format!("no answer within {share:?}"))),
+            Ok(Err(e)) => tried.0.push((addr, Tried::Failed(e))),
+            Err(_) => tried.0.push((addr, Tried::NoAnswer(share))),
         }
     }
     if tried
         .0
         .iter()
-        .any(|(_, what)| what.starts_with("no answer"))
+        .any(|(_, what)| matches!(what, Tried::NoAnswer(_)))
     {
         Err(timed_out(tried))
     } else {

@@ -9,12 +9,16 @@
 //! 4. [`disposition`]: move to `done_dir` / delete, or move to `failed_dir` with a reason;
 //!    never overwrite; directory fsyncs grouped.
 //!
+//! What goes wrong in an attempt travels typed ([`error`]): the core compares kinds, and the
+//! message is rendered only where it is logged, shown or written to a `.reason` file.
+//!
 //! Delivery is at least once: a file leaves the spool only after its upload was confirmed,
 //! so a crash at any point can only cause a second send.
 
 pub mod claim;
 pub mod core;
 pub mod disposition;
+pub mod error;
 pub mod queue;
 pub mod uploader;
 pub mod watcher;

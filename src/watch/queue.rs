@@ -53,7 +53,7 @@ pub struct Queue {
     reported: super::Reported,
     inflight: JoinSet<Outcome>,
     running: HashMap<tokio::task::Id, Running>,
-    scans: JoinSet<(usize, Result<Listing, String>)>,
+    scans: JoinSet<(usize, std::io::Result<Listing>)>,
     /// What this queue last added to the shared counters (several pipelines may share them
     /// while a reload overlaps them).
     published: core::Counts,
@@ -156,8 +156,7 @@ impl Queue {
                 Action::List { watch, limit } => {
                     let w = self.watches[watch].clone();
                     self.scans.spawn_blocking(move || {
-                        let r = watcher::list(&w.cfg.dir, &|n| w.filter.accepts(n), limit)
-                            .map_err(|e| e.to_string());
+                        let r = watcher::list(&w.cfg.dir, &|n| w.filter.accepts(n), limit);
                         (watch, r)
                     });
                 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::claim::{self, Claim, ClaimError, Identity, Writers};
 use super::core::{After, Mode, Outcome, Uploaded};
 use super::disposition::{self, Dest, Disposed};
+use super::error::{DestError, DispositionError, DispositionOp, FileError, Reason};
 use super::{esc, Shared, WatchCtx};
 use crate::client::{self, ClientError, Phase, UploadError};
 use crate::config::OnSuccess;
@@ -52,7 +53,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         Err(ClaimError::Busy) => return Outcome::Busy,
         Err(ClaimError::Io(e)) => {
             attempt_ended(&job, &sh, AttemptResult::file_error, Duration::ZERO);
-            let error = format!("cannot open {}: {e}", esc(&path));
+            let error = FileError::open(path.clone(), e);
             // What the name holds now: giving up moves this inode only.
             let id = claim::lstat(&path).ok();
             return failed(
@@ -75,7 +76,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
                 After::Delivered => dispose_delivered(&job, &sh, claim, None).await,
                 After::GaveUp(reason) => {
                     let id = Some(claim.id);
-                    give_up(&job, &sh, Some(claim), id, &path, reason).await
+                    give_up(&job, &sh, Some(claim), id, &path, reason.clone()).await
                 }
             };
         }
@@ -142,19 +143,15 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         // Failures before the greeting are the destination's (it is marked down; nothing
         // counts against the file); a timeout is also a sign of a server queueing us.
         Err(UploadError::Client(e)) if e.phase() != Phase::Transfer => {
-            let dest = &job.watch.cfg.server;
-            match e {
-                ClientError::Protocol { source, .. } => Outcome::DestinationFailed {
-                    congestion: matches!(
-                        source,
-                        crate::protocol::ProtocolError::HandshakeTimeout(_)
-                    ),
-                    error: format!("no greeting from {dest}: {source}"),
-                },
-                e => Outcome::DestinationFailed {
-                    congestion: e.phase() == Phase::ConnectTimeout,
-                    error: format!("cannot reach {dest}: {e}"),
-                },
+            let congestion = match &e {
+                ClientError::Protocol { source, .. } => {
+                    matches!(source, crate::protocol::ProtocolError::HandshakeTimeout(_))
+                }
+                e => e.phase() == Phase::ConnectTimeout,
+            };
+            Outcome::DestinationFailed {
+                congestion,
+                error: DestError::new(job.watch.cfg.server.clone(), e),
             }
         }
         Err(UploadError::Client(e)) => {
@@ -167,7 +164,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
                     ..
                 }
             );
-            let error = format!("upload to {} failed: {e}", job.watch.cfg.server);
+            let error = FileError::upload(job.watch.cfg.server.clone(), e);
             let id = Some(claim.id);
             let greeting = Some(greeting.unwrap_or(took));
             failed(
@@ -379,10 +376,14 @@ async fn dispose_delivered(
             // knows how often it failed.
             delivered("", "");
             sh.metrics.disposition_failed(&watch_label(job));
+            let op = match (job.watch.cfg.on_success, &job.watch.cfg.done_dir) {
+                (OnSuccess::Move, Some(_)) => DispositionOp::MoveToDone,
+                _ => DispositionOp::Delete,
+            };
             Outcome::DispositionFailed {
                 id,
                 after: After::Delivered,
-                error: e.to_string(),
+                error: DispositionError::new(op, e),
             }
         }
     }
@@ -397,7 +398,7 @@ async fn failed(
     claim: Option<Claim>,
     id: Option<Identity>,
     path: &Path,
-    error: String,
+    error: FileError,
     took: Duration,
     greeting: Option<Duration>,
     congestion: bool,
@@ -411,13 +412,6 @@ async fn failed(
     }
     let max = sh.retry.max_attempts;
     let bytes = claim.as_ref().map_or(0, |c| c.id.size);
-    let reason = format!(
-        "file: {}\nattempts: {}\nlast error: {}\ntime: {}\n",
-        esc(path),
-        job.attempt,
-        error,
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-    );
     tracing::warn!(
         path = %esc(path),
         bytes,
@@ -427,7 +421,13 @@ async fn failed(
         esc(path),
         job.attempt
     );
-    give_up(job, sh, claim, id, path, &reason).await
+    let reason = Arc::new(Reason {
+        path: path.to_path_buf(),
+        attempts: job.attempt,
+        error,
+        time: SystemTime::now(),
+    });
+    give_up(job, sh, claim, id, path, reason).await
 }
 
 /// Moves a file given up on to `failed_dir` with its reason, if the name still holds the
@@ -438,7 +438,7 @@ async fn give_up(
     claim: Option<Claim>,
     id: Option<Identity>,
     path: &Path,
-    reason: &str,
+    reason: Arc<Reason>,
 ) -> Outcome {
     let Some(id) = id else {
         // Not even an lstat worked: nothing is known about what the name holds.
@@ -448,7 +448,7 @@ async fn give_up(
             esc(path)
         );
         return Outcome::Failed {
-            error: "given up on, but the file cannot be inspected".to_string(),
+            error: FileError::Uninspectable,
             greeting: None,
             congestion: false,
         };
@@ -457,6 +457,7 @@ async fn give_up(
     let syncer = sh.syncer.clone();
     let name = job.name.clone();
     let from = path.to_path_buf();
+    // Rendered here, once per attempt at the move: the same text each time.
     let text = reason.to_string();
     let result = tokio::task::spawn_blocking(move || {
         let file = claim.as_ref().map(|c| &c.file);
@@ -512,8 +513,8 @@ async fn give_up(
             sh.metrics.disposition_failed(&watch_label(job));
             Outcome::DispositionFailed {
                 id,
-                after: After::GaveUp(reason.to_string()),
-                error: e.to_string(),
+                after: After::GaveUp(reason),
+                error: DispositionError::new(DispositionOp::MoveToFailed, e),
             }
         }
     }

@@ -15,6 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::watch::error::{ClientKind, DestError};
+
 /// Limit of a new adaptive lane (or its cap, if smaller).
 pub const INITIAL_LIMIT: f64 = 32.0;
 /// Growth per success in slow start: the limit triples per round, so a distant server is
@@ -184,14 +186,14 @@ pub enum Health {
     Down {
         since: Instant,
         /// The last failure.
-        error: String,
+        error: DestError,
         /// Failed probes so far (the backoff grows with them).
         probes: u32,
         /// When the next probe may start.
         probe_at: Instant,
-        /// When it was last reported at WARN, and with which error.
+        /// When it was last reported at WARN, and the kind of that error.
         warned_at: Instant,
-        warned_error: String,
+        warned: ClientKind,
     },
 }
 

@@ -64,6 +64,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use super::claim::{Identity, Kind, Writers};
+use super::error::{DestError, DispositionError, FileError, Reason};
 use super::watcher::Hint;
 use crate::config::RetryPolicy;
 use lane::{Change, Health, Limiter};
@@ -85,12 +86,12 @@ pub const MIN_RESCAN: Duration = Duration::from_millis(50);
 /// interval is shorter).
 pub const RELIST_AFTER_ERROR: Duration = Duration::from_secs(1);
 
-/// A failed move/delete is reported loudly the first time, when its error changes, and
-/// every this many failures.
+/// A failed move/delete is reported loudly the first time, when the kind of its error
+/// changes, and every this many failures.
 pub const DISPOSITION_REPORT_EVERY: u32 = 20;
 
 /// While a destination stays down, its failures are reported loudly at most this often
-/// (and when the error changes).
+/// (and when the kind of the error changes).
 pub const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// A listing keeps this many times the active set beyond it, as names only (the reserve).
@@ -188,11 +189,11 @@ pub struct Listing {
 }
 
 /// What was decided about a file whose move or delete is still to be done.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum After {
     Delivered,
-    /// Given up; the text goes into the `.reason` file.
-    GaveUp(String),
+    /// Given up; this goes into the `.reason` file (shared: a failing move is retried).
+    GaveUp(std::sync::Arc<Reason>),
 }
 
 /// What an attempt does.
@@ -254,23 +255,23 @@ pub enum Outcome {
     /// read). `greeting`: the greeting time, if the server greeted; `congestion`: a reset
     /// or similar sign of an overloaded server.
     Failed {
-        error: String,
+        error: FileError,
         greeting: Option<Duration>,
         congestion: bool,
     },
     /// The destination failed (resolve, refused, unreachable, connect timeout, no or wrong
     /// greeting): nothing is known about the file; not counted against it.
-    DestinationFailed { error: String, congestion: bool },
+    DestinationFailed { error: DestError, congestion: bool },
     /// Delivered or given up, but moving/deleting failed.
     DispositionFailed {
         id: Identity,
         after: After,
-        error: String,
+        error: DispositionError,
     },
 }
 
-/// Something worth telling the operator; the driver logs it.
-#[derive(Debug, Clone, PartialEq)]
+/// Something worth telling the operator; the driver logs it (errors rendered there).
+#[derive(Debug, Clone)]
 pub enum Report {
     /// A name that is not a regular file; reported once per identity.
     Ignoring {
@@ -297,22 +298,22 @@ pub enum Report {
         key: Key,
         attempt: u32,
         max: u32,
-        error: String,
+        error: FileError,
         retry_in: Duration,
     },
     /// A destination went down.
     DestinationDown {
         dest: usize,
-        error: String,
+        error: DestError,
         waiting: usize,
         probe_in: Duration,
     },
     /// A probe (or an attempt started before it went down) failed; `loud` at most once a
-    /// minute or when the error changed.
+    /// minute or when the kind of error changed.
     StillDown {
         dest: usize,
         key: Key,
-        error: String,
+        error: DestError,
         probe_in: Duration,
         loud: bool,
     },
@@ -332,7 +333,7 @@ pub enum Report {
     /// Moving or deleting a delivered (or given up) file failed.
     DispositionFailed {
         key: Key,
-        error: String,
+        error: DispositionError,
         failures: u32,
         retry_in: Duration,
         delivered: bool,
@@ -350,7 +351,7 @@ pub enum Report {
     },
     ListFailed {
         watch: usize,
-        error: String,
+        error: std::sync::Arc<std::io::Error>,
         again: Duration,
         first: bool,
     },
@@ -404,8 +405,8 @@ enum Cont {
 
 #[derive(Debug, Clone)]
 enum Wait {
-    /// After a failed attempt.
-    Backoff { error: String },
+    /// After a failed attempt. Boxed: every held entry pays for the largest state.
+    Backoff { error: Box<FileError> },
     /// Another instance has it.
     Busy,
     /// Writers unknown, changed recently.
@@ -452,7 +453,7 @@ struct Pending {
     id: Identity,
     after: After,
     failures: u32,
-    error: String,
+    error: DispositionError,
 }
 
 #[derive(Debug, Clone)]
@@ -749,30 +750,26 @@ impl Core {
             }
             Cont::Hint(Hint::Created | Hint::Modified) => self.writing(key),
             Cont::Hint(Hint::MovedIn) => {
-                // Complete by the writers' convention: a new file, whatever this name held.
-                if let Some(e) = self.entry_or_insert(
-                    &key,
-                    State::Waiting {
-                        why: Wait::Young,
-                        until: now,
-                    },
-                ) {
-                    e.failures = 0;
-                    let was_pending = e.pending.take().is_some();
-                    e.moved_in = true;
-                    e.closed = false;
-                    e.since = now;
-                    // A new file to upload: out of the finish-only queue (if it was there)
-                    // and into its lane.
-                    if was_pending
-                        || matches!(e.state, State::Settling { .. } | State::Writing { .. })
-                    {
-                        e.state = State::Waiting {
-                            why: Wait::Young,
-                            until: now,
-                        };
+                // Complete by the writers' convention: a new file, whatever this name held,
+                // ready at once.
+                let Some(e) = self.entries.get_mut(&key) else {
+                    if self.take_room(key.0) {
+                        let state = self.enqueue(&key, false, false);
+                        let mut e = Entry::new(state, now);
+                        e.moved_in = true;
+                        self.entries.insert(key, e);
                     }
-                    self.make_ready(&key, false);
+                    return;
+                };
+                e.failures = 0;
+                let was_pending = e.pending.take().is_some();
+                e.moved_in = true;
+                e.closed = false;
+                e.since = now;
+                // A new file to upload: out of the finish-only queue (if it was there) and
+                // into its lane. Already ready in its lane: it keeps its place.
+                if was_pending || !matches!(e.state, State::Ready { .. }) {
+                    self.requeue(&key, false);
                 }
             }
             Cont::Hint(hint) => {
@@ -811,17 +808,13 @@ impl Core {
     fn settle_now(&mut self, key: &Key, id: &Identity, closed: bool, forget_moved: bool) {
         let now = self.now;
         let settle = self.settle(key.0);
-        if let Some(e) = self.entry_or_insert(
-            key,
-            State::Waiting {
-                why: Wait::Young,
-                until: now,
-            },
-        ) {
-            e.state = State::Settling {
-                since: now,
-                snap: fingerprint(id),
-            };
+        let state = State::Settling {
+            since: now,
+            snap: fingerprint(id),
+        };
+        if let Some(e) = self.entry_or_insert(key, state.clone()) {
+            // One already held starts settling afresh as well.
+            e.state = state;
             if forget_moved {
                 e.moved_in = false;
             }
@@ -865,7 +858,7 @@ impl Core {
     }
 
     /// The answer to [`Action::List`].
-    pub fn listed(&mut self, now: Instant, watch: usize, result: Result<Listing, String>) {
+    pub fn listed(&mut self, now: Instant, watch: usize, result: Result<Listing, std::io::Error>) {
         self.advance(now);
         if watch >= self.watches.len() {
             return;
@@ -885,7 +878,7 @@ impl Core {
                 w.next_rescan = self.now + again;
                 self.report(Report::ListFailed {
                     watch,
-                    error,
+                    error: std::sync::Arc::new(error),
                     again,
                     first,
                 });
@@ -977,7 +970,7 @@ impl Core {
                 if *congestion {
                     self.congestion(d, seq);
                 }
-                self.dest_failed(d, &key, error, probe);
+                self.dest_failed(d, &key, error.clone(), probe);
             }
             _ => {}
         }
@@ -1070,6 +1063,7 @@ impl Core {
                     error: error.clone(),
                     retry_in,
                 });
+                let error = Box::new(error);
                 self.wait(&key, Wait::Backoff { error }, now + retry_in);
             }
             Outcome::DispositionFailed { id, after, error } => {
@@ -1080,12 +1074,13 @@ impl Core {
                 let (failures, loud) = match &e.pending {
                     Some(p) => {
                         let n = p.failures.saturating_add(1);
-                        (n, p.error != error || n % DISPOSITION_REPORT_EVERY == 0)
+                        let news = p.error.kind() != error.kind();
+                        (n, news || n % DISPOSITION_REPORT_EVERY == 0)
                     }
                     None => (1, true),
                 };
                 let retry_in = retry_delay(&self.p.retry, floor, failures, &mut self.rng);
-                let delivered = after == After::Delivered;
+                let delivered = matches!(after, After::Delivered);
                 e.pending = Some(Box::new(Pending {
                     id,
                     after,
@@ -1230,25 +1225,30 @@ impl Core {
         }
     }
 
-    /// The entry of `key`, inserted with `state` if it is not held yet and there is room.
-    /// Without room the name stays on disk, found by the next listing.
+    /// Whether `watch` may hold one more name; counted as held if so. Without room the name
+    /// stays on disk, found by the next listing.
+    fn take_room(&mut self, watch: usize) -> bool {
+        let limit = self.p.active_limit.max(1);
+        let w = &mut self.watches[watch];
+        if w.count >= limit {
+            w.more_on_disk = true;
+            w.truncated = true;
+            w.on_disk += 1;
+            if !std::mem::replace(&mut w.full_reported, true) {
+                self.report(Report::Full { watch, limit });
+            }
+            return false;
+        }
+        w.count += 1;
+        true
+    }
+
+    /// The entry of `key`; if it is not held yet, inserted in `state` (if there is room).
     fn entry_or_insert(&mut self, key: &Key, state: State) -> Option<&mut Entry> {
         if !self.entries.contains_key(key) {
-            let limit = self.p.active_limit.max(1);
-            let w = &mut self.watches[key.0];
-            if w.count >= limit {
-                w.more_on_disk = true;
-                w.truncated = true;
-                w.on_disk += 1;
-                if !std::mem::replace(&mut w.full_reported, true) {
-                    self.report(Report::Full {
-                        watch: key.0,
-                        limit,
-                    });
-                }
+            if !self.take_room(key.0) {
                 return None;
             }
-            w.count += 1;
             self.entries
                 .insert(key.clone(), Entry::new(state, self.now));
         }
@@ -1294,29 +1294,42 @@ impl Core {
     }
 
     /// Puts `key` into its watch's ready queue (at the front: a file that goes back to a
-    /// lane it was taken from).
+    /// lane it was taken from), unless it is there already or in flight.
     fn make_ready(&mut self, key: &Key, front: bool) {
-        let seq = self.next_seq;
-        let Some(e) = self.entries.get_mut(key) else {
-            return;
-        };
-        if matches!(e.state, State::Ready { .. } | State::InFlight { .. }) {
+        if let Some(State::Ready { .. } | State::InFlight { .. }) =
+            self.entries.get(key).map(|e| &e.state)
+        {
             return;
         }
-        self.next_seq += 1;
-        e.state = State::Ready { seq };
-        e.gen = 0; // no live timer
-        let w = &mut self.watches[key.0];
-        let q = if e.pending.is_some() {
-            &mut w.finish
-        } else {
-            &mut w.ready
+        self.requeue(key, front);
+    }
+
+    /// Puts held `key` into its watch's ready queue, or the finish-only queue if only its
+    /// move or delete is left; a place it had in either before is void.
+    fn requeue(&mut self, key: &Key, front: bool) {
+        let Some(finish) = self.entries.get(key).map(|e| e.pending.is_some()) else {
+            return;
         };
+        let state = self.enqueue(key, finish, front);
+        if let Some(e) = self.entries.get_mut(key) {
+            e.state = state;
+            e.gen = 0; // no live timer
+        }
+    }
+
+    /// Queues `key` under a new sequence number (places under older ones are skipped when
+    /// popped); the state that goes with it.
+    fn enqueue(&mut self, key: &Key, finish: bool, front: bool) -> State {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let w = &mut self.watches[key.0];
+        let q = if finish { &mut w.finish } else { &mut w.ready };
         if front {
             q.push_front((key.1.clone(), seq));
         } else {
             q.push_back((key.1.clone(), seq));
         }
+        State::Ready { seq }
     }
 
     /// A not-regular entry: reported once per identity, and forgotten as a candidate.
@@ -1656,25 +1669,26 @@ impl Core {
         }
     }
 
-    fn dest_failed(&mut self, d: usize, key: &Key, error: &str, probe: bool) {
+    fn dest_failed(&mut self, d: usize, key: &Key, error: DestError, probe: bool) {
         let now = self.now;
         let retry = self.p.retry;
+        let kind = error.kind();
         match &mut self.dests[d].health {
             Health::Up => {
                 let probe_in = retry_delay(&retry, retry.initial, 1, &mut self.rng);
                 self.dests[d].health = Health::Down {
                     since: now,
-                    error: error.to_string(),
+                    error: error.clone(),
                     probes: 1,
                     probe_at: now + probe_in,
                     warned_at: now,
-                    warned_error: error.to_string(),
+                    warned: kind,
                 };
                 // Everything queued for it waits, not only what was in flight.
                 let waiting = self.waiting_for(d);
                 self.report(Report::DestinationDown {
                     dest: d,
-                    error: error.to_string(),
+                    error,
                     waiting,
                     probe_in,
                 });
@@ -1684,24 +1698,26 @@ impl Core {
                 probes,
                 probe_at,
                 warned_at,
-                warned_error,
+                warned,
                 ..
             } => {
-                *last = error.to_string();
+                *last = error.clone();
                 if probe {
                     *probes = probes.saturating_add(1);
                     *probe_at = now + retry_delay(&retry, retry.initial, *probes, &mut self.rng);
                 }
-                let loud = warned_error != error || now >= *warned_at + OUTAGE_REPORT_EVERY;
+                // News: another kind of failure (refused, then unreachable), not the same
+                // one in other words (other addresses, another timeout share).
+                let loud = *warned != kind || now >= *warned_at + OUTAGE_REPORT_EVERY;
                 if loud {
                     *warned_at = now;
-                    *warned_error = error.to_string();
+                    *warned = kind;
                 }
                 let probe_in = probe_at.saturating_duration_since(now);
                 self.report(Report::StillDown {
                     dest: d,
                     key: key.clone(),
-                    error: error.to_string(),
+                    error,
                     probe_in,
                     loud,
                 });
@@ -1769,7 +1785,7 @@ impl Core {
                         ..
                     } => (
                         Some(wall_now - now.saturating_duration_since(*since).as_secs_f64()),
-                        Some(error.clone()),
+                        Some(error.to_string()),
                         Some(probe_at.saturating_duration_since(now).as_secs_f64()),
                     ),
                 };
@@ -1814,7 +1830,7 @@ impl Core {
                         Wait::Backoff { error } => Why::BackingOff {
                             retry_in_s: until.saturating_duration_since(now).as_secs_f64(),
                             attempts: e.failures,
-                            error: error.clone(),
+                            error: error.to_string(),
                         },
                         Wait::Busy => Why::Ready,
                         Wait::Young => Why::WriterUnknown,
@@ -1822,7 +1838,7 @@ impl Core {
                             error: e
                                 .pending
                                 .as_ref()
-                                .map_or(String::new(), |p| p.error.clone()),
+                                .map_or(String::new(), |p| p.error.to_string()),
                         },
                     },
                 };

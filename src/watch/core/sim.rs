@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
+use crate::protocol::ProtocolError;
 use crate::watch::claim::{Identity, Kind, Writers};
+use crate::watch::error::tests::{connect_failed, dest as test_dest, protocol};
+use crate::watch::error::DispositionOp;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -62,6 +65,10 @@ struct Sim {
     leases: bool,
     /// Destinations that refuse connections.
     down: HashSet<usize>,
+    /// How an attempt to a down destination fails (a refusal from 127.0.0.1 by default).
+    down_error: DestError,
+    /// How a failing move fails (a read-only done_dir by default).
+    move_error: DispositionError,
     running: Vec<Attempt>,
     /// Names sent and confirmed (watch, name, ino), in order.
     delivered: Vec<(usize, OsString, u64)>,
@@ -114,6 +121,31 @@ fn name(s: &str) -> OsString {
     OsString::from(s)
 }
 
+/// A destination that refused the connection at `addr`.
+fn refused(addr: &str) -> DestError {
+    DestError::new(test_dest(), connect_failed(&[addr], libc::ECONNREFUSED))
+}
+
+/// Moving `path` to done_dir failed with `errno`.
+fn move_failed(errno: i32, path: &str) -> DispositionError {
+    let kind = std::io::Error::from_raw_os_error(errno).kind();
+    DispositionError::new(
+        DispositionOp::MoveToDone,
+        std::io::Error::new(kind, format!("cannot move {path} to /done: {kind}")),
+    )
+}
+
+/// A reset after the greeting.
+fn reset() -> FileError {
+    FileError::upload(
+        test_dest(),
+        protocol(ProtocolError::SendIo {
+            sent: 1,
+            source: std::io::Error::from_raw_os_error(libc::ECONNRESET),
+        }),
+    )
+}
+
 impl Sim {
     fn new(p: Params, leases: bool) -> Sim {
         let base = Instant::now();
@@ -127,6 +159,8 @@ impl Sim {
             next_ino: 1,
             leases,
             down: HashSet::new(),
+            down_error: refused("127.0.0.1:1"),
+            move_error: move_failed(libc::EROFS, "/spool/a"),
             running: Vec::new(),
             delivered: Vec::new(),
             given_up: Vec::new(),
@@ -434,7 +468,7 @@ impl Sim {
                         Outcome::DispositionFailed {
                             id: Self::id(c),
                             after: After::Delivered,
-                            error: "read-only".into(),
+                            error: self.move_error.clone(),
                         }
                     } else {
                         if same {
@@ -457,7 +491,7 @@ impl Sim {
                     }
                 } else if self.down.contains(&d) {
                     Outcome::DestinationFailed {
-                        error: format!("cannot reach dest{d}: refused"),
+                        error: self.down_error.clone(),
                         congestion: true,
                     }
                 } else if changed {
@@ -468,7 +502,7 @@ impl Sim {
                     Outcome::DispositionFailed {
                         id: Self::id(c),
                         after: After::Delivered,
-                        error: "read-only".into(),
+                        error: self.move_error.clone(),
                     }
                 } else if verdict != Verdict::Fail {
                     self.delivered.push((w, n.clone(), c.ino));
@@ -489,7 +523,7 @@ impl Sim {
                     Outcome::GaveUp
                 } else {
                     Outcome::Failed {
-                        error: "reset".into(),
+                        error: reset(),
                         greeting: Some(2 * MS),
                         congestion: false,
                     }
@@ -575,6 +609,16 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Steps simulated time until an attempt runs, ends it with `verdict`, and returns the
+    /// last report.
+    fn next_attempt(&mut self, verdict: Verdict) -> Option<&Report> {
+        while self.running.is_empty() {
+            self.step(Duration::from_secs(5));
+        }
+        self.finish(0, verdict);
+        self.reports.last()
     }
 
     fn reports_of(&self, f: impl Fn(&Report) -> bool) -> usize {
@@ -724,6 +768,112 @@ fn a_delivered_file_whose_move_fails_is_not_sent_again() {
     assert_eq!(s.delivered.len(), 1, "never sent again");
     let loud = s.reports_of(|r| matches!(r, Report::DispositionFailed { loud: true, .. }));
     assert_eq!(loud, 1, "reported once, not per retry");
+}
+
+/// Whether the move failures of one file are news is decided by the kind of error (the
+/// operation and its `io::ErrorKind`), never by its wording.
+#[test]
+fn a_failing_move_is_loud_again_on_a_new_kind_of_error_not_on_new_wording() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.rename_in(0, "a");
+    // One failure of the move with `error`; whether it was loud.
+    let fail = |s: &mut Sim, error: DispositionError| {
+        s.move_error = error;
+        match s.next_attempt(Verdict::DeliverMoveFails) {
+            Some(Report::DispositionFailed { loud, .. }) => *loud,
+            other => panic!("not a disposition failure: {other:?}"),
+        }
+    };
+    assert!(fail(&mut s, move_failed(libc::EROFS, "/spool/a")), "first");
+    assert!(!fail(&mut s, move_failed(libc::EROFS, "/spool/a")), "same");
+    assert!(
+        !fail(&mut s, move_failed(libc::EROFS, "/spool/a (renamed)")),
+        "same kind, other words"
+    );
+    assert!(
+        fail(&mut s, move_failed(libc::ENOSPC, "/spool/a")),
+        "new kind"
+    );
+    assert!(
+        !fail(&mut s, move_failed(libc::ENOSPC, "/elsewhere")),
+        "same kind"
+    );
+    assert!(
+        fail(&mut s, move_failed(libc::EROFS, "/spool/a")),
+        "kind back"
+    );
+    // The status view shows the last message as it was written.
+    let view = s.core.view(s.now(), 0.0, VIEW_WAITING);
+    let crate::status::Why::DispositionPending { error } = &view.waiting[0].2 else {
+        panic!("{:?}", view.waiting);
+    };
+    assert_eq!(*error, move_failed(libc::EROFS, "/spool/a").to_string());
+    assert_eq!(s.delivered.len(), 1, "never sent again");
+}
+
+/// While a destination stays down, a failure is loud again within the minute only if its
+/// kind changed (refused, unreachable, no greeting), not if its message did (another
+/// address, another timeout share).
+#[test]
+fn a_down_destination_is_loud_again_on_a_new_kind_of_error_not_on_new_wording() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.down.insert(0);
+    s.rename_in(0, "a");
+    s.finish(0, Verdict::Deliver);
+    assert_eq!(
+        s.reports_of(|r| matches!(r, Report::DestinationDown { .. })),
+        1
+    );
+    let went_down = s.t;
+    // One failed probe with `error`: whether it was loud.
+    let probe = |s: &mut Sim, error: DestError| {
+        s.down_error = error;
+        match s.next_attempt(Verdict::Deliver) {
+            Some(Report::StillDown { loud, .. }) => *loud,
+            other => panic!("not a failed probe: {other:?}"),
+        }
+    };
+    let unreachable = || {
+        DestError::new(
+            test_dest(),
+            connect_failed(&["127.0.0.1:1"], libc::ENETUNREACH),
+        )
+    };
+    let no_greeting = |received| {
+        DestError::new(
+            test_dest(),
+            protocol(ProtocolError::ClosedBeforeCommand { received }),
+        )
+    };
+    assert!(!probe(&mut s, refused("127.0.0.1:1")), "same error");
+    let other_words = refused("[::1]:1");
+    assert_ne!(other_words.to_string(), refused("127.0.0.1:1").to_string());
+    assert!(!probe(&mut s, other_words), "same kind, other words");
+    assert!(probe(&mut s, unreachable()), "unreachable after refused");
+    assert!(!probe(&mut s, unreachable()), "still unreachable");
+    assert!(
+        probe(&mut s, no_greeting(0)),
+        "no greeting after unreachable"
+    );
+    assert!(
+        !probe(&mut s, no_greeting(3)),
+        "no greeting, other byte count"
+    );
+    assert!(probe(&mut s, refused("127.0.0.1:1")), "refused again");
+    assert!(
+        s.t < went_down + OUTAGE_REPORT_EVERY,
+        "all within the minute: {:?}",
+        s.t - went_down
+    );
+    // The same kind is loud again once the minute has passed.
+    s.advance(OUTAGE_REPORT_EVERY);
+    assert!(probe(&mut s, refused("127.0.0.1:1")), "a minute later");
+    // The status view shows the last message as it was.
+    let view = s.core.view(s.now(), 0.0, VIEW_WAITING);
+    assert_eq!(
+        view.destinations[0].last_error.as_deref(),
+        Some(refused("127.0.0.1:1").to_string().as_str())
+    );
 }
 
 #[test]

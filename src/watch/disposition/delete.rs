@@ -26,8 +26,8 @@ pub fn delete_if_ours(path: &Path, id: &Identity, syncer: &Syncer) -> io::Result
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(names::del_name(path.file_name().unwrap_or_default()));
-    // Errors name `path`, never the random hidden name: the queue compares error texts to
-    // throttle a repeated ERROR.
+    // Errors name `path`, never the random hidden name: that is the file the operator knows,
+    // and a repeated failure reads the same each time.
     let ctx = |what: &str, e: io::Error| {
         io::Error::new(e.kind(), format!("cannot {what} {}: {e}", esc(path)))
     };

@@ -186,7 +186,7 @@ pub(super) fn copy_across(
         io::Error::new(e.kind(), format!("{what} {}: {e}", esc(p)))
     };
     // Errors about the temporary name the file and the directory, never the random name:
-    // the queue compares error texts to throttle a repeated ERROR.
+    // those are what the operator knows, and a repeated failure reads the same each time.
     let tctx = |what: &str, e: io::Error| {
         io::Error::new(
             e.kind(),
