@@ -118,8 +118,12 @@ impl Queue {
             }
         }
         let now = Instant::now().into_std();
+        let mut core = Core::new(params, now, seed, fastrand::u64(..));
+        for (watch, &id) in watcher.dir_ids().iter().enumerate() {
+            core.watched(watch, id);
+        }
         Queue {
-            core: Core::new(params, now, seed, fastrand::u64(..)),
+            core,
             watcher,
             watches,
             shared,

@@ -511,7 +511,9 @@ struct WatchSt {
     rescan_again: bool,
     next_rescan: Instant,
     list_failing: bool,
-    /// (device, inode) at the last listing; a change means the inotify watch is stale.
+    /// (device, inode) of the directory the inotify watch is on, as far as known: from
+    /// [`Core::watched`], else the last listing. A listing that finds another one there
+    /// means the watch is stale.
     dir_id: Option<(u64, u64)>,
     listed_once: bool,
     full_reported: bool,
@@ -886,6 +888,16 @@ impl Core {
         }
         if std::mem::take(&mut self.watches[watch].rescan_again) {
             self.request_scan(watch);
+        }
+    }
+
+    /// The kernel watch of `watch` was placed on the directory `dir_id` (device, inode),
+    /// as it was just before. Without it, the first listing stands for it: a directory
+    /// replaced between watching and that listing (it runs later, in the background) would
+    /// go unnoticed, its events lost until a restart.
+    pub fn watched(&mut self, watch: usize, dir_id: (u64, u64)) {
+        if let Some(w) = self.watches.get_mut(watch) {
+            w.dir_id = Some(dir_id);
         }
     }
 

@@ -922,6 +922,44 @@ fn retry_delays_stay_within_their_documented_bounds() {
     }
 }
 
+/// A spool directory replaced after it was watched but before its first listing (which runs
+/// in the background, after READY) is watched again: the listing is compared with the
+/// directory the watch was placed on, not taken as the reference itself.
+#[test]
+fn a_directory_replaced_before_its_first_listing_is_watched_again() {
+    let rewatches = |watched: (u64, u64)| {
+        let now = Instant::now();
+        let mut core = Core::new(params(&[0], 1, 4, 4, 100), now, HashMap::new(), 7);
+        core.watched(0, watched);
+        let mut rewatches = 0;
+        while let Some(a) = core.poll_action() {
+            match a {
+                Action::List { watch, .. } => {
+                    let listing = Listing {
+                        dir_id: (1, 2),
+                        files: Vec::new(),
+                        total_files: 0,
+                        specials: Vec::new(),
+                    };
+                    core.listed(now, watch, Ok(listing));
+                }
+                Action::Rewatch { watch } => {
+                    assert_eq!(watch, 0);
+                    rewatches += 1;
+                }
+                _ => {}
+            }
+        }
+        rewatches
+    };
+    assert_eq!(
+        rewatches((1, 1)),
+        1,
+        "another directory than the one watched"
+    );
+    assert_eq!(rewatches((1, 2)), 0, "the one watched");
+}
+
 // ---- lanes ----------------------------------------------------------------------------
 
 #[test]
