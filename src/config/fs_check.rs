@@ -6,7 +6,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::validate::{Ctx, Parsed};
+use super::schema::{keep_apart, Ctx, Parsed};
 use super::{ConfigError, OnSuccess};
 use crate::files::access;
 
@@ -49,38 +49,7 @@ pub(crate) fn check(cx: &Ctx, parsed: &Parsed) -> Result<(), ConfigError> {
         )?;
         targets.push(("failed_dir", real, spans.failed_dir.clone()));
 
-        for (name, real, span) in &targets {
-            if *real == dir {
-                return Err(cx.err(
-                    span,
-                    &key(name),
-                    format!("resolves to the spool directory itself ({})", dir.display()),
-                ));
-            }
-            if real.starts_with(&dir) {
-                return Err(cx.err(
-                    span,
-                    &key(name),
-                    format!(
-                        "resolves to {}, inside the spool directory {}",
-                        real.display(),
-                        dir.display()
-                    ),
-                ));
-            }
-        }
-        if let [(_, done, _), (_, failed, span)] = targets.as_slice() {
-            if done == failed {
-                return Err(cx.err(
-                    span,
-                    &key("failed_dir"),
-                    format!(
-                        "resolves to the same directory as done_dir ({})",
-                        done.display()
-                    ),
-                ));
-            }
-        }
+        keep_apart(cx, i, &dir, &targets, true)?;
         if let Some((_, j)) = spools.iter().find(|(p, _)| *p == dir) {
             return Err(cx.err(
                 &spans.dir,

@@ -60,9 +60,19 @@ pub enum Msg {
 /// The running kernel watch. Dropping it stops the events.
 pub struct Watcher {
     inner: notify::RecommendedWatcher,
+    /// Per directory, (device, inode) as it was right before it was watched.
+    dir_ids: Vec<(u64, u64)>,
 }
 
 impl Watcher {
+    /// Per directory given to [`start`], (device, inode) as it was right before it was
+    /// watched. Taken before, not after: if the path is replaced in between, the watch is on
+    /// the new directory and the mismatch costs one needless rewatch, while the other order
+    /// could leave a stale watch unnoticed.
+    pub fn dir_ids(&self) -> &[(u64, u64)] {
+        &self.dir_ids
+    }
+
     /// Watches `dir` again, after it was replaced or mounted over: an inotify watch follows
     /// the directory's inode, not its path.
     ///
@@ -183,9 +193,13 @@ pub fn start(
             e,
         )
     })?;
+    let mut dir_ids = Vec::with_capacity(dirs.len());
     for dir in dirs {
         match std::fs::metadata(dir) {
-            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.is_dir() => {
+                use std::os::unix::fs::MetadataExt;
+                dir_ids.push((m.dev(), m.ino()));
+            }
             Ok(_) => {
                 return Err(FatalError::Watch {
                     dir: dir.clone(),
@@ -203,7 +217,7 @@ pub fn start(
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| fatal(dir, e))?;
     }
-    Ok(Watcher { inner })
+    Ok(Watcher { inner, dir_ids })
 }
 
 /// Lists `dir`, bounded: the `limit` oldest (mtime, then name) regular files whose names

@@ -72,10 +72,6 @@ use lane::{Change, Health, Limiter};
 /// A name in one of the watched directories: (watch number, file name).
 pub type Key = (usize, OsString);
 
-/// Where the kernel cannot tell whether a file has writers, a file seen being written is
-/// considered abandoned after this much silence (or the rescan interval, if longer).
-pub const WRITER_QUIET_MIN: Duration = Duration::from_secs(30);
-
 /// How often a file still open for writing is looked at again, at least (the settle time,
 /// if longer).
 pub const WRITER_RECHECK: Duration = Duration::from_secs(1);
@@ -142,7 +138,9 @@ pub struct Params {
     /// Names held in memory per watch.
     pub active_limit: usize,
     pub retry: RetryPolicy,
-    /// See [`WRITER_QUIET_MIN`].
+    /// Where the kernel cannot tell whether a file has writers, a file seen being written is
+    /// considered abandoned after this much silence (or the rescan interval, if longer): the
+    /// config's `writer_quiet`.
     pub writer_quiet_min: Duration,
     pub watches: Vec<WatchParams>,
     pub dests: Vec<DestParams>,
@@ -513,7 +511,9 @@ struct WatchSt {
     rescan_again: bool,
     next_rescan: Instant,
     list_failing: bool,
-    /// (device, inode) at the last listing; a change means the inotify watch is stale.
+    /// (device, inode) of the directory the inotify watch is on, as far as known: from
+    /// [`Core::watched`], else the last listing. A listing that finds another one there
+    /// means the watch is stale.
     dir_id: Option<(u64, u64)>,
     listed_once: bool,
     full_reported: bool,
@@ -752,30 +752,26 @@ impl Core {
             }
             Cont::Hint(Hint::Created | Hint::Modified) => self.writing(key),
             Cont::Hint(Hint::MovedIn) => {
-                // Complete by the writers' convention: a new file, whatever this name held.
-                if let Some(e) = self.entry_or_insert(
-                    &key,
-                    State::Waiting {
-                        why: Wait::Young,
-                        until: now,
-                    },
-                ) {
-                    e.failures = 0;
-                    let was_pending = e.pending.take().is_some();
-                    e.moved_in = true;
-                    e.closed = false;
-                    e.since = now;
-                    // A new file to upload: out of the finish-only queue (if it was there)
-                    // and into its lane.
-                    if was_pending
-                        || matches!(e.state, State::Settling { .. } | State::Writing { .. })
-                    {
-                        e.state = State::Waiting {
-                            why: Wait::Young,
-                            until: now,
-                        };
+                // Complete by the writers' convention: a new file, whatever this name held,
+                // ready at once.
+                let Some(e) = self.entries.get_mut(&key) else {
+                    if self.take_room(key.0) {
+                        let state = self.enqueue(&key, false, false);
+                        let mut e = Entry::new(state, now);
+                        e.moved_in = true;
+                        self.entries.insert(key, e);
                     }
-                    self.make_ready(&key, false);
+                    return;
+                };
+                e.failures = 0;
+                let was_pending = e.pending.take().is_some();
+                e.moved_in = true;
+                e.closed = false;
+                e.since = now;
+                // A new file to upload: out of the finish-only queue (if it was there) and
+                // into its lane. Already ready in its lane: it keeps its place.
+                if was_pending || !matches!(e.state, State::Ready { .. }) {
+                    self.requeue(&key, false);
                 }
             }
             Cont::Hint(hint) => {
@@ -814,17 +810,13 @@ impl Core {
     fn settle_now(&mut self, key: &Key, id: &Identity, closed: bool, forget_moved: bool) {
         let now = self.now;
         let settle = self.settle(key.0);
-        if let Some(e) = self.entry_or_insert(
-            key,
-            State::Waiting {
-                why: Wait::Young,
-                until: now,
-            },
-        ) {
-            e.state = State::Settling {
-                since: now,
-                snap: fingerprint(id),
-            };
+        let state = State::Settling {
+            since: now,
+            snap: fingerprint(id),
+        };
+        if let Some(e) = self.entry_or_insert(key, state.clone()) {
+            // One already held starts settling afresh as well.
+            e.state = state;
             if forget_moved {
                 e.moved_in = false;
             }
@@ -896,6 +888,16 @@ impl Core {
         }
         if std::mem::take(&mut self.watches[watch].rescan_again) {
             self.request_scan(watch);
+        }
+    }
+
+    /// The kernel watch of `watch` was placed on the directory `dir_id` (device, inode),
+    /// as it was just before. Without it, the first listing stands for it: a directory
+    /// replaced between watching and that listing (it runs later, in the background) would
+    /// go unnoticed, its events lost until a restart.
+    pub fn watched(&mut self, watch: usize, dir_id: (u64, u64)) {
+        if let Some(w) = self.watches.get_mut(watch) {
+            w.dir_id = Some(dir_id);
         }
     }
 
@@ -1235,25 +1237,30 @@ impl Core {
         }
     }
 
-    /// The entry of `key`, inserted with `state` if it is not held yet and there is room.
-    /// Without room the name stays on disk, found by the next listing.
+    /// Whether `watch` may hold one more name; counted as held if so. Without room the name
+    /// stays on disk, found by the next listing.
+    fn take_room(&mut self, watch: usize) -> bool {
+        let limit = self.p.active_limit.max(1);
+        let w = &mut self.watches[watch];
+        if w.count >= limit {
+            w.more_on_disk = true;
+            w.truncated = true;
+            w.on_disk += 1;
+            if !std::mem::replace(&mut w.full_reported, true) {
+                self.report(Report::Full { watch, limit });
+            }
+            return false;
+        }
+        w.count += 1;
+        true
+    }
+
+    /// The entry of `key`; if it is not held yet, inserted in `state` (if there is room).
     fn entry_or_insert(&mut self, key: &Key, state: State) -> Option<&mut Entry> {
         if !self.entries.contains_key(key) {
-            let limit = self.p.active_limit.max(1);
-            let w = &mut self.watches[key.0];
-            if w.count >= limit {
-                w.more_on_disk = true;
-                w.truncated = true;
-                w.on_disk += 1;
-                if !std::mem::replace(&mut w.full_reported, true) {
-                    self.report(Report::Full {
-                        watch: key.0,
-                        limit,
-                    });
-                }
+            if !self.take_room(key.0) {
                 return None;
             }
-            w.count += 1;
             self.entries
                 .insert(key.clone(), Entry::new(state, self.now));
         }
@@ -1299,29 +1306,42 @@ impl Core {
     }
 
     /// Puts `key` into its watch's ready queue (at the front: a file that goes back to a
-    /// lane it was taken from).
+    /// lane it was taken from), unless it is there already or in flight.
     fn make_ready(&mut self, key: &Key, front: bool) {
-        let seq = self.next_seq;
-        let Some(e) = self.entries.get_mut(key) else {
-            return;
-        };
-        if matches!(e.state, State::Ready { .. } | State::InFlight { .. }) {
+        if let Some(State::Ready { .. } | State::InFlight { .. }) =
+            self.entries.get(key).map(|e| &e.state)
+        {
             return;
         }
-        self.next_seq += 1;
-        e.state = State::Ready { seq };
-        e.gen = 0; // no live timer
-        let w = &mut self.watches[key.0];
-        let q = if e.pending.is_some() {
-            &mut w.finish
-        } else {
-            &mut w.ready
+        self.requeue(key, front);
+    }
+
+    /// Puts held `key` into its watch's ready queue, or the finish-only queue if only its
+    /// move or delete is left; a place it had in either before is void.
+    fn requeue(&mut self, key: &Key, front: bool) {
+        let Some(finish) = self.entries.get(key).map(|e| e.pending.is_some()) else {
+            return;
         };
+        let state = self.enqueue(key, finish, front);
+        if let Some(e) = self.entries.get_mut(key) {
+            e.state = state;
+            e.gen = 0; // no live timer
+        }
+    }
+
+    /// Queues `key` under a new sequence number (places under older ones are skipped when
+    /// popped); the state that goes with it.
+    fn enqueue(&mut self, key: &Key, finish: bool, front: bool) -> State {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let w = &mut self.watches[key.0];
+        let q = if finish { &mut w.finish } else { &mut w.ready };
         if front {
             q.push_front((key.1.clone(), seq));
         } else {
             q.push_back((key.1.clone(), seq));
         }
+        State::Ready { seq }
     }
 
     /// A not-regular entry: reported once per identity, and forgotten as a candidate.

@@ -611,6 +611,16 @@ impl Sim {
         }
     }
 
+    /// Steps simulated time until an attempt runs, ends it with `verdict`, and returns the
+    /// last report.
+    fn next_attempt(&mut self, verdict: Verdict) -> Option<&Report> {
+        while self.running.is_empty() {
+            self.step(Duration::from_secs(5));
+        }
+        self.finish(0, verdict);
+        self.reports.last()
+    }
+
     fn reports_of(&self, f: impl Fn(&Report) -> bool) -> usize {
         self.reports.iter().filter(|r| f(r)).count()
     }
@@ -768,12 +778,8 @@ fn a_failing_move_is_loud_again_on_a_new_kind_of_error_not_on_new_wording() {
     s.rename_in(0, "a");
     // One failure of the move with `error`; whether it was loud.
     let fail = |s: &mut Sim, error: DispositionError| {
-        while s.running.is_empty() {
-            s.step(Duration::from_secs(5));
-        }
         s.move_error = error;
-        s.finish(0, Verdict::DeliverMoveFails);
-        match s.reports.last() {
+        match s.next_attempt(Verdict::DeliverMoveFails) {
             Some(Report::DispositionFailed { loud, .. }) => *loud,
             other => panic!("not a disposition failure: {other:?}"),
         }
@@ -821,12 +827,8 @@ fn a_down_destination_is_loud_again_on_a_new_kind_of_error_not_on_new_wording() 
     let went_down = s.t;
     // One failed probe with `error`: whether it was loud.
     let probe = |s: &mut Sim, error: DestError| {
-        while s.running.is_empty() {
-            s.step(Duration::from_secs(5));
-        }
         s.down_error = error;
-        s.finish(0, Verdict::Deliver);
-        match s.reports.last() {
+        match s.next_attempt(Verdict::Deliver) {
             Some(Report::StillDown { loud, .. }) => *loud,
             other => panic!("not a failed probe: {other:?}"),
         }
@@ -918,6 +920,44 @@ fn retry_delays_stay_within_their_documented_bounds() {
             );
         }
     }
+}
+
+/// A spool directory replaced after it was watched but before its first listing (which runs
+/// in the background, after READY) is watched again: the listing is compared with the
+/// directory the watch was placed on, not taken as the reference itself.
+#[test]
+fn a_directory_replaced_before_its_first_listing_is_watched_again() {
+    let rewatches = |watched: (u64, u64)| {
+        let now = Instant::now();
+        let mut core = Core::new(params(&[0], 1, 4, 4, 100), now, HashMap::new(), 7);
+        core.watched(0, watched);
+        let mut rewatches = 0;
+        while let Some(a) = core.poll_action() {
+            match a {
+                Action::List { watch, .. } => {
+                    let listing = Listing {
+                        dir_id: (1, 2),
+                        files: Vec::new(),
+                        total_files: 0,
+                        specials: Vec::new(),
+                    };
+                    core.listed(now, watch, Ok(listing));
+                }
+                Action::Rewatch { watch } => {
+                    assert_eq!(watch, 0);
+                    rewatches += 1;
+                }
+                _ => {}
+            }
+        }
+        rewatches
+    };
+    assert_eq!(
+        rewatches((1, 1)),
+        1,
+        "another directory than the one watched"
+    );
+    assert_eq!(rewatches((1, 2)), 0, "the one watched");
 }
 
 // ---- lanes ----------------------------------------------------------------------------
