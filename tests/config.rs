@@ -605,6 +605,14 @@ const GOLDEN: &[(&str, &str)] = &[
      "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to @/spool/inner, inside the spool directory @/spool; put it beside the spool, not in it"),
     ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/done-link\"\n",
      "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to the same directory as done_dir (@/done); delivered and failed files must be told apart"),
+    ("\"con`cur, expected `x`\" = 1\n$S$W",
+     "ERROR: @/accio.toml:1: key `con`cur, expected `x``: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, watch"),
+    ("$S$Won_success = \"mo`ve`, expected `x\"\n",
+     "ERROR: @/accio.toml:8: key `watch[0].on_success`: \"mo`ve`, expected `x\" is not an option; expected \"move\" or \"delete\""),
+    ("concurrency = \"4, expected x\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `concurrency`: expected an integer, found a string (\"4, expected x\")"),
+    ("\"a\\nb\" = 1\n$S$W",
+     "ERROR: @/accio.toml:1: key `a\\nb`: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, watch"),
 ];
 
 #[test]
