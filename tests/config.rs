@@ -588,7 +588,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/spool-link\"\nfailed_dir = \"@/failed\"\n",
      "ERROR: @/accio.toml:6: key `watch[0].done_dir`: resolves to the spool directory itself (@/spool)"),
     ("$S$W[[watch]]\ndir = \"@/spool-link\"\ndone_dir = \"@/done2\"\nfailed_dir = \"@/failed2\"\n",
-     "ERROR: @/accio.toml:9: key `watch[1].dir`: resolves to @/spool, already watched by watch[0]"),
+     "ERROR: @/accio.toml:9: key `watch[1].dir`: @/spool-link resolves to @/spool, already watched by watch[0] (line 5); each spool directory may appear once"),
     ("writer_quiet = \"0s\"\n$S$W",
      "ERROR: @/accio.toml:1: key `writer_quiet`: must be greater than zero"),
     ("stale_after = 60\n$S$W",
