@@ -330,23 +330,10 @@ fn found_name(f: &str) -> String {
 
 /// The allowed key nearest to a misspelt one, if it is near enough to be a typo.
 fn closest<'k>(given: &str, allowed: &[&'k str]) -> Option<&'k str> {
-    fn distance(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut prev: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut cur = vec![i + 1];
-            for (j, cb) in b.iter().enumerate() {
-                let sub = prev[j] + usize::from(ca != *cb);
-                cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-            }
-            prev = cur;
-        }
-        prev[b.len()]
-    }
     let given = given.to_ascii_lowercase().replace('-', "_");
     allowed
         .iter()
-        .map(|a| (distance(&given, a), *a))
+        .map(|a| (strsim::levenshtein(&given, a), *a))
         .filter(|(d, a)| *d <= 2.max(a.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, a)| a)
