@@ -588,7 +588,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/spool-link\"\nfailed_dir = \"@/failed\"\n",
      "ERROR: @/accio.toml:6: key `watch[0].done_dir`: resolves to the spool directory itself (@/spool)"),
     ("$S$W[[watch]]\ndir = \"@/spool-link\"\ndone_dir = \"@/done2\"\nfailed_dir = \"@/failed2\"\n",
-     "ERROR: @/accio.toml:9: key `watch[1].dir`: resolves to @/spool, already watched by watch[0]"),
+     "ERROR: @/accio.toml:9: key `watch[1].dir`: @/spool-link resolves to @/spool, already watched by watch[0] (line 5); each spool directory may appear once"),
     ("writer_quiet = \"0s\"\n$S$W",
      "ERROR: @/accio.toml:1: key `writer_quiet`: must be greater than zero"),
     ("stale_after = 60\n$S$W",
@@ -605,6 +605,14 @@ const GOLDEN: &[(&str, &str)] = &[
      "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to @/spool/inner, inside the spool directory @/spool; put it beside the spool, not in it"),
     ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/done-link\"\n",
      "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to the same directory as done_dir (@/done); delivered and failed files must be told apart"),
+    ("\"con`cur, expected `x`\" = 1\n$S$W",
+     "ERROR: @/accio.toml:1: key `con`cur, expected `x``: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, watch"),
+    ("$S$Won_success = \"mo`ve`, expected `x\"\n",
+     "ERROR: @/accio.toml:8: key `watch[0].on_success`: \"mo`ve`, expected `x\" is not an option; expected \"move\" or \"delete\""),
+    ("concurrency = \"4, expected x\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `concurrency`: expected an integer, found a string (\"4, expected x\")"),
+    ("\"a\\nb\" = 1\n$S$W",
+     "ERROR: @/accio.toml:1: key `a\\nb`: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, watch"),
 ];
 
 #[test]

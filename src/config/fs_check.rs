@@ -6,7 +6,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::schema::{keep_apart, Ctx, Parsed};
+use super::schema::{keep_apart, one_watch_per_spool, Ctx, Parsed};
 use super::{ConfigError, OnSuccess};
 use crate::files::access;
 
@@ -16,7 +16,7 @@ use crate::files::access;
 /// The first directory that is missing, not a directory, not writable, or that resolves to
 /// the same place as a directory it must differ from.
 pub(crate) fn check(cx: &Ctx, parsed: &Parsed) -> Result<(), ConfigError> {
-    let mut spools: Vec<(PathBuf, usize)> = Vec::new();
+    let mut spools = Vec::new();
     for (i, (w, spans)) in parsed
         .config
         .watches
@@ -50,18 +50,10 @@ pub(crate) fn check(cx: &Ctx, parsed: &Parsed) -> Result<(), ConfigError> {
         targets.push(("failed_dir", real, spans.failed_dir.clone()));
 
         keep_apart(cx, i, &dir, &targets, true)?;
-        if let Some((_, j)) = spools.iter().find(|(p, _)| *p == dir) {
-            return Err(cx.err(
-                &spans.dir,
-                &key("dir"),
-                format!(
-                    "resolves to {}, already watched by watch[{j}]",
-                    dir.display()
-                ),
-            ));
-        }
-        spools.push((dir, i));
+        spools.push(dir);
     }
+    let c = &parsed.config;
+    one_watch_per_spool(cx, &c.watches, &parsed.watch_spans, Some(&spools))?;
     Ok(())
 }
 

@@ -234,40 +234,27 @@ fn schema_error(
         .clone()
         .and_then(|s| cx.text.get(s))
         .map_or("", str::trim);
-    let ticked = |s: &str| -> Vec<String> {
-        s.split('`')
-            .skip(1)
-            .step_by(2)
-            .map(str::to_string)
-            .collect()
-    };
     let message = if let Some(rest) = msg.strip_prefix("missing field ") {
-        let field = ticked(rest).pop().unwrap_or_default();
+        let field = rest.trim_matches('`');
         if !key.is_empty() {
             key.push('.');
         }
-        key.push_str(&field);
-        match schema::required_what(&field) {
+        key.push_str(field);
+        match schema::required_what(field) {
             Some(what) => format!("missing; required: {what}"),
             None => "missing".to_string(),
         }
     } else if let Some(rest) = msg.strip_prefix("unknown field ") {
-        let mut names = ticked(rest);
-        let given = if names.is_empty() {
-            String::new()
-        } else {
-            names.remove(0)
-        };
-        let allowed: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (given, allowed) = given_and_choices(rest);
         let mut m = "unknown key".to_string();
-        if let Some(s) = closest(&given, &allowed) {
+        if let Some(s) = closest(given, &allowed) {
             m.push_str(&format!(" (did you mean `{s}`?)"));
         }
         m.push_str(&format!("; allowed here: {}", allowed.join(", ")));
         m
     } else if let Some((found, expected)) = msg
         .strip_prefix("invalid type: ")
-        .and_then(|r| r.split_once(", expected "))
+        .and_then(|r| r.rsplit_once(", expected "))
     {
         // toml hands a date-time to serde as a map.
         let found = if written.parse::<toml::value::Datetime>().is_ok() {
@@ -280,11 +267,10 @@ fn schema_error(
         // toml's words for a choice (`on_success`, `confirm`) given as another type.
         format!("expected a string, found {written}")
     } else if let Some(rest) = msg.strip_prefix("unknown variant ") {
-        let names = ticked(rest);
-        let quoted: Vec<String> = names.iter().skip(1).map(|n| format!("{n:?}")).collect();
+        let (given, choices) = given_and_choices(rest);
+        let quoted: Vec<String> = choices.iter().map(|n| format!("{n:?}")).collect();
         format!(
-            "{:?} is not an option; expected {}",
-            names.first().map_or("", String::as_str),
+            "{given:?} is not an option; expected {}",
             quoted.join(" or ")
         )
     } else {
@@ -296,6 +282,19 @@ fn schema_error(
         (!key.is_empty()).then_some(key),
         message,
     )
+}
+
+/// The name given and the choices in serde's "`given`, expected `a`, `b`" (or "`given`,
+/// there are no fields"): the given name may hold any character, the choices are ours.
+fn given_and_choices(rest: &str) -> (&str, Vec<&str>) {
+    let rest = rest.strip_prefix('`').unwrap_or(rest);
+    let end = rest
+        .rfind("`, expected ")
+        .or_else(|| rest.rfind("`, there are no"))
+        .unwrap_or(rest.len());
+    let choices = rest.get(end + 1..).unwrap_or("");
+    let choices = choices.split('`').skip(1).step_by(2).collect();
+    (rest[..end].trim_end_matches('`'), choices)
 }
 
 /// serde's name of an expected type in TOML's words.
@@ -331,23 +330,10 @@ fn found_name(f: &str) -> String {
 
 /// The allowed key nearest to a misspelt one, if it is near enough to be a typo.
 fn closest<'k>(given: &str, allowed: &[&'k str]) -> Option<&'k str> {
-    fn distance(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut prev: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut cur = vec![i + 1];
-            for (j, cb) in b.iter().enumerate() {
-                let sub = prev[j] + usize::from(ca != *cb);
-                cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-            }
-            prev = cur;
-        }
-        prev[b.len()]
-    }
     let given = given.to_ascii_lowercase().replace('-', "_");
     allowed
         .iter()
-        .map(|a| (distance(&given, a), *a))
+        .map(|a| (strsim::levenshtein(&given, a), *a))
         .filter(|(d, a)| *d <= 2.max(a.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, a)| a)
@@ -383,6 +369,15 @@ impl ConfigError {
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
+        // A quoted TOML key may hold a newline: shown escaped, the error stays one line.
+        let key = key.map(|k| {
+            k.chars()
+                .map(|c| match c.is_control() {
+                    true => c.escape_debug().to_string(),
+                    false => c.to_string(),
+                })
+                .collect()
+        });
         ConfigError {
             file: file.to_path_buf(),
             line,

@@ -4,7 +4,6 @@
 //! filesystem access here (that is [`super::fs_check`]), so tests feed it text.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
@@ -341,7 +340,7 @@ struct Watches(Vec<Spanned<Watch>>);
 
 impl<'de> Deserialize<'de> for Watches {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V(PhantomData<Watch>);
+        struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Watches;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -360,7 +359,7 @@ impl<'de> Deserialize<'de> for Watches {
                 Ok(Watches(v))
             }
         }
-        d.deserialize_seq(V(PhantomData))
+        d.deserialize_seq(V)
     }
 }
 
@@ -434,7 +433,7 @@ impl File {
             watches.push(w);
             watch_spans.push(spans);
         }
-        relate_watches(cx, &watches, &watch_spans)?;
+        one_watch_per_spool(cx, &watches, &watch_spans, None)?;
         relate_destinations(cx, &watches, &watch_spans)?;
 
         Ok(Parsed {
@@ -691,17 +690,30 @@ fn relate_destinations(cx: &Ctx, watches: &[WatchConfig], spans: &[WatchSpans]) 
     Ok(())
 }
 
-/// Two watches on one directory would race each other for every file.
-fn relate_watches(cx: &Ctx, watches: &[WatchConfig], spans: &[WatchSpans]) -> Checked<()> {
-    for (i, w) in watches.iter().enumerate() {
-        let n = normalize(&w.dir);
-        if let Some(j) = watches[..i].iter().position(|o| normalize(&o.dir) == n) {
+/// Two watches on one directory would race each other for every file. `real`: each
+/// spool's resolved path (from [`super::fs_check`]); `None`: compared as written.
+pub(crate) fn one_watch_per_spool(
+    cx: &Ctx,
+    watches: &[WatchConfig],
+    spans: &[WatchSpans],
+    real: Option<&[PathBuf]>,
+) -> Checked<()> {
+    let spools: Vec<PathBuf> = match real {
+        Some(r) => r.to_vec(),
+        None => watches.iter().map(|w| normalize(&w.dir)).collect(),
+    };
+    for (i, p) in spools.iter().enumerate() {
+        if let Some(j) = spools[..i].iter().position(|o| o == p) {
+            let resolves = match real {
+                Some(_) => format!(" resolves to {},", p.display()),
+                None => " is".to_string(),
+            };
             return Err(cx.err(
                 &spans[i].dir,
                 &format!("watch[{i}].dir"),
                 format!(
-                    "{} is already watched by watch[{j}] (line {}); each spool directory may appear once",
-                    w.dir.display(),
+                    "{}{resolves} already watched by watch[{j}] (line {}); each spool directory may appear once",
+                    watches[i].dir.display(),
                     line_of(cx.text, spans[j].dir.start)
                 ),
             ));
