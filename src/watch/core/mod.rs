@@ -254,16 +254,14 @@ pub enum Outcome {
     /// period ago: look again after `wait` (or on its close).
     Young { wait: Duration },
     /// The attempt failed for this file (after the greeting, or the file could not be
-    /// read). `greeting`: the greeting time, if the server greeted; `congestion`: a reset
-    /// or similar sign of an overloaded server.
+    /// read). `greeting`: the greeting time, if the server greeted.
     Failed {
         error: FileError,
         greeting: Option<Duration>,
-        congestion: bool,
     },
     /// The destination failed (resolve, refused, unreachable, connect timeout, no or wrong
     /// greeting): nothing is known about the file; not counted against it.
-    DestinationFailed { error: DestError, congestion: bool },
+    DestinationFailed { error: DestError },
     /// Delivered or given up, but moving/deleting failed.
     DispositionFailed {
         id: Identity,
@@ -971,17 +969,16 @@ impl Core {
             }
             Outcome::Failed {
                 greeting: Some(g),
-                congestion,
-                ..
+                error,
             } => {
                 self.dest_up(d);
                 self.sample(d, *g, seq, lane_full, false);
-                if *congestion {
+                if error.congestion() {
                     self.congestion(d, seq);
                 }
             }
-            Outcome::DestinationFailed { error, congestion } => {
-                if *congestion {
+            Outcome::DestinationFailed { error } => {
+                if error.congestion() {
                     self.congestion(d, seq);
                 }
                 self.dest_failed(d, &key, error.clone(), probe);

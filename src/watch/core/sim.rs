@@ -492,7 +492,6 @@ impl Sim {
                 } else if self.down.contains(&d) {
                     Outcome::DestinationFailed {
                         error: self.down_error.clone(),
-                        congestion: true,
                     }
                 } else if changed {
                     Outcome::Changed
@@ -525,7 +524,6 @@ impl Sim {
                     Outcome::Failed {
                         error: reset(),
                         greeting: Some(2 * MS),
-                        congestion: false,
                     }
                 }
             }
