@@ -508,6 +508,9 @@ struct WatchSt {
     /// How many, at the last listing (plus names dropped since), for the counts.
     on_disk: usize,
     scanning: bool,
+    /// Names reported as not regular while a listing was under way: that listing may have
+    /// been read before they appeared, so its lack of them does not mean they are gone.
+    reported_while_listing: Vec<OsString>,
     rescan_again: bool,
     next_rescan: Instant,
     list_failing: bool,
@@ -618,6 +621,7 @@ impl Core {
                 truncated: false,
                 on_disk: 0,
                 scanning: false,
+                reported_while_listing: Vec::new(),
                 rescan_again: false,
                 next_rescan: now + w.rescan_interval.max(MIN_RESCAN),
                 list_failing: false,
@@ -875,6 +879,7 @@ impl Core {
             }
             Err(error) => {
                 let w = &mut self.watches[watch];
+                w.reported_while_listing.clear();
                 let again = w.p.rescan_interval.min(RELIST_AFTER_ERROR).max(MIN_RESCAN);
                 let first = !std::mem::replace(&mut w.list_failing, true);
                 w.next_rescan = self.now + again;
@@ -1351,6 +1356,9 @@ impl Core {
                 key: key.clone(),
                 id,
             });
+            if let Some(w) = self.watches.get_mut(key.0).filter(|w| w.scanning) {
+                w.reported_while_listing.push(key.1.clone());
+            }
             self.reported.insert(key, id);
         }
     }
@@ -1506,7 +1514,10 @@ impl Core {
         for l in &listing.files {
             present.insert(&l.name);
         }
-        // Entries no longer there are forgotten as reported.
+        // Entries no longer there are forgotten as reported (unless reported after the
+        // listing may have been read).
+        let meanwhile = std::mem::take(&mut self.watches[watch].reported_while_listing);
+        present.extend(meanwhile.iter());
         self.reported
             .retain(|k, _| k.0 != watch || present.contains(&k.1));
         let w = &mut self.watches[watch];
