@@ -39,8 +39,8 @@ mod sink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{wait_until, Launch, Service};
-use peers::{env_num, ms, BadPeer, Conf, Pair, Receiver, ReceiverOptions, Trouble, WatchConf};
+use harness::{env_num, wait_until, Conf, Launch, Service, WatchConf};
+use peers::{ms, BadPeer, Pair, Receiver, ReceiverOptions, Trouble};
 
 struct TroubleFigures {
     case: String,
@@ -176,7 +176,7 @@ fn backlog_case(n: u64) -> BacklogFigures {
         ..ReceiverOptions::default()
     });
     let mut conf = Conf::new("10s", vec![w.clone()]);
-    conf.server = Some(peers::Dest::local(recv.port()));
+    conf.server = Some(harness::Dest::local(recv.port()));
     conf.shutdown_grace = "5s".into();
     conf.write(&config);
     let t = Instant::now();
@@ -198,7 +198,7 @@ fn backlog_case(n: u64) -> BacklogFigures {
     // Generous: 200 files/s at worst.
     let deadline = Duration::from_secs(60 + n / 200);
     wait_until(deadline, || recv.received() as u64 >= n || !svc.alive());
-    let hwm_kib = peers::status_kib(svc.pid, "VmHWM:");
+    let hwm_kib = harness::status_kib(svc.pid, "VmHWM:").unwrap_or(0);
     let got = recv.arrivals();
     let received = got.len();
     let first = got.values().min().map(|t| t.duration_since(t0));

@@ -36,8 +36,8 @@ mod sink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{wait_until, Dirs, Launch, Service};
-use peers::{env_num, Conf, Dest, Proxy, ProxyOptions, Receiver, ReceiverOptions, WatchConf};
+use harness::{env_num, wait_until, Conf, Dest, Dirs, Launch, Service, WatchConf};
+use peers::{Proxy, ProxyOptions, Receiver, ReceiverOptions};
 
 /// `None`: the default configuration (no concurrency keys at all).
 type Limit = Option<i64>;

@@ -31,17 +31,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{wait_until, ConfigSpec, Dirs, Launch, Service};
+use harness::{cpu_times, env_num, status_kib, wait_until, Conf, Dirs, Launch, Service};
 use sink::Sink;
 
 const FILE_SIZE: u64 = 1024;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Everything measured for one contender.
 #[derive(Default)]
@@ -219,39 +212,21 @@ fn measure(
     res.idle_ticks = ticks;
     res.idle_cpu_pct = ticks as f64 / hz / t.elapsed().as_secs_f64() * 100.0;
     for p in pids() {
-        res.rss_kib += status_kib(p, "VmRSS:");
-        res.hwm_kib += status_kib(p, "VmHWM:");
+        res.rss_kib += status_kib(p, "VmRSS:").unwrap_or(0);
+        res.hwm_kib += status_kib(p, "VmHWM:").unwrap_or(0);
     }
     res
 }
 
 /// utime + stime of these processes and of their reaped children (the baseline's
 /// `accio send`s, reaped by the shell loop), in clock ticks.
+/// CPU time of `pids` and of their children they waited for (the baseline's `accio send`
+/// runs), in clock ticks.
 fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()
-        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .map(|s| {
-            // Fields after the command name, which is in parentheses and may hold spaces.
-            let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime, stime, cutime, cstime: fields 14-17 of stat, 12-15 after the name.
-            (11..=14)
-                .map(|i| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0))
-                .sum::<u64>()
-        })
+        .filter_map(|p| cpu_times(*p))
+        .map(|t| t.own + t.children)
         .sum()
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Pids whose process group is `pgid`.
@@ -276,17 +251,14 @@ fn group_pids(pgid: u32) -> Vec<u32> {
 fn bench_service(files: u64, samples: u64) -> Results {
     let d = Dirs::new("bench-watch");
     let sink = Sink::start();
-    let mut spec = ConfigSpec::quick(sink.port(), d.watch());
-    spec.concurrency = env_num("WATCH_BENCH_CONCURRENCY", 4) as i64;
-    spec.connect = "10s";
-    spec.handshake = "10s";
-    spec.stall = "10s";
-    spec.close = "10s";
-    spec.shutdown_grace = "10s";
-    spec.retry_initial = "1s";
-    spec.retry_max = "5m";
+    let mut spec = Conf::quick(sink.port(), d.watch());
+    spec.concurrency = Some(env_num("WATCH_BENCH_CONCURRENCY", 4) as i64);
+    spec.set_timeouts("10s");
+    spec.shutdown_grace = "10s".into();
+    spec.retry_initial = "1s".into();
+    spec.retry_max = "5m".into();
     spec.max_attempts = 10;
-    spec.watches[0].rescan_interval = "60s";
+    spec.watches[0].rescan_interval = "60s".into();
     spec.write(&d.config);
     let mut svc = Service::start(&Launch {
         config: d.config.clone(),

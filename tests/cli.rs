@@ -8,6 +8,14 @@ fn accio() -> Command {
     Command::cargo_bin("accio").unwrap()
 }
 
+/// Every subcommand of the CLI, as a user types it: the one list the checks below expect
+/// (written here, not taken from the binary, so that a subcommand dropped by mistake fails).
+const SUBCOMMANDS: &str = "send serve watch status retry check-config completions man";
+
+fn subcommands() -> impl Iterator<Item = &'static str> {
+    SUBCOMMANDS.split_whitespace()
+}
+
 fn stdout_of(args: &[&str]) -> String {
     let out = accio().args(args).output().unwrap();
     assert!(
@@ -24,7 +32,7 @@ fn completions_for_common_shells_name_the_subcommands() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let script = stdout_of(&["completions", shell]);
         assert!(!script.trim().is_empty(), "{shell}: empty script");
-        for sub in ["send", "serve", "watch", "check-config"] {
+        for sub in subcommands() {
             assert!(script.contains(sub), "{shell}: no {sub:?} in the script");
         }
     }
@@ -75,16 +83,7 @@ fn man_page_is_roff_with_every_subcommand() {
     }
     // roff escapes hyphens as `\-`.
     let text = page.replace("\\-", "-");
-    for sub in [
-        "send",
-        "serve",
-        "watch",
-        "status",
-        "retry",
-        "check-config",
-        "completions",
-        "man",
-    ] {
+    for sub in subcommands() {
         assert!(
             text.contains(&format!("accio-{sub}")),
             "no {sub:?} in the man page"
@@ -96,16 +95,12 @@ fn man_page_is_roff_with_every_subcommand() {
 #[test]
 fn man_pages_render_with_groff() {
     let dir = tempfile::tempdir().unwrap();
-    for page in [
-        "accio",
-        "watch",
-        "status",
-        "retry",
-        "send",
-        "serve",
-        "check-config",
-        "accio.toml",
-    ] {
+    // The main page, every subcommand's, and the configuration's.
+    let pages = ["accio"]
+        .into_iter()
+        .chain(subcommands())
+        .chain(["accio.toml"]);
+    for page in pages {
         let text = stdout_of(&["man", page]);
         let file = dir.path().join(format!("{page}.roff"));
         std::fs::write(&file, &text).unwrap();
@@ -160,15 +155,7 @@ fn man_pages_teach_the_service_and_its_configuration() {
 
 #[test]
 fn every_subcommand_has_its_own_man_page() {
-    for sub in [
-        "send",
-        "serve",
-        "watch",
-        "status",
-        "retry",
-        "check-config",
-        "completions",
-    ] {
+    for sub in subcommands() {
         let page = stdout_of(&["man", sub]).replace("\\-", "-");
         let th = page
             .lines()

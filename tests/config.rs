@@ -164,47 +164,6 @@ fn demo_template_passes_when_filled_in() {
 }
 
 #[test]
-fn bad_configs_name_file_line_and_key() {
-    let s = Setup::new();
-    let server = "[server]\nhost = \"127.0.0.1\"\nport = 5000\n";
-    let watch = "[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n";
-    // (file, line, key, part of the message)
-    let cases: Vec<(String, usize, &str, &str)> = vec![
-        // unknown key, with a suggestion
-        (format!("concurency = 4\n{server}{watch}"), 1, "concurency", "unknown key (did you mean `concurrency`?)"),
-        (format!("{server}{watch}dne_dir = \"@/done\"\n"), 8, "watch[0].dne_dir", "unknown key"),
-        // wrong type
-        (format!("concurrency = \"4\"\n{server}{watch}"), 1, "concurrency", "expected an integer, found a string"),
-        (format!("{server}[timeouts]\nconnect = 10\n{watch}"), 5, "timeouts.connect", "expected a duration string"),
-        (format!("{server}[watch]\ndir = \"@/spool\"\n"), 4, "watch", "write [[watch]], not [watch]"),
-        // missing keys: the line of the table they are missing from
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\n"), 4, "watch[0].failed_dir", "missing"),
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\nfailed_dir = \"@/failed\"\n"), 4, "watch[0].done_dir", "required when on_success = \"move\""),
-        (server.to_string(), 1, "watch", "missing"),
-        (format!("\n{watch}"), 2, "watch[0].server", "no top-level [server]"),
-        // bad values
-        (format!("[server]\nhost = \"h\"\nport = 65536\n{watch}"), 3, "server.port", "invalid port 65536"),
-        (format!("[server]\nhost = \"h\"\nport = \"nosuchservice\"\n{watch}"), 3, "server.port", "invalid port \"nosuchservice\""),
-        (format!("concurrency = 0\n{server}{watch}"), 1, "concurrency", "out of range"),
-        (format!("{server}[retry]\ninitial = \"1m\"\nmax = \"10s\"\n{watch}"), 6, "retry.max", "shorter than retry.initial"),
-        (format!("{server}[timeouts]\nstall = \"soon\"\n{watch}"), 5, "timeouts.stall", "invalid duration \"soon\""),
-        (format!("{server}{watch}exclude = [\".*\", \"[z-a]\"]\n"), 8, "watch[0].exclude[1]", "invalid glob"),
-        (format!("{server}{watch}on_success = \"keep\"\n"), 8, "watch[0].on_success", "expected \"move\" or \"delete\""),
-        // directories
-        (format!("{server}[[watch]]\ndir = \"spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n"), 5, "watch[0].dir", "relative path"),
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/nonexistent\"\nfailed_dir = \"@/failed\"\n"), 6, "watch[0].done_dir", "does not exist"),
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/accio.toml\"\n"), 7, "watch[0].failed_dir", "is not a directory"),
-        (format!("{server}[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/spool\"\nfailed_dir = \"@/failed\"\n"), 6, "watch[0].done_dir", "the spool directory itself"),
-        (format!("{server}[[watch]]\ndir = \"@\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n"), 6, "watch[0].done_dir", "inside the spool directory"),
-        (format!("{server}{watch}[[watch]]\ndir = \"@/spool/\"\ndone_dir = \"@/done2\"\nfailed_dir = \"@/failed2\"\n"), 9, "watch[1].dir", "already watched by watch[0]"),
-    ];
-    for (text, line, key, what) in &cases {
-        let path = s.write(text);
-        assert_refused(&check_config(&path), &path, *line, key, what);
-    }
-}
-
-#[test]
 fn syntax_error_and_unreadable_file() {
     let s = Setup::new();
     let path = s.write("concurrency = 4\n[server\nhost = \"h\"\n");
@@ -474,4 +433,217 @@ on_success = "delete"
             assert!(e.message.contains("recursion limit"), "{e}");
         }
     }
+}
+
+/// Golden messages: for every kind of mistake, the exact `ERROR:` line `check-config`
+/// prints. `$S` is a valid `[server]`, `$W` a valid `[[watch]]` (lines 4-7 after `$S`), `@`
+/// the temporary directory; the file is `@/accio.toml`.
+const GOLDEN: &[(&str, &str)] = &[
+    ("concurency = 4\n$S$W",
+     "ERROR: @/accio.toml:1: key `concurency`: unknown key (did you mean `concurrency`?); allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, watch"),
+    ("$S$Wdne_dir = \"@/done\"\n",
+     "ERROR: @/accio.toml:8: key `watch[0].dne_dir`: unknown key (did you mean `done_dir`?); allowed here: dir, done_dir, failed_dir, on_success, server, include, exclude, settle, rescan_interval"),
+    ("[server]\nhost = \"h\"\nport = 1\nuser = \"x\"\n$W",
+     "ERROR: @/accio.toml:4: key `server.user`: unknown key; allowed here: host, port, concurrency, adaptive, confirm"),
+    ("$S[timeouts]\nconect = \"1s\"\n$W",
+     "ERROR: @/accio.toml:5: key `timeouts.conect`: unknown key (did you mean `connect`?); allowed here: connect, handshake, stall, close"),
+    ("$S[retry]\nmaximum = \"1s\"\n$W",
+     "ERROR: @/accio.toml:5: key `retry.maximum`: unknown key; allowed here: initial, max, max_attempts"),
+    ("$S[metrics]\nport = 9187\n$W",
+     "ERROR: @/accio.toml:5: key `metrics.port`: unknown key; allowed here: listen"),
+    ("$S$Wserver = { host = \"h\", port = 1, limit = 3 }\n",
+     "ERROR: @/accio.toml:8: key `watch[0].server.limit`: unknown key; allowed here: host, port, concurrency, adaptive, confirm"),
+    ("$S$Wretry.max = \"1s\"\n",
+     "ERROR: @/accio.toml:8: key `watch[0].retry`: unknown key; allowed here: dir, done_dir, failed_dir, on_success, server, include, exclude, settle, rescan_interval"),
+    ("concurrency = \"4\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `concurrency`: expected an integer, found a string (\"4\")"),
+    ("[server]\nhost = \"h\"\nport = 1.5\n$W",
+     "ERROR: @/accio.toml:3: key `server.port`: expected a port number 1-65535 or a service name, found a float (1.5)"),
+    ("[server]\nhost = 5\nport = 1\n$W",
+     "ERROR: @/accio.toml:2: key `server.host`: expected a string, found an integer (5)"),
+    ("[server]\nhost = \"h\"\nport = 1\nadaptive = \"yes\"\n$W",
+     "ERROR: @/accio.toml:4: key `server.adaptive`: expected true or false, found a string (\"yes\")"),
+    ("timeouts = 5\n$S$W",
+     "ERROR: @/accio.toml:1: key `timeouts`: expected a table, found an integer (5)"),
+    ("$S[[watch]]\ndir = 5\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:5: key `watch[0].dir`: expected a string, found an integer (5)"),
+    ("$S$Wexclude = [1]\n",
+     "ERROR: @/accio.toml:8: key `watch[0].exclude[0]`: expected a string, found an integer (1)"),
+    ("$S$Winclude = \"*\"\n",
+     "ERROR: @/accio.toml:8: key `watch[0].include`: expected an array, found a string (\"*\")"),
+    ("$S$Wserver = \"h:1\"\n",
+     "ERROR: @/accio.toml:8: key `watch[0].server`: expected a table, found a string (\"h:1\")"),
+    ("$S[watch]\ndir = \"@/spool\"\n",
+     "ERROR: @/accio.toml:4: key `watch`: expected an array of tables (write [[watch]], not [watch]), found a table"),
+    ("$S[retry]\nmax_attempts = \"3\"\n$W",
+     "ERROR: @/accio.toml:5: key `retry.max_attempts`: expected an integer, found a string (\"3\")"),
+    ("log_level = 3\n$S$W",
+     "ERROR: @/accio.toml:1: key `log_level`: expected a string, found an integer (3)"),
+    ("$S[timeouts]\nconnect = 10\n$W",
+     "ERROR: @/accio.toml:5: key `timeouts.connect`: expected a duration string such as \"250ms\", \"10s\" or \"5m\", found an integer (10)"),
+    ("$S[timeouts]\nstall = \"soon\"\n$W",
+     "ERROR: @/accio.toml:5: key `timeouts.stall`: invalid duration \"soon\" (expected number at 0); expected a duration string such as \"250ms\", \"10s\" or \"5m\""),
+    ("$S$Wsettle = \"5 parsecs\"\n",
+     "ERROR: @/accio.toml:8: key `watch[0].settle`: invalid duration \"5 parsecs\" (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); expected a duration string such as \"250ms\", \"10s\" or \"5m\""),
+    ("$S[timeouts]\nclose = \"1000years\"\n$W",
+     "ERROR: @/accio.toml:5: key `timeouts.close`: \"1000years\" is too long; at most 365 days"),
+    ("$S[timeouts]\nhandshake = \"0s\"\n$W",
+     "ERROR: @/accio.toml:5: key `timeouts.handshake`: must be greater than zero"),
+    ("$S$Wrescan_interval = \"0s\"\n",
+     "ERROR: @/accio.toml:8: key `watch[0].rescan_interval`: must be greater than zero"),
+    ("shutdown_grace = \"\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `shutdown_grace`: invalid duration \"\" (value was empty); expected a duration string such as \"250ms\", \"10s\" or \"5m\""),
+    ("concurrency = 0\n$S$W",
+     "ERROR: @/accio.toml:1: key `concurrency`: 0 is out of range; expected 1-1024"),
+    ("concurrency = 5000\n$S$W",
+     "ERROR: @/accio.toml:1: key `concurrency`: 5000 is out of range; expected 1-1024"),
+    ("active_limit = 2\n$S$W",
+     "ERROR: @/accio.toml:1: key `active_limit`: 2 is out of range; expected 4-10000000"),
+    ("[server]\nhost = \"h\"\nport = 0\n$W",
+     "ERROR: @/accio.toml:3: key `server.port`: invalid port 0: expected 1-65535"),
+    ("[server]\nhost = \"h\"\nport = 70000\n$W",
+     "ERROR: @/accio.toml:3: key `server.port`: invalid port 70000: expected 1-65535"),
+    ("[server]\nhost = \"h\"\nport = \"nosuchservice\"\n$W",
+     "ERROR: @/accio.toml:3: key `server.port`: invalid port \"nosuchservice\": not a number 1-65535 or a known service name"),
+    ("[server]\nhost = \"h\"\nport = 1\nconcurrency = 2000\n$W",
+     "ERROR: @/accio.toml:4: key `server.concurrency`: 2000 is out of range; expected 1-1024"),
+    ("$S[retry]\nmax_attempts = -1\n$W",
+     "ERROR: @/accio.toml:5: key `retry.max_attempts`: -1 is out of range; expected 0-4294967295"),
+    ("$S[retry]\nmax_attempts = 5000000000\n$W",
+     "ERROR: @/accio.toml:5: key `retry.max_attempts`: 5000000000 is out of range; expected 0-4294967295"),
+    ("$S",
+     "ERROR: @/accio.toml:1: key `watch`: missing; required: one or more [[watch]] tables"),
+    ("$S[[watch]]\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:4: key `watch[0].dir`: missing; required: the spool directory to watch"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\n",
+     "ERROR: @/accio.toml:4: key `watch[0].failed_dir`: missing; required: where files go after max_attempts failures"),
+    ("$S[[watch]]\ndir = \"@/spool\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:4: key `watch[0].done_dir`: missing; required when on_success = \"move\" (the default): where delivered files go"),
+    ("\n$W",
+     "ERROR: @/accio.toml:2: key `watch[0].server`: missing, and there is no top-level [server] to fall back on; add [server] or server = { host = \"...\", port = ... } to this watch"),
+    ("[server]\nport = 1\n$W",
+     "ERROR: @/accio.toml:1: key `server.host`: missing; required: the server's host name or IP address"),
+    ("$S$Wserver = { host = \"h\" }\n",
+     "ERROR: @/accio.toml:8: key `watch[0].server.port`: missing; required: a port number 1-65535 or a service name"),
+    ("concurrency = 1\nconcurrency = 2\n$S$W",
+     "ERROR: @/accio.toml:2: invalid TOML: duplicate key `concurrency` in document root"),
+    ("$S[server]\nhost = \"h\"\n$W",
+     "ERROR: @/accio.toml:4: invalid TOML: invalid table header; duplicate key `server` in document root"),
+    ("$S$Wdir = \"@/spool2\"\n",
+     "ERROR: @/accio.toml:8: invalid TOML: duplicate key `dir` in table `watch`"),
+    ("concurrency = 4\n[server\nhost = \"h\"\n",
+     "ERROR: @/accio.toml:2: invalid TOML: invalid table header; expected `.`, `]`"),
+    ("$Sa = \"unterminated\n$W",
+     "ERROR: @/accio.toml:4: invalid TOML: invalid basic string"),
+    ("$S$W[[watch]\n",
+     "ERROR: @/accio.toml:8: invalid TOML: invalid table header; expected `.`, `]]`"),
+    ("concurrency = = 4\n$S$W",
+     "ERROR: @/accio.toml:1: invalid TOML: invalid string; expected `\"`, `'`"),
+    ("$S[[watch]]\ndir = \"spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:5: key `watch[0].dir`: \"spool\" is a relative path; use an absolute path (the service's working directory is not the config's)"),
+    ("$S[[watch]]\ndir = \"\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:5: key `watch[0].dir`: empty path"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/spool/\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:6: key `watch[0].done_dir`: is the spool directory itself (@/spool)"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/spool/x/../failed\"\n",
+     "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: is inside the spool directory @/spool; put it beside the spool, not in it"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/done\"\n",
+     "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: is the same directory as done_dir; delivered and failed files must be told apart"),
+    ("$S[[watch]]\ndir = \"@/spool\"\nfailed_dir = \"@/failed\"\non_success = \"copy\"\n",
+     "ERROR: @/accio.toml:7: key `watch[0].on_success`: \"copy\" is not an option; expected \"move\" or \"delete\""),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\non_success = \"delete\"\n",
+     "ERROR: @/accio.toml:6: key `watch[0].done_dir`: set, but on_success = \"delete\" never uses it; remove done_dir or use on_success = \"move\""),
+    ("$S$Winclude = [\"*\", \"a[\"]\n",
+     "ERROR: @/accio.toml:8: key `watch[0].include[1]`: invalid glob \"a[\": unclosed character class; missing ']'"),
+    ("$S$Wexclude = [\"x/*\"]\n",
+     "ERROR: @/accio.toml:8: key `watch[0].exclude[0]`: glob \"x/*\" contains `/`: globs match file names, not paths"),
+    ("$S$Winclude = []\n",
+     "ERROR: @/accio.toml:8: key `watch[0].include`: empty: no file would ever be uploaded; use [\"*\"] for all names"),
+    ("watch = []\n$S",
+     "ERROR: @/accio.toml:1: key `watch`: empty; at least one [[watch]] table is required"),
+    ("$S$W[[watch]]\ndir = \"@/spool/.\"\ndone_dir = \"@/done2\"\nfailed_dir = \"@/failed2\"\n",
+     "ERROR: @/accio.toml:9: key `watch[1].dir`: @/spool/. is already watched by watch[0] (line 5); each spool directory may appear once"),
+    ("$S$W[[watch]]\ndir = \"@/spool2\"\ndone_dir = \"@/done2\"\nfailed_dir = \"@/failed2\"\nserver = { host = \"127.0.0.1\", port = 5000, adaptive = false }\n",
+     "ERROR: @/accio.toml:12: key `watch[1].server`: 127.0.0.1:5000 is also the server of watch[0] with other lane settings (concurrency, adaptive); watches that send to one server share its lane, so give them the same settings"),
+    ("$S[retry]\ninitial = \"1m\"\nmax = \"10s\"\n$W",
+     "ERROR: @/accio.toml:6: key `retry.max`: 10s is shorter than retry.initial (1m)"),
+    ("log_level = \"verbose\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `log_level`: \"verbose\" is not a level; expected one of off, error, warn, info, debug, trace, or target=level directives such as \"accio=debug,warn\""),
+    ("log_level = \"info,=[\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `log_level`: invalid log filter \"info,=[\" (invalid filter directive); expected e.g. \"info\", \"debug\" or \"accio=debug,warn\""),
+    ("control_socket = \"run/c.sock\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `control_socket`: \"run/c.sock\" is a relative path; use an absolute path (the service's working directory is not the config's)"),
+    ("[server]\nhost = \"a b\"\nport = 1\n$W",
+     "ERROR: @/accio.toml:2: key `server.host`: \"a b\" is not a host name or IP address"),
+    ("[server]\nhost = \"h\"\nport = 1\nconfirm = \"ack\"\n$W",
+     "ERROR: @/accio.toml:4: key `server.confirm`: \"ack\" is not an option; expected \"close\" or \"acked\""),
+    ("$S[metrics]\nlisten = \"localhost:9187\"\n$W",
+     "ERROR: @/accio.toml:5: key `metrics.listen`: \"localhost:9187\" is not an address and port; expected e.g. \"127.0.0.1:9187\" or \"[::1]:9187\""),
+    ("$S[metrics]\nlisten = \"127.0.0.1:0\"\n$W",
+     "ERROR: @/accio.toml:5: key `metrics.listen`: \"127.0.0.1:0\": port 0 is not a fixed port; choose one, e.g. 9187"),
+    ("$S[[watch]]\ndir = \"@/nope\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:5: key `watch[0].dir`: directory @/nope does not exist; create it (accio does not create directories: their owner and mode are yours to choose)"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/file\"\n",
+     "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: @/file is not a directory"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/spool-link\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:6: key `watch[0].done_dir`: resolves to the spool directory itself (@/spool)"),
+    ("$S$W[[watch]]\ndir = \"@/spool-link\"\ndone_dir = \"@/done2\"\nfailed_dir = \"@/failed2\"\n",
+     "ERROR: @/accio.toml:9: key `watch[1].dir`: @/spool-link resolves to @/spool, already watched by watch[0] (line 5); each spool directory may appear once"),
+    ("writer_quiet = \"0s\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `writer_quiet`: must be greater than zero"),
+    ("stale_after = 60\n$S$W",
+     "ERROR: @/accio.toml:1: key `stale_after`: expected a duration string such as \"250ms\", \"10s\" or \"5m\", found an integer (60)"),
+    ("$S[[watch]]\ndir = 1979-05-27\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
+     "ERROR: @/accio.toml:5: key `watch[0].dir`: expected a string, found a date-time (1979-05-27)"),
+    ("server.hots = \"h\"\nserver.port = 1\n$W",
+     "ERROR: @/accio.toml:1: key `server.hots`: unknown key (did you mean `host`?); allowed here: host, port, concurrency, adaptive, confirm"),
+    ("$S$Won_success = true\n",
+     "ERROR: @/accio.toml:8: key `watch[0].on_success`: expected a string, found true"),
+    ("watch = [{ dir = \"@/spool\", failed_dir = \"@/failed\" }]\n$S",
+     "ERROR: @/accio.toml:1: key `watch[0].done_dir`: missing; required when on_success = \"move\" (the default): where delivered files go"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/inner-link\"\n",
+     "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to @/spool/inner, inside the spool directory @/spool; put it beside the spool, not in it"),
+    ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/done-link\"\n",
+     "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to the same directory as done_dir (@/done); delivered and failed files must be told apart"),
+    ("\"con`cur, expected `x`\" = 1\n$S$W",
+     "ERROR: @/accio.toml:1: key `con`cur, expected `x``: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, watch"),
+    ("$S$Won_success = \"mo`ve`, expected `x\"\n",
+     "ERROR: @/accio.toml:8: key `watch[0].on_success`: \"mo`ve`, expected `x\" is not an option; expected \"move\" or \"delete\""),
+    ("concurrency = \"4, expected x\"\n$S$W",
+     "ERROR: @/accio.toml:1: key `concurrency`: expected an integer, found a string (\"4, expected x\")"),
+    ("\"a\\nb\" = 1\n$S$W",
+     "ERROR: @/accio.toml:1: key `a\\nb`: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, watch"),
+];
+
+#[test]
+fn golden_error_lines() {
+    let s = Setup::new();
+    std::fs::write(s.root().join("file"), "").unwrap();
+    std::fs::create_dir(s.root().join("spool/inner")).unwrap();
+    for (link, to) in [
+        ("spool-link", "spool"),
+        ("inner-link", "spool/inner"),
+        ("done-link", "done"),
+    ] {
+        std::os::unix::fs::symlink(s.root().join(to), s.root().join(link)).unwrap();
+    }
+    let server = "[server]\nhost = \"127.0.0.1\"\nport = 5000\n";
+    let watch = "[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n";
+    let root = s.root().display().to_string();
+    let mut wrong = Vec::new();
+    for (text, expected) in GOLDEN {
+        let path = s.write(&text.replace("$S", server).replace("$W", watch));
+        let out = check_config(&path);
+        let got = String::from_utf8_lossy(&out.stderr).replace(&root, "@");
+        if out.status.code() != Some(EXIT_INVALID) || got != format!("{expected}\n") {
+            wrong.push(format!("    ({text:?},\n     {:?}),", got.trim_end()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} differ; got:\n{}",
+        wrong.len(),
+        GOLDEN.len(),
+        wrong.join("\n")
+    );
 }

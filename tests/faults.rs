@@ -44,6 +44,23 @@ use std::time::{Duration, Instant};
 use harness::*;
 use sink::{Sink, SinkOptions};
 
+/// A scenario in two sizes: the first test runs in the default `cargo test`, the second,
+/// bigger one only in the fault suite.
+macro_rules! fast_and_full {
+    ($fast:ident => $fast_run:expr; $full:ident => $full_run:expr;) => {
+        #[test]
+        fn $fast() {
+            $fast_run;
+        }
+
+        #[test]
+        #[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
+        fn $full() {
+            $full_run;
+        }
+    };
+}
+
 /// Longest a drained service may take to exit after SIGTERM.
 const EXIT_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -56,9 +73,15 @@ fn checked_figures(
     d: &Dirs,
     log: &str,
 ) -> Figures {
+    let f = printed_figures(name, table, delivered, d);
+    f.assert_nothing_lost(log);
+    f
+}
+
+/// The scenario's figures (files dropped into `d.spool` against those delivered), printed.
+fn printed_figures(name: &str, table: &DropTable, delivered: &[Delivery], d: &Dirs) -> Figures {
     let f = Figures::compute(name, table, delivered, &[&d.spool], &[&d.failed]);
     f.print();
-    f.assert_nothing_lost(log);
     f
 }
 
@@ -120,7 +143,7 @@ fn launch_for(d: &Dirs) -> Launch {
 #[test]
 fn generated_config_is_accepted() {
     let d = Dirs::new("config");
-    ConfigSpec::quick(free_port(), d.watch()).write(&d.config);
+    Conf::quick(free_port(), d.watch()).write(&d.config);
     let out = std::process::Command::new(bin())
         .arg("check-config")
         .arg("--config")
@@ -145,7 +168,7 @@ fn kill9_during_burst(scenario: &str, cycles: u32, files: u64, sizes: std::ops::
     let port = free_port();
     let mut serve = Serve::start(port, &d.recv, None, &d.tmp.path().join("serve.log"));
     assert!(serve.wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(10)));
-    ConfigSpec::quick(port, d.watch()).write(&d.config);
+    Conf::quick(port, d.watch()).write(&d.config);
     let launch = launch_for(&d);
 
     // The burst spans the kill cycles (each lives 20-300 ms plus its start-up).
@@ -181,15 +204,9 @@ fn kill9_during_burst(scenario: &str, cycles: u32, files: u64, sizes: std::ops::
     drop(serve);
 }
 
-#[test]
-fn fast_kill9_during_burst() {
-    kill9_during_burst("fast_kill9", 3, 150, 26..4096);
-}
-
-#[test]
-#[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
-fn kill9_service_20_cycles() {
-    kill9_during_burst("kill9_20_cycles", 20, 2000, 26..65536);
+fast_and_full! {
+    fast_kill9_during_burst => kill9_during_burst("fast_kill9", 3, 150, 26..4096);
+    kill9_service_20_cycles => kill9_during_burst("kill9_20_cycles", 20, 2000, 26..65536);
 }
 
 // =======================================================================================
@@ -211,7 +228,7 @@ fn server_restarts(scenario: &str, death: ServerDeath) {
     let port = free_port();
     let addr = ([127, 0, 0, 1], port).into();
     let serve_log = d.tmp.path().join("serve.log");
-    ConfigSpec::quick(port, d.watch()).write(&d.config);
+    Conf::quick(port, d.watch()).write(&d.config);
     let mut svc = start_ready(&launch_for(&d), &d, scenario);
 
     let cycles = 15;
@@ -250,8 +267,7 @@ fn server_restarts(scenario: &str, death: ServerDeath) {
     let drained = wait_spool_drained(&d, &table, Duration::from_secs(60));
     stop_service(&mut svc, &d, scenario);
     let deliveries: Vec<Delivery> = dirs.iter().flat_map(|p| from_serve_dir(p)).collect();
-    let f = Figures::compute(scenario, &table, &deliveries, &[&d.spool], &[&d.failed]);
-    f.print();
+    let f = printed_figures(scenario, &table, &deliveries, &d);
     let log = d.log_text();
     assert!(drained, "{scenario}: spool not drained: {f:?}");
     if death == ServerDeath::Kill9 && f.lost > 0 {
@@ -307,7 +323,7 @@ fn misbehaving_server(
     let d = Dirs::new(scenario);
     let seed = seed(scenario);
     let sink = Sink::start_with(SinkOptions { seed, ..opts });
-    ConfigSpec::quick(sink.port(), d.watch()).write(&d.config);
+    Conf::quick(sink.port(), d.watch()).write(&d.config);
     let mut svc = start_ready(&launch_for(&d), &d, scenario);
     let table = burst(
         d.stage.clone(),
@@ -322,16 +338,9 @@ fn misbehaving_server(
     .unwrap();
     let drained = wait_spool_drained(&d, &table, drain);
     stop_service(&mut svc, &d, scenario);
-    let f = Figures::compute(
-        scenario,
-        &table,
-        &from_sink(&sink.receptions()),
-        &[&d.spool],
-        &[&d.failed],
-    );
+    let f = printed_figures(scenario, &table, &from_sink(&sink.receptions()), &d);
     let (conns, injected) = sink.connections();
     println!("[{scenario}] {conns} connections, {injected} with a fault");
-    f.print();
     f.assert_nothing_lost(&d.log_text());
     assert!(injected > 0, "{scenario}: no fault was injected");
     assert!(
@@ -341,33 +350,20 @@ fn misbehaving_server(
     assert_eq!(f.delivered, f.dropped, "{scenario}: {f:?}");
 }
 
-#[test]
-fn fast_server_resets_mid_transfer() {
-    misbehaving_server(
-        "fast_resets",
-        SinkOptions {
-            reset_mid_body: 0.3,
-            ..SinkOptions::default()
-        },
-        60,
-        70_000..200_000,
-        Duration::from_secs(15),
-    );
+/// A server that resets 30 % of the connections mid-body: `files` files of 70 kB up to
+/// `max_size`, drained within `drain_s` seconds.
+fn server_resets(scenario: &str, files: u64, max_size: u64, drain_s: u64) {
+    let opts = SinkOptions {
+        reset_mid_body: 0.3,
+        ..SinkOptions::default()
+    };
+    let drain = Duration::from_secs(drain_s);
+    misbehaving_server(scenario, opts, files, 70_000..max_size, drain);
 }
 
-#[test]
-#[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
-fn server_resets_mid_transfer() {
-    misbehaving_server(
-        "server_resets",
-        SinkOptions {
-            reset_mid_body: 0.3,
-            ..SinkOptions::default()
-        },
-        500,
-        70_000..1_000_000,
-        Duration::from_secs(60),
-    );
+fast_and_full! {
+    fast_server_resets_mid_transfer => server_resets("fast_resets", 60, 200_000, 15);
+    server_resets_mid_transfer => server_resets("server_resets", 500, 1_000_000, 60);
 }
 
 #[test]
@@ -409,12 +405,12 @@ fn lossy_network_and_cut() {
     let port = 5000;
     let serve_log = d.tmp.path().join("serve.log");
     let _serve = Serve::start(port, &d.recv, Some(&net.b), &serve_log);
-    let mut spec = ConfigSpec::quick(port, d.watch());
-    spec.host = sys::ADDR_B.to_string();
-    spec.connect = "2s";
-    spec.handshake = "2s";
-    spec.stall = "2s";
-    spec.close = "2s";
+    let mut spec = Conf::quick(port, d.watch());
+    spec.server = Some(Dest {
+        host: sys::ADDR_B.to_string(),
+        ..Dest::local(port)
+    });
+    spec.set_timeouts("2s");
     spec.write(&d.config);
     let launch = Launch {
         netns: Some(net.a.clone()),
@@ -519,7 +515,7 @@ fn done_dir_unusable(
     };
     let seed = seed(scenario);
     let sink = Sink::start();
-    ConfigSpec::quick(sink.port(), d.watch()).write(&d.config);
+    Conf::quick(sink.port(), d.watch()).write(&d.config);
     let mut svc = start_ready(&launch_for(d), d, scenario);
     break_it(mount);
     let table = burst(
@@ -620,9 +616,9 @@ fn inotify_queue_overflow() {
     let files = 30_000u64.max(2 * max_queued + 1000);
     let d = Dirs::new(scenario);
     let sink = Sink::start();
-    let mut spec = ConfigSpec::quick(sink.port(), d.watch());
+    let mut spec = Conf::quick(sink.port(), d.watch());
     // No periodic rescan to hide behind: only the overflow can trigger the rescan.
-    spec.watches[0].rescan_interval = "1h";
+    spec.watches[0].rescan_interval = "1h".into();
     spec.write(&d.config);
     let mut svc = start_ready(&launch_for(&d), &d, scenario);
 
@@ -650,14 +646,7 @@ fn inotify_queue_overflow() {
     println!("[{scenario}] {files} files renamed in while the service was stopped (max_queued_events = {max_queued})");
     let drained = wait_spool_drained(&d, &table, Duration::from_secs(180));
     stop_service(&mut svc, &d, scenario);
-    let f = Figures::compute(
-        scenario,
-        &table,
-        &from_sink(&sink.receptions()),
-        &[&d.spool],
-        &[&d.failed],
-    );
-    f.print();
+    let f = printed_figures(scenario, &table, &from_sink(&sink.receptions()), &d);
     let log = d.log_text();
     let overflow = log_lines_with(&log, "overflow");
     println!(
@@ -789,9 +778,9 @@ fn hostile(scenario: &str, full: bool) {
         on_header: if full { Some(Arc::new(hook)) } else { None },
         ..SinkOptions::default()
     });
-    let mut spec = ConfigSpec::quick(sink.port(), d.watch());
+    let mut spec = Conf::quick(sink.port(), d.watch());
     spec.max_attempts = 4;
-    spec.watches[0].rescan_interval = "500ms";
+    spec.watches[0].rescan_interval = "500ms".into();
     spec.write(&d.config);
 
     let mut unreadable: Vec<OsString> = Vec::new();
@@ -961,15 +950,9 @@ fn hostile(scenario: &str, full: bool) {
     );
 }
 
-#[test]
-fn fast_hostile_spool_contents() {
-    hostile("fast_hostile", false);
-}
-
-#[test]
-#[ignore = "fault suite: cargo test --release --test faults -- --ignored"]
-fn hostile_spool_contents() {
-    hostile("hostile", true);
+fast_and_full! {
+    fast_hostile_spool_contents => hostile("fast_hostile", false);
+    hostile_spool_contents => hostile("hostile", true);
 }
 
 // =======================================================================================
@@ -987,7 +970,7 @@ fn notify_socket_not_read() {
         no_command: 0.2,
         ..SinkOptions::default()
     });
-    ConfigSpec::quick(sink.port(), d.watch()).write(&d.config);
+    Conf::quick(sink.port(), d.watch()).write(&d.config);
     let mut svc = start_ready(
         &Launch {
             notify_unread: true,

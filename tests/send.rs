@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::net::BlackHole;
+use support::procfs::{cpu_ticks, peak_rss_kib};
 use support::send::*;
 use support::wait::wait_until;
 use support::BIN;

@@ -576,6 +576,8 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
         watches: vec![watch],
         control_socket: dirs.root.path().join("control.sock"),
         metrics_listen: None,
+        writer_quiet: accio::config::defaults::WRITER_QUIET,
+        stale_after: accio::config::defaults::STALE_AFTER,
     };
     let stats = Arc::new(accio::status::Stats::default());
     let token = tokio_util::sync::CancellationToken::new();
@@ -747,14 +749,23 @@ fn a_name_reused_while_in_flight_sends_the_new_file_before_deleting_it() {
     a_name_reused_while_in_flight(true);
 }
 
+/// [`config_file`] with top-level settings (`writer_quiet`, `stale_after`) put first.
+fn config_file_with(dirs: &Dirs, port: u16, o: &Opts, top: &str) -> std::path::PathBuf {
+    write_config(
+        dirs,
+        "a.toml",
+        &format!("{top}\n{}", config_text(dirs, port, o)),
+    )
+}
+
 #[test]
 fn a_writer_pausing_longer_than_the_quiet_fallback_is_not_sent_until_closed() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
     let o = Opts::writers();
-    let cfg = config_file(&dirs, recv.port, &o);
     // The fallback for files whose writers cannot be seen, shortened from 30 s.
-    let svc = Service::start_with_env(&cfg, &[("ACCIO_WRITER_QUIET_MS", "200")]);
+    let cfg = config_file_with(&dirs, recv.port, &o, "writer_quiet = \"200ms\"");
+    let svc = Service::start(&cfg);
     let start = std::time::Instant::now();
     let mut f = fs::File::create(dirs.spool.join("paused")).unwrap();
     let first = content(1, 1000);
@@ -968,8 +979,13 @@ fn a_name_replaced_during_the_transfer_delivers_both_files() {
 fn a_hidden_delete_left_by_a_crash_is_restored_and_sent_without_a_restart() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = config_file(&dirs, recv.port, &Opts::default());
-    let svc = Service::start_with_env(&cfg, &[("ACCIO_STALE_AGE_MS", "300")]);
+    let cfg = config_file_with(
+        &dirs,
+        recv.port,
+        &Opts::default(),
+        "stale_after = \"300ms\"",
+    );
+    let svc = Service::start(&cfg);
     // What a crash between the rename and the unlink of a delete leaves, appearing after the
     // start (as after a restart within the age guard).
     let hidden = dirs.spool.join(".accio-del.0123456789abcdef.lost");
@@ -996,8 +1012,8 @@ fn deletes_under_load_are_never_restored_as_leftovers() {
         delete: true,
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, recv.port, &o);
-    let svc = Service::start_with_env(&cfg, &[("ACCIO_STALE_AGE_MS", "1")]);
+    let cfg = config_file_with(&dirs, recv.port, &o, "stale_after = \"1ms\"");
+    let svc = Service::start(&cfg);
     let contents: Vec<Vec<u8>> = (0..30).map(|i| content(i, 2000)).collect();
     for (i, c) in contents.iter().enumerate() {
         dirs.drop_file(&format!("d{i}"), c);
@@ -1202,11 +1218,10 @@ fn unwatched_writer_found_by_a_listing(reload: bool) {
     hand_dirs_to(&dirs, uid);
     let recv = Receiver::start(&dirs.recv);
     let o = Opts::writers();
-    let cfg = config_file(&dirs, recv.port, &o);
-    let env = [("ACCIO_WRITER_QUIET_MS", "6000")];
+    let cfg = config_file_with(&dirs, recv.port, &o, "writer_quiet = \"6s\"");
     let first = content(5, 1000);
     let (svc, f) = if reload {
-        let svc = Service::start_wrapped(&cfg, &env, &wrapper);
+        let svc = Service::start_wrapped(&cfg, &[], &wrapper);
         let mut f = fs::File::create(dirs.spool.join("inplace")).unwrap();
         f.write_all(&first).unwrap();
         svc.signal(libc::SIGHUP);
@@ -1215,7 +1230,7 @@ fn unwatched_writer_found_by_a_listing(reload: bool) {
     } else {
         let mut f = fs::File::create(dirs.spool.join("inplace")).unwrap();
         f.write_all(&first).unwrap();
-        (Service::start_wrapped(&cfg, &env, &wrapper), f)
+        (Service::start_wrapped(&cfg, &[], &wrapper), f)
     };
     svc.wait_log("cannot check for writers with a file lease");
     // Looked at (found by the listing, settled) and left for later.
@@ -1257,11 +1272,11 @@ fn as_root_without_leases_an_old_backlog_goes_at_once() {
         settle: "100ms",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, recv.port, &o);
+    let cfg = config_file_with(&dirs, recv.port, &o, "writer_quiet = \"1s\"");
     while written.elapsed() < Duration::from_millis(1200) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _svc = Service::start_wrapped(&cfg, &[("ACCIO_WRITER_QUIET_MS", "1000")], &wrapper);
+    let _svc = Service::start_wrapped(&cfg, &[], &wrapper);
     wait_for("old in done", || dirs.done.join("old").exists());
     assert_eq!(recv.times_received(b"old"), 1);
 }
@@ -1317,9 +1332,8 @@ fn as_root_without_leases_a_name_recreated_while_in_flight_waits_for_its_writer(
         settle: "100ms",
         ..Opts::default()
     };
-    let cfg = config_file(&dirs, server.port, &o);
-    let env = [("ACCIO_WRITER_QUIET_MS", "6000")];
-    let svc = Service::start_wrapped(&cfg, &env, &wrapper);
+    let cfg = config_file_with(&dirs, server.port, &o, "writer_quiet = \"6s\"");
+    let svc = Service::start_wrapped(&cfg, &[], &wrapper);
     dirs.drop_file("report.csv", b"OLD\n");
     wait_for("the first upload to connect", || {
         accepted.load(Ordering::SeqCst) >= 1

@@ -6,7 +6,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::validate::{Ctx, Parsed};
+use super::schema::{keep_apart, one_watch_per_spool, Ctx, Parsed};
 use super::{ConfigError, OnSuccess};
 use crate::files::access;
 
@@ -16,7 +16,7 @@ use crate::files::access;
 /// The first directory that is missing, not a directory, not writable, or that resolves to
 /// the same place as a directory it must differ from.
 pub(crate) fn check(cx: &Ctx, parsed: &Parsed) -> Result<(), ConfigError> {
-    let mut spools: Vec<(PathBuf, usize)> = Vec::new();
+    let mut spools = Vec::new();
     for (i, (w, spans)) in parsed
         .config
         .watches
@@ -49,50 +49,11 @@ pub(crate) fn check(cx: &Ctx, parsed: &Parsed) -> Result<(), ConfigError> {
         )?;
         targets.push(("failed_dir", real, spans.failed_dir.clone()));
 
-        for (name, real, span) in &targets {
-            if *real == dir {
-                return Err(cx.err(
-                    span,
-                    &key(name),
-                    format!("resolves to the spool directory itself ({})", dir.display()),
-                ));
-            }
-            if real.starts_with(&dir) {
-                return Err(cx.err(
-                    span,
-                    &key(name),
-                    format!(
-                        "resolves to {}, inside the spool directory {}",
-                        real.display(),
-                        dir.display()
-                    ),
-                ));
-            }
-        }
-        if let [(_, done, _), (_, failed, span)] = targets.as_slice() {
-            if done == failed {
-                return Err(cx.err(
-                    span,
-                    &key("failed_dir"),
-                    format!(
-                        "resolves to the same directory as done_dir ({})",
-                        done.display()
-                    ),
-                ));
-            }
-        }
-        if let Some((_, j)) = spools.iter().find(|(p, _)| *p == dir) {
-            return Err(cx.err(
-                &spans.dir,
-                &key("dir"),
-                format!(
-                    "resolves to {}, already watched by watch[{j}]",
-                    dir.display()
-                ),
-            ));
-        }
-        spools.push((dir, i));
+        keep_apart(cx, i, &dir, &targets, true)?;
+        spools.push(dir);
     }
+    let c = &parsed.config;
+    one_watch_per_spool(cx, &c.watches, &parsed.watch_spans, Some(&spools))?;
     Ok(())
 }
 

@@ -43,6 +43,8 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
         "control_socket = {}",
         s(&c.control_socket.to_string_lossy())
     )?;
+    writeln!(o, "writer_quiet = {}", d(c.writer_quiet))?;
+    writeln!(o, "stale_after = {}", d(c.stale_after))?;
     writeln!(o, "\n[timeouts]")?;
     writeln!(o, "connect = {}", d(c.timeouts.connect))?;
     writeln!(o, "handshake = {}", d(c.timeouts.handshake))?;

@@ -165,9 +165,10 @@ pub async fn run_with(
         // Leftovers of a crash, in the background: done_dir may be large, and nothing
         // waits for this.
         let (done, failed) = (w.cfg.done_dir.clone(), w.cfg.failed_dir.clone());
+        let stale_after = config.stale_after;
         tokio::task::spawn_blocking(move || {
             for d in done.iter().chain(std::iter::once(&failed)) {
-                disposition::warn_stale_temporaries(d);
+                disposition::warn_stale_temporaries(d, stale_after);
             }
         });
         spools.push(w.cfg.dir.clone());
@@ -188,7 +189,12 @@ pub async fn run_with(
         .fetch_add(watches.len() as u64, Ordering::Relaxed);
     let sync_stop = CancellationToken::new();
     let sync_task = tokio::spawn(syncer.clone().run(sync_stop.clone()));
-    let restore_task = tokio::spawn(restore_deletions(spools, syncer.clone(), sync_stop.clone()));
+    let restore_task = tokio::spawn(restore_deletions(
+        spools,
+        syncer.clone(),
+        config.stale_after,
+        sync_stop.clone(),
+    ));
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -213,9 +219,10 @@ pub async fn run_with(
 async fn restore_deletions(
     spools: Vec<PathBuf>,
     syncer: Arc<disposition::Syncer>,
+    stale_after: std::time::Duration,
     stop: CancellationToken,
 ) {
-    let period = (disposition::stale_age() / 2).clamp(
+    let period = (stale_after / 2).clamp(
         std::time::Duration::from_millis(20),
         std::time::Duration::from_secs(30),
     );
@@ -229,7 +236,7 @@ async fn restore_deletions(
         let (s, syncer) = (spools.clone(), syncer.clone());
         let _ = tokio::task::spawn_blocking(move || {
             for d in &s {
-                disposition::restore_stale_deletions(d, &syncer);
+                disposition::restore_stale_deletions(d, &syncer, stale_after);
             }
         })
         .await;

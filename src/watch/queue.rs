@@ -88,10 +88,7 @@ pub fn params(config: &crate::config::Config, watches: &[Arc<WatchCtx>]) -> core
         global_cap: config.concurrency,
         active_limit: config.active_limit,
         retry: config.retry,
-        writer_quiet_min: std::env::var("ACCIO_WRITER_QUIET_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(core::WRITER_QUIET_MIN, Duration::from_millis),
+        writer_quiet_min: config.writer_quiet,
         watches: wparams,
         dests,
     }

@@ -25,18 +25,32 @@ pub fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_accio")))
 }
 
-// The waiting and port helpers every test binary shares (tests/support), included by path
-// since the benchmarks include this file too.
+// The waiting, port and /proc helpers every test binary shares (tests/support), included by
+// path since the benchmarks include this file too.
 #[path = "../support/net.rs"]
 #[allow(dead_code)]
 mod net;
+#[path = "../support/procfs.rs"]
+#[allow(dead_code)]
+mod procfs;
 #[path = "../support/wait.rs"]
 #[allow(dead_code)]
 mod wait;
 #[allow(unused_imports)]
 pub use net::{free_port, BlackHole};
 #[allow(unused_imports)]
+pub use procfs::{cpu_times, status_kib};
+#[allow(unused_imports)]
 pub use wait::wait_until;
+
+/// A whole number from the environment variable `name` (a benchmark's or a scenario's size),
+/// else `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
 
 /// The random seed of a scenario: `FAULTS_SEED` if set, else the clock. Printed so that a
 /// failing run can be replayed.
@@ -55,103 +69,13 @@ pub fn seed(scenario: &str) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Configuration
+// Configuration: the config files every test binary builds (tests/support/config.rs).
 
-/// One `[[watch]]`.
-#[derive(Clone, Debug)]
-pub struct WatchSpec {
-    pub dir: PathBuf,
-    pub done_dir: PathBuf,
-    pub failed_dir: PathBuf,
-    pub on_success: &'static str,
-    pub settle: &'static str,
-    pub rescan_interval: &'static str,
-}
-
-/// A whole config file; durations as the config spells them.
-#[derive(Clone, Debug)]
-pub struct ConfigSpec {
-    pub host: String,
-    pub port: u16,
-    pub concurrency: i64,
-    pub connect: &'static str,
-    pub handshake: &'static str,
-    pub stall: &'static str,
-    pub close: &'static str,
-    pub shutdown_grace: &'static str,
-    pub retry_initial: &'static str,
-    pub retry_max: &'static str,
-    pub max_attempts: i64,
-    pub watches: Vec<WatchSpec>,
-}
-
-impl ConfigSpec {
-    /// Short timeouts and quick retries, retrying for ever, one watch.
-    pub fn quick(port: u16, watch: WatchSpec) -> ConfigSpec {
-        ConfigSpec {
-            host: "127.0.0.1".into(),
-            port,
-            concurrency: 4,
-            connect: "1s",
-            handshake: "1s",
-            stall: "1s",
-            close: "1s",
-            shutdown_grace: "3s",
-            retry_initial: "20ms",
-            retry_max: "300ms",
-            max_attempts: 0,
-            watches: vec![watch],
-        }
-    }
-
-    pub fn to_toml(&self) -> String {
-        use toml::{Table, Value};
-        fn s(x: &str) -> Value {
-            Value::String(x.to_string())
-        }
-        fn p(x: &Path) -> Value {
-            Value::String(x.to_str().expect("test paths are UTF-8").to_string())
-        }
-        let mut t = Table::new();
-        t.insert("concurrency".into(), Value::Integer(self.concurrency));
-        t.insert("shutdown_grace".into(), s(self.shutdown_grace));
-        let mut server = Table::new();
-        server.insert("host".into(), s(&self.host));
-        server.insert("port".into(), Value::Integer(self.port.into()));
-        t.insert("server".into(), Value::Table(server));
-        let mut to = Table::new();
-        to.insert("connect".into(), s(self.connect));
-        to.insert("handshake".into(), s(self.handshake));
-        to.insert("stall".into(), s(self.stall));
-        to.insert("close".into(), s(self.close));
-        t.insert("timeouts".into(), Value::Table(to));
-        let mut retry = Table::new();
-        retry.insert("initial".into(), s(self.retry_initial));
-        retry.insert("max".into(), s(self.retry_max));
-        retry.insert("max_attempts".into(), Value::Integer(self.max_attempts));
-        t.insert("retry".into(), Value::Table(retry));
-        let watches = self
-            .watches
-            .iter()
-            .map(|w| {
-                let mut wt = Table::new();
-                wt.insert("dir".into(), p(&w.dir));
-                wt.insert("done_dir".into(), p(&w.done_dir));
-                wt.insert("failed_dir".into(), p(&w.failed_dir));
-                wt.insert("on_success".into(), s(w.on_success));
-                wt.insert("settle".into(), s(w.settle));
-                wt.insert("rescan_interval".into(), s(w.rescan_interval));
-                Value::Table(wt)
-            })
-            .collect();
-        t.insert("watch".into(), Value::Array(watches));
-        toml::to_string(&t).unwrap()
-    }
-
-    pub fn write(&self, path: &Path) {
-        fs::write(path, self.to_toml()).unwrap();
-    }
-}
+#[path = "../support/config.rs"]
+#[allow(dead_code)]
+mod config;
+#[allow(unused_imports)]
+pub use config::{Conf, Dest, WatchConf};
 
 /// The directories of one scenario under a fresh temporary directory: `spool`, `done`,
 /// `failed`, `stage` (where files are written before being renamed into the spool, same
@@ -196,14 +120,11 @@ impl Dirs {
         }
     }
 
-    pub fn watch(&self) -> WatchSpec {
-        WatchSpec {
-            dir: self.spool.clone(),
-            done_dir: self.done.clone(),
-            failed_dir: self.failed.clone(),
-            on_success: "move",
-            settle: "100ms",
-            rescan_interval: "1s",
+    /// The scenario's one watch: `spool`, moving delivered files to `done`.
+    pub fn watch(&self) -> WatchConf {
+        WatchConf {
+            rescan_interval: "1s".into(),
+            ..WatchConf::new(&self.spool, &self.done, &self.failed)
         }
     }
 

@@ -12,21 +12,23 @@
 //! - [`Proxy`]: a TCP proxy that adds distance: the connection set-up costs one round trip
 //!   and every byte and FIN is delayed by half a round trip in each direction, in order;
 //!   optionally a shared link rate for the client-to-server direction.
-//! - [`Conf`]: config files with several watches, each with its own destination, and the
-//!   per-destination keys of the scheduler (used only where asked for, so that a binary
-//!   without them still accepts the others).
+//!
+//! Config files with several watches, each with its own destination, are the harness's
+//! [`Conf`] (`tests/support/config.rs`): the per-destination keys of the scheduler are used
+//! only where asked for, so that a binary without them still accepts the others.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::harness::{Conf, Dest, WatchConf};
 use super::payload;
 
 /// Safety net for blocking reads: no thread of a test waits for ever on a peer that vanished.
@@ -536,160 +538,6 @@ fn pump_write(mut to: TcpStream, rx: mpsc::Receiver<(Instant, Item)>) {
 // ---------------------------------------------------------------------------------------
 // Configuration
 
-/// A destination as a watch or `[server]` names it. `concurrency` and `adaptive` are the
-/// scheduler's per-destination keys: `None` leaves them out.
-#[derive(Clone, Debug)]
-pub struct Dest {
-    pub host: String,
-    pub port: u16,
-    pub concurrency: Option<i64>,
-    pub adaptive: Option<bool>,
-}
-
-impl Dest {
-    pub fn local(port: u16) -> Dest {
-        Dest {
-            host: "127.0.0.1".into(),
-            port,
-            concurrency: None,
-            adaptive: None,
-        }
-    }
-
-    fn table(&self) -> toml::Table {
-        let mut t = toml::Table::new();
-        t.insert("host".into(), self.host.clone().into());
-        t.insert("port".into(), i64::from(self.port).into());
-        if let Some(c) = self.concurrency {
-            t.insert("concurrency".into(), c.into());
-        }
-        if let Some(a) = self.adaptive {
-            t.insert("adaptive".into(), a.into());
-        }
-        t
-    }
-}
-
-/// One `[[watch]]`: `done` None means `on_success = "delete"`.
-#[derive(Clone, Debug)]
-pub struct WatchConf {
-    pub dir: PathBuf,
-    pub done: Option<PathBuf>,
-    pub failed: PathBuf,
-    pub server: Option<Dest>,
-    pub settle: String,
-    pub rescan_interval: String,
-}
-
-impl WatchConf {
-    /// `spool`, `done`, `failed` made under `root`, moving delivered files to `done`.
-    pub fn under(root: &Path) -> WatchConf {
-        let d = |n: &str| {
-            let p = root.join(n);
-            std::fs::create_dir_all(&p).unwrap();
-            p
-        };
-        WatchConf {
-            dir: d("spool"),
-            done: Some(d("done")),
-            failed: d("failed"),
-            server: None,
-            settle: "100ms".into(),
-            rescan_interval: "30s".into(),
-        }
-    }
-}
-
-/// A whole config file. Durations as the config spells them; `None` leaves a key out (its
-/// default applies).
-#[derive(Clone, Debug)]
-pub struct Conf {
-    pub concurrency: Option<i64>,
-    pub server: Option<Dest>,
-    pub connect: String,
-    pub handshake: String,
-    pub stall: String,
-    pub close: String,
-    pub retry_initial: String,
-    pub retry_max: String,
-    pub max_attempts: i64,
-    pub shutdown_grace: String,
-    pub watches: Vec<WatchConf>,
-}
-
-impl Conf {
-    /// Every timeout `timeout`, retrying for ever, a short shutdown grace.
-    pub fn new(timeout: &str, watches: Vec<WatchConf>) -> Conf {
-        Conf {
-            concurrency: None,
-            server: None,
-            connect: timeout.into(),
-            handshake: timeout.into(),
-            stall: timeout.into(),
-            close: timeout.into(),
-            retry_initial: "1s".into(),
-            retry_max: "30s".into(),
-            max_attempts: 0,
-            shutdown_grace: "1s".into(),
-            watches,
-        }
-    }
-
-    pub fn to_toml(&self) -> String {
-        use toml::{Table, Value};
-        let p = |x: &Path| Value::String(x.to_str().expect("test paths are UTF-8").into());
-        let mut t = Table::new();
-        if let Some(c) = self.concurrency {
-            t.insert("concurrency".into(), c.into());
-        }
-        t.insert("shutdown_grace".into(), self.shutdown_grace.clone().into());
-        if let Some(s) = &self.server {
-            t.insert("server".into(), Value::Table(s.table()));
-        }
-        let mut to = Table::new();
-        to.insert("connect".into(), self.connect.clone().into());
-        to.insert("handshake".into(), self.handshake.clone().into());
-        to.insert("stall".into(), self.stall.clone().into());
-        to.insert("close".into(), self.close.clone().into());
-        t.insert("timeouts".into(), Value::Table(to));
-        let mut retry = Table::new();
-        retry.insert("initial".into(), self.retry_initial.clone().into());
-        retry.insert("max".into(), self.retry_max.clone().into());
-        retry.insert("max_attempts".into(), self.max_attempts.into());
-        t.insert("retry".into(), Value::Table(retry));
-        let watches = self
-            .watches
-            .iter()
-            .map(|w| {
-                let mut wt = Table::new();
-                wt.insert("dir".into(), p(&w.dir));
-                match &w.done {
-                    Some(d) => {
-                        wt.insert("on_success".into(), "move".into());
-                        wt.insert("done_dir".into(), p(d));
-                    }
-                    None => {
-                        wt.insert("on_success".into(), "delete".into());
-                    }
-                }
-                wt.insert("failed_dir".into(), p(&w.failed));
-                if let Some(s) = &w.server {
-                    wt.insert("server".into(), Value::Table(s.table()));
-                }
-                wt.insert("settle".into(), w.settle.clone().into());
-                wt.insert("rescan_interval".into(), w.rescan_interval.clone().into());
-                Value::Table(wt)
-            })
-            .collect();
-        t.insert("watch".into(), Value::Array(watches));
-        toml::to_string(&t).unwrap()
-    }
-
-    pub fn write(&self, path: &Path) {
-        std::fs::write(path, self.to_toml()).unwrap();
-    }
-}
-
 /// Whether `bin` knows the scheduler's per-destination keys (`concurrency`, `adaptive` in a
 /// destination): `accio check-config` on a config that uses them.
 pub fn knows_destination_keys(bin: &Path) -> bool {
@@ -748,26 +596,6 @@ pub fn latencies(dropped: &[(u64, Instant)], got: &HashMap<u64, Instant>) -> Vec
         .collect();
     v.sort();
     v
-}
-
-/// `key` (e.g. "VmHWM:") of /proc/PID/status, in KiB.
-pub fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-pub fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
 }
 
 pub fn ms(d: Duration) -> String {

@@ -2,18 +2,20 @@
 //!
 //! - [`wait`]: waiting on a condition with a deadline (never sleeping and hoping);
 //! - [`net`]: free ports, "is it listening", a black-holed address;
+//! - [`procfs`]: CPU time and memory of a process;
 //! - [`receiver`]: the real `accio serve` as the receiving end;
 //! - [`scripted`]: a receiver written for one test (stalls, resets, wrong greetings);
 //! - [`send`]: `accio send`/`serve` runs with their outcome, one-connection peers;
 //! - [`servers`]: serial servers that misbehave like ones people run;
 //! - [`watch`]: spool directories, configs and the real `accio watch` process.
 //!
-//! `wait` and `net` use nothing but std and the dev-dependencies, so a file outside this
+//! `wait`, `net` and `procfs` use nothing but std and the dev-dependencies, so a file outside this
 //! module (`tests/faults/harness.rs`, shared with the benchmarks) can include them by path.
 
 #![allow(dead_code)]
 
 pub mod net;
+pub mod procfs;
 pub mod receiver;
 pub mod scripted;
 pub mod send;

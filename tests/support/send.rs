@@ -1,6 +1,6 @@
 //! `accio send` and `accio serve` as processes: running the real binary with a deadline and
 //! its outcome, scripted one-connection peers on loopback, content patterns, and what
-//! /proc tells about a process or a socket.
+//! /proc tells about a socket.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -309,28 +309,6 @@ pub fn reset(stream: TcpStream) {
 /// Half-closes our side, ignoring errors (the peer may be gone).
 pub fn shutdown_write(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
-}
-
-/// CPU time (user + system) of a process, in clock ticks, from /proc/PID/stat.
-pub fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The command name may contain spaces; fields after the closing paren are fixed.
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 overall, i.e. 11 and 12 after the name.
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-/// Peak resident memory of a process, in KiB, from /proc/PID/status.
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// True if this machine has IPv6 on loopback.

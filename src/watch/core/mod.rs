@@ -72,10 +72,6 @@ use lane::{Change, Health, Limiter};
 /// A name in one of the watched directories: (watch number, file name).
 pub type Key = (usize, OsString);
 
-/// Where the kernel cannot tell whether a file has writers, a file seen being written is
-/// considered abandoned after this much silence (or the rescan interval, if longer).
-pub const WRITER_QUIET_MIN: Duration = Duration::from_secs(30);
-
 /// How often a file still open for writing is looked at again, at least (the settle time,
 /// if longer).
 pub const WRITER_RECHECK: Duration = Duration::from_secs(1);
@@ -142,7 +138,9 @@ pub struct Params {
     /// Names held in memory per watch.
     pub active_limit: usize,
     pub retry: RetryPolicy,
-    /// See [`WRITER_QUIET_MIN`].
+    /// Where the kernel cannot tell whether a file has writers, a file seen being written is
+    /// considered abandoned after this much silence (or the rescan interval, if longer): the
+    /// config's `writer_quiet`.
     pub writer_quiet_min: Duration,
     pub watches: Vec<WatchParams>,
     pub dests: Vec<DestParams>,

@@ -5,26 +5,13 @@
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::names::{self, Naming};
 use super::ops::{rename_noreplace, rename_to_free, return_unsent};
 use super::{check_ours, is_ours, Disposed, Syncer};
 use crate::watch::claim::{self, Identity};
 use crate::watch::esc;
-
-/// How old a leftover of ours must be before it is taken for one of a crash rather than
-/// one in progress (of this or another instance). Tests shorten it with the hidden
-/// `ACCIO_STALE_AGE_MS`, since a ctime cannot be set back.
-pub fn stale_age() -> std::time::Duration {
-    static AGE: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *AGE.get_or_init(|| {
-        std::env::var("ACCIO_STALE_AGE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_millis)
-            .unwrap_or(std::time::Duration::from_secs(60))
-    })
-}
 
 /// Deletes the spool entry `path` only if it still is the inode `id`, unchanged. An unlink
 /// by name cannot be checked, so the entry is first renamed to a hidden name of ours
@@ -81,13 +68,18 @@ enum Age {
     Renamed,
 }
 
-/// Entries of `dir` that `ours` recognises, untouched for [`stale_age`] (a live one, of
-/// this or another instance, is younger), by the time `age` names.
-fn stale_ours(dir: &Path, ours: impl Fn(&OsStr) -> bool, age: Age) -> Vec<PathBuf> {
+/// Entries of `dir` that `ours` recognises, untouched for `stale_after` (the config's: a
+/// live one, of this or another instance, is younger), by the time `age` names.
+fn stale_ours(
+    dir: &Path,
+    ours: impl Fn(&OsStr) -> bool,
+    age: Age,
+    stale_after: Duration,
+) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let old = std::time::SystemTime::now() - stale_age();
+    let old = std::time::SystemTime::now() - stale_after;
     rd.flatten()
         .filter(|e| ours(&e.file_name()))
         .filter(|e| {
@@ -107,11 +99,12 @@ fn stale_ours(dir: &Path, ours: impl Fn(&OsStr) -> bool, age: Age) -> Vec<PathBu
 }
 
 /// Reports copies into `dir` (done_dir, failed_dir) that a crash seems to have interrupted:
-/// `.NAME.accio-XXXXXXXX.tmp`, untouched for [`stale_age`]. Never deletes them: a user's
+/// `.NAME.accio-XXXXXXXX.tmp`, untouched for `stale_after`. Never deletes them: a user's
 /// file may match the pattern, and the source of a real leftover is still in the spool.
 /// Blocking.
-pub fn warn_stale_temporaries(dir: &Path) {
-    for p in stale_ours(dir, |n| names::is_our_temporary(n, "tmp"), Age::Written) {
+pub fn warn_stale_temporaries(dir: &Path, stale_after: Duration) {
+    let ours = |n: &OsStr| names::is_our_temporary(n, "tmp");
+    for p in stale_ours(dir, ours, Age::Written, stale_after) {
         tracing::warn!(
             path = %esc(&p),
             "{} looks like a temporary copy left by an interrupted move; the original stayed in the spool; remove it if it is not yours",
@@ -121,14 +114,15 @@ pub fn warn_stale_temporaries(dir: &Path) {
 }
 
 /// Puts back into the spool the files a crash (or a failed unlink) left under the hidden
-/// name a delete uses (`.accio-del.<16 hex>.NAME`), renamed more than [`stale_age`] ago and
+/// name a delete uses (`.accio-del.<16 hex>.NAME`), renamed more than `stale_after` ago and
 /// not a delete in progress of the service `syncer` belongs to: whether it was the
 /// delivered file or another one is not known any more, so it is sent (again). Never
 /// replaces a file: a taken name gets a suffix. Run at start and periodically. Blocking.
 /// Returns how many were restored.
-pub fn restore_stale_deletions(spool: &Path, syncer: &Syncer) -> usize {
+pub fn restore_stale_deletions(spool: &Path, syncer: &Syncer, stale_after: Duration) -> usize {
     let mut restored = 0;
-    for p in stale_ours(spool, |n| names::del_original(n).is_some(), Age::Renamed) {
+    let ours = |n: &OsStr| names::del_original(n).is_some();
+    for p in stale_ours(spool, ours, Age::Renamed, stale_after) {
         if syncer.is_deleting(&p) {
             continue;
         }
@@ -174,12 +168,18 @@ mod tests {
         let h = spool.path().join(".accio-del.0123456789abcdef.f");
         std::fs::write(&h, b"f").unwrap();
         // Renamed just now: possibly another instance's delete in progress.
-        if stale_age() >= std::time::Duration::from_secs(1) {
-            assert_eq!(restore_stale_deletions(spool.path(), &syncer), 0);
-            assert!(h.exists());
-        }
+        let stale_after = Duration::from_secs(60);
+        assert_eq!(
+            restore_stale_deletions(spool.path(), &syncer, stale_after),
+            0
+        );
+        assert!(h.exists());
+        // Old enough, but a delete of this service in progress.
         let deleting = syncer.deleting(&h);
-        assert_eq!(restore_stale_deletions(spool.path(), &syncer), 0);
+        assert_eq!(
+            restore_stale_deletions(spool.path(), &syncer, Duration::ZERO),
+            0
+        );
         assert!(h.exists());
         drop(deleting);
         assert!(!syncer.is_deleting(&h));

@@ -27,7 +27,7 @@ use super::esc;
 use names::Naming;
 use ops::{copy_across, rename_into, rename_to_free, return_unsent};
 
-pub use delete::{delete_if_ours, restore_stale_deletions, stale_age, warn_stale_temporaries};
+pub use delete::{delete_if_ours, restore_stale_deletions, warn_stale_temporaries};
 pub use ops::put_back;
 pub use syncer::Syncer;
 

@@ -1,0 +1,723 @@
+//! The schema: structs that `toml` fills in through serde, refusing unknown keys, wrong types,
+//! missing keys and bad values at the position it knows; then the checks that relate one
+//! setting to another, which name a line through the [`Spanned`] values they compare. No
+//! filesystem access here (that is [`super::fs_check`]), so tests feed it text.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+
+use super::{
+    compile_glob, Config, ConfigError, OnSuccess, RetryPolicy, WatchConfig, DEFAULT_EXCLUDE,
+};
+use crate::client::{parse_port, Destination};
+use crate::protocol::{Confirm, Timeouts};
+
+/// Defaults of optional keys, shown in `config/accio.toml` and by `check-config`.
+pub mod defaults {
+    use std::time::Duration;
+    /// Uploads in flight, all destinations together: large enough for distant servers;
+    /// each destination's adaptive limit keeps what one server gets to what it handles.
+    pub const CONCURRENCY: usize = 256;
+    /// Names held in memory per watch.
+    pub const ACTIVE_LIMIT: usize = 16_384;
+    pub const TIMEOUT: Duration = Duration::from_secs(10);
+    pub const RETRY_INITIAL: Duration = Duration::from_secs(1);
+    pub const RETRY_MAX: Duration = Duration::from_secs(300);
+    pub const RETRY_MAX_ATTEMPTS: u32 = 10;
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+    pub const LOG_LEVEL: &str = "info";
+    pub const INCLUDE: &[&str] = &["*"];
+    pub const SETTLE: Duration = Duration::from_millis(250);
+    pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+    /// Without leases, a file seen being written is taken as abandoned after this much
+    /// silence (or the watch's rescan interval, if longer).
+    pub const WRITER_QUIET: Duration = Duration::from_secs(30);
+    /// A crash's leftovers are older than any rename or copy in progress.
+    pub const STALE_AFTER: Duration = Duration::from_secs(60);
+}
+
+/// Upper bound of `concurrency`: each upload holds a socket and a file open; more than this
+/// is a typo, not a plan.
+pub const MAX_CONCURRENCY: i64 = 1024;
+/// Bounds of `active_limit`.
+pub const MIN_ACTIVE_LIMIT: i64 = 4;
+pub const MAX_ACTIVE_LIMIT: i64 = 10_000_000;
+/// Upper bound of every duration, so that no deadline computed from one can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What a required key is for, in "missing" messages (serde only says which key).
+pub(crate) fn required_what(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "watch" => "one or more [[watch]] tables",
+        "dir" => "the spool directory to watch",
+        "failed_dir" => "where files go after max_attempts failures",
+        "host" => "the server's host name or IP address",
+        "port" => "a port number 1-65535 or a service name",
+        _ => return None,
+    })
+}
+
+// The file as written. Field order is the order `unknown key` messages list them in.
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    concurrency: Option<Ranged<1, MAX_CONCURRENCY>>,
+    active_limit: Option<Ranged<MIN_ACTIVE_LIMIT, MAX_ACTIVE_LIMIT>>,
+    server: Option<Server>,
+    timeouts: Option<TimeoutsT>,
+    retry: Option<Retry>,
+    shutdown_grace: Option<Dur<true>>,
+    log_level: Option<LogLevel>,
+    control_socket: Option<SocketPath>,
+    metrics: Option<Metrics>,
+    writer_quiet: Option<Dur<false>>,
+    stale_after: Option<Dur<false>>,
+    watch: Spanned<Watches>,
+}
+
+/// `[server]` or a watch's `server = { ... }`. Not [`Spanned`] as a whole: a table made by
+/// dotted keys (`server.host = ...`) has no position; its host has.
+#[derive(serde::Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Server {
+    host: Spanned<Host>,
+    port: Port,
+    concurrency: Option<Ranged<1, MAX_CONCURRENCY>>,
+    adaptive: Option<bool>,
+    confirm: Option<Confirm>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsT {
+    connect: Option<Dur<false>>,
+    handshake: Option<Dur<false>>,
+    stall: Option<Dur<false>>,
+    close: Option<Dur<false>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Retry {
+    initial: Option<Dur<false>>,
+    max: Option<Spanned<Dur<false>>>,
+    max_attempts: Option<Ranged<0, { u32::MAX as i64 }>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metrics {
+    listen: Option<Listen>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Watch {
+    dir: Spanned<AbsPath>,
+    done_dir: Option<Spanned<AbsPath>>,
+    failed_dir: Spanned<AbsPath>,
+    on_success: Option<OnSuccess>,
+    server: Option<Server>,
+    include: Option<Spanned<Vec<Glob>>>,
+    exclude: Option<Vec<Glob>>,
+    settle: Option<Dur<true>>,
+    rescan_interval: Option<Dur<false>>,
+}
+
+// Values that check themselves: their errors get toml's position and serde's key path.
+
+/// An integer in `MIN..=MAX`.
+#[derive(Clone, Copy)]
+struct Ranged<const MIN: i64, const MAX: i64>(i64);
+
+impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Ranged<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        if !(MIN..=MAX).contains(&n) {
+            return Err(de::Error::custom(format!(
+                "{n} is out of range; expected {MIN}-{MAX}"
+            )));
+        }
+        Ok(Ranged(n))
+    }
+}
+
+impl<const MIN: i64, const MAX: i64> Ranged<MIN, MAX> {
+    /// The value; the bounds are where it fits (`MIN >= 0`).
+    fn get<T: TryFrom<i64>>(self) -> T {
+        T::try_from(self.0).unwrap_or_else(|_| unreachable!("bounds fit the target type"))
+    }
+}
+
+/// A duration string ("250ms", "1h 30m"), at most [`MAX_DURATION`]; zero only if `ZERO`.
+/// Parsed with `humantime` directly rather than `humantime-serde`, whose error drops
+/// humantime's reason (e.g. the list of known units).
+#[derive(Clone, Copy)]
+struct Dur<const ZERO: bool>(Duration);
+
+impl<'de, const ZERO: bool> Deserialize<'de> for Dur<ZERO> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const ZERO: bool>;
+        impl<const ZERO: bool> Visitor<'_> for V<ZERO> {
+            type Value = Dur<ZERO>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(DURATION)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur<ZERO>, E> {
+                let d = humantime::parse_duration(s.trim()).map_err(|e| {
+                    E::custom(format!("invalid duration {s:?} ({e}); expected {DURATION}"))
+                })?;
+                if d.is_zero() && !ZERO {
+                    return Err(E::custom("must be greater than zero"));
+                }
+                if d > MAX_DURATION {
+                    return Err(E::custom(format!("{s:?} is too long; at most 365 days")));
+                }
+                Ok(Dur(d))
+            }
+        }
+        d.deserialize_str(V::<ZERO>)
+    }
+}
+
+const DURATION: &str = "a duration string such as \"250ms\", \"10s\" or \"5m\"";
+
+/// `Option<Dur>` with its default.
+fn dur<const Z: bool>(v: Option<Dur<Z>>, default: Duration) -> Duration {
+    v.map_or(default, |d| d.0)
+}
+
+/// A port number or a service name from /etc/services.
+#[derive(Clone, Copy)]
+struct Port(u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Port;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number 1-65535 or a service name")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Port, E> {
+                u16::try_from(n)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .map(Port)
+                    .ok_or_else(|| E::custom(format!("invalid port {n}: expected 1-65535")))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Port, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Port, E> {
+                parse_port(s).map(Port).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Implements `Deserialize` for a newtype over a string through a checking constructor.
+macro_rules! from_string {
+    ($t:ident, |$s:ident| $check:expr) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let $s = String::deserialize(d)?;
+                let check = || -> Result<$t, String> { $check };
+                check().map_err(de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A host name or IP address; `[::1]`, as copied from a URL, is `::1`.
+#[derive(Clone)]
+struct Host(String);
+from_string!(Host, |s| {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(format!("{s:?} is not a host name or IP address"))
+    } else {
+        let bare = s.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+        Ok(Host(bare.map_or(s.clone(), str::to_string)))
+    }
+});
+
+/// An absolute path, kept as written (messages quote it) and compared after [`normalize`].
+struct AbsPath(PathBuf);
+from_string!(AbsPath, |s| abs_path(&s).map(AbsPath));
+
+fn abs_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("empty path".into());
+    }
+    if s.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    let p = PathBuf::from(s);
+    if !p.is_absolute() {
+        return Err(format!("{s:?} is a relative path; use an absolute path (the service's working directory is not the config's)"));
+    }
+    Ok(p)
+}
+
+/// The control socket's path: absolute and short enough for a Unix socket address.
+struct SocketPath(PathBuf);
+from_string!(SocketPath, |s| {
+    let p = abs_path(&s)?;
+    let len = p.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "{len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}"
+        ));
+    }
+    Ok(SocketPath(p))
+});
+
+/// A glob on file names.
+struct Glob(String);
+from_string!(Glob, |g| {
+    if g.contains('/') {
+        return Err(format!(
+            "glob {g:?} contains `/`: globs match file names, not paths"
+        ));
+    }
+    compile_glob(&g).map_err(|e| format!("invalid glob {g:?}: {}", e.kind()))?;
+    Ok(Glob(g))
+});
+
+fn globs(v: Vec<Glob>) -> Vec<String> {
+    v.into_iter().map(|g| g.0).collect()
+}
+
+/// A tracing filter whose bare words are levels.
+struct LogLevel(String);
+from_string!(LogLevel, |s| {
+    // EnvFilter reads a bare word as a target name ("verbose" = everything from the target
+    // `verbose`), which silently logs nothing useful; a bare word must be a level, and
+    // targets are written `target=level`.
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    if let Some(word) = s.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', '[', ':'])
+            && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+    }) {
+        return Err(format!("{word:?} is not a level; expected one of {}, or target=level directives such as \"accio=debug,warn\"", LEVELS.join(", ")));
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&s)
+        .map_err(|e| format!("invalid log filter {s:?} ({e}); expected e.g. \"info\", \"debug\" or \"accio=debug,warn\""))?;
+    Ok(LogLevel(s))
+});
+
+/// The metrics listener: an IP address and a fixed port.
+struct Listen(SocketAddr);
+from_string!(Listen, |s| {
+    let addr = s.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "{s:?} is not an address and port; expected e.g. \"127.0.0.1:9187\" or \"[::1]:9187\""
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "{s:?}: port 0 is not a fixed port; choose one, e.g. 9187"
+        ));
+    }
+    Ok(Listen(addr))
+});
+
+/// `[[watch]]` tables: an array with at least one. Its own visitor, so that `[watch]` (a
+/// table) is refused with the fix.
+struct Watches(Vec<Spanned<Watch>>);
+
+impl<'de> Deserialize<'de> for Watches {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Watches;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of tables (write [[watch]], not [watch])")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Watches, A::Error> {
+                let mut v = Vec::new();
+                while let Some(w) = a.next_element()? {
+                    v.push(w);
+                }
+                if v.is_empty() {
+                    return Err(de::Error::custom(
+                        "empty; at least one [[watch]] table is required",
+                    ));
+                }
+                Ok(Watches(v))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+// From the file to the settings: the checks that relate values.
+
+/// Where the keys whose values are checked against the filesystem are, for messages.
+#[derive(Debug, Clone)]
+pub(crate) struct WatchSpans {
+    /// The host of the watch's server (its own, or the top-level one it inherits).
+    pub server: Range<usize>,
+    pub dir: Range<usize>,
+    pub done_dir: Option<Range<usize>>,
+    pub failed_dir: Range<usize>,
+}
+
+/// A validated config and the spans the filesystem checks need.
+pub(crate) struct Parsed {
+    pub config: Config,
+    pub watch_spans: Vec<WatchSpans>,
+}
+
+/// Turns problems into [`ConfigError`]s that name file, line and key.
+pub(crate) struct Ctx<'a> {
+    pub text: &'a str,
+    pub file: &'a Path,
+}
+
+impl Ctx<'_> {
+    pub fn err(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(
+            self.file,
+            Some(line_of(self.text, span.start)),
+            Some(key.to_string()),
+            message,
+        )
+    }
+}
+
+/// 1-based line of a byte offset.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+type Checked<T> = Result<T, ConfigError>;
+
+impl File {
+    /// The settings, with defaults filled in, once they agree with each other.
+    pub(crate) fn into_config(self, cx: &Ctx) -> Checked<Parsed> {
+        let concurrency = self.concurrency.map_or(defaults::CONCURRENCY, Ranged::get);
+        let t = self.timeouts;
+        let timeout = |pick: fn(&TimeoutsT) -> Option<Dur<false>>| {
+            dur(t.as_ref().and_then(pick), defaults::TIMEOUT)
+        };
+        let timeouts = Timeouts {
+            connect: timeout(|t| t.connect),
+            handshake: timeout(|t| t.handshake),
+            stall: timeout(|t| t.stall),
+            close: timeout(|t| t.close),
+        };
+        let retry = self.retry.map_or(Ok(default_retry()), |r| retry(cx, r))?;
+
+        let mut watches = Vec::new();
+        let mut watch_spans = Vec::new();
+        for (i, w) in self.watch.into_inner().0.into_iter().enumerate() {
+            let (w, spans) = watch(cx, i, w, self.server.as_ref())?;
+            watches.push(w);
+            watch_spans.push(spans);
+        }
+        one_watch_per_spool(cx, &watches, &watch_spans, None)?;
+        relate_destinations(cx, &watches, &watch_spans)?;
+
+        Ok(Parsed {
+            config: Config {
+                path: cx.file.to_path_buf(),
+                concurrency,
+                active_limit: self
+                    .active_limit
+                    .map_or(defaults::ACTIVE_LIMIT, Ranged::get),
+                timeouts,
+                retry,
+                shutdown_grace: dur(self.shutdown_grace, defaults::SHUTDOWN_GRACE),
+                log_level: self
+                    .log_level
+                    .map_or_else(|| defaults::LOG_LEVEL.to_string(), |l| l.0),
+                watches,
+                control_socket: self
+                    .control_socket
+                    .map_or_else(|| PathBuf::from(super::DEFAULT_CONTROL_SOCKET), |p| p.0),
+                metrics_listen: self.metrics.and_then(|m| m.listen).map(|l| l.0),
+                writer_quiet: dur(self.writer_quiet, defaults::WRITER_QUIET),
+                stale_after: dur(self.stale_after, defaults::STALE_AFTER),
+            },
+            watch_spans,
+        })
+    }
+}
+
+fn default_retry() -> RetryPolicy {
+    RetryPolicy {
+        initial: defaults::RETRY_INITIAL,
+        max: defaults::RETRY_MAX,
+        max_attempts: defaults::RETRY_MAX_ATTEMPTS,
+    }
+}
+
+fn retry(cx: &Ctx, r: Retry) -> Checked<RetryPolicy> {
+    let initial = dur(r.initial, defaults::RETRY_INITIAL);
+    let max = match r.max {
+        Some(m) if m.get_ref().0 < initial => {
+            return Err(cx.err(
+                &m.span(),
+                "retry.max",
+                format!(
+                    "{} is shorter than retry.initial ({})",
+                    humantime::format_duration(m.get_ref().0),
+                    humantime::format_duration(initial)
+                ),
+            ))
+        }
+        Some(m) => m.get_ref().0,
+        None => defaults::RETRY_MAX.max(initial),
+    };
+    Ok(RetryPolicy {
+        initial,
+        max,
+        max_attempts: r
+            .max_attempts
+            .map_or(defaults::RETRY_MAX_ATTEMPTS, Ranged::get),
+    })
+}
+
+fn watch(
+    cx: &Ctx,
+    i: usize,
+    w: Spanned<Watch>,
+    default_server: Option<&Server>,
+) -> Checked<(WatchConfig, WatchSpans)> {
+    let key = |name: &str| format!("watch[{i}].{name}");
+    let span = w.span();
+    let w = w.into_inner();
+    let on_success = w.on_success.unwrap_or(OnSuccess::Move);
+    match (on_success, &w.done_dir) {
+        (OnSuccess::Move, None) => {
+            return Err(cx.err(
+                &span,
+                &key("done_dir"),
+                "missing; required when on_success = \"move\" (the default): where delivered files go",
+            ))
+        }
+        (OnSuccess::Delete, Some(v)) => {
+            return Err(cx.err(
+                &v.span(),
+                &key("done_dir"),
+                "set, but on_success = \"delete\" never uses it; remove done_dir or use on_success = \"move\"",
+            ))
+        }
+        _ => {}
+    }
+
+    let server = match (w.server, default_server) {
+        // Lane settings not given here come from the top-level [server].
+        (Some(mut own), top) => {
+            if let Some(top) = top {
+                own.concurrency = own.concurrency.or(top.concurrency);
+                own.adaptive = own.adaptive.or(top.adaptive);
+                own.confirm = own.confirm.or(top.confirm);
+            }
+            own
+        }
+        (None, Some(top)) => top.clone(),
+        (None, None) => return Err(cx.err(
+            &span,
+            &key("server"),
+            "missing, and there is no top-level [server] to fall back on; add [server] or server = { host = \"...\", port = ... } to this watch",
+        )),
+    };
+
+    let include = match w.include {
+        Some(v) if v.get_ref().is_empty() => {
+            return Err(cx.err(
+                &v.span(),
+                &key("include"),
+                "empty: no file would ever be uploaded; use [\"*\"] for all names",
+            ))
+        }
+        Some(v) => globs(v.into_inner()),
+        None => defaults::INCLUDE.iter().map(|s| s.to_string()).collect(),
+    };
+
+    let spans = WatchSpans {
+        server: server.host.span(),
+        dir: w.dir.span(),
+        done_dir: w.done_dir.as_ref().map(Spanned::span),
+        failed_dir: w.failed_dir.span(),
+    };
+    let dir = w.dir.into_inner().0;
+    let done_dir = w.done_dir.map(|d| d.into_inner().0);
+    let failed_dir = w.failed_dir.into_inner().0;
+
+    let mut targets = Vec::new();
+    if let (Some(d), Some(s)) = (&done_dir, &spans.done_dir) {
+        targets.push(("done_dir", normalize(d), s.clone()));
+    }
+    targets.push((
+        "failed_dir",
+        normalize(&failed_dir),
+        spans.failed_dir.clone(),
+    ));
+    keep_apart(cx, i, &normalize(&dir), &targets, false)?;
+
+    Ok((
+        WatchConfig {
+            dir,
+            done_dir,
+            failed_dir,
+            on_success,
+            server: Destination {
+                host: server.host.into_inner().0,
+                port: server.port.0,
+            },
+            server_concurrency: server.concurrency.map(Ranged::get),
+            adaptive: server.adaptive.unwrap_or(true),
+            confirm: server.confirm.unwrap_or_default(),
+            include,
+            exclude: w.exclude.map_or_else(
+                || DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect(),
+                globs,
+            ),
+            settle: dur(w.settle, defaults::SETTLE),
+            rescan_interval: dur(w.rescan_interval, defaults::RESCAN_INTERVAL),
+        },
+        spans,
+    ))
+}
+
+/// A watch's done and failed directories must be distinct and outside its spool: a file
+/// found in the spool again would be sent again. Checked here on the paths as written (after
+/// [`normalize`]) and by [`super::fs_check`] on the real paths (`resolved`).
+pub(crate) fn keep_apart(
+    cx: &Ctx,
+    i: usize,
+    spool: &Path,
+    targets: &[(&str, PathBuf, Range<usize>)],
+    resolved: bool,
+) -> Checked<()> {
+    let key = |name: &str| format!("watch[{i}].{name}");
+    let verb = if resolved { "resolves to" } else { "is" };
+    for (name, p, span) in targets {
+        if p == spool {
+            return Err(cx.err(
+                span,
+                &key(name),
+                format!("{verb} the spool directory itself ({})", spool.display()),
+            ));
+        }
+        if p.starts_with(spool) {
+            let place = if resolved {
+                format!("resolves to {}, ", p.display())
+            } else {
+                "is ".to_string()
+            };
+            return Err(cx.err(
+                span,
+                &key(name),
+                format!(
+                    "{place}inside the spool directory {}; put it beside the spool, not in it",
+                    spool.display()
+                ),
+            ));
+        }
+    }
+    if let [(_, done, _), (_, failed, span)] = targets {
+        if done == failed {
+            let shown = if resolved {
+                format!(" ({})", done.display())
+            } else {
+                String::new()
+            };
+            return Err(cx.err(
+                span,
+                &key("failed_dir"),
+                format!("{verb} the same directory as done_dir{shown}; delivered and failed files must be told apart"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `.` and `..` resolved without touching the filesystem, for comparing paths as written.
+pub(crate) fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Watches that send to the same destination share its lane: they must agree on its
+/// settings.
+fn relate_destinations(cx: &Ctx, watches: &[WatchConfig], spans: &[WatchSpans]) -> Checked<()> {
+    for (i, a) in watches.iter().enumerate() {
+        for (j, b) in watches.iter().enumerate().take(i) {
+            if a.server == b.server
+                && (a.server_concurrency != b.server_concurrency || a.adaptive != b.adaptive)
+            {
+                return Err(cx.err(
+                    &spans[i].server,
+                    &format!("watch[{i}].server"),
+                    format!(
+                        "{} is also the server of watch[{j}] with other lane settings (concurrency, adaptive); watches that send to one server share its lane, so give them the same settings",
+                        a.server
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Two watches on one directory would race each other for every file. `real`: each
+/// spool's resolved path (from [`super::fs_check`]); `None`: compared as written.
+pub(crate) fn one_watch_per_spool(
+    cx: &Ctx,
+    watches: &[WatchConfig],
+    spans: &[WatchSpans],
+    real: Option<&[PathBuf]>,
+) -> Checked<()> {
+    let spools: Vec<PathBuf> = match real {
+        Some(r) => r.to_vec(),
+        None => watches.iter().map(|w| normalize(&w.dir)).collect(),
+    };
+    for (i, p) in spools.iter().enumerate() {
+        if let Some(j) = spools[..i].iter().position(|o| o == p) {
+            let resolves = match real {
+                Some(_) => format!(" resolves to {},", p.display()),
+                None => " is".to_string(),
+            };
+            return Err(cx.err(
+                &spans[i].dir,
+                &format!("watch[{i}].dir"),
+                format!(
+                    "{}{resolves} already watched by watch[{j}] (line {}); each spool directory may appear once",
+                    watches[i].dir.display(),
+                    line_of(cx.text, spans[j].dir.start)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
