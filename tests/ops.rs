@@ -17,21 +17,27 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use accio::status::Why;
 use support::{net::*, receiver::*, wait::*, watch::*, BIN};
 
-/// A config for `dirs` whose control socket is in the test's own directory and, with
-/// `metrics`, a metrics listener on that port.
+/// A config for `dirs` (its control socket is `dirs.control`) and, with `metrics`, a
+/// metrics listener on that port.
 fn ops_config(dirs: &Dirs, port: u16, o: &Opts, metrics: Option<u16>) -> PathBuf {
-    let mut text = format!("control_socket = {:?}\n", socket_of(dirs));
-    text.push_str(&config_text(dirs, port, o));
+    let mut text = config_text(dirs, port, o);
     if let Some(m) = metrics {
         text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n"));
     }
     write_config(dirs, "accio.toml", &text)
 }
 
-fn socket_of(dirs: &Dirs) -> PathBuf {
-    dirs.root.path().join("control.sock")
+/// The service over `dirs` sending to `port`, with a metrics listener on a free port, once
+/// that listens. Returns its config, the service and the metrics port.
+fn start_with_metrics(dirs: &Dirs, port: u16, o: &Opts) -> (PathBuf, Service, u16) {
+    let mport = free_port();
+    let config = ops_config(dirs, port, o, Some(mport));
+    let svc = Service::start(&config);
+    wait_for("the metrics listener", || listening(mport));
+    (config, svc, mport)
 }
 
 fn accio(args: &[&str], config: &Path) -> Output {
@@ -50,6 +56,25 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `accio ARGS --config CONFIG`, which must succeed; its stdout.
+#[track_caller]
+fn ok(args: &[&str], config: &Path) -> String {
+    let out = accio(args, config);
+    assert!(out.status.success(), "accio {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// `accio ARGS --config CONFIG`, which must fail with `code` and an `ERROR:` line that
+/// contains `says`; its stderr.
+#[track_caller]
+fn fails(args: &[&str], config: &Path, code: i32, says: &str) -> String {
+    let out = accio(args, config);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "accio {args:?}: {err}");
+    assert!(err.starts_with("ERROR: ") && err.contains(says), "{err}");
+    err
 }
 
 /// One HTTP/1.1 request; returns (status code, headers, body).
@@ -82,18 +107,11 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn wait_metrics_listening(port: u16) {
-    wait_for("the metrics listener", || listening(port));
-}
-
 #[test]
 fn metrics_count_what_was_delivered() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let mport = free_port();
-    let config = ops_config(&dirs, recv.port, &Opts::default(), Some(mport));
-    let svc = Service::start(&config);
-    wait_metrics_listening(mport);
+    let (_, svc, mport) = start_with_metrics(&dirs, recv.port, &Opts::default());
     let watch = format!("{{watch=\"{}\"}}", dirs.spool.display());
     let dest = format!("destination=\"127.0.0.1:{}\"", recv.port);
 
@@ -191,13 +209,8 @@ fn metrics_are_off_unless_configured() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
     let config = ops_config(&dirs, recv.port, &Opts::default(), None);
-    let out = accio(&["check-config"], &config);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("[metrics]\n# listen: not set"),
-        "{}",
-        stdout(&out)
-    );
+    let text = ok(&["check-config"], &config);
+    assert!(text.contains("[metrics]\n# listen: not set"), "{text}");
     let svc = Service::start(&config);
     assert!(!svc.log().contains("serving metrics"), "{}", svc.log());
 }
@@ -208,13 +221,7 @@ fn a_bad_metrics_address_is_refused_naming_the_key() {
     let mut text = config_text(&dirs, 5000, &Opts::default());
     text.push_str("\n[metrics]\nlisten = \"localhost\"\n");
     let config = write_config(&dirs, "bad.toml", &text);
-    let out = accio(&["check-config"], &config);
-    assert_eq!(out.status.code(), Some(78));
-    let err = stderr(&out);
-    assert!(
-        err.starts_with("ERROR: ") && err.contains("metrics.listen"),
-        "{err}"
-    );
+    fails(&["check-config"], &config, 78, "metrics.listen");
 }
 
 /// `promtool check metrics` (the format's own linter) on a scrape of a service that
@@ -224,10 +231,7 @@ fn a_bad_metrics_address_is_refused_naming_the_key() {
 fn promtool_accepts_the_exposition() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let mport = free_port();
-    let config = ops_config(&dirs, recv.port, &Opts::default(), Some(mport));
-    let _svc = Service::start(&config);
-    wait_metrics_listening(mport);
+    let (_, _svc, mport) = start_with_metrics(&dirs, recv.port, &Opts::default());
     dirs.drop_file("a", b"hello");
     wait_for("delivered", || names(&dirs.done).len() == 1);
     let (_, _, body) = get(mport, "/metrics");
@@ -260,10 +264,7 @@ fn promtool_accepts_the_exposition() {
 fn prometheus_scrapes_the_service() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let mport = free_port();
-    let config = ops_config(&dirs, recv.port, &Opts::default(), Some(mport));
-    let _svc = Service::start(&config);
-    wait_metrics_listening(mport);
+    let (_, _svc, mport) = start_with_metrics(&dirs, recv.port, &Opts::default());
     for i in 0..3 {
         dirs.drop_file(&format!("f{i}"), b"data");
     }
@@ -338,17 +339,12 @@ fn status_of_a_healthy_service() {
     dirs.drop_file("one", b"1");
     wait_for("delivered", || names(&dirs.done).len() == 1);
 
-    let mode = fs::metadata(socket_of(&dirs)).unwrap().permissions().mode();
+    let mode = fs::metadata(&dirs.control).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "owner-only control socket");
 
-    let mut out = accio(&["status"], &config);
     // The counter is updated once the move is done; poll the answer, not a sleep.
-    wait_for("status says 1 sent", || {
-        out = accio(&["status"], &config);
-        stdout(&out).contains("1 sent")
-    });
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    svc.wait_status("1 sent", |v| v.totals.sent == 1);
+    let text = ok(&["status"], &config);
     assert!(
         text.starts_with(&format!(
             "accio {} (pid {}), up ",
@@ -363,9 +359,9 @@ fn status_of_a_healthy_service() {
     );
     assert!(text.contains("\nin flight:\n  none\n"), "{text}");
 
-    let out = accio(&["status", "--json"], &config);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    // The document itself, key by key, as scripts read it.
+    let v: serde_json::Value =
+        serde_json::from_str(ok(&["status", "--json"], &config).trim()).unwrap();
     assert_eq!(v["pid"], svc.pid());
     assert_eq!(v["totals"]["sent"], 1);
     assert_eq!(v["totals"]["watching"], 1);
@@ -377,17 +373,10 @@ fn status_of_a_healthy_service() {
 fn status_when_the_service_is_not_running() {
     let dirs = Dirs::new();
     let config = ops_config(&dirs, 5000, &Opts::default(), None);
-    let out = accio(&["status"], &config);
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    let err = stderr(&out);
+    let err = fails(&["status"], &config, 3, "not running");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("ERROR: "), "{err}");
-    assert!(
-        err.contains(&socket_of(&dirs).display().to_string()),
-        "{err}"
-    );
-    assert!(err.contains("not running"), "{err}");
-    assert!(stdout(&out).is_empty());
+    assert!(err.contains(&dirs.control.display().to_string()), "{err}");
+    assert!(stdout(&accio(&["status"], &config)).is_empty());
 
     // A socket left by a killed service is the same: not running. The next service
     // replaces it and answers.
@@ -395,16 +384,14 @@ fn status_when_the_service_is_not_running() {
     let config = ops_config(&dirs, recv.port, &Opts::default(), None);
     let mut svc = Service::start(&config);
     svc.kill9();
-    assert!(socket_of(&dirs).exists(), "kill -9 leaves the socket");
-    assert_eq!(accio(&["status"], &config).status.code(), Some(3));
-    let svc = Service::start(&config);
-    let out = accio(&["status", "--json"], &config);
-    assert!(out.status.success(), "{}\n{}", stderr(&out), svc.log());
+    assert!(dirs.control.exists(), "kill -9 leaves the socket");
+    fails(&["status"], &config, 3, "not running");
+    let mut svc = Service::start(&config);
+    assert_eq!(svc.status().pid, svc.pid() as u32);
     // A clean stop removes it.
-    let mut svc = svc;
     svc.signal(libc::SIGTERM);
     assert!(svc.wait_exit(DEADLINE).success());
-    assert!(!socket_of(&dirs).exists());
+    assert!(!dirs.control.exists());
 }
 
 #[test]
@@ -414,14 +401,11 @@ fn a_second_service_does_not_take_over_a_live_control_socket() {
     let config = ops_config(&dirs, recv.port, &Opts::default(), None);
     let first = Service::start(&config);
     // A second service on another spool, same socket.
-    let other = Dirs::new();
-    let mut text = format!("control_socket = {:?}\n", socket_of(&dirs));
-    text.push_str(&config_text(&other, recv.port, &Opts::default()));
-    let second = Service::start(&write_config(&other, "b.toml", &text));
+    let mut other = Dirs::new();
+    other.control = dirs.control.clone();
+    let second = Service::start(&ops_config(&other, recv.port, &Opts::default(), None));
     second.wait_log("no control socket");
-    let out = accio(&["status", "--json"], &config);
-    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!(v["pid"], first.pid());
+    assert_eq!(first.status().pid, first.pid() as u32);
 }
 
 /// A destination that refuses connections is shown down, since when, with its error, and
@@ -431,25 +415,25 @@ fn status_shows_a_down_destination() {
     let dirs = Dirs::new();
     let port = free_port();
     let config = ops_config(&dirs, port, &Opts::default(), None);
-    let _svc = Service::start(&config);
+    let svc = Service::start(&config);
     dirs.drop_file("waits", b"w");
-    let mut v = serde_json::Value::Null;
-    wait_for("the destination reported down", || {
-        let out = accio(&["status", "--json"], &config);
-        v = serde_json::from_str(stdout(&out).trim()).unwrap_or_default();
-        v["destinations"][0]["up"] == false
+    let v = svc.wait_status("the destination down", |v| {
+        v.destinations.first().is_some_and(|d| !d.up)
     });
-    let d = &v["destinations"][0];
-    assert_eq!(d["name"], format!("127.0.0.1:{port}"));
-    assert!(d["down_since_unix"].as_f64().is_some(), "{v}");
+    let d = &v.destinations[0];
+    assert_eq!(d.name, format!("127.0.0.1:{port}"));
+    assert!(d.down_since_unix.is_some(), "{v:#?}");
     assert!(
-        d["last_error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{v}"
+        d.last_error.as_ref().is_some_and(|e| !e.is_empty()),
+        "{v:#?}"
     );
-    let w = &v["waiting"][0];
-    assert!(w["path"].as_str().unwrap().ends_with("waits"), "{v}");
-    assert_eq!(w["why"]["state"], "destination_down", "{v}");
-    let text = stdout(&accio(&["status"], &config));
+    let w = v
+        .waiting
+        .first()
+        .unwrap_or_else(|| panic!("nothing waits: {v:#?}"));
+    assert!(w.path.ends_with("waits"), "{v:#?}");
+    assert_eq!(w.why, Why::DestinationDown, "{v:#?}");
+    let text = ok(&["status"], &config);
     assert!(
         text.contains(&format!("127.0.0.1:{port}: DOWN since ")),
         "{text}"
@@ -463,21 +447,15 @@ fn status_shows_a_file_with_an_open_writer() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
     let config = ops_config(&dirs, recv.port, &Opts::default(), None);
-    let _svc = Service::start(&config);
+    let svc = Service::start(&config);
     let mut writer = fs::File::create(dirs.spool.join("growing")).unwrap();
     writer.write_all(b"part one").unwrap();
-    let mut v = serde_json::Value::Null;
-    wait_for("the file shown waiting for its writer", || {
-        let out = accio(&["status", "--json"], &config);
-        v = serde_json::from_str(stdout(&out).trim()).unwrap_or_default();
-        v["waiting"].as_array().is_some_and(|w| {
-            w.iter().any(|f| {
-                f["path"].as_str().is_some_and(|p| p.ends_with("growing"))
-                    && (f["why"]["state"] == "writer_open" || f["why"]["state"] == "writer_unknown")
-            })
+    svc.wait_status("the file waiting for its writer", |v| {
+        v.waiting.iter().any(|f| {
+            f.path.ends_with("growing") && matches!(f.why, Why::WriterOpen | Why::WriterUnknown)
         })
     });
-    let text = stdout(&accio(&["status"], &config));
+    let text = ok(&["status"], &config);
     assert!(text.contains("growing"), "{text}");
     drop(writer);
     wait_for("sent once closed", || names(&dirs.done) == ["growing"]);
@@ -545,13 +523,8 @@ fn retry_puts_files_back_without_the_service() {
     let config = ops_config(&dirs, 5000, &Opts::default(), None);
 
     // Nothing there: said so, success.
-    let out = accio(&["retry"], &config);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).starts_with("nothing to retry in "),
-        "{}",
-        stdout(&out)
-    );
+    let text = ok(&["retry"], &config);
+    assert!(text.starts_with("nothing to retry in "), "{text}");
 
     given_up(&dirs, "a.csv", &dirs.spool.join("a.csv"));
     // Given up as `b.1.csv` (a `b.csv` was in failed_dir): goes back as `b.csv`.
@@ -565,10 +538,8 @@ fn retry_puts_files_back_without_the_service() {
     fs::write(dirs.spool.join("a.csv"), b"newer").unwrap();
 
     // Only the names given.
-    let out = accio(&["retry", "plain"], &config);
-    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        stdout(&out),
+        ok(&["retry", "plain"], &config),
         format!(
             "{} → {}\n1 file put back into the spool\n",
             dirs.failed.join("plain").display(),
@@ -577,9 +548,7 @@ fn retry_puts_files_back_without_the_service() {
     );
 
     // Everything else.
-    let out = accio(&["retry"], &config);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    let text = ok(&["retry"], &config);
     assert!(
         text.contains(&format!(
             "{} → {}\n",
@@ -609,45 +578,34 @@ fn retry_puts_files_back_without_the_service() {
     assert!(dirs.failed.join(".accio-tmp.x").exists());
 
     // A name that is not there: an error naming it, non-zero.
-    let out = accio(&["retry", "nope"], &config);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).starts_with("ERROR: nope: no such given-up file in "),
-        "{}",
-        stderr(&out)
-    );
+    let err = fails(&["retry", "nope"], &config, 1, "no such given-up file in ");
+    assert!(err.starts_with("ERROR: nope: "), "{err}");
     // --watch must name a watch.
-    let out = accio(&["retry", "--watch", "/nowhere"], &config);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("not a spool directory"),
-        "{}",
-        stderr(&out)
+    fails(
+        &["retry", "--watch", "/nowhere"],
+        &config,
+        2,
+        "not a spool directory",
     );
-    let out = accio(&["retry", "--watch"], &config);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(accio(&["retry", "--watch"], &config).status.code(), Some(2));
     let spool = dirs.spool.display().to_string();
-    let out = accio(&["retry", "--watch", &spool], &config);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(&["retry", "--watch", &spool], &config);
 }
 
 #[test]
 fn retry_with_the_service_running_sends_the_file_again() {
     let dirs = Dirs::new();
     let server = Flaky::start();
-    let mport = free_port();
     let o = Opts {
         max_attempts: 1,
         ..Opts::default()
     };
-    let config = ops_config(&dirs, server.port, &o, Some(mport));
-    let svc = Service::start(&config);
+    let (config, svc, mport) = start_with_metrics(&dirs, server.port, &o);
     dirs.drop_file("r.csv", b"report");
     wait_for("given up, with its reason", || {
         names(&dirs.failed) == ["r.csv", "r.csv.reason"]
     });
     let watch = format!("{{watch=\"{}\"}}", dirs.spool.display());
-    wait_metrics_listening(mport);
     let (_, _, body) = get(mport, "/metrics");
     assert_eq!(
         sample(&body, &format!("accio_files_failed_total{watch}")),
@@ -656,9 +614,8 @@ fn retry_with_the_service_running_sends_the_file_again() {
     );
 
     server.fail.store(false, Ordering::SeqCst);
-    let out = accio(&["retry"], &config);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("1 file put back"), "{}", stdout(&out));
+    let text = ok(&["retry"], &config);
+    assert!(text.contains("1 file put back"), "{text}");
     wait_for("sent and moved to done", || names(&dirs.done) == ["r.csv"]);
     assert_eq!(server.received.load(Ordering::SeqCst), 1);
     assert!(names(&dirs.failed).is_empty(), "{:?}", names(&dirs.failed));
@@ -716,7 +673,7 @@ fn the_control_socket_refuses_unknown_requests() {
     let recv = Receiver::start(&dirs.recv);
     let config = ops_config(&dirs, recv.port, &Opts::default(), None);
     let _svc = Service::start(&config);
-    let mut s = UnixStream::connect(socket_of(&dirs)).unwrap();
+    let mut s = UnixStream::connect(&dirs.control).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     s.write_all(b"shutdown\n").unwrap();
     let mut answer = String::new();
@@ -728,7 +685,5 @@ fn the_control_socket_refuses_unknown_requests() {
     );
 
     let bad = write_config(&dirs, "bad.toml", "concurrency = \"many\"\n");
-    let out = accio(&["status"], &bad);
-    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
-    assert!(stderr(&out).starts_with("ERROR: "), "{}", stderr(&out));
+    fails(&["status"], &bad, 78, "concurrency");
 }

@@ -1,5 +1,5 @@
 //! The end-to-end tests of `accio watch`: spool directories, configs written as files, the
-//! real service process with its log.
+//! real service process with its log, and what it says about itself through `accio status`.
 
 use std::fs;
 use std::io::Read;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::scripted::{first_connection_paused, ScriptServer};
 use super::wait::{wait_until, DEADLINE};
 use super::BIN;
+pub use accio::status::View;
 
 /// Names of the regular, non-hidden files in `dir`, sorted.
 pub fn names(dir: &Path) -> Vec<String> {
@@ -22,13 +23,17 @@ pub fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// A test's directories: spool, done, failed, and the receiver's.
+/// A test's directories: spool, done, failed, and the receiver's; and where the service's
+/// control socket goes.
 pub struct Dirs {
     pub root: tempfile::TempDir,
     pub spool: PathBuf,
     pub done: PathBuf,
     pub failed: PathBuf,
     pub recv: PathBuf,
+    /// `control_socket` of [`config_text`]: in the test's own directory, so that services
+    /// of tests running at once never meet on the default path (as root they would).
+    pub control: PathBuf,
 }
 
 impl Dirs {
@@ -44,6 +49,7 @@ impl Dirs {
             done: mk("done"),
             failed: mk("failed"),
             recv: mk("recv"),
+            control: root.path().join("control.sock"),
             root,
         }
     }
@@ -114,12 +120,13 @@ pub fn watch_table(dirs: &Dirs, o: &Opts) -> String {
     )
 }
 
-/// A whole config file text with one watch.
+/// A whole config file text with one watch, its control socket at `dirs.control`.
 pub fn config_text(dirs: &Dirs, port: u16, o: &Opts) -> String {
     format!(
-        "concurrency = {}\nshutdown_grace = {:?}\nlog_level = \"info\"\n\n[server]\nhost = \"127.0.0.1\"\nport = {port}\n\n\
+        "control_socket = {:?}\nconcurrency = {}\nshutdown_grace = {:?}\nlog_level = \"info\"\n\n[server]\nhost = \"127.0.0.1\"\nport = {port}\n\n\
          [timeouts]\nconnect = {t:?}\nhandshake = {t:?}\nstall = {t:?}\nclose = {t:?}\n\n\
          [retry]\ninitial = {:?}\nmax = {:?}\nmax_attempts = {}\n\n{}",
+        dirs.control,
         o.concurrency,
         o.grace,
         o.initial,
@@ -164,6 +171,8 @@ pub fn write_config(dirs: &Dirs, name: &str, text: &str) -> PathBuf {
 pub struct Service {
     child: Child,
     pub log: PathBuf,
+    /// Its configuration, for `accio status`.
+    config: PathBuf,
 }
 
 /// The line the service logs once it watches every directory.
@@ -226,7 +235,37 @@ impl Service {
             .stderr(err)
             .spawn()
             .unwrap();
-        Service { child, log }
+        Service {
+            child,
+            log,
+            config: config.to_path_buf(),
+        }
+    }
+
+    /// What the service says about itself: `accio status --json` (the counts per watch,
+    /// each destination up or down with its last error, the files in flight and waiting).
+    /// Counts are updated once a file's move is done: poll with [`Service::wait_status`].
+    #[track_caller]
+    pub fn status(&self) -> View {
+        status(&self.config).unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log()))
+    }
+
+    /// Asks `accio status` until `cond` holds of its answer; panics naming `what`, with the
+    /// last answer and the log, after [`DEADLINE`].
+    #[track_caller]
+    pub fn wait_status(&self, what: &str, mut cond: impl FnMut(&View) -> bool) -> View {
+        let mut last = Err(String::from("not asked"));
+        let held = wait_until(DEADLINE, || {
+            last = status(&self.config);
+            last.as_ref().is_ok_and(&mut cond)
+        });
+        match last {
+            Ok(view) if held => view,
+            _ => panic!(
+                "timed out waiting for the status to show {what}; last answer: {last:#?}\nlog:\n{}",
+                self.log()
+            ),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -302,6 +341,30 @@ impl Drop for Service {
             );
         }
     }
+}
+
+/// The answer of the service configured by `config` to `accio status --json`, or what went
+/// wrong (exit code and stderr, or output that is not a status document).
+pub fn status(config: &Path) -> Result<View, String> {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running accio status: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "accio status: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "accio status --json: {e} in {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// Content that is unique per `i` and about `len` bytes long.
