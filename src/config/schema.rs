@@ -81,7 +81,7 @@ pub(crate) struct File {
     metrics: Option<Metrics>,
     writer_quiet: Option<Dur<false>>,
     stale_after: Option<Dur<false>>,
-    watch: Spanned<Watches>,
+    watch: Watches,
 }
 
 /// `[server]` or a watch's `server = { ... }`. Not [`Spanned`] as a whole: a table made by
@@ -428,7 +428,7 @@ impl File {
 
         let mut watches = Vec::new();
         let mut watch_spans = Vec::new();
-        for (i, w) in self.watch.into_inner().0.into_iter().enumerate() {
+        for (i, w) in self.watch.0.into_iter().enumerate() {
             let (w, spans) = watch(cx, i, w, self.server.as_ref())?;
             watches.push(w);
             watch_spans.push(spans);

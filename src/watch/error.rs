@@ -100,6 +100,17 @@ impl DestError {
     pub fn client(&self) -> &ClientError {
         &self.error
     }
+
+    /// A sign of a server queueing us (its accept queue full, its workers busy): no answer
+    /// to the connect, or no greeting, in time. A refusal or an unreachable network is not.
+    pub fn congestion(&self) -> bool {
+        match &*self.error {
+            ClientError::Protocol { source, .. } => {
+                matches!(source, ProtocolError::HandshakeTimeout(_))
+            }
+            e => e.phase() == Phase::ConnectTimeout,
+        }
+    }
 }
 
 impl fmt::Display for DestError {
@@ -152,6 +163,20 @@ impl FileError {
         FileError::Upload {
             dest,
             source: Arc::new(source),
+        }
+    }
+
+    /// A sign of an overloaded server: sending failed (a reset, mostly), or its close did.
+    pub fn congestion(&self) -> bool {
+        match self {
+            FileError::Upload { source, .. } => matches!(
+                &**source,
+                ClientError::Protocol {
+                    source: ProtocolError::SendIo { .. } | ProtocolError::CloseIo(_),
+                    ..
+                }
+            ),
+            FileError::Open { .. } | FileError::Uninspectable => false,
         }
     }
 }
@@ -306,6 +331,33 @@ pub(crate) mod tests {
             kind(&reset(1)),
             kind(&protocol(ProtocolError::Stall(Duration::from_secs(10))))
         );
+    }
+
+    /// What the adaptive limit takes as a sign of a queueing server.
+    #[test]
+    fn congestion_is_a_timeout_before_the_greeting_or_a_failed_send() {
+        let d = |e| DestError::new(dest(), e);
+        let connect_timeout = ClientError::ConnectTimeout {
+            dest: dest(),
+            timeout: Duration::from_secs(10),
+            tried: TriedAddrs::default(),
+        };
+        assert!(d(connect_timeout).congestion());
+        assert!(d(protocol(ProtocolError::HandshakeTimeout(
+            Duration::from_secs(1)
+        )))
+        .congestion());
+        assert!(!d(connect_failed(&["127.0.0.1:1"], libc::ECONNREFUSED)).congestion());
+        assert!(!d(protocol(ProtocolError::ClosedBeforeCommand { received: 0 })).congestion());
+        let f = |e| FileError::upload(dest(), e);
+        let reset = io::Error::from_raw_os_error(libc::ECONNRESET);
+        assert!(f(protocol(ProtocolError::SendIo {
+            sent: 1,
+            source: reset
+        }))
+        .congestion());
+        assert!(!f(protocol(ProtocolError::Stall(Duration::from_secs(1)))).congestion());
+        assert!(!FileError::Uninspectable.congestion());
     }
 
     /// The messages are those the service has always logged.

@@ -14,7 +14,7 @@ use super::core::{After, Mode, Outcome, Uploaded};
 use super::disposition::{self, Dest, Disposed};
 use super::error::{DestError, DispositionError, DispositionOp, FileError, Reason};
 use super::{esc, Shared, WatchCtx};
-use crate::client::{self, ClientError, Phase, UploadError};
+use crate::client::{self, Phase, UploadError};
 use crate::config::OnSuccess;
 use crate::metrics::AttemptResult;
 
@@ -56,18 +56,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             let error = FileError::open(path.clone(), e);
             // What the name holds now: giving up moves this inode only.
             let id = claim::lstat(&path).ok();
-            return failed(
-                &job,
-                &sh,
-                None,
-                id,
-                &path,
-                error,
-                Duration::ZERO,
-                None,
-                false,
-            )
-            .await;
+            return failed(&job, &sh, None, id, &path, error, Duration::ZERO, None).await;
         }
     };
     if let Mode::Finish { id, after } = &job.mode {
@@ -141,44 +130,16 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             Outcome::Changed
         }
         // Failures before the greeting are the destination's (it is marked down; nothing
-        // counts against the file); a timeout is also a sign of a server queueing us.
-        Err(UploadError::Client(e)) if e.phase() != Phase::Transfer => {
-            let congestion = match &e {
-                ClientError::Protocol { source, .. } => {
-                    matches!(source, crate::protocol::ProtocolError::HandshakeTimeout(_))
-                }
-                e => e.phase() == Phase::ConnectTimeout,
-            };
-            Outcome::DestinationFailed {
-                congestion,
-                error: DestError::new(job.watch.cfg.server.clone(), e),
-            }
-        }
+        // counts against the file).
+        Err(UploadError::Client(e)) if e.phase() != Phase::Transfer => Outcome::DestinationFailed {
+            error: DestError::new(job.watch.cfg.server.clone(), e),
+        },
         Err(UploadError::Client(e)) => {
             // Past the greeting: the destination answered; the failure is this file's.
-            let congestion = matches!(
-                &e,
-                ClientError::Protocol {
-                    source: crate::protocol::ProtocolError::SendIo { .. }
-                        | crate::protocol::ProtocolError::CloseIo(_),
-                    ..
-                }
-            );
             let error = FileError::upload(job.watch.cfg.server.clone(), e);
             let id = Some(claim.id);
             let greeting = Some(greeting.unwrap_or(took));
-            failed(
-                &job,
-                &sh,
-                Some(claim),
-                id,
-                &path,
-                error,
-                took,
-                greeting,
-                congestion,
-            )
-            .await
+            failed(&job, &sh, Some(claim), id, &path, error, took, greeting).await
         }
     }
 }
@@ -401,14 +362,9 @@ async fn failed(
     error: FileError,
     took: Duration,
     greeting: Option<Duration>,
-    congestion: bool,
 ) -> Outcome {
     if !job.last {
-        return Outcome::Failed {
-            error,
-            greeting,
-            congestion,
-        };
+        return Outcome::Failed { error, greeting };
     }
     let max = sh.retry.max_attempts;
     let bytes = claim.as_ref().map_or(0, |c| c.id.size);
@@ -450,7 +406,6 @@ async fn give_up(
         return Outcome::Failed {
             error: FileError::Uninspectable,
             greeting: None,
-            congestion: false,
         };
     };
     let w = job.watch.clone();

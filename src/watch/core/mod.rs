@@ -252,16 +252,14 @@ pub enum Outcome {
     /// period ago: look again after `wait` (or on its close).
     Young { wait: Duration },
     /// The attempt failed for this file (after the greeting, or the file could not be
-    /// read). `greeting`: the greeting time, if the server greeted; `congestion`: a reset
-    /// or similar sign of an overloaded server.
+    /// read). `greeting`: the greeting time, if the server greeted.
     Failed {
         error: FileError,
         greeting: Option<Duration>,
-        congestion: bool,
     },
     /// The destination failed (resolve, refused, unreachable, connect timeout, no or wrong
     /// greeting): nothing is known about the file; not counted against it.
-    DestinationFailed { error: DestError, congestion: bool },
+    DestinationFailed { error: DestError },
     /// Delivered or given up, but moving/deleting failed.
     DispositionFailed {
         id: Identity,
@@ -508,6 +506,9 @@ struct WatchSt {
     /// How many, at the last listing (plus names dropped since), for the counts.
     on_disk: usize,
     scanning: bool,
+    /// Names reported as not regular while a listing was under way: that listing may have
+    /// been read before they appeared, so its lack of them does not mean they are gone.
+    reported_while_listing: Vec<OsString>,
     rescan_again: bool,
     next_rescan: Instant,
     list_failing: bool,
@@ -618,6 +619,7 @@ impl Core {
                 truncated: false,
                 on_disk: 0,
                 scanning: false,
+                reported_while_listing: Vec::new(),
                 rescan_again: false,
                 next_rescan: now + w.rescan_interval.max(MIN_RESCAN),
                 list_failing: false,
@@ -875,6 +877,7 @@ impl Core {
             }
             Err(error) => {
                 let w = &mut self.watches[watch];
+                w.reported_while_listing.clear();
                 let again = w.p.rescan_interval.min(RELIST_AFTER_ERROR).max(MIN_RESCAN);
                 let first = !std::mem::replace(&mut w.list_failing, true);
                 w.next_rescan = self.now + again;
@@ -969,17 +972,16 @@ impl Core {
             }
             Outcome::Failed {
                 greeting: Some(g),
-                congestion,
-                ..
+                error,
             } => {
                 self.dest_up(d);
                 self.sample(d, *g, seq, lane_full, false);
-                if *congestion {
+                if error.congestion() {
                     self.congestion(d, seq);
                 }
             }
-            Outcome::DestinationFailed { error, congestion } => {
-                if *congestion {
+            Outcome::DestinationFailed { error } => {
+                if error.congestion() {
                     self.congestion(d, seq);
                 }
                 self.dest_failed(d, &key, error.clone(), probe);
@@ -1352,6 +1354,9 @@ impl Core {
                 key: key.clone(),
                 id,
             });
+            if let Some(w) = self.watches.get_mut(key.0).filter(|w| w.scanning) {
+                w.reported_while_listing.push(key.1.clone());
+            }
             self.reported.insert(key, id);
         }
     }
@@ -1507,7 +1512,10 @@ impl Core {
         for l in &listing.files {
             present.insert(&l.name);
         }
-        // Entries no longer there are forgotten as reported.
+        // Entries no longer there are forgotten as reported (unless reported after the
+        // listing may have been read).
+        let meanwhile = std::mem::take(&mut self.watches[watch].reported_while_listing);
+        present.extend(meanwhile.iter());
         self.reported
             .retain(|k, _| k.0 != watch || present.contains(&k.1));
         let w = &mut self.watches[watch];

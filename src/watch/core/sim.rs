@@ -492,7 +492,6 @@ impl Sim {
                 } else if self.down.contains(&d) {
                     Outcome::DestinationFailed {
                         error: self.down_error.clone(),
-                        congestion: true,
                     }
                 } else if changed {
                     Outcome::Changed
@@ -525,7 +524,6 @@ impl Sim {
                     Outcome::Failed {
                         error: reset(),
                         greeting: Some(2 * MS),
-                        congestion: false,
                     }
                 }
             }
@@ -958,6 +956,57 @@ fn a_directory_replaced_before_its_first_listing_is_watched_again() {
         "another directory than the one watched"
     );
     assert_eq!(rewatches((1, 2)), 0, "the one watched");
+}
+
+/// A special entry reported (from its event) while a listing read before it appeared was
+/// under way is not forgotten when that listing comes back without it, and so not reported
+/// again by the next one (a FIFO made right after the start, while the first listing ran).
+#[test]
+fn a_special_reported_during_a_stale_listing_is_reported_once() {
+    let now = Instant::now();
+    let mut core = Core::new(params(&[0], 1, 4, 4, 100), now, HashMap::new(), 7);
+    let fifo = Identity {
+        kind: Kind::Fifo,
+        dev: 1,
+        ino: 9,
+        size: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+    };
+    let listing = |specials: Vec<Listed>| Listing {
+        dir_id: (1, 0),
+        files: Vec::new(),
+        total_files: 0,
+        specials,
+    };
+    let mut ignoring = 0;
+    // Every action but the listings, which the test answers itself.
+    let mut pump = |core: &mut Core| {
+        let mut lists = 0;
+        while let Some(a) = core.poll_action() {
+            match a {
+                Action::Look(key) => core.looked(now, key, Some(fifo)),
+                Action::List { .. } => lists += 1,
+                Action::Report(Report::Ignoring { .. }) => ignoring += 1,
+                _ => {}
+            }
+        }
+        lists
+    };
+    assert_eq!(pump(&mut core), 1, "the first listing is under way");
+    core.hint(now, 0, name("fifo"), Hint::Created);
+    assert_eq!(pump(&mut core), 0);
+    // The first listing, read before the FIFO was made.
+    core.listed(now, 0, Ok(listing(Vec::new())));
+    core.rescan_all(now, "test".into());
+    assert_eq!(pump(&mut core), 1);
+    let with_fifo = vec![Listed {
+        name: name("fifo"),
+        id: fifo,
+    }];
+    core.listed(now, 0, Ok(listing(with_fifo)));
+    pump(&mut core);
+    assert_eq!(ignoring, 1);
 }
 
 // ---- lanes ----------------------------------------------------------------------------
