@@ -260,7 +260,8 @@ fn watch_waits_for_a_serial_server_that_exited() {
     }
     ws::wait_for("3 files done", || ws::names(&dirs.done).len() == 3);
     ws::wait_for("the server to exit", || !ws::listening(server.port));
-    svc.wait_log("cannot reach");
+    let v = svc.wait_status("the destination down", ws::destination_down);
+    assert_eq!(v.totals.failed, 0, "{v:#?}");
     assert_eq!(ws::names(&dirs.spool).len(), 2);
     assert!(ws::names(&dirs.failed).is_empty());
     let recv = ws::Receiver::start_on(&dirs.recv, server.port);

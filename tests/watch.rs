@@ -30,7 +30,8 @@ fn renamed_files_are_delivered_and_moved_to_done() {
     for (i, c) in contents.iter().enumerate() {
         assert_eq!(&fs::read(dirs.done.join(format!("f{i}"))).unwrap(), c);
     }
-    svc.wait_log_n("delivered", 5);
+    let v = svc.wait_status("5 sent", |v| v.totals.sent == 5);
+    assert_eq!((v.watches[0].sent, v.totals.failed), (5, 0), "{v:#?}");
 }
 
 #[test]
@@ -77,7 +78,12 @@ fn a_slow_writer_is_sent_once_complete() {
         expected.extend_from_slice(&chunk);
         std::thread::sleep(Duration::from_millis(300));
     }
-    svc.wait_log_n("listed", 3);
+    svc.wait_status("slow waiting for its writer", |v| {
+        matches!(
+            why_waiting(v, "slow"),
+            Some(Why::WriterOpen | Why::WriterUnknown)
+        )
+    });
     assert_eq!(recv.count(), 0, "sent while still open for writing");
     drop(f);
     wait_for("slow in done", || dirs.done.join("slow").exists());
@@ -179,7 +185,9 @@ fn connection_failures_do_not_use_up_attempts_and_files_go_once_the_server_is_up
     svc.wait_log_n("not counted as a failed attempt", 15);
     assert_eq!(names(&dirs.spool).len(), 3);
     assert!(names(&dirs.failed).is_empty(), "{}", svc.log());
-    assert_eq!(svc.log_count("giving up"), 0);
+    let v = svc.status();
+    assert!(destination_down(&v), "{v:#?}");
+    assert_eq!((v.totals.failed, v.totals.sent), (0, 0), "{v:#?}");
     let recv = Receiver::start_on(&dirs.recv, port);
     wait_for("3 files in done", || names(&dirs.done).len() == 3);
     for i in 0..3 {
@@ -204,12 +212,21 @@ fn files_waiting_for_a_down_destination_go_when_a_probe_succeeds() {
     svc.wait_log_n("not counted as a failed attempt", 3);
     dirs.drop_file("fresh", b"fresh");
     svc.wait_log_n("not counted as a failed attempt", 5);
-    // Both wait; nothing was counted against them.
+    // Both wait for the destination; nothing was counted against them.
     assert_eq!(names(&dirs.spool), ["fresh", "waiting"]);
+    let v = svc.wait_status("both waiting for the destination", |v| {
+        ["fresh", "waiting"]
+            .iter()
+            .all(|n| why_waiting(v, n) == Some(&Why::DestinationDown))
+    });
+    assert!(destination_down(&v), "{v:#?}");
+    assert_eq!(v.totals.failed, 0, "{v:#?}");
     let recv = Receiver::start_on(&dirs.recv, port);
     wait_for("both in done", || names(&dirs.done).len() == 2);
     svc.wait_log("reachable again;");
     assert_eq!(svc.log_count("is down:"), 1, "{}", svc.log());
+    let v = svc.status();
+    assert!(v.destinations[0].up, "{v:#?}");
     assert_eq!(recv.times_received(b"waiting"), 1);
     assert_eq!(recv.times_received(b"fresh"), 1);
 }
@@ -235,8 +252,8 @@ fn after_max_attempts_a_file_goes_to_failed_with_a_reason() {
     assert!(reason.contains("attempts: 2"), "{reason}");
     assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
     assert!(names(&dirs.spool).is_empty());
-    svc.wait_log("gave up on");
-    assert_eq!(svc.log_count("gave up on"), 1);
+    let v = svc.wait_status("1 failed", |v| v.totals.failed == 1);
+    assert_eq!((v.watches[0].failed, v.totals.sent), (1, 0), "{v:#?}");
 }
 
 #[test]
@@ -422,11 +439,16 @@ fn kill_9_during_a_burst_loses_nothing() {
 
 #[test]
 fn two_instances_on_one_spool_never_send_a_file_twice() {
-    let dirs = Dirs::new();
+    let mut dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
-    let cfg = config_file(&dirs, recv.port, &Opts::default());
-    let a = Service::start(&cfg);
-    let b = Service::start(&cfg);
+    let a = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
+    // Its own control socket, so that each can be asked what it sent.
+    dirs.control = dirs.control.with_file_name("b.sock");
+    let b = Service::start(&write_config(
+        &dirs,
+        "b.toml",
+        &config_text(&dirs, recv.port, &Opts::default()),
+    ));
     let n = 300;
     for i in 0..n {
         dirs.drop_file(&format!("f{i:03}"), &content(i, 500));
@@ -439,8 +461,14 @@ fn two_instances_on_one_spool_never_send_a_file_twice() {
         .collect();
     assert_eq!(twice, Vec::<usize>::new(), "not received exactly once");
     assert_eq!(files.len(), n);
-    // Both took part.
-    assert!(a.log_count("delivered") > 0 && b.log_count("delivered") > 0);
+    // Each file counted once, by the one that sent it, and both took part.
+    let (mut sa, mut sb) = (0, 0);
+    wait_until(DEADLINE, || {
+        (sa, sb) = (a.status().totals.sent, b.status().totals.sent);
+        sa + sb == n as u64
+    });
+    assert_eq!(sa + sb, n as u64);
+    assert!(sa > 0 && sb > 0, "a sent {sa}, b sent {sb}");
 }
 
 #[test]
@@ -824,7 +852,7 @@ fn a_reason_file_never_replaces_a_failed_file() {
     );
     assert_eq!(fs::read(dirs.failed.join("q.1")).unwrap(), b"q data");
     assert!(!dirs.failed.join("q").exists());
-    svc.wait_log_n("gave up on", 2);
+    svc.wait_status("2 failed", |v| v.totals.failed == 2);
     svc.wait_log(&format!(
         "reason in {}",
         dirs.failed.join("q.1.reason").display()
@@ -1018,7 +1046,7 @@ fn deletes_under_load_are_never_restored_as_leftovers() {
     for (i, c) in contents.iter().enumerate() {
         dirs.drop_file(&format!("d{i}"), c);
     }
-    svc.wait_log_n("delivered", 30);
+    svc.wait_status("30 sent", |v| v.totals.sent == 30);
     wait_for("spool empty", || {
         fs::read_dir(&dirs.spool).unwrap().count() == 0
     });
@@ -1099,7 +1127,7 @@ fn longest_names_are_moved_across_filesystems_deleted_and_failed_with_a_reason()
         fs::write(dirs.failed.join(&name), b"taken").unwrap();
         drop_long(&dirs.spool, &name, format!("failed {n}").as_bytes());
     }
-    svc.wait_log_n("gave up on", 2);
+    svc.wait_status("2 failed", |v| v.totals.failed == 2);
     // The two taken names, the two failed files (shortened so that NAME.reason fits whole)
     // and their reasons.
     wait_for("4 files and 2 reasons in failed", || {
@@ -1198,13 +1226,14 @@ fn as_nobody() -> (u32, Vec<&'static str>) {
     )
 }
 
-/// Makes the test's directories usable by `uid` (the service), the spool's files staying
-/// root's: the service then cannot take leases on them and cannot tell whether they have
+/// Makes the test's directories (and the control socket's) usable by `uid` (the service),
+/// the spool's files staying root's: the service then cannot take leases on them and cannot tell whether they have
 /// writers.
 fn hand_dirs_to(dirs: &Dirs, uid: u32) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dirs.root.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    for d in [&dirs.spool, &dirs.done, &dirs.failed] {
+    let run = dirs.control.parent().unwrap();
+    for d in [&dirs.spool, &dirs.done, &dirs.failed, run] {
         std::os::unix::fs::chown(d, Some(uid), None).unwrap();
     }
 }
@@ -1234,7 +1263,9 @@ fn unwatched_writer_found_by_a_listing(reload: bool) {
     };
     svc.wait_log("cannot check for writers with a file lease");
     // Looked at (found by the listing, settled) and left for later.
-    svc.wait_log("whether it is still being written cannot be told");
+    svc.wait_status("inplace waiting, its writers unknown", |v| {
+        why_waiting(v, "inplace") == Some(&Why::WriterUnknown)
+    });
     assert_eq!(recv.count(), 0, "sent while still being written");
     close_and_expect_whole(f, "inplace", first, &content(6, 1000), &dirs, &recv);
     assert_eq!(
@@ -1343,7 +1374,9 @@ fn as_root_without_leases_a_name_recreated_while_in_flight_waits_for_its_writer(
     let mut f = fs::File::create(dirs.spool.join("report.csv")).unwrap();
     f.write_all(b"NEW, first half\n").unwrap();
     gate.store(true, Ordering::SeqCst);
-    svc.wait_log("whether it is still being written cannot be told");
+    svc.wait_status("report.csv waiting, its writers unknown", |v| {
+        why_waiting(v, "report.csv") == Some(&Why::WriterUnknown)
+    });
     f.write_all(b"NEW, second half\n").unwrap();
     drop(f);
     wait_for("report.csv in done", || {

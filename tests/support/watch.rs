@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::scripted::{first_connection_paused, ScriptServer};
 use super::wait::{wait_until, DEADLINE};
 use super::BIN;
-pub use accio::status::View;
+pub use accio::status::{View, Why};
 
 /// Names of the regular, non-hidden files in `dir`, sorted.
 pub fn names(dir: &Path) -> Vec<String> {
@@ -31,8 +31,9 @@ pub struct Dirs {
     pub done: PathBuf,
     pub failed: PathBuf,
     pub recv: PathBuf,
-    /// `control_socket` of [`config_text`]: in the test's own directory, so that services
-    /// of tests running at once never meet on the default path (as root they would).
+    /// `control_socket` of [`config_text`]: in the test's own directory (`run/`, which a
+    /// test can hand to the service's user), so that services of tests running at once
+    /// never meet on the default path (as root they would).
     pub control: PathBuf,
 }
 
@@ -49,7 +50,7 @@ impl Dirs {
             done: mk("done"),
             failed: mk("failed"),
             recv: mk("recv"),
-            control: root.path().join("control.sock"),
+            control: mk("run").join("control.sock"),
             root,
         }
     }
@@ -365,6 +366,19 @@ pub fn status(config: &Path) -> Result<View, String> {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// Why the spool's file `name` waits, if `v` lists it among the waiting files.
+pub fn why_waiting<'a>(v: &'a View, name: &str) -> Option<&'a Why> {
+    v.waiting
+        .iter()
+        .find(|f| Path::new(&f.path).file_name() == Some(name.as_ref()))
+        .map(|f| &f.why)
+}
+
+/// Whether `v` shows its one destination down.
+pub fn destination_down(v: &View) -> bool {
+    v.destinations.first().is_some_and(|d| !d.up)
 }
 
 /// Content that is unique per `i` and about `len` bytes long.
