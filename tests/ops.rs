@@ -332,10 +332,8 @@ fn prometheus_scrapes_the_service() {
 
 #[test]
 fn status_of_a_healthy_service() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
-    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
-    let svc = Service::start(&config);
+    let (dirs, _recv, svc) = running(&Opts::default());
+    let config = svc.config();
     dirs.drop_file("one", b"1");
     wait_for("delivered", || names(&dirs.done).len() == 1);
 
@@ -344,7 +342,7 @@ fn status_of_a_healthy_service() {
 
     // The counter is updated once the move is done; poll the answer, not a sleep.
     svc.wait_status("1 sent", |v| v.totals.sent == 1);
-    let text = ok(&["status"], &config);
+    let text = ok(&["status"], config);
     assert!(
         text.starts_with(&format!(
             "accio {} (pid {}), up ",
@@ -361,7 +359,7 @@ fn status_of_a_healthy_service() {
 
     // The document itself, key by key, as scripts read it.
     let v: serde_json::Value =
-        serde_json::from_str(ok(&["status", "--json"], &config).trim()).unwrap();
+        serde_json::from_str(ok(&["status", "--json"], config).trim()).unwrap();
     assert_eq!(v["pid"], svc.pid());
     assert_eq!(v["totals"]["sent"], 1);
     assert_eq!(v["totals"]["watching"], 1);
@@ -396,10 +394,7 @@ fn status_when_the_service_is_not_running() {
 
 #[test]
 fn a_second_service_does_not_take_over_a_live_control_socket() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
-    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
-    let first = Service::start(&config);
+    let (dirs, recv, first) = running(&Opts::default());
     // A second service on another spool, same socket.
     let mut other = Dirs::new();
     other.control = dirs.control.clone();
@@ -444,10 +439,7 @@ fn status_shows_a_down_destination() {
 /// A file held open for writing in the spool waits for its writer.
 #[test]
 fn status_shows_a_file_with_an_open_writer() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
-    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
-    let svc = Service::start(&config);
+    let (dirs, _recv, svc) = running(&Opts::default());
     let mut writer = fs::File::create(dirs.spool.join("growing")).unwrap();
     writer.write_all(b"part one").unwrap();
     svc.wait_status("the file waiting for its writer", |v| {
@@ -455,7 +447,7 @@ fn status_shows_a_file_with_an_open_writer() {
             f.path.ends_with("growing") && matches!(f.why, Why::WriterOpen | Why::WriterUnknown)
         })
     });
-    let text = ok(&["status"], &config);
+    let text = ok(&["status"], svc.config());
     assert!(text.contains("growing"), "{text}");
     drop(writer);
     wait_for("sent once closed", || names(&dirs.done) == ["growing"]);
@@ -669,10 +661,7 @@ fn log_lines_say_it_once_in_text_and_carry_numbers_in_json() {
 #[test]
 fn the_control_socket_refuses_unknown_requests() {
     use std::os::unix::net::UnixStream;
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
-    let config = ops_config(&dirs, recv.port, &Opts::default(), None);
-    let _svc = Service::start(&config);
+    let (dirs, _recv, _svc) = running(&Opts::default());
     let mut s = UnixStream::connect(&dirs.control).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     s.write_all(b"shutdown\n").unwrap();

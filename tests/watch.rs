@@ -12,9 +12,7 @@ use support::{net::*, receiver::*, scripted::*, wait::*, watch::*, BIN};
 
 #[test]
 fn renamed_files_are_delivered_and_moved_to_done() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
-    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
+    let (dirs, recv, svc) = running(&Opts::default());
     let contents: Vec<Vec<u8>> = (0..5)
         .map(|i| format!("file {i}\n").repeat(i + 1).into_bytes())
         .collect();
@@ -64,10 +62,8 @@ fn backlog_is_sent_oldest_first() {
 
 #[test]
 fn a_slow_writer_is_sent_once_complete() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
     let o = Opts::writers();
-    let svc = Service::start(&config_file(&dirs, recv.port, &o));
+    let (dirs, recv, svc) = running(&o);
     // Written in place under its final name, with pauses longer than the settle time and
     // than the rescan interval: open but not closed means not ready.
     let mut f = fs::File::create(dirs.spool.join("slow")).unwrap();
@@ -93,13 +89,11 @@ fn a_slow_writer_is_sent_once_complete() {
 
 #[test]
 fn ignored_names_stay_in_the_spool() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
     let o = Opts {
         rescan: "200ms",
         ..Opts::default()
     };
-    let svc = Service::start(&config_file(&dirs, recv.port, &o));
+    let (dirs, recv, svc) = running(&o);
     let ignored = [".hidden", "x.part", "y.tmp", "z~"];
     for n in ignored {
         fs::write(dirs.spool.join(n), n).unwrap();
@@ -473,13 +467,11 @@ fn two_instances_on_one_spool_never_send_a_file_twice() {
 
 #[test]
 fn on_success_delete_removes_delivered_files() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
     let o = Opts {
         delete: true,
         ..Opts::default()
     };
-    let _svc = Service::start(&config_file(&dirs, recv.port, &o));
+    let (dirs, recv, _svc) = running(&o);
     for i in 0..3 {
         dirs.drop_file(&format!("f{i}"), &content(i, 10));
     }
@@ -524,9 +516,7 @@ fn an_invalid_config_is_refused_at_start() {
 
 #[test]
 fn a_failed_move_to_done_keeps_the_file_and_is_retried_without_sending_again() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
-    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
+    let (dirs, recv, svc) = running(&Opts::default());
     // done_dir stops being a directory (as good as a read-only or full disk: the rename fails).
     fs::remove_dir(&dirs.done).unwrap();
     fs::write(&dirs.done, b"in the way").unwrap();
@@ -689,14 +679,12 @@ fn a_second_signal_exits_at_once() {
 
 #[test]
 fn a_spool_directory_replaced_while_running_is_watched_again() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
     let o = Opts {
         // Rescans cannot be what finds the file below.
         rescan: "1h",
         ..Opts::default()
     };
-    let svc = Service::start(&config_file(&dirs, recv.port, &o));
+    let (dirs, recv, svc) = running(&o);
     fs::rename(&dirs.spool, dirs.root.path().join("spool.old")).unwrap();
     fs::create_dir(&dirs.spool).unwrap();
     svc.wait_log("watching the new one");
@@ -861,9 +849,7 @@ fn a_reason_file_never_replaces_a_failed_file() {
 
 #[test]
 fn a_name_with_a_newline_is_logged_on_one_line() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
-    let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
+    let (dirs, recv, svc) = running(&Opts::default());
     dirs.drop_file("a\nINFO forged line", b"x");
     wait_for("it in done", || {
         dirs.done.join("a\nINFO forged line").exists()
@@ -885,9 +871,7 @@ fn a_name_with_a_newline_is_logged_on_one_line() {
 
 #[test]
 fn a_hard_link_into_the_spool_is_delivered_promptly() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
-    let _svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
+    let (dirs, recv, _svc) = running(&Opts::default());
     let outside = dirs.root.path().join("linked");
     fs::write(&outside, b"linked content").unwrap();
     fs::hard_link(&outside, dirs.spool.join("linked")).unwrap();
@@ -1159,13 +1143,11 @@ fn drop_long(dir: &std::path::Path, name: &str, content: &[u8]) {
 /// complete, and goes at once instead of after another settle time.
 #[test]
 fn a_file_renamed_in_before_its_close_goes_at_once_when_closed() {
-    let dirs = Dirs::new();
-    let recv = Receiver::start(&dirs.recv);
     let o = Opts {
         settle: "3s",
         ..Opts::default()
     };
-    let svc = Service::start(&config_file(&dirs, recv.port, &o));
+    let (dirs, recv, svc) = running(&o);
     let tmp = dirs.root.path().join("rb.tmp");
     let mut f = fs::File::create(&tmp).unwrap();
     let c = content(7, 5000);

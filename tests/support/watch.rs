@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use super::receiver::Receiver;
 use super::scripted::{first_connection_paused, ScriptServer};
 use super::wait::{wait_until, DEADLINE};
 use super::BIN;
@@ -144,6 +145,15 @@ pub fn config_file(dirs: &Dirs, port: u16, o: &Opts) -> PathBuf {
     write_config(dirs, "a.toml", &config_text(dirs, port, o))
 }
 
+/// The usual start of a test of the service: fresh directories, the real receiver, and the
+/// service (settings `o`, config [`config_file`]) sending to it, running.
+pub fn running(o: &Opts) -> (Dirs, Receiver, Service) {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let svc = Service::start(&config_file(&dirs, recv.port, o));
+    (dirs, recv, svc)
+}
+
 /// The service over `dirs` (settings `o`) with a file `big` (`body`) dropped and its upload
 /// in flight: the server's first connection has read 64 KiB and reads on only once `go` is
 /// sent (see [`first_connection_paused`]). Returns the service, the server and `go`.
@@ -267,6 +277,11 @@ impl Service {
                 self.log()
             ),
         }
+    }
+
+    /// The configuration it was started with.
+    pub fn config(&self) -> &Path {
+        &self.config
     }
 
     pub fn pid(&self) -> i32 {
