@@ -97,10 +97,6 @@ impl DestError {
         ClientKind::of(&self.error)
     }
 
-    pub fn client(&self) -> &ClientError {
-        &self.error
-    }
-
     /// A sign of a server queueing us (its accept queue full, its workers busy): no answer
     /// to the connect, or no greeting, in time. A refusal or an unreachable network is not.
     pub fn congestion(&self) -> bool {

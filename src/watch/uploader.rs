@@ -265,14 +265,21 @@ async fn dispose_delivered(
         sh.metrics
             .file_sent(&watch_label(job), bytes, Some(job.found.elapsed()));
     }
-    let w = job.watch.clone();
+    let done = match (job.watch.cfg.on_success, &job.watch.cfg.done_dir) {
+        (OnSuccess::Move, Some(done)) => Some(done.clone()),
+        _ => None,
+    };
+    let op = match done {
+        Some(_) => DispositionOp::MoveToDone,
+        None => DispositionOp::Delete,
+    };
     let syncer = sh.syncer.clone();
     let name = job.name.clone();
     // On a blocking thread: usually one rename or unlink and a few stats, but across
     // filesystems a copy. The claim (and its lock) ends only after the move or delete.
     let result = tokio::task::spawn_blocking(move || {
-        let r = match (w.cfg.on_success, &w.cfg.done_dir) {
-            (OnSuccess::Move, Some(done)) => disposition::move_if_ours(
+        let r = match &done {
+            Some(done) => disposition::move_if_ours(
                 Some(&claim.file),
                 &claim.path,
                 &claim.id,
@@ -280,7 +287,7 @@ async fn dispose_delivered(
                 &name,
                 &syncer,
             ),
-            _ => disposition::delete_if_ours(&claim.path, &claim.id, &syncer),
+            None => disposition::delete_if_ours(&claim.path, &claim.id, &syncer),
         };
         drop(claim);
         r
@@ -337,10 +344,6 @@ async fn dispose_delivered(
             // knows how often it failed.
             delivered("", "");
             sh.metrics.disposition_failed(&watch_label(job));
-            let op = match (job.watch.cfg.on_success, &job.watch.cfg.done_dir) {
-                (OnSuccess::Move, Some(_)) => DispositionOp::MoveToDone,
-                _ => DispositionOp::Delete,
-            };
             Outcome::DispositionFailed {
                 id,
                 after: After::Delivered,
