@@ -22,12 +22,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
+use crate::esc::esc;
 use crate::exit::{Failed, Kind};
 use crate::logging::{LogControl, LogFormat};
 use crate::metrics::Metrics;
 use crate::status::{Stats, ViewHandle, ViewRequest};
 use crate::systemd::Notifier;
-use crate::watch::{self, esc, FatalError};
+use crate::watch::{self, FatalError};
 
 /// Runs the service on the configuration at `path` until SIGTERM/SIGINT. A configuration
 /// that cannot be loaded is a [`Kind::Config`] failure (printed: logging is not set up yet);

@@ -6,7 +6,7 @@
 //!   flight, the oldest waiting files and why they wait). `accio status` prints it, the
 //!   metrics endpoint takes its gauges from it. It is serialized as JSON on the control
 //!   socket, so every type here is `Serialize + Deserialize`. Paths in it are written as in
-//!   the logs ([`crate::watch::esc`]): printed as they are, a hostile file name cannot
+//!   the logs ([`crate::esc`]): printed as they are, a hostile file name cannot
 //!   forge a line of `accio status`.
 //! - [`ViewHandle`]: how the control socket and the metrics endpoint ask the *current*
 //!   pipeline (the daemon replaces it on SIGHUP) for a [`View`].

@@ -20,8 +20,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::esc::esc;
 use crate::status::{View, ViewHandle};
-use crate::watch::esc;
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 8;

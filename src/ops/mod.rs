@@ -23,10 +23,10 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::esc::esc;
 use crate::exit::{Failed, Kind};
 use crate::metrics::Metrics;
 use crate::status::ViewHandle;
-use crate::watch::esc;
 
 /// The control socket and metrics listener of a running service.
 pub struct Ops {

@@ -16,8 +16,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, WatchConfig};
+use crate::esc::esc;
 use crate::watch::disposition::{self, Syncer};
-use crate::watch::esc;
 
 use super::print_out;
 use crate::exit::{error_line, Failed, Kind};

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::esc;
 use crate::client::{ClientError, Destination, Phase, Tried};
+use crate::esc::esc;
 use crate::protocol::ProtocolError;
 
 /// What a [`ClientError`] was, without its details: its phase, its variant (and that of the

@@ -35,8 +35,7 @@ use crate::metrics::Metrics;
 use crate::protocol::Timeouts;
 use crate::status::Stats;
 
-// Paths in log messages; re-exported where the service's modules have always found it.
-pub use crate::esc::{esc, Esc};
+use crate::esc::esc;
 
 /// Not-regular entries already reported ("ignoring … FIFO"), by path, with the identity
 /// reported. Owned by the daemon so that a reload (a new pipeline) does not report them

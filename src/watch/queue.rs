@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::claim;
 use super::core::{self, Action, Core, Key, Listing, Outcome, Report, Start};
-use super::esc;
 use super::uploader::{self, Job};
 use super::watcher::{self, Msg, Watcher};
 use super::{Shared, WatchCtx};
+use crate::esc::esc;
 use crate::status::{FileInFlight, View, ViewRequest};
 
 /// Hints handled per wake-up before the other sources get a turn.

@@ -13,9 +13,10 @@ use super::claim::{self, Claim, ClaimError, Identity, Writers};
 use super::core::{After, Mode, Outcome, Uploaded};
 use super::disposition::{self, Dest, Disposed};
 use super::error::{DestError, DispositionError, DispositionOp, FileError, Reason};
-use super::{esc, Shared, WatchCtx};
+use super::{Shared, WatchCtx};
 use crate::client::{self, Phase, UploadError};
 use crate::config::OnSuccess;
+use crate::esc::esc;
 use crate::metrics::AttemptResult;
 
 /// One attempt at one file, as the [core](super::core) decided it.

@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 
 use super::claim;
 use super::core::{Listed, Listing};
-use super::{esc, FatalError};
+use super::FatalError;
 use crate::config::NameFilter;
+use crate::esc::esc;
 
 /// Capacity of the hint channel; past it hints are dropped and a rescan is due.
 pub const HINT_CAPACITY: usize = 16 * 1024;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::names::{self, Naming};
 use super::ops::{rename_noreplace, rename_to_free, return_unsent};
 use super::{check_ours, is_ours, Disposed, Syncer};
+use crate::esc::esc;
 use crate::watch::claim::{self, Identity};
-use crate::watch::esc;
 
 /// Deletes the spool entry `path` only if it still is the inode `id`, unchanged. An unlink
 /// by name cannot be checked, so the entry is first renamed to a hidden name of ours

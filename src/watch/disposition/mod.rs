@@ -23,7 +23,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::claim::{self, Identity};
-use super::esc;
+use crate::esc::esc;
 use names::Naming;
 use ops::{copy_across, rename_into, rename_to_free, return_unsent};
 

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::names::{self, Naming};
 use super::{delete_if_ours, Disposed, Syncer};
+use crate::esc::esc;
 use crate::watch::claim::Identity;
-use crate::watch::esc;
 
 /// Every rename of a disposition: one that never replaces (shared with `accio serve`).
 pub(crate) use crate::files::rename_noreplace;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::ops::fsync_dir;
-use crate::watch::esc;
+use crate::esc::esc;
 
 /// Group commit for directory fsyncs: dispositions mark the directories they changed, one
 /// task fsyncs each marked directory once per round. Under load, one fsync covers many
