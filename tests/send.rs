@@ -628,8 +628,16 @@ fn help_documents_the_exit_codes() {
 
 /// FILE problems are reported before any connection: the listening peer never sees one.
 fn file_error(path: &std::path::Path) -> Outcome {
+    file_error_as(accio(), path)
+}
+
+/// [`file_error`] with the binary started by `base` (e.g. [`unprivileged`]).
+fn file_error_as(mut base: std::process::Command, path: &std::path::Path) -> Outcome {
     let peer = Peer::new();
-    let out = send_local(&peer.port_str(), path, SHORT);
+    base.args(["send", "127.0.0.1", &peer.port_str()])
+        .arg(path)
+        .envs(SHORT.iter().copied());
+    let out = run(&mut base);
     assert!(!peer.saw_connection(), "connected despite the file error");
     out
 }
@@ -671,13 +679,7 @@ fn unreadable_file_is_reported_before_connecting() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = write_file(dir.path(), "secret", b"data");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let peer = Peer::new();
-    let mut cmd = unprivileged();
-    cmd.args(["send", "127.0.0.1", &peer.port_str()])
-        .arg(&path)
-        .envs(SHORT.iter().copied());
-    let out = run(&mut cmd);
-    assert!(!peer.saw_connection(), "connected despite the file error");
+    let out = file_error_as(unprivileged(), &path);
     out.assert_error(code::FILE);
     assert!(out.stderr.contains("secret"), "{}", out.stderr);
 }
