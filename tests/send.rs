@@ -685,8 +685,8 @@ fn unreadable_file_is_reported_before_connecting() {
 }
 
 /// An interactive terminal gets a progress bar for a large file (a pipe never does: see the
-/// 100 MiB test). Runs the sender under `script(1)` for a pseudo-terminal; skipped where
-/// util-linux `script` is missing.
+/// 100 MiB test). Runs the sender under `script(1)` for a pseudo-terminal; fails where
+/// util-linux `script` is missing (`.ci/run` installs it).
 #[test]
 fn progress_bar_on_a_terminal() {
     assert_eq!(
