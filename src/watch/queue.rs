@@ -522,15 +522,8 @@ impl Queue {
 
     fn message(&mut self, msg: Msg) {
         match msg {
-            Msg::Hint { watch, name, hint } => {
-                if self
-                    .watches
-                    .get(watch)
-                    .is_some_and(|w| w.filter.accepts(&name))
-                {
-                    self.core.hint(Self::now(), watch, name, hint);
-                }
-            }
+            // The watcher's callback sent only names its watch's filter accepts.
+            Msg::Hint { watch, name, hint } => self.core.hint(Self::now(), watch, name, hint),
             Msg::Rescan { why } => self.core.rescan_all(Self::now(), why),
         }
     }
