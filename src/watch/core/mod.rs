@@ -540,11 +540,11 @@ struct DestSt {
     next_watch: usize,
 }
 
-/// Counts for STATUS= and the SIGUSR1 summary.
+/// Counts for STATUS= and the SIGUSR1 summary (uploads in flight are counted by the driver,
+/// as it spawns and joins them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub queued: u64,
-    pub in_flight: u64,
     pub destinations_down: u64,
 }
 
@@ -1186,7 +1186,6 @@ impl Core {
         let queued: usize = self.watches.iter().map(WatchSt::queued).sum();
         Counts {
             queued: queued as u64,
-            in_flight: self.in_flight as u64,
             destinations_down: self.dests.iter().filter(|d| !d.health.is_up()).count() as u64,
         }
     }
