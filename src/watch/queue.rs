@@ -198,7 +198,7 @@ impl Queue {
             quiet: s.quiet,
             progress: progress.clone(),
             size: size.clone(),
-            found: self.core.known_since(&s.key).unwrap_or_else(Self::now),
+            found: s.found,
         };
         self.shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let handle = self

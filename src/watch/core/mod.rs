@@ -220,6 +220,8 @@ pub struct Start {
     pub trusted: bool,
     /// Where writers cannot be told, how long an untrusted file must be unchanged.
     pub quiet: Duration,
+    /// When the core first knew of the file (the delivery latency runs from here).
+    pub found: Instant,
 }
 
 /// What a successful upload measured.
@@ -1190,11 +1192,6 @@ impl Core {
         }
     }
 
-    /// When the core first knew of `key` (for the delivery latency).
-    pub fn known_since(&self, key: &Key) -> Option<Instant> {
-        self.entries.get(key).map(|e| e.since)
-    }
-
     /// The name of destination `d`.
     pub fn dest_name(&self, d: usize) -> &str {
         &self.dests[d].p.name
@@ -1658,6 +1655,7 @@ impl Core {
             mode,
             trusted: e.moved_in || e.closed,
             quiet,
+            found: e.since,
         };
         e.state = State::InFlight {
             seq,
