@@ -1477,6 +1477,7 @@ impl Core {
         let mut dropped = false;
         let mut reserve = VecDeque::new();
         for l in &listing.files {
+            present.insert(&l.name);
             let key = (watch, l.name.clone());
             self.reported.remove(&key);
             if self.entries.contains_key(&key) || self.looks.contains_key(&key) {
@@ -1504,9 +1505,6 @@ impl Core {
             );
             held += 1;
             self.arm(&key, at);
-        }
-        for l in &listing.files {
-            present.insert(&l.name);
         }
         // Entries no longer there are forgotten as reported (unless reported after the
         // listing may have been read).
