@@ -498,6 +498,14 @@ pub fn abort(stream: TcpStream) {
     drop(stream);
 }
 
+/// Closes a connection gracefully (a FIN), also one set to linger 0 so that any other close
+/// is a reset: for a transfer that was confirmed (client) or saved (server).
+pub fn close(stream: TcpStream) {
+    // Best effort: if clearing the linger fails, the close stays a reset.
+    let _ = socket2::SockRef::from(&stream).set_linger(None);
+    drop(stream);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,8 +268,7 @@ async fn handle(
     match save(&mut stream, n, opts, numbering).await {
         Ok(saved) => {
             // Published: now the graceful close is the truth.
-            let _ = socket2::SockRef::from(&stream).set_linger(None);
-            drop(stream);
+            crate::protocol::close(stream);
             Ok(saved)
         }
         Err(e) => {
