@@ -354,8 +354,7 @@ pub async fn upload<E>(
     // Confirmed. With `Acked` the server may not have closed yet: close gracefully (the
     // linger-0 reset set at connect would tell it the transfer failed, and could discard
     // data it has not read yet). After the server's close this sends nothing.
-    let _ = socket2::SockRef::from(&stream).set_linger(None);
-    drop(stream);
+    protocol::close(stream);
     Ok(Uploaded {
         bytes: sent,
         greeting,

@@ -1,4 +1,5 @@
-//! The client side of the Accio protocol, over any async stream.
+//! The client side of the Accio protocol: the greeting and the content over any async
+//! stream, the confirmation over TCP.
 //!
 //! A transfer has three phases, each a function here:
 //!
@@ -7,9 +8,10 @@
 //!    rejected at once; no byte for the handshake timeout is an error.
 //! 2. [`send_body`] (any stream) or [`send_file_zero_copy`] (a TCP socket and a file): the
 //!    content, and nothing else. Not being able to write for the stall timeout is an error.
-//! 3. [`finish`] (any stream) or [`finish_tcp`]: half-close, then wait (bounded) for the
-//!    confirmation. By default ([`Confirm::Close`]) that is the server's close; with
-//!    [`Confirm::Acked`] it is the server's TCP acknowledging every byte and our FIN.
+//! 3. [`finish_tcp`] (a TCP socket: it reads the kernel's send queue and TCP state):
+//!    half-close, then wait (bounded) for the confirmation. By default ([`Confirm::Close`])
+//!    that is the server's close; with [`Confirm::Acked`] it is the server's TCP
+//!    acknowledging every byte and our FIN.
 //!
 //! This module knows nothing of command lines, spool directories or retry policy.
 
@@ -386,7 +388,7 @@ fn acked_poll(checks: u32) -> Duration {
     Duration::from_millis(1u64 << checks.min(6)).min(DRAIN_POLL)
 }
 
-/// [`finish`] for TCP: half-closes, then waits for the confirmation `confirm` asks for.
+/// Half-closes, then waits for the confirmation `confirm` asks for.
 /// The last part of the file may still sit in our send buffer (up to a few MiB) when the
 /// half-close is made, and a slow but steady server may take long to read it: so the stall
 /// rule, not the close timeout, applies while the server is still acknowledging data.
@@ -493,6 +495,14 @@ pub fn abort(stream: TcpStream) {
     let sock = socket2::SockRef::from(&stream);
     // Linger 0 turns close into RST. If setting it fails, a plain close is all we can do.
     let _ = sock.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Closes a connection gracefully (a FIN), also one set to linger 0 so that any other close
+/// is a reset: for a transfer that was confirmed (client) or saved (server).
+pub fn close(stream: TcpStream) {
+    // Best effort: if clearing the linger fails, the close stays a reset.
+    let _ = socket2::SockRef::from(&stream).set_linger(None);
     drop(stream);
 }
 

@@ -165,12 +165,10 @@ impl Numbering {
     /// `dir` cannot be listed.
     pub fn after_existing(dir: &Path) -> io::Result<Numbering> {
         let mut last = 0u64;
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display()))
-            })?;
+        let ctx =
+            |e: io::Error| io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display()));
+        for entry in std::fs::read_dir(dir).map_err(ctx)? {
+            let entry = entry.map_err(ctx)?;
             if let Some(n) = file_number(&entry.file_name()) {
                 last = last.max(n);
             }
@@ -268,8 +266,7 @@ async fn handle(
     match save(&mut stream, n, opts, numbering).await {
         Ok(saved) => {
             // Published: now the graceful close is the truth.
-            let _ = socket2::SockRef::from(&stream).set_linger(None);
-            drop(stream);
+            crate::protocol::close(stream);
             Ok(saved)
         }
         Err(e) => {

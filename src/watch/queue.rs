@@ -198,7 +198,7 @@ impl Queue {
             quiet: s.quiet,
             progress: progress.clone(),
             size: size.clone(),
-            found: self.core.known_since(&s.key).unwrap_or_else(Self::now),
+            found: s.found,
         };
         self.shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let handle = self
@@ -388,9 +388,13 @@ impl Queue {
         }
     }
 
-    /// Publishes the counts into the shared counters.
+    /// Publishes the core's counts into the shared counters.
     fn publish(&mut self) {
-        let now = self.core.counts();
+        self.publish_counts(self.core.counts());
+    }
+
+    /// Moves this queue's share of the shared counters from what it published last to `now`.
+    fn publish_counts(&mut self, now: core::Counts) {
         let adjust = |stat: &AtomicU64, before: u64, after: u64| {
             if after > before {
                 stat.fetch_add(after - before, Ordering::Relaxed);
@@ -522,15 +526,8 @@ impl Queue {
 
     fn message(&mut self, msg: Msg) {
         match msg {
-            Msg::Hint { watch, name, hint } => {
-                if self
-                    .watches
-                    .get(watch)
-                    .is_some_and(|w| w.filter.accepts(&name))
-                {
-                    self.core.hint(Self::now(), watch, name, hint);
-                }
-            }
+            // The watcher's callback sent only names its watch's filter accepts.
+            Msg::Hint { watch, name, hint } => self.core.hint(Self::now(), watch, name, hint),
             Msg::Rescan { why } => self.core.rescan_all(Self::now(), why),
         }
     }
@@ -593,11 +590,6 @@ impl Queue {
             }
         }
         // This pipeline no longer holds anything: take its share out of the counters.
-        let st = &self.shared.stats;
-        st.queued
-            .fetch_sub(self.published.queued, Ordering::Relaxed);
-        st.destinations_down
-            .fetch_sub(self.published.destinations_down, Ordering::Relaxed);
-        self.published = core::Counts::default();
+        self.publish_counts(core::Counts::default());
     }
 }

@@ -1,7 +1,6 @@
 //! Sending one file: claim it, upload it with [`crate::client::upload`], check it did not
-//! change meanwhile, then hand it to the [disposition](super::disposition). One call of
-//! [`process`] is one attempt; the queue decides when attempts happen and how many run at
-//! once.
+//! change meanwhile, then hand it to the [disposition]. One call of [`process`] is one
+//! attempt; the queue decides when attempts happen and how many run at once.
 
 use std::ffi::OsString;
 use std::path::Path;

@@ -220,6 +220,8 @@ pub struct Start {
     pub trusted: bool,
     /// Where writers cannot be told, how long an untrusted file must be unchanged.
     pub quiet: Duration,
+    /// When the core first knew of the file (the delivery latency runs from here).
+    pub found: Instant,
 }
 
 /// What a successful upload measured.
@@ -540,11 +542,11 @@ struct DestSt {
     next_watch: usize,
 }
 
-/// Counts for STATUS= and the SIGUSR1 summary.
+/// Counts for STATUS= and the SIGUSR1 summary (uploads in flight are counted by the driver,
+/// as it spawns and joins them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub queued: u64,
-    pub in_flight: u64,
     pub destinations_down: u64,
 }
 
@@ -1186,14 +1188,8 @@ impl Core {
         let queued: usize = self.watches.iter().map(WatchSt::queued).sum();
         Counts {
             queued: queued as u64,
-            in_flight: self.in_flight as u64,
             destinations_down: self.dests.iter().filter(|d| !d.health.is_up()).count() as u64,
         }
-    }
-
-    /// When the core first knew of `key` (for the delivery latency).
-    pub fn known_since(&self, key: &Key) -> Option<Instant> {
-        self.entries.get(key).map(|e| e.since)
     }
 
     /// The name of destination `d`.
@@ -1481,6 +1477,7 @@ impl Core {
         let mut dropped = false;
         let mut reserve = VecDeque::new();
         for l in &listing.files {
+            present.insert(&l.name);
             let key = (watch, l.name.clone());
             self.reported.remove(&key);
             if self.entries.contains_key(&key) || self.looks.contains_key(&key) {
@@ -1508,9 +1505,6 @@ impl Core {
             );
             held += 1;
             self.arm(&key, at);
-        }
-        for l in &listing.files {
-            present.insert(&l.name);
         }
         // Entries no longer there are forgotten as reported (unless reported after the
         // listing may have been read).
@@ -1659,6 +1653,7 @@ impl Core {
             mode,
             trusted: e.moved_in || e.closed,
             quiet,
+            found: e.since,
         };
         e.state = State::InFlight {
             seq,

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::names::{self, Naming};
-use super::ops::{rename_noreplace, rename_to_free, return_unsent};
+use super::ops::{rename_to_free, return_unsent};
 use super::{check_ours, is_ours, Disposed, Syncer};
 use crate::esc::esc;
+use crate::files::rename_noreplace;
 use crate::watch::claim::{self, Identity};
 
 /// Deletes the spool entry `path` only if it still is the inode `id`, unchanged. An unlink

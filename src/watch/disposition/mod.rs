@@ -6,8 +6,8 @@
 //! [`Claim`](super::claim::Claim) so no other instance touches the file meanwhile.
 //!
 //! - `names`: the names chosen (fitting, extensions, suffixes, hidden names), pure;
-//! - `ops`: the filesystem operations (rename without replacing, first free name, durable
-//!   copy across filesystems, [`put_back`] into the spool);
+//! - `ops`: the filesystem operations (first free name, never replacing; durable copy
+//!   across filesystems; [`put_back`] into the spool);
 //! - `delete`: deleting through a hidden name, and the leftovers of a crash;
 //! - `syncer`: the state dispositions share (directory fsyncs, deletes in progress);
 //! - here: the entry points the uploader calls, which check the file is still the one sent.

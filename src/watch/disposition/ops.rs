@@ -1,6 +1,6 @@
-//! The filesystem operations dispositions are made of: a rename that never replaces, taking
-//! the first free name, the durable copy across filesystems, putting a file back into the
-//! spool.
+//! The filesystem operations dispositions are made of: taking the first free name (every
+//! rename is [`rename_noreplace`], shared with `accio serve`), the durable copy across
+//! filesystems, putting a file back into the spool.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -10,10 +10,8 @@ use std::path::{Path, PathBuf};
 use super::names::{self, Naming};
 use super::{delete_if_ours, Disposed, Syncer};
 use crate::esc::esc;
+use crate::files::rename_noreplace;
 use crate::watch::claim::Identity;
-
-/// Every rename of a disposition: one that never replaces (shared with `accio serve`).
-pub(crate) use crate::files::rename_noreplace;
 
 pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
