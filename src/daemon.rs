@@ -103,9 +103,8 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> Result<(), F
             return Err(Failed::reported(Kind::Other));
         }
     };
-    let stats = Arc::new(Stats::default());
     let process = Process {
-        stats: stats.clone(),
+        stats: Arc::new(Stats::default()),
         metrics: Arc::new(Metrics::default()),
         reported: watch::Reported::default(),
         views: ViewHandle::default(),

@@ -98,12 +98,6 @@ impl Failed {
     }
 }
 
-impl From<&ClientError> for Failed {
-    fn from(e: &ClientError) -> Failed {
-        Failed::new(e.into(), e)
-    }
-}
-
 /// Ends a command: prints its error line, if any, and returns its exit code.
 pub fn finish<T>(result: Result<T, Failed>) -> u8 {
     match result {

@@ -79,8 +79,9 @@ pub fn render(page: Option<&str>, w: &mut dyn Write) -> Result<(), ManError> {
         man.render_subcommands_section(w)?;
     }
     man.render_extra_section(w)?;
-    w.write_all(extra(page).as_bytes())?;
-    if extra(page).is_empty() {
+    let prose = extra(page);
+    w.write_all(prose.as_bytes())?;
+    if prose.is_empty() {
         writeln!(w, ".SH SEE ALSO\n.BR accio (1),\n.BR accio.toml (5)")?;
     }
     man.render_version_section(w)?;
@@ -179,15 +180,14 @@ fn keys_roff(example: &str) -> String {
         }
         for l in lines {
             let text = l.strip_prefix("# ").or(l.strip_prefix('#'));
-            let (key_line, is_comment) = match text {
-                Some(t) if key_of(t).is_some() => (Some(t), true),
+            let (line, is_comment) = match text {
+                Some(t) if key_of(t).is_some() => (t, true),
                 Some(t) => {
                     comment.push(t);
                     continue;
                 }
-                None => (Some(l), false),
+                None => (l, false),
             };
-            let line = key_line.unwrap_or_default();
             if let Some(t) = table_of(line) {
                 o.push_str(&format!(".SS {}\n", roff_text(t)));
                 paragraph(&mut o, &comment);

@@ -117,18 +117,6 @@ impl AttemptResult {
         AttemptResult::changed,
         AttemptResult::file_error,
     ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptResult::ok => "ok",
-            AttemptResult::unreachable => "unreachable",
-            AttemptResult::no_greeting => "no_greeting",
-            AttemptResult::failed => "failed",
-            AttemptResult::changed => "changed",
-            AttemptResult::file_error => "file_error",
-        }
-    }
 }
 
 /// Upload attempt durations: 5 ms to about 80 s.
@@ -244,15 +232,18 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// Files delivered from `watch` so far (for tests and the interim status view).
-    pub fn sent_of(&self, watch_dir: &str) -> u64 {
+    /// Files delivered from `watch` so far. The status view counts for itself (the pipeline
+    /// keeps per-watch counts); these are for this module's tests.
+    #[cfg(test)]
+    fn sent_of(&self, watch_dir: &str) -> u64 {
         self.files_sent
             .get(&watch(watch_dir))
             .map_or(0, |c| c.get())
     }
 
-    /// Files from `watch` given up on so far.
-    pub fn failed_of(&self, watch_dir: &str) -> u64 {
+    /// Files from `watch` given up on so far (for this module's tests).
+    #[cfg(test)]
+    fn failed_of(&self, watch_dir: &str) -> u64 {
         self.files_failed
             .get(&watch(watch_dir))
             .map_or(0, |c| c.get())

@@ -22,7 +22,7 @@ use sd_notify::NotifyState;
 use signal_hook::consts::SIGUSR1;
 use tokio::task::JoinHandle;
 
-use crate::status::Stats;
+use crate::status::{Snapshot, Stats};
 
 /// How often the STATUS= line is refreshed (only sent when its text changed). Short enough
 /// for `systemctl status` to look live, long enough to cost nothing on an idle machine.
@@ -70,7 +70,11 @@ impl Inner {
     }
 
     fn status_text(&self) -> String {
-        let snap = self.stats.snapshot();
+        self.status_text_of(self.stats.snapshot())
+    }
+
+    /// The status line of `snap` in the current phase.
+    fn status_text_of(&self, snap: Snapshot) -> String {
         match self.phase() {
             Phase::Starting => format!("starting: {snap}"),
             Phase::Running => snap.to_string(),
@@ -130,7 +134,7 @@ impl Inner {
 #[derive(Debug)]
 pub struct Notifier {
     inner: Arc<Inner>,
-    /// STATUS refresher, watchdog, SIGUSR1 listener, READY waiter: aborted on drop.
+    /// STATUS refresher, watchdog, SIGUSR1 listener: aborted on drop.
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -252,6 +256,7 @@ async fn ping_watchdog(inner: Arc<Inner>, period: Duration) {
 
 async fn summary_on_sigusr1(mut signals: signal_hook_tokio::Signals, inner: Arc<Inner>) {
     while signals.next().await.is_some() {
+        // One snapshot for the line and its fields, so that they agree.
         let s = inner.stats.snapshot();
         // The counts as numbers too, for JSON logs.
         tracing::info!(
@@ -263,7 +268,7 @@ async fn summary_on_sigusr1(mut signals: signal_hook_tokio::Signals, inner: Arc<
             failed = s.failed,
             destinations_down = s.destinations_down,
             "status: {}",
-            inner.status_text()
+            inner.status_text_of(s)
         );
     }
 }

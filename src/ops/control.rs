@@ -88,10 +88,7 @@ pub async fn serve(
     started: Instant,
     stop: CancellationToken,
 ) {
-    let ours = std::fs::symlink_metadata(&path).ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
+    let ours = file_id(&path);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -121,13 +118,17 @@ pub async fn serve(
     }
     // Remove the socket only if it is still the one we bound (a newer service may have
     // replaced a name it found stale).
-    let now = std::fs::symlink_metadata(&path).ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
-    if ours.is_some() && now == ours {
+    if ours.is_some() && file_id(&path) == ours {
         let _ = std::fs::remove_file(&path);
     }
+}
+
+/// Device and inode of what is at `path` (not following a symlink), to tell our socket from
+/// one that replaced it.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 async fn answer(stream: UnixStream, views: &ViewHandle, started: Instant) -> io::Result<()> {

@@ -9,7 +9,7 @@
 //! deleted. The running service (if any) sees a file moved in and sends it at once; a
 //! service started later finds it in its backlog. Works the same whether or not it runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -51,8 +51,14 @@ pub struct Moved {
 /// A failed_dir cannot be listed.
 pub fn list(watches: &[&WatchConfig]) -> Result<Vec<GivenUp>, (PathBuf, io::Error)> {
     let mut out: BTreeMap<PathBuf, GivenUp> = BTreeMap::new();
+    let mut listed = HashSet::new();
     for w in watches {
         let dir = &w.failed_dir;
+        // A failed_dir shared with an earlier watch: its files are in `out` already (and
+        // would stay as that watch found them).
+        if !listed.insert(dir) {
+            continue;
+        }
         let entries = std::fs::read_dir(dir).map_err(|e| (dir.clone(), e))?;
         let mut names = Vec::new();
         for e in entries {
@@ -64,35 +70,36 @@ pub fn list(watches: &[&WatchConfig]) -> Result<Vec<GivenUp>, (PathBuf, io::Erro
                 names.push(name);
             }
         }
-        let present: std::collections::HashSet<&OsStr> =
-            names.iter().map(OsString::as_os_str).collect();
-        // The reason files of present files; a `.reason` without its file is left alone.
-        let reasons: std::collections::HashSet<OsString> = names
+        let present: HashSet<&OsStr> = names.iter().map(OsString::as_os_str).collect();
+        // Each file with its reason file, if that is present too.
+        let with_reason: Vec<(&OsString, Option<PathBuf>)> = names
             .iter()
-            .filter_map(|n| {
+            .map(|n| {
                 let r = disposition::reason_path(&dir.join(n));
-                let rn = r.file_name()?.to_os_string();
-                (rn != *n && present.contains(rn.as_os_str())).then_some(rn)
+                let has = r
+                    .file_name()
+                    .is_some_and(|rn| rn != n.as_os_str() && present.contains(rn));
+                (n, has.then_some(r))
             })
             .collect();
-        for n in &names {
-            if reasons.contains(n) {
+        let reasons: HashSet<&OsStr> = with_reason
+            .iter()
+            .filter_map(|(_, r)| r.as_deref()?.file_name())
+            .collect();
+        for (n, reason) in &with_reason {
+            if reasons.contains(n.as_os_str()) {
                 continue;
             }
-            let path = dir.join(n);
-            let reason = disposition::reason_path(&path);
-            let has_reason = reason.file_name() != Some(n.as_os_str())
-                && present.contains(reason.file_name().unwrap_or_default());
-            if !has_reason && n.as_bytes().ends_with(b".reason") {
+            if reason.is_none() && n.as_bytes().ends_with(b".reason") {
                 // An orphaned reason (its file was retried by hand): not a given-up file.
                 continue;
             }
-            let reason = has_reason.then_some(reason);
-            let (spool, name) =
-                origin(reason.as_deref(), w, watches).unwrap_or_else(|| (w.dir.clone(), n.clone()));
+            let path = dir.join(n);
+            let (spool, name) = origin(reason.as_deref(), w, watches)
+                .unwrap_or_else(|| (w.dir.clone(), (*n).clone()));
             out.entry(path.clone()).or_insert(GivenUp {
                 path,
-                reason,
+                reason: reason.clone(),
                 spool,
                 name,
             });
