@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::send::*;
-use support::wait::{wait_for, wait_until};
+use support::wait::{exited_within, wait_for, wait_until};
 
 /// A running `accio serve` on a free port, killed on drop.
 struct Server {
@@ -118,12 +118,7 @@ impl Server {
     /// Waits for the server to exit (with the deadline) and returns its exit code.
     fn wait(&mut self) -> Option<i32> {
         let mut child = self.child.take().unwrap();
-        let mut status = None;
-        wait_until(RUN_DEADLINE, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        let Some(status) = status else {
+        let Some(status) = exited_within(&mut child, RUN_DEADLINE) else {
             let _ = child.kill();
             panic!("serve did not exit; log: {:?}", self.log.lock().unwrap());
         };

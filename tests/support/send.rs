@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::wait::wait_until;
+use super::wait::exited_within;
 use super::BIN;
 
 /// Generous deadline for a process run to finish on a loaded 2-core CI machine (some
@@ -120,13 +120,8 @@ pub fn finish(mut child: Child, started: Instant) -> Outcome {
         }
         s
     });
-    let mut status = None;
     let left = RUN_DEADLINE.saturating_sub(started.elapsed());
-    wait_until(left, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    let Some(status) = status else {
+    let Some(status) = exited_within(&mut child, left) else {
         let _ = child.kill();
         let _ = child.wait();
         panic!("process did not finish within {RUN_DEADLINE:?}");

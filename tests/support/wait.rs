@@ -1,5 +1,6 @@
 //! Waiting on a condition with a deadline: polled every 10 ms, never a sleep that hopes.
 
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// Generous: the tests run in parallel on a loaded 2-core machine. Only a failing test
@@ -33,4 +34,14 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits up to `within` for `child` to exit: its status, or `None` if it still runs.
+pub fn exited_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    wait_until(within, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::receiver::Receiver;
 use super::scripted::{first_connection_paused, ScriptServer};
-use super::wait::{wait_until, DEADLINE};
+use super::wait::{exited_within, wait_until, DEADLINE};
 use super::BIN;
 pub use accio::status::{View, Why};
 
@@ -326,12 +326,7 @@ impl Service {
 
     /// Waits for the process to exit within `within`.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let mut status = None;
-        wait_until(within, || {
-            status = self.child.try_wait().unwrap();
-            status.is_some()
-        });
-        status.unwrap_or_else(|| {
+        exited_within(&mut self.child, within).unwrap_or_else(|| {
             panic!(
                 "the service did not exit within {within:?}; log:\n{}",
                 self.log()
