@@ -266,11 +266,11 @@ fn main() {
         .collect();
     println!("accio lanes benchmark; binary {}", harness::bin().display());
 
+    let conc = concurrency
+        .map(|c| c.to_string())
+        .unwrap_or("default".into());
     let mut trouble = Vec::new();
     if only != "backlog" {
-        let conc = concurrency
-            .map(|c| c.to_string())
-            .unwrap_or("default".into());
         println!("part 1: concurrency {conc}, timeouts 2 s, {healthy} healthy files each time");
         trouble.push(trouble_case(
             "lanes-bench-nogreet",
@@ -309,8 +309,7 @@ fn main() {
     println!();
     if !trouble.is_empty() {
         println!(
-            "| beside a healthy destination (`concurrency = {}`, timeouts 2 s) | healthy alone: median / max | beside it: median / max | median ratio |",
-            concurrency.map(|c| c.to_string()).unwrap_or("default".into())
+            "| beside a healthy destination (`concurrency = {conc}`, timeouts 2 s) | healthy alone: median / max | beside it: median / max | median ratio |"
         );
         println!("|---|---|---|---|");
         for f in &trouble {

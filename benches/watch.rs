@@ -15,7 +15,8 @@
 //!
 //! Run: `cargo bench --bench watch`. `WATCH_BENCH_FILES` and `WATCH_BENCH_SAMPLES` change the
 //! burst size (10000) and the number of one-at-a-time latency samples (300);
-//! `WATCH_BENCH_ONLY=service` or `=baseline` runs one side only.
+//! `WATCH_BENCH_CONCURRENCY` the service's concurrency (4); `WATCH_BENCH_ONLY=service` or
+//! `=baseline` runs one side only.
 
 #[path = "../tests/faults/harness.rs"]
 mod harness;
@@ -218,8 +219,6 @@ fn measure(
     res
 }
 
-/// utime + stime of these processes and of their reaped children (the baseline's
-/// `accio send`s, reaped by the shell loop), in clock ticks.
 /// CPU time of `pids` and of their children they waited for (the baseline's `accio send`
 /// runs), in clock ticks.
 fn cpu_ticks(pids: &[u32]) -> u64 {
@@ -248,11 +247,12 @@ fn group_pids(pgid: u32) -> Vec<u32> {
     out
 }
 
-fn bench_service(files: u64, samples: u64) -> Results {
+/// The service with `concurrency` as its global cap.
+fn bench_service(files: u64, samples: u64, concurrency: u64) -> Results {
     let d = Dirs::new("bench-watch");
     let sink = Sink::start();
     let mut spec = Conf::quick(sink.port(), d.watch());
-    spec.concurrency = Some(env_num("WATCH_BENCH_CONCURRENCY", 4) as i64);
+    spec.concurrency = Some(concurrency as i64);
     spec.set_timeouts("10s");
     spec.shutdown_grace = "10s".into();
     spec.retry_initial = "1s".into();
@@ -389,7 +389,7 @@ fn main() {
     let svc = if only == "baseline" {
         Results::default()
     } else {
-        bench_service(files, samples)
+        bench_service(files, samples, conc)
     };
     let base = if only == "service" {
         None

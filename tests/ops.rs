@@ -412,9 +412,7 @@ fn status_shows_a_down_destination() {
     let config = ops_config(&dirs, port, &Opts::default(), None);
     let svc = Service::start(&config);
     dirs.drop_file("waits", b"w");
-    let v = svc.wait_status("the destination down", |v| {
-        v.destinations.first().is_some_and(|d| !d.up)
-    });
+    let v = svc.wait_status("the destination down", destination_down);
     let d = &v.destinations[0];
     assert_eq!(d.name, format!("127.0.0.1:{port}"));
     assert!(d.down_since_unix.is_some(), "{v:#?}");

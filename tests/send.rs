@@ -281,7 +281,7 @@ fn pauses_shorter_than_the_stall_timeout_are_survived() {
     });
     let out = send_local(&port, &file, &[("ACCIO_STALL_TIMEOUT", "2s")]);
     out.assert_success();
-    assert!(out.elapsed >= Duration::from_millis(2800));
+    out.assert_elapsed(Duration::from_millis(2800)..);
     assert!(server.join().unwrap() == content);
 }
 
@@ -323,7 +323,7 @@ fn server_that_never_closes_is_a_failure() {
     done_tx.send(()).unwrap();
     assert_eq!(server.join().unwrap().len(), 500);
     out.assert_error(code::TRANSFER);
-    assert!(out.elapsed >= Duration::from_millis(500));
+    out.assert_elapsed(Duration::from_millis(500)..);
 }
 
 /// A server that answers the half-close with an endless stream of bytes and never closes:
@@ -628,8 +628,16 @@ fn help_documents_the_exit_codes() {
 
 /// FILE problems are reported before any connection: the listening peer never sees one.
 fn file_error(path: &std::path::Path) -> Outcome {
+    file_error_as(accio(), path)
+}
+
+/// [`file_error`] with the binary started by `base` (e.g. [`unprivileged`]).
+fn file_error_as(mut base: std::process::Command, path: &std::path::Path) -> Outcome {
     let peer = Peer::new();
-    let out = send_local(&peer.port_str(), path, SHORT);
+    base.args(["send", "127.0.0.1", &peer.port_str()])
+        .arg(path)
+        .envs(SHORT.iter().copied());
+    let out = run(&mut base);
     assert!(!peer.saw_connection(), "connected despite the file error");
     out
 }
@@ -671,20 +679,14 @@ fn unreadable_file_is_reported_before_connecting() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = write_file(dir.path(), "secret", b"data");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let peer = Peer::new();
-    let mut cmd = unprivileged();
-    cmd.args(["send", "127.0.0.1", &peer.port_str()])
-        .arg(&path)
-        .envs(SHORT.iter().copied());
-    let out = run(&mut cmd);
-    assert!(!peer.saw_connection(), "connected despite the file error");
+    let out = file_error_as(unprivileged(), &path);
     out.assert_error(code::FILE);
     assert!(out.stderr.contains("secret"), "{}", out.stderr);
 }
 
 /// An interactive terminal gets a progress bar for a large file (a pipe never does: see the
-/// 100 MiB test). Runs the sender under `script(1)` for a pseudo-terminal; skipped where
-/// util-linux `script` is missing.
+/// 100 MiB test). Runs the sender under `script(1)` for a pseudo-terminal; fails where
+/// util-linux `script` is missing (`.ci/run` installs it).
 #[test]
 fn progress_bar_on_a_terminal() {
     assert_eq!(

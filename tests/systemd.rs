@@ -563,9 +563,7 @@ fn run_to_one_delivery(spool: &Spool, receiver: &Receiver, rust_log: Option<&str
 
 #[test]
 fn level_from_config_unless_rust_log_is_set() {
-    let tmp = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&tmp.path().join("received"));
-    let spool = Spool::with_top_level(receiver.port, r#"log_level = "warn""#);
+    let (_tmp, receiver, spool) = setup(r#"log_level = "warn""#);
 
     // The config says warn: no info lines at all (the log is complete: the process exited).
     let quiet = run_to_one_delivery(&spool, &receiver, None);

@@ -765,7 +765,8 @@ fn a_name_reused_while_in_flight_sends_the_new_file_before_deleting_it() {
     a_name_reused_while_in_flight(true);
 }
 
-/// [`config_file`] with top-level settings (`writer_quiet`, `stale_after`) put first.
+/// [`config_file`] with top-level settings (`writer_quiet`, `stale_after`, `active_limit`) put
+/// first.
 fn config_file_with(dirs: &Dirs, port: u16, o: &Opts, top: &str) -> std::path::PathBuf {
     write_config(
         dirs,
@@ -1412,12 +1413,10 @@ fn a_backlog_larger_than_the_active_set_is_sent_oldest_first() {
         concurrency: 1,
         ..Opts::default()
     };
-    let text = format!("active_limit = 4\n{}", config_text(&dirs, recv.port, &o));
-    let cfg = write_config(&dirs, "a.toml", &text);
-    let svc = Service::start(&cfg);
+    let svc = Service::start(&config_file_with(&dirs, recv.port, &o, "active_limit = 4"));
     wait_for("40 files in done", || names(&dirs.done).len() == 40);
     assert!(names(&dirs.spool).is_empty());
-    let got: Vec<Vec<u8>> = recv.files().into_values().collect();
+    let got = recv.received();
     let want: Vec<Vec<u8>> = (0..40u64)
         .map(|i| format!("backlog file {i:02}\n").into_bytes())
         .collect();

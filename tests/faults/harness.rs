@@ -28,13 +28,10 @@ pub fn bin() -> PathBuf {
 // The waiting, port and /proc helpers every test binary shares (tests/support), included by
 // path since the benchmarks include this file too.
 #[path = "../support/net.rs"]
-#[allow(dead_code)]
 mod net;
 #[path = "../support/procfs.rs"]
-#[allow(dead_code)]
 mod procfs;
 #[path = "../support/wait.rs"]
-#[allow(dead_code)]
 mod wait;
 #[allow(unused_imports)]
 pub use net::{free_port, BlackHole};
@@ -72,7 +69,6 @@ pub fn seed(scenario: &str) -> u64 {
 // Configuration: the config files every test binary builds (tests/support/config.rs).
 
 #[path = "../support/config.rs"]
-#[allow(dead_code)]
 mod config;
 #[allow(unused_imports)]
 pub use config::{Conf, Dest, WatchConf};

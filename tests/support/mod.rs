@@ -1,7 +1,7 @@
 //! Helpers shared by every test binary (`mod support;`), one per job:
 //!
 //! - [`wait`]: waiting on a condition with a deadline (never sleeping and hoping);
-//! - [`net`]: free ports, "is it listening", a black-holed address;
+//! - [`net`]: free ports, listeners, "is it listening", a black-holed address;
 //! - [`procfs`]: CPU time and memory of a process;
 //! - [`receiver`]: the real `accio serve` as the receiving end;
 //! - [`scripted`]: a receiver written for one test (stalls, resets, wrong greetings);

@@ -1,5 +1,5 @@
-//! Loopback addresses for tests: a free port, whether a port is listened on, an address
-//! that never answers.
+//! Loopback addresses for tests: a free port, a listener, whether a port is listened on, an
+//! address that never answers.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -36,14 +36,22 @@ pub struct BlackHole {
     _fillers: Vec<TcpStream>,
 }
 
+/// A listener on a free port of 127.0.0.1 whose accept queue holds `backlog` connections;
+/// with `rcvbuf`, a fixed receive buffer (no autotuning), which accepted sockets inherit.
+pub fn loopback_listener(backlog: i32, rcvbuf: Option<usize>) -> socket2::Socket {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n).unwrap();
+    }
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    sock.listen(backlog).unwrap();
+    sock
+}
+
 impl BlackHole {
     pub fn start() -> BlackHole {
-        let listener =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        listener
-            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        listener.listen(0).unwrap();
+        let listener = loopback_listener(0, None);
         let addr = listener.local_addr().unwrap().as_socket().unwrap();
         let mut fillers = Vec::new();
         for _ in 0..64 {

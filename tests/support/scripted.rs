@@ -33,20 +33,7 @@ impl ScriptServer {
         rcvbuf: Option<usize>,
         handler: impl Fn(usize, &mut std::net::TcpStream) -> Conn + Send + Sync + 'static,
     ) -> ScriptServer {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        if let Some(n) = rcvbuf {
-            sock.set_recv_buffer_size(n).unwrap();
-        }
-        sock.bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-        sock.listen(128).unwrap();
-        let listener: std::net::TcpListener = sock.into();
+        let listener: std::net::TcpListener = super::net::loopback_listener(128, rcvbuf).into();
         let port = listener.local_addr().unwrap().port();
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let handler = std::sync::Arc::new(handler);

@@ -230,13 +230,7 @@ impl Peer {
     /// A listener with a small receive buffer (inherited by accepted sockets), so a peer
     /// that stops reading stalls the sender quickly.
     pub fn with_small_rcvbuf() -> Peer {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        sock.listen(16).unwrap();
-        let listener: TcpListener = sock.into();
+        let listener: TcpListener = super::net::loopback_listener(16, Some(4096)).into();
         let port = listener.local_addr().unwrap().port();
         Peer { listener, port }
     }

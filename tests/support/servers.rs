@@ -161,14 +161,6 @@ fn serve(listener: TcpListener, behaviour: Behaviour, records: &Mutex<Vec<Record
 
 /// Reads until end of file (true) or an error such as a reset (false).
 fn read_to_end(stream: &mut TcpStream) -> (Vec<u8>, bool) {
-    let mut bytes = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return (bytes, true),
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return (bytes, false),
-        }
-    }
+    let (bytes, end) = super::send::read_all(stream);
+    (bytes, end.is_ok())
 }
