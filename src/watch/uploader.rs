@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::claim::{self, Claim, ClaimError, Identity, Writers};
-use super::core::{After, Mode, Outcome, Uploaded};
+use super::core::{After, Mode, Outcome};
 use super::disposition::{self, Dest, Disposed};
 use super::error::{DestError, DispositionError, DispositionOp, FileError, Reason};
 use super::{Shared, WatchCtx};
-use crate::client::{self, Phase, UploadError};
+use crate::client::{self, Phase, UploadError, Uploaded};
 use crate::config::OnSuccess;
 use crate::esc::esc;
 use crate::metrics::AttemptResult;
@@ -113,13 +113,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let took = started.elapsed();
     attempt_ended(&job, &sh, attempt_result(&result), took);
     match result {
-        Ok(done) => {
-            let up = Uploaded {
-                bytes: done.bytes,
-                greeting: done.greeting,
-            };
-            dispose_delivered(&job, &sh, claim, Some((up, took))).await
-        }
+        Ok(done) => dispose_delivered(&job, &sh, claim, Some((done, took))).await,
         Err(UploadError::Rejected(why)) => {
             tracing::info!(
                 path = %esc(&path),
@@ -145,7 +139,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
 }
 
 /// How an upload ended, for the `result` label of the attempts metric.
-fn attempt_result<E>(r: &Result<client::Uploaded, UploadError<E>>) -> AttemptResult {
+fn attempt_result<E>(r: &Result<Uploaded, UploadError<E>>) -> AttemptResult {
     match r {
         Ok(_) => AttemptResult::ok,
         Err(UploadError::Rejected(_)) => AttemptResult::changed,

@@ -66,6 +66,7 @@ use std::time::{Duration, Instant};
 use super::claim::{Identity, Kind, Writers};
 use super::error::{DestError, DispositionError, FileError, Reason};
 use super::watcher::Hint;
+use crate::client::Uploaded;
 use crate::config::RetryPolicy;
 use lane::{Change, Health, Limiter};
 
@@ -222,14 +223,6 @@ pub struct Start {
     pub quiet: Duration,
     /// When the core first knew of the file (the delivery latency runs from here).
     pub found: Instant,
-}
-
-/// What a successful upload measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Uploaded {
-    pub bytes: u64,
-    /// From starting to connect until the whole greeting had arrived.
-    pub greeting: Duration,
 }
 
 /// How an attempt ended.
