@@ -75,17 +75,12 @@ fn trouble_case(
     let a_overlap = match &pair.bad {
         BadPeer::Receiver(r) if matches!(trouble, Trouble::NoGreeting) => {
             // A's first failure: with a large cap B's files may be in before it.
-            wait_until(Duration::from_secs(30), || {
-                r.spans().iter().any(|s| s.close.is_some())
-            });
-            let first = r.spans().iter().filter_map(|s| s.close).min();
-            first.map(|first| {
+            r.first_close(Duration::from_secs(30)).map(|first| {
                 // As tests/lanes.rs: watch A for three timeouts after its first failure, long
                 // enough for the attempts in flight then to end and for probes to follow.
                 let until = first + Duration::from_secs(6);
                 std::thread::sleep(until.saturating_duration_since(Instant::now()));
-                let spans = r.spans();
-                peers::max_overlap(&spans, first, Duration::from_millis(300), Instant::now())
+                r.most_open_since(first)
             })
         }
         _ => None,

@@ -66,27 +66,19 @@ fn greeting_less_server_beside_a_healthy_one() {
         unreachable!()
     };
     // A's first failure: the first connection that ended (the client gave up waiting).
-    assert!(
-        harness::wait_until(Duration::from_secs(30), || bad
-            .spans()
-            .iter()
-            .any(|s| s.close.is_some())),
-        "A's server never saw a connection end; log:\n{}",
-        pair.log_tail(40)
-    );
-    let first_failure = bad.spans().iter().filter_map(|s| s.close).min().unwrap();
+    let first_failure = bad.first_close(Duration::from_secs(30)).unwrap_or_else(|| {
+        panic!(
+            "A's server never saw a connection end; log:\n{}",
+            pair.log_tail(40)
+        )
+    });
     // Watch A for a while after it went down: long enough for the attempts in flight then to
     // end and for probes to follow (retry.initial is 1 s, doubling).
     let until = first_failure + 3 * TIMEOUT;
     std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    let most = bad.most_open_since(first_failure);
     let spans = bad.spans();
     let opened_after = spans.iter().filter(|s| s.open >= first_failure).count();
-    let most = max_overlap(
-        &spans,
-        first_failure,
-        Duration::from_millis(300),
-        Instant::now(),
-    );
     assert!(
         most <= 1,
         "once down, A held {most} connections at once ({opened_after} opened after its first \

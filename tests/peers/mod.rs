@@ -205,6 +205,24 @@ impl Receiver {
     pub fn greeting_timeouts(&self) -> u64 {
         self.shared.greeting_timeouts.load(Ordering::SeqCst)
     }
+
+    /// When the first connection ended, waiting up to `within` for one to end; `None` if none
+    /// did. For a greeting-less receiver: the client's first failure.
+    pub fn first_close(&self, within: Duration) -> Option<Instant> {
+        super::harness::wait_until(within, || self.spans().iter().any(|s| s.close.is_some()));
+        self.spans().iter().filter_map(|s| s.close).min()
+    }
+
+    /// The most connections open at once among those opened at or after `from`, until now
+    /// ([`max_overlap`] with 300 ms of slack).
+    pub fn most_open_since(&self, from: Instant) -> usize {
+        max_overlap(
+            &self.spans(),
+            from,
+            Duration::from_millis(300),
+            Instant::now(),
+        )
+    }
 }
 
 impl Drop for Receiver {
