@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod esc;
 pub mod exit;
 pub mod files;
+pub mod limits;
 pub mod logging;
 pub mod man;
 pub mod metrics;
