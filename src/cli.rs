@@ -32,10 +32,12 @@ pub enum Command {
     /// Receive files: connection N is saved as DIR/N.file. Numbering continues after the
     /// highest N.file already in DIR, and an existing file is never replaced (if a name is
     /// taken meanwhile, the next number is used).
+    #[command(after_help = crate::exit::serve_help())]
     Serve(ServeArgs),
     /// Run the spool-directory upload service.
     Watch(WatchArgs),
     /// Validate a configuration file and print the effective settings.
+    #[command(after_help = crate::exit::check_config_help())]
     CheckConfig(CheckConfigArgs),
     /// Show what the running service is doing, and why files wait.
     #[command(after_help = crate::exit::status_help())]
@@ -44,11 +46,13 @@ pub enum Command {
     #[command(after_help = crate::exit::retry_help())]
     Retry(RetryArgs),
     /// Print a shell completion script to stdout.
+    #[command(after_help = crate::exit::plain_help())]
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
     /// Print a man page (roff) to stdout: accio(1), accio-COMMAND(1), or accio.toml(5).
+    #[command(after_help = crate::exit::plain_help())]
     Man {
         /// The page: a subcommand (send, serve, watch, status, retry, ...), or accio.toml.
         page: Option<String>,
