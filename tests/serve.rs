@@ -506,7 +506,7 @@ fn raise_own_nofile() -> u64 {
         r.rlim_cur = r.rlim_max;
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
     }
-    r.rlim_cur as u64
+    r.rlim_cur
 }
 
 /// Reads the greeting within `within`: true if it came whole, false on timeout, close or
@@ -514,7 +514,7 @@ fn raise_own_nofile() -> u64 {
 fn greeted(s: &mut TcpStream, within: Duration) -> bool {
     s.set_read_timeout(Some(within)).unwrap();
     let mut cmd = [0u8; 7];
-    let ok = s.read_exact(&mut cmd).is_ok() && &cmd == COMMAND;
+    let ok = s.read_exact(&mut cmd).is_ok() && cmd == COMMAND;
     s.set_read_timeout(None).unwrap();
     ok
 }
