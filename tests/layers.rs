@@ -21,7 +21,11 @@ const LAYERS: &[&str] = &[
 ];
 
 /// Files of the queue's core: decisions only, no I/O, no clock of their own.
-const CORE: &[&str] = &["src/watch/core/mod.rs", "src/watch/core/lane.rs"];
+const CORE: &[&str] = &[
+    "src/watch/core/mod.rs",
+    "src/watch/core/health.rs",
+    "src/watch/core/limiter.rs",
+];
 const NOT_IN_CORE: &[&str] = &[
     "tokio",
     "std::fs",

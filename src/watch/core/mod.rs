@@ -27,8 +27,8 @@
 //! ```
 //!
 //! **Lanes.** Each destination (host, port) has a lane: the ready files of the watches that
-//! send to it, its limit of uploads in flight ([`lane::Limiter`], adaptive between 1 and its
-//! cap) and its health ([`lane::Health`]). A free slot goes to the destinations with ready
+//! send to it, its limit of uploads in flight ([`limiter::Limiter`], adaptive between 1 and
+//! its cap) and its health ([`health::Health`]). A free slot goes to the destinations with ready
 //! files in turn (round robin), within one to its watches in turn, within a watch oldest
 //! first. A down destination takes no slot but one probe at a time, with backoff.
 //!
@@ -38,7 +38,8 @@
 //! (the listing itself keeps only the `active_limit` oldest), so memory follows the work in
 //! flight, not the backlog, and the order stays oldest first across refills.
 
-pub mod lane;
+pub mod health;
+pub mod limiter;
 #[cfg(test)]
 mod sim;
 
@@ -68,7 +69,8 @@ use super::error::{DestError, DispositionError, FileError, Reason};
 use super::watcher::Hint;
 use crate::client::Uploaded;
 use crate::config::RetryPolicy;
-use lane::{Change, Health, Limiter};
+use health::{Health, Transition};
+use limiter::{Limiter, Ticket};
 
 /// A name in one of the watched directories: (watch number, file name).
 pub type Key = (usize, OsString);
@@ -90,10 +92,6 @@ pub const RELIST_AFTER_ERROR: Duration = Duration::from_secs(1);
 /// A failed move/delete is reported loudly the first time, when the kind of its error
 /// changes, and every this many failures.
 pub const DISPOSITION_REPORT_EVERY: u32 = 20;
-
-/// While a destination stays down, its failures are reported loudly at most this often
-/// (and when the kind of the error changes).
-pub const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// A listing keeps this many times the active set beyond it, as names only (the reserve).
 const RESERVE_FACTOR: usize = 3;
@@ -419,14 +417,11 @@ enum State {
     /// An attempt has it; whatever happens to the name meanwhile, it is looked at again
     /// afterwards.
     InFlight {
-        /// Start sequence number (rounds of the adaptive limit).
-        seq: u64,
-        /// Counted in its destination's lane (not a finish-only attempt).
-        lane: bool,
+        /// Counted in its destination's lane (not a finish-only attempt): what its limiter
+        /// needs to know again when it ends.
+        lane: Option<Ticket>,
         /// The probe of a down destination.
         probe: bool,
-        /// The lane was at its limit when it started.
-        lane_full: bool,
         /// A close was seen meanwhile (such events are otherwise dropped).
         closed: bool,
         /// A write or re-create was seen meanwhile: after an attempt that did not deliver,
@@ -558,8 +553,6 @@ pub struct Core {
     timers: BinaryHeap<Reverse<(Instant, u64, Key)>>,
     next_gen: u64,
     next_seq: u64,
-    /// Sequence number of the last attempt started.
-    last_start: u64,
     in_flight: usize,
     /// Round-robin position among destinations.
     next_dest: usize,
@@ -588,7 +581,7 @@ impl Core {
             .map(|(i, d)| DestSt {
                 p: d.clone(),
                 limiter: Limiter::new(d.cap.min(p.global_cap.max(1)), d.adaptive),
-                health: Health::Up,
+                health: Health::new(p.retry),
                 in_flight: 0,
                 watches: p
                     .watches
@@ -638,7 +631,6 @@ impl Core {
             timers: BinaryHeap::new(),
             next_gen: 1,
             next_seq: 1,
-            last_start: 0,
             in_flight: 0,
             next_dest: 0,
             stopping: false,
@@ -924,10 +916,8 @@ impl Core {
             return;
         };
         let State::InFlight {
-            seq,
             lane,
             probe,
-            lane_full,
             closed: closed_during,
             modified: modified_during,
             moved: moved_during,
@@ -950,7 +940,7 @@ impl Core {
         let d = self.watches[w].p.dest;
         self.in_flight -= 1;
         self.watches[w].in_flight -= 1;
-        if lane {
+        if lane.is_some() {
             self.dests[d].in_flight -= 1;
         }
         let Some(outcome) = outcome else {
@@ -963,22 +953,25 @@ impl Core {
                 uploaded: Some(u), ..
             } => {
                 self.dest_up(d);
-                self.sample(d, u.greeting, seq, lane_full, true);
+                let limiter = &mut self.dests[d].limiter;
+                let change = lane.and_then(|t| limiter.on_success(t, u.greeting, now));
+                self.report_limit(d, change.is_some());
             }
             Outcome::Failed {
                 greeting: Some(g),
                 error,
             } => {
                 self.dest_up(d);
-                self.sample(d, *g, seq, lane_full, false);
-                if error.congestion() {
-                    self.congestion(d, seq);
-                }
+                let limiter = &mut self.dests[d].limiter;
+                let change =
+                    lane.and_then(|t| limiter.on_failure(t, Some(*g), error.congestion(), now));
+                self.report_limit(d, change.is_some());
             }
             Outcome::DestinationFailed { error } => {
-                if error.congestion() {
-                    self.congestion(d, seq);
-                }
+                let limiter = &mut self.dests[d].limiter;
+                let change =
+                    lane.and_then(|t| limiter.on_failure(t, None, error.congestion(), now));
+                self.report_limit(d, change.is_some());
                 self.dest_failed(d, &key, error.clone(), probe);
             }
             _ => {}
@@ -1167,7 +1160,7 @@ impl Core {
         // A down destination's next probe, if it has files and it is still to come (a
         // probe due already waits for a slot, which a finished attempt frees).
         for d in 0..self.dests.len() {
-            if let Health::Down { probe_at, .. } = self.dests[d].health {
+            if let Some(probe_at) = self.dests[d].health.next_probe() {
                 if probe_at > self.now && self.dest_has_ready(d) {
                     consider(probe_at);
                 }
@@ -1266,7 +1259,7 @@ impl Core {
                 // Not reached: attempts end through `finished`. Kept consistent anyway.
                 self.in_flight -= 1;
                 w.in_flight -= 1;
-                if lane {
+                if lane.is_some() {
                     self.dests[w.p.dest].in_flight -= 1;
                 }
             }
@@ -1560,10 +1553,8 @@ impl Core {
 
     fn eligible(&self, d: usize) -> bool {
         let dest = &self.dests[d];
-        match &dest.health {
-            Health::Up => dest.in_flight < dest.limiter.limit(),
-            Health::Down { probe_at, .. } => dest.in_flight == 0 && self.now >= *probe_at,
-        }
+        dest.health
+            .admits(dest.in_flight, dest.limiter.limit(), self.now)
     }
 
     /// Gives out free slots: finish-only attempts first (they need no destination), then
@@ -1621,12 +1612,11 @@ impl Core {
         let probe = lane && !self.dests[d].health.is_up();
         // Limited by its lane: at its limit, or leaving ready files behind (a success then
         // says the limit, not the supply of files, held it back).
-        let lane_full = lane
-            && (self.dests[d].in_flight + 1 >= self.dests[d].limiter.limit()
-                || !self.watches[w].ready.is_empty());
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.last_start = seq;
+        let ticket = lane.then(|| {
+            let lane_full = self.dests[d].in_flight + 1 >= self.dests[d].limiter.limit()
+                || !self.watches[w].ready.is_empty();
+            self.dests[d].limiter.on_start(lane_full)
+        });
         let max = self.p.retry.max_attempts;
         let Some(e) = self.entries.get_mut(&key) else {
             return;
@@ -1649,10 +1639,8 @@ impl Core {
             found: e.since,
         };
         e.state = State::InFlight {
-            seq,
-            lane,
+            lane: ticket,
             probe,
-            lane_full,
             closed: false,
             modified: false,
             moved: false,
@@ -1666,32 +1654,22 @@ impl Core {
     }
 
     fn dest_up(&mut self, d: usize) {
-        if let Health::Down { since, .. } = self.dests[d].health {
-            self.dests[d].health = Health::Up;
+        if let Transition::Up { down_for } = self.dests[d].health.on_greeting(self.now) {
             let waiting = self.waiting_for(d);
             self.report(Report::DestinationUp {
                 dest: d,
-                down_for: self.now.saturating_duration_since(since),
+                down_for,
                 waiting,
             });
         }
     }
 
     fn dest_failed(&mut self, d: usize, key: &Key, error: DestError, probe: bool) {
-        let now = self.now;
-        let retry = self.p.retry;
-        let kind = error.kind();
-        match &mut self.dests[d].health {
-            Health::Up => {
-                let probe_in = retry_delay(&retry, retry.initial, 1, &mut self.rng);
-                self.dests[d].health = Health::Down {
-                    since: now,
-                    error: error.clone(),
-                    probes: 1,
-                    probe_at: now + probe_in,
-                    warned_at: now,
-                    warned: kind,
-                };
+        let t = self.dests[d]
+            .health
+            .on_dest_failure(&error, probe, self.now, &mut self.rng);
+        match t {
+            Transition::Down { probe_in } => {
                 // Everything queued for it waits, not only what was in flight.
                 let waiting = self.waiting_for(d);
                 self.report(Report::DestinationDown {
@@ -1701,57 +1679,22 @@ impl Core {
                     probe_in,
                 });
             }
-            Health::Down {
-                error: last,
-                probes,
-                probe_at,
-                warned_at,
-                warned,
-                ..
-            } => {
-                *last = error.clone();
-                if probe {
-                    *probes = probes.saturating_add(1);
-                    *probe_at = now + retry_delay(&retry, retry.initial, *probes, &mut self.rng);
-                }
-                // News: another kind of failure (refused, then unreachable), not the same
-                // one in other words (other addresses, another timeout share).
-                let loud = *warned != kind || now >= *warned_at + OUTAGE_REPORT_EVERY;
-                if loud {
-                    *warned_at = now;
-                    *warned = kind;
-                }
-                let probe_in = probe_at.saturating_duration_since(now);
-                self.report(Report::StillDown {
-                    dest: d,
-                    key: key.clone(),
-                    error,
-                    probe_in,
-                    loud,
-                });
-            }
+            Transition::StillDown { probe_in, loud } => self.report(Report::StillDown {
+                dest: d,
+                key: key.clone(),
+                error,
+                probe_in,
+                loud,
+            }),
+            Transition::None | Transition::Up { .. } => {}
         }
     }
 
-    fn sample(&mut self, d: usize, greeting: Duration, seq: u64, lane_full: bool, ok: bool) {
-        let latest = self.last_start;
-        if self.dests[d]
-            .limiter
-            .sample(greeting, seq, latest, lane_full, ok)
-            .is_some()
-        {
-            self.report_limit(d);
+    /// Reports the limit of `d` if it `changed`.
+    fn report_limit(&mut self, d: usize, changed: bool) {
+        if !changed {
+            return;
         }
-    }
-
-    fn congestion(&mut self, d: usize, seq: u64) {
-        let latest = self.last_start;
-        if self.dests[d].limiter.congestion(seq, latest) == Some(Change::Shrank) {
-            self.report_limit(d);
-        }
-    }
-
-    fn report_limit(&mut self, d: usize) {
         let l = &self.dests[d].limiter;
         let r = Report::Limit {
             dest: d,
@@ -1784,17 +1727,12 @@ impl Core {
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                let (down_since_unix, last_error, next_probe_in_s) = match &d.health {
-                    Health::Up => (None, None, None),
-                    Health::Down {
-                        since,
-                        error,
-                        probe_at,
-                        ..
-                    } => (
-                        Some(wall_now - now.saturating_duration_since(*since).as_secs_f64()),
-                        Some(error.to_string()),
-                        Some(probe_at.saturating_duration_since(now).as_secs_f64()),
+                let (down_since_unix, last_error, next_probe_in_s) = match d.health.outage() {
+                    None => (None, None, None),
+                    Some(o) => (
+                        Some(wall_now - now.saturating_duration_since(o.since).as_secs_f64()),
+                        Some(o.error.to_string()),
+                        Some(o.next_probe.saturating_duration_since(now).as_secs_f64()),
                     ),
                 };
                 DestinationView {
@@ -1805,8 +1743,8 @@ impl Core {
                     in_flight: d.in_flight as u64,
                     queued: self.waiting_for(i) as u64,
                     limit: d.limiter.limit() as u64,
-                    cap: d.limiter.cap as u64,
-                    adaptive: d.limiter.adaptive,
+                    cap: d.limiter.cap() as u64,
+                    adaptive: d.limiter.adaptive(),
                     baseline_greeting_ms: d.limiter.baseline().map(ms),
                     greeting_ms: d.limiter.smoothed().map(ms),
                     next_probe_in_s,

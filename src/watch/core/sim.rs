@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::health::OUTAGE_REPORT_EVERY;
 use super::*;
 use crate::protocol::ProtocolError;
 use crate::watch::claim::{Identity, Kind, Writers};
@@ -566,7 +567,10 @@ impl Sim {
         assert!(c.in_flight <= c.p.global_cap, "global cap exceeded");
         assert_eq!(c.in_flight, self.running.len(), "in-flight count drifted");
         for (i, d) in c.dests.iter().enumerate() {
-            assert!(d.in_flight <= d.limiter.cap, "destination {i} over its cap");
+            assert!(
+                d.in_flight <= d.limiter.cap(),
+                "destination {i} over its cap"
+            );
         }
         // The counts agree with the entries.
         let mut per_watch = vec![0usize; c.watches.len()];
