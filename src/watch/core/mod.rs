@@ -40,6 +40,9 @@
 
 pub mod health;
 pub mod limiter;
+mod types;
+
+pub use types::*;
 #[cfg(test)]
 mod sim;
 
@@ -64,17 +67,12 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use super::claim::{Identity, Kind, Writers};
-use super::error::{DestError, DispositionError, FileError, Reason};
-use super::watcher::Hint;
-use crate::client::Uploaded;
+use super::error::{DestError, DispositionError, FileError};
 use crate::config::RetryPolicy;
 use health::{Health, Transition};
 use limiter::{Limiter, Ticket};
 
 /// A name in one of the watched directories: (watch number, file name).
-pub type Key = (usize, OsString);
-
 /// How often a file still open for writing is looked at again, at least (the settle time,
 /// if longer).
 pub const WRITER_RECHECK: Duration = Duration::from_secs(1);
@@ -127,260 +125,6 @@ fn fingerprint(id: &Identity) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     id.hash(&mut h);
     h.finish()
-}
-
-/// Settings of the core (from the configuration).
-#[derive(Debug, Clone)]
-pub struct Params {
-    /// Uploads in flight at most, all destinations together.
-    pub global_cap: usize,
-    /// Names held in memory per watch.
-    pub active_limit: usize,
-    pub retry: RetryPolicy,
-    /// Where the kernel cannot tell whether a file has writers, a file seen being written is
-    /// considered abandoned after this much silence (or the rescan interval, if longer): the
-    /// config's `writer_quiet`.
-    pub writer_quiet_min: Duration,
-    pub watches: Vec<WatchParams>,
-    pub dests: Vec<DestParams>,
-}
-
-/// One watch, as the core needs it.
-#[derive(Debug, Clone)]
-pub struct WatchParams {
-    pub settle: Duration,
-    pub rescan_interval: Duration,
-    /// Index into [`Params::dests`].
-    pub dest: usize,
-}
-
-/// One destination.
-#[derive(Debug, Clone)]
-pub struct DestParams {
-    /// `host:port` as configured.
-    pub name: String,
-    /// Its cap of uploads in flight.
-    pub cap: usize,
-    /// Whether its limit adapts (else it is pinned at the cap).
-    pub adaptive: bool,
-}
-
-/// One entry of a directory listing.
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub name: OsString,
-    pub id: Identity,
-}
-
-/// A directory listing, bounded: the oldest regular files, how many there were in all, and
-/// every entry that is not a regular file.
-#[derive(Debug, Clone)]
-pub struct Listing {
-    /// (device, inode) of the directory.
-    pub dir_id: (u64, u64),
-    /// Regular files, oldest (mtime, then name) first; at most the limit asked for.
-    pub files: Vec<Listed>,
-    /// Regular files in the directory (accepted by the filter), including those not in
-    /// `files`.
-    pub total_files: usize,
-    /// Entries that are not regular files.
-    pub specials: Vec<Listed>,
-}
-
-/// What was decided about a file whose move or delete is still to be done.
-#[derive(Debug, Clone)]
-pub enum After {
-    Delivered,
-    /// Given up; this goes into the `.reason` file (shared: a failing move is retried).
-    GaveUp(std::sync::Arc<Reason>),
-}
-
-/// What an attempt does.
-#[derive(Debug, Clone)]
-pub enum Mode {
-    /// Upload, then move or delete.
-    Upload,
-    /// An earlier attempt finished (delivered or gave up) but could not move or delete the
-    /// file; do only that, if the file is still exactly the one it was.
-    Finish { id: Identity, after: After },
-}
-
-/// An attempt to start.
-#[derive(Debug, Clone)]
-pub struct Start {
-    pub key: Key,
-    /// 1-based number of this attempt.
-    pub attempt: u32,
-    /// The last attempt allowed (`retry.max_attempts`): a failure gives up.
-    pub last: bool,
-    pub mode: Mode,
-    /// Seen moved in, or closed after it was last written: complete by the writers'
-    /// convention even where the kernel cannot tell whether it has writers.
-    pub trusted: bool,
-    /// Where writers cannot be told, how long an untrusted file must be unchanged.
-    pub quiet: Duration,
-    /// When the core first knew of the file (the delivery latency runs from here).
-    pub found: Instant,
-}
-
-/// How an attempt ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Delivered and moved or deleted (or the name was replaced meanwhile). `uploaded`:
-    /// sent in this attempt (not only moved after an earlier one).
-    Delivered { uploaded: Option<Uploaded> },
-    /// Given up on and moved to `failed_dir`.
-    GaveUp,
-    /// The name does not lead to the file any more: look at it again.
-    Gone,
-    /// Not a regular file.
-    Special(Identity),
-    /// Another instance holds its lock.
-    Busy,
-    /// Changed during the transfer: not delivered; send again once it settles.
-    Changed,
-    /// Someone has it open for writing.
-    Writer,
-    /// Writers cannot be told, nothing vouches for it, and it changed less than the quiet
-    /// period ago: look again after `wait` (or on its close).
-    Young { wait: Duration },
-    /// The attempt failed for this file (after the greeting, or the file could not be
-    /// read). `greeting`: the greeting time, if the server greeted.
-    Failed {
-        error: FileError,
-        greeting: Option<Duration>,
-    },
-    /// The destination failed (resolve, refused, unreachable, connect timeout, no or wrong
-    /// greeting): nothing is known about the file; not counted against it.
-    DestinationFailed { error: DestError },
-    /// Delivered or given up, but moving/deleting failed.
-    DispositionFailed {
-        id: Identity,
-        after: After,
-        error: DispositionError,
-    },
-}
-
-/// Something worth telling the operator; the driver logs it (errors rendered there).
-#[derive(Debug, Clone)]
-pub enum Report {
-    /// A name that is not a regular file; reported once per identity.
-    Ignoring {
-        key: Key,
-        id: Identity,
-    },
-    /// Still open for writing (debug).
-    WriterOpen {
-        key: Key,
-    },
-    /// Was being written but nothing happened for `quiet`; taken as complete once settled.
-    WriterQuiet {
-        key: Key,
-        quiet: Duration,
-    },
-    /// Writers cannot be told and it changed recently (debug).
-    Young {
-        key: Key,
-        quiet: Duration,
-        wait: Duration,
-    },
-    /// An attempt failed; retried in `retry_in`.
-    AttemptFailed {
-        key: Key,
-        attempt: u32,
-        max: u32,
-        error: FileError,
-        retry_in: Duration,
-    },
-    /// A destination went down.
-    DestinationDown {
-        dest: usize,
-        error: DestError,
-        waiting: usize,
-        probe_in: Duration,
-    },
-    /// A probe (or an attempt started before it went down) failed; `loud` at most once a
-    /// minute or when the kind of error changed.
-    StillDown {
-        dest: usize,
-        key: Key,
-        error: DestError,
-        probe_in: Duration,
-        loud: bool,
-    },
-    /// A destination that was down accepted an upload.
-    DestinationUp {
-        dest: usize,
-        down_for: Duration,
-        waiting: usize,
-    },
-    /// A destination's limit changed.
-    Limit {
-        dest: usize,
-        limit: usize,
-        baseline: Option<Duration>,
-        smoothed: Option<Duration>,
-    },
-    /// Moving or deleting a delivered (or given up) file failed.
-    DispositionFailed {
-        key: Key,
-        error: DispositionError,
-        failures: u32,
-        retry_in: Duration,
-        delivered: bool,
-        loud: bool,
-    },
-    /// The first listing of a watch.
-    Backlog {
-        watch: usize,
-        files: usize,
-    },
-    /// A listing (debug).
-    Listed {
-        watch: usize,
-        files: usize,
-    },
-    ListFailed {
-        watch: usize,
-        error: std::sync::Arc<std::io::Error>,
-        again: Duration,
-        first: bool,
-    },
-    ListRecovered {
-        watch: usize,
-    },
-    /// The events cannot be trusted; every directory is listed again.
-    Rescan {
-        why: String,
-    },
-    /// The active set of a watch is full: further names wait on disk.
-    Full {
-        watch: usize,
-        limit: usize,
-    },
-}
-
-/// What the driver is asked to do.
-#[derive(Debug, Clone)]
-pub enum Action {
-    /// `lstat` the name and answer with [`Core::looked`].
-    Look(Key),
-    /// Ask whether the name has writers; answer with [`Core::writers`].
-    ProbeWriters(Key),
-    /// List the directory of `watch`, keeping the `limit` oldest regular files; answer with
-    /// [`Core::listed`].
-    List {
-        watch: usize,
-        limit: usize,
-    },
-    /// The directory was replaced: watch the new one ([`Core::rewatch_failed`] if that
-    /// fails).
-    Rewatch {
-        watch: usize,
-    },
-    /// Start an attempt; answer with [`Core::finished`].
-    Start(Start),
-    Report(Report),
 }
 
 /// What an `lstat` answer continues.
@@ -528,14 +272,6 @@ struct DestSt {
     /// Watches sending here, and the round-robin position among them.
     watches: Vec<usize>,
     next_watch: usize,
-}
-
-/// Counts for STATUS= and the SIGUSR1 summary (uploads in flight are counted by the driver,
-/// as it spawns and joins them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub queued: u64,
-    pub destinations_down: u64,
 }
 
 /// The state of every name, lane and directory.

@@ -16,8 +16,8 @@ use proptest::prelude::*;
 
 use super::health::OUTAGE_REPORT_EVERY;
 use super::*;
+use crate::client::Uploaded;
 use crate::protocol::ProtocolError;
-use crate::watch::claim::{Identity, Kind, Writers};
 use crate::watch::error::tests::{connect_failed, dest as test_dest, protocol};
 use crate::watch::error::DispositionOp;
 
