@@ -167,8 +167,7 @@ impl Core {
             if !self.take_room(key.0) {
                 return None;
             }
-            self.entries
-                .insert(key.clone(), Entry::new(state, self.now));
+            self.insert_entry(key.clone(), Entry::new(state, self.now));
         }
         self.entries.get_mut(key)
     }
@@ -262,7 +261,7 @@ impl Core {
                 continue;
             }
             self.watches[watch].count += 1;
-            self.entries.insert(
+            self.insert_entry(
                 key.clone(),
                 Entry::new(
                     State::Settling {

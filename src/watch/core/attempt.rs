@@ -51,6 +51,7 @@ impl Core {
         };
         // Out of flight at once; what it is now is decided below, and `apply` sets it.
         e.state = State::Looking;
+        self.waiting.add(&key, e.since);
         if modified_during {
             // Written to while the attempt had it: whatever made it look complete (moved
             // in, closed) is older than that write.

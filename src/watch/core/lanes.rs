@@ -378,6 +378,7 @@ impl Core {
             found: e.since,
         };
         let slot = self.lanes.begin(w, lane);
+        self.waiting.remove(&key, e.since);
         e.state = State::InFlight {
             lane: slot.lane,
             probe: slot.probe,

@@ -81,6 +81,7 @@ use active::WatchSt;
 use entry::{fingerprint, Cont, Entry, State, Wait};
 use lanes::{ready_under, Lanes};
 use timers::{Gen, Timers};
+use view::Waiting;
 
 /// How often a file still open for writing is looked at again, at least (the settle time,
 /// if longer).
@@ -134,6 +135,8 @@ pub struct Core {
     /// Per destination: its lane; per watch: its queues; the attempts in flight.
     lanes: Lanes,
     entries: HashMap<Key, Entry>,
+    /// The entries not in flight, oldest first (for the view).
+    waiting: Waiting,
     /// Entries that are not regular files, with the identity already reported.
     reported: HashMap<Key, Identity>,
     looks: HashMap<Key, Cont>,
@@ -159,6 +162,7 @@ impl Core {
     pub fn new(p: Params, now: Instant, reported: HashMap<Key, Identity>, seed: u64) -> Core {
         let mut core = Core {
             lanes: Lanes::new(&p),
+            waiting: Waiting::new(p.watches.len()),
             watches: p
                 .watches
                 .iter()
@@ -287,7 +291,7 @@ impl Core {
                         let state = self.enqueue(&key, false, false);
                         let mut e = Entry::new(state, now);
                         e.moved_in = true;
-                        self.entries.insert(key, e);
+                        self.insert_entry(key, e);
                     }
                     return;
                 };
@@ -295,7 +299,9 @@ impl Core {
                 let was_pending = e.pending.take().is_some();
                 e.moved_in = true;
                 e.closed = false;
-                e.since = now;
+                self.waiting
+                    .remove(&key, std::mem::replace(&mut e.since, now));
+                self.waiting.add(&key, now);
                 // A new file to upload: out of the finish-only queue (if it was there) and
                 // into its lane. Already ready in its lane: it keeps its place.
                 if was_pending || !matches!(e.state, State::Ready { .. }) {
@@ -472,6 +478,12 @@ impl Core {
         }
     }
 
+    /// Holds `key` (counted by the caller) as `e`, which is not in flight.
+    fn insert_entry(&mut self, key: Key, e: Entry) {
+        self.waiting.add(&key, e.since);
+        self.entries.insert(key, e);
+    }
+
     fn remove(&mut self, key: &Key) {
         let Some(e) = self.entries.remove(key) else {
             return;
@@ -481,6 +493,8 @@ impl Core {
         if let State::InFlight { lane, .. } = e.state {
             // Not reached: attempts end through `finished`. Kept consistent anyway.
             self.lanes.end(w, lane.is_some());
+        } else {
+            self.waiting.remove(key, e.since);
         }
         // Fewer names held: the stale places and timers they left may outnumber the live.
         let entries = &self.entries;

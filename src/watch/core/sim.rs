@@ -604,6 +604,14 @@ impl Sim {
             assert!(st.count <= c.p.active_limit, "active set over its limit");
         }
         let live: HashSet<(super::timers::Gen, &Key)> = c.timers.iter().collect();
+        // The view's index holds exactly the names held and not in flight.
+        let waiting: std::collections::BTreeSet<(Instant, Key)> = c
+            .entries
+            .iter()
+            .filter(|(_, e)| !matches!(e.state, State::InFlight { .. }))
+            .map(|(k, e)| (e.since, k.clone()))
+            .collect();
+        assert!(c.waiting.all() == waiting, "the waiting index drifted");
         // 1: no accepted regular file is forgotten: it is held, being looked at, or its
         // watch knows more wait on disk (and will list them).
         for (w, files) in self.spool.iter().enumerate() {
