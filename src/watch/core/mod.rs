@@ -1061,7 +1061,11 @@ impl Core {
                 let Some(e) = self.entries.get_mut(&key) else {
                     return;
                 };
-                e.failures = e.failures.saturating_add(1);
+                // The service short of descriptors or memory is not the file's fault: the
+                // attempt is retried without counting against `max_attempts`.
+                if !error.service_trouble() {
+                    e.failures = e.failures.saturating_add(1);
+                }
                 let attempt = e.failures;
                 let retry_in =
                     retry_delay(&self.p.retry, self.p.retry.initial, attempt, &mut self.rng);
@@ -1188,6 +1192,16 @@ impl Core {
     /// The name of destination `d`.
     pub fn dest_name(&self, d: usize) -> &str {
         &self.dests[d].p.name
+    }
+
+    /// The destination named `name` (`host:port` as configured), if there is one.
+    pub fn dest_by_name(&self, name: &str) -> Option<usize> {
+        self.dests.iter().position(|d| d.p.name == name)
+    }
+
+    /// The names of the destinations, in order.
+    pub fn dest_names(&self) -> impl Iterator<Item = &str> {
+        self.dests.iter().map(|d| d.p.name.as_str())
     }
 
     /// Files of destination `d` waiting (held or on disk), not in flight.
@@ -1771,12 +1785,74 @@ pub struct CoreView {
     pub watches: Vec<crate::status::WatchView>,
     /// The oldest waiting files: key, seconds since the core knew of it, why it waits.
     pub waiting: Vec<(Key, f64, crate::status::Why)>,
+    /// How many held files wait (of the destination asked for): `waiting` is cut to
+    /// `max_waiting` of them.
+    pub waiting_total: u64,
+}
+
+/// What [`Core::flush`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Destinations that were down: their next probe is due now.
+    pub probed: usize,
+    /// Files that were backing off after a failed attempt: ready now.
+    pub files: usize,
 }
 
 impl Core {
+    /// `accio flush` (like `postqueue -f`): for destination `dest` (all if `None`), a
+    /// destination that is down gets its probe now, and its files backing off after a
+    /// failed attempt are ready now. Their failed attempts still count: a flush only
+    /// shortens the wait.
+    pub fn flush(&mut self, now: Instant, dest: Option<usize>) -> Flushed {
+        self.advance(now);
+        let now = self.now;
+        let mine = |d: usize| dest.map_or(true, |x| x == d);
+        let mut out = Flushed::default();
+        for (i, d) in self.dests.iter_mut().enumerate() {
+            if let Health::Down { probe_at, .. } = &mut d.health {
+                if mine(i) {
+                    *probe_at = now.min(*probe_at);
+                    out.probed += 1;
+                }
+            }
+        }
+        let backing_off: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| {
+                mine(self.watches[k.0].p.dest)
+                    && matches!(
+                        e.state,
+                        State::Waiting {
+                            why: Wait::Backoff { .. },
+                            ..
+                        }
+                    )
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        out.files = backing_off.len();
+        for k in backing_off {
+            self.make_ready(&k, false);
+        }
+        out
+    }
+
     /// The state of lanes, watches and the oldest waiting files (at most `max_waiting`).
     /// `wall_now`: the time of day now, in seconds since the epoch (for "down since").
     pub fn view(&self, now: Instant, wall_now: f64, max_waiting: usize) -> CoreView {
+        self.view_of(now, wall_now, max_waiting, None)
+    }
+
+    /// [`Core::view`], with the waiting files of destination `dest` only (all if `None`).
+    pub fn view_of(
+        &self,
+        now: Instant,
+        wall_now: f64,
+        max_waiting: usize,
+        dest: Option<usize>,
+    ) -> CoreView {
         use crate::status::{DestinationView, WatchView, Why};
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let destinations = self
@@ -1821,10 +1897,19 @@ impl Core {
             }
             let o = &mut oldest[k.0];
             *o = Some(o.map_or(e.since, |t| t.min(e.since)));
-            waiting.push((k, e));
+            if dest.map_or(true, |d| self.watches[k.0].p.dest == d) {
+                waiting.push((k, e));
+            }
         }
-        waiting.sort_by(|a, b| a.1.since.cmp(&b.1.since).then(a.0.cmp(b.0)));
+        let waiting_total = waiting.len() as u64;
+        // Only the oldest `max_waiting` need to be in order.
+        let by_age =
+            |a: &(&Key, &Entry), b: &(&Key, &Entry)| a.1.since.cmp(&b.1.since).then(a.0.cmp(b.0));
+        if waiting.len() > max_waiting && max_waiting > 0 {
+            waiting.select_nth_unstable_by(max_waiting - 1, by_age);
+        }
         waiting.truncate(max_waiting);
+        waiting.sort_by(by_age);
         let waiting = waiting
             .into_iter()
             .map(|(k, e)| {
@@ -1876,6 +1961,7 @@ impl Core {
             destinations,
             watches,
             waiting,
+            waiting_total,
         }
     }
 }
