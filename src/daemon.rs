@@ -51,8 +51,9 @@ pub fn main(
 }
 
 /// Descriptors the service needs besides its uploads: the runtime, inotify, listeners,
-/// the journal, directory listings, disposition moves.
-const BASE_DESCRIPTORS: u64 = 64;
+/// the journal, directory listings, disposition moves (about 15 measured; twice that, to
+/// spare).
+const BASE_DESCRIPTORS: u64 = 32;
 
 /// Descriptors `config` may need at once: two per upload in flight (the socket and the
 /// file), plus [`BASE_DESCRIPTORS`].
@@ -76,8 +77,8 @@ fn check_descriptors(config: &Config) {
             limit = l.soft,
             need,
             "concurrency = {} needs up to {need} open files, but the limit is {} (hard limit {}): \
-             uploads beyond about {} at once will wait and be retried; raise LimitNOFILE= \
-             (systemctl edit accio) or lower concurrency",
+             only about {} uploads fit at once, the others wait and are retried (never counted \
+             against their files); raise LimitNOFILE= (systemctl edit accio) or lower concurrency",
             config.concurrency,
             l.soft,
             l.hard,

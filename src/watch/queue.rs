@@ -94,6 +94,9 @@ pub fn params(config: &crate::config::Config, watches: &[Arc<WatchCtx>]) -> core
     }
 }
 
+/// While the service is short of descriptors or memory, how often it says so.
+const TROUBLE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
 impl Queue {
     pub fn new(
         watcher: Watcher,
@@ -248,6 +251,35 @@ impl Queue {
                 "{} changed less than {quiet:?} ago and whether it is still being written cannot be told; looking again in {wait:.1?} (or when it is closed)",
                 esc(&self.path(&key))
             ),
+            Report::AttemptFailed {
+                key,
+                error,
+                retry_in,
+                ..
+            } if error.service_trouble() => {
+                // Out of descriptors comes in bursts, one failure per upload that could
+                // not start: said once a minute, the rest at debug.
+                static LOUD: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+                let now = Instant::now();
+                let loud = {
+                    let mut last = LOUD.lock().unwrap_or_else(|e| e.into_inner());
+                    let due = last.map_or(true, |t| now.duration_since(t) >= TROUBLE_REPORT_EVERY);
+                    if due {
+                        *last = Some(now);
+                    }
+                    due
+                };
+                let path = esc(&self.path(&key)).to_string();
+                if loud {
+                    tracing::warn!(
+                        event = "service_short_of_resources",
+                        path = %path,
+                        "{error}; {path} waits {retry_in:.1?} (said once a minute while it lasts: raise LimitNOFILE= or lower concurrency)"
+                    );
+                } else {
+                    tracing::debug!(path = %path, "{error}; retrying in {retry_in:.1?}");
+                }
+            }
             Report::AttemptFailed {
                 key,
                 attempt,
