@@ -254,6 +254,10 @@ impl fmt::Display for Why {
                 error,
             } => {
                 let s = if *attempts == 1 { "" } else { "s" };
+                // None counted: the service itself was short of descriptors or memory.
+                if *attempts == 0 {
+                    return write!(f, "backing off: retry in {}: {error}", secs(*retry_in_s));
+                }
                 write!(
                     f,
                     "backing off: retry in {} after {attempts} failed attempt{s}: {error}",

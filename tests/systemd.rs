@@ -767,6 +767,45 @@ fn as_root_shipped_files_make_a_working_service_as_user_accio() {
     });
     let sent = root.join("var/spool/accio/sent/report");
     wait_for("the file moved to sent", || sent.exists());
+
+    // The unit's reload check, as systemd runs it (the service's user, its spool): quiet
+    // on the shipped file, exit 78 on a broken one, before any signal is sent.
+    let unit = std::fs::read_to_string(repo.join("systemd/accio.service")).unwrap();
+    let reload: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(
+        reload,
+        [
+            "/usr/bin/accio check-config --quiet --config /etc/accio/accio.toml",
+            "/bin/kill -HUP $MAINPID"
+        ]
+    );
+    let check = |what: &str| {
+        let cmd = reload[0]
+            .replace("/usr/bin/accio", BIN)
+            .replace("/etc/accio/accio.toml", &config.display().to_string());
+        let script = format!(
+            "mount --bind '{spool}' /var/spool && exec setpriv --reuid={uid} --regid={uid} \
+             --clear-groups {cmd}",
+            spool = root.join("var/spool").display(),
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        eprintln!("reload check ({what}): {out:?}");
+        out
+    };
+    let good = check("shipped file");
+    assert!(good.status.success() && good.stdout.is_empty() && good.stderr.is_empty());
+    let shipped = std::fs::read(&config).unwrap();
+    std::fs::write(&config, "concurrency = \"many\"\n").unwrap();
+    let bad = check("broken file");
+    assert_eq!(bad.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("ERROR: "));
+    std::fs::write(&config, shipped).unwrap();
     assert_eq!(
         std::fs::metadata(&sent).unwrap().uid(),
         0,
