@@ -159,12 +159,12 @@ const STATUS: &[Row] = &[
         "other error (permission denied on the socket, a bad answer)",
     ),
     (
-        Some(Kind::NotRunning),
-        "the service is not running: nothing answers on its control socket",
-    ),
-    (
         Some(Kind::Usage),
         "usage error, or --destination names no destination of the service",
+    ),
+    (
+        Some(Kind::NotRunning),
+        "the service is not running: nothing answers on its control socket",
     ),
 ];
 
@@ -175,12 +175,12 @@ const FLUSH: &[Row] = &[
         "other error (permission denied on the socket, a bad answer)",
     ),
     (
-        Some(Kind::NotRunning),
-        "the service is not running: nothing answers on its control socket",
-    ),
-    (
         Some(Kind::Usage),
         "usage error, or DESTINATION is not a destination of the service",
+    ),
+    (
+        Some(Kind::NotRunning),
+        "the service is not running: nothing answers on its control socket",
     ),
 ];
 

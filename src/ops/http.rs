@@ -62,14 +62,11 @@ impl Watches {
     fn failed_files(&self) -> Option<Vec<(String, u64)>> {
         let watches = self.get();
         let refs: Vec<&crate::config::WatchConfig> = watches.iter().collect();
-        let files = super::retry::list(&refs).ok()?;
+        let counts = super::retry::count(&refs).ok()?;
         Some(
-            watches
-                .iter()
-                .map(|w| {
-                    let n = files.iter().filter(|f| f.spool == w.dir).count();
-                    (w.dir.to_string_lossy().into_owned(), n as u64)
-                })
+            counts
+                .into_iter()
+                .map(|(dir, n)| (dir.to_string_lossy().into_owned(), n))
                 .collect(),
         )
     }

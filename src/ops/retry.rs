@@ -50,6 +50,34 @@ pub struct Moved {
 /// # Errors
 /// A failed_dir cannot be listed.
 pub fn list(watches: &[&WatchConfig]) -> Result<Vec<GivenUp>, (PathBuf, io::Error)> {
+    list_with(watches, true)
+}
+
+/// How many given-up files each watch has, by spool directory (for
+/// `accio_failed_files`). A failed_dir of one watch only is counted without reading its
+/// reason files: they would only tell the names the files go back under.
+///
+/// # Errors
+/// A failed_dir cannot be listed.
+pub fn count(watches: &[&WatchConfig]) -> Result<Vec<(PathBuf, u64)>, (PathBuf, io::Error)> {
+    let shared = |dir: &Path| watches.iter().filter(|w| w.failed_dir == dir).count() > 1;
+    let any_shared = watches.iter().any(|w| shared(&w.failed_dir));
+    let files = list_with(watches, any_shared)?;
+    Ok(watches
+        .iter()
+        .map(|w| {
+            let n = files.iter().filter(|f| f.spool == w.dir).count();
+            (w.dir.clone(), n as u64)
+        })
+        .collect())
+}
+
+/// [`list`]; without `origins`, each file is taken to go back to the watch whose failed_dir
+/// it is in, under its current name (its reason file is not read).
+fn list_with(
+    watches: &[&WatchConfig],
+    origins: bool,
+) -> Result<Vec<GivenUp>, (PathBuf, io::Error)> {
     let mut out: BTreeMap<PathBuf, GivenUp> = BTreeMap::new();
     let mut listed = HashSet::new();
     for w in watches {
@@ -95,7 +123,9 @@ pub fn list(watches: &[&WatchConfig]) -> Result<Vec<GivenUp>, (PathBuf, io::Erro
                 continue;
             }
             let path = dir.join(n);
-            let (spool, name) = origin(reason.as_deref(), w, watches)
+            let (spool, name) = origins
+                .then(|| origin(reason.as_deref(), w, watches))
+                .flatten()
                 .unwrap_or_else(|| (w.dir.clone(), (*n).clone()));
             out.entry(path.clone()).or_insert(GivenUp {
                 path,
