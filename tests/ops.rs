@@ -266,6 +266,8 @@ fn promtool_accepts_the_exposition() {
 fn prometheus_scrapes_the_service() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
+    // A file given up on earlier: the shipped rules must make Prometheus fire for it.
+    given_up(&dirs, "old", &dirs.spool.join("old"));
     let (_, _svc, mport) = start_with_metrics(&dirs, recv.port, &Opts::default());
     for i in 0..3 {
         dirs.drop_file(&format!("f{i}"), b"data");
@@ -278,7 +280,10 @@ fn prometheus_scrapes_the_service() {
     fs::write(
         &prom_conf,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: accio\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  - job_name: accio\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n",
+            rules = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("docs/accio-alerts.yml")
+                .display()
         ),
     )
     .unwrap();
@@ -330,6 +335,38 @@ fn prometheus_scrapes_the_service() {
         },
     );
     assert!(last.contains("\"status\":\"success\""), "{last}");
+
+    // The shipped rules, evaluated by Prometheus on what it scraped: the file in
+    // failed_dir fires AccioFilesGivenUp (no `for:`), labelled with its watch.
+    wait_for_within(
+        "Prometheus to fire AccioFilesGivenUp",
+        Duration::from_secs(60),
+        &mut || {
+            let (code, _, body) = get(pport, "/api/v1/alerts");
+            last = body.clone();
+            let v: serde_json::Value = match serde_json::from_str(body.trim()) {
+                Ok(v) if code == 200 => v,
+                _ => return false,
+            };
+            v["data"]["alerts"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["labels"]["alertname"] == "AccioFilesGivenUp"
+                        && x["state"] == "firing"
+                        && x["labels"]["watch"] == dirs.spool.display().to_string().as_str()
+                })
+            })
+        },
+    );
+    // Nothing else fires for a healthy service that just delivered.
+    let v: serde_json::Value = serde_json::from_str(last.trim()).unwrap();
+    let firing: Vec<&serde_json::Value> = v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["state"] == "firing")
+        .map(|x| &x["labels"]["alertname"])
+        .collect();
+    assert_eq!(firing, ["AccioFilesGivenUp"], "{last}");
 }
 
 #[test]
