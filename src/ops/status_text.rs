@@ -104,10 +104,18 @@ fn write_view(o: &mut String, v: &View, only: Option<&str>) -> std::fmt::Result 
             w.why
         )?;
     }
-    // What the list left out; the held files are counted, and the backlog still on disk
-    // (not read yet) is in the totals.
-    if let Some(total) = v.waiting_total {
-        let more = total.saturating_sub(v.waiting.len() as u64);
+    // What the list left out: the files held and not listed, and the backlog still on
+    // disk (not read in yet), which only the queued counts include.
+    if let Some(held) = v.waiting_total {
+        let queued = match only {
+            None => v.totals.queued,
+            Some(name) => v
+                .destinations
+                .iter()
+                .find(|d| d.name == name)
+                .map_or(0, |d| d.queued),
+        };
+        let more = held.max(queued).saturating_sub(v.waiting.len() as u64);
         if more > 0 {
             writeln!(o, "  ... {more} more (accio status --all lists them)")?;
         }
