@@ -1337,3 +1337,32 @@ fn running_out_of_descriptors_never_counts_against_the_file() {
     assert!(s.drain(Duration::from_secs(10)));
     assert_eq!(s.delivered.len(), 1);
 }
+
+#[test]
+fn a_view_of_one_destination_lists_and_counts_its_files_only() {
+    // Watch 0 → dest 0, watch 1 → dest 1; both down, so every file waits.
+    let mut s = Sim::new(patient(&[0, 1], 2), true);
+    s.down.extend([0, 1]);
+    for i in 0..5 {
+        s.rename_in(0, &format!("a{i}"));
+        s.advance(10 * MS);
+    }
+    for i in 0..3 {
+        s.rename_in(1, &format!("b{i}"));
+        s.advance(10 * MS);
+    }
+    s.finish_all(Verdict::Deliver);
+    let v = s.core.view_of(s.now(), 0.0, 2, Some(1));
+    assert_eq!(v.waiting_total, 3);
+    assert_eq!(v.waiting.len(), 2);
+    assert!(
+        v.waiting.iter().all(|(k, _, _)| k.0 == 1),
+        "{:?}",
+        v.waiting
+    );
+    let all = s.core.view(s.now(), 0.0, 100);
+    assert_eq!((all.waiting_total, all.waiting.len()), (8, 8));
+    // Oldest first.
+    let ages: Vec<f64> = all.waiting.iter().map(|(_, age, _)| *age).collect();
+    assert!(ages.windows(2).all(|w| w[0] > w[1]), "{ages:?}");
+}
