@@ -409,7 +409,7 @@ impl Core {
     pub fn flush(&mut self, now: Instant, dest: Option<usize>) -> Flushed {
         self.advance(now);
         let now = self.now;
-        let mine = |d: usize| dest.is_none_or(|x| x == d);
+        let mine = |d: usize| dest.map_or(true, |x| x == d);
         let mut out = Flushed::default();
         for (i, lane) in self.lanes.lanes.iter_mut().enumerate() {
             if mine(i) && lane.health.probe_now(now) {

@@ -127,7 +127,7 @@ impl Core {
         max_waiting: usize,
         dest: Option<usize>,
     ) -> CoreView {
-        let mine = |w: usize| dest.is_none_or(|d| self.watches[w].p.dest == d);
+        let mine = |w: usize| dest.map_or(true, |d| self.watches[w].p.dest == d);
         let destinations = (0..self.lanes.lanes.len())
             .map(|d| self.destination_view(d, now, wall_now))
             .collect();
