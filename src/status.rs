@@ -106,6 +106,10 @@ pub struct View {
     /// The oldest waiting files, oldest first (the pipeline caps how many).
     #[serde(default)]
     pub waiting: Vec<WaitingFile>,
+    /// The bandwidth limits configured, with the rate in force now (`*`: the whole
+    /// service).
+    #[serde(default)]
+    pub rates: Vec<crate::rate::RateView>,
 }
 
 /// One destination: a `(host, port)` that watches send to.

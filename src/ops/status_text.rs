@@ -29,6 +29,24 @@ fn write_view(o: &mut String, v: &View) -> std::fmt::Result {
             writeln!(o, "  {}", destination(d))?;
         }
     }
+    if !v.rates.is_empty() {
+        writeln!(o, "\nbandwidth limits:")?;
+        for r in &v.rates {
+            let scope = if r.scope == crate::rate::ALL {
+                "all uploads"
+            } else {
+                &r.scope
+            };
+            let now = crate::rate::format_rate(r.bytes_per_second);
+            let by = if r.scheduled { " (rate_schedule)" } else { "" };
+            writeln!(
+                o,
+                "  {scope}: {now}{by}, {} uploads sharing it, waited {} in all",
+                r.active,
+                secs(r.waited_s as f64)
+            )?;
+        }
+    }
     if !v.watches.is_empty() {
         writeln!(o, "\nwatches:")?;
         for w in &v.watches {
@@ -198,8 +216,21 @@ mod tests {
                 age_s: 65.0,
                 why: Why::DestinationDown,
             }],
+            rates: vec![crate::rate::RateView {
+                scope: crate::rate::ALL.into(),
+                bytes_per_second: Some(4 << 20),
+                scheduled: true,
+                active: 3,
+                waited_s: 12,
+            }],
         };
         let t = render(&v);
+        assert!(
+            t.contains(
+                "  all uploads: 4MiB/s (rate_schedule), 3 uploads sharing it, waited 12s in all\n"
+            ),
+            "{t}"
+        );
         assert!(
             t.starts_with("accio 0.1.0 (pid 42), up 3m 20s: watching 1 dirs"),
             "{t}"

@@ -455,6 +455,7 @@ impl Queue {
             watches,
             in_flight,
             waiting,
+            rates: self.shared.rates.view(),
         }
     }
 
