@@ -340,7 +340,21 @@ pub async fn upload<E>(
         return Err(proto(e).into());
     }
     let greeting = started.elapsed();
-    let sent = match protocol::send_file(file, &mut stream, timeouts.stall, pacer, progress).await {
+    let mut pacer = pacer;
+    let body = protocol::send_file(
+        file,
+        &mut stream,
+        timeouts.stall,
+        pacer.as_deref_mut(),
+        progress,
+    )
+    .await;
+    // The body is out: this upload no longer shares the limits with the others while it
+    // waits for its confirmation.
+    if let Some(p) = pacer {
+        p.leave();
+    }
+    let sent = match body {
         Ok(sent) => sent,
         Err(e) => {
             protocol::abort(stream);

@@ -434,8 +434,8 @@ pub enum Grant {
 }
 
 /// One upload's side of the limits that apply to it (its destination's, the service's, or
-/// `--limit-rate`'s). Counts itself among each limit's uploads from its first grant until
-/// it is dropped.
+/// `--limit-rate`'s). Counts itself among each limit's uploads from its creation until its
+/// body is sent ([`Pacer::leave`]) or it is dropped.
 #[derive(Debug, Default)]
 pub struct Pacer {
     limits: Vec<Arc<Limiter>>,
@@ -445,11 +445,16 @@ pub struct Pacer {
 
 impl Pacer {
     /// A pacer under `limits` (any number; none is a pacer that always answers
-    /// [`Grant::Unlimited`]).
+    /// [`Grant::Unlimited`]). Counted among each limit's uploads from now on, before its
+    /// first grant: uploads starting together must not see each other's first grants as
+    /// the whole limit's.
     pub fn new(limits: Vec<Arc<Limiter>>) -> Pacer {
+        for l in &limits {
+            l.active.fetch_add(1, Ordering::Relaxed);
+        }
         Pacer {
             limits,
-            joined: false,
+            joined: true,
             waited: Duration::ZERO,
         }
     }
@@ -489,13 +494,22 @@ impl Pacer {
     }
 }
 
-impl Drop for Pacer {
-    fn drop(&mut self) {
-        if self.joined {
+impl Pacer {
+    /// The body is sent: no longer counted among the uploads sharing the limits (until a
+    /// next grant), so that an upload waiting for its confirmation does not shrink the
+    /// others' shares.
+    pub fn leave(&mut self) {
+        if std::mem::take(&mut self.joined) {
             for l in &self.limits {
                 l.active.fetch_sub(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -605,6 +619,15 @@ impl Rates {
             .iter()
             .find(|s| s.name == destination)
             .map(|s| s.limiter.clone())
+    }
+
+    /// How long uploads to `destination` have waited for bandwidth so far, its limit's
+    /// and the service's together: growing while a limit binds them (read it twice to tell
+    /// whether it binds now; for the adaptive limit, which need not add connections then).
+    pub fn waited(&self, destination: &str) -> Duration {
+        self.destination(destination)
+            .map_or(Duration::ZERO, |l| l.waited())
+            + self.all().waited()
     }
 
     /// The service-wide limiter.

@@ -388,3 +388,59 @@ fn the_config_keys_and_their_errors() {
         assert!(err.contains(want), "{err}\nwanted: {want}");
     }
 }
+
+/// The service itself: `[server] max_rate` paces its uploads and shows in `accio status`;
+/// SIGHUP with another limit changes the uploads in flight.
+#[test]
+fn the_service_paces_and_a_reload_changes_the_limit_in_flight() {
+    use support::watch::{config_text, write_config, Dirs, Opts, Service};
+    let dirs = Dirs::new();
+    let recv = support::receiver::Receiver::start(&dirs.recv);
+    let o = Opts {
+        timeout: "5s",
+        ..Opts::default()
+    };
+    let limited = config_text(&dirs, recv.port, &o)
+        .replace("[timeouts]", "max_rate = \"256K\"\n\n[timeouts]");
+    let config = write_config(&dirs, "a.toml", &limited);
+    let svc = Service::start(&config);
+    let dest = format!("127.0.0.1:{}", recv.port);
+    for i in 0..4 {
+        dirs.drop_file(&format!("f{i}"), &vec![i as u8; 2 << 20]);
+    }
+    // 8 MiB at 256 KiB/s would take 32 s.
+    let view = svc.wait_status("4 uploads under way at 256K", |v| {
+        v.in_flight.len() == 4 && v.in_flight.iter().all(|f| f.bytes_sent > 0)
+    });
+    let limit = view.rates.iter().find(|r| r.scope == dest);
+    assert_eq!(
+        limit.and_then(|r| r.bytes_per_second),
+        Some(256 * KIB),
+        "{view:#?}"
+    );
+    let sent: u64 = view.in_flight.iter().map(|f| f.bytes_sent).sum();
+    assert!(sent < 4 << 20, "not paced: {view:#?}");
+
+    // Reload: no limit for the destination, 64 MiB/s for the service.
+    let reloaded = Instant::now();
+    std::fs::write(
+        &config,
+        config_text(&dirs, recv.port, &o).replace("[server]", "max_rate = \"64M\"\n\n[server]"),
+    )
+    .unwrap();
+    svc.signal(libc::SIGHUP);
+    svc.wait_log("configuration reloaded");
+    // (By the retiring pipeline: the process's totals, not the new pipeline's watch counts.)
+    let view = svc.wait_status("all 4 delivered", |v| v.totals.sent == 4);
+    let after = reloaded.elapsed();
+    assert!(
+        after < Duration::from_secs(15),
+        "took {after:?} after the reload"
+    );
+    assert!(
+        view.rates.iter().all(|r| r.scope == "*"),
+        "the destination's limit is gone: {view:#?}"
+    );
+    assert_eq!(view.rates[0].bytes_per_second, Some(64 * MIB));
+    assert_eq!(recv.count(), 4);
+}
