@@ -384,6 +384,9 @@ impl Limiter {
         if self.rate().is_none() {
             return Duration::ZERO;
         }
+        // Listening for rate changes before the reservation is read: a change right after it
+        // is not missed.
+        let mut changed = std::pin::pin!(self.changed.notified());
         let asked = self.now();
         let (mut rate, mut at) = {
             let mut b = self.lock();
@@ -395,14 +398,14 @@ impl Limiter {
         };
         self.granted.fetch_add(n, Ordering::Relaxed);
         loop {
-            let now = self.now();
-            if at <= now {
+            if at <= self.now() {
                 break;
             }
-            let changed = self.changed.notified();
             tokio::select! {
                 _ = tokio::time::sleep_until(self.instant(at)) => break,
-                _ = changed => {
+                _ = changed.as_mut() => {
+                    // Again listening first, then reading the new rate.
+                    changed.set(self.changed.notified());
                     let now = self.now();
                     match self.rate() {
                         None => break,
