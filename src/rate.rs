@@ -911,6 +911,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn rates_keep_a_destination_s_limiter_across_configurations() {
+        let r = Rates::default();
+        let day = Schedule::new(vec![(8 * 3600, Some(1 << 20)), (18 * 3600, None)]).unwrap();
+        r.configure(
+            Policy::Fixed(4 << 20),
+            vec![
+                ("a:1".into(), Policy::Schedule(day)),
+                ("b:2".into(), Policy::Unlimited),
+            ],
+            9 * 3600,
+        );
+        let a = r.destination("a:1").unwrap();
+        assert_eq!(a.rate(), Some(1 << 20));
+        assert!(r.scheduled());
+        // Only the limits set are shown: the service's and a's.
+        let v = r.view();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(
+            (v[0].scope.as_str(), v[0].bytes_per_second),
+            (ALL, Some(4 << 20))
+        );
+        assert!(v[1].scheduled);
+        // The timetable moves on.
+        r.tick(19 * 3600);
+        assert_eq!(a.rate(), None);
+        // A new configuration: the same limiter (uploads in flight hold it), a new rate.
+        r.configure(
+            Policy::Unlimited,
+            vec![("a:1".into(), Policy::Fixed(2 << 20))],
+            0,
+        );
+        assert!(Arc::ptr_eq(&a, &r.destination("a:1").unwrap()));
+        assert_eq!(a.rate(), Some(2 << 20));
+        assert_eq!(r.all().rate(), None);
+        assert!(r.destination("b:2").is_none());
+        assert!(!r.scheduled());
+        // A pacer counts itself under its destination's limit and the service's.
+        let p = r.pacer("a:1");
+        assert_eq!((a.active(), r.all().active()), (1, 1));
+        drop(p);
+        assert_eq!((a.active(), r.all().active()), (0, 0));
+        assert_eq!(r.waited("a:1"), Duration::ZERO);
+    }
+
     #[tokio::test]
     async fn waiters_follow_a_rate_change() {
         let l = Arc::new(Limiter::new(Some(1 << 20)));
