@@ -236,8 +236,8 @@ pub async fn run_with(
 }
 
 /// Moves the limits along their timetables: every second while any limit has one, so that
-/// an entry takes effect within a second of its time (also after the clock or the time
-/// zone changed). Without timetables it only waits to be stopped.
+/// an entry takes effect within a second of its time (also after the clock was set).
+/// Without timetables it only waits to be stopped.
 async fn follow_timetables(rates: Arc<Rates>, stop: CancellationToken) {
     if !rates.scheduled() {
         return stop.cancelled().await;
