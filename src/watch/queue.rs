@@ -505,6 +505,7 @@ impl Queue {
             waiting,
             waiting_total: Some(cv.waiting_total),
             reload_refused: self.shared.stats.reload_refused(),
+            rates: self.shared.rates.view(),
         }
     }
 
