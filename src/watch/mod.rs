@@ -82,6 +82,25 @@ pub async fn run_with(
     reported: Reported,
     views: Option<mpsc::Receiver<crate::status::ViewRequest>>,
 ) -> Result<(), FatalError> {
+    let spool = Arc::new(queue::Fs);
+    run_on(
+        config, stats, metrics, shutdown, ready, reported, views, spool,
+    )
+    .await
+}
+
+/// [`run_with`], inspecting the spools through `spool` (the filesystem, or a test's seam).
+#[allow(clippy::too_many_arguments)] // run_with's, plus the seam
+pub(crate) async fn run_on(
+    config: Config,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<()>>,
+    reported: Reported,
+    views: Option<mpsc::Receiver<crate::status::ViewRequest>>,
+    spool: Arc<dyn queue::Spool>,
+) -> Result<(), FatalError> {
     let mut watches = Vec::with_capacity(config.watches.len());
     for w in &config.watches {
         let mut cfg = w.clone();
@@ -142,6 +161,7 @@ pub async fn run_with(
         params,
         config.shutdown_grace,
         reported,
+        spool,
     );
     stats
         .watching
