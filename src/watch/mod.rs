@@ -64,34 +64,19 @@ pub async fn run(
         ready,
         Reported::default(),
         None,
+        Arc::new(queue::Fs),
     )
     .await
 }
 
-/// [`run`], recording events into the process's `metrics`, and sharing the set of special
-/// entries already reported with earlier pipelines of the same process (see [`Reported`]).
+/// [`run`], recording events into the process's `metrics`, sharing the set of special
+/// entries already reported with earlier pipelines of the same process (see [`Reported`]),
+/// and inspecting the spools through `spool` ([`queue::Fs`], or a test's seam).
 ///
 /// # Errors
 /// As [`run`].
+#[allow(clippy::too_many_arguments)] // each is the caller's own; a struct would only wrap them
 pub async fn run_with(
-    config: Config,
-    stats: Arc<Stats>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<()>>,
-    reported: Reported,
-    views: Option<mpsc::Receiver<crate::status::ViewRequest>>,
-) -> Result<(), FatalError> {
-    let spool = Arc::new(queue::Fs);
-    run_on(
-        config, stats, metrics, shutdown, ready, reported, views, spool,
-    )
-    .await
-}
-
-/// [`run_with`], inspecting the spools through `spool` (the filesystem, or a test's seam).
-#[allow(clippy::too_many_arguments)] // run_with's, plus the seam
-pub(crate) async fn run_on(
     config: Config,
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,

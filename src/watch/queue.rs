@@ -844,7 +844,7 @@ settle = "10ms"
         });
         let shutdown = CancellationToken::new();
         let (ready, is_ready) = tokio::sync::oneshot::channel();
-        let service = tokio::spawn(super::super::run_on(
+        let service = tokio::spawn(super::super::run_with(
             config,
             Arc::default(),
             Arc::new(crate::metrics::Metrics::default()),
