@@ -121,6 +121,7 @@ impl Pipeline {
             p.reported.clone(),
             Some(views_rx),
             p.rates.clone(),
+            Arc::new(watch::queue::Fs),
         ));
         if rx.await.is_ok() {
             p.views.set(views_tx);

@@ -66,18 +66,20 @@ pub async fn run(
         Reported::default(),
         None,
         Arc::default(),
+        Arc::new(queue::Fs),
     )
     .await
 }
 
-/// [`run`], recording events into the process's `metrics`, and sharing the set of special
+/// [`run`], recording events into the process's `metrics`, sharing the set of special
 /// entries already reported with earlier pipelines of the same process (see [`Reported`]),
-/// and the process's bandwidth limits (`rates`, set to this configuration's).
+/// with the process's bandwidth limits (`rates`, set to this configuration's), and
+/// inspecting the spools through `spool` ([`queue::Fs`], or a test's seam).
 ///
 /// # Errors
 /// As [`run`].
-// Each argument is one thing the process keeps across reloads; a struct of them would only
-// be unpacked again here.
+// Each argument is one thing the process keeps across reloads, or the caller's own seam; a
+// struct of them would only be unpacked again here.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_with(
     config: Config,
@@ -88,6 +90,7 @@ pub async fn run_with(
     reported: Reported,
     views: Option<mpsc::Receiver<crate::status::ViewRequest>>,
     rates: Arc<Rates>,
+    spool: Arc<dyn queue::Spool>,
 ) -> Result<(), FatalError> {
     let mut watches = Vec::with_capacity(config.watches.len());
     for w in &config.watches {
@@ -150,6 +153,7 @@ pub async fn run_with(
         params,
         config.shutdown_grace,
         reported,
+        spool,
     );
     stats
         .watching
