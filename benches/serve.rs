@@ -6,7 +6,7 @@
 //! of main before the change) that binary is measured in the same rounds as "before".
 //!
 //! - small: 500 B files through a raw client (connect, greeting, data, half-close, wait for
-//!   the close), files/s, one client at a time and 8 at once; synced (the default) against
+//!   the close), files/s, one client at a time, 8 and 40 at once; synced (the default) against
 //!   `--no-sync` (and "before").
 //! - big: one 1 GiB file with `accio send`, MiB/s; `sync(2)` before each run so that no run
 //!   pays for the previous one's dirty pages.
@@ -197,7 +197,11 @@ fn bench_small(work: &Path, configs: &[(&str, PathBuf, Vec<&str>)]) {
     let content = vec![b'x'; 500];
     const FILES: usize = 200;
     const ROUNDS: usize = 5;
-    for (label, parallel) in [("one client at a time", 1usize), ("8 clients at once", 8)] {
+    for (label, parallel) in [
+        ("one client at a time", 1usize),
+        ("8 clients at once", 8),
+        ("40 clients at once", 40),
+    ] {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
         for round in 0..ROUNDS {
             // Rotate the order so that no configuration always runs after another.
