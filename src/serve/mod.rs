@@ -232,6 +232,13 @@ pub async fn run(
         let (stream, peer) = match accepted {
             Ok(x) => {
                 backoff.succeeded();
+                // The end of a storm: its last failures were counted but not logged.
+                let unreported = accept_failed.take_unreported();
+                if unreported > 0 {
+                    tracing::warn!(
+                        "accept works again ({unreported} more failures since the last report)"
+                    );
+                }
                 x
             }
             Err(e) => {
@@ -243,6 +250,8 @@ pub async fn run(
                 }
             }
         };
+        // The dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; logs say a.b.c.d.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let Some(address_slot) = per_address.admit(peer.ip()) else {
             refused.hit(format_args!(
                 "refused a connection from {}: it holds {} already (--max-per-address)",
