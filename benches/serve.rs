@@ -346,6 +346,7 @@ fn bench_flood(work: &Path) {
             assert!(status.success(), "the legitimate send failed");
         }
         let fds = serve.fds();
+        let rss = rss_kib(serve.child.id());
         let max = serve.max_connections().unwrap_or(0);
         println!("  {name}:");
         println!(
@@ -362,9 +363,28 @@ fn bench_flood(work: &Path) {
             max * 2 + 32,
             serve.alive()
         );
+        println!(
+            "    serve's resident memory: {:.1} MiB",
+            rss as f64 / 1024.0
+        );
         drop(flood);
     }
     println!();
+}
+
+/// VmRSS of a process, in KiB (0 if unknown).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 fn connect_from(source: &str, port: u16) -> TcpStream {

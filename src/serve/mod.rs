@@ -527,10 +527,14 @@ async fn receive(
     // 64 KiB: below malloc's mmap threshold, so a connection costs no page faults for its
     // buffer (256 KiB made small files measurably slower); large enough for throughput.
     const BUF: usize = 64 * 1024;
-    // A quiet pause this long gives the buffer back (thousands of stalled connections must
-    // not hold 64 KiB each); shorter ones, between a fast sender's segments, keep it.
+    // Until a read fills this much, a connection reads into a buffer this small, and only
+    // while it has bytes to read: one that sends a little at a time (a slow or hostile
+    // client, thousands of them) holds no buffer while it waits.
+    const SMALL: usize = 4 * 1024;
+    // A streaming connection keeps its 64 KiB between reads, until a pause this long.
     const KEEP_BUF: Duration = Duration::from_millis(250);
     let mut buf: Option<Vec<u8>> = None;
+    let mut streaming = false;
     let mut total = 0u64;
     let mut silent_until = Instant::now() + idle;
     loop {
@@ -555,25 +559,33 @@ async fn receive(
             }
             Err(_) => {
                 buf = None;
+                streaming = false;
                 continue;
             }
         }
-        let b = buf.get_or_insert_with(|| vec![0u8; BUF]);
+        let b = buf.get_or_insert_with(|| vec![0u8; if streaming { BUF } else { SMALL }]);
         let n = match stream.try_read(b) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
         };
+        let filled = n == b.len();
         silent_until = Instant::now() + idle;
         if let Some(max) = opts.max_size {
             if total + n as u64 > max {
                 return Err(io::Error::other(format!("more than {max} bytes (--max-size)")).into());
             }
         }
-        let full = buf.take().unwrap_or_default();
-        buf = Some(sink.write(full, n).await?);
+        let used = buf.take().unwrap_or_default();
+        let back = sink.write(used, n).await?;
         total += n as u64;
+        if streaming {
+            buf = Some(back);
+        } else if filled {
+            // More is coming faster than 4 KiB a read: the next buffer is the large one.
+            streaming = true;
+        }
     }
 }
 
