@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::health::OUTAGE_REPORT_EVERY;
 use super::*;
+use crate::client::Uploaded;
 use crate::protocol::ProtocolError;
-use crate::watch::claim::{Identity, Kind, Writers};
 use crate::watch::error::tests::{connect_failed, dest as test_dest, protocol};
-use crate::watch::error::DispositionOp;
+use crate::watch::error::{DestError, DispositionError, DispositionOp, FileError};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -396,9 +397,10 @@ impl Sim {
         let d = self.core.watches[w].p.dest;
         // Invariant 3: a down destination gets an attempt (its probe) only when it has none
         // in flight: at most one.
-        if !self.core.dests[d].health.is_up() && matches!(s.mode, Mode::Upload) {
+        if !self.core.lanes.lanes[d].health.is_up() && matches!(s.mode, Mode::Upload) {
             assert_eq!(
-                self.core.dests[d].in_flight, 1,
+                self.core.lanes.flight.of_lane(d),
+                1,
                 "down destination {d} got a second attempt"
             );
         }
@@ -406,14 +408,14 @@ impl Sim {
         // of its own was passed over once more; none more than once a round.
         // (Finish-only attempts take no lane's slot: they do not count.)
         let n = if matches!(s.mode, Mode::Upload) {
-            self.core.dests.len()
+            self.core.lanes.lanes.len()
         } else {
             0
         };
         for e in 0..n {
             if e == d {
                 self.skipped[e] = 0;
-            } else if self.core.eligible(e) && self.core.dest_has_ready(e) {
+            } else if self.core.waits_for_slot(e) {
                 self.skipped[e] += 1;
                 assert!(
                     self.skipped[e] < n,
@@ -563,11 +565,35 @@ impl Sim {
     fn check(&self) {
         let c = &self.core;
         // 2: never more in flight than the caps.
-        assert!(c.in_flight <= c.p.global_cap, "global cap exceeded");
-        assert_eq!(c.in_flight, self.running.len(), "in-flight count drifted");
-        for (i, d) in c.dests.iter().enumerate() {
-            assert!(d.in_flight <= d.limiter.cap, "destination {i} over its cap");
+        let flight = &c.lanes.flight;
+        assert!(flight.total() <= c.p.global_cap, "global cap exceeded");
+        assert_eq!(
+            flight.total(),
+            self.running.len(),
+            "in-flight count drifted"
+        );
+        for (i, d) in c.lanes.lanes.iter().enumerate() {
+            assert!(
+                flight.of_lane(i) <= d.limiter.cap(),
+                "destination {i} over its cap"
+            );
         }
+        // The stale places in the queues and the stale timers stay bounded by the names
+        // held, however often files come and go while their lane is blocked.
+        for (w, st) in c.watches.iter().enumerate() {
+            let places = c.lanes.queued_places(w);
+            assert!(
+                places <= 2 * (2 * st.count + super::lanes::SLACK) + 1,
+                "watch {w}: {places} places queued for {} names held",
+                st.count
+            );
+        }
+        assert!(
+            c.timers.len() <= 2 * c.entries.len() + super::timers::SLACK,
+            "{} timers for {} names held",
+            c.timers.len(),
+            c.entries.len()
+        );
         // The counts agree with the entries.
         let mut per_watch = vec![0usize; c.watches.len()];
         for k in c.entries.keys() {
@@ -577,8 +603,15 @@ impl Sim {
             assert_eq!(st.count, per_watch[w], "count of watch {w} drifted");
             assert!(st.count <= c.p.active_limit, "active set over its limit");
         }
-        let live: HashSet<(u64, &Key)> =
-            c.timers.iter().map(|Reverse((_, g, k))| (*g, k)).collect();
+        let live: HashSet<(super::timers::Gen, &Key)> = c.timers.iter().collect();
+        // The view's index holds exactly the names held and not in flight.
+        let waiting: std::collections::BTreeSet<(Instant, Key)> = c
+            .entries
+            .iter()
+            .filter(|(_, e)| !matches!(e.state, State::InFlight { .. }))
+            .map(|(k, e)| (e.since, k.clone()))
+            .collect();
+        assert!(c.waiting.all() == waiting, "the waiting index drifted");
         // 1: no accepted regular file is forgotten: it is held, being looked at, or its
         // watch knows more wait on disk (and will list them).
         for (w, files) in self.spool.iter().enumerate() {
@@ -598,12 +631,15 @@ impl Sim {
                 // Held ones have a way forward: ready, in flight, a live timer, or a pending
                 // look or probe.
                 if let Some(e) = c.entries.get(&key) {
-                    let live_timer = e.gen != 0 && live.contains(&(e.gen, &key));
+                    let live_timer = e.timer.is_some_and(|g| live.contains(&(g, &key)));
                     let moving = matches!(e.state, State::Ready { .. } | State::InFlight { .. })
                         || live_timer
                         || c.looks.contains_key(&key)
                         || c.probes.contains(&key);
                     assert!(moving, "{key:?} is stuck in {:?}", e.state);
+                    if matches!(e.state, State::Looking) {
+                        assert!(c.looks.contains_key(&key), "{key:?} looking, unlooked at");
+                    }
                 }
             }
         }
@@ -1052,6 +1088,29 @@ fn a_down_destination_holds_one_probe_and_its_files_go_when_it_is_back() {
     );
 }
 
+/// While a lane is blocked, a ready file closed again and again leaves a stale place in
+/// its queue each time; the queue stays bounded by the names held (checked after every
+/// step), not by how often that happened.
+#[test]
+fn a_blocked_lane_queue_stays_bounded_however_often_its_files_are_closed() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.down.insert(0);
+    s.rename_in(0, "a");
+    s.finish_all(Verdict::Deliver);
+    // Written in place: a close settles it afresh (a rename would vouch for it).
+    s.create(0, "b");
+    s.close(0, "b");
+    for _ in 0..20 * super::lanes::SLACK {
+        s.hint(0, &name("b"), Hint::Closed);
+        s.advance(60 * MS);
+        s.finish_all(Verdict::Deliver);
+    }
+    assert!(s.core.lanes.queued_places(0) <= 2 * (4 + super::lanes::SLACK) + 1);
+    s.down.clear();
+    assert!(s.drain(Duration::from_secs(30)));
+    assert_eq!(s.delivered.len(), 2);
+}
+
 #[test]
 fn one_ready_file_of_a_destination_gets_a_slot_within_one_round() {
     let mut s = Sim::new(params(&[0, 1], 2, 2, 2, 10_000), true);
@@ -1262,4 +1321,107 @@ proptest! {
     fn invariants_hold_with_a_tiny_active_set(ops in prop::collection::vec(op(), 1..80)) {
         run_ops(&ops, true, 4);
     }
+}
+
+/// Params where a retry or a probe waits an hour: only a flush makes anything go sooner.
+fn patient(watches: &[usize], dests: usize) -> Params {
+    let mut p = params(watches, dests, 8, 8, 100);
+    p.retry.initial = Duration::from_secs(3600);
+    p.retry.max = Duration::from_secs(3600);
+    p
+}
+
+#[test]
+fn a_flush_retries_backing_off_files_and_probes_down_destinations_now() {
+    // Watch 0 → dest 0, watch 1 → dest 1.
+    let mut s = Sim::new(patient(&[0, 1], 2), true);
+    s.rename_in(0, "fails");
+    s.finish(0, Verdict::Fail);
+    s.down.insert(1);
+    s.rename_in(1, "down");
+    s.finish_all(Verdict::Deliver);
+    s.step(Duration::from_secs(5));
+    assert!(s.running.is_empty(), "both wait an hour");
+
+    // Only destination 1: its probe goes now; the other file keeps waiting.
+    let before = s.starts.len();
+    let f = s.core.flush(s.now(), Some(1));
+    assert_eq!((f.probed, f.files), (1, 0));
+    s.pump();
+    assert_eq!(s.started_keys()[before..], [(1, "down".to_string())]);
+    s.down.clear();
+    s.finish_all(Verdict::Deliver);
+    assert_eq!(s.delivered.len(), 1);
+
+    // All: the file backing off is ready now, its failed attempt still counted.
+    let f = s.core.flush(s.now(), None);
+    assert_eq!((f.probed, f.files), (0, 1));
+    s.pump();
+    assert_eq!(s.running.len(), 1);
+    assert_eq!(s.running[0].start.attempt, 2);
+    assert!(s.drain(Duration::from_secs(1)));
+    assert_eq!(s.delivered.len(), 2);
+}
+
+#[test]
+fn running_out_of_descriptors_never_counts_against_the_file() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.rename_in(0, "f");
+    // Far more than max_attempts (3) failures, each for want of a descriptor.
+    for _ in 0..10 {
+        let t0 = s.t;
+        while s.running.is_empty() && s.t < t0 + Duration::from_secs(10) {
+            s.step(Duration::from_millis(100));
+        }
+        let a = s.running.remove(0);
+        assert_eq!(a.start.attempt, 1, "not counted");
+        assert!(!a.start.last);
+        let error = FileError::open(
+            "/spool/f".into(),
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        );
+        assert!(error.service_trouble());
+        assert!(error.to_string().contains("not counted against the file"));
+        s.core.finished(
+            s.now(),
+            a.start.key,
+            Some(Outcome::Failed {
+                error,
+                greeting: None,
+            }),
+        );
+        s.pump();
+    }
+    assert!(s.given_up.is_empty());
+    assert!(s.drain(Duration::from_secs(10)));
+    assert_eq!(s.delivered.len(), 1);
+}
+
+#[test]
+fn a_view_of_one_destination_lists_and_counts_its_files_only() {
+    // Watch 0 → dest 0, watch 1 → dest 1; both down, so every file waits.
+    let mut s = Sim::new(patient(&[0, 1], 2), true);
+    s.down.extend([0, 1]);
+    for i in 0..5 {
+        s.rename_in(0, &format!("a{i}"));
+        s.advance(10 * MS);
+    }
+    for i in 0..3 {
+        s.rename_in(1, &format!("b{i}"));
+        s.advance(10 * MS);
+    }
+    s.finish_all(Verdict::Deliver);
+    let v = s.core.view_of(s.now(), 0.0, 2, Some(1));
+    assert_eq!(v.waiting_total, 3);
+    assert_eq!(v.waiting.len(), 2);
+    assert!(
+        v.waiting.iter().all(|(k, _, _)| k.0 == 1),
+        "{:?}",
+        v.waiting
+    );
+    let all = s.core.view(s.now(), 0.0, 100);
+    assert_eq!((all.waiting_total, all.waiting.len()), (8, 8));
+    // Oldest first.
+    let ages: Vec<f64> = all.waiting.iter().map(|(_, age, _)| *age).collect();
+    assert!(ages.windows(2).all(|w| w[0] > w[1]), "{ages:?}");
 }
