@@ -50,6 +50,7 @@ pub async fn run(
         &file_handle,
         &timeouts,
         &mut on_progress,
+        &mut None,
         |_| Ok(()),
     )
     .await;

@@ -92,8 +92,8 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let before = claim.id;
     job.size.store(before.size, Ordering::Relaxed);
     let started = Instant::now();
-    // A failure after the greeting carries no greeting time; the first progress report,
-    // right after the greeting, stands for it then.
+    // Set once the server greeted: a failure after it still says the server answered, and
+    // how fast (a failure before it carries no greeting time at all).
     let mut greeting: Option<Duration> = None;
     let progress = job.progress.clone();
     let result = client::upload(
@@ -101,12 +101,8 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         job.watch.cfg.confirm,
         &claim.file,
         &sh.timeouts,
-        &mut |n| {
-            if greeting.is_none() {
-                greeting = Some(started.elapsed());
-            }
-            progress.store(n, Ordering::Relaxed);
-        },
+        &mut |n| progress.store(n, Ordering::Relaxed),
+        &mut greeting,
         |sent| unchanged(&claim, &before, sent),
     )
     .await;
@@ -132,7 +128,6 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             // Past the greeting: the destination answered; the failure is this file's.
             let error = FileError::upload(job.watch.cfg.server.clone(), e);
             let id = Some(claim.id);
-            let greeting = Some(greeting.unwrap_or(took));
             failed(&job, &sh, Some(claim), id, &path, error, took, greeting).await
         }
     }

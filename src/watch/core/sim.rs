@@ -97,6 +97,7 @@ fn params(watches: &[usize], dests: usize, cap: usize, dest_cap: usize, active: 
             initial: 100 * MS,
             max: 2000 * MS,
             max_attempts: 3,
+            probe_max: 1000 * MS,
         },
         writer_quiet_min: 3000 * MS,
         watches: watches
@@ -902,6 +903,7 @@ fn retry_delays_stay_within_their_documented_bounds() {
         initial: Duration::from_secs(1),
         max: Duration::from_secs(300),
         max_attempts: 0,
+        probe_max: Duration::from_secs(60),
     };
     let mut rng = fastrand::Rng::with_seed(3);
     for n in 1..40u32 {
