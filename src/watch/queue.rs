@@ -196,6 +196,7 @@ impl Queue {
             mode: s.mode,
             trusted: s.trusted,
             quiet: s.quiet,
+            greeting_timeout: s.greeting_timeout,
             progress: progress.clone(),
             size: size.clone(),
             found: s.found,
@@ -269,12 +270,31 @@ impl Queue {
                 error,
                 waiting,
                 probe_in,
-            } => tracing::warn!(
-                destination = self.core.dest_name(dest),
-                waiting,
-                "{error}; {} is down: {waiting} file(s) waiting for it stay in the spool (not counted as failed attempts); one probe at a time tests it, the first in {probe_in:.1?} (further failures are reported once a minute or when the error changes)",
-                self.core.dest_name(dest)
-            ),
+                loud,
+                unlogged,
+            } => {
+                let name = self.core.dest_name(dest);
+                // One down/up pair a minute at most: a flapping server is counted in the
+                // next loud line, not logged each time.
+                let since = if unlogged > 0 {
+                    format!(" ({unlogged} more outage(s) since the last one reported)")
+                } else {
+                    String::new()
+                };
+                if loud {
+                    tracing::warn!(
+                        destination = name,
+                        waiting,
+                        "{error}; {name} is down{since}: {waiting} file(s) waiting for it stay in the spool (not counted as failed attempts); one probe at a time tests it, the first in {probe_in:.1?} (further failures are reported once a minute or when the error changes)"
+                    );
+                } else {
+                    tracing::debug!(
+                        destination = name,
+                        waiting,
+                        "{error}; {name} is down again (reported with the next outage logged); first probe in {probe_in:.1?}"
+                    );
+                }
+            }
             Report::StillDown {
                 dest,
                 key,
@@ -302,12 +322,23 @@ impl Queue {
                 dest,
                 down_for,
                 waiting,
-            } => tracing::info!(
-                destination = self.core.dest_name(dest),
-                waiting,
-                "{} is reachable again; {waiting} file(s) waiting go now (it was down for {down_for:.1?})",
-                self.core.dest_name(dest)
-            ),
+                loud,
+            } => {
+                let name = self.core.dest_name(dest);
+                if loud {
+                    tracing::info!(
+                        destination = name,
+                        waiting,
+                        "{name} is reachable again; {waiting} file(s) waiting go now (it was down for {down_for:.1?})"
+                    );
+                } else {
+                    tracing::debug!(
+                        destination = name,
+                        waiting,
+                        "{name} is reachable again (down for {down_for:.1?})"
+                    );
+                }
+            }
             Report::Limit {
                 dest,
                 limit,

@@ -1351,7 +1351,7 @@ impl Core {
         let ticket = lane.then(|| {
             let lane_full = self.dests[d].in_flight + 1 >= self.dests[d].limiter.limit()
                 || !self.watches[w].ready.is_empty();
-            self.dests[d].limiter.on_start(lane_full)
+            self.dests[d].limiter.on_start(lane_full, self.now)
         });
         let max = self.p.retry.max_attempts;
         let Some(e) = self.entries.get_mut(&key) else {
@@ -1373,6 +1373,11 @@ impl Core {
             trusted: e.moved_in || e.closed,
             quiet,
             found: e.since,
+            // A probe waits the configured time: the usual greeting time is the healthy
+            // server's, and a probe is one connection at a time anyway.
+            greeting_timeout: (lane && !probe)
+                .then(|| self.dests[d].limiter.greeting_timeout())
+                .flatten(),
         };
         e.state = State::InFlight {
             lane: ticket,
@@ -1390,22 +1395,31 @@ impl Core {
     }
 
     fn dest_up(&mut self, d: usize) {
-        if let Transition::Up { down_for } = self.dests[d].health.on_greeting(self.now) {
+        if let Transition::Up { down_for, loud } = self.dests[d].health.on_greeting(self.now) {
             let waiting = self.waiting_for(d);
             self.report(Report::DestinationUp {
                 dest: d,
                 down_for,
                 waiting,
+                loud,
             });
         }
     }
 
     fn dest_failed(&mut self, d: usize, key: &Key, error: DestError, probe: bool) {
+        // The cohort is the limit after the limiter took this failure in: timeouts shrink
+        // the limit first, so a server that stopped greeting goes down within about one
+        // round of the attempts it was allowed.
+        let limit = self.dests[d].limiter.limit();
         let t = self.dests[d]
             .health
-            .on_dest_failure(&error, probe, self.now, &mut self.rng);
+            .on_dest_failure(&error, probe, limit, self.now, &mut self.rng);
         match t {
-            Transition::Down { probe_in } => {
+            Transition::Down {
+                probe_in,
+                loud,
+                unlogged,
+            } => {
                 // Everything queued for it waits, not only what was in flight.
                 let waiting = self.waiting_for(d);
                 self.report(Report::DestinationDown {
@@ -1413,6 +1427,8 @@ impl Core {
                     error,
                     waiting,
                     probe_in,
+                    loud,
+                    unlogged,
                 });
             }
             Transition::StillDown { probe_in, loud } => self.report(Report::StillDown {

@@ -1027,8 +1027,8 @@ fn a_down_destination_holds_one_probe_and_its_files_go_when_it_is_back() {
     }
     assert_eq!(
         s.running.len(),
-        8,
-        "the adaptive limit starts at its cap (8) when below 32"
+        super::limiter::INITIAL_LIMIT.min(8),
+        "the adaptive limit starts small (at its cap, if smaller)"
     );
     s.finish_all(Verdict::Deliver);
     assert_eq!(
@@ -1098,11 +1098,16 @@ fn the_limit_grows_while_the_lane_is_full_and_greetings_stay_fast() {
     }
     s.overflow();
     s.advance(60 * MS);
-    assert_eq!(s.running.len(), 32, "it starts at 32");
+    let initial = super::limiter::INITIAL_LIMIT;
+    assert_eq!(s.running.len(), initial, "it starts small");
     for _ in 0..40 {
         s.finish(0, Verdict::Deliver);
     }
-    assert_eq!(s.running.len(), 112, "+2 per success in slow start");
+    assert_eq!(
+        s.running.len(),
+        initial + 40,
+        "+1 per success in slow start"
+    );
     for _ in 0..200 {
         s.finish(0, Verdict::Deliver);
     }

@@ -183,6 +183,9 @@ pub struct Start {
     pub quiet: Duration,
     /// When the core first knew of the file (the delivery latency runs from here).
     pub found: Instant,
+    /// Wait at most this long for the greeting (if shorter than the configured timeout):
+    /// the destination's usual greeting time, with margin ([`super::limiter::Limiter::greeting_timeout`]).
+    pub greeting_timeout: Option<Duration>,
 }
 
 /// How an attempt ended.
@@ -254,12 +257,15 @@ pub enum Report {
         error: FileError,
         retry_in: Duration,
     },
-    /// A destination went down.
+    /// A destination went down (after a cohort of failures). `loud`: at most one down/up
+    /// pair a minute is worth a line; `unlogged`: outages since the last loud one.
     DestinationDown {
         dest: usize,
         error: DestError,
         waiting: usize,
         probe_in: Duration,
+        loud: bool,
+        unlogged: u32,
     },
     /// A probe (or an attempt started before it went down) failed; `loud` at most once a
     /// minute or when the kind of error changed.
@@ -270,11 +276,12 @@ pub enum Report {
         probe_in: Duration,
         loud: bool,
     },
-    /// A destination that was down accepted an upload.
+    /// A destination that was down greeted again; `loud` if its down was.
     DestinationUp {
         dest: usize,
         down_for: Duration,
         waiting: usize,
+        loud: bool,
     },
     /// A destination's limit changed.
     Limit {
