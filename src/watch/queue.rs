@@ -38,6 +38,10 @@ struct Running {
     bytes: Arc<AtomicU64>,
     /// The file's size, once the attempt claimed it.
     size: Arc<AtomicU64>,
+    /// Stops the task ([`Action::Abandon`]).
+    abort: tokio::task::AbortHandle,
+    /// Stopped because its greeting was overdue: reported as a greeting timeout.
+    abandoned: bool,
 }
 
 /// Everything the queue task owns.
@@ -157,6 +161,24 @@ impl Queue {
                     let w = claim::probe_writers(&self.path(&key));
                     self.core.writers(Self::now(), key, w);
                 }
+                Action::AskGreeted(key) => {
+                    // Bytes sent: the greeting came. An attempt no longer running has
+                    // reported back, or is about to: greeted as far as this goes.
+                    let greeted = self
+                        .running
+                        .values()
+                        .find(|r| r.key == key)
+                        .map_or(true, |r| r.bytes.load(Ordering::Relaxed) > 0);
+                    self.core.greeted(Self::now(), key, greeted);
+                }
+                Action::Abandon(key) => {
+                    // Dropping the task resets its connection (linger 0) and releases the
+                    // claim; `on_join` reports it as a greeting timeout.
+                    if let Some(r) = self.running.values_mut().find(|r| r.key == key) {
+                        r.abandoned = true;
+                        r.abort.abort();
+                    }
+                }
                 Action::List { watch, limit } => {
                     let w = self.watches[watch].clone();
                     self.scans.spawn_blocking(move || {
@@ -213,6 +235,8 @@ impl Queue {
                 attempt: s.attempt,
                 bytes: progress,
                 size,
+                abort: handle.clone(),
+                abandoned: false,
             },
         );
     }
@@ -576,6 +600,27 @@ impl Queue {
         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Some(r) = self.running.remove(&id) else {
             return;
+        };
+        // Abandoned while it waited for its greeting: a failure before the greeting, like
+        // the timeout it stood for (not counted against the file).
+        let outcome = match outcome {
+            None if r.abandoned => {
+                let dest = self.watches[r.key.0].cfg.server.clone();
+                let waited = r.started.elapsed();
+                self.shared.metrics.attempt(
+                    &dest.to_string(),
+                    crate::metrics::AttemptResult::no_greeting,
+                    waited,
+                );
+                let error = crate::client::ClientError::Protocol {
+                    dest: dest.clone(),
+                    source: crate::protocol::ProtocolError::HandshakeTimeout(waited),
+                };
+                Some(Outcome::DestinationFailed {
+                    error: crate::watch::error::DestError::new(dest, error),
+                })
+            }
+            o => o,
         };
         match &outcome {
             Some(Outcome::Delivered { .. }) => {

@@ -75,6 +75,12 @@ const FUTILE: f64 = 0.9;
 /// plus four deviations, as TCP's retransmission timeout) it is at least.
 pub const MIN_GREETING_TIMEOUT: Duration = Duration::from_secs(2);
 const GREETING_TIMEOUT_FACTOR: f64 = 2.0;
+/// An attempt without its greeting is overdue after at least this long ...
+pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
+/// ... and this many times the usual greeting time plus four deviations.
+const OVERDUE_FACTOR: f64 = 6.0;
+/// Greeting times kept per window for its median (the rest only counted).
+const WINDOW_SAMPLES: usize = 512;
 /// Weights of a sample in the smoothed greeting time and its deviation (RFC 6298's).
 const SAMPLE_WEIGHT: f64 = 0.125;
 const SAMPLE_DEV_WEIGHT: f64 = 0.25;
@@ -102,14 +108,23 @@ pub struct Limiter {
     /// where it was.
     cut_at: Option<f64>,
     futile: u32,
+    /// When the limit was last cut: only attempts started after it tell whether the cut
+    /// was enough (those started before met the old limit's queue; a server that serves
+    /// one at a time takes seconds to drain it).
+    cut_time: Option<Instant>,
+    /// The start of the latest-started attempt that got its greeting.
+    latest_greeted: Option<Instant>,
 }
 
 /// What the current window gathered.
 #[derive(Debug, Clone, Default)]
 struct Window {
     start: Option<Instant>,
-    sum: f64,
     samples: u32,
+    /// Greeting times (the first [`WINDOW_SAMPLES`]).
+    all: Vec<f64>,
+    /// Of them, those of attempts started after the last cut.
+    fresh: Vec<f64>,
     timeouts: u32,
     /// An attempt that ended in it found the lane full when it started.
     full: bool,
@@ -130,6 +145,16 @@ pub struct Ticket {
 pub enum Change {
     Grew,
     Shrank,
+}
+
+/// The median of `v` (reordered), if any.
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mid = v.len() / 2;
+    v.select_nth_unstable_by(mid, |a, b| a.total_cmp(b));
+    Some(v[mid])
 }
 
 fn secs(d: Duration) -> f64 {
@@ -159,6 +184,8 @@ impl Limiter {
             window: Window::default(),
             cut_at: None,
             futile: 0,
+            cut_time: None,
+            latest_greeted: None,
         }
     }
 
@@ -228,6 +255,19 @@ impl Limiter {
             .map(|(m, d)| dur(GREETING_TIMEOUT_FACTOR * (m + 4.0 * d)).max(MIN_GREETING_TIMEOUT))
     }
 
+    /// How long after its start an attempt without its greeting is overdue (and looked at
+    /// again): six times the usual greeting time plus four deviations (which covers the
+    /// connect, a round trip, too), at least [`MIN_OVERDUE`]; `None` before any greeting.
+    pub fn overdue_after(&self) -> Option<Duration> {
+        self.smoothed
+            .map(|(m, d)| dur(OVERDUE_FACTOR * (m + 4.0 * d)).max(MIN_OVERDUE))
+    }
+
+    /// Whether an attempt started after the one of `t` got its greeting.
+    pub fn overtaken(&self, t: &Ticket) -> bool {
+        self.latest_greeted.is_some_and(|g| g > t.started)
+    }
+
     /// The greeting time above which a window is taken to be queueing.
     fn threshold(&self) -> Option<f64> {
         self.baseline
@@ -255,6 +295,7 @@ impl Limiter {
         });
         let mut change = None;
         if let Some(g) = greeting {
+            self.latest_greeted = Some(self.latest_greeted.map_or(t.started, |l| l.max(t.started)));
             let g = secs(g);
             self.smoothed = Some(match self.smoothed {
                 None => (g, g / 2.0),
@@ -263,8 +304,13 @@ impl Limiter {
                     d + SAMPLE_DEV_WEIGHT * ((g - m).abs() - d),
                 ),
             });
-            self.window.sum += g;
             self.window.samples += 1;
+            if self.window.all.len() < WINDOW_SAMPLES {
+                self.window.all.push(g);
+                if self.cut_time.map_or(true, |c| t.started >= c) {
+                    self.window.fresh.push(g);
+                }
+            }
             // Slow start: each success that found the lane full, with a greeting that does
             // not say queueing, adds one.
             let fast = self.threshold().map_or(true, |th| g <= th);
@@ -272,13 +318,17 @@ impl Limiter {
                 change = self.set(self.limit + 1.0);
             }
         }
-        if congestion {
+        // Like greeting times, a timeout says something about the current limit only if
+        // its attempt started after the last cut.
+        if congestion && self.cut_time.map_or(true, |c| t.started >= c) {
             self.window.timeouts += 1;
         }
         self.window.full |= t.lane_full;
         let start = *self.window.start.get_or_insert(t.started);
         if now.saturating_duration_since(start) >= self.window_len() {
-            change = self.judge(now.saturating_duration_since(start)).or(change);
+            change = self
+                .judge(now, now.saturating_duration_since(start))
+                .or(change);
             self.window = Window {
                 start: Some(now),
                 ..Window::default()
@@ -288,19 +338,24 @@ impl Limiter {
     }
 
     /// The window of length `len` ended: judge it, then learn from it.
-    fn judge(&mut self, len: Duration) -> Option<Change> {
-        let w = std::mem::take(&mut self.window);
-        let mean = (w.samples > 0).then(|| w.sum / f64::from(w.samples));
+    fn judge(&mut self, now: Instant, len: Duration) -> Option<Change> {
+        let mut w = std::mem::take(&mut self.window);
+        // Medians: a lost greeting (retransmitted 200 ms later) or one slow worker among
+        // many is an outlier, not the window's greeting time.
+        let mean = median(&mut w.all);
+        // Queueing is judged on the attempts that met the current limit.
+        let fresh = median(&mut w.fresh);
         let timeouts = w.timeouts > 0 && w.timeouts * TIMEOUT_SHARE >= w.timeouts + w.samples;
         let threshold = self.threshold();
-        let queueing = match (mean, threshold) {
+        let queueing = match (fresh, threshold) {
             (Some(m), Some(th)) => m > th,
             _ => false,
         };
+        let stale = fresh.is_none() && mean.is_some();
         let mut change = None;
         if self.adaptive && (timeouts || queueing) {
             let mut factor: f64 = if timeouts { DECREASE } else { 1.0 };
-            if let (true, Some(m), Some(th)) = (queueing, mean, threshold) {
+            if let (true, Some(m), Some(th)) = (queueing, fresh, threshold) {
                 factor = factor.min(th / m);
                 // A cut that left the greeting time where it was says the limit is not
                 // what makes the server slow.
@@ -312,7 +367,7 @@ impl Limiter {
             }
             if queueing && !timeouts && self.futile >= 2 {
                 // Drift: the baseline takes the new level, and the cutting stops.
-                if let Some(m) = mean {
+                if let Some(m) = fresh {
                     self.baseline = Some((m, m * TOLERANCE / DEVIATIONS));
                 }
                 self.futile = 0;
@@ -320,8 +375,9 @@ impl Limiter {
                 return None;
             }
             self.slow_start = false;
+            self.cut_time = Some(now);
             change = self.set(self.limit * factor.clamp(MIN_CUT, MAX_CUT));
-        } else {
+        } else if !stale {
             self.cut_at = None;
             self.futile = 0;
             if self.adaptive && !self.slow_start && w.full {

@@ -286,6 +286,8 @@ pub struct Core {
     reported: HashMap<Key, Identity>,
     looks: HashMap<Key, Cont>,
     probes: HashSet<Key>,
+    /// Attempts abandoned because later ones were greeted first ([`Core::greeted`]).
+    abandoned: HashSet<Key>,
     timers: BinaryHeap<Reverse<(Instant, u64, Key)>>,
     next_gen: u64,
     next_seq: u64,
@@ -364,6 +366,7 @@ impl Core {
             reported,
             looks: HashMap::new(),
             probes: HashSet::new(),
+            abandoned: HashSet::new(),
             timers: BinaryHeap::new(),
             next_gen: 1,
             next_seq: 1,
@@ -551,6 +554,25 @@ impl Core {
     }
 
     /// The answer to [`Action::ProbeWriters`].
+    /// The answer to [`Action::AskGreeted`]: whether the attempt of `key` got its greeting
+    /// (sent any of its file) by now. Asked only once its greeting is overdue and attempts
+    /// started after it have been greeted: a server's accept queue is first in, first out,
+    /// so it waits on a hung worker, not in the queue (TCP's fast retransmit: later data
+    /// acknowledged means the earlier segment was lost). Not greeted: it is abandoned
+    /// ([`Action::Abandon`]) and its file goes again at once on another connection, instead
+    /// of holding a slot until the greeting timeout. A server that serves one at a time is
+    /// never abandoned this way: nothing overtakes the connection that waits in its queue.
+    pub fn greeted(&mut self, now: Instant, key: Key, greeted: bool) {
+        self.advance(now);
+        let lane = matches!(
+            self.entries.get(&key).map(|e| &e.state),
+            Some(State::InFlight { lane: Some(_), .. })
+        );
+        if !greeted && lane && self.abandoned.insert(key.clone()) {
+            self.actions.push_back(Action::Abandon(key));
+        }
+    }
+
     pub fn writers(&mut self, now: Instant, key: Key, writers: Writers) {
         self.advance(now);
         if !self.probes.remove(&key) {
@@ -703,6 +725,14 @@ impl Core {
                     lane.and_then(|t| limiter.on_failure(t, Some(*g), error.congestion(), now));
                 self.report_limit(d, change.is_some());
             }
+            // Abandoned after later attempts were greeted: an outlier by construction (a
+            // hung worker, a lost SYN), neither congestion nor a sign of an outage; the file
+            // goes again at once.
+            Outcome::DestinationFailed { .. } if self.abandoned.remove(&key) => {
+                let limiter = &mut self.dests[d].limiter;
+                let change = lane.and_then(|t| limiter.on_failure(t, None, false, now));
+                self.report_limit(d, change.is_some());
+            }
             Outcome::DestinationFailed { error } => {
                 let limiter = &mut self.dests[d].limiter;
                 let change =
@@ -712,6 +742,8 @@ impl Core {
             }
             _ => {}
         }
+        // Ended before it could be abandoned (or otherwise): no mark outlives its attempt.
+        self.abandoned.remove(&key);
         self.after_attempt(key.clone(), outcome, closed_during);
         if moved_during {
             // Whatever became of the file the attempt had, the name now holds one renamed
@@ -1122,6 +1154,19 @@ impl Core {
                 }
             }
             State::Waiting { .. } => self.make_ready(&key, false),
+            State::InFlight {
+                lane: Some(t),
+                probe: false,
+                ..
+            } => {
+                let d = self.watches[key.0].p.dest;
+                let limiter = &self.dests[d].limiter;
+                if limiter.overtaken(&t) {
+                    self.actions.push_back(Action::AskGreeted(key));
+                } else if let Some(after) = limiter.overdue_after() {
+                    self.arm(&key, now + after);
+                }
+            }
             State::Ready { .. } | State::InFlight { .. } => {}
         }
     }
@@ -1392,6 +1437,12 @@ impl Core {
             self.dests[d].in_flight += 1;
         }
         self.actions.push_back(Action::Start(start));
+        // Looked at again when greetings usually have come long since (not a probe: it is
+        // the only attempt in flight, nothing can overtake it).
+        if let (true, false, Some(after)) = (lane, probe, self.dests[d].limiter.overdue_after()) {
+            let at = self.now + after;
+            self.arm(&key, at);
+        }
     }
 
     fn dest_up(&mut self, d: usize) {

@@ -336,6 +336,12 @@ pub enum Action {
     Look(Key),
     /// Ask whether the name has writers; answer with [`Core::writers`].
     ProbeWriters(Key),
+    /// Ask whether the attempt of the name got its greeting yet; answer with
+    /// [`Core::greeted`].
+    AskGreeted(Key),
+    /// Stop the attempt of the name (still waiting for its greeting, overtaken by later
+    /// ones): it reports back as a greeting timeout.
+    Abandon(Key),
     /// List the directory of `watch`, keeping the `limit` oldest regular files; answer with
     /// [`Core::listed`].
     List {
