@@ -316,7 +316,7 @@ impl Net {
             );
             self.at(now + connect.min(TIMEOUT), Ev::Connected(id));
         }
-        let limit = self.sim.core.dests[0].limiter.limit();
+        let limit = self.sim.core.lanes.lanes[0].limiter.limit();
         self.peak_limit = self.peak_limit.max(limit);
     }
 
@@ -509,7 +509,7 @@ impl Net {
                 .sim
                 .reports_of(|r| matches!(r, Report::DestinationDown { .. })),
             peak_limit: self.peak_limit,
-            final_limit: self.sim.core.dests[0].limiter.limit(),
+            final_limit: self.sim.core.lanes.lanes[0].limiter.limit(),
         }
     }
 }
