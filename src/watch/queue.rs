@@ -218,7 +218,6 @@ impl Queue {
             mode: s.mode,
             trusted: s.trusted,
             quiet: s.quiet,
-            greeting_timeout: s.greeting_timeout,
             progress: progress.clone(),
             size: size.clone(),
             found: s.found,

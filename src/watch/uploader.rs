@@ -35,9 +35,6 @@ pub struct Job {
     /// Where the kernel cannot tell whether an untrusted file has writers, how long its
     /// content and status must have been unchanged before it is taken as complete.
     pub quiet: Duration,
-    /// Wait at most this long for the greeting, if shorter than the configured timeout (the
-    /// core's estimate from the destination's usual greeting time).
-    pub greeting_timeout: Option<Duration>,
     /// Bytes sent so far, and the file's size once claimed, for `accio status`.
     pub progress: Arc<AtomicU64>,
     pub size: Arc<AtomicU64>,
@@ -99,15 +96,11 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     // how fast (a failure before it carries no greeting time at all).
     let mut greeting: Option<Duration> = None;
     let progress = job.progress.clone();
-    let mut timeouts = sh.timeouts;
-    if let Some(g) = job.greeting_timeout {
-        timeouts.handshake = timeouts.handshake.min(g);
-    }
     let result = client::upload(
         &job.watch.cfg.server,
         job.watch.cfg.confirm,
         &claim.file,
-        &timeouts,
+        &sh.timeouts,
         &mut |n| progress.store(n, Ordering::Relaxed),
         &mut greeting,
         |sent| unchanged(&claim, &before, sent),

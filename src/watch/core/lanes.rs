@@ -376,7 +376,6 @@ impl Core {
             trusted: e.moved_in || e.closed,
             quiet,
             found: e.since,
-            greeting_timeout: None,
         };
         let slot = self.lanes.begin(w, lane, self.now);
         self.waiting.remove(&key, e.since);
@@ -388,16 +387,11 @@ impl Core {
             moved: false,
         };
         let d = self.watches[w].p.dest;
-        let limiter = &self.lanes.lanes[d].limiter;
-        // A probe waits the configured time: the usual greeting time is the healthy
-        // server's, and a probe is one connection at a time anyway.
         let upload = slot.lane.is_some() && !slot.probe;
-        let greeting_timeout = upload.then(|| limiter.greeting_timeout()).flatten();
-        let overdue = upload.then(|| limiter.overdue_after()).flatten();
-        self.actions.push_back(Action::Start(Start {
-            greeting_timeout,
-            ..start
-        }));
+        let overdue = upload
+            .then(|| self.lanes.lanes[d].limiter.overdue_after())
+            .flatten();
+        self.actions.push_back(Action::Start(start));
         // Looked at again when greetings usually have come long since (not a probe: it is
         // the only attempt in flight, nothing can overtake it).
         if let Some(after) = overdue {

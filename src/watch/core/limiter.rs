@@ -3,8 +3,9 @@
 //! The lane asks it [`Limiter::limit`], tells it when an attempt starts
 //! ([`Limiter::on_start`], which hands back the attempt's [`Ticket`]) and how the attempt
 //! went with that ticket ([`Limiter::on_success`], [`Limiter::on_failure`]); the answer is the
-//! change of the limit, if any, for the log. It also proposes how long an attempt waits for
-//! the greeting ([`Limiter::greeting_timeout`]). Everything else is the limiter's own policy.
+//! change of the limit, if any, for the log. It also tells when an attempt without its
+//! greeting is overdue ([`Limiter::overdue_after`]) and whether a later one overtook it
+//! ([`Limiter::overtaken`]). Everything else is the limiter's own policy.
 //!
 //! The signal is the greeting time: from the connection being established to the whole
 //! `accio\r\n` (half a round trip plus whatever the server makes us wait: its accept queue,
@@ -71,10 +72,6 @@ pub const GROWTH: f64 = 1.1;
 /// Two cuts in a row that left the greeting time above this share of where it was: the
 /// limit was not the cause.
 const FUTILE: f64 = 0.9;
-/// Shortest greeting timeout proposed, and how many times the usual greeting time (mean
-/// plus four deviations, as TCP's retransmission timeout) it is at least.
-pub const MIN_GREETING_TIMEOUT: Duration = Duration::from_secs(2);
-const GREETING_TIMEOUT_FACTOR: f64 = 2.0;
 /// An attempt without its greeting is overdue after at least this long ...
 pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
 /// ... and this many times the usual greeting time plus four deviations.
@@ -98,8 +95,8 @@ pub struct Limiter {
     slow_start: bool,
     /// Long-term greeting time of windows, and its mean deviation (seconds).
     baseline: Option<(f64, f64)>,
-    /// Smoothed greeting time per sample and its deviation (seconds), for the greeting
-    /// timeout and `accio status`.
+    /// Smoothed greeting time per sample and its deviation (seconds), for when an attempt
+    /// is overdue and `accio status`.
     smoothed: Option<(f64, f64)>,
     /// Smoothed length of an attempt, start to end (the window's length).
     attempt: Option<Duration>,
@@ -243,16 +240,6 @@ impl Limiter {
     /// The smoothed greeting time, if any sample was taken.
     pub fn smoothed(&self) -> Option<Duration> {
         self.smoothed.map(|(m, _)| dur(m))
-    }
-
-    /// How long an attempt starting now should wait for the greeting, at most: twice the
-    /// usual greeting time plus four deviations, at least [`MIN_GREETING_TIMEOUT`]; `None`
-    /// before any greeting (the configured timeout then). A hung worker then costs its
-    /// connection seconds, not the configured timeout, and the file goes again at once; a
-    /// server whose greetings come late as a rule is waited for as long as they take.
-    pub fn greeting_timeout(&self) -> Option<Duration> {
-        self.smoothed
-            .map(|(m, d)| dur(GREETING_TIMEOUT_FACTOR * (m + 4.0 * d)).max(MIN_GREETING_TIMEOUT))
     }
 
     /// How long after its start an attempt without its greeting is overdue (and looked at
@@ -536,16 +523,5 @@ mod tests {
             l.on_success(k, MS, t);
         }
         assert_eq!(l.limit(), INITIAL_LIMIT);
-    }
-
-    #[test]
-    fn the_greeting_timeout_follows_the_greetings_within_bounds() {
-        let mut t = Instant::now();
-        let mut l = Limiter::new(64, true);
-        assert_eq!(l.greeting_timeout(), None);
-        run(&mut l, &mut t, 50, MS, MS);
-        assert_eq!(l.greeting_timeout(), Some(MIN_GREETING_TIMEOUT));
-        run(&mut l, &mut t, 50, 3000 * MS, 3000 * MS);
-        assert!(l.greeting_timeout().is_some_and(|g| g >= 6000 * MS));
     }
 }

@@ -7,8 +7,7 @@
 //! waits for a worker of the server's pool (`None`: one each); the worker greets it at once
 //! (the greeting arrives half a round trip later: the greeting time is the wait plus half a
 //! round trip) and holds it for `service` plus a round trip (body, close). A client that
-//! waited for the greeting longer than its greeting timeout (the core's proposal, else
-//! 10 s) gives up: a failure before the greeting; the worker that later takes the
+//! waited for the greeting longer than the greeting timeout (10 s) gives up: a failure before the greeting; the worker that later takes the
 //! connection finds it closed (an abandoned connection: an empty or `ERROR` file on a server
 //! that saves each connection). Every n-th connection accepted may meet a [`Fault`].
 
@@ -302,7 +301,7 @@ impl Net {
                 connect += backoff;
                 backoff *= 2;
             }
-            let timeout = s.greeting_timeout.unwrap_or(TIMEOUT).min(TIMEOUT);
+            let timeout = TIMEOUT;
             self.conns.insert(
                 id,
                 Conn {

@@ -183,9 +183,6 @@ pub struct Start {
     pub quiet: Duration,
     /// When the core first knew of the file (the delivery latency runs from here).
     pub found: Instant,
-    /// Wait at most this long for the greeting (if shorter than the configured timeout):
-    /// the destination's usual greeting time, with margin ([`super::limiter::Limiter::greeting_timeout`]).
-    pub greeting_timeout: Option<Duration>,
 }
 
 /// How an attempt ended.
