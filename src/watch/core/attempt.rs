@@ -62,6 +62,9 @@ impl Core {
         let d = self.watches[w].p.dest;
         self.lanes.end(w, lane.is_some());
         let Some(outcome) = outcome else {
+            if let Some(t) = lane {
+                self.lanes.lanes[d].limiter.forget(t, now);
+            }
             return self.apply(key, Next::Forget);
         };
         // What the attempt says about the destination.
@@ -99,7 +102,13 @@ impl Core {
                 self.report_limit(d, change.is_some());
                 self.dest_failed(d, &key, error.clone(), probe);
             }
-            _ => {}
+            // Nothing about the server (the file was gone, busy, young, ...): the limiter
+            // only forgets the attempt.
+            _ => {
+                if let Some(t) = lane {
+                    self.lanes.lanes[d].limiter.forget(t, now);
+                }
+            }
         }
         // Ended before it could be abandoned (or otherwise): no mark outlives its attempt.
         self.abandoned.remove(&key);

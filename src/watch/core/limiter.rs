@@ -111,6 +111,10 @@ pub struct Limiter {
     cut_time: Option<Instant>,
     /// The start of the latest-started attempt that got its greeting.
     latest_greeted: Option<Instant>,
+    /// Starts of the attempts in flight (how many started at each instant).
+    starts: std::collections::BTreeMap<Instant, u32>,
+    /// When an attempt last ended.
+    last_end: Option<Instant>,
 }
 
 /// What the current window gathered.
@@ -183,6 +187,8 @@ impl Limiter {
             futile: 0,
             cut_time: None,
             latest_greeted: None,
+            starts: std::collections::BTreeMap::new(),
+            last_end: None,
         }
     }
 
@@ -190,6 +196,7 @@ impl Limiter {
     /// ready files behind. The ticket goes back with the attempt's outcome.
     pub fn on_start(&mut self, lane_full: bool, now: Instant) -> Ticket {
         self.window.start.get_or_insert(now);
+        *self.starts.entry(now).or_default() += 1;
         Ticket {
             started: now,
             lane_full,
@@ -250,9 +257,35 @@ impl Limiter {
             .map(|(m, d)| dur(OVERDUE_FACTOR * (m + 4.0 * d)).max(MIN_OVERDUE))
     }
 
-    /// Whether an attempt started after the one of `t` got its greeting.
-    pub fn overtaken(&self, t: &Ticket) -> bool {
-        self.latest_greeted.is_some_and(|g| g > t.started)
+    /// The attempt of `t` ended without an outcome (its task panicked or was aborted).
+    pub fn forget(&mut self, t: Ticket, now: Instant) {
+        self.end(t, now);
+    }
+
+    fn end(&mut self, t: Ticket, now: Instant) {
+        if let Some(n) = self.starts.get_mut(&t.started) {
+            *n -= 1;
+            if *n == 0 {
+                self.starts.remove(&t.started);
+            }
+        }
+        self.last_end = Some(now);
+    }
+
+    /// Whether the attempt of `t`, overdue at `now`, waits on something other than the
+    /// server's queue: an attempt started after it got its greeting (the accept queue is
+    /// first in, first out), or none started before it is still in flight and the last one
+    /// ended an overdue time ago (nothing of ours is ahead of it).
+    pub fn overtaken(&self, t: &Ticket, now: Instant) -> bool {
+        if self.latest_greeted.is_some_and(|g| g > t.started) {
+            return true;
+        }
+        let oldest = self.starts.keys().next().map_or(true, |o| *o >= t.started);
+        let quiet = match (self.last_end, self.overdue_after()) {
+            (Some(e), Some(after)) => now >= e + after,
+            _ => false,
+        };
+        oldest && quiet
     }
 
     /// The greeting time above which a window is taken to be queueing.
@@ -275,6 +308,7 @@ impl Limiter {
         ok: bool,
         now: Instant,
     ) -> Option<Change> {
+        self.end(t, now);
         let took = now.saturating_duration_since(t.started);
         self.attempt = Some(match self.attempt {
             None => took,
@@ -511,6 +545,32 @@ mod tests {
             l.limit()
         );
         assert!(l.baseline().is_some_and(|b| b >= 20 * MS));
+    }
+
+    #[test]
+    fn overtaken_by_a_later_greeting_or_alone_after_the_others_ended() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(64, true);
+        run(&mut l, &mut t, 10, MS, MS);
+        let after = l.overdue_after().unwrap_or_default();
+        let first = l.on_start(true, t);
+        let second = l.on_start(true, t + MS);
+        assert!(!l.overtaken(&first, t + MS));
+        l.on_success(second, MS, t + 2 * MS);
+        assert!(l.overtaken(&first, t + 2 * MS), "a later one was greeted");
+        // Alone in flight: only once an overdue time passed since the last end.
+        let mut l = Limiter::new(64, true);
+        let mut t = Instant::now();
+        run(&mut l, &mut t, 10, MS, MS);
+        let early = l.on_start(true, t);
+        let lone = l.on_start(true, t + MS);
+        assert!(
+            !l.overtaken(&lone, t + after * 2),
+            "an earlier one is in flight"
+        );
+        l.forget(early, t + 2 * MS);
+        assert!(!l.overtaken(&lone, t + 3 * MS));
+        assert!(l.overtaken(&lone, t + 2 * MS + after));
     }
 
     #[test]

@@ -607,7 +607,7 @@ impl Core {
             } => {
                 let d = self.watches[key.0].p.dest;
                 let limiter = &self.lanes.lanes[d].limiter;
-                if limiter.overtaken(&t) {
+                if limiter.overtaken(&t, now) {
                     self.actions.push_back(Action::AskGreeted(key));
                 } else if let Some(after) = limiter.overdue_after() {
                     self.arm(&key, now + after);
