@@ -34,8 +34,8 @@
 //!   outlier, a server whose accept queue overflows is not.
 //! - **Growth.** It starts at [`INITIAL_LIMIT`] (a server that serves one at a time gets a
 //!   few connections, not dozens it would let time out) and grows fast while nothing
-//!   signalled yet: by one per success that found the lane full with a greeting under the
-//!   threshold (doubling per round, like TCP's slow start). After a signal, by
+//!   signalled yet: by two per success that found the lane full with a greeting under the
+//!   threshold (tripling per round, like TCP's slow start). After a signal, by
 //!   [`GROWTH`] per window that found the lane full and was not queueing.
 
 use std::time::{Duration, Instant};
@@ -67,6 +67,9 @@ pub const MAX_CUT: f64 = 0.9;
 pub const DECREASE: f64 = 0.75;
 /// Timeouts are a signal when they are at least one outcome of this many in their window.
 pub const TIMEOUT_SHARE: u32 = 5;
+/// Growth per success in slow start: the limit triples per round, so a distant server is
+/// reached in a few round trips (4 → 12 → 36 → 108).
+pub const SLOW_START_STEP: f64 = 2.0;
 /// Growth per window after a signal.
 pub const GROWTH: f64 = 1.1;
 /// Two cuts in a row that left the greeting time above this share of where it was: the
@@ -91,7 +94,7 @@ pub struct Limiter {
     adaptive: bool,
     /// Current limit, fractional so that growth by a share adds up.
     limit: f64,
-    /// No signal seen yet: growth by one per success.
+    /// No signal seen yet: growth by two per success.
     slow_start: bool,
     /// Long-term greeting time of windows, and its mean deviation (seconds).
     baseline: Option<(f64, f64)>,
@@ -336,7 +339,7 @@ impl Limiter {
             // not say queueing, adds one.
             let fast = self.threshold().map_or(true, |th| g <= th);
             if self.adaptive && self.slow_start && ok && t.lane_full && fast {
-                change = self.set(self.limit + 1.0);
+                change = self.set(self.limit + SLOW_START_STEP);
             }
         }
         // Like greeting times, a timeout says something about the current limit only if
@@ -469,12 +472,12 @@ mod tests {
     }
 
     #[test]
-    fn starts_small_grows_by_one_per_success_then_cuts_once_per_window() {
+    fn starts_small_grows_by_two_per_success_then_cuts_once_per_window() {
         let mut t = Instant::now();
         let mut l = Limiter::new(256, true);
         assert_eq!(l.limit(), INITIAL_LIMIT);
         run(&mut l, &mut t, 20, MS, MS);
-        assert_eq!(l.limit(), INITIAL_LIMIT + 20, "slow start: one per success");
+        assert_eq!(l.limit(), INITIAL_LIMIT + 40, "slow start: two per success");
         // Greetings fifty times slower for two windows: queueing; one cut per window, each
         // at most a halving.
         let before = l.limit();
