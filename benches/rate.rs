@@ -155,6 +155,7 @@ async fn upload_logged(
         &timeouts(),
         pacer,
         progress,
+        &mut None,
         |_| Ok(()),
     )
     .await

@@ -299,8 +299,10 @@ async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
 pub struct Uploaded {
     /// Bytes of the file sent (and confirmed).
     pub bytes: u64,
-    /// From starting to resolve and connect until the whole `accio\r\n` had arrived: how
-    /// fast the server takes a new connection, apart from the file's size.
+    /// From the connection being established until the whole `accio\r\n` had arrived: how
+    /// fast the server takes a new connection (its accept queue, a busy worker pool, half a
+    /// round trip), apart from the file's size. Name resolution and the TCP handshake are
+    /// left out: a slow resolver or a lost SYN says nothing about the server's load.
     pub greeting: Duration,
 }
 
@@ -316,10 +318,17 @@ pub struct Uploaded {
 /// error from it aborts the connection with a reset so the server does not take the partial
 /// or changed content as complete (the spool service checks the file did not change).
 ///
+/// `greeted` is set to the greeting time (as in [`Uploaded::greeting`]) once the greeting
+/// has arrived, so that a caller whose upload fails later still knows the server answered,
+/// and how fast.
+///
 /// # Errors
 /// Any [`ClientError`] ([`ClientError::phase`] tells where it failed); on error after
 /// connecting the connection is reset, never closed gracefully, so no failure can look like
 /// success to the server.
+// The pacer, the progress callback, the greeting out-parameter and the check before the
+// close are each a different caller's hook (send, the service, the tests).
+#[allow(clippy::too_many_arguments)]
 pub async fn upload<E>(
     dest: &Destination,
     confirm: Confirm,
@@ -327,10 +336,11 @@ pub async fn upload<E>(
     timeouts: &Timeouts,
     pacer: Option<&mut Pacer>,
     progress: &mut (dyn FnMut(u64) + Send),
+    greeted: &mut Option<Duration>,
     before_close: impl FnOnce(u64) -> Result<(), E>,
 ) -> Result<Uploaded, UploadError<E>> {
-    let started = Instant::now();
     let mut stream = connect(dest, timeouts).await?;
+    let connected = Instant::now();
     let proto = |source| ClientError::Protocol {
         dest: dest.clone(),
         source,
@@ -339,7 +349,8 @@ pub async fn upload<E>(
         protocol::abort(stream);
         return Err(proto(e).into());
     }
-    let greeting = started.elapsed();
+    let greeting = connected.elapsed();
+    *greeted = Some(greeting);
     let mut pacer = pacer;
     let body = protocol::send_file(
         file,

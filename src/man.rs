@@ -304,6 +304,7 @@ mod tests {
             "initial",
             "max",
             "max_attempts",
+            "probe_max",
             "dir",
             "on_success",
             "done_dir",

@@ -57,6 +57,7 @@ pub async fn run(
         &timeouts,
         pacer.as_mut(),
         &mut on_progress,
+        &mut None,
         |_| Ok(()),
     )
     .await;

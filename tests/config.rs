@@ -106,6 +106,7 @@ fn valid_config_prints_effective_settings() {
         "initial = \"1s\"\n".into(),
         "max = \"5m\"\n".into(),
         "max_attempts = 10\n".into(),
+        "probe_max = \"1m\"\n".into(),
         format!("dir = \"{r}/spool\"\n"),
         format!("done_dir = \"{r}/done\"\n"),
         format!("failed_dir = \"{r}/failed\"\n"),
@@ -251,6 +252,7 @@ close = "10s"
 initial = "1s"
 max = "5m"
 max_attempts = 10
+probe_max = "1m"
 [[watch]]
 dir = "/var/spool/accio/outbox"
 done_dir = "/var/spool/accio/sent"
@@ -448,7 +450,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("$S[timeouts]\nconect = \"1s\"\n$W",
      "ERROR: @/accio.toml:5: key `timeouts.conect`: unknown key (did you mean `connect`?); allowed here: connect, handshake, stall, close"),
     ("$S[retry]\nmaximum = \"1s\"\n$W",
-     "ERROR: @/accio.toml:5: key `retry.maximum`: unknown key; allowed here: initial, max, max_attempts"),
+     "ERROR: @/accio.toml:5: key `retry.maximum`: unknown key; allowed here: initial, max, max_attempts, probe_max"),
     ("$S[metrics]\nport = 9187\n$W",
      "ERROR: @/accio.toml:5: key `metrics.port`: unknown key; allowed here: listen"),
     ("$S$Wserver = { host = \"h\", port = 1, limit = 3 }\n",

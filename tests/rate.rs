@@ -100,6 +100,7 @@ async fn upload(dest: Destination, len: u64, limits: Vec<Arc<Limiter>>) -> (u64,
         &timeouts(),
         Some(&mut pacer),
         &mut |_| {},
+        &mut None,
         |_| Ok(()),
     )
     .await
@@ -202,6 +203,7 @@ fn a_timetable_entry_coming_due_frees_a_transfer_in_flight() {
             &timeouts(),
             Some(&mut pacer),
             &mut |_| {},
+            &mut None,
             |_| Ok(()),
         )
         .await
@@ -246,6 +248,7 @@ fn a_reload_changes_the_limit_of_a_transfer_in_flight() {
             &timeouts(),
             Some(&mut pacer),
             &mut |_| {},
+            &mut None,
             |_| Ok(()),
         )
         .await

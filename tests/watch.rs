@@ -588,6 +588,7 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(200),
             max_attempts: 0,
+            probe_max: Duration::from_millis(200),
         },
         shutdown_grace: Duration::from_secs(1),
         log_level: "info".into(),

@@ -88,6 +88,10 @@ pub struct RetryPolicy {
     pub max: Duration,
     /// Attempts before the file goes to `failed_dir`; 0 = retry forever.
     pub max_attempts: u32,
+    /// Longest delay between two probes of a destination that is down (from `initial`,
+    /// doubling): apart from `max`, so that files that fail on their own may wait long while
+    /// a server that comes back is found within a minute.
+    pub probe_max: Duration,
 }
 
 /// What happens to a file after it was delivered.
@@ -498,7 +502,8 @@ failed_dir = "/var/spool/accio/failed"
             RetryPolicy {
                 initial: Duration::from_secs(1),
                 max: Duration::from_secs(300),
-                max_attempts: 10
+                max_attempts: 10,
+                probe_max: Duration::from_secs(60),
             }
         );
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));

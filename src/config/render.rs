@@ -87,6 +87,7 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
     writeln!(o, "initial = {}", d(c.retry.initial))?;
     writeln!(o, "max = {}", d(c.retry.max))?;
     writeln!(o, "max_attempts = {}", c.retry.max_attempts)?;
+    writeln!(o, "probe_max = {}", d(c.retry.probe_max))?;
     for w in &c.watches {
         writeln!(o, "\n[[watch]]")?;
         writeln!(o, "dir = {}", s(&w.dir.to_string_lossy()))?;

@@ -32,6 +32,9 @@ pub mod defaults {
     pub const RETRY_INITIAL: Duration = Duration::from_secs(1);
     pub const RETRY_MAX: Duration = Duration::from_secs(300);
     pub const RETRY_MAX_ATTEMPTS: u32 = 10;
+    /// A destination that is down is probed at least this often (a minute: an outage is
+    /// noticed to be over that soon, one connection a minute costs nothing).
+    pub const RETRY_PROBE_MAX: Duration = Duration::from_secs(60);
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
     pub const LOG_LEVEL: &str = "info";
     pub const INCLUDE: &[&str] = &["*"];
@@ -117,6 +120,7 @@ struct Retry {
     initial: Option<Dur<false>>,
     max: Option<Spanned<Dur<false>>>,
     max_attempts: Option<Ranged<0, { u32::MAX as i64 }>>,
+    probe_max: Option<Spanned<Dur<false>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -574,6 +578,7 @@ fn default_retry() -> RetryPolicy {
         initial: defaults::RETRY_INITIAL,
         max: defaults::RETRY_MAX,
         max_attempts: defaults::RETRY_MAX_ATTEMPTS,
+        probe_max: defaults::RETRY_PROBE_MAX,
     }
 }
 
@@ -594,12 +599,29 @@ fn retry(cx: &Ctx, r: Retry) -> Checked<RetryPolicy> {
         Some(m) => m.get_ref().0,
         None => defaults::RETRY_MAX.max(initial),
     };
+    // Probes start at `initial` too; a shorter cap would make the first delay the cap.
+    let probe_max = match r.probe_max {
+        Some(m) if m.get_ref().0 < initial => {
+            return Err(cx.err(
+                &m.span(),
+                "retry.probe_max",
+                format!(
+                    "{} is shorter than retry.initial ({})",
+                    humantime::format_duration(m.get_ref().0),
+                    humantime::format_duration(initial)
+                ),
+            ))
+        }
+        Some(m) => m.get_ref().0,
+        None => defaults::RETRY_PROBE_MAX.max(initial),
+    };
     Ok(RetryPolicy {
         initial,
         max,
         max_attempts: r
             .max_attempts
             .map_or(defaults::RETRY_MAX_ATTEMPTS, Ranged::get),
+        probe_max,
     })
 }
 

@@ -107,6 +107,22 @@ impl DestError {
             e => e.phase() == Phase::ConnectTimeout,
         }
     }
+
+    /// A failure that says the destination is not there at all, not that one connection
+    /// was unlucky: the name does not resolve, or every address refused. No cohort is
+    /// waited for (another connection would meet the same).
+    pub fn conclusive(&self) -> bool {
+        match &*self.error {
+            ClientError::Resolve { .. } | ClientError::NoAddresses { .. } => true,
+            ClientError::Connect { tried, .. } => {
+                !tried.0.is_empty()
+                    && tried.0.iter().all(|(_, t)| {
+                        matches!(t, Tried::Failed(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+                    })
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for DestError {

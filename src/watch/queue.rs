@@ -110,6 +110,10 @@ struct Running {
     bytes: Arc<AtomicU64>,
     /// The file's size, once the attempt claimed it.
     size: Arc<AtomicU64>,
+    /// Stops the task ([`Action::Abandon`]).
+    abort: tokio::task::AbortHandle,
+    /// Stopped because its greeting was overdue: reported as a greeting timeout.
+    abandoned: bool,
 }
 
 /// Everything the queue task owns.
@@ -238,6 +242,24 @@ impl Queue {
             match action {
                 Action::Look(key) => self.asks[key.0].push_back(Ask::Look(key)),
                 Action::ProbeWriters(key) => self.asks[key.0].push_back(Ask::Writers(key)),
+                Action::AskGreeted(key) => {
+                    // Bytes sent: the greeting came. An attempt no longer running has
+                    // reported back, or is about to: greeted as far as this goes.
+                    let greeted = self
+                        .running
+                        .values()
+                        .find(|r| r.key == key)
+                        .map_or(true, |r| r.bytes.load(Ordering::Relaxed) > 0);
+                    self.core.greeted(Self::now(), key, greeted);
+                }
+                Action::Abandon(key) => {
+                    // Dropping the task resets its connection (linger 0) and releases the
+                    // claim; `on_join` reports it as a greeting timeout.
+                    if let Some(r) = self.running.values_mut().find(|r| r.key == key) {
+                        r.abandoned = true;
+                        r.abort.abort();
+                    }
+                }
                 Action::List { watch, limit } => {
                     let w = self.watches[watch].clone();
                     self.scans.spawn_blocking(move || {
@@ -323,6 +345,8 @@ impl Queue {
                 attempt: s.attempt,
                 bytes: progress,
                 size,
+                abort: handle.clone(),
+                abandoned: false,
             },
         );
     }
@@ -414,13 +438,32 @@ impl Queue {
                 error,
                 waiting,
                 probe_in,
-            } => tracing::warn!(
-                event = "destination_down",
-                destination = self.core.dest_name(dest),
-                waiting,
-                "{error}; {} is down: {waiting} file(s) waiting for it stay in the spool (not counted as failed attempts); one probe at a time tests it, the first in {probe_in:.1?} (further failures are reported once a minute or when the error changes)",
-                self.core.dest_name(dest)
-            ),
+                loud,
+                unlogged,
+            } => {
+                let name = self.core.dest_name(dest);
+                // One down/up pair a minute at most: a flapping server is counted in the
+                // next loud line, not logged each time.
+                let since = if unlogged > 0 {
+                    format!(" ({unlogged} more outage(s) since the last one reported)")
+                } else {
+                    String::new()
+                };
+                if loud {
+                    tracing::warn!(
+                        event = "destination_down",
+                        destination = name,
+                        waiting,
+                        "{error}; {name} is down{since}: {waiting} file(s) waiting for it stay in the spool (not counted as failed attempts); one probe at a time tests it, the first in {probe_in:.1?} (further failures are reported once a minute or when the error changes)"
+                    );
+                } else {
+                    tracing::debug!(
+                        destination = name,
+                        waiting,
+                        "{error}; {name} is down again (reported with the next outage logged); first probe in {probe_in:.1?}"
+                    );
+                }
+            }
             Report::StillDown {
                 dest,
                 key,
@@ -450,13 +493,24 @@ impl Queue {
                 dest,
                 down_for,
                 waiting,
-            } => tracing::info!(
-                event = "destination_up",
-                destination = self.core.dest_name(dest),
-                waiting,
-                "{} is reachable again; {waiting} file(s) waiting go now (it was down for {down_for:.1?})",
-                self.core.dest_name(dest)
-            ),
+                loud,
+            } => {
+                let name = self.core.dest_name(dest);
+                if loud {
+                    tracing::info!(
+                        event = "destination_up",
+                        destination = name,
+                        waiting,
+                        "{name} is reachable again; {waiting} file(s) waiting go now (it was down for {down_for:.1?})"
+                    );
+                } else {
+                    tracing::debug!(
+                        destination = name,
+                        waiting,
+                        "{name} is reachable again (down for {down_for:.1?})"
+                    );
+                }
+            }
             Report::Limit {
                 dest,
                 limit,
@@ -745,6 +799,27 @@ impl Queue {
         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Some(r) = self.running.remove(&id) else {
             return;
+        };
+        // Abandoned while it waited for its greeting: a failure before the greeting, like
+        // the timeout it stood for (not counted against the file).
+        let outcome = match outcome {
+            None if r.abandoned => {
+                let dest = self.watches[r.key.0].cfg.server.clone();
+                let waited = r.started.elapsed();
+                self.shared.metrics.attempt(
+                    &dest.to_string(),
+                    crate::metrics::AttemptResult::no_greeting,
+                    waited,
+                );
+                let error = crate::client::ClientError::Protocol {
+                    dest: dest.clone(),
+                    source: crate::protocol::ProtocolError::HandshakeTimeout(waited),
+                };
+                Some(Outcome::DestinationFailed {
+                    error: crate::watch::error::DestError::new(dest, error),
+                })
+            }
+            o => o,
         };
         match &outcome {
             Some(Outcome::Delivered { .. }) => {

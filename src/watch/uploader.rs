@@ -100,8 +100,8 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let before = claim.id;
     job.size.store(before.size, Ordering::Relaxed);
     let started = Instant::now();
-    // A failure after the greeting carries no greeting time; the first progress report,
-    // right after the greeting, stands for it then.
+    // Set once the server greeted: a failure after it still says the server answered, and
+    // how fast (a failure before it carries no greeting time at all).
     let mut greeting: Option<Duration> = None;
     let progress = job.progress.clone();
     // This destination's limit and the service's (each may be off, now or for good).
@@ -112,12 +112,8 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         &claim.file,
         &sh.timeouts,
         Some(&mut pacer),
-        &mut |n| {
-            if greeting.is_none() {
-                greeting = Some(started.elapsed());
-            }
-            progress.store(n, Ordering::Relaxed);
-        },
+        &mut |n| progress.store(n, Ordering::Relaxed),
+        &mut greeting,
         |sent| unchanged(&claim, &before, sent),
     )
     .await;
@@ -150,7 +146,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             let trouble = client_service_trouble(&e);
             let error = FileError::upload(job.watch.cfg.server.clone(), e);
             let id = Some(claim.id);
-            let greeting = (!trouble).then(|| greeting.unwrap_or(took));
+            let greeting = if trouble { None } else { greeting };
             failed(&job, &sh, Some(claim), id, &path, error, took, greeting).await
         }
     }

@@ -5,8 +5,10 @@
 //!   their id, see `tests/faults/payload.rs`), optionally sleeps a while per file before its
 //!   close (a slow server), optionally serves at most P connections at once (a worker pool:
 //!   the rest are accepted but wait for a worker before they get `accio\r\n`), and optionally
-//!   never greets at all. It counts the connections open at once (peak), and the greeting
-//!   timeouts it saw: connections the client closed before the greeting was sent.
+//!   never greets at all, or misbehaves on every n-th connection only ([`Fault`]: a hung worker
+//!   that holds it without a greeting, or a close before the greeting). It counts the
+//!   connections open at once (peak), and the greeting timeouts it saw: connections the client
+//!   closed before the greeting was sent.
 //! - [`BlackHole`]: an address whose accept queue is full, so connection attempts get no
 //!   answer at all (SYNs dropped).
 //! - [`Proxy`]: a TCP proxy that adds distance: the connection set-up costs one round trip
@@ -51,6 +53,20 @@ pub struct ReceiverOptions {
     /// Only copies of this length count as arrivals (a client that gives up mid-body may
     /// still end with a FIN). `None`: any intact copy.
     pub len: Option<u64>,
+    /// Every n-th connection accepted (the n-th, 2n-th, ...) meets this fault instead of a
+    /// worker: a server that is mostly fine. Deterministic, so that runs compare.
+    pub fault: Option<(Fault, u64)>,
+}
+
+/// What a faulty connection meets ([`ReceiverOptions::fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Held open without a greeting until the client gives up: a hung worker (a pre-fork
+    /// server with one stuck child, whose share of the connections the kernel still hands
+    /// to it). It does not take a worker of the pool: the others go on.
+    Hang,
+    /// Closed at once, before the greeting (a worker that crashes on accept).
+    Close,
 }
 
 impl Default for ReceiverOptions {
@@ -60,6 +76,7 @@ impl Default for ReceiverOptions {
             delay: Duration::ZERO,
             pool: None,
             len: None,
+            fault: None,
         }
     }
 }
@@ -84,6 +101,7 @@ struct RecvShared {
     busy: AtomicUsize,
     peak_busy: AtomicUsize,
     greeting_timeouts: AtomicU64,
+    faulted: AtomicU64,
 }
 
 /// A receiver on 127.0.0.1; stops accepting when dropped.
@@ -130,9 +148,18 @@ impl Receiver {
                     });
                     spans.len() - 1
                 };
-                sh.accepted.fetch_add(1, Ordering::SeqCst);
+                let nth = sh.accepted.fetch_add(1, Ordering::SeqCst) + 1;
                 let n = sh.open.fetch_add(1, Ordering::SeqCst) + 1;
                 sh.peak_open.fetch_max(n, Ordering::SeqCst);
+                match opts.fault {
+                    Some((fault, every)) if every > 0 && nth % every == 0 => {
+                        sh.faulted.fetch_add(1, Ordering::SeqCst);
+                        let sh = sh.clone();
+                        std::thread::spawn(move || faulty(stream, index, fault, &sh));
+                        continue;
+                    }
+                    _ => {}
+                }
                 match &queue {
                     Some(tx) => {
                         let _ = tx.send((stream, index));
@@ -206,6 +233,11 @@ impl Receiver {
         self.shared.greeting_timeouts.load(Ordering::SeqCst)
     }
 
+    /// Connections that met the [`Fault`] (held or closed without a greeting).
+    pub fn faulted(&self) -> u64 {
+        self.shared.faulted.load(Ordering::SeqCst)
+    }
+
     /// When the first connection ended, waiting up to `within` for one to end; `None` if none
     /// did. For a greeting-less receiver: the client's first failure.
     pub fn first_close(&self, within: Duration) -> Option<Instant> {
@@ -249,6 +281,20 @@ fn peer_closed(s: &TcpStream) -> bool {
     };
     let _ = s.set_nonblocking(false);
     closed
+}
+
+/// A connection that met a [`Fault`]: never greeted; held until the client leaves, or closed.
+fn faulty(mut s: TcpStream, index: usize, fault: Fault, sh: &RecvShared) {
+    if fault == Fault::Hang {
+        let _ = s.set_read_timeout(Some(READ_SAFETY));
+        let mut buf = [0u8; 1024];
+        while !matches!(s.read(&mut buf), Ok(0) | Err(_)) {}
+    }
+    if let Some(span) = sh.spans.lock().unwrap().get_mut(index) {
+        span.close = Some(Instant::now());
+    }
+    sh.open.fetch_sub(1, Ordering::SeqCst);
+    drop(s);
 }
 
 fn serve(mut s: TcpStream, index: usize, sh: &RecvShared, o: &ReceiverOptions) {

@@ -122,18 +122,21 @@ pub fn watch_table(dirs: &Dirs, o: &Opts) -> String {
     )
 }
 
-/// A whole config file text with one watch, its control socket at `dirs.control`.
+/// A whole config file text with one watch, its control socket at `dirs.control`. Probes of
+/// a down server back off to `max` like the files (`probe_max`), so that the tests of short
+/// backoffs see them as often.
 pub fn config_text(dirs: &Dirs, port: u16, o: &Opts) -> String {
     format!(
         "control_socket = {:?}\nconcurrency = {}\nshutdown_grace = {:?}\nlog_level = \"info\"\n\n[server]\nhost = \"127.0.0.1\"\nport = {port}\n\n\
          [timeouts]\nconnect = {t:?}\nhandshake = {t:?}\nstall = {t:?}\nclose = {t:?}\n\n\
-         [retry]\ninitial = {:?}\nmax = {:?}\nmax_attempts = {}\n\n{}",
+         [retry]\ninitial = {:?}\nmax = {:?}\nmax_attempts = {}\nprobe_max = {:?}\n\n{}",
         dirs.control,
         o.concurrency,
         o.grace,
         o.initial,
         o.max,
         o.max_attempts,
+        o.max,
         watch_table(dirs, o),
         t = o.timeout,
     )

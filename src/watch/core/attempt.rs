@@ -62,6 +62,9 @@ impl Core {
         let d = self.watches[w].p.dest;
         self.lanes.end(w, lane.is_some());
         let Some(outcome) = outcome else {
+            if let Some(t) = lane {
+                self.lanes.lanes[d].limiter.forget(t, now);
+            }
             return self.apply(key, Next::Forget);
         };
         // What the attempt says about the destination.
@@ -84,6 +87,14 @@ impl Core {
                     lane.and_then(|t| limiter.on_failure(t, Some(*g), error.congestion(), now));
                 self.report_limit(d, change.is_some());
             }
+            // Abandoned after later attempts were greeted: an outlier by construction (a
+            // hung worker, a lost SYN), neither congestion nor a sign of an outage; the file
+            // goes again at once.
+            Outcome::DestinationFailed { .. } if self.abandoned.remove(&key) => {
+                let limiter = &mut self.lanes.lanes[d].limiter;
+                let change = lane.and_then(|t| limiter.on_failure(t, None, false, now));
+                self.report_limit(d, change.is_some());
+            }
             Outcome::DestinationFailed { error } => {
                 let limiter = &mut self.lanes.lanes[d].limiter;
                 let change =
@@ -91,8 +102,16 @@ impl Core {
                 self.report_limit(d, change.is_some());
                 self.dest_failed(d, &key, error.clone(), probe);
             }
-            _ => {}
+            // Nothing about the server (the file was gone, busy, young, ...): the limiter
+            // only forgets the attempt.
+            _ => {
+                if let Some(t) = lane {
+                    self.lanes.lanes[d].limiter.forget(t, now);
+                }
+            }
         }
+        // Ended before it could be abandoned (or otherwise): no mark outlives its attempt.
+        self.abandoned.remove(&key);
         let next = self.after_attempt(&key, outcome, closed_during);
         self.apply(key.clone(), next);
         if moved_during {

@@ -285,8 +285,8 @@ impl Lanes {
         None
     }
 
-    /// An attempt of watch `w` starts (`lane`: an upload, in its lane's slot).
-    pub fn begin(&mut self, w: usize, lane: bool) -> Slot {
+    /// An attempt of watch `w` starts at `now` (`lane`: an upload, in its lane's slot).
+    pub fn begin(&mut self, w: usize, lane: bool, now: Instant) -> Slot {
         let d = self.dest_of[w];
         if !lane {
             self.flight.begin(w, None);
@@ -300,7 +300,7 @@ impl Lanes {
         // says the limit, not the supply of files, held it back).
         let lane_full = self.flight.of_lane(d) + 1 >= self.lanes[d].limiter.limit()
             || !self.queues[w].ready.0.is_empty();
-        let ticket = self.lanes[d].limiter.on_start(lane_full);
+        let ticket = self.lanes[d].limiter.on_start(lane_full, now);
         self.flight.begin(w, Some(d));
         Slot {
             lane: Some(ticket),
@@ -377,7 +377,7 @@ impl Core {
             quiet,
             found: e.since,
         };
-        let slot = self.lanes.begin(w, lane);
+        let slot = self.lanes.begin(w, lane, self.now);
         self.waiting.remove(&key, e.since);
         // A look still out for it was asked before this attempt, which takes the file as it
         // is now: its answer, coming after, would act on what the attempt already dealt
@@ -393,7 +393,18 @@ impl Core {
             modified: false,
             moved: false,
         };
+        let d = self.watches[w].p.dest;
+        let upload = slot.lane.is_some() && !slot.probe;
+        let overdue = upload
+            .then(|| self.lanes.lanes[d].limiter.overdue_after())
+            .flatten();
         self.actions.push_back(Action::Start(start));
+        // Looked at again when greetings usually have come long since (not a probe: it is
+        // the only attempt in flight, nothing can overtake it).
+        if let Some(after) = overdue {
+            let at = self.now + after;
+            self.arm(&key, at);
+        }
     }
 
     /// Puts `key` into its watch's ready queue (at the front: a file that goes back to a
@@ -429,22 +440,36 @@ impl Core {
     }
 
     pub(super) fn dest_up(&mut self, d: usize) {
-        if let Transition::Up { down_for } = self.lanes.lanes[d].health.on_greeting(self.now) {
+        if let Transition::Up { down_for, loud } = self.lanes.lanes[d].health.on_greeting(self.now)
+        {
             let waiting = self.waiting_for(d);
             self.report(Report::DestinationUp {
                 dest: d,
                 down_for,
                 waiting,
+                loud,
             });
         }
     }
 
     pub(super) fn dest_failed(&mut self, d: usize, key: &Key, error: DestError, probe: bool) {
-        let t = self.lanes.lanes[d]
-            .health
-            .on_dest_failure(&error, probe, self.now, &mut self.rng);
+        // The cohort is the limit after the limiter took this failure in: timeouts shrink
+        // the limit first, so a server that stopped greeting goes down within about one
+        // round of the attempts it was allowed.
+        let limit = self.lanes.lanes[d].limiter.limit();
+        let t = self.lanes.lanes[d].health.on_dest_failure(
+            &error,
+            probe,
+            limit,
+            self.now,
+            &mut self.rng,
+        );
         match t {
-            Transition::Down { probe_in } => {
+            Transition::Down {
+                probe_in,
+                loud,
+                unlogged,
+            } => {
                 // Everything queued for it waits, not only what was in flight.
                 let waiting = self.waiting_for(d);
                 self.report(Report::DestinationDown {
@@ -452,6 +477,8 @@ impl Core {
                     error,
                     waiting,
                     probe_in,
+                    loud,
+                    unlogged,
                 });
             }
             Transition::StillDown { probe_in, loud } => self.report(Report::StillDown {
@@ -522,6 +549,7 @@ mod tests {
                 initial: Duration::from_secs(1),
                 max: Duration::from_secs(8),
                 max_attempts: 3,
+                probe_max: Duration::from_secs(8),
             },
             writer_quiet_min: Duration::from_secs(1),
             watches: vec![watch(0), watch(0), watch(1)],
@@ -550,7 +578,7 @@ mod tests {
         let live = |k: &Key, seq| seqs.get(k) == Some(&seq);
         let mut order = Vec::new();
         while let Some(((w, name), lane)) = l.next(4, now, &live, |_| false) {
-            l.begin(w, lane);
+            l.begin(w, lane, now);
             order.push((name.into_string().unwrap(), lane));
         }
         let names: Vec<(&str, bool)> = order.iter().map(|(n, f)| (n.as_str(), *f)).collect();

@@ -3,38 +3,87 @@
 //! The lane asks it [`Limiter::limit`], tells it when an attempt starts
 //! ([`Limiter::on_start`], which hands back the attempt's [`Ticket`]) and how the attempt
 //! went with that ticket ([`Limiter::on_success`], [`Limiter::on_failure`]); the answer is the
-//! change of the limit, if any, for the log. Everything else is the limiter's own policy.
+//! change of the limit, if any, for the log. It also tells when an attempt without its
+//! greeting is overdue ([`Limiter::overdue_after`]) and whether a later one overtook it
+//! ([`Limiter::overtaken`]). Everything else is the limiter's own policy.
 //!
-//! The limit follows TCP and Postfix: it starts small, grows by two per success while the
-//! lane was full (slow start: tripling per round), then by `1/limit` per success once a
-//! congestion signal was seen (additive increase), and is multiplied by
-//! [`DECREASE`] on a signal (multiplicative decrease), at most once per round (a decrease
-//! reacts only to attempts started after the previous one).
+//! The signal is the greeting time: from the connection being established to the whole
+//! `accio\r\n` (half a round trip plus whatever the server makes us wait: its accept queue,
+//! a busy worker pool). Only real greetings are samples; a failed attempt is not one, nor
+//! name resolution or the TCP handshake (the client measures from the established
+//! connection).
 //!
-//! The signal is the time from starting to connect until the whole `accio\r\n` has arrived:
-//! one round trip plus whatever the server makes us wait (its accept queue, a busy worker
-//! pool). Its baseline is the smallest value seen in the recent past; when the smoothed
-//! value climbs past [`TOLERANCE`] times the baseline plus [`SLACK`], the server is
-//! queueing us. Greeting timeouts, resets and refusals are signals too.
+//! After Vector's adaptive request concurrency and Netflix's gradient2, not TCP's per-packet
+//! reactions, so that one slow greeting or one hung worker does not cut the limit:
+//! - **Windows.** Samples are gathered over a window (the usual length of an attempt, between
+//!   [`MIN_WINDOW`] and [`MAX_WINDOW`]); the limit is judged once per window, on the window's
+//!   mean.
+//! - **Baseline.** The long-term greeting time is a mean and a mean deviation of past
+//!   windows, never a bare minimum. It follows a window that is faster at once by half, and
+//!   a slower one only as time passes ([`BASELINE_AGE`]): queueing is not learnt as normal
+//!   within a few windows, but a route that became slower for good is, within a minute.
+//! - **Threshold.** A window is queueing when its mean exceeds the baseline by more than
+//!   [`DEVIATIONS`] deviations (and at least [`TOLERANCE`] of the baseline, plus [`SLACK`]).
+//!   The cut is the ratio of threshold to mean, bounded to [`MIN_CUT`]..[`MAX_CUT`], once per
+//!   window.
+//! - **Drift.** When two cuts in a row leave the greeting time where it was, the limit was
+//!   not the cause (a longer route, another client's load): the baseline takes the new level
+//!   at once and the cutting stops.
+//! - **Timeouts.** A connect or greeting timeout is a signal only when timeouts are at least
+//!   one outcome in [`TIMEOUT_SHARE`] of their window: a hung worker among healthy ones is an
+//!   outlier, a server whose accept queue overflows is not.
+//! - **Growth.** It starts at [`INITIAL_LIMIT`] (a server that serves one at a time gets a
+//!   few connections, not dozens it would let time out) and grows fast while nothing
+//!   signalled yet: by two per success that found the lane full with a greeting under the
+//!   threshold (tripling per round, like TCP's slow start). After a signal, by
+//!   [`GROWTH`] per window that found the lane full and was not queueing.
 
 use std::time::{Duration, Instant};
 
 /// Limit of a new adaptive lane (or its cap, if smaller).
-pub const INITIAL_LIMIT: f64 = 32.0;
-/// Growth per success in slow start: the limit triples per round, so a distant server is
-/// reached in a few round trips (32 → 96 → 288).
-const SLOW_START_STEP: f64 = 2.0;
-/// Factor applied to the limit on a congestion signal.
-pub const DECREASE: f64 = 0.75;
-/// The smoothed greeting time may be this many times the baseline ...
-pub const TOLERANCE: f64 = 2.0;
-/// ... plus this much (the noise of a loaded machine on loopback), before it is a signal.
+pub const INITIAL_LIMIT: usize = 4;
+/// Windows last at least this long (a few attempts on loopback) ...
+pub const MIN_WINDOW: Duration = Duration::from_millis(20);
+/// ... and at most this long (a server that takes seconds per upload is still judged about
+/// once a second).
+pub const MAX_WINDOW: Duration = Duration::from_secs(1);
+/// A window is queueing when its mean greeting time exceeds the baseline by this many
+/// deviations ...
+pub const DEVIATIONS: f64 = 3.0;
+/// ... and by at least this share of the baseline (a steady server has next to no
+/// deviation) ...
+pub const TOLERANCE: f64 = 0.5;
+/// ... plus this much (the noise of a loaded machine on loopback).
 pub const SLACK: Duration = Duration::from_millis(5);
-/// Weight of a new sample in the smoothed greeting time.
-const EWMA_WEIGHT: f64 = 0.25;
-/// The baseline is the minimum over windows of this many samples: a route that got longer
-/// raises it after at most two windows.
-const BASELINE_WINDOW: u32 = 500;
+/// Time constant of the baseline's rise towards slower windows.
+pub const BASELINE_AGE: Duration = Duration::from_secs(30);
+/// Weight of a faster window in the baseline.
+const BASELINE_FALL: f64 = 0.5;
+/// A cut keeps at least this share of the limit ...
+pub const MIN_CUT: f64 = 0.5;
+/// ... and at most this share.
+pub const MAX_CUT: f64 = 0.9;
+/// The cut for timeouts alone.
+pub const DECREASE: f64 = 0.75;
+/// Timeouts are a signal when they are at least one outcome of this many in their window.
+pub const TIMEOUT_SHARE: u32 = 5;
+/// Growth per success in slow start: the limit triples per round, so a distant server is
+/// reached in a few round trips (4 → 12 → 36 → 108).
+pub const SLOW_START_STEP: f64 = 2.0;
+/// Growth per window after a signal.
+pub const GROWTH: f64 = 1.1;
+/// Two cuts in a row that left the greeting time above this share of where it was: the
+/// limit was not the cause.
+const FUTILE: f64 = 0.9;
+/// An attempt without its greeting is overdue after at least this long ...
+pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
+/// ... and this many times the usual greeting time plus four deviations.
+const OVERDUE_FACTOR: f64 = 6.0;
+/// Greeting times kept per window for its median (the rest only counted).
+const WINDOW_SAMPLES: usize = 512;
+/// Weights of a sample in the smoothed greeting time and its deviation (RFC 6298's).
+const SAMPLE_WEIGHT: f64 = 0.125;
+const SAMPLE_DEV_WEIGHT: f64 = 0.25;
 
 /// Adaptive limit of uploads in flight for one destination.
 #[derive(Debug, Clone)]
@@ -43,30 +92,53 @@ pub struct Limiter {
     cap: usize,
     /// `adaptive = false` pins the limit at the cap.
     adaptive: bool,
-    /// Current limit, fractional so that additive increase can add `1/limit`.
+    /// Current limit, fractional so that growth by a share adds up.
     limit: f64,
-    /// Below it, slow start (+1 per success); at or above, additive increase.
-    ssthresh: f64,
-    /// Smallest greeting time of the previous and current windows.
-    baseline: Option<Duration>,
-    /// Smallest of the current window, and how many samples it has.
-    window_min: Option<Duration>,
-    window_n: u32,
-    /// Smoothed greeting time.
-    smoothed: Option<Duration>,
-    /// Sequence number of the last attempt started when the limit last decreased: later
-    /// signals from attempts started before it are of the same round and ignored.
-    decreased_at: u64,
-    /// Sequence number of the last attempt started (rounds are counted in starts).
-    last_start: u64,
+    /// No signal seen yet: growth by two per success.
+    slow_start: bool,
+    /// Long-term greeting time of windows, and its mean deviation (seconds).
+    baseline: Option<(f64, f64)>,
+    /// Smoothed greeting time per sample and its deviation (seconds), for when an attempt
+    /// is overdue and `accio status`.
+    smoothed: Option<(f64, f64)>,
+    /// Smoothed length of an attempt, start to end (the window's length).
+    attempt: Option<Duration>,
+    window: Window,
+    /// The mean of the window that caused the last cut, and how many cuts in a row left it
+    /// where it was.
+    cut_at: Option<f64>,
+    futile: u32,
+    /// When the limit was last cut: only attempts started after it tell whether the cut
+    /// was enough (those started before met the old limit's queue; a server that serves
+    /// one at a time takes seconds to drain it).
+    cut_time: Option<Instant>,
+    /// The start of the latest-started attempt that got its greeting.
+    latest_greeted: Option<Instant>,
+    /// Starts of the attempts in flight (how many started at each instant).
+    starts: std::collections::BTreeMap<Instant, u32>,
+    /// When an attempt last ended.
+    last_end: Option<Instant>,
+}
+
+/// What the current window gathered.
+#[derive(Debug, Clone, Default)]
+struct Window {
+    start: Option<Instant>,
+    samples: u32,
+    /// Greeting times (the first [`WINDOW_SAMPLES`]).
+    all: Vec<f64>,
+    /// Of them, those of attempts started after the last cut.
+    fresh: Vec<f64>,
+    timeouts: u32,
+    /// An attempt that ended in it found the lane full when it started.
+    full: bool,
 }
 
 /// What the limiter needs to know again when an attempt it saw start ends: kept by the
 /// lane with the attempt, handed back with its outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
-    /// The attempt's start sequence number (1, 2, ...: rounds of decrease).
-    seq: u64,
+    started: Instant,
     /// The lane was at its limit when it started (only then does a success say the limit
     /// was too small).
     lane_full: bool,
@@ -79,6 +151,25 @@ pub enum Change {
     Shrank,
 }
 
+/// The median of `v` (reordered), if any.
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mid = v.len() / 2;
+    v.select_nth_unstable_by(mid, |a, b| a.total_cmp(b));
+    Some(v[mid])
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn dur(s: f64) -> Duration {
+    // Samples are durations, so their means are finite and not negative; clamp anyway.
+    Duration::from_secs_f64(s.clamp(0.0, 1e9))
+}
+
 impl Limiter {
     pub fn new(cap: usize, adaptive: bool) -> Limiter {
         let cap = cap.max(1);
@@ -86,33 +177,38 @@ impl Limiter {
             cap,
             adaptive,
             limit: if adaptive {
-                INITIAL_LIMIT.min(cap as f64)
+                INITIAL_LIMIT.min(cap) as f64
             } else {
                 cap as f64
             },
-            ssthresh: f64::INFINITY,
+            slow_start: true,
             baseline: None,
-            window_min: None,
-            window_n: 0,
             smoothed: None,
-            decreased_at: 0,
-            last_start: 0,
+            attempt: None,
+            window: Window::default(),
+            cut_at: None,
+            futile: 0,
+            cut_time: None,
+            latest_greeted: None,
+            starts: std::collections::BTreeMap::new(),
+            last_end: None,
         }
     }
 
-    /// An attempt starts; `lane_full`: the lane is at its limit with it, or leaves ready
-    /// files behind. The ticket goes back with the attempt's outcome.
-    pub fn on_start(&mut self, lane_full: bool) -> Ticket {
-        self.last_start += 1;
+    /// An attempt starts at `now`; `lane_full`: the lane is at its limit with it, or leaves
+    /// ready files behind. The ticket goes back with the attempt's outcome.
+    pub fn on_start(&mut self, lane_full: bool, now: Instant) -> Ticket {
+        self.window.start.get_or_insert(now);
+        *self.starts.entry(now).or_default() += 1;
         Ticket {
-            seq: self.last_start,
+            started: now,
             lane_full,
         }
     }
 
     /// The attempt of `t` delivered, after a greeting that took `greeting`.
-    pub fn on_success(&mut self, t: Ticket, greeting: Duration, _now: Instant) -> Option<Change> {
-        self.sample(greeting, t.seq, self.last_start, t.lane_full, true)
+    pub fn on_success(&mut self, t: Ticket, greeting: Duration, now: Instant) -> Option<Change> {
+        self.ended(t, Some(greeting), false, true, now)
     }
 
     /// The attempt of `t` failed: after a greeting that took `greeting`, or before any
@@ -123,16 +219,9 @@ impl Limiter {
         t: Ticket,
         greeting: Option<Duration>,
         congestion: bool,
-        _now: Instant,
+        now: Instant,
     ) -> Option<Change> {
-        let latest = self.last_start;
-        let sampled = greeting.and_then(|g| self.sample(g, t.seq, latest, t.lane_full, false));
-        let shrank = if congestion {
-            self.congestion(t.seq, latest)
-        } else {
-            None
-        };
-        sampled.or(shrank)
+        self.ended(t, greeting, congestion, false, now)
     }
 
     /// The destination's cap.
@@ -153,88 +242,206 @@ impl Limiter {
         (self.limit.floor() as usize).clamp(1, self.cap)
     }
 
-    /// The baseline greeting time, if any sample was taken.
+    /// The long-term greeting time, if any window ended with samples.
     pub fn baseline(&self) -> Option<Duration> {
-        self.baseline
+        self.baseline.map(|(m, _)| dur(m))
     }
 
     /// The smoothed greeting time, if any sample was taken.
     pub fn smoothed(&self) -> Option<Duration> {
+        self.smoothed.map(|(m, _)| dur(m))
+    }
+
+    /// How long after its start an attempt without its greeting is overdue (and looked at
+    /// again): six times the usual greeting time plus four deviations (which covers the
+    /// connect, a round trip, too), at least [`MIN_OVERDUE`]; `None` before any greeting.
+    pub fn overdue_after(&self) -> Option<Duration> {
         self.smoothed
+            .map(|(m, d)| dur(OVERDUE_FACTOR * (m + 4.0 * d)).max(MIN_OVERDUE))
     }
 
-    /// The greeting time above which the server is taken to be queueing us.
-    fn threshold(&self) -> Option<Duration> {
-        self.baseline
-            .map(|b| b.mul_f64(TOLERANCE).saturating_add(SLACK))
+    /// The attempt of `t` ended without an outcome (its task panicked or was aborted).
+    pub fn forget(&mut self, t: Ticket, now: Instant) {
+        self.end(t, now);
     }
 
-    /// An attempt got the greeting after `greeting`. `seq` is its start sequence number,
-    /// `lane_full` whether the lane was at its limit when it started (only then does a
-    /// success say the limit was too small), `ok` whether the attempt succeeded.
-    fn sample(
-        &mut self,
-        greeting: Duration,
-        seq: u64,
-        latest: u64,
-        lane_full: bool,
-        ok: bool,
-    ) -> Option<Change> {
-        self.window_min = Some(self.window_min.map_or(greeting, |m| m.min(greeting)));
-        self.window_n += 1;
-        self.baseline = Some(self.baseline.map_or(greeting, |b| b.min(greeting)));
-        if self.window_n >= BASELINE_WINDOW {
-            // A new window: forget minima older than the previous window.
-            self.baseline = self.window_min;
-            self.window_min = None;
-            self.window_n = 0;
+    fn end(&mut self, t: Ticket, now: Instant) {
+        if let Some(n) = self.starts.get_mut(&t.started) {
+            *n -= 1;
+            if *n == 0 {
+                self.starts.remove(&t.started);
+            }
         }
-        self.smoothed = Some(match self.smoothed {
-            None => greeting,
-            Some(s) => s.mul_f64(1.0 - EWMA_WEIGHT) + greeting.mul_f64(EWMA_WEIGHT),
+        self.last_end = Some(now);
+    }
+
+    /// Whether the attempt of `t`, overdue at `now`, waits on something other than the
+    /// server's queue: an attempt started after it got its greeting (the accept queue is
+    /// first in, first out), or none started before it is still in flight and the last one
+    /// ended an overdue time ago (nothing of ours is ahead of it).
+    pub fn overtaken(&self, t: &Ticket, now: Instant) -> bool {
+        if self.latest_greeted.is_some_and(|g| g > t.started) {
+            return true;
+        }
+        let oldest = self.starts.keys().next().map_or(true, |o| *o >= t.started);
+        let quiet = match (self.last_end, self.overdue_after()) {
+            (Some(e), Some(after)) => now >= e + after,
+            _ => false,
+        };
+        oldest && quiet
+    }
+
+    /// The greeting time above which a window is taken to be queueing.
+    fn threshold(&self) -> Option<f64> {
+        self.baseline
+            .map(|(m, d)| m + (DEVIATIONS * d).max(TOLERANCE * m) + secs(SLACK))
+    }
+
+    fn window_len(&self) -> Duration {
+        self.attempt
+            .unwrap_or(MIN_WINDOW)
+            .clamp(MIN_WINDOW, MAX_WINDOW)
+    }
+
+    fn ended(
+        &mut self,
+        t: Ticket,
+        greeting: Option<Duration>,
+        congestion: bool,
+        ok: bool,
+        now: Instant,
+    ) -> Option<Change> {
+        self.end(t, now);
+        let took = now.saturating_duration_since(t.started);
+        self.attempt = Some(match self.attempt {
+            None => took,
+            Some(a) => a.mul_f64(1.0 - SAMPLE_WEIGHT) + took.mul_f64(SAMPLE_WEIGHT),
         });
+        let mut change = None;
+        if let Some(g) = greeting {
+            self.latest_greeted = Some(self.latest_greeted.map_or(t.started, |l| l.max(t.started)));
+            let g = secs(g);
+            self.smoothed = Some(match self.smoothed {
+                None => (g, g / 2.0),
+                Some((m, d)) => (
+                    m + SAMPLE_WEIGHT * (g - m),
+                    d + SAMPLE_DEV_WEIGHT * ((g - m).abs() - d),
+                ),
+            });
+            self.window.samples += 1;
+            if self.window.all.len() < WINDOW_SAMPLES {
+                self.window.all.push(g);
+                if self.cut_time.map_or(true, |c| t.started >= c) {
+                    self.window.fresh.push(g);
+                }
+            }
+            // Slow start: each success that found the lane full, with a greeting that does
+            // not say queueing, adds one.
+            let fast = self.threshold().map_or(true, |th| g <= th);
+            if self.adaptive && self.slow_start && ok && t.lane_full && fast {
+                change = self.set(self.limit + SLOW_START_STEP);
+            }
+        }
+        // Like greeting times, a timeout says something about the current limit only if
+        // its attempt started after the last cut.
+        if congestion && self.cut_time.map_or(true, |c| t.started >= c) {
+            self.window.timeouts += 1;
+        }
+        self.window.full |= t.lane_full;
+        let start = *self.window.start.get_or_insert(t.started);
+        if now.saturating_duration_since(start) >= self.window_len() {
+            change = self
+                .judge(now, now.saturating_duration_since(start))
+                .or(change);
+            self.window = Window {
+                start: Some(now),
+                ..Window::default()
+            };
+        }
+        change
+    }
+
+    /// The window of length `len` ended: judge it, then learn from it.
+    fn judge(&mut self, now: Instant, len: Duration) -> Option<Change> {
+        let mut w = std::mem::take(&mut self.window);
+        // Medians: a lost greeting (retransmitted 200 ms later) or one slow worker among
+        // many is an outlier, not the window's greeting time.
+        let mean = median(&mut w.all);
+        // Queueing is judged on the attempts that met the current limit.
+        let fresh = median(&mut w.fresh);
+        let timeouts = w.timeouts > 0 && w.timeouts * TIMEOUT_SHARE >= w.timeouts + w.samples;
+        let threshold = self.threshold();
+        let queueing = match (fresh, threshold) {
+            (Some(m), Some(th)) => m > th,
+            _ => false,
+        };
+        let stale = fresh.is_none() && mean.is_some();
+        let mut change = None;
+        if self.adaptive && (timeouts || queueing) {
+            let mut factor: f64 = if timeouts { DECREASE } else { 1.0 };
+            if let (true, Some(m), Some(th)) = (queueing, fresh, threshold) {
+                factor = factor.min(th / m);
+                // A cut that left the greeting time where it was says the limit is not
+                // what makes the server slow.
+                self.futile = match self.cut_at {
+                    Some(before) if m >= FUTILE * before => self.futile + 1,
+                    _ => 0,
+                };
+                self.cut_at = Some(m);
+            }
+            if queueing && !timeouts && self.futile >= 2 {
+                // Drift: the baseline takes the new level, and the cutting stops.
+                if let Some(m) = fresh {
+                    self.baseline = Some((m, m * TOLERANCE / DEVIATIONS));
+                }
+                self.futile = 0;
+                self.cut_at = None;
+                return None;
+            }
+            self.slow_start = false;
+            self.cut_time = Some(now);
+            change = self.set(self.limit * factor.clamp(MIN_CUT, MAX_CUT));
+        } else if !stale {
+            self.cut_at = None;
+            self.futile = 0;
+            if self.adaptive && !self.slow_start && w.full {
+                change = self.set((self.limit * GROWTH).max(self.limit + 1.0));
+            }
+        }
+        if let Some(m) = mean {
+            self.learn(m, len);
+        }
+        change
+    }
+
+    /// The baseline learns a window's mean `m`: at once by half if it was faster, as time
+    /// passes if slower.
+    fn learn(&mut self, m: f64, len: Duration) {
+        self.baseline = Some(match self.baseline {
+            None => (m, m * TOLERANCE / DEVIATIONS),
+            Some((b, d)) => {
+                let w = if m < b {
+                    BASELINE_FALL
+                } else {
+                    1.0 - (-secs(len) / secs(BASELINE_AGE)).exp()
+                };
+                (b + w * (m - b), d + w * ((m - b).abs() - d))
+            }
+        });
+    }
+
+    fn set(&mut self, to: f64) -> Option<Change> {
         if !self.adaptive {
             return None;
         }
-        let queueing = match (self.smoothed, self.threshold()) {
-            (Some(s), Some(t)) => s > t,
-            _ => false,
-        };
-        if queueing {
-            return self.congestion(seq, latest);
-        }
-        if ok && lane_full {
-            return self.grow();
-        }
-        None
-    }
-
-    fn grow(&mut self) -> Option<Change> {
         let before = self.limit();
-        if self.limit >= self.cap as f64 {
-            return None;
+        self.limit = to.clamp(1.0, self.cap as f64);
+        let after = self.limit();
+        match after.cmp(&before) {
+            std::cmp::Ordering::Greater => Some(Change::Grew),
+            std::cmp::Ordering::Less => Some(Change::Shrank),
+            std::cmp::Ordering::Equal => None,
         }
-        if self.limit < self.ssthresh {
-            self.limit += SLOW_START_STEP;
-        } else {
-            self.limit += 1.0 / self.limit.max(1.0);
-        }
-        self.limit = self.limit.min(self.cap as f64);
-        (self.limit() != before).then_some(Change::Grew)
-    }
-
-    /// A congestion signal from an attempt started with sequence number `seq` (greeting
-    /// timeout, reset, refusal, or greeting time climbing); `latest` is the sequence number
-    /// of the last attempt started so far: the round this decrease reacts to ends there.
-    fn congestion(&mut self, seq: u64, latest: u64) -> Option<Change> {
-        if !self.adaptive || seq <= self.decreased_at {
-            return None;
-        }
-        let before = self.limit();
-        self.limit = (self.limit * DECREASE).max(1.0);
-        self.ssthresh = self.limit;
-        self.decreased_at = latest;
-        (self.limit() != before).then_some(Change::Shrank)
     }
 }
 
@@ -244,81 +451,140 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// Runs `n` attempts one after the other, each `every` after the last, all with the lane
+    /// full, delivered after `greeting`.
+    fn run(l: &mut Limiter, t: &mut Instant, n: usize, every: Duration, greeting: Duration) {
+        for _ in 0..n {
+            let k = l.on_start(true, *t);
+            *t += every;
+            l.on_success(k, greeting, *t);
+        }
+    }
+
     #[test]
     fn pinned_limit_is_the_cap() {
+        let mut t = Instant::now();
         let mut l = Limiter::new(7, false);
         assert_eq!(l.limit(), 7);
-        l.sample(100 * MS, 1, 1, true, true);
-        l.congestion(2, 2);
+        run(&mut l, &mut t, 50, 10 * MS, MS);
+        run(&mut l, &mut t, 50, 10 * MS, 500 * MS);
         assert_eq!(l.limit(), 7);
     }
 
     #[test]
-    fn slow_start_then_decrease_once_per_round() {
+    fn starts_small_grows_by_two_per_success_then_cuts_once_per_window() {
+        let mut t = Instant::now();
         let mut l = Limiter::new(256, true);
-        assert_eq!(l.limit(), 32);
-        let mut seq = 0;
-        for _ in 0..8 {
-            seq += 1;
-            l.sample(10 * MS, seq, seq, true, true);
-        }
-        assert_eq!(l.limit(), 48);
-        // A slow greeting: decrease once, even though more of the same round follow.
-        seq += 1;
-        assert_eq!(
-            l.sample(500 * MS, seq, seq + 10, true, true),
-            Some(Change::Shrank)
+        assert_eq!(l.limit(), INITIAL_LIMIT);
+        run(&mut l, &mut t, 20, MS, MS);
+        assert_eq!(l.limit(), INITIAL_LIMIT + 40, "slow start: two per success");
+        // Greetings fifty times slower for two windows: queueing; one cut per window, each
+        // at most a halving.
+        let before = l.limit();
+        run(
+            &mut l,
+            &mut t,
+            2 * MIN_WINDOW.as_millis() as usize,
+            MS,
+            50 * MS,
         );
         let after = l.limit();
-        for s in seq + 1..=seq + 10 {
-            l.sample(500 * MS, s, seq + 10, true, true);
-        }
-        assert_eq!(l.limit(), after);
-        // The next round may decrease again.
-        assert_eq!(l.congestion(seq + 11, seq + 20), Some(Change::Shrank));
+        assert!(
+            after < before && after as f64 >= before as f64 * MIN_CUT * MIN_CUT - 1.0,
+            "{before} -> {after}"
+        );
     }
 
     #[test]
     fn never_below_one_nor_above_the_cap() {
+        let mut t = Instant::now();
         let mut l = Limiter::new(3, true);
-        for s in 1..100 {
-            l.sample(MS, s, s, true, true);
-        }
+        run(&mut l, &mut t, 100, MS, MS);
         assert_eq!(l.limit(), 3);
-        for s in 100..200 {
-            l.congestion(s, s);
+        for _ in 0..100 {
+            let k = l.on_start(true, t);
+            t += MAX_WINDOW;
+            l.on_failure(k, None, true, t);
         }
         assert_eq!(l.limit(), 1);
     }
 
     #[test]
-    fn tickets_count_rounds_per_lane() {
-        let t0 = Instant::now();
+    fn one_timeout_among_many_greetings_is_an_outlier() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        run(&mut l, &mut t, 200, MS, MS);
+        let before = l.limit();
+        for i in 0..2000 {
+            let k = l.on_start(true, t);
+            t += MS / 4;
+            if i % 20 == 0 {
+                l.on_failure(k, None, true, t);
+            } else {
+                l.on_success(k, MS, t);
+            }
+        }
+        assert!(l.limit() >= before, "{before} -> {}", l.limit());
+        // All timeouts: cut.
+        for _ in 0..10 {
+            let k = l.on_start(true, t);
+            t += 10 * MS;
+            l.on_failure(k, None, true, t);
+        }
+        assert!(l.limit() < before);
+    }
+
+    #[test]
+    fn a_slower_route_is_learnt_not_cut_for_ever() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        run(&mut l, &mut t, 200, MS, 5 * MS);
+        let before = l.limit();
+        // The route gets 40 ms longer: greetings 20 ms slower, whatever the limit.
+        run(&mut l, &mut t, 400, MS, 25 * MS);
+        assert!(
+            l.limit() * 4 >= before,
+            "cut more than twice: {before} -> {}",
+            l.limit()
+        );
+        assert!(l.baseline().is_some_and(|b| b >= 20 * MS));
+    }
+
+    #[test]
+    fn overtaken_by_a_later_greeting_or_alone_after_the_others_ended() {
+        let mut t = Instant::now();
         let mut l = Limiter::new(64, true);
-        let early = l.on_start(true);
-        let same_round = l.on_start(true);
-        assert_eq!(l.on_failure(early, None, true, t0), Some(Change::Shrank));
-        assert_eq!(l.limit(), 24);
-        // Started before the decrease: of the same round, no second cut.
-        assert_eq!(l.on_failure(same_round, None, true, t0), None);
-        let next = l.on_start(true);
-        assert_eq!(l.on_failure(next, None, true, t0), Some(Change::Shrank));
-        // A failure after a fast greeting that is no sign of congestion changes nothing.
-        let ok = l.on_start(true);
-        assert_eq!(l.on_failure(ok, Some(MS), false, t0), None);
-        assert_eq!(l.limit(), 18);
-        // After a cut, growth is additive: a fraction of one per success.
-        let t = l.on_start(true);
-        assert_eq!(l.on_success(t, MS, t0), None);
-        assert_eq!(l.limit(), 18);
+        run(&mut l, &mut t, 10, MS, MS);
+        let after = l.overdue_after().unwrap_or_default();
+        let first = l.on_start(true, t);
+        let second = l.on_start(true, t + MS);
+        assert!(!l.overtaken(&first, t + MS));
+        l.on_success(second, MS, t + 2 * MS);
+        assert!(l.overtaken(&first, t + 2 * MS), "a later one was greeted");
+        // Alone in flight: only once an overdue time passed since the last end.
+        let mut l = Limiter::new(64, true);
+        let mut t = Instant::now();
+        run(&mut l, &mut t, 10, MS, MS);
+        let early = l.on_start(true, t);
+        let lone = l.on_start(true, t + MS);
+        assert!(
+            !l.overtaken(&lone, t + after * 2),
+            "an earlier one is in flight"
+        );
+        l.forget(early, t + 2 * MS);
+        assert!(!l.overtaken(&lone, t + 3 * MS));
+        assert!(l.overtaken(&lone, t + 2 * MS + after));
     }
 
     #[test]
     fn no_growth_when_the_lane_was_not_full() {
+        let mut t = Instant::now();
         let mut l = Limiter::new(64, true);
-        for s in 1..100 {
-            l.sample(MS, s, s, false, true);
+        for _ in 0..100 {
+            let k = l.on_start(false, t);
+            t += MS;
+            l.on_success(k, MS, t);
         }
-        assert_eq!(l.limit(), 32);
+        assert_eq!(l.limit(), INITIAL_LIMIT);
     }
 }

@@ -150,6 +150,8 @@ pub struct Core {
     reported: HashMap<Key, Identity>,
     looks: HashMap<Key, Cont>,
     probes: HashSet<Key>,
+    /// Attempts abandoned because later ones were greeted first ([`Core::greeted`]).
+    abandoned: HashSet<Key>,
     timers: Timers,
     stopping: bool,
     actions: VecDeque<Action>,
@@ -184,6 +186,7 @@ impl Core {
             reported,
             looks: HashMap::new(),
             probes: HashSet::new(),
+            abandoned: HashSet::new(),
             timers: Timers::default(),
             stopping: false,
             actions: VecDeque::new(),
@@ -380,6 +383,25 @@ impl Core {
     }
 
     /// The answer to [`Action::ProbeWriters`].
+    /// The answer to [`Action::AskGreeted`]: whether the attempt of `key` got its greeting
+    /// (sent any of its file) by now. Asked only once its greeting is overdue and attempts
+    /// started after it have been greeted: a server's accept queue is first in, first out,
+    /// so it waits on a hung worker, not in the queue (TCP's fast retransmit: later data
+    /// acknowledged means the earlier segment was lost). Not greeted: it is abandoned
+    /// ([`Action::Abandon`]) and its file goes again at once on another connection, instead
+    /// of holding a slot until the greeting timeout. A server that serves one at a time is
+    /// never abandoned this way: nothing overtakes the connection that waits in its queue.
+    pub fn greeted(&mut self, now: Instant, key: Key, greeted: bool) {
+        self.advance(now);
+        let lane = matches!(
+            self.entries.get(&key).map(|e| &e.state),
+            Some(State::InFlight { lane: Some(_), .. })
+        );
+        if !greeted && lane && self.abandoned.insert(key.clone()) {
+            self.actions.push_back(Action::Abandon(key));
+        }
+    }
+
     pub fn writers(&mut self, now: Instant, key: Key, writers: Writers) {
         self.advance(now);
         if !self.probes.remove(&key) {
@@ -655,6 +677,19 @@ impl Core {
                 }
             }
             State::Waiting { .. } => self.make_ready(&key, false),
+            State::InFlight {
+                lane: Some(t),
+                probe: false,
+                ..
+            } => {
+                let d = self.watches[key.0].p.dest;
+                let limiter = &self.lanes.lanes[d].limiter;
+                if limiter.overtaken(&t, now) {
+                    self.actions.push_back(Action::AskGreeted(key));
+                } else if let Some(after) = limiter.overdue_after() {
+                    self.arm(&key, now + after);
+                }
+            }
             State::Ready { .. } | State::InFlight { .. } | State::Looking => {}
         }
     }

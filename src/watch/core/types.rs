@@ -254,12 +254,15 @@ pub enum Report {
         error: FileError,
         retry_in: Duration,
     },
-    /// A destination went down.
+    /// A destination went down (after a cohort of failures). `loud`: at most one down/up
+    /// pair a minute is worth a line; `unlogged`: outages since the last loud one.
     DestinationDown {
         dest: usize,
         error: DestError,
         waiting: usize,
         probe_in: Duration,
+        loud: bool,
+        unlogged: u32,
     },
     /// A probe (or an attempt started before it went down) failed; `loud` at most once a
     /// minute or when the kind of error changed.
@@ -270,11 +273,12 @@ pub enum Report {
         probe_in: Duration,
         loud: bool,
     },
-    /// A destination that was down accepted an upload.
+    /// A destination that was down greeted again; `loud` if its down was.
     DestinationUp {
         dest: usize,
         down_for: Duration,
         waiting: usize,
+        loud: bool,
     },
     /// A destination's limit changed.
     Limit {
@@ -329,6 +333,12 @@ pub enum Action {
     Look(Key),
     /// Ask whether the name has writers; answer with [`Core::writers`](super::Core::writers).
     ProbeWriters(Key),
+    /// Ask whether the attempt of the name got its greeting yet; answer with
+    /// [`Core::greeted`].
+    AskGreeted(Key),
+    /// Stop the attempt of the name (still waiting for its greeting, overtaken by later
+    /// ones): it reports back as a greeting timeout.
+    Abandon(Key),
     /// List the directory of `watch`, keeping the `limit` oldest regular files; answer with
     /// [`Core::listed`](super::Core::listed).
     List {
