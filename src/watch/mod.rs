@@ -20,6 +20,7 @@ pub mod core;
 pub mod disposition;
 pub mod error;
 pub mod queue;
+pub mod specials;
 pub mod uploader;
 pub mod watcher;
 
@@ -37,10 +38,10 @@ use crate::status::Stats;
 
 use crate::esc::esc;
 
-/// Not-regular entries already reported ("ignoring … FIFO"), by path, with the identity
-/// reported. Owned by the daemon so that a reload (a new pipeline) does not report them
+/// Not-regular entries already reported ("ignoring … FIFO"), bounded and forgotten when
+/// they go. Owned by the daemon so that a reload (a new pipeline) does not report them
 /// again: each is reported once per process (again only if it changes).
-pub type Reported = Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, claim::Identity>>>;
+pub type Reported = specials::Specials;
 
 /// Errors that stop the service. Problems with one file never are: they are logged and
 /// retried or set aside.

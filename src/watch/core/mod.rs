@@ -65,6 +65,7 @@ use std::time::{Duration, Instant};
 
 use super::claim::{Identity, Kind, Writers};
 use super::error::{DestError, DispositionError, FileError, Reason};
+use super::specials::{self, Tracker};
 use super::watcher::Hint;
 use crate::client::Uploaded;
 use crate::config::RetryPolicy;
@@ -185,8 +186,10 @@ pub struct Listing {
     /// Regular files in the directory (accepted by the filter), including those not in
     /// `files`.
     pub total_files: usize,
-    /// Entries that are not regular files.
+    /// Entries that are not regular files; at most [`specials::LISTED_PER_DIR`].
     pub specials: Vec<Listed>,
+    /// Entries that are not regular files beyond `specials`, counted only.
+    pub more_specials: usize,
 }
 
 /// What was decided about a file whose move or delete is still to be done.
@@ -551,8 +554,9 @@ pub struct Core {
     watches: Vec<WatchSt>,
     dests: Vec<DestSt>,
     entries: HashMap<Key, Entry>,
-    /// Entries that are not regular files, with the identity already reported.
-    reported: HashMap<Key, Identity>,
+    /// Entries that are not regular files, with the identity already reported (bounded,
+    /// shared with the other pipelines of the process).
+    reported: Tracker,
     looks: HashMap<Key, Cont>,
     probes: HashSet<Key>,
     timers: BinaryHeap<Reverse<(Instant, u64, Key)>>,
@@ -577,10 +581,10 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    /// A core for `p`, at `now`. `reported`: special entries already reported by an earlier
-    /// core of the same process (a reload). `seed`: for the jitter. The first actions list
+    /// A core for `p`, at `now`. `reported`: special entries reported, shared with the
+    /// other cores of the same process (a reload). `seed`: for the jitter. The first actions list
     /// every directory.
-    pub fn new(p: Params, now: Instant, reported: HashMap<Key, Identity>, seed: u64) -> Core {
+    pub fn new(p: Params, now: Instant, reported: Tracker, seed: u64) -> Core {
         let dests: Vec<DestSt> = p
             .dests
             .iter()
@@ -687,10 +691,10 @@ impl Core {
         match hint {
             Hint::Gone => {
                 self.remove(&key);
-                self.reported.remove(&key);
+                self.reported.forget(key.0, &key.1);
             }
             Hint::Created | Hint::Modified => {
-                if hint == Hint::Created || self.reported.contains_key(&key) {
+                if hint == Hint::Created || self.reported.contains(key.0, &key.1) {
                     // Links, FIFOs, sockets and directories announce themselves only by a
                     // create: find out what it is.
                     self.look(key, Cont::Hint(hint));
@@ -724,7 +728,7 @@ impl Core {
             Some(id) if id.kind != Kind::Regular => return self.ignore(key, id),
             Some(id) => id,
         };
-        self.reported.remove(&key);
+        self.reported.forget(key.0, &key.1);
         let now = self.now;
         match cont {
             // Nothing reliable is known about its writer any more.
@@ -1338,15 +1342,14 @@ impl Core {
     /// A not-regular entry: reported once per identity, and forgotten as a candidate.
     fn ignore(&mut self, key: Key, id: Identity) {
         self.remove(&key);
-        if self.reported.get(&key) != Some(&id) {
-            self.report(Report::Ignoring {
-                key: key.clone(),
-                id,
-            });
+        if self.reported.note(key.0, &key.1, id) {
+            // Bounded: past it, the listing under way does not forget any (below).
             if let Some(w) = self.watches.get_mut(key.0).filter(|w| w.scanning) {
-                w.reported_while_listing.push(key.1.clone());
+                if w.reported_while_listing.len() <= specials::TRACKED_PER_DIR {
+                    w.reported_while_listing.push(key.1.clone());
+                }
             }
-            self.reported.insert(key, id);
+            self.report(Report::Ignoring { key, id });
         }
     }
 
@@ -1456,9 +1459,9 @@ impl Core {
         }
         let now = self.now;
         let at = now + self.settle(watch);
-        let mut present: HashSet<&OsString> = HashSet::new();
+        let mut present: HashSet<&std::ffi::OsStr> = HashSet::new();
         for l in &listing.specials {
-            present.insert(&l.name);
+            present.insert(l.name.as_os_str());
             let key = (watch, l.name.clone());
             // A name being sent cannot have become a FIFO; if it did, the claim notices.
             if !self.entries.contains_key(&key) {
@@ -1470,9 +1473,9 @@ impl Core {
         let mut dropped = false;
         let mut reserve = VecDeque::new();
         for l in &listing.files {
-            present.insert(&l.name);
+            present.insert(l.name.as_os_str());
             let key = (watch, l.name.clone());
-            self.reported.remove(&key);
+            self.reported.forget(watch, &key.1);
             if self.entries.contains_key(&key) || self.looks.contains_key(&key) {
                 held += 1;
                 continue;
@@ -1502,9 +1505,11 @@ impl Core {
         // Entries no longer there are forgotten as reported (unless reported after the
         // listing may have been read).
         let meanwhile = std::mem::take(&mut self.watches[watch].reported_while_listing);
-        present.extend(meanwhile.iter());
+        let all_kept = meanwhile.len() > specials::TRACKED_PER_DIR;
+        present.extend(meanwhile.iter().map(|n| n.as_os_str()));
+        let total = listing.specials.len() + listing.more_specials;
         self.reported
-            .retain(|k, _| k.0 != watch || present.contains(&k.1));
+            .listed(watch, total, |n| all_kept || present.contains(n));
         let w = &mut self.watches[watch];
         w.truncated = dropped || listing.total_files > listing.files.len();
         w.reserve = reserve;
@@ -1870,6 +1875,7 @@ impl Core {
                 failed: w.failed,
                 oldest_waiting_age_s: oldest[i]
                     .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                special_entries: self.reported.count(i) as u64,
             })
             .collect();
         CoreView {
