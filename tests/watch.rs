@@ -596,6 +596,7 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
         metrics_listen: None,
         writer_quiet: accio::config::defaults::WRITER_QUIET,
         stale_after: accio::config::defaults::STALE_AFTER,
+        strict_modes: true,
     };
     let stats = Arc::new(accio::status::Stats::default());
     let token = tokio_util::sync::CancellationToken::new();

@@ -45,6 +45,7 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
     )?;
     writeln!(o, "writer_quiet = {}", d(c.writer_quiet))?;
     writeln!(o, "stale_after = {}", d(c.stale_after))?;
+    writeln!(o, "strict_modes = {}", c.strict_modes)?;
     writeln!(o, "\n[timeouts]")?;
     writeln!(o, "connect = {}", d(c.timeouts.connect))?;
     writeln!(o, "handshake = {}", d(c.timeouts.handshake))?;

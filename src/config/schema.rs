@@ -81,6 +81,7 @@ pub(crate) struct File {
     metrics: Option<Metrics>,
     writer_quiet: Option<Dur<false>>,
     stale_after: Option<Dur<false>>,
+    strict_modes: Option<bool>,
     watch: Watches,
 }
 
@@ -456,6 +457,7 @@ impl File {
                 metrics_listen: self.metrics.and_then(|m| m.listen).map(|l| l.0),
                 writer_quiet: dur(self.writer_quiet, defaults::WRITER_QUIET),
                 stale_after: dur(self.stale_after, defaults::STALE_AFTER),
+                strict_modes: self.strict_modes.unwrap_or(true),
             },
             watch_spans,
         })
