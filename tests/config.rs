@@ -274,6 +274,7 @@ mod props {
     const FULL: &str = r#"concurrency = 4
 shutdown_grace = "10s"
 log_level = "info"
+strict_modes = true
 [server]
 host = "127.0.0.1"
 port = 5000

@@ -89,14 +89,23 @@ fn write_view(o: &mut String, v: &View) -> std::fmt::Result {
     Ok(())
 }
 
+/// 10000-01-01T00:00:00Z in Unix seconds: RFC 3339 has four digits for the year.
+const YEAR_10000: u64 = 253_402_300_800;
+
 fn destination(d: &DestinationView) -> String {
     let mut s = format!("{}: ", d.name);
     if d.up {
         s.push_str("up");
     } else {
         s.push_str("DOWN");
-        if let Some(since) = d.down_since_unix {
-            let t = UNIX_EPOCH + Duration::from_secs_f64(since.max(0.0));
+        // The answer comes from a socket: a time past what a clock can hold is left out
+        // (from_secs_f64 and SystemTime's + panic on it).
+        let since = d
+            .down_since_unix
+            .and_then(|t| Duration::try_from_secs_f64(t).ok())
+            .filter(|t| t.as_secs() < YEAR_10000)
+            .and_then(|t| UNIX_EPOCH.checked_add(t));
+        if let Some(t) = since {
             let _ = write!(s, " since {}", humantime::format_rfc3339_seconds(t));
         }
         if let Some(p) = d.next_probe_in_s {
