@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::claim;
 use super::core::{self, Action, Core, Key, Listing, Outcome, Report, Start};
+use super::ctx::{Shared, WatchCtx};
 use super::specials::{Say, SpecialLog};
 use super::uploader::{self, Job};
 use super::watcher::{self, Msg, Watcher};
-use super::{Shared, WatchCtx};
 use crate::esc::esc;
 use crate::status::{FileInFlight, View, ViewRequest};
 
@@ -102,7 +102,7 @@ impl Queue {
         shared: Arc<Shared>,
         params: core::Params,
         grace: Duration,
-        reported: super::Reported,
+        reported: super::ctx::Reported,
     ) -> Queue {
         // Special entries already reported by an earlier pipeline are known to this one.
         let dirs: Vec<PathBuf> = watches.iter().map(|w| w.cfg.dir.clone()).collect();

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::claim::{Identity, Kind};
+use super::core::{Identity, Kind};
 use crate::esc::esc;
 
 /// Special entries remembered by name per spool directory. Beyond it they are counted
