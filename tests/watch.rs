@@ -1531,3 +1531,30 @@ fn special_entry_churn_probe() {
     assert!(last < start + 8 * 1024, "RSS {start} → {last} KiB");
     assert!(lines <= 1000, "{lines} log lines");
 }
+
+/// Issue 23: strict modes hold on reload too: once the spool's parent became writable by
+/// everyone, a SIGHUP is refused (the service keeps running on what it had) and says which
+/// directory and the fix; put right, the next reload is taken.
+#[test]
+fn a_reload_is_refused_when_a_parent_became_writable_by_everyone() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dirs, recv, svc) = running(&Opts::default());
+    let root = dirs.root.path();
+    fs::set_permissions(root, fs::Permissions::from_mode(0o777)).unwrap();
+    svc.signal(libc::SIGHUP);
+    svc.wait_log("reload refused");
+    let log = svc.log();
+    let line = log.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(
+        line.contains(&format!("{} (above dir ", root.display()))
+            && line.contains("is writable by everyone (mode 0777)")
+            && line.contains(&format!("fix: chmod go-w {}", root.display())),
+        "{line}"
+    );
+    dirs.drop_file("still", b"still sent");
+    wait_for("still in done", || dirs.done.join("still").exists());
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700)).unwrap();
+    svc.signal(libc::SIGHUP);
+    svc.wait_log("configuration reloaded");
+    assert_eq!(recv.times_received(b"still sent"), 1);
+}
