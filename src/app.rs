@@ -121,11 +121,18 @@ pub fn run(cli: Cli) -> u8 {
             ))
             .map(drop)
         }
-        Command::Serve(args) => rt.block_on(crate::serve::command(
-            &args.port,
-            args.dir,
-            args.idle_timeout,
-        )),
+        Command::Serve(args) => rt.block_on(crate::serve::command(crate::serve::Command {
+            port: args.port,
+            dir: args.dir,
+            listen: args.listen,
+            idle_timeout: args.idle_timeout,
+            no_sync: args.no_sync,
+            max_connections: args.max_connections,
+            max_per_address: args.max_per_address,
+            max_size: args.max_size,
+            deadline: args.deadline,
+            mode: args.mode,
+        })),
         Command::Watch(args) => crate::daemon::main(&rt, args.config, args.log_format.into()),
         Command::CheckConfig(args) => crate::ops::check_config_command(&args.config),
         Command::Status(args) => crate::ops::status_command(&args.config, args.json),

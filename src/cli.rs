@@ -32,10 +32,12 @@ pub enum Command {
     /// Receive files: connection N is saved as DIR/N.file. Numbering continues after the
     /// highest N.file already in DIR, and an existing file is never replaced (if a name is
     /// taken meanwhile, the next number is used).
+    #[command(after_help = crate::exit::serve_help())]
     Serve(ServeArgs),
     /// Run the spool-directory upload service.
     Watch(WatchArgs),
     /// Validate a configuration file and print the effective settings.
+    #[command(after_help = crate::exit::check_config_help())]
     CheckConfig(CheckConfigArgs),
     /// Show what the running service is doing, and why files wait.
     #[command(after_help = crate::exit::status_help())]
@@ -44,11 +46,13 @@ pub enum Command {
     #[command(after_help = crate::exit::retry_help())]
     Retry(RetryArgs),
     /// Print a shell completion script to stdout.
+    #[command(after_help = crate::exit::plain_help())]
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
     /// Print a man page (roff) to stdout: accio(1), accio-COMMAND(1), or accio.toml(5).
+    #[command(after_help = crate::exit::plain_help())]
     Man {
         /// The page: a subcommand (send, serve, watch, status, retry, ...), or accio.toml.
         page: Option<String>,
@@ -132,11 +136,35 @@ impl TimeoutArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Port to listen on, on all interfaces: 1-65535 or a service name.
+    /// Port to listen on: 1-65535 or a service name.
     #[arg(allow_negative_numbers = true)]
     pub port: String,
     /// Directory where received files are saved.
     pub dir: PathBuf,
+    /// Address to listen on (default: every interface, IPv4 and IPv6).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::IpAddr>,
+    /// Confirm files before they are on disk (no fsync): faster, but a power loss can lose
+    /// files their senders already deleted.
+    #[arg(long)]
+    pub no_sync: bool,
+    /// Connections held at once; more wait in the listen queue (default: what the
+    /// descriptor limit allows, two per connection).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections held at once from one address (IPv6: one /64); more are reset at once
+    /// (default: an eighth of --max-connections, at most 256).
+    #[arg(long, value_name = "N")]
+    pub max_per_address: Option<usize>,
+    /// Larger transfers are cut: the file holds `ERROR` (bytes, or 512K, 10M, 2G).
+    #[arg(long, value_name = "SIZE", value_parser = crate::serve::parse_size)]
+    pub max_size: Option<u64>,
+    /// Time limit for a whole connection: beyond it, the file holds `ERROR` (e.g. 10m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub deadline: Option<Duration>,
+    /// Permission bits of received files, in octal.
+    #[arg(long, value_name = "OCTAL", value_parser = crate::serve::parse_mode, default_value = "600")]
+    pub mode: u32,
     /// Silence after which a connection is aborted and its file holds `ERROR`.
     #[arg(long, hide = true, env = "ACCIO_SERVE_IDLE_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub idle_timeout: Duration,

@@ -187,6 +187,39 @@ const RETRY: &[Row] = &[
     ),
 ];
 
+const SERVE: &[Row] = &[
+    (None, "stopped by SIGINT, SIGTERM or SIGQUIT"),
+    (
+        Some(Kind::Other),
+        "other error: cannot listen, cannot install signal handlers",
+    ),
+    (
+        Some(Kind::Usage),
+        "usage error: missing or extra arguments, invalid port, DIR missing, not a\n\
+         directory or not writable",
+    ),
+];
+
+const CHECK_CONFIG: &[Row] = &[
+    (
+        None,
+        "the configuration is valid; the effective settings are printed",
+    ),
+    (Some(Kind::Other), "the settings could not be printed"),
+    (Some(Kind::Usage), "usage error"),
+    (
+        Some(Kind::Config),
+        "the configuration cannot be read or is invalid; one ERROR: line names the\n\
+         file, the line and the key",
+    ),
+];
+
+const PLAIN: &[Row] = &[
+    (None, "printed"),
+    (Some(Kind::Other), "stdout could not be written"),
+    (Some(Kind::Usage), "usage error: an unknown shell or page"),
+];
+
 fn table(rows: &[Row]) -> String {
     let mut out = String::from("Exit codes:");
     for (kind, text) in rows {
@@ -210,6 +243,21 @@ pub fn status_help() -> String {
 /// The table `accio retry --help` prints.
 pub fn retry_help() -> String {
     table(RETRY)
+}
+
+/// The table `accio serve --help` prints.
+pub fn serve_help() -> String {
+    table(SERVE)
+}
+
+/// The table `accio check-config --help` prints.
+pub fn check_config_help() -> String {
+    table(CHECK_CONFIG)
+}
+
+/// The table `accio completions --help` and `accio man --help` print.
+pub fn plain_help() -> String {
+    table(PLAIN)
 }
 
 #[cfg(test)]

@@ -30,8 +30,8 @@ pub fn nofile() -> io::Result<NoFile> {
         return Err(io::Error::last_os_error());
     }
     Ok(NoFile {
-        soft: r.rlim_cur as u64,
-        hard: r.rlim_max as u64,
+        soft: r.rlim_cur,
+        hard: r.rlim_max,
     })
 }
 
@@ -44,7 +44,7 @@ pub fn nofile() -> io::Result<NoFile> {
 pub fn raise_nofile() -> io::Result<NoFile> {
     let now = nofile()?;
     let mut target = now.hard;
-    if now.hard == libc::RLIM_INFINITY as u64 {
+    if now.hard == libc::RLIM_INFINITY {
         target = std::fs::read_to_string("/proc/sys/fs/nr_open")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -54,8 +54,8 @@ pub fn raise_nofile() -> io::Result<NoFile> {
         return Ok(now);
     }
     let r = libc::rlimit {
-        rlim_cur: target as libc::rlim_t,
-        rlim_max: now.hard as libc::rlim_t,
+        rlim_cur: target,
+        rlim_max: now.hard,
     };
     // SAFETY: a valid pointer to a rlimit struct; the soft limit is at most the hard one.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
@@ -74,7 +74,7 @@ mod tests {
         assert!(after.soft <= after.hard);
         let before_hard = nofile().expect("read").hard;
         assert_eq!(after.hard, before_hard);
-        if after.hard != libc::RLIM_INFINITY as u64 {
+        if after.hard != libc::RLIM_INFINITY {
             assert_eq!(after.soft, after.hard);
         }
     }

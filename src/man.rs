@@ -56,7 +56,8 @@ pub fn render(page: Option<&str>, w: &mut dyn Write) -> Result<(), ManError> {
     if page == "accio.toml" {
         return config_page(w);
     }
-    let top = Cli::command();
+    // The `help` subcommand is clap's, not a page we ship: accio(1) does not list it.
+    let top = Cli::command().disable_help_subcommand(true);
     let cmd = if page == "accio" {
         top
     } else {
@@ -69,6 +70,13 @@ pub fn render(page: Option<&str>, w: &mut dyn Write) -> Result<(), ManError> {
             .version(env!("CARGO_PKG_VERSION"))
     };
     let has_subcommands = cmd.has_subcommands();
+    // clap's after-help text is the command's exit-code table (rendered by `exit`); the man
+    // page gives it the standard EXIT STATUS heading, unless the prose has its own.
+    let after = cmd
+        .get_after_long_help()
+        .or(cmd.get_after_help())
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     let man = clap_mangen::Man::new(cmd);
     man.render_title(w)?;
     man.render_name_section(w)?;
@@ -78,14 +86,33 @@ pub fn render(page: Option<&str>, w: &mut dyn Write) -> Result<(), ManError> {
     if has_subcommands {
         man.render_subcommands_section(w)?;
     }
-    man.render_extra_section(w)?;
     let prose = extra(page);
+    if !prose.contains(".SH EXIT STATUS") {
+        exit_status(&after, w)?;
+    }
     w.write_all(prose.as_bytes())?;
     if prose.is_empty() {
         writeln!(w, ".SH SEE ALSO\n.BR accio (1),\n.BR accio.toml (5)")?;
     }
     man.render_version_section(w)?;
     Ok(())
+}
+
+/// The exit-code table of clap's after-help as an EXIT STATUS section (nothing when there is
+/// none: no empty headings).
+fn exit_status(after: &str, w: &mut dyn Write) -> io::Result<()> {
+    let body: Vec<&str> = after
+        .lines()
+        .skip_while(|l| l.trim().is_empty() || l.trim_end().ends_with("codes:"))
+        .collect();
+    if body.iter().all(|l| l.trim().is_empty()) {
+        return Ok(());
+    }
+    writeln!(w, ".SH EXIT STATUS\n.nf")?;
+    for l in body {
+        writeln!(w, "{}", roff_text(l))?;
+    }
+    writeln!(w, ".fi")
 }
 
 /// accio.toml(5).
@@ -301,6 +328,27 @@ mod tests {
             assert!(page.contains(&format!(".SS {table}\n")), "{table}:\n{page}");
         }
         assert!(page.contains(".SH EXAMPLE\n"));
+    }
+
+    /// Every page has the standard sections, no empty heading, and names no page we do not
+    /// ship.
+    #[test]
+    fn pages_have_exit_status_and_nothing_empty() {
+        for page in PAGES {
+            let mut out = Vec::new();
+            render(Some(page), &mut out).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert!(!out.contains(".SH EXTRA"), "{page}: EXTRA heading");
+            assert!(!out.contains("accio\\-help"), "{page}: names accio-help(1)");
+            let heads: Vec<&str> = out.lines().filter(|l| l.starts_with(".SH")).collect();
+            for pair in heads.windows(2) {
+                let at = out.find(&format!("{}\n{}", pair[0], pair[1]));
+                assert!(at.is_none(), "{page}: empty section {}", pair[0]);
+            }
+            if *page != "accio.toml" {
+                assert!(out.contains(".SH EXIT STATUS"), "{page}: no EXIT STATUS");
+            }
+        }
     }
 
     #[test]

@@ -164,8 +164,15 @@ fn every_subcommand_has_its_own_man_page() {
         assert!(th.contains(&format!("accio-{sub}")), "{th}");
         assert!(page.contains(&format!("accio {sub}")), "usage of {sub}");
     }
-    // The send page carries the exit codes.
-    assert!(stdout_of(&["man", "send"]).contains("Exit codes"));
+    // The send page carries the exit codes, under the standard heading.
+    let send = stdout_of(&["man", "send"]);
+    assert!(
+        send.contains(".SH EXIT STATUS\n.nf\n  0  the file was delivered"),
+        "{send}"
+    );
+    assert!(!send.contains(".SH EXTRA"), "{send}");
+    // accio(1) names no page the package does not ship.
+    assert!(!stdout_of(&["man"]).contains("accio\\-help"));
     let out = accio().args(["man", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr.starts_with(b"ERROR: no man page"), "{out:?}");

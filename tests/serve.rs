@@ -33,6 +33,21 @@ impl Server {
 
     /// As [`Server::start`], saving into `dir` (which may hold files already).
     fn start_in(idle: &str, dir: tempfile::TempDir) -> Server {
+        Server::start_with(idle, dir, &[], |_| {})
+    }
+
+    /// As [`Server::start`], with more arguments, and `setup` applied to the command.
+    fn start_args(idle: &str, args: &[&str]) -> Server {
+        Server::start_with(idle, tempfile::tempdir().unwrap(), args, |_| {})
+    }
+
+    /// As [`Server::start_in`], with more arguments, and `setup` applied to the command.
+    fn start_with(
+        idle: &str,
+        dir: tempfile::TempDir,
+        args: &[&str],
+        setup: impl Fn(&mut std::process::Command),
+    ) -> Server {
         for _ in 0..5 {
             let port = TcpListener::bind("[::]:0")
                 .or_else(|_| TcpListener::bind("0.0.0.0:0"))
@@ -40,16 +55,17 @@ impl Server {
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut child = accio()
-                .args(["serve", &port.to_string()])
+            let mut cmd = accio();
+            cmd.args(["serve", &port.to_string()])
                 .arg(dir.path())
+                .args(args)
                 .env("ACCIO_SERVE_IDLE_TIMEOUT", idle)
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+                .stderr(Stdio::piped());
+            setup(&mut cmd);
+            let mut child = cmd.spawn().unwrap();
             let log = Arc::new(Mutex::new(Vec::new()));
             let stderr = child.stderr.take().unwrap();
             let sink = log.clone();
@@ -103,6 +119,39 @@ impl Server {
         s.read_exact(&mut cmd).unwrap();
         assert_eq!(&cmd, COMMAND);
         s
+    }
+
+    /// A raw client from `source` (any 127.x.y.z: all of 127/8 is local) to 127.0.0.1,
+    /// not waiting for anything.
+    fn connect_from(&self, source: &str) -> TcpStream {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+        sock.bind(&from.into()).unwrap();
+        let to: std::net::SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        sock.connect(&to.into()).unwrap();
+        sock.into()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Descriptors the server holds now.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Log lines containing `what`.
+    fn logged(&self, what: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
     }
 
     fn send(&self, host: &str, file: &Path) -> Outcome {
@@ -442,4 +491,339 @@ fn a_name_taken_meanwhile_is_not_replaced() {
         server.listing(),
         ["1.file", "2.file", "3.file"].map(String::from).into()
     );
+}
+
+/// Raises this test process's descriptor limit to its hard limit (it opens thousands of
+/// client sockets) and returns it.
+fn raise_own_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to rlimit structs; the soft limit stays at most the hard one.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        r.rlim_cur = r.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
+    }
+    r.rlim_cur
+}
+
+/// Reads the greeting within `within`: true if it came whole, false on timeout, close or
+/// reset before it.
+fn greeted(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut cmd = [0u8; 7];
+    let ok = s.read_exact(&mut cmd).is_ok() && cmd == COMMAND;
+    s.set_read_timeout(None).unwrap();
+    ok
+}
+
+/// Sends `content` on a raw connection that was greeted, half-closes, and waits for the
+/// server's clean close (the confirmation).
+fn deliver(mut s: TcpStream, content: &[u8]) {
+    s.write_all(content).unwrap();
+    shutdown_write(&s);
+    let (extra, end) = read_all(&mut s);
+    end.expect("a clean close");
+    assert!(extra.is_empty());
+}
+
+/// The attack: thousands of idle connections from one address. A client from
+/// another address is still received (the figure against the 2 s target is printed here and
+/// by `cargo bench --bench serve`; the bound asserted is the send's own deadline), and the
+/// idle connections cost the server one descriptor each: no file until a byte arrives.
+#[test]
+fn idle_flood_from_one_address_does_not_lock_out_another() {
+    const IDLE: usize = 2000;
+    if raise_own_nofile() < IDLE as u64 + 200 {
+        eprintln!("skipped: the descriptor limit is too low for {IDLE} client sockets");
+        return;
+    }
+    // Every flood connection is held (per address above the flood), so the descriptor
+    // count shows what each one costs.
+    let server = Server::start_args(
+        "60s",
+        &["--max-connections", "2500", "--max-per-address", "2400"],
+    );
+    let baseline = server.fds();
+    let flood: Vec<TcpStream> = (0..IDLE)
+        .map(|_| server.connect_from("127.0.0.2"))
+        .collect();
+    wait_for("the flood to be accepted", || {
+        server.fds() >= baseline + IDLE
+    });
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "legit", &pattern(100_000, 50));
+    let start = Instant::now();
+    // From 127.0.0.1 (the kernel's source for loopback destinations).
+    server.send("127.0.0.1", &file).assert_success();
+    let took = start.elapsed();
+    eprintln!(
+        "with {IDLE} idle connections held: a send took {took:?}; serve holds {} fds",
+        server.fds()
+    );
+    assert_eq!(server.read(IDLE as u64 + 1), pattern(100_000, 50));
+    let fds = server.fds();
+    assert!(
+        fds <= baseline + IDLE + 8,
+        "{fds} descriptors for {IDLE} idle connections (baseline {baseline})"
+    );
+    assert!(fds < 2500 * 2 + 32);
+    // The idle ones still have nothing on disk.
+    assert_eq!(server.listing().len(), 1, "{:?}", server.listing());
+    drop(flood);
+}
+
+/// Beyond --max-per-address, a connection from that address is reset before the greeting
+/// and takes no number; other addresses are served.
+#[test]
+fn beyond_max_per_address_is_reset_before_the_greeting() {
+    let server = Server::start_args(
+        "30s",
+        &["--max-connections", "10", "--max-per-address", "2"],
+    );
+    let mut a = server.connect_from("127.0.0.2");
+    let mut b = server.connect_from("127.0.0.2");
+    assert!(greeted(&mut a, RUN_DEADLINE) && greeted(&mut b, RUN_DEADLINE));
+    let mut refused = server.connect_from("127.0.0.2");
+    let (got, _) = read_all(&mut refused);
+    assert!(got.is_empty(), "refused connection got {got:?}");
+    let mut other = server.connect_from("127.0.0.3");
+    assert!(greeted(&mut other, RUN_DEADLINE));
+    wait_for("the refusal to be logged", || {
+        server.logged("--max-per-address") == 1
+    });
+    for (s, content) in [(a, &b"a"[..]), (b, b"b"), (other, b"other")] {
+        deliver(s, content);
+    }
+    // Numbers 1, 2, 3: the refused connection took none.
+    let got: BTreeSet<Vec<u8>> = (1..=3).map(|n| server.read(n)).collect();
+    assert_eq!(
+        got,
+        [b"a".to_vec(), b"b".to_vec(), b"other".to_vec()].into()
+    );
+    assert_eq!(server.listing().len(), 3);
+    // A slot given back is usable again.
+    let mut again = server.connect_from("127.0.0.2");
+    assert!(greeted(&mut again, RUN_DEADLINE));
+}
+
+/// Beyond --max-connections, connections wait in the listen queue (no greeting) until a
+/// slot is free.
+#[test]
+fn beyond_max_connections_waits_in_the_listen_queue() {
+    let server = Server::start_args("30s", &["--max-connections", "2", "--max-per-address", "2"]);
+    let mut held: Vec<TcpStream> = (0..2).map(|_| server.connect_from("127.0.0.2")).collect();
+    for s in &mut held {
+        assert!(greeted(s, RUN_DEADLINE));
+    }
+    let mut queued = server.connect_from("127.0.0.3");
+    // A greeting now would be a bug; its absence for a while is all a test can see.
+    assert!(!greeted(&mut queued, Duration::from_millis(300)));
+    deliver(held.remove(0), b"done");
+    assert!(
+        greeted(&mut queued, RUN_DEADLINE),
+        "not served once a slot was free"
+    );
+    deliver(queued, b"queued");
+    assert_eq!(server.read(1), b"done");
+    // 2 is the one still held.
+    assert_eq!(server.read(3), b"queued");
+}
+
+/// Out of descriptors, `accept` fails again and again: serve backs off, logs at most a line a
+/// second (with a count), and serves again once descriptors are free.
+#[test]
+fn accept_failures_back_off_and_log_once_a_second() {
+    use std::os::unix::process::CommandExt;
+    let limit = 40;
+    let server = Server::start_with(
+        "30s",
+        tempfile::tempdir().unwrap(),
+        &["--max-connections", "500", "--max-per-address", "500"],
+        move |cmd| {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    assert_eq!(server.logged("more than the descriptor limit"), 1);
+    let clients: Vec<TcpStream> = (0..2 * limit)
+        .map(|_| server.connect_from("127.0.0.2"))
+        .collect();
+    wait_for("accept to fail", || server.logged("accept failed") >= 1);
+    let first = Instant::now();
+    // Watch the log for a while: the throttle allows one line a second.
+    let window = Duration::from_millis(2500);
+    wait_until(window, || false);
+    let lines = server.logged("accept failed");
+    let allowed = 1 + (first.elapsed().as_secs() as usize) + 1;
+    assert!(
+        lines <= allowed,
+        "{lines} accept lines in {:?}: {:?}",
+        first.elapsed(),
+        server.log.lock().unwrap()
+    );
+    assert!(
+        server.logged("times in the last second") >= 1,
+        "no count reported"
+    );
+    drop(clients);
+    // Descriptors are free again: served.
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "after", b"after the storm");
+    server.send("127.0.0.1", &file).assert_success();
+}
+
+/// Received files are 0600, or exactly --mode, whatever the umask.
+#[test]
+fn files_are_private_or_exactly_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let mode_of = |server: &Server, n: u64| {
+        std::fs::metadata(server.path(&format!("{n}.file")))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "f", b"private");
+    let server = Server::start("10s");
+    server.send("127.0.0.1", &file).assert_success();
+    assert_eq!(mode_of(&server, 1), 0o600);
+    let mut err = server.connect("127.0.0.1");
+    err.write_all(b"x").unwrap();
+    wait_for("data", || server.path(".2.file.part").exists());
+    reset(err);
+    wait_for("2.file", || server.path("2.file").exists());
+    assert_eq!(mode_of(&server, 2), 0o600, "an ERROR file too");
+    let server = Server::start_with(
+        "10s",
+        tempfile::tempdir().unwrap(),
+        &["--mode", "644"],
+        |cmd| {
+            // SAFETY: umask is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::umask(0o077);
+                    Ok(())
+                });
+            }
+        },
+    );
+    server.send("127.0.0.1", &file).assert_success();
+    assert_eq!(mode_of(&server, 1), 0o644);
+    for bad in ["888", "400", "1777"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(accio()
+            .args(["serve", "5000"])
+            .arg(dir.path())
+            .args(["--mode", bad]));
+        assert_eq!(out.code(), Some(2), "--mode {bad}: {}", out.stderr);
+    }
+}
+
+/// `ERROR` goes through the file's own descriptor: a symlink put in place of the part file
+/// meanwhile is not written through.
+#[test]
+fn error_is_written_through_the_descriptor_not_the_name() {
+    let server = Server::start("10s");
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = write_file(victim_dir.path(), "victim", b"must stay");
+    let mut s = server.connect("127.0.0.1");
+    s.write_all(b"partial").unwrap();
+    wait_for("the part file", || {
+        std::fs::metadata(server.path(".1.file.part")).is_ok_and(|m| m.len() == 7)
+    });
+    let link = server.path("link");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    std::fs::rename(&link, server.path(".1.file.part")).unwrap();
+    reset(s);
+    wait_for("1.file", || {
+        server.path("1.file").symlink_metadata().is_ok()
+    });
+    assert_eq!(std::fs::read(&victim).unwrap(), b"must stay");
+}
+
+/// --max-size: a larger transfer is cut, reset, and its file holds ERROR; one at the limit
+/// is received.
+#[test]
+fn max_size_cuts_larger_transfers() {
+    let server = Server::start_args("10s", &["--max-size", "1K"]);
+    let src = tempfile::tempdir().unwrap();
+    let exact = write_file(src.path(), "exact", &pattern(1024, 60));
+    server.send("127.0.0.1", &exact).assert_success();
+    assert_eq!(server.read(1), pattern(1024, 60));
+    let over = write_file(src.path(), "over", &pattern(100_000, 61));
+    let out = server.send("127.0.0.1", &over);
+    assert_ne!(out.code(), Some(0));
+    wait_for("2.file", || server.path("2.file").exists());
+    assert_eq!(server.read(2), b"ERROR");
+}
+
+/// --deadline: a connection that keeps sending, slower than the idle rule would catch, is
+/// cut when its time is up.
+#[test]
+fn deadline_cuts_a_slow_connection() {
+    let server = Server::start_args("10s", &["--deadline", "1s"]);
+    let mut s = server.connect("127.0.0.1");
+    let start = Instant::now();
+    // One byte every 100 ms, for up to the test's deadline: the server must cut it first.
+    let cut = loop {
+        if s.write_all(b"x").is_err() {
+            break true;
+        }
+        if start.elapsed() > RUN_DEADLINE {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(cut, "not cut by --deadline");
+    wait_for("1.file", || server.path("1.file").exists());
+    assert_eq!(server.read(1), b"ERROR");
+    assert!(start.elapsed() >= Duration::from_millis(900));
+}
+
+/// --listen: only that address.
+#[test]
+fn listen_chooses_the_address() {
+    let server = Server::start_args("10s", &["--listen", "127.0.0.1"]);
+    let src = tempfile::tempdir().unwrap();
+    let file = write_file(src.path(), "f", b"on 127.0.0.1");
+    server.send("127.0.0.1", &file).assert_success();
+    assert_eq!(server.read(1), b"on 127.0.0.1");
+    let err = TcpStream::connect(("127.0.0.2", server.port)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    if have_ipv6() {
+        let err = TcpStream::connect(("::1", server.port)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+}
+
+/// At shutdown, connections that have sent nothing end at once (no file: their clients were
+/// never confirmed), without waiting for the idle timeout.
+#[test]
+fn shutdown_ends_idle_connections_at_once() {
+    let mut server = Server::start("60s");
+    let mut idle: Vec<TcpStream> = (0..5).map(|_| server.connect("127.0.0.1")).collect();
+    server.signal(libc::SIGTERM);
+    // Within RUN_DEADLINE (30 s), well under the 60 s idle timeout.
+    assert_eq!(server.wait(), Some(0));
+    for s in &mut idle {
+        let (got, _) = read_all(s);
+        assert!(got.is_empty());
+    }
+    assert!(server.listing().is_empty(), "{:?}", server.listing());
 }
