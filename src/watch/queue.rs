@@ -213,7 +213,7 @@ impl Queue {
                 let kind = id.kind;
                 let dir = &self.watches[key.0].cfg.dir;
                 // A producer may make any number: the first few by name, then a count.
-                match self.special_log.ignoring(Self::now(), dir, kind) {
+                match self.special_log.ignoring(Self::now(), dir, &kind) {
                     Say::Name => tracing::warn!(
                         kind = %kind,
                         "ignoring {}: it is a {kind}, not a regular file; it is left alone and never sent",

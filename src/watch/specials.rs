@@ -20,12 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::core::{Identity, Kind};
 use crate::esc::esc;
 
 /// Special entries remembered by name per spool directory. Beyond it they are counted
 /// only: one seen again is reported again (in the summary line, not by name), which is the
-/// price of a bound. 1,024 entries cost about 150 KiB.
+/// price of a bound. 1,024 entries cost under 100 KiB.
 pub const TRACKED_PER_DIR: usize = 1024;
 
 /// Special entries a listing keeps by name (it counts the rest); the same bound as the
@@ -41,8 +40,10 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// The special entries of one spool directory.
 #[derive(Debug, Default)]
 struct Dir {
-    /// Remembered, with the identity reported (reported again only if it changes).
-    known: HashMap<OsString, Identity>,
+    /// Remembered, with a stamp of the identity reported (reported again only if it
+    /// changes). A stamp, not the identity: 8 bytes, and this module stays below the core
+    /// that uses it.
+    known: HashMap<OsString, u64>,
     /// Present but not remembered (beyond [`TRACKED_PER_DIR`]): as the last listing counted
     /// them, plus those reported since.
     untracked: usize,
@@ -128,10 +129,10 @@ impl Tracker {
         self.with(watch, |d| d.known.contains_key(name))
     }
 
-    /// `name` of `watch` is a special entry, `id`: whether to report it (it is new, or not
-    /// the one reported before). Beyond [`TRACKED_PER_DIR`] it is counted, not remembered,
+    /// `name` of `watch` is a special entry whose identity has the stamp `id` (a hash of
+    /// it): whether to report it (it is new, or not the one reported before). Beyond [`TRACKED_PER_DIR`] it is counted, not remembered,
     /// and reported each time it is met.
-    pub fn note(&mut self, watch: usize, name: &OsStr, id: Identity) -> bool {
+    pub fn note(&mut self, watch: usize, name: &OsStr, id: u64) -> bool {
         self.with(watch, |d| {
             if let Some(old) = d.known.get_mut(name) {
                 return std::mem::replace(old, id) != id;
@@ -195,7 +196,7 @@ pub struct SpecialLog {
 
 impl SpecialLog {
     /// A special entry of `dir`, of `kind`, is to be reported at `now`.
-    pub fn ignoring(&mut self, now: Instant, dir: &Path, kind: Kind) -> Say {
+    pub fn ignoring(&mut self, now: Instant, dir: &Path, kind: &dyn std::fmt::Display) -> Say {
         if self.until.map_or(true, |u| now >= u) {
             // A window whose end passed without a flush (none was due) is over.
             self.until = Some(now + WINDOW);
@@ -248,16 +249,10 @@ impl SpecialLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::core::Kind;
 
-    fn id(ino: u64) -> Identity {
-        Identity {
-            kind: Kind::Fifo,
-            dev: 1,
-            ino,
-            size: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-        }
+    fn id(ino: u64) -> u64 {
+        ino
     }
 
     fn name(i: usize) -> OsString {
@@ -340,12 +335,12 @@ mod tests {
         let mut named = 0;
         for i in 0..1000u32 {
             let now = t0 + Duration::from_millis(u64::from(i));
-            if log.ignoring(now, dir, Kind::Fifo) == Say::Name {
+            if log.ignoring(now, dir, &Kind::Fifo) == Say::Name {
                 named += 1;
             }
             assert_eq!(log.flush(Some(now)), None, "not before the window ends");
         }
-        log.ignoring(t0, dir, Kind::Symlink);
+        log.ignoring(t0, dir, &Kind::Symlink);
         assert_eq!(named, NAMED_PER_WINDOW);
         assert_eq!(log.due(), Some(t0 + WINDOW));
         let line = log.flush(Some(t0 + WINDOW)).expect("a summary");
@@ -359,7 +354,7 @@ mod tests {
         assert_eq!(log.due(), None);
         // The next report opens a new window, naming again.
         let later = t0 + WINDOW * 3;
-        assert_eq!(log.ignoring(later, dir, Kind::Fifo), Say::Name);
+        assert_eq!(log.ignoring(later, dir, &Kind::Fifo), Say::Name);
         // A window with nothing unnamed has no summary.
         assert_eq!(log.flush(None), None);
     }
@@ -369,7 +364,7 @@ mod tests {
         let mut log = SpecialLog::default();
         let t0 = Instant::now();
         for _ in 0..=NAMED_PER_WINDOW {
-            log.ignoring(t0, Path::new("/s"), Kind::Socket);
+            log.ignoring(t0, Path::new("/s"), &Kind::Socket);
         }
         let line = log.flush(None).expect("flushed at shutdown");
         assert!(

@@ -525,7 +525,7 @@ impl Core {
     /// A not-regular entry: reported once per identity, and forgotten as a candidate.
     fn ignore(&mut self, key: Key, id: Identity) {
         self.remove(&key);
-        if self.reported.note(key.0, &key.1, id) {
+        if self.reported.note(key.0, &key.1, fingerprint(&id)) {
             // Bounded: past it, the listing under way does not forget any (apply_listing).
             if let Some(w) = self.watches.get_mut(key.0).filter(|w| w.scanning) {
                 if w.reported_while_listing.len() <= specials::TRACKED_PER_DIR {
