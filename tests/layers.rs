@@ -63,33 +63,36 @@ fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .map(|(i, l)| (i + 1, l.split("//").next().unwrap_or("")))
 }
 
-/// The modules a line names as `crate::NAME`, or inside `use crate::{A, B::..}`.
-fn used(line: &str) -> Vec<String> {
+/// The names a line puts after `prefix` (`prefix` `NAME`, or inside `prefix{A, B::..}`),
+/// `self` left out.
+fn names_after(line: &str, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = line;
-    while let Some(i) = rest.find("crate::") {
-        rest = &rest[i + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for item in group[..end].split(',') {
-                let name: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    out.push(name);
-                }
-            }
-        } else {
-            let name: String = rest
+    while let Some(i) = rest.find(prefix) {
+        rest = &rest[i + prefix.len()..];
+        let items: Vec<&str> = match rest.strip_prefix('{') {
+            Some(group) => group[..group.find('}').unwrap_or(group.len())]
+                .split(',')
+                .collect(),
+            None => vec![rest],
+        };
+        for item in items {
+            let name: String = item
+                .trim()
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
                 .collect();
-            out.push(name);
+            if !name.is_empty() && name != "self" {
+                out.push(name);
+            }
         }
     }
     out
+}
+
+/// The modules a line names as `crate::NAME`, or inside `use crate::{A, B::..}`.
+fn used(line: &str) -> Vec<String> {
+    names_after(line, "crate::")
 }
 
 #[test]
@@ -185,32 +188,9 @@ fn the_queue_core_does_no_io() {
 /// The modules a line of a file in `src/watch` names as `super::NAME` (`direct`: the file is
 /// `src/watch/NAME.rs`, where `super` is the pipeline) or `crate::watch::NAME`.
 fn watch_used(line: &str, direct: bool) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut prefixes = vec!["crate::watch::"];
+    let mut out = names_after(line, "crate::watch::");
     if direct {
-        prefixes.push("super::");
-    }
-    for prefix in prefixes {
-        let mut rest = line;
-        while let Some(i) = rest.find(prefix) {
-            rest = &rest[i + prefix.len()..];
-            let items: Vec<&str> = match rest.strip_prefix('{') {
-                Some(group) => group[..group.find('}').unwrap_or(group.len())]
-                    .split(',')
-                    .collect(),
-                None => vec![rest],
-            };
-            for item in items {
-                let name: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != "self" {
-                    out.push(name);
-                }
-            }
-        }
+        out.extend(names_after(line, "super::"));
     }
     out
 }

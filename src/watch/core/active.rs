@@ -26,6 +26,8 @@ pub(super) struct WatchSt {
     pub(super) p: WatchParams,
     /// Entries held.
     pub(super) count: usize,
+    /// Names of this watch being looked at (an `lstat` asked, not answered yet).
+    pub(super) looking: usize,
     /// More regular files on disk than held: list again when the active set runs low.
     pub(super) more_on_disk: bool,
     /// The next oldest names of the last listing beyond the active set (up to
@@ -59,6 +61,7 @@ impl WatchSt {
             next_rescan: now + p.rescan_interval.max(MIN_RESCAN),
             p,
             count: 0,
+            looking: 0,
             more_on_disk: false,
             reserve: VecDeque::new(),
             truncated: false,
@@ -194,7 +197,10 @@ impl Core {
         let limit = self.p.active_limit.max(1);
         for w in 0..self.watches.len() {
             let st = &self.watches[w];
-            if !st.more_on_disk || st.scanning || st.count > limit / 4 {
+            // Names being looked at count as held: their answers may still be on the way
+            // (the driver asks off its task), and listing again before they come would put
+            // younger names before them.
+            if !st.more_on_disk || st.scanning || st.count + st.looking > limit / 4 {
                 continue;
             }
             if st.reserve.is_empty() {
@@ -243,17 +249,27 @@ impl Core {
         }
         let limit = self.p.active_limit.max(1);
         let mut held = 0usize;
+        // Names of the listing not held yet but being looked at (a refill's, or a hint's):
+        // each takes room when its answer comes, so it is kept for them now. Otherwise
+        // younger names of this listing would fill the set first and the answers find it
+        // full, sending those older names to the back of the backlog.
+        let mut looking = 0usize;
         let mut dropped = false;
         let mut reserve = VecDeque::new();
         for l in &listing.files {
             present.insert(l.name.as_os_str());
             let key = (watch, l.name.clone());
             self.reported.forget(watch, &key.1);
-            if self.entries.contains_key(&key) || self.looks.contains_key(&key) {
+            if self.entries.contains_key(&key) {
                 held += 1;
                 continue;
             }
-            if self.watches[watch].count >= limit {
+            if self.looks.contains_key(&key) {
+                held += 1;
+                looking += 1;
+                continue;
+            }
+            if self.watches[watch].count + looking >= limit {
                 if reserve.len() < limit.saturating_mul(RESERVE_FACTOR) {
                     reserve.push_back(l.name.clone());
                 } else {

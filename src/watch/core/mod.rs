@@ -246,6 +246,7 @@ impl Core {
         let Some(cont) = self.looks.remove(&key) else {
             return;
         };
+        self.watches[key.0].looking -= 1;
         if matches!(
             self.entries.get(&key).map(|e| &e.state),
             Some(State::InFlight { .. })
@@ -476,6 +477,7 @@ impl Core {
     /// later request replaces the continuation of one not yet answered.
     fn look(&mut self, key: Key, cont: Cont) {
         if self.looks.insert(key.clone(), cont).is_none() {
+            self.watches[key.0].looking += 1;
             self.actions.push_back(Action::Look(key));
         }
     }

@@ -602,6 +602,8 @@ impl Sim {
         }
         for (w, st) in c.watches.iter().enumerate() {
             assert_eq!(st.count, per_watch[w], "count of watch {w} drifted");
+            let looking = c.looks.keys().filter(|k| k.0 == w).count();
+            assert_eq!(st.looking, looking, "looks of watch {w} drifted");
             assert!(st.count <= c.p.active_limit, "active set over its limit");
         }
         let live: HashSet<(super::timers::Gen, &Key)> = c.timers.iter().collect();
