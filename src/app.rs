@@ -27,7 +27,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             return ExitCode::from(exit::finish::<()>(Err(Failed::new(
                 Kind::Usage,
-                "no command given (usage: accio <send|serve|watch|status|retry|check-config|completions|man> ...; see accio --help)",
+                "no command given (usage: accio <send|serve|watch|status|flush|retry|check-config|completions|man> ...; see accio --help)",
             ))));
         }
         Err(e) => {
@@ -72,7 +72,7 @@ fn one_line_usage_error(e: &clap::Error) -> String {
 fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
     match command {
         // `status` and `retry` are blocking tools; the runtime is only there to be uniform.
-        Command::Send(_) | Command::Status(_) | Command::Retry(_) => {
+        Command::Send(_) | Command::Status(_) | Command::Flush(_) | Command::Retry(_) => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -134,11 +134,24 @@ pub fn run(cli: Cli) -> u8 {
             mode: args.mode,
         })),
         Command::Watch(args) => crate::daemon::main(&rt, args.config, args.log_format.into()),
-        Command::CheckConfig(args) => crate::ops::check_config_command(&args.config),
-        Command::Status(args) => crate::ops::status_command(&args.config, args.json),
-        Command::Retry(args) => {
-            crate::ops::retry::retry_command(&args.config, args.watch.as_deref(), &args.names)
+        Command::CheckConfig(args) => crate::ops::check_config_command(&args.config, args.quiet),
+        Command::Status(args) => crate::ops::status_command(
+            &args.socket.socket_from(),
+            args.json,
+            crate::status::ViewQuery {
+                all: args.all,
+                destination: args.destination,
+            },
+        ),
+        Command::Flush(args) => {
+            crate::ops::flush_command(&args.socket.socket_from(), args.destination.as_deref())
         }
+        Command::Retry(args) => crate::ops::retry::retry_command(
+            &args.config,
+            args.watch.as_deref(),
+            &args.names,
+            crate::ops::retry::Mode::of(args.list, args.dry_run),
+        ),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "accio", &mut std::io::stdout());

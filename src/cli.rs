@@ -42,6 +42,13 @@ pub enum Command {
     /// Show what the running service is doing, and why files wait.
     #[command(after_help = crate::exit::status_help())]
     Status(StatusArgs),
+    /// Probe the destinations that are down and retry the files backing off, now.
+    ///
+    /// Probe the destinations that are down and retry the files backing off, now (like
+    /// `postqueue -f`): for a destination that is back before its next probe was due. Failed
+    /// attempts still count against retry.max_attempts.
+    #[command(after_help = crate::exit::flush_help())]
+    Flush(FlushArgs),
     /// Put files the service gave up on (in failed_dir) back into their spool.
     #[command(after_help = crate::exit::retry_help())]
     Retry(RetryArgs),
@@ -198,14 +205,49 @@ pub struct WatchArgs {
     pub log_format: LogFormatArg,
 }
 
+/// Where `status` and `flush` find the service.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Configuration file (it names the control socket).
+pub struct SocketArgs {
+    /// Configuration file (it names the control socket). If it cannot be read, the default
+    /// socket is asked, with a warning.
     #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "ACCIO_CONFIG")]
     pub config: PathBuf,
+    /// The service's control socket; the configuration is not read.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    pub socket: Option<PathBuf>,
+}
+
+impl SocketArgs {
+    pub fn socket_from(&self) -> crate::ops::SocketFrom {
+        match &self.socket {
+            Some(p) => crate::ops::SocketFrom::Given(p.clone()),
+            None => crate::ops::SocketFrom::Config(self.config.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
     /// Print the state as one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// List every waiting file (up to 100,000), not only the 20 oldest.
+    #[arg(long)]
+    pub all: bool,
+    /// Only this destination (`host:port` as configured) and its files.
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Only this destination (`host:port` as configured); none: all of them.
+    #[arg(value_name = "DESTINATION")]
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +261,12 @@ pub struct RetryArgs {
     /// Files to put back, by name in failed_dir (or path); none: all of them.
     #[arg(value_name = "NAME")]
     pub names: Vec<std::ffi::OsString>,
+    /// List the given-up files (each with its age and why it was given up); move nothing.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub list: bool,
+    /// Print the moves that would be made; move nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -226,4 +274,7 @@ pub struct CheckConfigArgs {
     /// Configuration file.
     #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "ACCIO_CONFIG")]
     pub config: PathBuf,
+    /// Print nothing when the configuration is valid (for `ExecReload=`).
+    #[arg(long, short)]
+    pub quiet: bool,
 }

@@ -41,7 +41,50 @@ pub fn main(
 ) -> Result<(), Failed> {
     let config = config::load(&path).map_err(|e| Failed::new(Kind::Config, e))?;
     let log = crate::logging::init_service(log_format, &config.log_level);
+    // Before anything opens a descriptor: uploads take two each (socket and file).
+    match crate::limits::raise_nofile() {
+        Ok(l) => tracing::debug!("open files: soft limit {}, hard limit {}", l.soft, l.hard),
+        Err(e) => tracing::warn!("cannot raise the limit of open files (RLIMIT_NOFILE): {e}"),
+    }
+    check_descriptors(&config);
     rt.block_on(service(config, path, log))
+}
+
+/// Descriptors the service needs besides its uploads: the runtime, inotify, listeners,
+/// the journal, directory listings, disposition moves (about 15 measured; twice that, to
+/// spare).
+const BASE_DESCRIPTORS: u64 = 32;
+
+/// Descriptors `config` may need at once: two per upload in flight (the socket and the
+/// file), plus [`BASE_DESCRIPTORS`].
+pub fn descriptors_needed(config: &Config) -> u64 {
+    (config.concurrency as u64)
+        .saturating_mul(2)
+        .saturating_add(BASE_DESCRIPTORS)
+}
+
+/// Warns when `concurrency` does not fit the soft `RLIMIT_NOFILE`. Not fatal: running out
+/// only delays files (it never counts against them), but the operator should raise
+/// `LimitNOFILE=` or lower `concurrency`.
+fn check_descriptors(config: &Config) {
+    let Ok(l) = crate::limits::nofile() else {
+        return;
+    };
+    let need = descriptors_needed(config);
+    if l.soft < need {
+        tracing::warn!(
+            concurrency = config.concurrency,
+            limit = l.soft,
+            need,
+            "concurrency = {} needs up to {need} open files, but the limit is {} (hard limit {}): \
+             only about {} uploads fit at once, the others wait and are retried (never counted \
+             against their files); raise LimitNOFILE= (systemctl edit accio) or lower concurrency",
+            config.concurrency,
+            l.soft,
+            l.hard,
+            l.soft.saturating_sub(BASE_DESCRIPTORS) / 2
+        );
+    }
 }
 
 /// What every pipeline shares with the daemon and its successors (after SIGHUP).
@@ -207,26 +250,32 @@ async fn reload(
     log: &LogControl,
 ) -> Option<Pipeline> {
     tracing::info!(config = %esc(path), "SIGHUP: reloading {}", esc(path));
+    // Refused, it is said in STATUS=, `accio status` and the metrics until a reload is
+    // taken: `systemctl reload` may have reported success (a unit without the check).
+    let refused = |why: String| {
+        tracing::error!("reload refused: {why}; still running on the previous configuration");
+        process.stats.set_reload_refused(Some(why));
+        process.metrics.reloaded(false);
+        None
+    };
     let config = match config::load(path) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!("reload refused: {e}; still running on the previous configuration");
-            return None;
-        }
+        Err(e) => return refused(e.to_string()),
     };
     let level = config.log_level.clone();
-    ops.reloaded(&config);
+    check_descriptors(&config);
+    let watches = config.clone();
     match Pipeline::start(config, process).await {
         Ok(p) => {
+            ops.reloaded(&watches);
             if let Err(e) = log.set_level(&level) {
                 tracing::warn!("{e}; keeping the previous log level");
             }
+            process.stats.set_reload_refused(None);
+            process.metrics.reloaded(true);
             tracing::info!(config = %esc(path), "configuration reloaded from {}", esc(path));
             Some(p)
         }
-        Err(e) => {
-            tracing::error!("reload failed: {e}; still running on the previous configuration");
-            None
-        }
+        Err(e) => refused(e.to_string()),
     }
 }

@@ -159,12 +159,28 @@ const STATUS: &[Row] = &[
         "other error (permission denied on the socket, a bad answer)",
     ),
     (
+        Some(Kind::Usage),
+        "usage error, or --destination names no destination of the service",
+    ),
+    (
         Some(Kind::NotRunning),
         "the service is not running: nothing answers on its control socket",
     ),
+];
+
+const FLUSH: &[Row] = &[
+    (None, "the service flushed the destinations asked for"),
     (
-        Some(Kind::Config),
-        "the configuration cannot be read or is invalid",
+        Some(Kind::Other),
+        "other error (permission denied on the socket, a bad answer)",
+    ),
+    (
+        Some(Kind::Usage),
+        "usage error, or DESTINATION is not a destination of the service",
+    ),
+    (
+        Some(Kind::NotRunning),
+        "the service is not running: nothing answers on its control socket",
     ),
 ];
 
@@ -240,6 +256,11 @@ pub fn status_help() -> String {
     table(STATUS)
 }
 
+/// The table `accio flush --help` prints.
+pub fn flush_help() -> String {
+    table(FLUSH)
+}
+
 /// The table `accio retry --help` prints.
 pub fn retry_help() -> String {
     table(RETRY)
@@ -266,7 +287,7 @@ mod tests {
 
     #[test]
     fn a_commands_kinds_have_distinct_codes() {
-        for rows in [SEND, STATUS, RETRY] {
+        for rows in [SEND, STATUS, FLUSH, RETRY] {
             let mut codes: Vec<u8> = rows.iter().map(|(k, _)| k.map_or(OK, Kind::code)).collect();
             let n = codes.len();
             codes.sort_unstable();
@@ -281,7 +302,8 @@ mod tests {
         assert!(t.contains("\n  0  the file was delivered"), "{t}");
         assert!(t.contains("\n     acked: the server's TCP"), "{t}");
         assert!(t.contains("\n  5  could not connect"), "{t}");
-        assert!(status_help().contains("\n  78 the configuration"));
+        assert!(status_help().contains("\n  2  usage error, or --destination"));
+        assert!(flush_help().contains("\n  3  the service is not running"));
         assert!(retry_help().contains("\n  2  usage error"));
     }
 

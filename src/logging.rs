@@ -1,12 +1,17 @@
 //! Logging setup with tracing-subscriber.
 //!
-//! Three outputs for the service, chosen at start:
+//! The outputs of the service, chosen at start:
 //! - a terminal: human-readable, with timestamps, colors only when stderr is a TTY (and
 //!   `NO_COLOR` is not set);
-//! - journald (stderr is the stream named by `JOURNAL_STREAM`): no ANSI escapes and no
-//!   timestamps, since the journal records its own; each line starts with a syslog priority
-//!   prefix (`<3>` error … `<7>` debug) so `journalctl -p warning` works;
-//! - `--log-format json`: one JSON object per line, for log shippers.
+//! - journald (stderr is the stream named by `JOURNAL_STREAM`): each event is sent to the
+//!   journal's native socket (tracing-journald) with its priority (`PRIORITY=3` error …
+//!   `7` debug, so `journalctl -p warning` works), the message as `MESSAGE=` and the
+//!   event's fields as `ACCIO_PATH=`, `ACCIO_DESTINATION=`, `ACCIO_EVENT=`, ...
+//!   (`journalctl -u accio ACCIO_EVENT=gave_up`). If that socket cannot be used, the lines
+//!   go to stderr without ANSI escapes or timestamps (the journal records its own), each
+//!   behind a syslog priority prefix (`<3>` … `<7>`) that journald turns into the priority;
+//! - `--log-format json`: one JSON object per line, for log shippers; under journald each
+//!   behind the same priority prefix, so the priority is right in that format too.
 //!
 //! A line for people carries its message only: every message says what matters once (the
 //! file, the counts, the error), so the structured fields, which would repeat it, are left
@@ -55,10 +60,13 @@ pub enum Output {
     Terminal,
     /// A pipe or a file that is not the journal: timestamps, no colors.
     Plain,
-    /// journald's stream socket: no timestamps, no colors, syslog priority prefixes.
+    /// journald's stream socket: no timestamps, no colors, syslog priority prefixes (the
+    /// native socket is preferred, see [`init_service`]).
     Journald,
     /// `--log-format json`.
     Json,
+    /// `--log-format json` with stderr the journal: behind priority prefixes.
+    JsonJournald,
 }
 
 /// Handle kept by the service to change the level on a config reload.
@@ -124,19 +132,37 @@ pub fn init_service(format: LogFormat, default_level: &str) -> LogControl {
         }
     };
 
-    let fmt_layer: Box<dyn Layer<_> + Send + Sync> = match output {
-        Output::Json => tracing_subscriber::fmt::layer()
+    let native = match output {
+        Output::Journald if native_journal_wanted() => match journald_layer() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warnings.push(format!(
+                    "cannot use the journal's native socket ({e}); logging to stderr with priority prefixes"
+                ));
+                None
+            }
+        },
+        _ => None,
+    };
+    let fmt_layer: Box<dyn Layer<_> + Send + Sync> = match (output, native) {
+        (_, Some(native)) => native.boxed(),
+        (Output::Json, _) => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_writer(std::io::stderr)
             .boxed(),
-        Output::Journald => tracing_subscriber::fmt::layer()
+        (Output::JsonJournald, _) => tracing_subscriber::fmt::layer()
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(Prioritized(format::format().json().flatten_event(true)))
+            .with_writer(std::io::stderr)
+            .boxed(),
+        (Output::Journald, _) => tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .fmt_fields(MessageOnly)
             .event_format(JournaldFormat::new())
             .with_writer(std::io::stderr)
             .boxed(),
-        Output::Terminal | Output::Plain => tracing_subscriber::fmt::layer()
+        (Output::Terminal | Output::Plain, _) => tracing_subscriber::fmt::layer()
             .with_ansi(output == Output::Terminal)
             .with_target(false)
             .fmt_fields(MessageOnly)
@@ -154,10 +180,36 @@ pub fn init_service(format: LogFormat, default_level: &str) -> LogControl {
     LogControl { handle, output }
 }
 
+/// The journal's native socket, with the priorities of syslog (as the `<N>` prefixes give
+/// them: info is 6, not tracing-journald's default of 5) and the fields under `ACCIO_`.
+fn journald_layer() -> std::io::Result<tracing_journald::Layer> {
+    use tracing_journald::{Priority, PriorityMappings};
+    Ok(tracing_journald::layer()?
+        .with_field_prefix(Some("ACCIO".to_string()))
+        .with_syslog_identifier("accio".to_string())
+        .with_priority_mappings(PriorityMappings {
+            error: Priority::Error,
+            warn: Priority::Warning,
+            info: Priority::Informational,
+            debug: Priority::Debug,
+            trace: Priority::Debug,
+        }))
+}
+
+/// The native journal socket is used unless `ACCIO_JOURNAL_NATIVE=0` (hidden; for tests
+/// that pose as the journal's stream on a machine where journald runs).
+fn native_journal_wanted() -> bool {
+    std::env::var_os("ACCIO_JOURNAL_NATIVE").map_or(true, |v| v != "0")
+}
+
 /// Decides the output from the flag and what stderr is.
 pub fn detect_output(format: LogFormat) -> Output {
     if format == LogFormat::Json {
-        return Output::Json;
+        return if stderr_is_journal() {
+            Output::JsonJournald
+        } else {
+            Output::Json
+        };
     }
     if stderr_is_journal() {
         return Output::Journald;
@@ -283,6 +335,26 @@ where
     ) -> std::fmt::Result {
         write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
         self.inner.format_event(ctx, writer, event)
+    }
+}
+
+/// Another format behind a `<N>` syslog priority prefix (JSON under journald).
+struct Prioritized<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Prioritized<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 

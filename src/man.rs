@@ -20,6 +20,7 @@ pub const PAGES: &[&str] = &[
     "serve",
     "watch",
     "status",
+    "flush",
     "retry",
     "check-config",
     "completions",

@@ -119,14 +119,15 @@ impl AttemptResult {
     ];
 }
 
-/// Upload attempt durations: 5 ms to about 80 s.
+/// Upload attempt durations: 5 ms to about 164 s, each bucket twice the one before (no
+/// gap wider than ×2, so a quantile is never off by more than that).
 fn duration_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.005, 2.0, 15)
+    exponential_buckets(0.005, 2.0, 16)
 }
 
-/// Delivery latencies (found in the spool to confirmed): 10 ms to about 3 days.
+/// Delivery latencies (found in the spool to confirmed): 10 ms to about 3.9 days, ×2 apart.
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.01, 4.0, 13)
+    exponential_buckets(0.01, 2.0, 26)
 }
 
 /// The process's event metrics. Shared as `Arc<Metrics>`; every method is cheap and can be
@@ -139,14 +140,19 @@ pub struct Metrics {
     disposition_failures: Family<WatchLabel, Counter>,
     last_success: Family<WatchLabel, Gauge<f64, AtomicU64>>,
     attempts: Family<AttemptLabels, Counter>,
-    upload_duration: Family<DestinationLabel, Histogram>,
+    /// By result too: 10 s timeouts would otherwise hide the time deliveries take.
+    upload_duration: Family<AttemptLabels, Histogram>,
     delivery_latency: Family<WatchLabel, Histogram>,
+    /// 1 if the last reload (SIGHUP) was taken (or none was asked for), 0 if refused.
+    reload_ok: Gauge,
+    /// When the configuration was last loaded successfully (start or reload), Unix time.
+    reload_time: Gauge<f64, AtomicU64>,
     started: SystemTime,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
+        let m = Metrics {
             files_sent: Family::default(),
             files_failed: Family::default(),
             bytes_sent: Family::default(),
@@ -155,9 +161,20 @@ impl Default for Metrics {
             attempts: Family::default(),
             upload_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
             delivery_latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            reload_ok: Gauge::default(),
+            reload_time: Gauge::default(),
             started: SystemTime::now(),
-        }
+        };
+        // The configuration the service starts on was loaded successfully.
+        m.reload_ok.set(1);
+        m.reload_time.set(unix_of(m.started));
+        m
     }
+}
+
+fn unix_of(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn unix_now() -> f64 {
@@ -181,11 +198,29 @@ impl Metrics {
         let _ = self.files_failed.get_or_create(&w);
         let _ = self.bytes_sent.get_or_create(&w);
         let _ = self.disposition_failures.get_or_create(&w);
+        let _ = self.delivery_latency.get_or_create(&w);
+        // Before the first delivery, "the last success" is the start: an alert on the time
+        // since then fires for a service that delivers nothing after a restart too.
+        if self.last_success.get(&w).is_none() {
+            self.last_success
+                .get_or_create(&w)
+                .set(unix_of(self.started));
+        }
         for result in AttemptResult::ALL {
-            let _ = self.attempts.get_or_create(&AttemptLabels {
+            let l = AttemptLabels {
                 destination: destination.to_string(),
                 result,
-            });
+            };
+            let _ = self.attempts.get_or_create(&l);
+            let _ = self.upload_duration.get_or_create(&l);
+        }
+    }
+
+    /// A reload (SIGHUP) was taken (`ok`) or refused.
+    pub fn reloaded(&self, ok: bool) {
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            self.reload_time.set(unix_now());
         }
     }
 
@@ -226,8 +261,9 @@ impl Metrics {
             })
             .inc();
         self.upload_duration
-            .get_or_create(&DestinationLabel {
+            .get_or_create(&AttemptLabels {
                 destination: destination.to_string(),
+                result,
             })
             .observe(duration.as_secs_f64());
     }
@@ -249,11 +285,34 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
-    /// The exposition: the event metrics, plus the gauges of `view` (the running pipeline's
-    /// state; `None` when it did not answer, and then the state gauges are absent rather
-    /// than wrong).
-    pub fn encode(&self, view: Option<&View>) -> String {
+    /// The exposition: the process's metrics, the event metrics, plus the gauges of `view`
+    /// (the running pipeline's state; `None` when it did not answer, and then the state
+    /// gauges are absent rather than wrong) and the files in each watch's failed_dir
+    /// (`failed`, by watch; `None`: they could not be counted).
+    pub fn encode(&self, view: Option<&View>, failed: Option<&[(String, u64)]>) -> String {
         let mut r = Registry::with_prefix("accio");
+        r.register(
+            "config_last_reload_successful",
+            "1 if the last configuration reload (SIGHUP) was taken, 0 if it was refused (the service runs on the previous configuration)",
+            self.reload_ok.clone(),
+        );
+        r.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "When the configuration was last loaded successfully, at start or by a reload (Unix time)",
+            Unit::Seconds,
+            self.reload_time.clone(),
+        );
+        if let Some(failed) = failed {
+            let g: Family<WatchLabel, Gauge> = Family::default();
+            for (w, n) in failed {
+                g.get_or_create(&watch(w)).set(clamp(*n));
+            }
+            r.register(
+                "failed_files",
+                "Files in failed_dir now (given up on, not yet retried or removed), by the spool directory they came from",
+                g,
+            );
+        }
         let info: Family<VersionLabel, Gauge> = Family::default();
         info.get_or_create(&VersionLabel {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -294,7 +353,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "last_success_timestamp",
-            "When a file of this spool directory was last delivered (Unix time)",
+            "When a file of this spool directory was last delivered (Unix time); before the first delivery, when the service started",
             Unit::Seconds,
             self.last_success.clone(),
         );
@@ -305,7 +364,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "upload_duration",
-            "Duration of upload attempts, any result, by destination",
+            "Duration of upload attempts, by destination and result",
             Unit::Seconds,
             self.upload_duration.clone(),
         );
@@ -319,9 +378,131 @@ impl Metrics {
             register_state(&mut r, v);
         }
         let mut out = String::new();
-        // Writing into a String cannot fail.
+        // Writing into a String cannot fail. The process's metrics have no prefix (their
+        // names are the standard ones), so they are a registry of their own, whose `# EOF`
+        // is dropped: one exposition, one EOF.
+        let mut p = Registry::default();
+        process::register(&mut p, self.started);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &p);
+        if out.ends_with("# EOF\n") {
+            out.truncate(out.len() - "# EOF\n".len());
+        }
         let _ = prometheus_client::encoding::text::encode(&mut out, &r);
         out
+    }
+}
+
+/// The standard `process_*` metrics (as the Go and Python clients export them), read from
+/// `/proc/self` at scrape time: prometheus-client has no collector for them. What cannot
+/// be read is left out.
+mod process {
+    use std::time::SystemTime;
+
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use prometheus_client::registry::{Registry, Unit};
+
+    /// What `/proc/self/stat` says, in base units.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Stat {
+        pub cpu_seconds: f64,
+        pub threads: i64,
+        pub virtual_bytes: i64,
+        pub resident_bytes: i64,
+    }
+
+    /// Parses `/proc/self/stat`: the fields after the command name (which is in
+    /// parentheses and may hold spaces and parentheses itself, hence the last `)`).
+    pub fn parse_stat(text: &str, ticks_per_s: f64, page: i64) -> Option<Stat> {
+        let rest = &text[text.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Field n of proc(5) (1-based) is f[n - 3]: pid and comm come before.
+        let num = |n: usize| f.get(n - 3)?.parse::<i64>().ok();
+        let ticks = num(14)?.saturating_add(num(15)?);
+        Some(Stat {
+            cpu_seconds: ticks as f64 / ticks_per_s,
+            threads: num(20)?,
+            virtual_bytes: num(23)?,
+            resident_bytes: num(24)?.saturating_mul(page),
+        })
+    }
+
+    pub fn register(r: &mut Registry, started: SystemTime) {
+        // SAFETY: sysconf(3) has no preconditions.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let stat = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|t| parse_stat(&t, ticks.max(1) as f64, i64::from(page.max(1) as i32)));
+        if let Some(s) = stat {
+            r.register_with_unit(
+                "process_cpu",
+                "Total user and system CPU time spent",
+                Unit::Seconds,
+                ConstCounter::<f64>::new(s.cpu_seconds),
+            );
+            r.register_with_unit(
+                "process_resident_memory",
+                "Resident memory size",
+                Unit::Bytes,
+                ConstGauge::new(s.resident_bytes),
+            );
+            r.register_with_unit(
+                "process_virtual_memory",
+                "Virtual memory size",
+                Unit::Bytes,
+                ConstGauge::new(s.virtual_bytes),
+            );
+            r.register(
+                "process_threads",
+                "Threads of the process",
+                ConstGauge::new(s.threads),
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            // The listing's own descriptor is among them: not one of the service's.
+            let n = fds.count().saturating_sub(1);
+            r.register(
+                "process_open_fds",
+                "Open file descriptors",
+                ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)),
+            );
+        }
+        if let Ok(l) = crate::limits::nofile() {
+            r.register(
+                "process_max_fds",
+                "The soft limit of open file descriptors (RLIMIT_NOFILE)",
+                ConstGauge::new(i64::try_from(l.soft).unwrap_or(i64::MAX)),
+            );
+        }
+        let start: ConstGauge<f64> = ConstGauge::new(super::unix_of(started));
+        r.register_with_unit(
+            "process_start_time",
+            "When the process started (Unix time)",
+            Unit::Seconds,
+            start,
+        );
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn stat_fields_after_a_hostile_command_name() {
+            let text = "812 (a) b (c) S 1 812 812 0 -1 4194560 1 0 0 0 250 150 0 0 20 0 7 0 100 52428800 300 18446744073709551615";
+            let s = parse_stat(text, 100.0, 4096).unwrap();
+            assert_eq!(s.cpu_seconds, 4.0);
+            assert_eq!(s.threads, 7);
+            assert_eq!(s.virtual_bytes, 52_428_800);
+            assert_eq!(s.resident_bytes, 300 * 4096);
+            assert_eq!(parse_stat("1 (x", 100.0, 4096), None);
+            assert_eq!(parse_stat("1 (x) S 1", 100.0, 4096), None);
+        }
     }
 }
 
@@ -437,7 +618,7 @@ mod tests {
         assert_eq!(m.failed_of("/s/out"), 1);
         assert_eq!(m.sent_of("/other"), 0);
 
-        let without = m.encode(None);
+        let without = m.encode(None, None);
         assert!(
             without.contains("accio_files_sent_total{watch=\"/s/out\"} 2\n"),
             "{without}"
@@ -451,7 +632,9 @@ mod tests {
             "accio_upload_attempts_total{destination=\"h:1\",result=\"unreachable\"} 1\n"
         ));
         assert!(without.contains("accio_delivery_latency_seconds_count{watch=\"/s/out\"} 1\n"));
-        assert!(without.contains("accio_upload_duration_seconds_count{destination=\"h:1\"} 2\n"));
+        assert!(without.contains(
+            "accio_upload_duration_seconds_count{destination=\"h:1\",result=\"ok\"} 1\n"
+        ));
         assert!(without.contains("accio_disposition_failures_total{watch=\"/s/out\"} 1\n"));
         assert!(!without.contains("accio_files_queued"));
         assert!(without.ends_with("# EOF\n"));
@@ -483,7 +666,22 @@ mod tests {
             }],
             ..View::default()
         };
-        let with = m.encode(Some(&view));
+        let with = m.encode(Some(&view), Some(&[("/s/out".to_string(), 2)]));
+        assert!(
+            with.contains("accio_failed_files{watch=\"/s/out\"} 2\n"),
+            "{with}"
+        );
+        assert!(
+            with.contains("accio_config_last_reload_successful 1\n"),
+            "{with}"
+        );
+        assert!(with.contains("\nprocess_open_fds "), "{with}");
+        assert!(with.contains("\nprocess_resident_memory_bytes "), "{with}");
+        assert_eq!(with.matches("# EOF").count(), 1, "{with}");
+        m.reloaded(false);
+        assert!(m
+            .encode(None, None)
+            .contains("accio_config_last_reload_successful 0\n"));
         assert!(
             with.contains("accio_files_queued{watch=\"/s/out\"} 4\n"),
             "{with}"

@@ -34,6 +34,9 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// Destinations currently down (unreachable, probed until they answer).
     pub destinations_down: AtomicU64,
+    /// Why the last reload was refused (`None` once one succeeds): STATUS= and `accio
+    /// status` say it until the configuration on disk is fixed and reloaded.
+    reload_refused: Mutex<Option<String>>,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -55,6 +58,22 @@ pub struct Snapshot {
 }
 
 impl Stats {
+    /// Records how the last reload ended: `Some(why)` refused, `None` taken.
+    pub fn set_reload_refused(&self, why: Option<String>) {
+        *self
+            .reload_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why the last reload was refused, if it was.
+    pub fn reload_refused(&self) -> Option<String> {
+        self.reload_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             watching: self.watching.load(Ordering::Relaxed),
@@ -103,9 +122,18 @@ pub struct View {
     /// Every upload in progress.
     #[serde(default)]
     pub in_flight: Vec<FileInFlight>,
-    /// The oldest waiting files, oldest first (the pipeline caps how many).
+    /// The oldest waiting files, oldest first (the pipeline caps how many), of the
+    /// destination asked for if one was.
     #[serde(default)]
     pub waiting: Vec<WaitingFile>,
+    /// How many files wait (of the destination asked for): more than `waiting` lists when
+    /// the list was cut. `None` from a service that does not count them.
+    #[serde(default)]
+    pub waiting_total: Option<u64>,
+    /// Why the last reload (SIGHUP) was refused; `None` when it was taken, or none was
+    /// asked for. The service runs on the configuration it had.
+    #[serde(default)]
+    pub reload_refused: Option<String>,
 }
 
 /// One destination: a `(host, port)` that watches send to.
@@ -229,6 +257,10 @@ impl fmt::Display for Why {
                 error,
             } => {
                 let s = if *attempts == 1 { "" } else { "s" };
+                // None counted: the service itself was short of descriptors or memory.
+                if *attempts == 0 {
+                    return write!(f, "backing off: retry in {}: {error}", secs(*retry_in_s));
+                }
                 write!(
                     f,
                     "backing off: retry in {} after {attempts} failed attempt{s}: {error}",
@@ -262,8 +294,51 @@ pub fn secs(s: f64) -> String {
     }
 }
 
-/// A request for the current [`View`]: the pipeline answers on the sender.
-pub type ViewRequest = oneshot::Sender<View>;
+/// Waiting files a [`View`] lists by default (`accio status`).
+pub const VIEW_WAITING: usize = 20;
+/// Waiting files a [`View`] lists at most (`accio status --all`): the answer stays a few
+/// MiB however long the backlog is; beyond, it says how many more wait.
+pub const VIEW_WAITING_ALL: usize = 100_000;
+
+/// What a [`View`] should list.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ViewQuery {
+    /// List up to [`VIEW_WAITING_ALL`] waiting files instead of [`VIEW_WAITING`].
+    #[serde(default)]
+    pub all: bool,
+    /// Only the files (and the destination) of this destination, `host:port` as configured.
+    #[serde(default)]
+    pub destination: Option<String>,
+}
+
+impl ViewQuery {
+    /// How many waiting files to list.
+    pub fn max_waiting(&self) -> usize {
+        if self.all {
+            VIEW_WAITING_ALL
+        } else {
+            VIEW_WAITING
+        }
+    }
+}
+
+/// What `accio flush` did: destinations down whose probe was brought forward, files whose
+/// backoff was cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Flushed {
+    pub probed: u64,
+    pub files: u64,
+}
+
+/// A request to the running pipeline, answered on its sender.
+#[derive(Debug)]
+pub enum ViewRequest {
+    /// Its [`View`] (for the control socket and the metrics).
+    View(ViewQuery, oneshot::Sender<View>),
+    /// `accio flush`: probe the destinations that are down now and retry the files backing
+    /// off now, of one destination (`host:port`) or all. `Err`: no such destination.
+    Flush(Option<String>, oneshot::Sender<Result<Flushed, String>>),
+}
 
 /// Asks the current pipeline for a [`View`]. The daemon [`set`](ViewHandle::set)s the
 /// request channel of each pipeline it starts (on SIGHUP, the new one's), so the control
@@ -284,10 +359,26 @@ impl ViewHandle {
     /// The current pipeline's [`View`]; `None` if there is no pipeline, or it stopped or
     /// did not answer within [`VIEW_TIMEOUT`].
     pub async fn get(&self) -> Option<View> {
+        self.query(ViewQuery::default()).await
+    }
+
+    /// [`ViewHandle::get`], listing what `q` asks for.
+    pub async fn query(&self, q: ViewQuery) -> Option<View> {
+        self.ask(|reply| ViewRequest::View(q, reply)).await
+    }
+
+    /// Asks the current pipeline to flush (see [`ViewRequest::Flush`]); `None` as for
+    /// [`ViewHandle::get`].
+    pub async fn flush(&self, destination: Option<String>) -> Option<Result<Flushed, String>> {
+        self.ask(|reply| ViewRequest::Flush(destination, reply))
+            .await
+    }
+
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> ViewRequest) -> Option<T> {
         let tx = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
         let (reply, answer) = oneshot::channel();
         let ask = async {
-            tx.send(reply).await.ok()?;
+            tx.send(request(reply)).await.ok()?;
             answer.await.ok()
         };
         tokio::time::timeout(VIEW_TIMEOUT, ask).await.ok().flatten()
@@ -358,10 +449,12 @@ mod tests {
             h.set(tx);
             tokio::spawn(async move {
                 while let Some(r) = rx.recv().await {
-                    let _ = r.send(View {
-                        pid,
-                        ..View::default()
-                    });
+                    if let ViewRequest::View(_, r) = r {
+                        let _ = r.send(View {
+                            pid,
+                            ..View::default()
+                        });
+                    }
                 }
             });
             assert_eq!(h.get().await.map(|v| v.pid), Some(pid));

@@ -6,7 +6,8 @@
 //! - `STATUS=` with live counts from [`Stats`] (what `systemctl status accio` shows), sent
 //!   every [`STATUS_INTERVAL`] when it changed, and at once on every phase change;
 //! - `WATCHDOG=1` at half of `WATCHDOG_USEC` when the unit sets `WatchdogSec=`;
-//! - `RELOADING=1` … `READY=1` around a SIGHUP reload, `STOPPING=1` on shutdown.
+//! - `RELOADING=1` (with `MONOTONIC_USEC=`) … `READY=1` around a SIGHUP reload, so that
+//!   `Type=notify-reload` works; `STOPPING=1` on shutdown.
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd) none of that runs: no task, no timer.
 //! Independently of systemd, SIGUSR1 logs a one-line summary of the counts, so an operator
@@ -73,13 +74,18 @@ impl Inner {
         self.status_text_of(self.stats.snapshot())
     }
 
-    /// The status line of `snap` in the current phase.
+    /// The status line of `snap` in the current phase; a refused reload is said until a
+    /// reload is taken, since `systemctl reload` itself may have reported success.
     fn status_text_of(&self, snap: Snapshot) -> String {
-        match self.phase() {
+        let line = match self.phase() {
             Phase::Starting => format!("starting: {snap}"),
             Phase::Running => snap.to_string(),
             Phase::Reloading => format!("reloading: {snap}"),
             Phase::Stopping => format!("stopping: {snap}"),
+        };
+        match self.stats.reload_refused() {
+            Some(why) => format!("{line}; reload refused: {why}"),
+            None => line,
         }
     }
 
@@ -182,9 +188,25 @@ impl Notifier {
 
     /// Sends `RELOADING=1`: a SIGHUP reload starts. Call [`Notifier::ready`] when done,
     /// whether the new config was taken or refused.
+    ///
+    /// With `MONOTONIC_USEC=` (CLOCK_MONOTONIC now), as `Type=notify-reload` requires
+    /// (systemd 253 and later; earlier ones ignore it): systemd tells this reload from an
+    /// older one by it.
     pub fn reloading(&self) {
         self.inner
-            .enter(Phase::Reloading, Some(NotifyState::Reloading));
+            .phase
+            .store(Phase::Reloading as u8, Ordering::Relaxed);
+        let mut last = self.inner.lock_last();
+        *last = self.inner.status_text();
+        match NotifyState::monotonic_usec_now() {
+            Ok(usec) => {
+                self.inner
+                    .send(&[NotifyState::Reloading, usec, NotifyState::Status(&last)])
+            }
+            Err(_) => self
+                .inner
+                .send(&[NotifyState::Reloading, NotifyState::Status(&last)]),
+        }
     }
 
     /// Sends `STOPPING=1`: shutdown began. STATUS= keeps being refreshed while transfers

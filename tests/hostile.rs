@@ -153,6 +153,7 @@ prop_compose! {
                 age_s: f[7],
                 why: Why::BackingOff { retry_in_s: f[8], attempts: n[5] as u32, error: "e".into() },
             }],
+            ..View::default()
         }
     }
 }

@@ -163,7 +163,9 @@ fn metrics_count_what_was_delivered() {
             want as f64
         );
         assert_eq!(
-            v(&format!("accio_upload_duration_seconds_count{{{dest}}}")),
+            v(&format!(
+                "accio_upload_duration_seconds_count{{{dest},result=\"ok\"}}"
+            )),
             want as f64
         );
         assert!(v(&format!("accio_last_success_timestamp_seconds{watch}")) > 1.6e9);
@@ -264,6 +266,8 @@ fn promtool_accepts_the_exposition() {
 fn prometheus_scrapes_the_service() {
     let dirs = Dirs::new();
     let recv = Receiver::start(&dirs.recv);
+    // A file given up on earlier: the shipped rules must make Prometheus fire for it.
+    given_up(&dirs, "old", &dirs.spool.join("old"));
     let (_, _svc, mport) = start_with_metrics(&dirs, recv.port, &Opts::default());
     for i in 0..3 {
         dirs.drop_file(&format!("f{i}"), b"data");
@@ -276,7 +280,10 @@ fn prometheus_scrapes_the_service() {
     fs::write(
         &prom_conf,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: accio\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  - job_name: accio\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n",
+            rules = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("docs/accio-alerts.yml")
+                .display()
         ),
     )
     .unwrap();
@@ -328,6 +335,38 @@ fn prometheus_scrapes_the_service() {
         },
     );
     assert!(last.contains("\"status\":\"success\""), "{last}");
+
+    // The shipped rules, evaluated by Prometheus on what it scraped: the file in
+    // failed_dir fires AccioFilesGivenUp (no `for:`), labelled with its watch.
+    wait_for_within(
+        "Prometheus to fire AccioFilesGivenUp",
+        Duration::from_secs(60),
+        &mut || {
+            let (code, _, body) = get(pport, "/api/v1/alerts");
+            last = body.clone();
+            let v: serde_json::Value = match serde_json::from_str(body.trim()) {
+                Ok(v) if code == 200 => v,
+                _ => return false,
+            };
+            v["data"]["alerts"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["labels"]["alertname"] == "AccioFilesGivenUp"
+                        && x["state"] == "firing"
+                        && x["labels"]["watch"] == dirs.spool.display().to_string().as_str()
+                })
+            })
+        },
+    );
+    // Nothing else fires for a healthy service that just delivered.
+    let v: serde_json::Value = serde_json::from_str(last.trim()).unwrap();
+    let firing: Vec<&serde_json::Value> = v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["state"] == "firing")
+        .map(|x| &x["labels"]["alertname"])
+        .collect();
+    assert_eq!(firing, ["AccioFilesGivenUp"], "{last}");
 }
 
 #[test]
@@ -654,8 +693,9 @@ fn log_lines_say_it_once_in_text_and_carry_numbers_in_json() {
     assert!(v["sent"].is_u64() && v["queued"].is_u64(), "{line}");
 }
 
-/// The control socket answers one request, `view`; anything else gets an error document.
-/// `accio status` on a configuration it cannot read exits 78 like check-config.
+/// The control socket answers `view` and `flush`; anything else gets an error document.
+/// `accio status` on a configuration it cannot read still asks: the default socket (with a
+/// warning), or the one `--socket` names.
 #[test]
 fn the_control_socket_refuses_unknown_requests() {
     use std::os::unix::net::UnixStream;
@@ -672,7 +712,351 @@ fn the_control_socket_refuses_unknown_requests() {
     );
 
     let bad = write_config(&dirs, "bad.toml", "concurrency = \"many\"\n");
-    fails(&["status"], &bad, 78, "concurrency");
+    let out = accio(&["status"], &bad);
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("WARNING: ") && err.contains("concurrency"),
+        "{err}"
+    );
+    assert!(
+        err.contains("asking the default control socket /run/accio/control.sock"),
+        "{err}"
+    );
+    // Nothing runs at the default socket here (or it is another service: either way, not
+    // a configuration error).
+    assert_ne!(out.status.code(), Some(78), "{err}");
+    let socket = dirs.control.to_str().unwrap();
+    let text = stdout(&accio_plain(&["status", "--socket", socket]));
+    assert!(text.starts_with("accio "), "{text}");
+}
+
+/// `accio ARGS` without `--config`.
+fn accio_plain(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `accio ARGS --socket SOCKET`, which must succeed; its stdout.
+#[track_caller]
+fn ok_on(socket: &Path, args: &[&str]) -> String {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--socket", socket.to_str().unwrap()]);
+    let out = accio_plain(&all);
+    assert!(out.status.success(), "accio {all:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// A reload the service refuses is said in `accio status`, STATUS= (tests/systemd.rs) and
+/// the metrics until one is taken; `check-config --quiet` (the unit's `ExecReload=` check)
+/// says nothing on a good file and fails with 78 on a bad one; `accio status` still reaches
+/// the service while its file is broken.
+#[test]
+fn a_refused_reload_is_said_until_a_reload_is_taken() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let (config, svc, mport) = start_with_metrics(&dirs, recv.port, &Opts::default());
+    let good = fs::read_to_string(&config).unwrap();
+    let quiet = accio(&["check-config", "--quiet"], &config);
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    assert!(stdout(&quiet).is_empty() && stderr(&quiet).is_empty());
+    let (_, _, body) = get(mport, "/metrics");
+    assert_eq!(
+        sample(&body, "accio_config_last_reload_successful"),
+        Some(1.0)
+    );
+    let loaded = sample(&body, "accio_config_last_reload_success_timestamp_seconds").unwrap();
+    assert!(loaded > 1.6e9, "{body}");
+
+    fs::write(&config, "concurrency = \"many\"\n").unwrap();
+    fails(&["check-config", "--quiet"], &config, 78, "concurrency");
+    svc.signal(libc::SIGHUP);
+    svc.wait_log("reload refused");
+    wait_for("the metric to say the reload was refused", || {
+        sample(
+            &get(mport, "/metrics").2,
+            "accio_config_last_reload_successful",
+        ) == Some(0.0)
+    });
+    let text = ok_on(&dirs.control, &["status"]);
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("reload refused: ") && l.contains("concurrency")),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(ok_on(&dirs.control, &["status", "--json"]).trim()).unwrap();
+    assert!(
+        v["reload_refused"]
+            .as_str()
+            .unwrap()
+            .contains("concurrency"),
+        "{v}"
+    );
+    // Still running on the old configuration.
+    dirs.drop_file("after", b"a");
+    wait_for("delivered", || names(&dirs.done) == ["after"]);
+
+    fs::write(&config, good).unwrap();
+    svc.signal(libc::SIGHUP);
+    svc.wait_log("configuration reloaded");
+    wait_for("the metric to say the reload was taken", || {
+        let body = get(mport, "/metrics").2;
+        sample(&body, "accio_config_last_reload_successful") == Some(1.0)
+            && sample(&body, "accio_config_last_reload_success_timestamp_seconds")
+                .is_some_and(|t| t > loaded)
+    });
+    let v = svc.status();
+    assert_eq!(v.reload_refused, None);
+    assert!(!ok(&["status"], &config).contains("reload refused"));
+}
+
+/// `accio status` lists the 20 oldest waiting files and how many more wait; `--all` lists
+/// them all; `--destination` keeps to one destination (and names the known ones when it
+/// is not one). `accio flush` probes a destination that is down now, instead of at its
+/// next probe (an hour away here).
+#[test]
+fn status_all_and_by_destination_and_flush() {
+    let dirs = Dirs::new();
+    let port = free_port();
+    let o = Opts {
+        initial: "1h",
+        max: "1h",
+        ..Opts::default()
+    };
+    let config = ops_config(&dirs, port, &o, None);
+    let svc = Service::start(&config);
+    let dest = format!("127.0.0.1:{port}");
+    dirs.drop_file("first", b"0");
+    svc.wait_status("the destination down", destination_down);
+    for i in 0..24 {
+        dirs.drop_file(&format!("w{i:02}"), b"w");
+    }
+    svc.wait_status("25 files held", |v| v.waiting_total == Some(25));
+    let text = ok(&["status"], &config);
+    let listed = text.lines().filter(|l| l.contains(": waiting ")).count();
+    assert_eq!(listed, 20, "{text}");
+    assert!(
+        text.contains("\n  ... 5 more (accio status --all lists them)\n"),
+        "{text}"
+    );
+    let all = ok(&["status", "--all"], &config);
+    assert_eq!(all.lines().filter(|l| l.contains(": waiting ")).count(), 25);
+    assert!(!all.contains(" more (accio status --all"), "{all}");
+    let one = ok(&["status", "--all", "--destination", &dest], &config);
+    assert_eq!(one.lines().filter(|l| l.contains(": waiting ")).count(), 25);
+    assert!(one.contains(&format!("  {dest}: DOWN since ")), "{one}");
+    let err = fails(
+        &["status", "--destination", "nowhere:1"],
+        &config,
+        2,
+        "no such destination",
+    );
+    assert!(err.contains(&dest), "{err}");
+
+    // The destination comes back: nothing goes before its probe, in an hour, unless
+    // flushed.
+    let recv = Receiver::start_on(&dirs.recv, port);
+    fails(&["flush", "nowhere:1"], &config, 2, "no destination");
+    let text = ok(&["flush", &dest], &config);
+    assert!(
+        text.starts_with(&format!("flushed {dest}: 1 destination down probed now")),
+        "{text}"
+    );
+    wait_for("all 25 delivered", || names(&dirs.done).len() == 25);
+    assert_eq!(recv.count(), 25);
+    svc.wait_log("flush: probing 1 destination(s) down now");
+}
+
+/// `accio retry --list` shows each given-up file with its age and reason, `--dry-run` the
+/// moves it would make; neither moves anything.
+#[test]
+fn retry_lists_and_dry_runs_without_moving() {
+    let dirs = Dirs::new();
+    let config = ops_config(&dirs, 5000, &Opts::default(), None);
+    given_up(&dirs, "a.csv", &dirs.spool.join("a.csv"));
+    fs::write(dirs.failed.join("bare"), b"no reason file").unwrap();
+    // A huge reason file is read only as far as its first 64 KiB.
+    let mut huge = b"file: /x\nlast error: cut short\n".to_vec();
+    huge.resize(8 << 20, b'z');
+    fs::write(dirs.failed.join("huge"), b"h").unwrap();
+    fs::write(dirs.failed.join("huge.reason"), &huge).unwrap();
+
+    let text = ok(&["retry", "--list"], &config);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&dirs.failed.join(name).display().to_string()))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .to_string()
+    };
+    let a = line("a.csv");
+    assert!(
+        a.contains(&format!("(from {})", dirs.spool.join("a.csv").display())),
+        "{a}"
+    );
+    assert!(
+        a.contains(": given up ") && a.contains(" ago after 10 attempts: reset"),
+        "{a}"
+    );
+    assert!(line("bare").ends_with(": no reason file"), "{text}");
+    assert!(line("huge").contains("cut short"), "{text}");
+    assert!(text.ends_with("3 files given up\n"), "{text}");
+
+    let text = ok(&["retry", "--dry-run", "a.csv"], &config);
+    assert_eq!(
+        text,
+        format!(
+            "would move {} → {}\n1 file would be put back\n",
+            dirs.failed.join("a.csv").display(),
+            dirs.spool.join("a.csv").display()
+        )
+    );
+    assert_eq!(names(&dirs.spool), Vec::<String>::new());
+    assert!(dirs.failed.join("a.csv.reason").exists());
+}
+
+/// Files sitting in failed_dir are a gauge (the alert on given-up files stays while they
+/// are there, and clears once they are retried); the last-success time exists from the
+/// start; the process's own metrics are there; upload durations carry their result.
+#[test]
+fn metrics_of_failed_files_and_the_process_from_the_start() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    given_up(&dirs, "a", &dirs.spool.join("a"));
+    given_up(&dirs, "b", &dirs.spool.join("b"));
+    let (config, _svc, mport) = start_with_metrics(&dirs, recv.port, &Opts::default());
+    let watch = format!("{{watch=\"{}\"}}", dirs.spool.display());
+    let dest = format!("destination=\"127.0.0.1:{}\"", recv.port);
+    let body = get(mport, "/metrics").2;
+    let v = |body: &str, s: &str| sample(body, s).unwrap_or_else(|| panic!("no {s} in\n{body}"));
+    assert_eq!(v(&body, &format!("accio_failed_files{watch}")), 2.0);
+    let started = v(&body, "accio_start_time_seconds");
+    assert_eq!(
+        v(
+            &body,
+            &format!("accio_last_success_timestamp_seconds{watch}")
+        ),
+        started
+    );
+    for result in ["ok", "failed", "unreachable"] {
+        assert_eq!(
+            v(
+                &body,
+                &format!("accio_upload_duration_seconds_count{{{dest},result=\"{result}\"}}")
+            ),
+            0.0
+        );
+    }
+    assert!(v(&body, "process_open_fds") > 3.0);
+    assert!(v(&body, "process_max_fds") >= v(&body, "process_open_fds"));
+    assert!(v(&body, "process_resident_memory_bytes") > 1e6);
+    assert!(v(&body, "process_cpu_seconds_total") >= 0.0);
+    assert!((v(&body, "process_start_time_seconds") - started).abs() < 5.0);
+
+    ok(&["retry"], &config);
+    wait_for("both delivered", || names(&dirs.done).len() == 2);
+    let body = get(mport, "/metrics").2;
+    assert_eq!(v(&body, &format!("accio_failed_files{watch}")), 0.0);
+    assert!(
+        v(
+            &body,
+            &format!("accio_last_success_timestamp_seconds{watch}")
+        ) > started
+    );
+}
+
+/// The service short of descriptors: uploads that cannot open a file or a socket wait and
+/// are retried; none counts against its file, so with `max_attempts = 1` every file still
+/// arrives and none is given up. The start warns that `concurrency` does not fit.
+#[test]
+fn running_out_of_descriptors_gives_up_on_no_file() {
+    if !Path::new("/usr/bin/prlimit").exists() {
+        eprintln!("skipped: needs prlimit (util-linux)");
+        return;
+    }
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let o = Opts {
+        concurrency: 64,
+        max_attempts: 1,
+        ..Opts::default()
+    };
+    let config = ops_config(&dirs, recv.port, &o, None);
+    for i in 0..150 {
+        fs::write(dirs.spool.join(format!("f{i:03}")), content(i, 100)).unwrap();
+    }
+    // A hard limit the service cannot raise: 40 descriptors, for 64 uploads.
+    let svc = Service::start_wrapped(&config, &[], &["prlimit", "--nofile=40:40", "--"]);
+    svc.wait_log("concurrency = 64 needs up to 160 open files, but the limit is 40");
+    wait_for_within("all 150 delivered", Duration::from_secs(60), &mut || {
+        names(&dirs.done).len() == 150
+    });
+    assert_eq!(
+        names(&dirs.failed),
+        Vec::<String>::new(),
+        "log:\n{}",
+        svc.log()
+    );
+    let log = svc.log();
+    assert!(!log.contains("giving up"), "{log}");
+    if log.contains("Too many open files") {
+        assert!(log.contains("not counted against the file"), "{log}");
+    }
+    // Said once a minute, not once per upload that could not start.
+    assert!(log.matches("said once a minute").count() <= 2, "{log}");
+}
+
+/// The shipped alert rules (docs/accio-alerts.yml): promtool accepts them, its unit tests
+/// (docs/accio-alerts.test.yml) show each one firing when it should and not before, and
+/// every series they use is one a running service exports, from its start.
+#[test]
+#[ignore = "needs promtool (Debian package prometheus); .ci/run installs it and runs `cargo test --test ops -- --ignored prom`"]
+fn prom_alert_rules_fire_when_they_should() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    for args in [
+        &["check", "rules", "accio-alerts.yml"][..],
+        &["test", "rules", "accio-alerts.test.yml"][..],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&docs)
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+
+    // The series the rules use, against a live scrape of a service that has delivered
+    // nothing yet (and a failed file, so that its gauge has a series).
+    let rules = fs::read_to_string(docs.join("accio-alerts.yml")).unwrap();
+    let mut used: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: "))
+        .flat_map(|e| e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with("accio_") || w.starts_with("process_"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 6, "{used:?}");
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    given_up(&dirs, "a", &dirs.spool.join("a"));
+    let (_, _svc, mport) = start_with_metrics(&dirs, recv.port, &Opts::default());
+    let body = get(mport, "/metrics").2;
+    for name in used {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])),
+            "{name} is not exported:\n{body}"
+        );
+    }
 }
 
 /// Issue 23: `accio status` takes the answer on the control socket as outside input: huge,

@@ -409,7 +409,10 @@ fn run_and_capture(extra_args: &[&str], journal: Option<&str>) -> String {
     let mut notify = NotifySocket::bind();
 
     let mut cmd = Service::command(&spool.config);
-    cmd.args(extra_args).env("NOTIFY_SOCKET", &notify.path);
+    cmd.args(extra_args)
+        .env("NOTIFY_SOCKET", &notify.path)
+        // The stream, not the native socket of a journald that may run on this machine.
+        .env("ACCIO_JOURNAL_NATIVE", "0");
 
     // journald hands the service a connected stream socket; do the same.
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -505,13 +508,27 @@ fn journal_stream_of_another_socket_is_not_the_journal() {
     );
 }
 
+/// JSON lines, one object each; under journald each behind its syslog priority prefix, so
+/// `journalctl -p warning` works in that format too.
 #[test]
 fn log_format_json_is_one_object_per_line() {
     let text = run_and_capture(&["--log-format", "json"], Some(""));
     let mut saw_summary = false;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (prio, json) = line.split_at(3.min(line.len()));
+        let want = match serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v["level"].as_str().map(str::to_string))
+            .as_deref()
+        {
+            Some("ERROR") => "<3>",
+            Some("WARN") => "<4>",
+            Some("INFO") => "<6>",
+            _ => "<7>",
+        };
+        assert_eq!(prio, want, "priority of {line}");
         let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v.is_object(), "{line}");
         assert!(v.get("level").is_some(), "no level: {line}");
         assert!(v.get("timestamp").is_some(), "no timestamp: {line}");
@@ -750,6 +767,45 @@ fn as_root_shipped_files_make_a_working_service_as_user_accio() {
     });
     let sent = root.join("var/spool/accio/sent/report");
     wait_for("the file moved to sent", || sent.exists());
+
+    // The unit's reload check, as systemd runs it (the service's user, its spool): quiet
+    // on the shipped file, exit 78 on a broken one, before any signal is sent.
+    let unit = std::fs::read_to_string(repo.join("systemd/accio.service")).unwrap();
+    let reload: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(
+        reload,
+        [
+            "/usr/bin/accio check-config --quiet --config /etc/accio/accio.toml",
+            "/bin/kill -HUP $MAINPID"
+        ]
+    );
+    let check = |what: &str| {
+        let cmd = reload[0]
+            .replace("/usr/bin/accio", BIN)
+            .replace("/etc/accio/accio.toml", &config.display().to_string());
+        let script = format!(
+            "mount --bind '{spool}' /var/spool && exec setpriv --reuid={uid} --regid={uid} \
+             --clear-groups {cmd}",
+            spool = root.join("var/spool").display(),
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        eprintln!("reload check ({what}): {out:?}");
+        out
+    };
+    let good = check("shipped file");
+    assert!(good.status.success() && good.stdout.is_empty() && good.stderr.is_empty());
+    let shipped = std::fs::read(&config).unwrap();
+    std::fs::write(&config, "concurrency = \"many\"\n").unwrap();
+    let bad = check("broken file");
+    assert_eq!(bad.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("ERROR: "));
+    std::fs::write(&config, shipped).unwrap();
     assert_eq!(
         std::fs::metadata(&sent).unwrap().uid(),
         0,
@@ -771,7 +827,23 @@ fn reload_is_bracketed_by_reloading_and_ready() {
     service.signal(libc::SIGHUP);
     let reloading = notify.wait_line(ready, "RELOADING=1", |l| l == "RELOADING=1");
     let reloaded = notify.wait_line(reloading, "READY=1 after reload", |l| l == "READY=1");
-    assert!(notify.lines[reloading + 1].starts_with("STATUS=reloading: "));
+    // With CLOCK_MONOTONIC now, in the same message, as Type=notify-reload requires.
+    let usec: u64 = notify.lines[reloading + 1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC after RELOADING=1: {:?}", notify.lines));
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer for clock_gettime(2).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now_usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000;
+    assert!(
+        usec <= now_usec && now_usec - usec < 60_000_000,
+        "{usec} vs {now_usec}"
+    );
+    assert!(notify.lines[reloading + 2].starts_with("STATUS=reloading: "));
 
     // An invalid one: still READY=1 at the end (running on the old config), and delivering.
     let good = std::fs::read_to_string(&spool.config).unwrap();
@@ -783,6 +855,14 @@ fn reload_is_bracketed_by_reloading_and_ready() {
     let back = notify.wait_line(refused, "READY=1 after a refused reload", |l| {
         l == "READY=1"
     });
+    // STATUS= says it, until a reload is taken.
+    assert!(
+        notify.lines[back + 1].starts_with("STATUS=watching ")
+            && notify.lines[back + 1].contains("; reload refused: ")
+            && notify.lines[back + 1].contains("concurrency"),
+        "{:?}",
+        &notify.lines[back..]
+    );
     std::fs::write(&spool.config, good).unwrap();
     spool.drop_file("after.txt", b"still running\n");
     notify.wait_line(back, "STATUS with 1 sent", |l| {
@@ -813,4 +893,125 @@ fn a_manager_that_never_reads_its_socket_cannot_freeze_the_service() {
     });
     assert_eq!(service.terminate(), Some(0), "log:\n{}", service.log());
     drop(notify);
+}
+
+/// One journal entry: its fields, in order.
+type Entry = [(String, String)];
+
+/// The fields of one datagram of journald's native protocol: `NAME=value\n`, or
+/// `NAME\n`, a 64-bit little-endian length, the value and `\n` (for values with newlines).
+fn journal_fields(mut d: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Some(end) = d.iter().position(|&b| b == b'=' || b == b'\n') {
+        let name = String::from_utf8_lossy(&d[..end]).into_owned();
+        if d[end] == b'=' {
+            let rest = &d[end + 1..];
+            let stop = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            out.push((name, String::from_utf8_lossy(&rest[..stop]).into_owned()));
+            d = rest.get(stop + 1..).unwrap_or(&[]);
+        } else {
+            let rest = &d[end + 1..];
+            let Some(len) = rest.get(..8) else { break };
+            let len = u64::from_le_bytes(len.try_into().unwrap()) as usize;
+            let Some(value) = rest.get(8..8 + len) else {
+                break;
+            };
+            out.push((name, String::from_utf8_lossy(value).into_owned()));
+            d = rest.get(8 + len + 1..).unwrap_or(&[]);
+        }
+    }
+    out
+}
+
+/// Under journald (stderr is the journal's stream) the service writes to the journal's
+/// native socket: each entry with its syslog priority and the event's fields. The socket is
+/// the test's, put at /run/systemd/journal/socket in a private mount namespace.
+#[test]
+#[ignore = "needs root: cargo test --test systemd -- --ignored as_root_"]
+fn as_root_journal_entries_carry_priority_and_fields() {
+    // SAFETY: getuid(2) has no preconditions.
+    assert!(unsafe { libc::getuid() } == 0, "needs root");
+    assert!(have("unshare"), "needs unshare (util-linux)");
+    let (tmp, _receiver, spool) = setup("");
+    let jdir = tmp.path().join("journal");
+    std::fs::create_dir(&jdir).unwrap();
+    let journal = UnixDatagram::bind(jdir.join("socket")).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
+    // stderr is a stream socket, named by JOURNAL_STREAM, as systemd sets it up.
+    let (_ours, theirs) = UnixStream::pair().unwrap();
+    let meta = std::fs::File::from(std::os::fd::OwnedFd::from(theirs.try_clone().unwrap()))
+        .metadata()
+        .unwrap();
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+         mount --bind '{jdir}' /run/systemd/journal && exec '{BIN}' watch --config '{config}'",
+        jdir = jdir.display(),
+        config = spool.config.display()
+    );
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .spawn()
+        .unwrap();
+    let mut service = Service { child, log: None };
+
+    let mut entries: Vec<Vec<(String, String)>> = Vec::new();
+    let field =
+        |e: &[(String, String)], n: &str| e.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut wait_entry = |what: &str, pred: &dyn Fn(&Entry) -> bool| {
+        let mut buf = vec![0u8; 1 << 16];
+        let found = wait_until(DEADLINE, || {
+            while let Ok(n) = journal.recv(&mut buf) {
+                entries.push(journal_fields(&buf[..n]));
+            }
+            entries.iter().any(|e| pred(e))
+        });
+        assert!(found, "no journal entry {what} in {entries:#?}");
+        entries.iter().find(|e| pred(e)).unwrap().clone()
+    };
+    wait_entry("saying it runs", &|e| {
+        field(e, "MESSAGE").is_some_and(|m| m.starts_with("accio watch is running"))
+    });
+    spool.drop_file("one.txt", b"1");
+    let delivered = wait_entry("of the delivery", &|e| {
+        field(e, "ACCIO_EVENT").as_deref() == Some("delivered")
+    });
+    assert_eq!(field(&delivered, "PRIORITY").as_deref(), Some("6"));
+    assert_eq!(
+        field(&delivered, "SYSLOG_IDENTIFIER").as_deref(),
+        Some("accio")
+    );
+    assert!(field(&delivered, "ACCIO_PATH")
+        .unwrap()
+        .ends_with("outbox/one.txt"));
+    assert!(field(&delivered, "ACCIO_DESTINATION")
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(field(&delivered, "MESSAGE")
+        .unwrap()
+        .starts_with("delivered "));
+
+    // A warning: something that is not a regular file in the spool.
+    let fifo = std::ffi::CString::new(
+        spool
+            .root
+            .join("outbox/pipe")
+            .as_os_str()
+            .as_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let ignored = wait_entry("of the FIFO ignored", &|e| {
+        field(e, "ACCIO_EVENT").as_deref() == Some("ignored")
+    });
+    assert_eq!(field(&ignored, "PRIORITY").as_deref(), Some("4"));
+    assert_eq!(service.terminate(), Some(0));
 }

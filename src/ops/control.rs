@@ -1,12 +1,16 @@
 //! The control socket: a Unix stream socket on which the running service answers `accio
 //! status`.
 //!
-//! The protocol is one request line and one answer: the client writes `view\n`, the service
-//! writes the current [`View`] as one JSON document and closes. Anything else gets
-//! `{"error": "..."}`. Bounded: a few connections at once, a short request, a deadline for
-//! the whole exchange. The socket is owner-only (0600): it is created under a temporary
-//! name, restricted, then renamed into place, so it is never reachable with looser
-//! permissions.
+//! The protocol is one request line and one answer, then the service closes:
+//! - `view\n` (or `view {"all":true,"destination":"host:port"}\n`, a [`ViewQuery`]): the
+//!   current [`View`] as one JSON document;
+//! - `flush\n` (or `flush {"destination":"host:port"}\n`): `{"flushed":{...}}`
+//!   ([`Flushed`]), `accio flush`.
+//!
+//! Anything else gets `{"error": "..."}`. Bounded: a few connections at once, a short
+//! request, a deadline for the whole exchange. The socket is owner-only (0600): it is bound
+//! under umask 0177, so it is never reachable with looser permissions, not even for the
+//! instant between bind(2) and chmod(2); then it is renamed into place.
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -21,12 +25,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::esc::esc;
-use crate::status::{View, ViewHandle};
+use crate::status::{Flushed, View, ViewHandle, ViewQuery};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 8;
-/// Longest request line.
-const MAX_REQUEST: u64 = 256;
+/// Longest request line (a destination name is at most a host name and a port).
+const MAX_REQUEST: u64 = 1024;
 /// The whole exchange, request to answer.
 const DEADLINE: Duration = Duration::from_secs(10);
 /// Largest answer a client accepts (a View is capped by the pipeline; this is a guard).
@@ -70,7 +74,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let tmp = dir.join(format!(".accio-control.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(io)?;
+    let listener = bind_private(&tmp).map_err(io)?;
     let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = placed {
@@ -78,6 +82,23 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         return Err(io(e));
     }
     Ok(listener)
+}
+
+/// Binds a Unix socket at `path` under umask 0177, so that it is created 0600: the
+/// process's umask is what bind(2) applies, and whoever connects between bind and a later
+/// chmod would otherwise get through. The umask is process-wide, so it is restored at once;
+/// files other threads create meanwhile get a stricter mode, never a looser one.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let std_listener = {
+        // SAFETY: umask(2) cannot fail and only swaps the process's file mode mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = std::os::unix::net::UnixListener::bind(path);
+        // SAFETY: as above; puts back the mask that was in force.
+        unsafe { libc::umask(old) };
+        bound?
+    };
+    std_listener.set_nonblocking(true)?;
+    UnixListener::from_std(std_listener)
 }
 
 /// Serves `listener` until `stop`, then removes the socket at `path` (if it is still ours).
@@ -136,21 +157,72 @@ async fn answer(stream: UnixStream, views: &ViewHandle, started: Instant) -> io:
     let mut line = String::new();
     let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(r, MAX_REQUEST));
     limited.read_line(&mut line).await?;
-    let body = match line.trim() {
-        "view" => match views.get().await {
+    const NOT_NOW: &str = "the service is starting, reloading or stopping; try again";
+    let (word, args) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+    let body = match (word, Request::parse(word, args)) {
+        (_, Err(e)) => error_json(&e),
+        (_, Ok(Request::View(q))) => match views.query(q).await {
             Some(mut v) => {
                 v.pid = std::process::id();
                 v.version = env!("CARGO_PKG_VERSION").to_string();
                 v.uptime_s = started.elapsed().as_secs_f64();
                 serde_json::to_vec(&v).map_err(io::Error::other)?
             }
-            None => error_json("the service is starting, reloading or stopping; try again"),
+            None => error_json(NOT_NOW),
         },
-        other => error_json(&format!("unknown request {other:?}; expected \"view\"")),
+        (_, Ok(Request::Flush(f))) => match views.flush(f.destination).await {
+            Some(Ok(flushed)) => {
+                serde_json::to_vec(&FlushAnswer { flushed }).map_err(io::Error::other)?
+            }
+            Some(Err(e)) => error_json(&e),
+            None => error_json(NOT_NOW),
+        },
     };
     w.write_all(&body).await?;
     w.write_all(b"\n").await?;
     w.shutdown().await
+}
+
+/// A request line, parsed.
+#[derive(Debug, PartialEq)]
+enum Request {
+    View(ViewQuery),
+    Flush(FlushQuery),
+}
+
+/// The arguments of `flush`.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlushQuery {
+    #[serde(default)]
+    pub destination: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FlushAnswer {
+    flushed: Flushed,
+}
+
+impl Request {
+    /// `word` and its JSON arguments (empty: the defaults).
+    fn parse(word: &str, args: &str) -> Result<Request, String> {
+        fn json<T: serde::de::DeserializeOwned + Default>(
+            word: &str,
+            args: &str,
+        ) -> Result<T, String> {
+            let args = args.trim();
+            if args.is_empty() {
+                return Ok(T::default());
+            }
+            serde_json::from_str(args).map_err(|e| format!("bad arguments to {word:?}: {e}"))
+        }
+        match word {
+            "view" => json(word, args).map(Request::View),
+            "flush" => json(word, args).map(Request::Flush),
+            other => Err(format!(
+                "unknown request {other:?}; expected \"view\" or \"flush\""
+            )),
+        }
+    }
 }
 
 fn error_json(message: &str) -> Vec<u8> {
@@ -186,6 +258,48 @@ pub enum AskError {
 /// # Errors
 /// [`AskError`].
 pub fn ask(path: &Path) -> Result<(View, String), AskError> {
+    ask_view(path, &ViewQuery::default())
+}
+
+/// [`ask`], listing what `q` asks for.
+///
+/// # Errors
+/// [`AskError`].
+pub fn ask_view(path: &Path, q: &ViewQuery) -> Result<(View, String), AskError> {
+    let request = if *q == ViewQuery::default() {
+        // What every version understands.
+        "view\n".to_string()
+    } else {
+        format!("view {}\n", serde_json::to_string(q).unwrap_or_default())
+    };
+    let text = exchange(path, &request)?;
+    let view = serde_json::from_str::<View>(&text).map_err(|e| AskError::Answer {
+        path: path.to_path_buf(),
+        message: format!("not a status document: {e}"),
+    })?;
+    Ok((view, text))
+}
+
+/// Asks the service on `path` to flush `destination` (all if `None`).
+///
+/// # Errors
+/// [`AskError`] (an unknown destination is an [`AskError::Answer`] naming the known ones).
+pub fn ask_flush(path: &Path, destination: Option<&str>) -> Result<Flushed, AskError> {
+    let q = FlushQuery {
+        destination: destination.map(str::to_string),
+    };
+    let request = format!("flush {}\n", serde_json::to_string(&q).unwrap_or_default());
+    let text = exchange(path, &request)?;
+    serde_json::from_str::<FlushAnswer>(&text)
+        .map(|a| a.flushed)
+        .map_err(|e| AskError::Answer {
+            path: path.to_path_buf(),
+            message: format!("not a flush answer: {e}"),
+        })
+}
+
+/// Sends `request` and reads the answer: a JSON document that is not an error.
+fn exchange(path: &Path, request: &str) -> Result<String, AskError> {
     let mut s = StdUnixStream::connect(path).map_err(|source| match source.kind() {
         io::ErrorKind::PermissionDenied => AskError::Denied(path.to_path_buf()),
         _ => AskError::NotRunning {
@@ -199,7 +313,7 @@ pub fn ask(path: &Path) -> Result<(View, String), AskError> {
     };
     let _ = s.set_read_timeout(Some(DEADLINE));
     let _ = s.set_write_timeout(Some(DEADLINE));
-    s.write_all(b"view\n")
+    s.write_all(request.as_bytes())
         .map_err(|e| bad(format!("cannot send the request: {e}")))?;
     let mut text = String::new();
     s.take(MAX_ANSWER)
@@ -209,14 +323,10 @@ pub fn ask(path: &Path) -> Result<(View, String), AskError> {
     if let Ok(e) = serde_json::from_str::<ErrorAnswer>(&text) {
         return Err(bad(e.error));
     }
-    let view = serde_json::from_str::<View>(&text).map_err(|e| {
-        bad(if text.is_empty() {
-            "the service closed without answering".to_string()
-        } else {
-            format!("not a status document: {e}")
-        })
-    })?;
-    Ok((view, text))
+    if text.is_empty() {
+        return Err(bad("the service closed without answering".to_string()));
+    }
+    Ok(text)
 }
 
 #[derive(serde::Deserialize)]

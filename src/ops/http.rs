@@ -39,6 +39,37 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 pub struct Endpoint {
     pub metrics: Arc<Metrics>,
     pub views: ViewHandle,
+    pub watches: Watches,
+}
+
+/// The watches of the configuration in force (replaced on a reload), for counting the
+/// files in their failed_dir at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Watches(Arc<std::sync::Mutex<Vec<crate::config::WatchConfig>>>);
+
+impl Watches {
+    pub fn set(&self, watches: &[crate::config::WatchConfig]) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = watches.to_vec();
+    }
+
+    fn get(&self) -> Vec<crate::config::WatchConfig> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The files in each watch's failed_dir, by watch (labelled as the other metrics):
+    /// listed now, so a file put back by `accio retry` or removed by hand is gone from the
+    /// count. `None` if a failed_dir cannot be listed.
+    fn failed_files(&self) -> Option<Vec<(String, u64)>> {
+        let watches = self.get();
+        let refs: Vec<&crate::config::WatchConfig> = watches.iter().collect();
+        let counts = super::retry::count(&refs).ok()?;
+        Some(
+            counts
+                .into_iter()
+                .map(|(dir, n)| (dir.to_string_lossy().into_owned(), n))
+                .collect(),
+        )
+    }
 }
 
 /// Binds the metrics listener.
@@ -115,7 +146,13 @@ async fn handle(req: Request<Incoming>, ep: &Endpoint) -> Response<Full<Bytes>> 
     match req.uri().path() {
         "/metrics" => {
             let view = ep.views.get().await;
-            let om = ep.metrics.encode(view.as_ref());
+            let watches = ep.watches.clone();
+            // Listing directories blocks: not on the runtime's threads.
+            let failed = tokio::task::spawn_blocking(move || watches.failed_files())
+                .await
+                .ok()
+                .flatten();
+            let om = ep.metrics.encode(view.as_ref(), failed.as_deref());
             // Prometheus asks for OpenMetrics; curl and older tools get the classic format.
             let wants_om = req
                 .headers()

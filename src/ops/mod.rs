@@ -26,7 +26,7 @@ use crate::config::{Config, ConfigError};
 use crate::esc::esc;
 use crate::exit::{Failed, Kind};
 use crate::metrics::Metrics;
-use crate::status::ViewHandle;
+use crate::status::{ViewHandle, ViewQuery};
 
 /// The control socket and metrics listener of a running service.
 pub struct Ops {
@@ -35,6 +35,9 @@ pub struct Ops {
     /// What they were started with: a reload cannot move them (logged).
     control_socket: std::path::PathBuf,
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The watches of the configuration in force, for `accio_failed_files` (the files in
+    /// their failed_dir, counted at scrape time).
+    watches: http::Watches,
 }
 
 impl Ops {
@@ -45,6 +48,8 @@ impl Ops {
         let mut tasks = Vec::new();
         let started = Instant::now();
         let path = config.control_socket.clone();
+        let watches = http::Watches::default();
+        watches.set(&config.watches);
         match control::bind(&path) {
             Ok(l) => {
                 tracing::debug!("control socket {}", esc(&path));
@@ -64,7 +69,11 @@ impl Ops {
             match http::bind(addr).await {
                 Ok(l) => {
                     tracing::info!("serving metrics on http://{addr}/metrics");
-                    let ep = http::Endpoint { metrics, views };
+                    let ep = http::Endpoint {
+                        metrics,
+                        views,
+                        watches: watches.clone(),
+                    };
                     tasks.push(tokio::spawn(http::serve(l, ep, stop.clone())));
                 }
                 Err(e) => tracing::error!(
@@ -77,12 +86,14 @@ impl Ops {
             tasks,
             control_socket: path,
             metrics_listen: config.metrics_listen,
+            watches,
         }
     }
 
-    /// Called on a reload: the listeners stay as they were started; say so if the new
-    /// configuration moves them.
+    /// Called once a reload took `config`: the listeners stay as they were started (said
+    /// if the new configuration moves them); the failed files counted are the new watches'.
     pub fn reloaded(&self, config: &Config) {
+        self.watches.set(&config.watches);
         if config.control_socket != self.control_socket {
             tracing::warn!(
                 "control_socket changed to {}: takes effect at the next restart (still {})",
@@ -104,35 +115,110 @@ impl Ops {
     }
 }
 
-/// `accio status`: asks the service named by the configuration at `config` and prints its
-/// answer (as one JSON document with `json`).
-///
-/// # Errors
-/// [`Kind::Config`], [`Kind::NotRunning`] (nothing answers on the control socket), or
-/// [`Kind::Other`].
-pub fn status_command(config: &std::path::Path, json: bool) -> Result<(), Failed> {
-    let socket = control_socket_of(config).map_err(|e| Failed::new(Kind::Config, e))?;
-    match control::ask(&socket) {
-        Ok((view, doc)) => {
-            let out = if json {
-                doc + "\n"
-            } else {
-                status_text::render(&view)
-            };
-            print_out(&out)
-        }
-        Err(e @ control::AskError::NotRunning { .. }) => Err(Failed::new(Kind::NotRunning, e)),
-        Err(e) => Err(Failed::new(Kind::Other, e)),
+/// Where `accio status` and `accio flush` find the service.
+#[derive(Debug, Clone)]
+pub enum SocketFrom {
+    /// `--socket PATH`: the configuration is not read.
+    Given(std::path::PathBuf),
+    /// The configuration's `control_socket`.
+    Config(std::path::PathBuf),
+}
+
+/// The control socket to ask: `--socket`, else the configuration's. A configuration that
+/// cannot be read or parsed (being edited, say, while the service runs on the one it
+/// loaded) is no reason not to ask: the default socket is tried, with a warning.
+fn socket_of(from: &SocketFrom) -> std::path::PathBuf {
+    match from {
+        SocketFrom::Given(p) => p.clone(),
+        SocketFrom::Config(config) => control_socket_of(config).unwrap_or_else(|e| {
+            warning_line(format!(
+                "{e}; asking the default control socket {} (use --socket PATH for another)",
+                crate::config::DEFAULT_CONTROL_SOCKET
+            ));
+            std::path::PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET)
+        }),
     }
 }
 
+/// One `WARNING: ...` line on stderr (a broken stderr is ignored, as for `ERROR:` lines).
+fn warning_line(message: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "WARNING: {message}");
+}
+
+fn asked(e: control::AskError) -> Failed {
+    match e {
+        e @ control::AskError::NotRunning { .. } => Failed::new(Kind::NotRunning, e),
+        e => Failed::new(Kind::Other, e),
+    }
+}
+
+/// `accio status`: asks the service (on the socket `from` names) and prints its answer
+/// (as one JSON document with `json`): the waiting files `q` asks for.
+///
+/// # Errors
+/// [`Kind::NotRunning`] (nothing answers on the control socket), [`Kind::Usage`] (no such
+/// destination), or [`Kind::Other`].
+pub fn status_command(from: &SocketFrom, json: bool, q: ViewQuery) -> Result<(), Failed> {
+    let socket = socket_of(from);
+    let (view, doc) = control::ask_view(&socket, &q).map_err(asked)?;
+    if let Some(name) = &q.destination {
+        if !view.destinations.iter().any(|d| &d.name == name) {
+            let known: Vec<&str> = view.destinations.iter().map(|d| d.name.as_str()).collect();
+            return Err(Failed::new(
+                Kind::Usage,
+                format!(
+                    "--destination {}: no such destination (the service's: {})",
+                    esc(std::path::Path::new(name)),
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    let out = if json {
+        doc + "\n"
+    } else {
+        status_text::render_for(&view, q.destination.as_deref())
+    };
+    print_out(&out)
+}
+
+/// `accio flush [DESTINATION]`: asks the service to probe the destinations that are down
+/// now and retry the files backing off now (of `destination` only, if given).
+///
+/// # Errors
+/// [`Kind::NotRunning`], [`Kind::Usage`] (no such destination), or [`Kind::Other`].
+pub fn flush_command(from: &SocketFrom, destination: Option<&str>) -> Result<(), Failed> {
+    let socket = socket_of(from);
+    let f = match control::ask_flush(&socket, destination) {
+        Ok(f) => f,
+        Err(control::AskError::Answer { message, .. }) if message.starts_with("no destination") => {
+            return Err(Failed::new(Kind::Usage, message))
+        }
+        Err(e) => return Err(asked(e)),
+    };
+    let which = destination.map_or_else(|| "all destinations".to_string(), str::to_string);
+    let s = |n: u64| if n == 1 { "" } else { "s" };
+    print_out(&format!(
+        "flushed {which}: {} destination{} down probed now, {} file{} backing off retried now\n",
+        f.probed,
+        s(f.probed),
+        f.files,
+        s(f.files)
+    ))
+}
+
 /// `accio check-config`: loads and validates the configuration at `path`, with the
-/// filesystem checks, and prints the effective settings.
+/// filesystem checks, and prints the effective settings (nothing with `quiet`).
 ///
 /// # Errors
 /// [`Kind::Config`] (refused), or [`Kind::Other`] (stdout cannot be written).
-pub fn check_config_command(path: &std::path::Path) -> Result<(), Failed> {
+pub fn check_config_command(path: &std::path::Path, quiet: bool) -> Result<(), Failed> {
     let config = crate::config::load(path).map_err(|e| Failed::new(Kind::Config, e))?;
+    if quiet {
+        // For `ExecReload=`: the exit code (and an ERROR: line) is all that is needed.
+        return Ok(());
+    }
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     out.write_all(crate::config::render(&config).as_bytes())

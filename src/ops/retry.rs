@@ -50,6 +50,34 @@ pub struct Moved {
 /// # Errors
 /// A failed_dir cannot be listed.
 pub fn list(watches: &[&WatchConfig]) -> Result<Vec<GivenUp>, (PathBuf, io::Error)> {
+    list_with(watches, true)
+}
+
+/// How many given-up files each watch has, by spool directory (for
+/// `accio_failed_files`). A failed_dir of one watch only is counted without reading its
+/// reason files: they would only tell the names the files go back under.
+///
+/// # Errors
+/// A failed_dir cannot be listed.
+pub fn count(watches: &[&WatchConfig]) -> Result<Vec<(PathBuf, u64)>, (PathBuf, io::Error)> {
+    let shared = |dir: &Path| watches.iter().filter(|w| w.failed_dir == dir).count() > 1;
+    let any_shared = watches.iter().any(|w| shared(&w.failed_dir));
+    let files = list_with(watches, any_shared)?;
+    Ok(watches
+        .iter()
+        .map(|w| {
+            let n = files.iter().filter(|f| f.spool == w.dir).count();
+            (w.dir.clone(), n as u64)
+        })
+        .collect())
+}
+
+/// [`list`]; without `origins`, each file is taken to go back to the watch whose failed_dir
+/// it is in, under its current name (its reason file is not read).
+fn list_with(
+    watches: &[&WatchConfig],
+    origins: bool,
+) -> Result<Vec<GivenUp>, (PathBuf, io::Error)> {
     let mut out: BTreeMap<PathBuf, GivenUp> = BTreeMap::new();
     let mut listed = HashSet::new();
     for w in watches {
@@ -95,7 +123,9 @@ pub fn list(watches: &[&WatchConfig]) -> Result<Vec<GivenUp>, (PathBuf, io::Erro
                 continue;
             }
             let path = dir.join(n);
-            let (spool, name) = origin(reason.as_deref(), w, watches)
+            let (spool, name) = origins
+                .then(|| origin(reason.as_deref(), w, watches))
+                .flatten()
                 .unwrap_or_else(|| (w.dir.clone(), (*n).clone()));
             out.entry(path.clone()).or_insert(GivenUp {
                 path,
@@ -115,7 +145,7 @@ fn origin(
     w: &WatchConfig,
     watches: &[&WatchConfig],
 ) -> Option<(PathBuf, OsString)> {
-    let text = std::fs::read(reason?).ok()?;
+    let text = read_reason(reason?).ok()?;
     let line = text
         .split(|&b| b == b'\n')
         .find_map(|l| l.strip_prefix(b"file: "))?;
@@ -131,6 +161,51 @@ fn origin(
         .find(|d| same_dir(d, dir))
         .or_else(|| same_dir(&w.dir, dir).then_some(&w.dir))?;
     Some((spool.clone(), name.to_os_string()))
+}
+
+/// The most of a `.reason` file that is read: the service writes a few hundred bytes; a
+/// failed_dir is writable by the service's user, and whatever else is there must not make
+/// `accio retry` (or the metrics endpoint) read gigabytes.
+pub const MAX_REASON: u64 = 64 * 1024;
+
+/// The first [`MAX_REASON`] bytes of the reason file at `path`.
+///
+/// # Errors
+/// It cannot be opened or read.
+pub fn read_reason(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut text = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_REASON)
+        .read_to_end(&mut text)?;
+    Ok(text)
+}
+
+/// What a reason file says: the last error, the attempts, and when the file was given up on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReasonText {
+    pub error: Option<String>,
+    pub attempts: Option<String>,
+    pub time: Option<std::time::SystemTime>,
+}
+
+/// Reads the lines of a reason file ([`crate::watch::error::Reason`]'s format); what is
+/// missing or unreadable is `None`.
+pub fn parse_reason(text: &[u8]) -> ReasonText {
+    let text = String::from_utf8_lossy(text);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| crate::esc::esc(Path::new(v.trim())).to_string())
+    };
+    ReasonText {
+        error: field("last error: "),
+        attempts: field("attempts: "),
+        time: text
+            .lines()
+            .find_map(|l| l.strip_prefix("time: "))
+            .and_then(|t| humantime::parse_rfc3339(t.trim()).ok()),
+    }
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -175,7 +250,64 @@ pub fn put_back(f: &GivenUp, syncer: &Syncer) -> io::Result<Moved> {
 /// [`Kind::Config`] (invalid configuration), [`Kind::Usage`] (`watch` names no watch),
 /// [`Kind::Other`] (a failed directory cannot be listed; or, reported as they happened, a
 /// file could not be moved or a NAME is not a given-up file).
-pub fn retry_command(path: &Path, watch: Option<&Path>, names: &[OsString]) -> Result<(), Failed> {
+/// What `accio retry` does with the files chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Put them back (the default).
+    Move,
+    /// `--list`: print each with its age and reason.
+    List,
+    /// `--dry-run`: print the moves that would be made.
+    DryRun,
+}
+
+impl Mode {
+    pub fn of(list: bool, dry_run: bool) -> Mode {
+        match (list, dry_run) {
+            (true, _) => Mode::List,
+            (false, true) => Mode::DryRun,
+            (false, false) => Mode::Move,
+        }
+    }
+}
+
+/// One line of `accio retry --list`: the file, how long ago it was given up on, after how
+/// many attempts, and why.
+fn list_line(f: &GivenUp, now: std::time::SystemTime) -> String {
+    let r = f
+        .reason
+        .as_deref()
+        .and_then(|p| read_reason(p).ok())
+        .map(|t| parse_reason(&t))
+        .unwrap_or_default();
+    // Without a time in the reason, the file's own ctime stands in (set when it was moved).
+    let when = r.time.or_else(|| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(&f.path).ok()?;
+        let secs = u64::try_from(m.ctime()).ok()?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+    });
+    let age = when.and_then(|t| now.duration_since(t).ok()).map_or_else(
+        || "age unknown".to_string(),
+        |d| format!("given up {} ago", crate::status::secs(d.as_secs_f64())),
+    );
+    let attempts = r
+        .attempts
+        .map_or_else(String::new, |a| format!(" after {a} attempts"));
+    let why = r.error.unwrap_or_else(|| "no reason file".to_string());
+    format!(
+        "{} (from {}): {age}{attempts}: {why}\n",
+        esc(&f.path),
+        esc(&f.spool.join(&f.name))
+    )
+}
+
+pub fn retry_command(
+    path: &Path,
+    watch: Option<&Path>,
+    names: &[OsString],
+    mode: Mode,
+) -> Result<(), Failed> {
     let config = config::load_unchecked(path).map_err(|e| Failed::new(Kind::Config, e))?;
     let selected: Vec<&WatchConfig> = match watch {
         None => config.watches.iter().collect(),
@@ -234,6 +366,26 @@ pub fn retry_command(path: &Path, watch: Option<&Path>, names: &[OsString]) -> R
     if chosen.is_empty() && !failed {
         out.push_str(&format!("nothing to retry in {}\n", failed_dirs(&selected)));
     }
+    match mode {
+        Mode::Move => {}
+        Mode::List => {
+            let now = std::time::SystemTime::now();
+            for f in &chosen {
+                out.push_str(&list_line(f, now));
+            }
+            return finish_listing(&out, chosen.len(), "given up", failed);
+        }
+        Mode::DryRun => {
+            for f in &chosen {
+                out.push_str(&format!(
+                    "would move {} → {}\n",
+                    esc(&f.path),
+                    esc(&f.spool.join(&f.name))
+                ));
+            }
+            return finish_listing(&out, chosen.len(), "would be put back", failed);
+        }
+    }
     let syncer = Syncer::default();
     let mut moved = 0usize;
     for f in chosen {
@@ -259,6 +411,21 @@ pub fn retry_command(path: &Path, watch: Option<&Path>, names: &[OsString]) -> R
     if moved > 0 {
         let s = if moved == 1 { "" } else { "s" };
         out.push_str(&format!("{moved} file{s} put back into the spool\n"));
+    }
+    print_out(&out)?;
+    if failed {
+        Err(Failed::reported(Kind::Other))
+    } else {
+        Ok(())
+    }
+}
+
+/// Prints `out` and a count line (`N files WHAT`) for `--list` and `--dry-run`.
+fn finish_listing(out: &str, n: usize, what: &str, failed: bool) -> Result<(), Failed> {
+    let mut out = out.to_string();
+    if n > 0 {
+        let s = if n == 1 { "" } else { "s" };
+        out.push_str(&format!("{n} file{s} {what}\n"));
     }
     print_out(&out)?;
     if failed {

@@ -8,13 +8,20 @@ use crate::status::{secs, DestinationView, View};
 /// Renders `v`: a summary line, then destinations, watches, files in flight and the
 /// oldest waiting files, each section only when there is something to say.
 pub fn render(v: &View) -> String {
+    render_for(v, None)
+}
+
+/// [`render`]; with `only`, the destinations, watches and files of that destination only
+/// (the summary line stays the whole service's).
+pub fn render_for(v: &View, only: Option<&str>) -> String {
     let mut o = String::new();
     // Writing into a String cannot fail.
-    let _ = write_view(&mut o, v);
+    let _ = write_view(&mut o, v, only);
     o
 }
 
-fn write_view(o: &mut String, v: &View) -> std::fmt::Result {
+fn write_view(o: &mut String, v: &View, only: Option<&str>) -> std::fmt::Result {
+    let mine = |d: &str| only.map_or(true, |x| x == d);
     writeln!(
         o,
         "accio {} (pid {}), up {}: {}",
@@ -23,15 +30,21 @@ fn write_view(o: &mut String, v: &View) -> std::fmt::Result {
         secs(v.uptime_s),
         v.totals
     )?;
+    if let Some(why) = &v.reload_refused {
+        writeln!(
+            o,
+            "reload refused: {why}; still running on the previous configuration"
+        )?;
+    }
     if !v.destinations.is_empty() {
         writeln!(o, "\ndestinations:")?;
-        for d in &v.destinations {
+        for d in v.destinations.iter().filter(|d| mine(&d.name)) {
             writeln!(o, "  {}", destination(d))?;
         }
     }
     if !v.watches.is_empty() {
         writeln!(o, "\nwatches:")?;
-        for w in &v.watches {
+        for w in v.watches.iter().filter(|w| mine(&w.destination)) {
             write!(
                 o,
                 "  {} → {}: {} queued, {} in flight, {} sent, {} failed",
@@ -44,10 +57,15 @@ fn write_view(o: &mut String, v: &View) -> std::fmt::Result {
         }
     }
     writeln!(o, "\nin flight:")?;
-    if v.in_flight.is_empty() {
+    let in_flight: Vec<_> = v
+        .in_flight
+        .iter()
+        .filter(|f| mine(&f.destination))
+        .collect();
+    if in_flight.is_empty() {
         writeln!(o, "  none")?;
     }
-    for f in &v.in_flight {
+    for f in in_flight {
         let pct = if f.size == 0 {
             100
         } else {
@@ -86,11 +104,24 @@ fn write_view(o: &mut String, v: &View) -> std::fmt::Result {
             w.why
         )?;
     }
+    // What the list left out: the files held and not listed, and the backlog still on
+    // disk (not read in yet), which only the queued counts include.
+    if let Some(held) = v.waiting_total {
+        let queued = match only {
+            None => v.totals.queued,
+            Some(name) => v
+                .destinations
+                .iter()
+                .find(|d| d.name == name)
+                .map_or(0, |d| d.queued),
+        };
+        let more = held.max(queued).saturating_sub(v.waiting.len() as u64);
+        if more > 0 {
+            writeln!(o, "  ... {more} more (accio status --all lists them)")?;
+        }
+    }
     Ok(())
 }
-
-/// 10000-01-01T00:00:00Z in Unix seconds: RFC 3339 has four digits for the year.
-const YEAR_10000: u64 = 253_402_300_800;
 
 fn destination(d: &DestinationView) -> String {
     let mut s = format!("{}: ", d.name);
@@ -98,15 +129,16 @@ fn destination(d: &DestinationView) -> String {
         s.push_str("up");
     } else {
         s.push_str("DOWN");
-        // The answer comes from a socket: a time past what a clock can hold is left out
-        // (from_secs_f64 and SystemTime's + panic on it).
-        let since = d
-            .down_since_unix
-            .and_then(|t| Duration::try_from_secs_f64(t).ok())
-            .filter(|t| t.as_secs() < YEAR_10000)
-            .and_then(|t| UNIX_EPOCH.checked_add(t));
-        if let Some(t) = since {
-            let _ = write!(s, " since {}", humantime::format_rfc3339_seconds(t));
+        if let Some(since) = d.down_since_unix {
+            // Checked: the number comes over a socket, and a huge one must not panic.
+            // humantime writes years up to 9999 only.
+            let t = Duration::try_from_secs_f64(since)
+                .ok()
+                .filter(|d| d.as_secs() < 253_402_300_800)
+                .and_then(|d| UNIX_EPOCH.checked_add(d));
+            if let Some(t) = t {
+                let _ = write!(s, " since {}", humantime::format_rfc3339_seconds(t));
+            }
         }
         if let Some(p) = d.next_probe_in_s {
             let _ = write!(s, ", next probe in {}", secs(p));
@@ -207,8 +239,21 @@ mod tests {
                 age_s: 65.0,
                 why: Why::DestinationDown,
             }],
+            waiting_total: Some(3),
+            reload_refused: Some("bad.toml: line 1: oops".into()),
         };
         let t = render(&v);
+        assert!(
+            t.contains("\nreload refused: bad.toml: line 1: oops; still running"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  ... 2 more (accio status --all lists them)\n"),
+            "{t}"
+        );
+        let b = render_for(&v, Some("b:2"));
+        assert!(!b.contains("  a:1: up") && b.contains("  b:2: DOWN"), "{b}");
+        assert!(!b.contains("/s/big"), "{b}");
         assert!(
             t.starts_with("accio 0.1.0 (pid 42), up 3m 20s: watching 1 dirs"),
             "{t}"

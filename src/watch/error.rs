@@ -129,14 +129,15 @@ impl std::error::Error for DestError {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FileError {
     /// The file could not be opened (claimed).
-    #[error("cannot open {}: {source}", esc(path))]
+    #[error("cannot open {}: {source}{}", esc(path), trouble_note(source))]
     Open {
         path: PathBuf,
         #[source]
         source: Arc<io::Error>,
     },
-    /// The destination greeted, then the transfer failed.
-    #[error("upload to {dest} failed: {source}")]
+    /// The destination greeted, then the transfer failed; or (see
+    /// [`client_service_trouble`]) the connect failed for want of a descriptor here.
+    #[error("upload to {dest} failed: {source}{}", upload_note(source))]
     Upload {
         dest: Destination,
         #[source]
@@ -162,6 +163,16 @@ impl FileError {
         }
     }
 
+    /// The service itself ran out of descriptors or memory (EMFILE, ENFILE, ENOMEM): the
+    /// file is not at fault, and the attempt does not count against `max_attempts`.
+    pub fn service_trouble(&self) -> bool {
+        match self {
+            FileError::Open { source, .. } => is_service_trouble(source),
+            FileError::Upload { source, .. } => client_service_trouble(source),
+            FileError::Uninspectable => false,
+        }
+    }
+
     /// A sign of an overloaded server: sending failed (a reset, mostly), or its close did.
     pub fn congestion(&self) -> bool {
         match self {
@@ -175,6 +186,50 @@ impl FileError {
             FileError::Open { .. } | FileError::Uninspectable => false,
         }
     }
+}
+
+/// Said after an error that is the service's, not the file's.
+const SERVICE_TROUBLE: &str =
+    " (the service is short of descriptors or memory; not counted against the file, retried)";
+
+fn upload_note(e: &ClientError) -> &'static str {
+    if client_service_trouble(e) {
+        SERVICE_TROUBLE
+    } else {
+        ""
+    }
+}
+
+/// A connect that failed at every address only because this process could not make a
+/// socket (out of descriptors or memory): nothing is known about the destination, and the
+/// file is not at fault either.
+pub fn client_service_trouble(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { tried, .. } => {
+            !tried.0.is_empty()
+                && tried
+                    .0
+                    .iter()
+                    .all(|(_, t)| matches!(t, Tried::Failed(e) if is_service_trouble(e)))
+        }
+        _ => false,
+    }
+}
+
+fn trouble_note(e: &io::Error) -> &'static str {
+    if is_service_trouble(e) {
+        SERVICE_TROUBLE
+    } else {
+        ""
+    }
+}
+
+/// Running out of descriptors (the process's or the system's) or of memory.
+pub fn is_service_trouble(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    ) || e.kind() == io::ErrorKind::OutOfMemory
 }
 
 /// What a disposition was doing.

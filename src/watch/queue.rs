@@ -174,6 +174,9 @@ pub fn params(config: &crate::config::Config, watches: &[Arc<WatchCtx>]) -> core
     }
 }
 
+/// While the service is short of descriptors or memory, how often it says so.
+const TROUBLE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
 impl Queue {
     pub fn new(
         watcher: Watcher,
@@ -323,6 +326,8 @@ impl Queue {
                 // A producer may make any number: the first few by name, then a count.
                 match self.special_log.ignoring(Self::now(), dir, &kind) {
                     Say::Name => tracing::warn!(
+                        event = "ignored",
+                        path = %esc(&path),
                         kind = %kind,
                         "ignoring {}: it is a {kind}, not a regular file; it is left alone and never sent",
                         esc(&path)
@@ -348,6 +353,35 @@ impl Queue {
             ),
             Report::AttemptFailed {
                 key,
+                error,
+                retry_in,
+                ..
+            } if error.service_trouble() => {
+                // Out of descriptors comes in bursts, one failure per upload that could
+                // not start: said once a minute, the rest at debug.
+                static LOUD: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+                let now = Instant::now();
+                let loud = {
+                    let mut last = LOUD.lock().unwrap_or_else(|e| e.into_inner());
+                    let due = last.map_or(true, |t| now.duration_since(t) >= TROUBLE_REPORT_EVERY);
+                    if due {
+                        *last = Some(now);
+                    }
+                    due
+                };
+                let path = esc(&self.path(&key)).to_string();
+                if loud {
+                    tracing::warn!(
+                        event = "service_short_of_resources",
+                        path = %path,
+                        "{error}; {path} waits {retry_in:.1?} (said once a minute while it lasts: raise LimitNOFILE= or lower concurrency)"
+                    );
+                } else {
+                    tracing::debug!(path = %path, "{error}; retrying in {retry_in:.1?}");
+                }
+            }
+            Report::AttemptFailed {
+                key,
                 attempt,
                 max,
                 error,
@@ -359,6 +393,9 @@ impl Queue {
                     format!(" of {max}")
                 };
                 tracing::warn!(
+                    event = "attempt_failed",
+                    path = %esc(&self.path(&key)),
+                    destination = %self.watches[key.0].cfg.server,
                     attempt,
                     "upload of {} failed (attempt {attempt}{of}): {error}; retrying in {retry_in:.1?}",
                     esc(&self.path(&key))
@@ -370,6 +407,7 @@ impl Queue {
                 waiting,
                 probe_in,
             } => tracing::warn!(
+                event = "destination_down",
                 destination = self.core.dest_name(dest),
                 waiting,
                 "{error}; {} is down: {waiting} file(s) waiting for it stay in the spool (not counted as failed attempts); one probe at a time tests it, the first in {probe_in:.1?} (further failures are reported once a minute or when the error changes)",
@@ -385,6 +423,8 @@ impl Queue {
                 let path = self.path(&key);
                 if loud {
                     tracing::warn!(
+                        event = "destination_still_down",
+                        path = %esc(&path),
                         destination = self.core.dest_name(dest),
                         "{error}; {} is still down; {} stays in the spool (not counted as a failed attempt); next probe in {probe_in:.1?}",
                         self.core.dest_name(dest),
@@ -403,6 +443,7 @@ impl Queue {
                 down_for,
                 waiting,
             } => tracing::info!(
+                event = "destination_up",
                 destination = self.core.dest_name(dest),
                 waiting,
                 "{} is reachable again; {waiting} file(s) waiting go now (it was down for {down_for:.1?})",
@@ -435,6 +476,8 @@ impl Queue {
                 let path = self.path(&key);
                 if loud {
                     tracing::error!(
+                        event = "disposition_failed",
+                        path = %esc(&path),
                         failures,
                         "{error}; it stays in the spool ({what}; not sent again); trying again in {retry_in:.1?} (failure {failures}, reported again if the error changes or every {} failures)",
                         core::DISPOSITION_REPORT_EVERY
@@ -492,7 +535,7 @@ impl Queue {
     /// now, at shutdown).
     fn flush_special_log(&mut self, now: Option<std::time::Instant>) {
         if let Some(line) = self.special_log.flush(now) {
-            tracing::warn!("{line}");
+            tracing::warn!(event = "ignored", "{line}");
         }
     }
 
@@ -521,12 +564,17 @@ impl Queue {
     }
 
     /// The view for `accio status` and the metrics.
-    fn view(&self) -> View {
+    fn view(&self, q: &crate::status::ViewQuery) -> View {
         let now = Self::now();
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let cv = self.core.view(now, wall, core::VIEW_WAITING);
+        // An unknown destination lists no waiting file (the client names the known ones).
+        let dest = q
+            .destination
+            .as_deref()
+            .map(|n| self.core.dest_by_name(n).unwrap_or(usize::MAX));
+        let cv = self.core.view_of(now, wall, q.max_waiting(), dest);
         let mut watches = cv.watches;
         for (i, w) in watches.iter_mut().enumerate() {
             w.dir = esc(&self.watches[i].cfg.dir).to_string();
@@ -563,6 +611,45 @@ impl Queue {
             watches,
             in_flight,
             waiting,
+            waiting_total: Some(cv.waiting_total),
+            reload_refused: self.shared.stats.reload_refused(),
+        }
+    }
+
+    /// A request of the control socket or the metrics endpoint.
+    fn request(&mut self, req: ViewRequest) {
+        match req {
+            ViewRequest::View(q, reply) => {
+                let _ = reply.send(self.view(&q));
+            }
+            ViewRequest::Flush(name, reply) => {
+                let dest = match name.as_deref().map(|n| self.core.dest_by_name(n)) {
+                    None => None,
+                    Some(Some(d)) => Some(d),
+                    Some(None) => {
+                        let known: Vec<&str> = self.core.dest_names().collect();
+                        let _ = reply.send(Err(format!(
+                            "no destination {:?}; the destinations are: {}",
+                            name.unwrap_or_default(),
+                            known.join(", ")
+                        )));
+                        return;
+                    }
+                };
+                let f = self.core.flush(Self::now(), dest);
+                tracing::info!(
+                    event = "flush",
+                    probed = f.probed,
+                    files = f.files,
+                    "flush: probing {} destination(s) down now, retrying {} file(s) backing off now",
+                    f.probed,
+                    f.files
+                );
+                let _ = reply.send(Ok(crate::status::Flushed {
+                    probed: f.probed as u64,
+                    files: f.files as u64,
+                }));
+            }
         }
     }
 
@@ -622,9 +709,7 @@ impl Queue {
                     }
                 }
                 req = views.recv(), if views_open => match req {
-                    Some(reply) => {
-                        let _ = reply.send(self.view());
-                    }
+                    Some(req) => self.request(req),
                     None => views_open = false,
                 },
                 _ = tokio::time::sleep_until(wake) => {

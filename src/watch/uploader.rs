@@ -12,7 +12,9 @@ use super::claim::{self, Claim, ClaimError};
 use super::core::{After, Identity, Mode, Outcome, Writers};
 use super::ctx::{Shared, WatchCtx};
 use super::disposition::{self, Dest, Disposed};
-use super::error::{DestError, DispositionError, DispositionOp, FileError, Reason};
+use super::error::{
+    client_service_trouble, DestError, DispositionError, DispositionOp, FileError, Reason,
+};
 use crate::client::{self, Phase, UploadError, Uploaded};
 use crate::config::OnSuccess;
 use crate::esc::esc;
@@ -131,14 +133,21 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         }
         // Failures before the greeting are the destination's (it is marked down; nothing
         // counts against the file).
-        Err(UploadError::Client(e)) if e.phase() != Phase::Transfer => Outcome::DestinationFailed {
-            error: DestError::new(job.watch.cfg.server.clone(), e),
-        },
+        // (Unless no socket could be made here: that is the service's trouble, below.)
+        Err(UploadError::Client(e))
+            if e.phase() != Phase::Transfer && !client_service_trouble(&e) =>
+        {
+            Outcome::DestinationFailed {
+                error: DestError::new(job.watch.cfg.server.clone(), e),
+            }
+        }
         Err(UploadError::Client(e)) => {
-            // Past the greeting: the destination answered; the failure is this file's.
+            // Past the greeting: the destination answered; the failure is this file's. Or
+            // the service ran out of descriptors: retried, not counted, no greeting time.
+            let trouble = client_service_trouble(&e);
             let error = FileError::upload(job.watch.cfg.server.clone(), e);
             let id = Some(claim.id);
-            let greeting = Some(greeting.unwrap_or(took));
+            let greeting = (!trouble).then(|| greeting.unwrap_or(took));
             failed(&job, &sh, Some(claim), id, &path, error, took, greeting).await
         }
     }
@@ -299,7 +308,9 @@ async fn dispose_delivered(
     let delivered = |now: &str, earlier: &str| {
         if uploaded.is_some() {
             tracing::info!(
+                event = "delivered",
                 path = %esc(&path),
+                destination = %dest,
                 bytes,
                 duration_ms = took.as_secs_f64() * 1000.0,
                 attempt = job.attempt,
@@ -366,13 +377,16 @@ async fn failed(
     took: Duration,
     greeting: Option<Duration>,
 ) -> Outcome {
-    if !job.last {
+    // Out of descriptors or memory: the service's trouble, never the file's last attempt.
+    if !job.last || error.service_trouble() {
         return Outcome::Failed { error, greeting };
     }
     let max = sh.retry.max_attempts;
     let bytes = claim.as_ref().map_or(0, |c| c.id.size);
     tracing::warn!(
+        event = "attempt_failed",
         path = %esc(path),
+        destination = %job.watch.cfg.server,
         bytes,
         duration_ms = took.as_secs_f64() * 1000.0,
         attempt = job.attempt,
@@ -445,7 +459,9 @@ async fn give_up(
                 None => String::new(),
             };
             tracing::error!(
+                event = "gave_up",
                 path = %esc(path),
+                destination = %job.watch.cfg.server,
                 attempt = job.attempt,
                 "gave up on {} after {} attempts; moved to {}{reason_at}",
                 esc(path),

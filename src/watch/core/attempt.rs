@@ -157,7 +157,11 @@ impl Core {
                 let Some(e) = self.entries.get_mut(key) else {
                     return Next::Forget;
                 };
-                e.failures = e.failures.saturating_add(1);
+                // The service short of descriptors or memory is not the file's fault: the
+                // attempt is retried without counting against `max_attempts`.
+                if !error.service_trouble() {
+                    e.failures = e.failures.saturating_add(1);
+                }
                 let attempt = e.failures;
                 let retry_in =
                     retry_delay(&self.p.retry, self.p.retry.initial, attempt, &mut self.rng);

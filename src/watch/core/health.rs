@@ -102,6 +102,17 @@ impl Health {
         }
     }
 
+    /// `accio flush`: while down, the next probe may start now. Whether it was down.
+    pub fn probe_now(&mut self, now: Instant) -> bool {
+        match &mut self.state {
+            State::Up => false,
+            State::Down { probe_at, .. } => {
+                *probe_at = now.min(*probe_at);
+                true
+            }
+        }
+    }
+
     /// While down: since when, why, and when the next probe may start.
     pub fn outage(&self) -> Option<Outage<'_>> {
         match &self.state {

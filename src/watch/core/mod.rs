@@ -126,6 +126,15 @@ pub fn retry_delay(
     half + Duration::from_nanos(rng.u64(0..=spread))
 }
 
+/// What [`Core::flush`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Destinations that were down: their next probe is due now.
+    pub probed: usize,
+    /// Files that were backing off after a failed attempt: ready now.
+    pub files: usize,
+}
+
 /// The state of every name, lane and directory.
 pub struct Core {
     p: Params,
@@ -394,6 +403,42 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// `accio flush` (like `postqueue -f`): for destination `dest` (all if `None`), a
+    /// destination that is down gets its probe now, and its files backing off after a
+    /// failed attempt are ready now. Their failed attempts still count: a flush only
+    /// shortens the wait.
+    pub fn flush(&mut self, now: Instant, dest: Option<usize>) -> Flushed {
+        self.advance(now);
+        let now = self.now;
+        let mine = |d: usize| dest.map_or(true, |x| x == d);
+        let mut out = Flushed::default();
+        for (i, lane) in self.lanes.lanes.iter_mut().enumerate() {
+            if mine(i) && lane.health.probe_now(now) {
+                out.probed += 1;
+            }
+        }
+        let backing_off: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| {
+                mine(self.watches[k.0].p.dest)
+                    && matches!(
+                        e.state,
+                        State::Waiting {
+                            why: Wait::Backoff { .. },
+                            ..
+                        }
+                    )
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        out.files = backing_off.len();
+        for k in backing_off {
+            self.make_ready(&k, false);
+        }
+        out
     }
 
     /// Timers due at `now` fire: settle times, backoffs, writer checks, rescans.

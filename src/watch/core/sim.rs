@@ -1327,3 +1327,106 @@ proptest! {
         run_ops(&ops, true, 4);
     }
 }
+
+/// Params where a retry or a probe waits an hour: only a flush makes anything go sooner.
+fn patient(watches: &[usize], dests: usize) -> Params {
+    let mut p = params(watches, dests, 8, 8, 100);
+    p.retry.initial = Duration::from_secs(3600);
+    p.retry.max = Duration::from_secs(3600);
+    p
+}
+
+#[test]
+fn a_flush_retries_backing_off_files_and_probes_down_destinations_now() {
+    // Watch 0 → dest 0, watch 1 → dest 1.
+    let mut s = Sim::new(patient(&[0, 1], 2), true);
+    s.rename_in(0, "fails");
+    s.finish(0, Verdict::Fail);
+    s.down.insert(1);
+    s.rename_in(1, "down");
+    s.finish_all(Verdict::Deliver);
+    s.step(Duration::from_secs(5));
+    assert!(s.running.is_empty(), "both wait an hour");
+
+    // Only destination 1: its probe goes now; the other file keeps waiting.
+    let before = s.starts.len();
+    let f = s.core.flush(s.now(), Some(1));
+    assert_eq!((f.probed, f.files), (1, 0));
+    s.pump();
+    assert_eq!(s.started_keys()[before..], [(1, "down".to_string())]);
+    s.down.clear();
+    s.finish_all(Verdict::Deliver);
+    assert_eq!(s.delivered.len(), 1);
+
+    // All: the file backing off is ready now, its failed attempt still counted.
+    let f = s.core.flush(s.now(), None);
+    assert_eq!((f.probed, f.files), (0, 1));
+    s.pump();
+    assert_eq!(s.running.len(), 1);
+    assert_eq!(s.running[0].start.attempt, 2);
+    assert!(s.drain(Duration::from_secs(1)));
+    assert_eq!(s.delivered.len(), 2);
+}
+
+#[test]
+fn running_out_of_descriptors_never_counts_against_the_file() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.rename_in(0, "f");
+    // Far more than max_attempts (3) failures, each for want of a descriptor.
+    for _ in 0..10 {
+        let t0 = s.t;
+        while s.running.is_empty() && s.t < t0 + Duration::from_secs(10) {
+            s.step(Duration::from_millis(100));
+        }
+        let a = s.running.remove(0);
+        assert_eq!(a.start.attempt, 1, "not counted");
+        assert!(!a.start.last);
+        let error = FileError::open(
+            "/spool/f".into(),
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        );
+        assert!(error.service_trouble());
+        assert!(error.to_string().contains("not counted against the file"));
+        s.core.finished(
+            s.now(),
+            a.start.key,
+            Some(Outcome::Failed {
+                error,
+                greeting: None,
+            }),
+        );
+        s.pump();
+    }
+    assert!(s.given_up.is_empty());
+    assert!(s.drain(Duration::from_secs(10)));
+    assert_eq!(s.delivered.len(), 1);
+}
+
+#[test]
+fn a_view_of_one_destination_lists_and_counts_its_files_only() {
+    // Watch 0 → dest 0, watch 1 → dest 1; both down, so every file waits.
+    let mut s = Sim::new(patient(&[0, 1], 2), true);
+    s.down.extend([0, 1]);
+    for i in 0..5 {
+        s.rename_in(0, &format!("a{i}"));
+        s.advance(10 * MS);
+    }
+    for i in 0..3 {
+        s.rename_in(1, &format!("b{i}"));
+        s.advance(10 * MS);
+    }
+    s.finish_all(Verdict::Deliver);
+    let v = s.core.view_of(s.now(), 0.0, 2, Some(1));
+    assert_eq!(v.waiting_total, 3);
+    assert_eq!(v.waiting.len(), 2);
+    assert!(
+        v.waiting.iter().all(|(k, _, _)| k.0 == 1),
+        "{:?}",
+        v.waiting
+    );
+    let all = s.core.view(s.now(), 0.0, 100);
+    assert_eq!((all.waiting_total, all.waiting.len()), (8, 8));
+    // Oldest first.
+    let ages: Vec<f64> = all.waiting.iter().map(|(_, age, _)| *age).collect();
+    assert!(ages.windows(2).all(|w| w[0] > w[1]), "{ages:?}");
+}

@@ -37,12 +37,21 @@ impl Waiting {
         self.0[w].first().map(|(t, _)| *t)
     }
 
-    /// The `n` oldest waiting files of all watches, oldest first (then by key).
-    fn oldest_n(&self, n: usize) -> Vec<(Instant, Key)> {
+    /// How many files of the watches `mine` says wait.
+    fn count(&self, mine: &dyn Fn(usize) -> bool) -> usize {
+        (0..self.0.len())
+            .filter(|w| mine(*w))
+            .map(|w| self.0[w].len())
+            .sum()
+    }
+
+    /// The `n` oldest waiting files of the watches `mine` says, oldest first (then by key).
+    fn oldest_n(&self, n: usize, mine: &dyn Fn(usize) -> bool) -> Vec<(Instant, Key)> {
         let mut all: Vec<(Instant, Key)> = self
             .0
             .iter()
             .enumerate()
+            .filter(|(w, _)| mine(*w))
             .flat_map(|(w, set)| {
                 set.iter()
                     .take(n)
@@ -73,6 +82,9 @@ pub struct CoreView {
     pub watches: Vec<WatchView>,
     /// The oldest waiting files: key, seconds since the core knew of it, why it waits.
     pub waiting: Vec<(Key, f64, Why)>,
+    /// How many held files wait (of the destination asked for): `waiting` is cut to
+    /// `max_waiting` of them.
+    pub waiting_total: u64,
 }
 
 impl Core {
@@ -91,15 +103,37 @@ impl Core {
         &self.lanes.lanes[d].p.name
     }
 
+    /// The destination named `name` (`host:port` as configured), if there is one.
+    pub fn dest_by_name(&self, name: &str) -> Option<usize> {
+        self.lanes.lanes.iter().position(|d| d.p.name == name)
+    }
+
+    /// The names of the destinations, in order.
+    pub fn dest_names(&self) -> impl Iterator<Item = &str> {
+        self.lanes.lanes.iter().map(|d| d.p.name.as_str())
+    }
+
     /// The state of lanes, watches and the oldest waiting files (at most `max_waiting`).
     /// `wall_now`: the time of day now, in seconds since the epoch (for "down since").
     pub fn view(&self, now: Instant, wall_now: f64, max_waiting: usize) -> CoreView {
+        self.view_of(now, wall_now, max_waiting, None)
+    }
+
+    /// [`Core::view`], with the waiting files of destination `dest` only (all if `None`).
+    pub fn view_of(
+        &self,
+        now: Instant,
+        wall_now: f64,
+        max_waiting: usize,
+        dest: Option<usize>,
+    ) -> CoreView {
+        let mine = |w: usize| dest.map_or(true, |d| self.watches[w].p.dest == d);
         let destinations = (0..self.lanes.lanes.len())
             .map(|d| self.destination_view(d, now, wall_now))
             .collect();
         let waiting = self
             .waiting
-            .oldest_n(max_waiting)
+            .oldest_n(max_waiting, &mine)
             .into_iter()
             .filter_map(|(since, k)| {
                 let why = self.why(&k, self.entries.get(&k)?, now);
@@ -128,6 +162,7 @@ impl Core {
             destinations,
             watches,
             waiting,
+            waiting_total: self.waiting.count(&mine) as u64,
         }
     }
 
