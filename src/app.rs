@@ -117,6 +117,7 @@ pub fn run(cli: Cli) -> u8 {
                 &args.port,
                 &args.file,
                 args.confirm.into(),
+                args.limit_rate.and_then(|r| r.0),
                 timeouts,
             ))
             .map(drop)

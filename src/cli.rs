@@ -81,8 +81,21 @@ pub struct SendArgs {
     /// file ("acked" trusts the server's kernel, not its disk).
     #[arg(long, value_enum, default_value_t = ConfirmArg::Close)]
     pub confirm: ConfirmArg,
+    /// Send at most RATE bytes per second, as curl's option: "500K", "2M", "2MiB/s" (K =
+    /// 1024; a bare number is bytes per second), or "off".
+    #[arg(long, value_name = "RATE", value_parser = limit_rate)]
+    pub limit_rate: Option<LimitRate>,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+}
+
+/// `--limit-rate`: a [`crate::rate::Rate`] (a newtype: clap reads `Option<Option<_>>` as
+/// an option with an optional value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitRate(pub crate::rate::Rate);
+
+fn limit_rate(s: &str) -> Result<LimitRate, String> {
+    crate::rate::parse_rate(s).map(LimitRate)
 }
 
 /// `--confirm`: the command line's name for [`crate::protocol::Confirm`].

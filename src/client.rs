@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::protocol::{self, Confirm, ProtocolError, Timeouts};
+use crate::rate::Pacer;
 
 /// Why a PORT argument or config value is not a port.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -307,6 +308,10 @@ pub struct Uploaded {
 /// (zero-copy where possible), half-close and wait for the confirmation `confirm` asks for
 /// (the server's close, or with [`Confirm::Acked`] the acknowledgement of everything we sent).
 ///
+/// `pacer`, when given, paces the content to the bandwidth limits that apply (see
+/// [`crate::rate`]); waiting for it never counts as a stall. Afterwards
+/// [`Pacer::waited`] tells whether a limit bound this upload.
+///
 /// `before_close` runs after the content was sent and before the half-close; returning an
 /// error from it aborts the connection with a reset so the server does not take the partial
 /// or changed content as complete (the spool service checks the file did not change).
@@ -320,6 +325,7 @@ pub async fn upload<E>(
     confirm: Confirm,
     file: &std::fs::File,
     timeouts: &Timeouts,
+    pacer: Option<&mut Pacer>,
     progress: &mut (dyn FnMut(u64) + Send),
     before_close: impl FnOnce(u64) -> Result<(), E>,
 ) -> Result<Uploaded, UploadError<E>> {
@@ -334,14 +340,27 @@ pub async fn upload<E>(
         return Err(proto(e).into());
     }
     let greeting = started.elapsed();
-    let sent =
-        match protocol::send_file_zero_copy(file, &mut stream, timeouts.stall, progress).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                protocol::abort(stream);
-                return Err(proto(e).into());
-            }
-        };
+    let mut pacer = pacer;
+    let body = protocol::send_file(
+        file,
+        &mut stream,
+        timeouts.stall,
+        pacer.as_deref_mut(),
+        progress,
+    )
+    .await;
+    // The body is out: this upload no longer shares the limits with the others while it
+    // waits for its confirmation.
+    if let Some(p) = pacer {
+        p.leave();
+    }
+    let sent = match body {
+        Ok(sent) => sent,
+        Err(e) => {
+            protocol::abort(stream);
+            return Err(proto(e).into());
+        }
+    };
     if let Err(e) = before_close(sent) {
         protocol::abort(stream);
         return Err(UploadError::Rejected(e));

@@ -96,6 +96,8 @@ struct Process {
     reported: watch::Reported,
     /// Where the control socket and the metrics endpoint ask for the current [`View`].
     views: ViewHandle,
+    /// Bandwidth limits: each pipeline sets them to its configuration's.
+    rates: Arc<crate::rate::Rates>,
 }
 
 /// One running pipeline.
@@ -118,6 +120,7 @@ impl Pipeline {
             Some(tx),
             p.reported.clone(),
             Some(views_rx),
+            p.rates.clone(),
             Arc::new(watch::queue::Fs),
         ));
         if rx.await.is_ok() {
@@ -152,6 +155,7 @@ async fn service(config: Config, path: PathBuf, log: LogControl) -> Result<(), F
         metrics: Arc::new(Metrics::default()),
         reported: watch::Reported::default(),
         views: ViewHandle::default(),
+        rates: Arc::default(),
     };
     // The control socket and metrics listener first: `accio status` answers "starting"
     // rather than "not running" while the backlog is being listed.

@@ -19,8 +19,9 @@
 //!   of failure ended a command); [`client`], resolving and connecting within the connect
 //!   timeout and one whole upload of an open file; [`protocol`], the client side of the
 //!   protocol over any async stream (wait for `accio\r\n`, stream the content, half-close,
-//!   wait for the server's close; no files, no policy); [`files`], filesystem calls std does
-//!   not have; [`esc`], paths escaped for log lines.
+//!   wait for the server's close; no files, no policy); [`rate`], bandwidth limits (rates,
+//!   timetables, the grants that pace a body); [`files`], filesystem calls std does not
+//!   have; [`esc`], paths escaped for log lines.
 
 pub mod app;
 pub mod cli;
@@ -36,6 +37,7 @@ pub mod man;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;
+pub mod rate;
 pub mod send;
 pub mod serve;
 pub mod signals;

@@ -591,6 +591,23 @@ fn register_state(r: &mut Registry, v: &View) {
         baseline,
     );
 
+    // Only the limits in force now: no series is "no limit" (0 would read as "nothing may
+    // be sent"). `*` is the whole service's.
+    let rate: Family<DestinationLabel, Gauge> = Family::default();
+    for l in &v.rates {
+        if let Some(bps) = l.bytes_per_second {
+            rate.get_or_create(&DestinationLabel {
+                destination: l.scope.clone(),
+            })
+            .set(clamp(bps));
+        }
+    }
+    r.register(
+        "rate_limit_bytes_per_second",
+        "Bandwidth limit in force, by destination (`*`: all uploads of the service together); absent while none is",
+        rate,
+    );
+
     let totals: Gauge = Gauge::default();
     totals.set(clamp(v.totals.destinations_down));
     r.register("destinations_down", "Destinations currently down", totals);
@@ -690,5 +707,20 @@ mod tests {
         assert!(with.contains("accio_special_entries{watch=\"/s/out\"} 3\n"));
         assert!(with.contains("accio_destination_up{destination=\"h:1\"} 0\n"));
         assert!(with.contains("accio_uploads_in_flight{destination=\"h:1\"} 1\n"));
+        assert!(
+            !with.contains("accio_rate_limit_bytes_per_second{"),
+            "{with}"
+        );
+        let limited = View {
+            rates: vec![crate::rate::RateView {
+                scope: "h:1".into(),
+                bytes_per_second: Some(4 << 20),
+                ..Default::default()
+            }],
+            ..view
+        };
+        assert!(m
+            .encode(Some(&limited), None)
+            .contains("accio_rate_limit_bytes_per_second{destination=\"h:1\"} 4194304\n"));
     }
 }

@@ -8,6 +8,8 @@
 //!    rejected at once; no byte for the handshake timeout is an error.
 //! 2. [`send_body`] (any stream) or [`send_file_zero_copy`] (a TCP socket and a file): the
 //!    content, and nothing else. Not being able to write for the stall timeout is an error.
+//!    Their paced forms ([`send_body_paced`], [`send_file`]) send no more than a
+//!    [`Pacer`] grants; waiting for a grant is not stalling.
 //! 3. [`finish_tcp`] (a TCP socket: it reads the kernel's send queue and TCP state):
 //!    half-close, then wait (bounded) for the confirmation. By default ([`Confirm::Close`])
 //!    that is the server's close; with [`Confirm::Acked`] it is the server's TCP
@@ -22,6 +24,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
+
+use crate::rate::{Grant, Pacer};
 
 /// The command the server sends before the client may send anything.
 pub const COMMAND: &[u8; 7] = b"accio\r\n";
@@ -233,7 +237,28 @@ pub async fn send_body<R, S>(
     reader: &mut R,
     stream: &mut S,
     stall: Duration,
+    sent: u64,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<u64, ProtocolError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    S: AsyncWrite + Unpin + ?Sized,
+{
+    send_body_paced(reader, stream, stall, sent, None, progress).await
+}
+
+/// [`send_body`], reading no more than `pacer` grants before each write. The stall
+/// timeout bounds each write only, never the wait for a grant: a paced upload is not a
+/// stalled one.
+///
+/// # Errors
+/// As [`send_body`].
+pub async fn send_body_paced<R, S>(
+    reader: &mut R,
+    stream: &mut S,
+    stall: Duration,
     mut sent: u64,
+    mut pacer: Option<&mut Pacer>,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<u64, ProtocolError>
 where
@@ -242,8 +267,16 @@ where
 {
     let mut buf = vec![0u8; COPY_BUF];
     loop {
+        // The size of the file is not known here: grants are asked for a buffer's worth.
+        let want = match pacer.as_deref_mut() {
+            None => COPY_BUF,
+            Some(p) => match p.grant(COPY_BUF as u64).await {
+                Grant::Unlimited => COPY_BUF,
+                Grant::Bytes(n) => usize::try_from(n).unwrap_or(COPY_BUF).min(COPY_BUF),
+            },
+        };
         let n = reader
-            .read(&mut buf)
+            .read(&mut buf[..want])
             .await
             .map_err(|source| ProtocolError::FileIo { sent, source })?;
         if n == 0 {
@@ -285,10 +318,54 @@ pub async fn send_file_zero_copy(
     stall: Duration,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<u64, ProtocolError> {
+    send_file(file, stream, stall, None, progress).await
+}
+
+/// [`send_file_zero_copy`] under a bandwidth limit: each `sendfile` call asks for no more
+/// than `pacer` granted (still zero-copy, in chunks the size of the grants). Without a
+/// pacer, or while no limit applies, the calls are as large as the unlimited path's. The
+/// stall timeout bounds the waits for the socket to take data, never the waits for a grant.
+///
+/// # Errors
+/// As [`send_body`].
+pub async fn send_file(
+    file: &std::fs::File,
+    stream: &mut TcpStream,
+    stall: Duration,
+    mut pacer: Option<&mut Pacer>,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<u64, ProtocolError> {
     let file_fd = file.as_raw_fd();
     let sock_fd = stream.as_raw_fd();
     let mut sent: u64 = 0;
+    // Paced only: bytes granted and not sent yet, and the file's size (grants are asked
+    // for what is left, so a small file does not reserve a whole share of the link).
+    let mut credit: u64 = 0;
+    let size_now = || file.metadata().map_or(u64::MAX, |m| m.len());
+    let mut size = if pacer.is_some() { size_now() } else { 0 };
     loop {
+        let count = match pacer.as_deref_mut() {
+            None => SENDFILE_CHUNK,
+            Some(_) if credit > 0 => usize::try_from(credit).unwrap_or(SENDFILE_CHUNK),
+            Some(p) => {
+                if sent >= size {
+                    // All of it, unless it grew meanwhile (a file that changed is refused
+                    // after sending anyway; this only ends the body at its end).
+                    size = size_now();
+                    if sent >= size {
+                        return Ok(sent);
+                    }
+                }
+                match p.grant(size - sent).await {
+                    Grant::Unlimited => SENDFILE_CHUNK,
+                    Grant::Bytes(n) => {
+                        credit = n;
+                        usize::try_from(n).unwrap_or(SENDFILE_CHUNK)
+                    }
+                }
+            }
+        }
+        .min(SENDFILE_CHUNK);
         let ready = timeout(stall, stream.ready(Interest::WRITABLE)).await;
         match ready {
             Err(_) => return Err(ProtocolError::Stall(stall)),
@@ -299,7 +376,7 @@ pub async fn send_file_zero_copy(
             let mut offset = sent as libc::off_t;
             // SAFETY: both descriptors are open for the duration of the call (borrowed
             // above), and `offset` is a valid pointer to a local.
-            let n = unsafe { libc::sendfile(sock_fd, file_fd, &mut offset, SENDFILE_CHUNK) };
+            let n = unsafe { libc::sendfile(sock_fd, file_fd, &mut offset, count) };
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
@@ -310,6 +387,7 @@ pub async fn send_file_zero_copy(
             Ok(0) => return Ok(sent),
             Ok(n) => {
                 sent += n as u64;
+                credit = credit.saturating_sub(n as u64);
                 progress(sent);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -324,7 +402,7 @@ pub async fn send_file_zero_copy(
                     .try_clone()
                     .map_err(|source| ProtocolError::FileIo { sent, source })?;
                 let mut reader = tokio::fs::File::from_std(dup);
-                return send_body(&mut reader, stream, stall, 0, progress).await;
+                return send_body_paced(&mut reader, stream, stall, 0, pacer, progress).await;
             }
             Err(e) if is_file_error(&e) => {
                 return Err(ProtocolError::FileIo { sent, source: e });

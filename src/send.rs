@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -12,11 +13,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::client::{self, Destination};
 use crate::exit::{Failed, Kind};
 use crate::protocol::{Confirm, Timeouts};
+use crate::rate::{Limiter, Pacer, Rate};
 
 /// Files at least this large get a progress bar, when stderr is a terminal.
 const PROGRESS_MIN_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Runs one send. Returns the number of bytes delivered.
+/// Runs one send, at most `limit` bytes per second (`--limit-rate`). Returns the number of
+/// bytes delivered.
 ///
 /// # Errors
 /// [`Failed`] of kind usage (bad port), file, resolve, connect, handshake or transfer.
@@ -25,6 +28,7 @@ pub async fn run(
     port: &str,
     file: &Path,
     confirm: Confirm,
+    limit: Rate,
     timeouts: Timeouts,
 ) -> Result<u64, Failed> {
     let port = client::parse_port(port).map_err(|e| Failed::new(Kind::Usage, e))?;
@@ -44,11 +48,14 @@ pub async fn run(
             bar.set_position(sent);
         }
     };
+    // `--limit-rate`: a limit of its own; without it, no pacer at all (the unlimited path).
+    let mut pacer = limit.map(|r| Pacer::new(vec![Arc::new(Limiter::new(Some(r)))]));
     let result = client::upload::<std::convert::Infallible>(
         &dest,
         confirm,
         &file_handle,
         &timeouts,
+        pacer.as_mut(),
         &mut on_progress,
         |_| Ok(()),
     )

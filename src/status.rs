@@ -134,6 +134,10 @@ pub struct View {
     /// asked for. The service runs on the configuration it had.
     #[serde(default)]
     pub reload_refused: Option<String>,
+    /// The bandwidth limits configured, with the rate in force now (`*`: the whole
+    /// service).
+    #[serde(default)]
+    pub rates: Vec<crate::rate::RateView>,
 }
 
 /// One destination: a `(host, port)` that watches send to.

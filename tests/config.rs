@@ -476,11 +476,11 @@ on_success = "delete"
 /// the temporary directory; the file is `@/accio.toml`.
 const GOLDEN: &[(&str, &str)] = &[
     ("concurency = 4\n$S$W",
-     "ERROR: @/accio.toml:1: key `concurency`: unknown key (did you mean `concurrency`?); allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, strict_modes, watch"),
+     "ERROR: @/accio.toml:1: key `concurency`: unknown key (did you mean `concurrency`?); allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, max_rate, rate_schedule, strict_modes, watch"),
     ("$S$Wdne_dir = \"@/done\"\n",
      "ERROR: @/accio.toml:8: key `watch[0].dne_dir`: unknown key (did you mean `done_dir`?); allowed here: dir, done_dir, failed_dir, on_success, server, include, exclude, settle, rescan_interval"),
     ("[server]\nhost = \"h\"\nport = 1\nuser = \"x\"\n$W",
-     "ERROR: @/accio.toml:4: key `server.user`: unknown key; allowed here: host, port, concurrency, adaptive, confirm"),
+     "ERROR: @/accio.toml:4: key `server.user`: unknown key; allowed here: host, port, concurrency, adaptive, confirm, max_rate, rate_schedule"),
     ("$S[timeouts]\nconect = \"1s\"\n$W",
      "ERROR: @/accio.toml:5: key `timeouts.conect`: unknown key (did you mean `connect`?); allowed here: connect, handshake, stall, close"),
     ("$S[retry]\nmaximum = \"1s\"\n$W",
@@ -488,7 +488,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("$S[metrics]\nport = 9187\n$W",
      "ERROR: @/accio.toml:5: key `metrics.port`: unknown key; allowed here: listen"),
     ("$S$Wserver = { host = \"h\", port = 1, limit = 3 }\n",
-     "ERROR: @/accio.toml:8: key `watch[0].server.limit`: unknown key; allowed here: host, port, concurrency, adaptive, confirm"),
+     "ERROR: @/accio.toml:8: key `watch[0].server.limit`: unknown key; allowed here: host, port, concurrency, adaptive, confirm, max_rate, rate_schedule"),
     ("$S$Wretry.max = \"1s\"\n",
      "ERROR: @/accio.toml:8: key `watch[0].retry`: unknown key; allowed here: dir, done_dir, failed_dir, on_success, server, include, exclude, settle, rescan_interval"),
     ("concurrency = \"4\"\n$S$W",
@@ -632,7 +632,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("$S[[watch]]\ndir = 1979-05-27\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
      "ERROR: @/accio.toml:5: key `watch[0].dir`: expected a string, found a date-time (1979-05-27)"),
     ("server.hots = \"h\"\nserver.port = 1\n$W",
-     "ERROR: @/accio.toml:1: key `server.hots`: unknown key (did you mean `host`?); allowed here: host, port, concurrency, adaptive, confirm"),
+     "ERROR: @/accio.toml:1: key `server.hots`: unknown key (did you mean `host`?); allowed here: host, port, concurrency, adaptive, confirm, max_rate, rate_schedule"),
     ("$S$Won_success = true\n",
      "ERROR: @/accio.toml:8: key `watch[0].on_success`: expected a string, found true"),
     ("watch = [{ dir = \"@/spool\", failed_dir = \"@/failed\" }]\n$S",
@@ -642,13 +642,13 @@ const GOLDEN: &[(&str, &str)] = &[
     ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/done-link\"\n",
      "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to the same directory as done_dir (@/done); delivered and failed files must be told apart"),
     ("\"con`cur, expected `x`\" = 1\n$S$W",
-     "ERROR: @/accio.toml:1: key `con`cur, expected `x``: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, strict_modes, watch"),
+     "ERROR: @/accio.toml:1: key `con`cur, expected `x``: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, max_rate, rate_schedule, strict_modes, watch"),
     ("$S$Won_success = \"mo`ve`, expected `x\"\n",
      "ERROR: @/accio.toml:8: key `watch[0].on_success`: \"mo`ve`, expected `x\" is not an option; expected \"move\" or \"delete\""),
     ("concurrency = \"4, expected x\"\n$S$W",
      "ERROR: @/accio.toml:1: key `concurrency`: expected an integer, found a string (\"4, expected x\")"),
     ("\"a\\nb\" = 1\n$S$W",
-     "ERROR: @/accio.toml:1: key `a\\nb`: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, strict_modes, watch"),
+     "ERROR: @/accio.toml:1: key `a\\nb`: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, max_rate, rate_schedule, strict_modes, watch"),
 ];
 
 #[test]

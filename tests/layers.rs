@@ -17,7 +17,7 @@ const LAYERS: &[&str] = &[
     // The service.
     "watch", "systemd", "metrics", "status", "config", "logging", "signals", //
     // Below everything that ends a command or opens a connection.
-    "exit", "client", "protocol", "files", "limits", "esc",
+    "exit", "client", "protocol", "rate", "files", "limits", "esc",
 ];
 
 /// Files of the queue's core: decisions only, no I/O, no clock of their own.

@@ -597,6 +597,7 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
         writer_quiet: accio::config::defaults::WRITER_QUIET,
         stale_after: accio::config::defaults::STALE_AFTER,
         strict_modes: true,
+        rates: accio::config::RateLimits::default(),
     };
     let stats = Arc::new(accio::status::Stats::default());
     let token = tokio_util::sync::CancellationToken::new();

@@ -27,6 +27,7 @@ pub use schema::{defaults, MAX_CONCURRENCY, MAX_DURATION};
 
 use crate::client::Destination;
 use crate::protocol::{Confirm, Timeouts};
+use crate::rate::Policy;
 
 /// Where `accio watch` and `accio check-config` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/accio/accio.toml";
@@ -68,6 +69,18 @@ pub struct Config {
     /// that someone other than root or this user could replace or write into (as
     /// OpenSSH's `StrictModes`).
     pub strict_modes: bool,
+    /// Bandwidth limits: `max_rate` / `rate_schedule`, top-level and per destination.
+    pub rates: RateLimits,
+}
+
+/// The bandwidth limits of a configuration (see [`crate::rate`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    /// All uploads of the service together (top-level `max_rate` / `rate_schedule`).
+    pub all: Policy,
+    /// Each destination's uploads together (its server's `max_rate` / `rate_schedule`),
+    /// once per destination; destinations without a limit are listed as unlimited.
+    pub destinations: Vec<(Destination, Policy)>,
 }
 
 /// Exponential backoff with jitter, then give up.

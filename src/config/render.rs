@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::{Config, OnSuccess};
+use crate::rate::{format_rate, format_time_of_day, Policy};
 
 fn s(v: &str) -> String {
     toml::Value::String(v.to_string()).to_string()
@@ -18,6 +19,29 @@ fn d(v: Duration) -> String {
 fn list(v: &[String]) -> String {
     let items: Vec<String> = v.iter().map(|g| s(g)).collect();
     format!("[{}]", items.join(", "))
+}
+
+/// A limit as its key and value (`max_rate = "4MiB/s"`, `rate_schedule = [...]`); `None`
+/// for no limit.
+fn limit(p: &Policy) -> Option<String> {
+    match p {
+        Policy::Unlimited => None,
+        Policy::Fixed(r) => Some(format!("max_rate = {}", s(&format_rate(Some(*r))))),
+        Policy::Schedule(t) => {
+            let entries: Vec<String> = t
+                .entries()
+                .iter()
+                .map(|(at, r)| {
+                    format!(
+                        "{{ at = {}, rate = {} }}",
+                        s(&format_time_of_day(*at)),
+                        s(&format_rate(*r))
+                    )
+                })
+                .collect();
+            Some(format!("rate_schedule = [{}]", entries.join(", ")))
+        }
+    }
 }
 
 /// Renders a config as TOML.
@@ -46,6 +70,10 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
     writeln!(o, "writer_quiet = {}", d(c.writer_quiet))?;
     writeln!(o, "stale_after = {}", d(c.stale_after))?;
     writeln!(o, "strict_modes = {}", c.strict_modes)?;
+    match limit(&c.rates.all) {
+        Some(l) => writeln!(o, "{l}")?,
+        None => writeln!(o, "# max_rate: not set, no limit for the whole service")?,
+    }
     writeln!(o, "\n[timeouts]")?;
     writeln!(o, "connect = {}", d(c.timeouts.connect))?;
     writeln!(o, "handshake = {}", d(c.timeouts.handshake))?;
@@ -73,9 +101,16 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
         };
         writeln!(o, "on_success = {}", s(on_success))?;
         let cap = w.server_concurrency.unwrap_or(c.concurrency);
+        let rate = c
+            .rates
+            .destinations
+            .iter()
+            .find(|(d, _)| *d == w.server)
+            .and_then(|(_, p)| limit(p))
+            .map_or_else(String::new, |l| format!(", {l}"));
         writeln!(
             o,
-            "server = {{ host = {}, port = {}, concurrency = {cap}, adaptive = {}, confirm = {} }}",
+            "server = {{ host = {}, port = {}, concurrency = {cap}, adaptive = {}, confirm = {}{rate} }}",
             s(&w.server.host),
             w.server.port,
             w.adaptive,

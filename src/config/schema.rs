@@ -13,10 +13,12 @@ use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
 
 use super::{
-    compile_glob, Config, ConfigError, OnSuccess, RetryPolicy, WatchConfig, DEFAULT_EXCLUDE,
+    compile_glob, Config, ConfigError, OnSuccess, RateLimits, RetryPolicy, WatchConfig,
+    DEFAULT_EXCLUDE,
 };
 use crate::client::{parse_port, Destination};
 use crate::protocol::{Confirm, Timeouts};
+use crate::rate::{self, Policy, Rate, Schedule};
 
 /// Defaults of optional keys, shown in `config/accio.toml` and by `check-config`.
 pub mod defaults {
@@ -81,6 +83,8 @@ pub(crate) struct File {
     metrics: Option<Metrics>,
     writer_quiet: Option<Dur<false>>,
     stale_after: Option<Dur<false>>,
+    max_rate: Option<Spanned<RateT>>,
+    rate_schedule: Option<Spanned<ScheduleT>>,
     strict_modes: Option<bool>,
     watch: Watches,
 }
@@ -95,6 +99,8 @@ struct Server {
     concurrency: Option<Ranged<1, MAX_CONCURRENCY>>,
     adaptive: Option<bool>,
     confirm: Option<Confirm>,
+    max_rate: Option<Spanned<RateT>>,
+    rate_schedule: Option<Spanned<ScheduleT>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -335,6 +341,80 @@ from_string!(Listen, |s| {
     Ok(Listen(addr))
 });
 
+/// A bandwidth limit (`max_rate`, a timetable's `rate`): a string as
+/// [`crate::rate::parse_rate`] reads it (`"4MiB/s"`, `"500K"`, `"off"`), or an integer
+/// number of bytes per second.
+#[derive(Clone, Copy)]
+struct RateT(Rate);
+
+impl<'de> Deserialize<'de> for RateT {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RateT;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(rate::RATE_FORMS)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RateT, E> {
+                rate::parse_rate(s).map(RateT).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<RateT, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RateT, E> {
+                self.visit_str(&n.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A time of day, `"HH:MM"`, local time.
+#[derive(Clone, Copy)]
+struct TimeOfDay(u32);
+from_string!(TimeOfDay, |s| rate::parse_time_of_day(&s).map(TimeOfDay));
+
+/// One entry of a timetable.
+#[derive(serde::Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct ScheduleEntry {
+    at: TimeOfDay,
+    rate: RateT,
+}
+
+/// `rate_schedule = [{ at = "08:00", rate = "1MiB/s" }, ...]`: rclone's timetable.
+#[derive(Clone)]
+struct ScheduleT(Schedule);
+
+impl<'de> Deserialize<'de> for ScheduleT {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = Vec::<ScheduleEntry>::deserialize(d)?;
+        Schedule::new(entries.into_iter().map(|e| (e.at.0, e.rate.0)).collect())
+            .map(ScheduleT)
+            .map_err(|(i, why)| de::Error::custom(format!("entry {i}: {why}")))
+    }
+}
+
+/// The limit set by `max_rate` or `rate_schedule` at one level (`key` its prefix, e.g.
+/// `""`, `"server."`); both at once is refused: which would win is not obvious.
+fn policy(
+    cx: &Ctx,
+    prefix: &str,
+    max_rate: Option<&Spanned<RateT>>,
+    schedule: Option<&Spanned<ScheduleT>>,
+) -> Checked<Policy> {
+    match (max_rate, schedule) {
+        (Some(_), Some(s)) => Err(cx.err(
+            &s.span(),
+            &format!("{prefix}rate_schedule"),
+            format!("set together with {prefix}max_rate; use one: a fixed max_rate, or a rate_schedule (whose entries may be \"off\")"),
+        )),
+        (Some(r), None) => Ok(Policy::of_rate(r.get_ref().0)),
+        (None, Some(s)) => Ok(Policy::Schedule(s.get_ref().0.clone())),
+        (None, None) => Ok(Policy::Unlimited),
+    }
+}
+
 /// `[[watch]]` tables: an array with at least one. Its own visitor, so that `[watch]` (a
 /// table) is refused with the fix.
 struct Watches(Vec<Spanned<Watch>>);
@@ -427,10 +507,36 @@ impl File {
         };
         let retry = self.retry.map_or(Ok(default_retry()), |r| retry(cx, r))?;
 
+        let all = policy(cx, "", self.max_rate.as_ref(), self.rate_schedule.as_ref())?;
+        if let Some(top) = &self.server {
+            // Checked here too: a [server] that every watch overrides is still read.
+            policy(
+                cx,
+                "server.",
+                top.max_rate.as_ref(),
+                top.rate_schedule.as_ref(),
+            )?;
+        }
         let mut watches = Vec::new();
         let mut watch_spans = Vec::new();
+        let mut destinations: Vec<(Destination, Policy)> = Vec::new();
         for (i, w) in self.watch.0.into_iter().enumerate() {
-            let (w, spans) = watch(cx, i, w, self.server.as_ref())?;
+            let (w, spans, limit) = watch(cx, i, w, self.server.as_ref())?;
+            // Watches that send to one server share its limit: they must agree on it.
+            match destinations.iter().position(|(d, _)| *d == w.server) {
+                Some(j) if destinations[j].1 != limit => {
+                    return Err(cx.err(
+                        &spans.server,
+                        &format!("watch[{i}].server"),
+                        format!(
+                            "{} is also the server of an earlier watch with another max_rate or rate_schedule; watches that send to one server share its limit, so give them the same",
+                            w.server
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => destinations.push((w.server.clone(), limit)),
+            }
             watches.push(w);
             watch_spans.push(spans);
         }
@@ -457,6 +563,7 @@ impl File {
                 metrics_listen: self.metrics.and_then(|m| m.listen).map(|l| l.0),
                 writer_quiet: dur(self.writer_quiet, defaults::WRITER_QUIET),
                 stale_after: dur(self.stale_after, defaults::STALE_AFTER),
+                rates: RateLimits { all, destinations },
                 strict_modes: self.strict_modes.unwrap_or(true),
             },
             watch_spans,
@@ -503,7 +610,7 @@ fn watch(
     i: usize,
     w: Spanned<Watch>,
     default_server: Option<&Server>,
-) -> Checked<(WatchConfig, WatchSpans)> {
+) -> Checked<(WatchConfig, WatchSpans, Policy)> {
     let key = |name: &str| format!("watch[{i}].{name}");
     let span = w.span();
     let w = w.into_inner();
@@ -533,6 +640,12 @@ fn watch(
                 own.concurrency = own.concurrency.or(top.concurrency);
                 own.adaptive = own.adaptive.or(top.adaptive);
                 own.confirm = own.confirm.or(top.confirm);
+                // The limit as a whole: a watch's own max_rate or rate_schedule replaces
+                // [server]'s, either one.
+                if own.max_rate.is_none() && own.rate_schedule.is_none() {
+                    own.max_rate = top.max_rate.clone();
+                    own.rate_schedule = top.rate_schedule.clone();
+                }
             }
             own
         }
@@ -556,6 +669,12 @@ fn watch(
         None => defaults::INCLUDE.iter().map(|s| s.to_string()).collect(),
     };
 
+    let limit = policy(
+        cx,
+        &key("server."),
+        server.max_rate.as_ref(),
+        server.rate_schedule.as_ref(),
+    )?;
     let spans = WatchSpans {
         server: server.host.span(),
         dir: w.dir.span(),
@@ -599,6 +718,7 @@ fn watch(
             rescan_interval: dur(w.rescan_interval, defaults::RESCAN_INTERVAL),
         },
         spans,
+        limit,
     ))
 }
 

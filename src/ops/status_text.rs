@@ -42,6 +42,24 @@ fn write_view(o: &mut String, v: &View, only: Option<&str>) -> std::fmt::Result 
             writeln!(o, "  {}", destination(d))?;
         }
     }
+    if !v.rates.is_empty() {
+        writeln!(o, "\nbandwidth limits:")?;
+        for r in &v.rates {
+            let scope = if r.scope == crate::rate::ALL {
+                "all uploads"
+            } else {
+                &r.scope
+            };
+            let now = crate::rate::format_rate(r.bytes_per_second);
+            let by = if r.scheduled { " (rate_schedule)" } else { "" };
+            writeln!(
+                o,
+                "  {scope}: {now}{by}, {} uploads sharing it, waited {} in all",
+                r.active,
+                secs(r.waited_s as f64)
+            )?;
+        }
+    }
     if !v.watches.is_empty() {
         writeln!(o, "\nwatches:")?;
         for w in v.watches.iter().filter(|w| mine(&w.destination)) {
@@ -241,8 +259,21 @@ mod tests {
             }],
             waiting_total: Some(3),
             reload_refused: Some("bad.toml: line 1: oops".into()),
+            rates: vec![crate::rate::RateView {
+                scope: crate::rate::ALL.into(),
+                bytes_per_second: Some(4 << 20),
+                scheduled: true,
+                active: 3,
+                waited_s: 12,
+            }],
         };
         let t = render(&v);
+        assert!(
+            t.contains(
+                "  all uploads: 4MiB/s (rate_schedule), 3 uploads sharing it, waited 12s in all\n"
+            ),
+            "{t}"
+        );
         assert!(
             t.contains("\nreload refused: bad.toml: line 1: oops; still running"),
             "{t}"

@@ -55,4 +55,7 @@ pub struct Shared {
     /// Event metrics (deliveries, attempts, give-ups); one per process, across reloads.
     pub metrics: Arc<Metrics>,
     pub syncer: Arc<disposition::Syncer>,
+    /// Bandwidth limits; one per process, across reloads (uploads in flight take a new
+    /// configuration's limits too).
+    pub rates: Arc<crate::rate::Rates>,
 }

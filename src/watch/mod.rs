@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NameFilter};
 use crate::metrics::Metrics;
+use crate::rate::Rates;
 use crate::status::Stats;
 
 use crate::esc::esc;
@@ -65,6 +66,7 @@ pub async fn run(
         ready,
         Reported::default(),
         None,
+        Arc::default(),
         Arc::new(queue::Fs),
     )
     .await
@@ -72,11 +74,14 @@ pub async fn run(
 
 /// [`run`], recording events into the process's `metrics`, sharing the set of special
 /// entries already reported with earlier pipelines of the same process (see [`Reported`]),
-/// and inspecting the spools through `spool` ([`queue::Fs`], or a test's seam).
+/// with the process's bandwidth limits (`rates`, set to this configuration's), and
+/// inspecting the spools through `spool` ([`queue::Fs`], or a test's seam).
 ///
 /// # Errors
 /// As [`run`].
-#[allow(clippy::too_many_arguments)] // each is the caller's own; a struct would only wrap them
+// Each argument is one thing the process keeps across reloads, or the caller's own seam; a
+// struct of them would only be unpacked again here.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_with(
     config: Config,
     stats: Arc<Stats>,
@@ -85,6 +90,7 @@ pub async fn run_with(
     ready: Option<oneshot::Sender<()>>,
     reported: Reported,
     views: Option<mpsc::Receiver<crate::status::ViewRequest>>,
+    rates: Arc<Rates>,
     spool: Arc<dyn queue::Spool>,
 ) -> Result<(), FatalError> {
     let mut watches = Vec::with_capacity(config.watches.len());
@@ -117,6 +123,7 @@ pub async fn run_with(
         stats: stats.clone(),
         metrics: metrics.clone(),
         syncer: syncer.clone(),
+        rates: rates.clone(),
     });
     let mut spools = Vec::new();
     for w in &watches {
@@ -154,6 +161,17 @@ pub async fn run_with(
         .fetch_add(watches.len() as u64, Ordering::Relaxed);
     let sync_stop = CancellationToken::new();
     let sync_task = tokio::spawn(syncer.clone().run(sync_stop.clone()));
+    rates.configure(
+        config.rates.all.clone(),
+        config
+            .rates
+            .destinations
+            .iter()
+            .map(|(d, p)| (d.to_string(), p.clone()))
+            .collect(),
+        crate::rate::local_time_of_day(),
+    );
+    let rate_task = tokio::spawn(follow_timetables(rates, sync_stop.clone()));
     let restore_task = tokio::spawn(restore_deletions(
         spools,
         syncer.clone(),
@@ -175,7 +193,25 @@ pub async fn run_with(
     sync_stop.cancel();
     let _ = sync_task.await;
     let _ = restore_task.await;
+    let _ = rate_task.await;
     Ok(())
+}
+
+/// Moves the limits along their timetables: every second while any limit has one, so that
+/// an entry takes effect within a second of its time (also after the clock was set).
+/// Without timetables it only waits to be stopped.
+async fn follow_timetables(rates: Arc<Rates>, stop: CancellationToken) {
+    if !rates.scheduled() {
+        return stop.cancelled().await;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => rates.tick(crate::rate::local_time_of_day()),
+        }
+    }
 }
 
 /// Puts back files a crash left hidden by a delete (see

@@ -613,6 +613,7 @@ impl Queue {
             waiting,
             waiting_total: Some(cv.waiting_total),
             reload_refused: self.shared.stats.reload_refused(),
+            rates: self.shared.rates.view(),
         }
     }
 
@@ -942,6 +943,7 @@ settle = "10ms"
             Some(ready),
             super::super::Reported::default(),
             None,
+            Arc::default(),
             spool.clone(),
         ));
         is_ready.await.unwrap();

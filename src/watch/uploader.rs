@@ -104,11 +104,14 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     // right after the greeting, stands for it then.
     let mut greeting: Option<Duration> = None;
     let progress = job.progress.clone();
+    // This destination's limit and the service's (each may be off, now or for good).
+    let mut pacer = sh.rates.pacer(&job.watch.cfg.server.to_string());
     let result = client::upload(
         &job.watch.cfg.server,
         job.watch.cfg.confirm,
         &claim.file,
         &sh.timeouts,
+        Some(&mut pacer),
         &mut |n| {
             if greeting.is_none() {
                 greeting = Some(started.elapsed());

@@ -1,0 +1,545 @@
+//! Bandwidth limits, in one run, against the same discard sink on loopback.
+//!
+//! Run with `cargo bench --bench rate` (or name parts: `-- shared send unlimited small`).
+//! Prints figures; asserts nothing about time.
+//!
+//! - shared: 8 uploads in flight under one 4 MiB/s limit for 20 s (the library's
+//!   `client::upload` with a `rate::Pacer`, as the service runs it): the rate over the whole
+//!   run and over every 2 s window while all 8 are in flight, and each upload's share of each
+//!   window.
+//! - send: `accio send --limit-rate 2MiB/s` of 20 MiB (release binary, whole process): wall
+//!   time (10 s is exact), and CPU per MiB.
+//! - unlimited: `accio send` of 1 GiB against the C-like sendfile client
+//!   (`examples/baseline_client.rs`), interleaved: the floor of benches/send.rs; and CPU per
+//!   MiB, to compare with the limited send's.
+//! - small: 2,000 files of 4 KiB, 4 at a time, without a pacer and under a limit that does
+//!   not bind (1 GiB/s): files per second.
+
+#[path = "../examples/baseline_client.rs"]
+#[allow(dead_code)]
+mod baseline;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use accio::client::{self, Destination};
+use accio::protocol::{Confirm, Timeouts};
+use accio::rate::{Limiter, Pacer};
+
+const ACCIO: &str = env!("CARGO_BIN_EXE_accio");
+const MIB: u64 = 1 << 20;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/rate.rs: run with `cargo bench --bench rate`");
+        return;
+    }
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |what: &str| only.is_empty() || only.iter().any(|o| o == what);
+    let sink = Sink::start();
+    let dir = tempfile::Builder::new()
+        .prefix("accio-bench-rate")
+        .tempdir_in(Path::new(ACCIO).parent().unwrap())
+        .unwrap();
+    println!("accio: {ACCIO}");
+    println!(
+        "(the machine may be loaded by other work: compare figures within this run, not across runs)\n"
+    );
+    let mut limited_cpu_per_mib = None;
+    if want("shared") {
+        shared(&sink, dir.path());
+    }
+    if want("send") {
+        limited_cpu_per_mib = Some(send_limited(&sink, dir.path()));
+    }
+    if want("unlimited") {
+        let unlimited = unlimited(&sink, dir.path());
+        if let Some(limited) = limited_cpu_per_mib {
+            // On loopback, much of an unlimited transfer's kernel work is done in the
+            // receiver's context (it pushes the sender's queue as it reads); a paced one's
+            // in the sender's. Both figures, then.
+            println!(
+                "CPU per MiB, limited (2 MiB/s) / unlimited: client {:.2}; client and sink {:.2}\n",
+                limited.0 / unlimited.0,
+                limited.1 / unlimited.1
+            );
+        }
+    }
+    if want("small") {
+        small(&sink, dir.path());
+    }
+}
+
+/// The discard server: greets, reads to end of file, logs (connection, when, bytes) of
+/// every read when asked to, closes.
+struct Sink {
+    port: u16,
+    log: Log,
+}
+
+/// (connection, when, bytes) of every read, while a part asks for them.
+type Log = Arc<Mutex<Option<Vec<(usize, Instant, u64)>>>>;
+
+impl Sink {
+    fn start() -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log: Log = Arc::default();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for (id, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { continue };
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    if stream.write_all(b"accio\r\n").is_err() {
+                        return;
+                    }
+                    let mut buf = vec![0u8; 1 << 20];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if let Some(log) = l.lock().unwrap().as_mut() {
+                            log.push((id, Instant::now(), n as u64));
+                        }
+                    }
+                });
+            }
+        });
+        Sink { port, log }
+    }
+
+    fn dest(&self) -> Destination {
+        Destination {
+            host: "127.0.0.1".into(),
+            port: self.port,
+        }
+    }
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts::default()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn upload(dest: &Destination, path: &Path, pacer: Option<&mut Pacer>) {
+    upload_logged(dest, path, pacer, &mut |_| {}).await
+}
+
+/// [`upload`], calling `progress` with the bytes handed to the kernel so far.
+async fn upload_logged(
+    dest: &Destination,
+    path: &Path,
+    pacer: Option<&mut Pacer>,
+    progress: &mut (dyn FnMut(u64) + Send),
+) {
+    let file = std::fs::File::open(path).unwrap();
+    client::upload::<std::convert::Infallible>(
+        dest,
+        Confirm::Close,
+        &file,
+        &timeouts(),
+        pacer,
+        progress,
+        |_| Ok(()),
+    )
+    .await
+    .expect("upload");
+}
+
+fn shared(sink: &Sink, dir: &Path) {
+    const RATE: u64 = 4 * MIB;
+    const UPLOADS: usize = 8;
+    // 80 MiB at 4 MiB/s: 20 s.
+    let path = dir.join("10MiB");
+    write_file(&path, 10 * MIB);
+    let limit = Arc::new(Limiter::new(Some(RATE)));
+    *sink.log.lock().unwrap() = Some(Vec::new());
+    let started = Instant::now();
+    let (cpu0, _) = self_cpu();
+    // The sender's side: (upload, when, bytes handed to the kernel so far).
+    let handed: Arc<Mutex<Vec<(usize, Instant, u64)>>> = Arc::default();
+    rt().block_on(async {
+        let tasks: Vec<_> = (0..UPLOADS)
+            .map(|i| {
+                let (dest, path, limit) = (sink.dest(), path.clone(), limit.clone());
+                let handed = handed.clone();
+                tokio::spawn(async move {
+                    let mut pacer = Pacer::new(vec![limit]);
+                    let mut log = |n| handed.lock().unwrap().push((i, Instant::now(), n));
+                    upload_logged(&dest, &path, Some(&mut pacer), &mut log).await;
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let took = started.elapsed();
+    let (cpu1, _) = self_cpu();
+    let log = sink.log.lock().unwrap().take().unwrap();
+    let total: u64 = log.iter().map(|r| r.2).sum();
+    println!("shared: {UPLOADS} uploads of 10 MiB in flight under one 4 MiB/s limit");
+    println!(
+        "  whole run: {:.1} MiB in {:.2} s = {:.3} MiB/s ({:+.2} % of the limit)",
+        total as f64 / MIB as f64,
+        took.as_secs_f64(),
+        total as f64 / MIB as f64 / took.as_secs_f64(),
+        (total as f64 / took.as_secs_f64() / RATE as f64 - 1.0) * 100.0
+    );
+    // The same shares on the sender's side (bytes handed to the kernel), apart from when
+    // the sink's threads got to read them.
+    let handed = handed.lock().unwrap().clone();
+    // While all 8 are in flight: from the first byte until the first upload has handed its
+    // last byte to the kernel (then it leaves, and the others' shares grow).
+    let t0 = log.iter().map(|r| r.1).min().unwrap();
+    let mut last = vec![t0; UPLOADS * 2];
+    let mut ids: Vec<usize> = log.iter().map(|r| r.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for r in &log {
+        let i = ids.iter().position(|c| *c == r.0).unwrap();
+        last[i] = last[i].max(r.1);
+    }
+    let all_in_flight = last[..ids.len()]
+        .iter()
+        .min()
+        .unwrap()
+        .duration_since(t0)
+        .as_secs_f64()
+        .min(
+            (0..UPLOADS)
+                .filter_map(|i| {
+                    handed
+                        .iter()
+                        .filter(|r| r.0 == i)
+                        .map(|r| r.1)
+                        .max()
+                        .map(|t| t.saturating_duration_since(t0).as_secs_f64())
+                })
+                .fold(f64::MAX, f64::min),
+        );
+    let (mut lo, mut hi) = (f64::MAX, 0f64);
+    let (mut share_lo, mut share_hi) = (f64::MAX, 0f64);
+    let mut from = 0.0;
+    while from + 2.0 <= all_in_flight {
+        let mut per = vec![0u64; ids.len()];
+        for r in &log {
+            let at = r.1.duration_since(t0).as_secs_f64();
+            if (from..from + 2.0).contains(&at) {
+                per[ids.iter().position(|c| *c == r.0).unwrap()] += r.2;
+            }
+        }
+        let sum: u64 = per.iter().sum();
+        let rate = sum as f64 / 2.0 / RATE as f64;
+        lo = lo.min(rate);
+        hi = hi.max(rate);
+        let fair = sum as f64 / ids.len() as f64;
+        for p in per {
+            share_lo = share_lo.min(p as f64 / fair);
+            share_hi = share_hi.max(p as f64 / fair);
+        }
+        from += 0.1;
+    }
+    println!(
+        "  every 2 s window (step 0.1 s) while all {UPLOADS} were in flight ({all_in_flight:.1} s): rate {:+.2} % to {:+.2} % of the limit",
+        (lo - 1.0) * 100.0,
+        (hi - 1.0) * 100.0
+    );
+    println!(
+        "  each upload's share of a window: {:+.1} % to {:+.1} % of an even share",
+        (share_lo - 1.0) * 100.0,
+        (share_hi - 1.0) * 100.0
+    );
+
+    let sent_by = |i: usize, t: f64| {
+        handed
+            .iter()
+            .filter(|r| r.0 == i && r.1.duration_since(t0).as_secs_f64() < t)
+            .map(|r| r.2)
+            .max()
+            .unwrap_or(0)
+    };
+    let (mut s_lo, mut s_hi, mut s_hi_at) = (f64::MAX, 0f64, 0f64);
+    let mut from = 0.0;
+    while from + 2.0 <= all_in_flight {
+        let per: Vec<u64> = (0..UPLOADS)
+            .map(|i| sent_by(i, from + 2.0) - sent_by(i, from))
+            .collect();
+        let fair = per.iter().sum::<u64>() as f64 / UPLOADS as f64;
+        for p in per {
+            s_lo = s_lo.min(p as f64 / fair);
+            if p as f64 / fair > s_hi {
+                s_hi = p as f64 / fair;
+                s_hi_at = from;
+            }
+        }
+        from += 0.1;
+    }
+    println!(
+        "  the same, as handed to the kernel by each upload: {:+.1} % to {:+.1} % (the highest in the window from {s_hi_at:.1} s)",
+        (s_lo - 1.0) * 100.0,
+        (s_hi - 1.0) * 100.0
+    );
+    println!(
+        "  CPU of this process (uploads and the sink): {:.3} ms per MiB\n",
+        ms(cpu1 - cpu0) / (total as f64 / MIB as f64)
+    );
+}
+
+/// `accio send --limit-rate 2MiB/s` of 20 MiB, 3 runs; returns CPU ms per MiB (median) of
+/// the client, and of the client and the sink together.
+fn send_limited(sink: &Sink, dir: &Path) -> (f64, f64) {
+    let path = dir.join("20MiB");
+    write_file(&path, 20 * MIB);
+    let port = sink.port.to_string();
+    let mut samples: Vec<Sample> = (0..3)
+        .map(|_| {
+            run_process(
+                Path::new(ACCIO),
+                &["send", "--limit-rate", "2MiB/s", "127.0.0.1", &port],
+                &path,
+            )
+        })
+        .collect();
+    samples.sort();
+    println!("send --limit-rate 2MiB/s, 20 MiB, 3 runs (10 s is exact):");
+    for s in &samples {
+        println!(
+            "  {:.3} s ({:+.2} %), CPU {:.1} ms = {:.3} ms per MiB; with the sink's {:.3} ms per MiB",
+            s.wall.as_secs_f64(),
+            (s.wall.as_secs_f64() / 10.0 - 1.0) * 100.0,
+            ms(s.cpu),
+            ms(s.cpu) / 20.0,
+            ms(s.cpu + s.sink) / 20.0
+        );
+    }
+    let median = |f: &dyn Fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!();
+    (
+        median(&|s| ms(s.cpu) / 20.0),
+        median(&|s| ms(s.cpu + s.sink) / 20.0),
+    )
+}
+
+/// Unlimited `accio send` of 1 GiB vs the sendfile baseline, interleaved; returns accio's
+/// CPU ms per MiB (median), alone and with the sink's.
+fn unlimited(sink: &Sink, dir: &Path) -> (f64, f64) {
+    let baseline_exe = build_baseline();
+    let path = dir.join("1GiB");
+    write_file(&path, 1 << 30);
+    let port = sink.port.to_string();
+    let accio = || run_process(Path::new(ACCIO), &["send", "127.0.0.1", &port], &path);
+    let floor = || run_process(&baseline_exe, &["127.0.0.1", &port], &path);
+    accio();
+    floor();
+    const ROUNDS: usize = 7;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            a.push(accio());
+            b.push(floor());
+        } else {
+            b.push(floor());
+            a.push(accio());
+        }
+    }
+    let med = |v: &mut Vec<Sample>, f: fn(&Sample) -> Duration| {
+        let mut x: Vec<Duration> = v.iter().map(f).collect();
+        x.sort();
+        x[x.len() / 2]
+    };
+    let (aw, bw) = (med(&mut a, |s| s.wall), med(&mut b, |s| s.wall));
+    let (ac, bc) = (med(&mut a, |s| s.cpu), med(&mut b, |s| s.cpu));
+    let amin = a.iter().map(|s| s.wall).min().unwrap();
+    let bmin = b.iter().map(|s| s.wall).min().unwrap();
+    println!("unlimited send of 1 GiB, {ROUNDS} runs each, interleaved:");
+    println!(
+        "  accio send:        median {:.1} ms, min {:.1} ms, CPU {:.1} ms",
+        ms(aw),
+        ms(amin),
+        ms(ac)
+    );
+    println!(
+        "  sendfile baseline: median {:.1} ms, min {:.1} ms, CPU {:.1} ms",
+        ms(bw),
+        ms(bmin),
+        ms(bc)
+    );
+    println!(
+        "  accio / baseline: median wall {:.3}, min wall {:.3}, CPU {:.3}",
+        ms(aw) / ms(bw),
+        ms(amin) / ms(bmin),
+        ms(ac) / ms(bc)
+    );
+    let total = med(&mut a, |s| s.cpu + s.sink);
+    let per = (ms(ac) / 1024.0, ms(total) / 1024.0);
+    println!(
+        "  accio CPU per MiB: {:.4} ms; with the sink's {:.4} ms\n",
+        per.0, per.1
+    );
+    per
+}
+
+fn small(sink: &Sink, dir: &Path) {
+    const FILES: usize = 2000;
+    const WORKERS: usize = 4;
+    let path = dir.join("4KiB");
+    write_file(&path, 4096);
+    let runtime = rt();
+    let run = |limit: Option<Arc<Limiter>>| {
+        let started = Instant::now();
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..WORKERS)
+                .map(|_| {
+                    let (dest, path, limit) = (sink.dest(), path.clone(), limit.clone());
+                    tokio::spawn(async move {
+                        for _ in 0..FILES / WORKERS {
+                            let mut pacer = limit.clone().map(|l| Pacer::new(vec![l]));
+                            upload(&dest, &path, pacer.as_mut()).await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        FILES as f64 / started.elapsed().as_secs_f64()
+    };
+    let limit = Arc::new(Limiter::new(Some(1 << 30)));
+    run(None);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        without.push(run(None));
+        with.push(run(Some(limit.clone())));
+    }
+    without.sort_by(f64::total_cmp);
+    with.sort_by(f64::total_cmp);
+    let (w0, w1) = (without[2], with[2]);
+    println!(
+        "small: {FILES} files of 4 KiB, {WORKERS} at a time, 5 runs each, interleaved (median):"
+    );
+    println!("  no limit:                    {w0:.0} files/s");
+    println!(
+        "  limit 1 GiB/s (not binding): {w1:.0} files/s ({:+.1} %)\n",
+        (w1 / w0 - 1.0) * 100.0
+    );
+}
+
+/// Builds `examples/baseline_client.rs` with the release profile, beside the accio binary.
+fn build_baseline() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--example",
+            "baseline_client",
+        ])
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .status()
+        .expect("running cargo to build the baseline client");
+    assert!(status.success(), "building the baseline client failed");
+    Path::new(ACCIO)
+        .parent()
+        .unwrap()
+        .join("examples/baseline_client")
+}
+
+fn write_file(path: &Path, len: u64) {
+    let mut rng = fastrand::Rng::with_seed(len);
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut left = len as usize;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        rng.fill(&mut chunk[..n]);
+        f.write_all(&chunk[..n]).unwrap();
+        left -= n;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Sample {
+    wall: Duration,
+    cpu: Duration,
+    /// CPU of this process (the sink's threads; the bench itself only waits) meanwhile.
+    sink: Duration,
+}
+
+fn cpu_of(ru: &libc::rusage) -> Duration {
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU (user + system) of this whole process so far, and wall time now.
+fn self_cpu() -> (Duration, Instant) {
+    // SAFETY: zeroed rusage is a valid out-parameter for getrusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    (cpu_of(&ru), Instant::now())
+}
+
+/// Runs a client process to completion, with its wall and CPU time. Panics on failure: a
+/// benchmark of a failing transfer means nothing.
+// The child is reaped by wait4 (to get its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn run_process(exe: &Path, args: &[&str], file: &Path) -> Sample {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ACCIO_") {
+            cmd.env_remove(key);
+        }
+    }
+    let (sink0, start) = self_cpu();
+    let mut child = cmd.spawn().expect("spawning the client");
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, which has not been reaped; valid out-pointers.
+    let rc = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
+    let wall = start.elapsed();
+    let sink = self_cpu().0 - sink0;
+    assert_eq!(rc, child.id() as libc::pid_t, "wait4");
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok {
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("{} failed ({status}): {err}", exe.display());
+    }
+    Sample {
+        wall,
+        cpu: cpu_of(&ru),
+        sink,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
