@@ -6,7 +6,7 @@
 //! of main before the change) that binary is measured in the same rounds as "before".
 //!
 //! - small: 500 B files through a raw client (connect, greeting, data, half-close, wait for
-//!   the close), files/s, one client at a time and 8 at once; synced (the default) against
+//!   the close), files/s, one client at a time, 8 and 40 at once; synced (the default) against
 //!   `--no-sync` (and "before").
 //! - big: one 1 GiB file with `accio send`, MiB/s; `sync(2)` before each run so that no run
 //!   pays for the previous one's dirty pages.
@@ -197,7 +197,11 @@ fn bench_small(work: &Path, configs: &[(&str, PathBuf, Vec<&str>)]) {
     let content = vec![b'x'; 500];
     const FILES: usize = 200;
     const ROUNDS: usize = 5;
-    for (label, parallel) in [("one client at a time", 1usize), ("8 clients at once", 8)] {
+    for (label, parallel) in [
+        ("one client at a time", 1usize),
+        ("8 clients at once", 8),
+        ("40 clients at once", 40),
+    ] {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
         for round in 0..ROUNDS {
             // Rotate the order so that no configuration always runs after another.
@@ -342,6 +346,7 @@ fn bench_flood(work: &Path) {
             assert!(status.success(), "the legitimate send failed");
         }
         let fds = serve.fds();
+        let rss = rss_kib(serve.child.id());
         let max = serve.max_connections().unwrap_or(0);
         println!("  {name}:");
         println!(
@@ -358,9 +363,28 @@ fn bench_flood(work: &Path) {
             max * 2 + 32,
             serve.alive()
         );
+        println!(
+            "    serve's resident memory: {:.1} MiB",
+            rss as f64 / 1024.0
+        );
         drop(flood);
     }
     println!();
+}
+
+/// VmRSS of a process, in KiB (0 if unknown).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 fn connect_from(source: &str, port: u16) -> TcpStream {

@@ -48,6 +48,18 @@ impl Server {
         args: &[&str],
         setup: impl Fn(&mut std::process::Command),
     ) -> Server {
+        Server::start_under(&[], idle, dir, args, setup)
+    }
+
+    /// As [`Server::start_with`], run under `prefix` (a program and its arguments, such as
+    /// strace) when not empty.
+    fn start_under(
+        prefix: &[&str],
+        idle: &str,
+        dir: tempfile::TempDir,
+        args: &[&str],
+        setup: impl Fn(&mut std::process::Command),
+    ) -> Server {
         for _ in 0..5 {
             let port = TcpListener::bind("[::]:0")
                 .or_else(|_| TcpListener::bind("0.0.0.0:0"))
@@ -55,7 +67,14 @@ impl Server {
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut cmd = accio();
+            let mut cmd = match prefix {
+                [] => accio(),
+                [program, rest @ ..] => {
+                    let mut c = std::process::Command::new(program);
+                    c.args(rest).arg(support::BIN);
+                    c
+                }
+            };
             cmd.args(["serve", &port.to_string()])
                 .arg(dir.path())
                 .args(args)
@@ -684,6 +703,11 @@ fn accept_failures_back_off_and_log_once_a_second() {
     let src = tempfile::tempdir().unwrap();
     let file = write_file(src.path(), "after", b"after the storm");
     server.send("127.0.0.1", &file).assert_success();
+    assert_eq!(
+        server.logged("accept works again"),
+        1,
+        "the storm's last count"
+    );
 }
 
 /// Received files are 0600, or exactly --mode, whatever the umask.
@@ -826,4 +850,124 @@ fn shutdown_ends_idle_connections_at_once() {
         assert!(got.is_empty());
     }
     assert!(server.listing().is_empty(), "{:?}", server.listing());
+}
+
+/// The real system calls, traced: the confirming close of the socket comes after the file's
+/// `fdatasync`, its `renameat2` to `1.file`, and an `fsync` of DIR, in that order. (The same
+/// order is checked without strace through the code's own record, in src/serve.)
+#[test]
+#[ignore = "needs root and strace: cargo test --test serve -- --ignored as_root_"]
+fn as_root_syscalls_confirm_after_data_rename_and_directory_sync() {
+    assert!(
+        std::process::Command::new("strace")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "this test needs strace"
+    );
+    let trace_dir = tempfile::tempdir().unwrap();
+    let trace = trace_dir.path().join("trace");
+    let trace_arg = trace.to_str().unwrap().to_string();
+    let mut server = Server::start_under(
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=accept4,fdatasync,renameat2,fsync,close",
+            "-o",
+            &trace_arg,
+        ],
+        "10s",
+        tempfile::tempdir().unwrap(),
+        &[],
+        |_| {},
+    );
+    let s = server.connect("127.0.0.1");
+    deliver(s, b"traced");
+    assert_eq!(server.read(1), b"traced");
+    // strace's child is serve: stop it so that strace writes everything and exits.
+    let strace_pid = server.pid();
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    let serve_pid: libc::pid_t = children
+        .split_whitespace()
+        .next()
+        .expect("serve under strace")
+        .parse()
+        .unwrap();
+    // SAFETY: signalling the serve process this test started (under strace).
+    assert_eq!(unsafe { libc::kill(serve_pid, libc::SIGTERM) }, 0);
+    server.wait();
+    let calls = completed_calls(&std::fs::read_to_string(&trace).unwrap());
+    let sock = calls
+        .iter()
+        .find_map(|c| {
+            c.strip_prefix("accept4(")
+                .and_then(|r| r.rsplit("= ").next()?.trim().parse::<i32>().ok())
+                .filter(|fd| *fd >= 0)
+        })
+        .expect("an accepted connection in the trace");
+    let at = |what: &dyn Fn(&str) -> bool, after: usize, name: &str| {
+        calls
+            .iter()
+            .enumerate()
+            .skip(after)
+            .find(|(_, c)| what(c))
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("no {name} after call {after} in {calls:#?}"))
+    };
+    let accepted = at(
+        &|c| c.starts_with("accept4(") && c.ends_with(&format!("= {sock}")),
+        0,
+        "accept",
+    );
+    let synced = at(
+        &|c| c.starts_with("fdatasync(") && c.ends_with("= 0"),
+        accepted,
+        "fdatasync",
+    );
+    let renamed = at(
+        &|c| c.starts_with("renameat2(") && c.contains("\"1.file\"") && c.ends_with("= 0"),
+        accepted,
+        "renameat2 to 1.file",
+    );
+    let dir_synced = at(
+        &|c| c.starts_with("fsync(") && c.ends_with("= 0"),
+        renamed,
+        "fsync after the rename",
+    );
+    let closed = at(
+        &|c| c.starts_with(&format!("close({sock})")),
+        accepted,
+        "close of the socket",
+    );
+    assert!(synced < renamed, "data sync after the rename: {calls:#?}");
+    assert!(
+        dir_synced < closed,
+        "socket closed before the directory sync: {calls:#?}"
+    );
+}
+
+/// strace -f output as completed calls in order of completion, without pids: an
+/// `<unfinished ...>` call joined with its `<... resumed>` line.
+fn completed_calls(trace: &str) -> Vec<String> {
+    let mut pending: std::collections::HashMap<&str, String> = Default::default();
+    let mut calls = Vec::new();
+    for line in trace.lines() {
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if let Some(start) = rest.strip_suffix("<unfinished ...>") {
+            pending.insert(pid, start.trim_end().to_string());
+        } else if rest.starts_with("<... ") {
+            let tail = rest.split_once("resumed>").map_or("", |(_, t)| t);
+            let start = pending.remove(pid).unwrap_or_default();
+            calls.push(format!("{start}{tail}").trim().to_string());
+        } else {
+            calls.push(rest.trim().to_string());
+        }
+    }
+    calls
 }

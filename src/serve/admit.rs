@@ -127,6 +127,11 @@ impl Throttled {
         self.last = Some(now);
         self.since = 0;
     }
+
+    /// Occurrences not logged yet (counted since the last line), and forgets them.
+    pub fn take_unreported(&mut self) -> u64 {
+        std::mem::take(&mut self.since)
+    }
 }
 
 /// The pause after a failed `accept`: none for a failure of one connection (it was aborted
@@ -197,6 +202,18 @@ mod tests {
         let _held = per.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
         assert!(per.admit("2001:db8:1:2:ffff::9".parse().unwrap()).is_none());
         assert!(per.admit("2001:db8:1:3::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn throttled_counts_what_it_does_not_log() {
+        let mut t = Throttled::default();
+        t.hit("first"); // Logged.
+        assert_eq!(t.take_unreported(), 0);
+        for _ in 0..5 {
+            t.hit("again"); // Within the second: counted only.
+        }
+        assert_eq!(t.take_unreported(), 5);
+        assert_eq!(t.take_unreported(), 0);
     }
 
     #[test]

@@ -232,6 +232,13 @@ pub async fn run(
         let (stream, peer) = match accepted {
             Ok(x) => {
                 backoff.succeeded();
+                // The end of a storm: its last failures were counted but not logged.
+                let unreported = accept_failed.take_unreported();
+                if unreported > 0 {
+                    tracing::warn!(
+                        "accept works again ({unreported} more failures since the last report)"
+                    );
+                }
                 x
             }
             Err(e) => {
@@ -243,6 +250,8 @@ pub async fn run(
                 }
             }
         };
+        // The dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; logs say a.b.c.d.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let Some(address_slot) = per_address.admit(peer.ip()) else {
             refused.hit(format_args!(
                 "refused a connection from {}: it holds {} already (--max-per-address)",
@@ -406,25 +415,59 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Sink<'_> {
-    /// The part file, created now if it does not exist yet.
-    async fn take(&mut self) -> io::Result<(File, Part)> {
-        if let Some(open) = self.open.take() {
-            return Ok(open);
-        }
-        let (dir, n, mode) = (self.shared.dir.clone(), self.n, self.shared.opts.mode);
-        blocking(move || store::create_part(&dir, n, mode)).await?
-    }
-
-    /// Appends `buf[..len]`; gives the buffer back.
+    /// Appends `buf[..len]`, creating the part file first if this is the first data (in the
+    /// same blocking call: on a busy machine each hand-over to a blocking thread costs a
+    /// wake-up); gives the buffer back.
     async fn write(&mut self, buf: Vec<u8>, len: usize) -> io::Result<Vec<u8>> {
-        let (mut file, part) = self.take().await?;
-        let (file, buf, r) = blocking(move || {
-            let r = file.write_all(&buf[..len]);
-            (file, buf, r)
+        let open = self.open.take();
+        let (dir, n, mode) = (self.shared.dir.clone(), self.n, self.shared.opts.mode);
+        let (open, buf, r) = blocking(move || {
+            let mut open = match open {
+                Some(open) => open,
+                None => match store::create_part(&dir, n, mode) {
+                    Ok(open) => open,
+                    Err(e) => return (None, buf, Err(e)),
+                },
+            };
+            let r = open.0.write_all(&buf[..len]);
+            (Some(open), buf, r)
         })
         .await?;
-        self.open = Some((file, part));
+        self.open = open;
         r.map(|()| buf)
+    }
+
+    /// Ends the part file in one blocking call: created now if nothing arrived, synced
+    /// (`complete`, unless `--no-sync`) or made to hold exactly `ERROR` through its own
+    /// descriptor (not synced: nobody is confirmed an ERROR file), closed, and published.
+    /// Returns the number used.
+    async fn finish(self, complete: bool) -> io::Result<u64> {
+        let Sink { shared, n, open } = self;
+        let (dir, mode, sync) = (shared.dir.clone(), shared.opts.mode, shared.opts.sync);
+        let (numbering, steps) = (shared.numbering.clone(), shared.opts.steps.clone());
+        blocking(move || {
+            let (file, part) = match open {
+                Some(open) => open,
+                None => store::create_part(&dir, n, mode)?,
+            };
+            if !complete {
+                // Through the descriptor: whatever now has the part file's name is untouched.
+                file.set_len(0)?;
+                file.write_all_at(b"ERROR", 0)?;
+            } else if sync {
+                // Data first: once the name exists it must name the whole content.
+                file.sync_data()
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot sync {n}.file: {e}")))?;
+                record(&steps, Step::DataSynced(n));
+            }
+            drop(file);
+            let used = store::publish(part, n, &numbering)?;
+            if complete {
+                record(&steps, Step::Published(used));
+            }
+            Ok(used)
+        })
+        .await?
     }
 }
 
@@ -452,54 +495,22 @@ async fn save(stream: &mut TcpStream, n: u64, shared: &Shared) -> io::Result<Opt
             }
         }
     };
-    let (file, part) = match &received {
-        // Nothing was received (or, if a byte was, the part file is removed on drop): the
-        // client was not confirmed and will send again.
-        Err(Ended::Stopping) => return Ok(None),
-        _ => sink.take().await?,
-    };
-    let steps = opts.steps.clone();
-    let bytes = match received {
+    match received {
         Ok(bytes) => {
-            let sync = opts.sync;
-            let steps = steps.clone();
-            // Data first: once the name exists it must name the whole content.
-            blocking(move || {
-                if sync {
-                    file.sync_data()?;
-                    record(&steps, Step::DataSynced(n));
-                }
-                drop(file);
-                Ok::<_, io::Error>(())
-            })
-            .await?
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot sync {n}.file: {e}")))?;
-            Ok(bytes)
-        }
-        Err(Ended::Stopping) => return Ok(None),
-        Err(Ended::Failed(e)) => {
-            // Through the descriptor: whatever now has the part file's name is not touched.
-            // Not synced: nobody is confirmed an ERROR file.
-            blocking(move || {
-                file.set_len(0)?;
-                file.write_all_at(b"ERROR", 0)
-            })
-            .await??;
-            Err(e)
-        }
-    };
-    let numbering = shared.numbering.clone();
-    let used = blocking(move || store::publish(part, n, &numbering)).await??;
-    match bytes {
-        Ok(bytes) => {
-            record(&steps, Step::Published(used));
+            let used = sink.finish(true).await?;
             if opts.sync {
                 shared.dir_sync.after_rename().await?;
-                record(&steps, Step::DirSynced(used));
+                record(&opts.steps, Step::DirSynced(used));
             }
             Ok(Some((used, bytes)))
         }
-        Err(e) => Err(e),
+        // Nothing was received (or, if a byte was, the part file is removed on drop): the
+        // client was not confirmed and will send again.
+        Err(Ended::Stopping) => Ok(None),
+        Err(Ended::Failed(e)) => {
+            sink.finish(false).await?;
+            Err(e)
+        }
     }
 }
 
@@ -518,10 +529,14 @@ async fn receive(
     // 64 KiB: below malloc's mmap threshold, so a connection costs no page faults for its
     // buffer (256 KiB made small files measurably slower); large enough for throughput.
     const BUF: usize = 64 * 1024;
-    // A quiet pause this long gives the buffer back (thousands of stalled connections must
-    // not hold 64 KiB each); shorter ones, between a fast sender's segments, keep it.
+    // Until a read fills this much, a connection reads into a buffer this small, and only
+    // while it has bytes to read: one that sends a little at a time (a slow or hostile
+    // client, thousands of them) holds no buffer while it waits.
+    const SMALL: usize = 4 * 1024;
+    // A streaming connection keeps its 64 KiB between reads, until a pause this long.
     const KEEP_BUF: Duration = Duration::from_millis(250);
     let mut buf: Option<Vec<u8>> = None;
+    let mut streaming = false;
     let mut total = 0u64;
     let mut silent_until = Instant::now() + idle;
     loop {
@@ -546,25 +561,33 @@ async fn receive(
             }
             Err(_) => {
                 buf = None;
+                streaming = false;
                 continue;
             }
         }
-        let b = buf.get_or_insert_with(|| vec![0u8; BUF]);
+        let b = buf.get_or_insert_with(|| vec![0u8; if streaming { BUF } else { SMALL }]);
         let n = match stream.try_read(b) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
         };
+        let filled = n == b.len();
         silent_until = Instant::now() + idle;
         if let Some(max) = opts.max_size {
             if total + n as u64 > max {
                 return Err(io::Error::other(format!("more than {max} bytes (--max-size)")).into());
             }
         }
-        let full = buf.take().unwrap_or_default();
-        buf = Some(sink.write(full, n).await?);
+        let used = buf.take().unwrap_or_default();
+        let back = sink.write(used, n).await?;
         total += n as u64;
+        if streaming {
+            buf = Some(back);
+        } else if filled {
+            // More is coming faster than 4 KiB a read: the next buffer is the large one.
+            streaming = true;
+        }
     }
 }
 
