@@ -180,7 +180,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = crate::serve::parse_size)]
     pub max_size: Option<u64>,
     /// Time limit for a whole connection: beyond it, the file holds `ERROR` (e.g. 10m).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub deadline: Option<Duration>,
     /// Permission bits of received files, in octal.
     #[arg(long, value_name = "OCTAL", value_parser = crate::serve::parse_mode, default_value = "600")]

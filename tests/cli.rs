@@ -203,7 +203,17 @@ fn extreme_durations_are_usage_errors_not_panics() {
                 .arg(format!("--{flag}={value}"))
                 .output()
                 .unwrap();
-            for (how, out) in [("env", by_env), ("flag", by_flag)] {
+            let mut outs = vec![("env", by_env), ("flag", by_flag)];
+            if var == "ACCIO_SERVE_IDLE_TIMEOUT" {
+                // serve's --deadline (no environment variable) as well.
+                let deadline = accio()
+                    .args(args)
+                    .arg(format!("--deadline={value}"))
+                    .output()
+                    .unwrap();
+                outs.push(("--deadline", deadline));
+            }
+            for (how, out) in outs {
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert_eq!(out.status.code(), Some(2), "{var} {how} {value}: {err}");
                 assert!(
@@ -211,7 +221,11 @@ fn extreme_durations_are_usage_errors_not_panics() {
                     "{var} {how} {value}: {err}"
                 );
                 assert!(
-                    err.contains(flag) && !err.contains("panicked"),
+                    err.contains(if how == "--deadline" {
+                        "deadline"
+                    } else {
+                        flag
+                    }) && !err.contains("panicked"),
                     "{var} {how} {value}: {err}"
                 );
             }
