@@ -116,16 +116,30 @@ impl From<ConfirmArg> for crate::protocol::Confirm {
     }
 }
 
+/// A duration from the command line or the environment ("250ms", "10s"), at most
+/// [`crate::config::MAX_DURATION`] as in the configuration: a deadline is `now + it`, and a
+/// larger one overflows the clock (`500000000000y` made `accio send` panic).
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > crate::config::MAX_DURATION {
+        return Err(format!(
+            "{s:?} is too long; at most {} days",
+            crate::config::MAX_DURATION.as_secs() / 86_400
+        ));
+    }
+    Ok(d)
+}
+
 /// Protocol timeouts. Hidden: the spec fixes them at 10 s; tests shorten them.
 #[derive(Debug, Args, Clone)]
 pub struct TimeoutArgs {
-    #[arg(long, hide = true, env = "ACCIO_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, hide = true, env = "ACCIO_CONNECT_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub connect_timeout: Duration,
-    #[arg(long, hide = true, env = "ACCIO_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, hide = true, env = "ACCIO_HANDSHAKE_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub handshake_timeout: Duration,
-    #[arg(long, hide = true, env = "ACCIO_STALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, hide = true, env = "ACCIO_STALL_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub stall_timeout: Duration,
-    #[arg(long, hide = true, env = "ACCIO_CLOSE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, hide = true, env = "ACCIO_CLOSE_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub close_timeout: Duration,
 }
 
@@ -166,13 +180,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = crate::serve::parse_size)]
     pub max_size: Option<u64>,
     /// Time limit for a whole connection: beyond it, the file holds `ERROR` (e.g. 10m).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub deadline: Option<Duration>,
     /// Permission bits of received files, in octal.
     #[arg(long, value_name = "OCTAL", value_parser = crate::serve::parse_mode, default_value = "600")]
     pub mode: u32,
     /// Silence after which a connection is aborted and its file holds `ERROR`.
-    #[arg(long, hide = true, env = "ACCIO_SERVE_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, hide = true, env = "ACCIO_SERVE_IDLE_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub idle_timeout: Duration,
 }
 

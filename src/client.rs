@@ -202,7 +202,7 @@ impl fmt::Display for TriedAddrs {
 /// [`ClientError::Resolve`], [`ClientError::NoAddresses`], [`ClientError::Connect`] or
 /// [`ClientError::ConnectTimeout`].
 pub async fn connect(dest: &Destination, timeouts: &Timeouts) -> Result<TcpStream, ClientError> {
-    let deadline = Instant::now() + timeouts.connect;
+    let deadline = crate::protocol::after(Instant::now(), timeouts.connect);
     let addrs: Vec<SocketAddr> = match timeout_at(
         deadline,
         tokio::net::lookup_host((dest.host.as_str(), dest.port)),

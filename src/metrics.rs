@@ -510,9 +510,11 @@ mod process {
 fn register_state(r: &mut Registry, v: &View) {
     let queued: Family<WatchLabel, Gauge> = Family::default();
     let oldest: Family<WatchLabel, Gauge<f64, AtomicU64>> = Family::default();
+    let specials: Family<WatchLabel, Gauge> = Family::default();
     for w in &v.watches {
         let l = watch(&w.dir);
         queued.get_or_create(&l).set(clamp(w.queued));
+        specials.get_or_create(&l).set(clamp(w.special_entries));
         oldest
             .get_or_create(&l)
             .set(w.oldest_waiting_age_s.unwrap_or(0.0));
@@ -521,6 +523,11 @@ fn register_state(r: &mut Registry, v: &View) {
         "files_queued",
         "Files waiting in the spool (settling, ready, backing off, destination down), not in flight",
         queued,
+    );
+    r.register(
+        "special_entries",
+        "Entries of the spool directory that are not regular files (FIFOs, sockets, devices, symlinks, directories): ignored, never sent",
+        specials,
     );
     r.register_with_unit(
         "oldest_waiting_file_age",
@@ -663,6 +670,7 @@ mod tests {
                 destination: "h:1".into(),
                 queued: 4,
                 oldest_waiting_age_s: Some(12.5),
+                special_entries: 3,
                 ..WatchView::default()
             }],
             destinations: vec![DestinationView {
@@ -696,6 +704,7 @@ mod tests {
             "{with}"
         );
         assert!(with.contains("accio_oldest_waiting_file_age_seconds{watch=\"/s/out\"} 12.5\n"));
+        assert!(with.contains("accio_special_entries{watch=\"/s/out\"} 3\n"));
         assert!(with.contains("accio_destination_up{destination=\"h:1\"} 0\n"));
         assert!(with.contains("accio_uploads_in_flight{destination=\"h:1\"} 1\n"));
         assert!(

@@ -491,7 +491,7 @@ pub async fn finish_tcp(
     let acked = confirm == Confirm::Acked;
     // Without SIOCOUTQ we cannot see the drain: fall back to the plain close timeout.
     let mut close_deadline = match queued {
-        Some(0) | None if !acked => Some(last_progress + close_timeout),
+        Some(0) | None if !acked => Some(after(last_progress, close_timeout)),
         _ => None,
     };
     let mut checks = 0u32;
@@ -529,7 +529,7 @@ pub async fn finish_tcp(
                 match unacked_bytes(stream) {
                     // With Acked, an empty queue is not enough: the FIN itself must be
                     // acknowledged (FIN_WAIT2); until then the stall rule applies.
-                    Some(0) | None if !acked => close_deadline = Some(now + close_timeout),
+                    Some(0) | None if !acked => close_deadline = Some(after(now, close_timeout)),
                     Some(q) if Some(q) < queued => {
                         queued = Some(q);
                         last_progress = now;
@@ -565,6 +565,13 @@ async fn wait_acknowledged(
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
+}
+
+/// `at + d`, or a year after `at` where that overflows the clock: timeouts come from the
+/// command line, the environment and the configuration, and a deadline must not panic.
+pub(crate) fn after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// Drops a connection with a reset instead of a graceful close, so the peer can tell that

@@ -186,6 +186,9 @@ pub struct WatchView {
     pub failed: u64,
     /// How long its oldest waiting file has waited, in seconds.
     pub oldest_waiting_age_s: Option<f64>,
+    /// Entries in it that are not regular files (ignored), as far as known.
+    #[serde(default)]
+    pub special_entries: u64,
 }
 
 /// One upload in progress.

@@ -255,7 +255,9 @@ pub fn watchdog_period(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Op
             return None;
         }
     }
-    Some(Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
+    // At most an hour: pinging more often than asked is harmless, and a period near
+    // u64::MAX µs would overflow the timer's clock (a panic).
+    Some(Duration::from_micros(usec / 2).clamp(Duration::from_millis(1), Duration::from_secs(3600)))
 }
 
 async fn refresh_status(inner: Arc<Inner>) {
@@ -350,6 +352,10 @@ mod tests {
         assert_eq!(p(Some("-5"), None), None);
         assert_eq!(p(None, Some("42")), None);
         assert_eq!(p(Some("1"), None), Some(Duration::from_millis(1)));
+        assert_eq!(
+            p(Some(&u64::MAX.to_string()), None),
+            Some(Duration::from_secs(3600))
+        );
     }
 
     #[test]

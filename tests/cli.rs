@@ -177,3 +177,58 @@ fn every_subcommand_has_its_own_man_page() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr.starts_with(b"ERROR: no man page"), "{out:?}");
 }
+
+/// Issue 23: every duration the command line or the environment gives is checked: too long
+/// for the clock is one `ERROR:` line and exit 2 (a usage error), never a panic (exit 101).
+#[test]
+fn extreme_durations_are_usage_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let file = file.to_str().unwrap();
+    let send = ["send", "127.0.0.1", "9", file];
+    let serve = ["serve", "0", dir.path().to_str().unwrap()];
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("ACCIO_CONNECT_TIMEOUT", "connect-timeout", &send),
+        ("ACCIO_HANDSHAKE_TIMEOUT", "handshake-timeout", &send),
+        ("ACCIO_STALL_TIMEOUT", "stall-timeout", &send),
+        ("ACCIO_CLOSE_TIMEOUT", "close-timeout", &send),
+        ("ACCIO_SERVE_IDLE_TIMEOUT", "idle-timeout", &serve),
+    ];
+    for (var, flag, args) in cases {
+        for value in ["500000000000y", "18446744073709551615s", "2years"] {
+            let by_env = accio().args(args).env(var, value).output().unwrap();
+            let by_flag = accio()
+                .args(args)
+                .arg(format!("--{flag}={value}"))
+                .output()
+                .unwrap();
+            let mut outs = vec![("env", by_env), ("flag", by_flag)];
+            if var == "ACCIO_SERVE_IDLE_TIMEOUT" {
+                // serve's --deadline (no environment variable) as well.
+                let deadline = accio()
+                    .args(args)
+                    .arg(format!("--deadline={value}"))
+                    .output()
+                    .unwrap();
+                outs.push(("--deadline", deadline));
+            }
+            for (how, out) in outs {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(2), "{var} {how} {value}: {err}");
+                assert!(
+                    err.starts_with("ERROR: ") && err.lines().count() == 1,
+                    "{var} {how} {value}: {err}"
+                );
+                assert!(
+                    err.contains(if how == "--deadline" {
+                        "deadline"
+                    } else {
+                        flag
+                    }) && !err.contains("panicked"),
+                    "{var} {how} {value}: {err}"
+                );
+            }
+        }
+    }
+}

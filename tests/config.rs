@@ -202,8 +202,10 @@ fn unwritable_directory_is_refused() {
     mode(&s.root().join("spool"), 0o777);
     mode(&s.root().join("done"), 0o777);
     mode(&s.root().join("failed"), 0o555);
+    // strict_modes would refuse the spool writable by everyone first; this is about the
+    // write check.
     let path = s.write(
-        "[server]\nhost = \"h\"\nport = 1\n[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
+        "strict_modes = false\n[server]\nhost = \"h\"\nport = 1\n[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/failed\"\n",
     );
     mode(&path, 0o644);
     // As root (who writes anywhere) it runs as nobody, which must reach the directory.
@@ -220,10 +222,43 @@ fn unwritable_directory_is_refused() {
     assert_refused(
         &out,
         &path,
-        7,
+        8,
         "watch[0].failed_dir",
         "is not writable by this user",
     );
+}
+
+/// Issue 23: a done_dir that is a link to a directory inside one writable by everyone is
+/// refused (StrictModes), naming the directory and the fix; `strict_modes = false` accepts
+/// it.
+#[test]
+fn done_dir_behind_a_world_writable_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let open = s.root().join("open");
+    std::fs::create_dir_all(open.join("sent")).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(open.join("sent"), s.root().join("sent")).unwrap();
+    let text = "[server]\nhost = \"h\"\nport = 1\n[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/sent\"\nfailed_dir = \"@/failed\"\n";
+    let path = s.write(text);
+    let err = assert_refused(
+        &check_config(&path),
+        &path,
+        6,
+        "watch[0].done_dir",
+        &format!(
+            "{} (above done_dir {}) is writable by everyone (mode 0777)",
+            open.display(),
+            s.root().join("sent").display()
+        ),
+    );
+    assert!(
+        err.contains(&format!("fix: chmod go-w {}", open.display())),
+        "{err}"
+    );
+    let path = s.write(&format!("strict_modes = false\n{text}"));
+    let out = assert_accepted(&check_config(&path));
+    assert!(out.contains("strict_modes = false"), "{out}");
 }
 
 /// Issue 5: the loader never panics, whatever the input. `parse` is the whole loader minus
@@ -240,6 +275,7 @@ mod props {
     const FULL: &str = r#"concurrency = 4
 shutdown_grace = "10s"
 log_level = "info"
+strict_modes = true
 [server]
 host = "127.0.0.1"
 port = 5000
@@ -442,7 +478,7 @@ on_success = "delete"
 /// the temporary directory; the file is `@/accio.toml`.
 const GOLDEN: &[(&str, &str)] = &[
     ("concurency = 4\n$S$W",
-     "ERROR: @/accio.toml:1: key `concurency`: unknown key (did you mean `concurrency`?); allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, max_rate, rate_schedule, watch"),
+     "ERROR: @/accio.toml:1: key `concurency`: unknown key (did you mean `concurrency`?); allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, max_rate, rate_schedule, strict_modes, watch"),
     ("$S$Wdne_dir = \"@/done\"\n",
      "ERROR: @/accio.toml:8: key `watch[0].dne_dir`: unknown key (did you mean `done_dir`?); allowed here: dir, done_dir, failed_dir, on_success, server, include, exclude, settle, rescan_interval"),
     ("[server]\nhost = \"h\"\nport = 1\nuser = \"x\"\n$W",
@@ -608,13 +644,13 @@ const GOLDEN: &[(&str, &str)] = &[
     ("$S[[watch]]\ndir = \"@/spool\"\ndone_dir = \"@/done\"\nfailed_dir = \"@/done-link\"\n",
      "ERROR: @/accio.toml:7: key `watch[0].failed_dir`: resolves to the same directory as done_dir (@/done); delivered and failed files must be told apart"),
     ("\"con`cur, expected `x`\" = 1\n$S$W",
-     "ERROR: @/accio.toml:1: key `con`cur, expected `x``: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, max_rate, rate_schedule, watch"),
+     "ERROR: @/accio.toml:1: key `con`cur, expected `x``: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, max_rate, rate_schedule, strict_modes, watch"),
     ("$S$Won_success = \"mo`ve`, expected `x\"\n",
      "ERROR: @/accio.toml:8: key `watch[0].on_success`: \"mo`ve`, expected `x\" is not an option; expected \"move\" or \"delete\""),
     ("concurrency = \"4, expected x\"\n$S$W",
      "ERROR: @/accio.toml:1: key `concurrency`: expected an integer, found a string (\"4, expected x\")"),
     ("\"a\\nb\" = 1\n$S$W",
-     "ERROR: @/accio.toml:1: key `a\\nb`: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, max_rate, rate_schedule, watch"),
+     "ERROR: @/accio.toml:1: key `a\\nb`: unknown key; allowed here: concurrency, active_limit, server, timeouts, retry, shutdown_grace, log_level, control_socket, metrics, writer_quiet, stale_after, max_rate, rate_schedule, strict_modes, watch"),
 ];
 
 #[test]

@@ -1058,3 +1058,56 @@ fn prom_alert_rules_fire_when_they_should() {
         );
     }
 }
+
+/// Issue 23: `accio status` takes the answer on the control socket as outside input: huge,
+/// negative and odd numbers are shown as well as can be, never a panic.
+#[test]
+fn status_survives_extreme_numbers_in_the_answer() {
+    use std::os::unix::net::UnixListener;
+    let dirs = Dirs::new();
+    let config = ops_config(&dirs, 9, &Opts::default(), None);
+    let listener = UnixListener::bind(&dirs.control).unwrap();
+    let big = "1e308";
+    let answers = [
+        format!(
+            r#"{{"pid":4294967295,"version":"x","uptime_s":{big},
+            "totals":{{"watching":18446744073709551615,"in_flight":18446744073709551615,"queued":18446744073709551615,"sent":18446744073709551615,"failed":18446744073709551615,"destinations_down":18446744073709551615}},
+            "destinations":[{{"name":"h:1","up":false,"down_since_unix":{big},"last_error":"e","in_flight":18446744073709551615,"queued":0,"limit":0,"cap":18446744073709551615,"adaptive":true,"baseline_greeting_ms":{big},"greeting_ms":-{big},"next_probe_in_s":{big}}},
+                {{"name":"h:2","up":false,"down_since_unix":-{big},"in_flight":0,"queued":0,"limit":1,"cap":1,"adaptive":false,"next_probe_in_s":-1}},
+                {{"name":"h:3","up":false,"down_since_unix":253402300800.5,"in_flight":0,"queued":0,"limit":1,"cap":1,"adaptive":false}}],
+            "watches":[{{"dir":"/s","destination":"h:1","queued":18446744073709551615,"in_flight":0,"sent":0,"failed":0,"oldest_waiting_age_s":{big},"special_entries":18446744073709551615}}],
+            "in_flight":[{{"path":"/s/f","destination":"h:1","bytes_sent":18446744073709551615,"size":18446744073709551615,"elapsed_s":-{big},"attempt":4294967295}},
+                {{"path":"/s/g","destination":"h:1","bytes_sent":1,"size":0,"elapsed_s":0,"attempt":0}}],
+            "waiting":[{{"path":"/s/w","destination":"h:1","age_s":{big},"why":{{"state":"backing_off","retry_in_s":{big},"attempts":4294967295,"error":"e"}}}}]}}"#
+        )
+        .replace('\n', " "),
+        r#"{"pid":1,"version":"x","uptime_s":-5e-324,"totals":{}}"#.to_string(),
+    ];
+    let serve = std::thread::spawn(move || {
+        for a in [&answers[0], &answers[0], &answers[1], &answers[1]] {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 16];
+            let _ = s.read(&mut req);
+            s.write_all(a.as_bytes()).unwrap();
+            s.write_all(b"\n").unwrap();
+        }
+    });
+    // The whole View: shown, the times no clock can hold left out.
+    let text = ok(&["status"], &config);
+    assert!(text.contains("h:1: DOWN, next probe in"), "{text}");
+    assert!(text.contains("h:2: DOWN, next probe in 0s"), "{text}");
+    assert!(!text.contains(" since "), "{text}");
+    assert!(text.contains("h:3: DOWN, 0 in flight"), "{text}");
+    ok(&["status", "--json"], &config);
+    // Fields missing, a tiny negative uptime: a clear error or an answer, no panic.
+    for args in [&["status"][..], &["status", "--json"]] {
+        let out = accio(args, &config);
+        let err = stderr(&out);
+        assert!(
+            out.status.code() == Some(0) || err.starts_with("ERROR: "),
+            "accio {args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    serve.join().unwrap();
+}

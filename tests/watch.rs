@@ -597,6 +597,7 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
         metrics_listen: None,
         writer_quiet: accio::config::defaults::WRITER_QUIET,
         stale_after: accio::config::defaults::STALE_AFTER,
+        strict_modes: true,
         rates: accio::config::RateLimits::default(),
     };
     let stats = Arc::new(accio::status::Stats::default());
@@ -1428,4 +1429,134 @@ fn a_backlog_larger_than_the_active_set_is_sent_oldest_first() {
         "sent once each, oldest first; log:\n{}",
         svc.log()
     );
+}
+
+/// Makes `n` FIFOs named `{prefix}{i}` in `dir`.
+fn mkfifos(dir: &std::path::Path, prefix: &str, n: usize) {
+    for i in 0..n {
+        let p = dir.join(format!("{prefix}{i}"));
+        let c = std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+}
+
+fn rmfifos(dir: &std::path::Path, prefix: &str, n: usize) {
+    for i in 0..n {
+        fs::remove_file(dir.join(format!("{prefix}{i}"))).unwrap();
+    }
+}
+
+/// Starts a service for the churn tests: rescans often, logs at info (as a service does).
+fn churn_service(dirs: &Dirs, port: u16) -> Service {
+    let o = Opts {
+        rescan: "300ms",
+        ..Opts::default()
+    };
+    Service::start_with_env(&config_file(dirs, port, &o), &[("RUST_LOG", "info")])
+}
+
+/// A producer making and removing thousands of special entries: they are counted
+/// (`special_entries`, the metric's source) and forgotten when gone, the log names only the
+/// first few and sums up the rest, and regular files still go.
+#[test]
+fn special_entry_churn_is_counted_summed_up_and_forgotten() {
+    const N: usize = 3000;
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let mut svc = churn_service(&dirs, recv.port);
+    mkfifos(&dirs.spool, "p", N);
+    svc.wait_status("every FIFO counted", |v| {
+        v.watches[0].special_entries == N as u64
+    });
+    rmfifos(&dirs.spool, "p", N);
+    svc.wait_status("the FIFOs forgotten", |v| v.watches[0].special_entries == 0);
+    dirs.drop_file("after", b"after the churn");
+    wait_for("after in done", || dirs.done.join("after").exists());
+    assert_eq!(recv.times_received(b"after the churn"), 1);
+    let named = svc.log_count("ignoring ");
+    assert!(named <= 10, "{named} named: {}", svc.log());
+    // The rest are summed up when the minute ends, or at the latest at shutdown.
+    svc.signal(libc::SIGTERM);
+    assert!(svc.wait_exit(Duration::from_secs(30)).success());
+    let log = svc.log();
+    let more: usize = log
+        .lines()
+        .filter_map(|l| l.split_once(" more special entries ignored"))
+        .map(|(head, _)| head.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert!(more + named >= N, "{named} named, {more} summed up:\n{log}");
+    assert!(log.lines().count() < 100, "{log}");
+}
+
+/// The issue's probe: 3 rounds of 50,000 FIFOs made in the spool and removed again. The
+/// service's resident memory must end within 8 MiB of where it started and its log stay
+/// under 1,000 lines. Prints the figures. Slow (about a minute): run with
+/// `cargo test --release --test watch -- --ignored --nocapture special_entry_churn_probe`.
+#[test]
+#[ignore = "probe: 150,000 FIFOs, about a minute"]
+fn special_entry_churn_probe() {
+    use support::procfs::status_kib;
+    const N: usize = 50_000;
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let svc = churn_service(&dirs, recv.port);
+    let pid = svc.pid() as u32;
+    dirs.drop_file("warm", b"warm");
+    wait_for("warm in done", || dirs.done.join("warm").exists());
+    let start = status_kib(pid, "VmRSS:").unwrap();
+    println!("RSS at start: {start} KiB");
+    let mut last = start;
+    for round in 1..=3 {
+        let t = std::time::Instant::now();
+        mkfifos(&dirs.spool, "p", N);
+        svc.wait_status("every FIFO counted", |v| {
+            v.watches[0].special_entries == N as u64
+        });
+        let peak = status_kib(pid, "VmRSS:").unwrap();
+        rmfifos(&dirs.spool, "p", N);
+        svc.wait_status("the FIFOs forgotten", |v| v.watches[0].special_entries == 0);
+        last = status_kib(pid, "VmRSS:").unwrap();
+        println!(
+            "round {round}: {:.1?}, RSS with {N} FIFOs {peak} KiB, after {last} KiB, log {} lines",
+            t.elapsed(),
+            svc.log().lines().count()
+        );
+    }
+    dirs.drop_file("after", b"after the churn");
+    wait_for("after in done", || dirs.done.join("after").exists());
+    let lines = svc.log().lines().count();
+    println!(
+        "RSS {start} → {last} KiB ({:+} KiB), {lines} log lines",
+        last as i64 - start as i64
+    );
+    assert!(last < start + 8 * 1024, "RSS {start} → {last} KiB");
+    assert!(lines <= 1000, "{lines} log lines");
+}
+
+/// Issue 23: strict modes hold on reload too: once the spool's parent became writable by
+/// everyone, a SIGHUP is refused (the service keeps running on what it had) and says which
+/// directory and the fix; put right, the next reload is taken.
+#[test]
+fn a_reload_is_refused_when_a_parent_became_writable_by_everyone() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dirs, recv, svc) = running(&Opts::default());
+    let root = dirs.root.path();
+    fs::set_permissions(root, fs::Permissions::from_mode(0o777)).unwrap();
+    svc.signal(libc::SIGHUP);
+    svc.wait_log("reload refused");
+    let log = svc.log();
+    let line = log.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(
+        line.contains(&format!("{} (above dir ", root.display()))
+            && line.contains("is writable by everyone (mode 0777)")
+            && line.contains(&format!("fix: chmod go-w {}", root.display())),
+        "{line}"
+    );
+    dirs.drop_file("still", b"still sent");
+    wait_for("still in done", || dirs.done.join("still").exists());
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700)).unwrap();
+    svc.signal(libc::SIGHUP);
+    svc.wait_log("configuration reloaded");
+    assert_eq!(recv.times_received(b"still sent"), 1);
 }

@@ -65,6 +65,10 @@ pub struct Config {
     /// How old a leftover `.accio-*` name of ours must be before it is taken for a crash's
     /// rather than a rename or copy in progress (of this or another instance).
     pub stale_after: Duration,
+    /// Whether [`load`] refuses spool, done and failed directories (and their parents)
+    /// that someone other than root or this user could replace or write into (as
+    /// OpenSSH's `StrictModes`).
+    pub strict_modes: bool,
     /// Bandwidth limits: `max_rate` / `rate_schedule`, top-level and per destination.
     pub rates: RateLimits,
 }

@@ -69,6 +69,7 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
     )?;
     writeln!(o, "writer_quiet = {}", d(c.writer_quiet))?;
     writeln!(o, "stale_after = {}", d(c.stale_after))?;
+    writeln!(o, "strict_modes = {}", c.strict_modes)?;
     match limit(&c.rates.all) {
         Some(l) => writeln!(o, "{l}")?,
         None => writeln!(o, "# max_rate: not set, no limit for the whole service")?,

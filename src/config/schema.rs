@@ -88,6 +88,7 @@ pub(crate) struct File {
     stale_after: Option<Dur<false>>,
     max_rate: Option<Spanned<RateT>>,
     rate_schedule: Option<Spanned<ScheduleT>>,
+    strict_modes: Option<bool>,
     watch: Watches,
 }
 
@@ -567,6 +568,7 @@ impl File {
                 writer_quiet: dur(self.writer_quiet, defaults::WRITER_QUIET),
                 stale_after: dur(self.stale_after, defaults::STALE_AFTER),
                 rates: RateLimits { all, destinations },
+                strict_modes: self.strict_modes.unwrap_or(true),
             },
             watch_spans,
         })

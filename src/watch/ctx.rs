@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::core;
 use super::disposition;
 use crate::config::{NameFilter, RetryPolicy, WatchConfig};
 use crate::esc::esc;
@@ -13,10 +12,10 @@ use crate::metrics::Metrics;
 use crate::protocol::Timeouts;
 use crate::status::Stats;
 
-/// Not-regular entries already reported ("ignoring … FIFO"), by path, with the identity
-/// reported. Owned by the daemon so that a reload (a new pipeline) does not report them
+/// Not-regular entries already reported ("ignoring … FIFO"), bounded and forgotten when
+/// they go. Owned by the daemon so that a reload (a new pipeline) does not report them
 /// again: each is reported once per process (again only if it changes).
-pub type Reported = Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, core::Identity>>>;
+pub type Reported = super::specials::Specials;
 
 /// Errors that stop the service. Problems with one file never are: they are logged and
 /// retried or set aside.

@@ -24,6 +24,7 @@ pub mod ctx;
 pub mod disposition;
 pub mod error;
 pub mod queue;
+pub mod specials;
 pub mod uploader;
 pub mod watcher;
 

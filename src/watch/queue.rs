@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::claim;
 use super::core::{self, Action, Core, Identity, Key, Listing, Outcome, Report, Start, Writers};
 use super::ctx::{Shared, WatchCtx};
+use super::specials::{Say, SpecialLog};
 use super::uploader::{self, Job};
 use super::watcher::{self, Msg, Watcher};
 use crate::esc::esc;
@@ -125,8 +126,8 @@ pub struct Queue {
     shared: Arc<Shared>,
     /// How long in-flight uploads may finish after shutdown.
     grace: Duration,
-    /// Special entries reported, shared with the pipelines before and after a reload.
-    reported: super::ctx::Reported,
+    /// Which special entries are named in the log, which only summed up.
+    special_log: SpecialLog,
     inflight: JoinSet<Outcome>,
     running: HashMap<tokio::task::Id, Running>,
     scans: JoinSet<(usize, std::io::Result<Listing>)>,
@@ -190,22 +191,10 @@ impl Queue {
         reported: super::ctx::Reported,
         spool: Arc<dyn Spool>,
     ) -> Queue {
-        // Special entries already reported by an earlier pipeline, as keys of this one.
-        let mut seed = HashMap::new();
-        {
-            let r = reported.lock().unwrap_or_else(|p| p.into_inner());
-            for (path, id) in r.iter() {
-                for (i, w) in watches.iter().enumerate() {
-                    if path.parent() == Some(w.cfg.dir.as_path()) {
-                        if let Some(name) = path.file_name() {
-                            seed.insert((i, name.to_os_string()), *id);
-                        }
-                    }
-                }
-            }
-        }
+        // Special entries already reported by an earlier pipeline are known to this one.
+        let dirs: Vec<PathBuf> = watches.iter().map(|w| w.cfg.dir.clone()).collect();
         let now = Instant::now().into_std();
-        let mut core = Core::new(params, now, seed, fastrand::u64(..));
+        let mut core = Core::new(params, now, reported.tracker(&dirs), fastrand::u64(..));
         for (watch, &id) in watcher.dir_ids().iter().enumerate() {
             core.watched(watch, id);
         }
@@ -219,7 +208,7 @@ impl Queue {
             watches,
             shared,
             grace,
-            reported,
+            special_log: SpecialLog::default(),
             inflight: JoinSet::new(),
             running: HashMap::new(),
             scans: JoinSet::new(),
@@ -352,21 +341,24 @@ impl Queue {
     }
 
     /// Logs what the core reports, in the service's words.
-    fn log(&self, r: Report) {
+    fn log(&mut self, r: Report) {
         match r {
             Report::Ignoring { key, id } => {
                 let path = self.path(&key);
                 let kind = id.kind;
-                tracing::warn!(
-                    event = "ignored",
-                    path = %esc(&path),
-                    kind = %kind,
-                    "ignoring {}: it is a {kind}, not a regular file; it is left alone and never sent",
-                    esc(&path)
-                );
-                // For the pipelines after a reload: each is reported once per process.
-                let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-                reported.insert(path, id);
+                let dir = &self.watches[key.0].cfg.dir;
+                // A producer may make any number: the first few by name, then a count.
+                match self.special_log.ignoring(Self::now(), dir, &kind) {
+                    Say::Name => tracing::warn!(
+                        event = "ignored",
+                        path = %esc(&path),
+                        kind = %kind,
+                        "ignoring {}: it is a {kind}, not a regular file; it is left alone and never sent",
+                        esc(&path)
+                    ),
+                    // Summed up by flush_special_log: a line each would be the flood.
+                    Say::Count => {}
+                }
             }
             Report::WriterOpen { key } => {
                 let path = self.path(&key);
@@ -593,6 +585,14 @@ impl Queue {
         }
     }
 
+    /// Logs how many special entries went unnamed, once their window ended by `now` (`None`:
+    /// now, at shutdown).
+    fn flush_special_log(&mut self, now: Option<std::time::Instant>) {
+        if let Some(line) = self.special_log.flush(now) {
+            tracing::warn!(event = "ignored", "{line}");
+        }
+    }
+
     /// Publishes the core's counts into the shared counters.
     fn publish(&mut self) {
         self.publish_counts(self.core.counts());
@@ -726,6 +726,9 @@ impl Queue {
             let wake = self
                 .core
                 .poll_timeout()
+                .into_iter()
+                .chain(self.special_log.due())
+                .min()
                 .map_or_else(|| Instant::now() + far, Instant::from_std);
             tokio::select! {
                 biased;
@@ -768,6 +771,7 @@ impl Queue {
                     self.core.handle_timeout(Self::now());
                 }
             }
+            self.flush_special_log(Some(Self::now()));
             if overflow.swap(false, Ordering::AcqRel) {
                 self.core.rescan_all(
                     Self::now(),
@@ -864,6 +868,7 @@ impl Queue {
                 }
             }
         }
+        self.flush_special_log(None);
         // This pipeline no longer holds anything: take its share out of the counters.
         self.publish_counts(core::Counts::default());
     }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::claim;
 use super::core::{Hint, Kind, Listed, Listing};
 use super::ctx::FatalError;
+use super::specials;
 use crate::config::NameFilter;
 use crate::esc::esc;
 
@@ -205,8 +206,9 @@ pub fn start(
 }
 
 /// Lists `dir`, bounded: the `limit` oldest (mtime, then name) regular files whose names
-/// pass `accepts`, how many such files there are in all, and every entry that is not a
-/// regular file. Memory follows `limit`, not the directory's size. Blocking; run it with
+/// pass `accepts`, how many such files there are in all, and the first
+/// [`specials::LISTED_PER_DIR`] entries that are not regular files (the rest counted).
+/// Memory follows `limit`, not the directory's size nor what a producer put there. Blocking; run it with
 /// `spawn_blocking`.
 ///
 /// # Errors
@@ -240,6 +242,7 @@ pub fn list(
     let meta = std::fs::metadata(dir)?;
     let mut oldest: BinaryHeap<ByAge> = BinaryHeap::new();
     let mut specials = Vec::new();
+    let mut more_specials = 0usize;
     let mut total_files = 0usize;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -248,7 +251,13 @@ pub fn list(
             continue;
         }
         match claim::lstat(&entry.path()) {
-            Ok(id) if id.kind != Kind::Regular => specials.push(Listed { name, id }),
+            Ok(id) if id.kind != Kind::Regular => {
+                if specials.len() < specials::LISTED_PER_DIR {
+                    specials.push(Listed { name, id });
+                } else {
+                    more_specials += 1;
+                }
+            }
             Ok(id) => {
                 total_files += 1;
                 let l = ByAge(Listed { name, id });
@@ -271,6 +280,7 @@ pub fn list(
         files,
         total_files,
         specials,
+        more_specials,
     })
 }
 

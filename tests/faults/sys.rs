@@ -155,7 +155,9 @@ impl Mount {
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=0777"),
+                // Root's, not writable by others: the service's strict_modes refuses a
+                // done_dir writable by everyone.
+                &format!("size={size},mode=0755"),
                 "tmpfs",
                 p,
             ],

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use super::entry::{fingerprint, Cont, Entry, State};
 use super::{Action, Core, Key, Listing, Report, WatchParams, MIN_RESCAN, RELIST_AFTER_ERROR};
+use crate::watch::specials;
 
 /// A listing keeps this many times the active set beyond it, as names only (the reserve).
 const RESERVE_FACTOR: usize = 3;
@@ -237,9 +238,9 @@ impl Core {
         }
         let now = self.now;
         let at = now + self.settle(watch);
-        let mut present: HashSet<&OsString> = HashSet::new();
+        let mut present: HashSet<&std::ffi::OsStr> = HashSet::new();
         for l in &listing.specials {
-            present.insert(&l.name);
+            present.insert(l.name.as_os_str());
             let key = (watch, l.name.clone());
             // A name being sent cannot have become a FIFO; if it did, the claim notices.
             if !self.entries.contains_key(&key) {
@@ -256,9 +257,9 @@ impl Core {
         let mut dropped = false;
         let mut reserve = VecDeque::new();
         for l in &listing.files {
-            present.insert(&l.name);
+            present.insert(l.name.as_os_str());
             let key = (watch, l.name.clone());
-            self.reported.remove(&key);
+            self.reported.forget(watch, &key.1);
             if self.entries.contains_key(&key) {
                 held += 1;
                 continue;
@@ -293,9 +294,11 @@ impl Core {
         // Entries no longer there are forgotten as reported (unless reported after the
         // listing may have been read).
         let meanwhile = std::mem::take(&mut self.watches[watch].reported_while_listing);
-        present.extend(meanwhile.iter());
+        let all_kept = meanwhile.len() > specials::TRACKED_PER_DIR;
+        present.extend(meanwhile.iter().map(|n| n.as_os_str()));
+        let total = listing.specials.len() + listing.more_specials;
         self.reported
-            .retain(|k, _| k.0 != watch || present.contains(&k.1));
+            .listed(watch, total, |n| all_kept || present.contains(n));
         let w = &mut self.watches[watch];
         w.truncated = dropped || listing.total_files > listing.files.len();
         w.reserve = reserve;

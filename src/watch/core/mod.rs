@@ -76,6 +76,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
+use super::specials::{self, Tracker};
 use crate::config::RetryPolicy;
 use active::WatchSt;
 use entry::{fingerprint, Cont, Entry, State, Wait};
@@ -146,8 +147,9 @@ pub struct Core {
     entries: HashMap<Key, Entry>,
     /// The entries not in flight, oldest first (for the view).
     waiting: Waiting,
-    /// Entries that are not regular files, with the identity already reported.
-    reported: HashMap<Key, Identity>,
+    /// Entries that are not regular files, with the identity already reported (bounded,
+    /// shared with the other pipelines of the process).
+    reported: Tracker,
     looks: HashMap<Key, Cont>,
     probes: HashSet<Key>,
     /// Attempts abandoned because later ones were greeted first ([`Core::greeted`]).
@@ -167,10 +169,10 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    /// A core for `p`, at `now`. `reported`: special entries already reported by an earlier
-    /// core of the same process (a reload). `seed`: for the jitter. The first actions list
+    /// A core for `p`, at `now`. `reported`: special entries reported, shared with the
+    /// other cores of the same process (a reload). `seed`: for the jitter. The first actions list
     /// every directory.
-    pub fn new(p: Params, now: Instant, reported: HashMap<Key, Identity>, seed: u64) -> Core {
+    pub fn new(p: Params, now: Instant, reported: Tracker, seed: u64) -> Core {
         let mut core = Core {
             lanes: Lanes::new(&p),
             waiting: Waiting::new(p.watches.len()),
@@ -234,10 +236,10 @@ impl Core {
         match hint {
             Hint::Gone => {
                 self.remove(&key);
-                self.reported.remove(&key);
+                self.reported.forget(key.0, &key.1);
             }
             Hint::Created | Hint::Modified => {
-                if hint == Hint::Created || self.reported.contains_key(&key) {
+                if hint == Hint::Created || self.reported.contains(key.0, &key.1) {
                     // Links, FIFOs, sockets and directories announce themselves only by a
                     // create: find out what it is.
                     self.look(key, Cont::Hint(hint));
@@ -272,7 +274,7 @@ impl Core {
             Some(id) if id.kind != Kind::Regular => return self.ignore(key, id),
             Some(id) => id,
         };
-        self.reported.remove(&key);
+        self.reported.forget(key.0, &key.1);
         let now = self.now;
         match cont {
             // Nothing reliable is known about its writer any more.
@@ -618,15 +620,14 @@ impl Core {
     /// A not-regular entry: reported once per identity, and forgotten as a candidate.
     fn ignore(&mut self, key: Key, id: Identity) {
         self.remove(&key);
-        if self.reported.get(&key) != Some(&id) {
-            self.report(Report::Ignoring {
-                key: key.clone(),
-                id,
-            });
+        if self.reported.note(key.0, &key.1, fingerprint(&id)) {
+            // Bounded: past it, the listing under way does not forget any (apply_listing).
             if let Some(w) = self.watches.get_mut(key.0).filter(|w| w.scanning) {
-                w.reported_while_listing.push(key.1.clone());
+                if w.reported_while_listing.len() <= specials::TRACKED_PER_DIR {
+                    w.reported_while_listing.push(key.1.clone());
+                }
             }
-            self.reported.insert(key, id);
+            self.report(Report::Ignoring { key, id });
         }
     }
 

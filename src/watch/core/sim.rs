@@ -158,7 +158,7 @@ impl Sim {
         let n = p.watches.len();
         let d = p.dests.len();
         let mut sim = Sim {
-            core: Core::new(p, base, HashMap::new(), 7),
+            core: Core::new(p, base, Tracker::default(), 7),
             base,
             t: Duration::ZERO,
             spool: vec![BTreeMap::new(); n],
@@ -353,6 +353,7 @@ impl Sim {
             files,
             total_files,
             specials,
+            more_specials: 0,
         }
     }
 
@@ -1010,7 +1011,7 @@ fn retry_delays_stay_within_their_documented_bounds() {
 fn a_directory_replaced_before_its_first_listing_is_watched_again() {
     let rewatches = |watched: (u64, u64)| {
         let now = Instant::now();
-        let mut core = Core::new(params(&[0], 1, 4, 4, 100), now, HashMap::new(), 7);
+        let mut core = Core::new(params(&[0], 1, 4, 4, 100), now, Tracker::default(), 7);
         core.watched(0, watched);
         let mut rewatches = 0;
         while let Some(a) = core.poll_action() {
@@ -1021,6 +1022,7 @@ fn a_directory_replaced_before_its_first_listing_is_watched_again() {
                         files: Vec::new(),
                         total_files: 0,
                         specials: Vec::new(),
+                        more_specials: 0,
                     };
                     core.listed(now, watch, Ok(listing));
                 }
@@ -1047,7 +1049,7 @@ fn a_directory_replaced_before_its_first_listing_is_watched_again() {
 #[test]
 fn a_special_reported_during_a_stale_listing_is_reported_once() {
     let now = Instant::now();
-    let mut core = Core::new(params(&[0], 1, 4, 4, 100), now, HashMap::new(), 7);
+    let mut core = Core::new(params(&[0], 1, 4, 4, 100), now, Tracker::default(), 7);
     let fifo = Identity {
         kind: Kind::Fifo,
         dev: 1,
@@ -1061,6 +1063,7 @@ fn a_special_reported_during_a_stale_listing_is_reported_once() {
         files: Vec::new(),
         total_files: 0,
         specials,
+        more_specials: 0,
     };
     let mut ignoring = 0;
     // Every action but the listings, which the test answers itself.

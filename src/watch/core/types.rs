@@ -145,8 +145,12 @@ pub struct Listing {
     /// Regular files in the directory (accepted by the filter), including those not in
     /// `files`.
     pub total_files: usize,
-    /// Entries that are not regular files.
+    /// Entries that are not regular files; at most [`specials::LISTED_PER_DIR`].
+    ///
+    /// [`specials::LISTED_PER_DIR`]: crate::watch::specials::LISTED_PER_DIR
     pub specials: Vec<Listed>,
+    /// Entries that are not regular files beyond `specials`, counted only.
+    pub more_specials: usize,
 }
 
 /// What was decided about a file whose move or delete is still to be done.

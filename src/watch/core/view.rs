@@ -155,6 +155,7 @@ impl Core {
                     .waiting
                     .oldest(i)
                     .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                special_entries: self.reported.count(i) as u64,
             })
             .collect();
         CoreView {
