@@ -21,7 +21,12 @@ const LAYERS: &[&str] = &[
 ];
 
 /// Files of the queue's core: decisions only, no I/O, no clock of their own.
-const CORE: &[&str] = &["src/watch/core/mod.rs", "src/watch/core/lane.rs"];
+const CORE: &[&str] = &[
+    "src/watch/core/mod.rs",
+    "src/watch/core/health.rs",
+    "src/watch/core/limiter.rs",
+    "src/watch/core/types.rs",
+];
 const NOT_IN_CORE: &[&str] = &[
     "tokio",
     "std::fs",
@@ -169,8 +174,113 @@ fn the_queue_core_does_no_io() {
     }
 }
 
+/// The modules a line of a file in `src/watch` names as `super::NAME` (`direct`: the file is
+/// `src/watch/NAME.rs`, where `super` is the pipeline) or `crate::watch::NAME`.
+fn watch_used(line: &str, direct: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut prefixes = vec!["crate::watch::"];
+    if direct {
+        prefixes.push("super::");
+    }
+    for prefix in prefixes {
+        let mut rest = line;
+        while let Some(i) = rest.find(prefix) {
+            rest = &rest[i + prefix.len()..];
+            let items: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group[..group.find('}').unwrap_or(group.len())]
+                    .split(',')
+                    .collect(),
+                None => vec![rest],
+            };
+            for item in items {
+                let name: String = item
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != "self" {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Inside `src/watch`: the stages take what they share from modules below them, never from
+/// the pipeline (`watch/mod.rs`) that wires them, and no two modules use each other, even
+/// through others (the core owns its vocabulary: watcher and claim use it, not the reverse).
+#[test]
+fn the_watch_modules_import_no_circle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/watch");
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    let module_of = |f: &Path| -> String {
+        let rel = f.strip_prefix(&root).expect("under src/watch");
+        let first = rel.components().next().expect("a path");
+        first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string()
+    };
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(f)).collect();
+    let mut edges: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut wrong = BTreeSet::new();
+    for f in &files {
+        let from = module_of(f);
+        if from == "mod" {
+            continue;
+        }
+        let direct = f.parent() == Some(root.as_path());
+        let text = std::fs::read_to_string(f).expect("read source");
+        // Unit tests at the bottom may use what they like.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code_lines(code) {
+            for to in watch_used(line, direct) {
+                if to == from {
+                    continue;
+                }
+                if modules.contains(&to) && to != "mod" {
+                    edges.insert((from.clone(), to));
+                } else {
+                    wrong.insert(format!(
+                        "src/watch/{}:{n}: `{from}` uses `{to}` of the pipeline (watch/mod.rs)",
+                        f.strip_prefix(&root).expect("under").display()
+                    ));
+                }
+            }
+        }
+    }
+    // A module that reaches itself through the edges is on a circle.
+    for m in &modules {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&String> = edges.iter().filter(|e| &e.0 == m).map(|e| &e.1).collect();
+        while let Some(n) = todo.pop() {
+            if n == m {
+                wrong.insert(format!("`{m}` is on an import circle"));
+                break;
+            }
+            if seen.insert(n) {
+                todo.extend(edges.iter().filter(|e| &e.0 == n).map(|e| &e.1));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "imports inside src/watch:\n{}",
+        Vec::from_iter(wrong).join("\n")
+    );
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
+    assert_eq!(
+        watch_used("use super::{claim, core::Key, Shared};", true),
+        ["claim", "core", "Shared"]
+    );
+    assert_eq!(watch_used("use super::names;", false), Vec::<String>::new());
+    assert_eq!(watch_used("x: crate::watch::core::Key", false), ["core"]);
     assert_eq!(used("use crate::cli::LogFormat;"), ["cli"]);
     assert_eq!(
         used("use crate::{config, watch::esc};"),

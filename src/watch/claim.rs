@@ -9,90 +9,43 @@
 //! and moved it between our open and our lock. The lock lives as long as the [`Claim`], which
 //! is kept until the file was moved or deleted.
 
-use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// What kind of directory entry a path names. Everything but [`Kind::Regular`] is left
-/// alone by the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Regular,
-    Symlink,
-    Fifo,
-    Socket,
-    Device,
-    Directory,
-    Other,
-}
+use super::core::{Identity, Kind, Writers};
 
-impl Kind {
-    fn of(meta: &Metadata) -> Kind {
-        let t = meta.file_type();
-        if t.is_file() {
-            Kind::Regular
-        } else if t.is_symlink() {
-            Kind::Symlink
-        } else if t.is_dir() {
-            Kind::Directory
-        } else if t.is_fifo() {
-            Kind::Fifo
-        } else if t.is_socket() {
-            Kind::Socket
-        } else if t.is_block_device() || t.is_char_device() {
-            Kind::Device
-        } else {
-            Kind::Other
-        }
+/// The kind of the entry `meta` describes.
+fn kind_of(meta: &Metadata) -> Kind {
+    let t = meta.file_type();
+    if t.is_file() {
+        Kind::Regular
+    } else if t.is_symlink() {
+        Kind::Symlink
+    } else if t.is_dir() {
+        Kind::Directory
+    } else if t.is_fifo() {
+        Kind::Fifo
+    } else if t.is_socket() {
+        Kind::Socket
+    } else if t.is_block_device() || t.is_char_device() {
+        Kind::Device
+    } else {
+        Kind::Other
     }
 }
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Regular => "regular file",
-            Kind::Symlink => "symbolic link",
-            Kind::Fifo => "FIFO",
-            Kind::Socket => "socket",
-            Kind::Device => "device",
-            Kind::Directory => "directory",
-            Kind::Other => "special file",
-        })
-    }
-}
-
-/// Who a directory entry is and what state its content is in: enough to tell "the same
-/// file, unchanged" from anything else (replaced, rewritten, appended, touched).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Identity {
-    pub kind: Kind,
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    /// Modification time in nanoseconds since the epoch; also the backlog's sort key.
-    pub mtime_ns: i128,
-    /// Status change time: catches writes that restore the mtime, renames over, chmod.
-    pub ctime_ns: i128,
-}
-
-impl Identity {
-    pub fn from_metadata(meta: &Metadata) -> Identity {
-        Identity {
-            kind: Kind::of(meta),
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-        }
-    }
-
-    /// The same inode (possibly changed).
-    pub fn same_inode(&self, other: &Identity) -> bool {
-        self.dev == other.dev && self.ino == other.ino
+/// The [`Identity`] of the entry `meta` describes.
+fn identity(meta: &Metadata) -> Identity {
+    Identity {
+        kind: kind_of(meta),
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
     }
 }
 
@@ -101,7 +54,7 @@ impl Identity {
 /// # Errors
 /// The `lstat` error (`NotFound` when the entry is gone).
 pub fn lstat(path: &Path) -> io::Result<Identity> {
-    std::fs::symlink_metadata(path).map(|m| Identity::from_metadata(&m))
+    std::fs::symlink_metadata(path).map(|m| identity(&m))
 }
 
 /// A regular file of the spool, open and locked against other instances.
@@ -159,7 +112,7 @@ pub fn claim(path: &Path) -> Result<Claim, ClaimError> {
         Err(e) => return Err(ClaimError::Io(e)),
     };
     let id = match file.metadata() {
-        Ok(m) => Identity::from_metadata(&m),
+        Ok(m) => identity(&m),
         Err(e) => return Err(ClaimError::Io(e)),
     };
     if id.kind != Kind::Regular {
@@ -187,18 +140,6 @@ pub fn claim(path: &Path) -> Result<Claim, ClaimError> {
         path: path.to_path_buf(),
         id,
     })
-}
-
-/// Whether anybody has a file open for writing, as far as the kernel can tell us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Writers {
-    /// Nobody has it open for writing: a complete file as far as its writers are concerned.
-    None,
-    /// Some process has it open for writing: not ready.
-    Some,
-    /// Cannot tell (not the owner and no `CAP_LEASE`, or a filesystem without leases):
-    /// fall back to the events and timers.
-    Unknown,
 }
 
 /// Asks the kernel whether `file` (open read-only) is open for writing anywhere, by taking
@@ -254,7 +195,7 @@ impl Claim {
     /// # Errors
     /// The `fstat` error.
     pub fn restat(&self) -> io::Result<Identity> {
-        self.file.metadata().map(|m| Identity::from_metadata(&m))
+        self.file.metadata().map(|m| identity(&m))
     }
 }
 

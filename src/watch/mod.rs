@@ -9,6 +9,9 @@
 //! 4. [`disposition`]: move to `done_dir` / delete, or move to `failed_dir` with a reason;
 //!    never overwrite; directory fsyncs grouped.
 //!
+//! What the stages share (the watches, what every upload needs, the errors that stop the
+//! service) is in [`ctx`], below them.
+//!
 //! What goes wrong in an attempt travels typed ([`error`]): the core compares kinds, and the
 //! message is rendered only where it is logged, shown or written to a `.reason` file.
 //!
@@ -17,11 +20,14 @@
 
 pub mod claim;
 pub mod core;
+pub mod ctx;
 pub mod disposition;
 pub mod error;
 pub mod queue;
 pub mod uploader;
 pub mod watcher;
+
+pub use ctx::{FatalError, Reported, Shared, WatchCtx};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,57 +36,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, NameFilter, RetryPolicy, WatchConfig};
+use crate::config::{Config, NameFilter};
 use crate::metrics::Metrics;
-use crate::protocol::Timeouts;
 use crate::status::Stats;
 
 use crate::esc::esc;
-
-/// Not-regular entries already reported ("ignoring … FIFO"), by path, with the identity
-/// reported. Owned by the daemon so that a reload (a new pipeline) does not report them
-/// again: each is reported once per process (again only if it changes).
-pub type Reported = Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, claim::Identity>>>;
-
-/// Errors that stop the service. Problems with one file never are: they are logged and
-/// retried or set aside.
-#[derive(Debug, thiserror::Error)]
-pub enum FatalError {
-    #[error("inotify watch limit reached (fs.inotify.max_user_watches) while watching {}; raise it, e.g. sysctl fs.inotify.max_user_watches=524288", esc(dir))]
-    InotifyWatchLimit { dir: PathBuf },
-    #[error("inotify instance limit reached (fs.inotify.max_user_instances); raise it, e.g. sysctl fs.inotify.max_user_instances=1024")]
-    InotifyInstanceLimit,
-    #[error("cannot watch {}: {message}", esc(dir))]
-    Watch { dir: PathBuf, message: String },
-    #[error("cannot list {}: {source}", esc(dir))]
-    List {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid name pattern for {}: {message}", esc(dir))]
-    Filter { dir: PathBuf, message: String },
-}
-
-/// One watched directory, as the pipeline uses it.
-#[derive(Debug)]
-pub struct WatchCtx {
-    /// Its settings; `dir` made absolute (inotify reports absolute paths).
-    pub cfg: WatchConfig,
-    /// Compiled `include` / `exclude`.
-    pub filter: NameFilter,
-}
-
-/// What every upload task needs.
-#[derive(Debug)]
-pub struct Shared {
-    pub timeouts: Timeouts,
-    pub retry: RetryPolicy,
-    pub stats: Arc<Stats>,
-    /// Event metrics (deliveries, attempts, give-ups); one per process, across reloads.
-    pub metrics: Arc<Metrics>,
-    pub syncer: Arc<disposition::Syncer>,
-}
 
 /// Runs the spool service for `config` until `shutdown` is cancelled, then lets uploads in
 /// flight finish within `config.shutdown_grace` and returns. `ready` is sent once every

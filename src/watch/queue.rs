@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::claim;
 use super::core::{self, Action, Core, Key, Listing, Outcome, Report, Start};
+use super::ctx::{Shared, WatchCtx};
 use super::uploader::{self, Job};
 use super::watcher::{self, Msg, Watcher};
-use super::{Shared, WatchCtx};
 use crate::esc::esc;
 use crate::status::{FileInFlight, View, ViewRequest};
 
@@ -50,7 +50,7 @@ pub struct Queue {
     /// How long in-flight uploads may finish after shutdown.
     grace: Duration,
     /// Special entries reported, shared with the pipelines before and after a reload.
-    reported: super::Reported,
+    reported: super::ctx::Reported,
     inflight: JoinSet<Outcome>,
     running: HashMap<tokio::task::Id, Running>,
     scans: JoinSet<(usize, std::io::Result<Listing>)>,
@@ -101,7 +101,7 @@ impl Queue {
         shared: Arc<Shared>,
         params: core::Params,
         grace: Duration,
-        reported: super::Reported,
+        reported: super::ctx::Reported,
     ) -> Queue {
         // Special entries already reported by an earlier pipeline, as keys of this one.
         let mut seed = HashMap::new();

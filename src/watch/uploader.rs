@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::claim::{self, Claim, ClaimError, Identity, Writers};
-use super::core::{After, Mode, Outcome};
+use super::claim::{self, Claim, ClaimError};
+use super::core::{After, Identity, Mode, Outcome, Writers};
+use super::ctx::{Shared, WatchCtx};
 use super::disposition::{self, Dest, Disposed};
 use super::error::{DestError, DispositionError, DispositionOp, FileError, Reason};
-use super::{Shared, WatchCtx};
 use crate::client::{self, Phase, UploadError, Uploaded};
 use crate::config::OnSuccess;
 use crate::esc::esc;

@@ -19,30 +19,13 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use super::claim;
-use super::core::{Listed, Listing};
-use super::FatalError;
+use super::core::{Hint, Kind, Listed, Listing};
+use super::ctx::FatalError;
 use crate::config::NameFilter;
 use crate::esc::esc;
 
 /// Capacity of the hint channel; past it hints are dropped and a rescan is due.
 pub const HINT_CAPACITY: usize = 16 * 1024;
-
-/// What an event says about one name in a watched directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hint {
-    /// Created (IN_CREATE): a writer has it open, or it is a link, FIFO, directory, ….
-    Created,
-    /// Written to (IN_MODIFY): being written.
-    Modified,
-    /// Closed after writing (IN_CLOSE_WRITE): ready after the settle time.
-    Closed,
-    /// Renamed into the directory (IN_MOVED_TO): complete, ready now.
-    MovedIn,
-    /// Metadata changed (IN_ATTRIB): restarts the settle time.
-    Attrib,
-    /// Deleted or renamed away.
-    Gone,
-}
 
 /// A message from the watcher thread to the queue.
 #[derive(Debug)]
@@ -265,7 +248,7 @@ pub fn list(
             continue;
         }
         match claim::lstat(&entry.path()) {
-            Ok(id) if id.kind != claim::Kind::Regular => specials.push(Listed { name, id }),
+            Ok(id) if id.kind != Kind::Regular => specials.push(Listed { name, id }),
             Ok(id) => {
                 total_files += 1;
                 let l = ByAge(Listed { name, id });

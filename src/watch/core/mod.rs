@@ -27,8 +27,8 @@
 //! ```
 //!
 //! **Lanes.** Each destination (host, port) has a lane: the ready files of the watches that
-//! send to it, its limit of uploads in flight ([`lane::Limiter`], adaptive between 1 and its
-//! cap) and its health ([`lane::Health`]). A free slot goes to the destinations with ready
+//! send to it, its limit of uploads in flight ([`limiter::Limiter`], adaptive between 1 and
+//! its cap) and its health ([`health::Health`]). A free slot goes to the destinations with ready
 //! files in turn (round robin), within one to its watches in turn, within a watch oldest
 //! first. A down destination takes no slot but one probe at a time, with backoff.
 //!
@@ -38,7 +38,11 @@
 //! (the listing itself keeps only the `active_limit` oldest), so memory follows the work in
 //! flight, not the backlog, and the order stays oldest first across refills.
 
-pub mod lane;
+pub mod health;
+pub mod limiter;
+mod types;
+
+pub use types::*;
 #[cfg(test)]
 mod sim;
 
@@ -63,16 +67,12 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use super::claim::{Identity, Kind, Writers};
-use super::error::{DestError, DispositionError, FileError, Reason};
-use super::watcher::Hint;
-use crate::client::Uploaded;
+use super::error::{DestError, DispositionError, FileError};
 use crate::config::RetryPolicy;
-use lane::{Change, Health, Limiter};
+use health::{Health, Transition};
+use limiter::{Limiter, Ticket};
 
 /// A name in one of the watched directories: (watch number, file name).
-pub type Key = (usize, OsString);
-
 /// How often a file still open for writing is looked at again, at least (the settle time,
 /// if longer).
 pub const WRITER_RECHECK: Duration = Duration::from_secs(1);
@@ -90,10 +90,6 @@ pub const RELIST_AFTER_ERROR: Duration = Duration::from_secs(1);
 /// A failed move/delete is reported loudly the first time, when the kind of its error
 /// changes, and every this many failures.
 pub const DISPOSITION_REPORT_EVERY: u32 = 20;
-
-/// While a destination stays down, its failures are reported loudly at most this often
-/// (and when the kind of the error changes).
-pub const OUTAGE_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// A listing keeps this many times the active set beyond it, as names only (the reserve).
 const RESERVE_FACTOR: usize = 3;
@@ -131,260 +127,6 @@ fn fingerprint(id: &Identity) -> u64 {
     h.finish()
 }
 
-/// Settings of the core (from the configuration).
-#[derive(Debug, Clone)]
-pub struct Params {
-    /// Uploads in flight at most, all destinations together.
-    pub global_cap: usize,
-    /// Names held in memory per watch.
-    pub active_limit: usize,
-    pub retry: RetryPolicy,
-    /// Where the kernel cannot tell whether a file has writers, a file seen being written is
-    /// considered abandoned after this much silence (or the rescan interval, if longer): the
-    /// config's `writer_quiet`.
-    pub writer_quiet_min: Duration,
-    pub watches: Vec<WatchParams>,
-    pub dests: Vec<DestParams>,
-}
-
-/// One watch, as the core needs it.
-#[derive(Debug, Clone)]
-pub struct WatchParams {
-    pub settle: Duration,
-    pub rescan_interval: Duration,
-    /// Index into [`Params::dests`].
-    pub dest: usize,
-}
-
-/// One destination.
-#[derive(Debug, Clone)]
-pub struct DestParams {
-    /// `host:port` as configured.
-    pub name: String,
-    /// Its cap of uploads in flight.
-    pub cap: usize,
-    /// Whether its limit adapts (else it is pinned at the cap).
-    pub adaptive: bool,
-}
-
-/// One entry of a directory listing.
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub name: OsString,
-    pub id: Identity,
-}
-
-/// A directory listing, bounded: the oldest regular files, how many there were in all, and
-/// every entry that is not a regular file.
-#[derive(Debug, Clone)]
-pub struct Listing {
-    /// (device, inode) of the directory.
-    pub dir_id: (u64, u64),
-    /// Regular files, oldest (mtime, then name) first; at most the limit asked for.
-    pub files: Vec<Listed>,
-    /// Regular files in the directory (accepted by the filter), including those not in
-    /// `files`.
-    pub total_files: usize,
-    /// Entries that are not regular files.
-    pub specials: Vec<Listed>,
-}
-
-/// What was decided about a file whose move or delete is still to be done.
-#[derive(Debug, Clone)]
-pub enum After {
-    Delivered,
-    /// Given up; this goes into the `.reason` file (shared: a failing move is retried).
-    GaveUp(std::sync::Arc<Reason>),
-}
-
-/// What an attempt does.
-#[derive(Debug, Clone)]
-pub enum Mode {
-    /// Upload, then move or delete.
-    Upload,
-    /// An earlier attempt finished (delivered or gave up) but could not move or delete the
-    /// file; do only that, if the file is still exactly the one it was.
-    Finish { id: Identity, after: After },
-}
-
-/// An attempt to start.
-#[derive(Debug, Clone)]
-pub struct Start {
-    pub key: Key,
-    /// 1-based number of this attempt.
-    pub attempt: u32,
-    /// The last attempt allowed (`retry.max_attempts`): a failure gives up.
-    pub last: bool,
-    pub mode: Mode,
-    /// Seen moved in, or closed after it was last written: complete by the writers'
-    /// convention even where the kernel cannot tell whether it has writers.
-    pub trusted: bool,
-    /// Where writers cannot be told, how long an untrusted file must be unchanged.
-    pub quiet: Duration,
-    /// When the core first knew of the file (the delivery latency runs from here).
-    pub found: Instant,
-}
-
-/// How an attempt ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Delivered and moved or deleted (or the name was replaced meanwhile). `uploaded`:
-    /// sent in this attempt (not only moved after an earlier one).
-    Delivered { uploaded: Option<Uploaded> },
-    /// Given up on and moved to `failed_dir`.
-    GaveUp,
-    /// The name does not lead to the file any more: look at it again.
-    Gone,
-    /// Not a regular file.
-    Special(Identity),
-    /// Another instance holds its lock.
-    Busy,
-    /// Changed during the transfer: not delivered; send again once it settles.
-    Changed,
-    /// Someone has it open for writing.
-    Writer,
-    /// Writers cannot be told, nothing vouches for it, and it changed less than the quiet
-    /// period ago: look again after `wait` (or on its close).
-    Young { wait: Duration },
-    /// The attempt failed for this file (after the greeting, or the file could not be
-    /// read). `greeting`: the greeting time, if the server greeted.
-    Failed {
-        error: FileError,
-        greeting: Option<Duration>,
-    },
-    /// The destination failed (resolve, refused, unreachable, connect timeout, no or wrong
-    /// greeting): nothing is known about the file; not counted against it.
-    DestinationFailed { error: DestError },
-    /// Delivered or given up, but moving/deleting failed.
-    DispositionFailed {
-        id: Identity,
-        after: After,
-        error: DispositionError,
-    },
-}
-
-/// Something worth telling the operator; the driver logs it (errors rendered there).
-#[derive(Debug, Clone)]
-pub enum Report {
-    /// A name that is not a regular file; reported once per identity.
-    Ignoring {
-        key: Key,
-        id: Identity,
-    },
-    /// Still open for writing (debug).
-    WriterOpen {
-        key: Key,
-    },
-    /// Was being written but nothing happened for `quiet`; taken as complete once settled.
-    WriterQuiet {
-        key: Key,
-        quiet: Duration,
-    },
-    /// Writers cannot be told and it changed recently (debug).
-    Young {
-        key: Key,
-        quiet: Duration,
-        wait: Duration,
-    },
-    /// An attempt failed; retried in `retry_in`.
-    AttemptFailed {
-        key: Key,
-        attempt: u32,
-        max: u32,
-        error: FileError,
-        retry_in: Duration,
-    },
-    /// A destination went down.
-    DestinationDown {
-        dest: usize,
-        error: DestError,
-        waiting: usize,
-        probe_in: Duration,
-    },
-    /// A probe (or an attempt started before it went down) failed; `loud` at most once a
-    /// minute or when the kind of error changed.
-    StillDown {
-        dest: usize,
-        key: Key,
-        error: DestError,
-        probe_in: Duration,
-        loud: bool,
-    },
-    /// A destination that was down accepted an upload.
-    DestinationUp {
-        dest: usize,
-        down_for: Duration,
-        waiting: usize,
-    },
-    /// A destination's limit changed.
-    Limit {
-        dest: usize,
-        limit: usize,
-        baseline: Option<Duration>,
-        smoothed: Option<Duration>,
-    },
-    /// Moving or deleting a delivered (or given up) file failed.
-    DispositionFailed {
-        key: Key,
-        error: DispositionError,
-        failures: u32,
-        retry_in: Duration,
-        delivered: bool,
-        loud: bool,
-    },
-    /// The first listing of a watch.
-    Backlog {
-        watch: usize,
-        files: usize,
-    },
-    /// A listing (debug).
-    Listed {
-        watch: usize,
-        files: usize,
-    },
-    ListFailed {
-        watch: usize,
-        error: std::sync::Arc<std::io::Error>,
-        again: Duration,
-        first: bool,
-    },
-    ListRecovered {
-        watch: usize,
-    },
-    /// The events cannot be trusted; every directory is listed again.
-    Rescan {
-        why: String,
-    },
-    /// The active set of a watch is full: further names wait on disk.
-    Full {
-        watch: usize,
-        limit: usize,
-    },
-}
-
-/// What the driver is asked to do.
-#[derive(Debug, Clone)]
-pub enum Action {
-    /// `lstat` the name and answer with [`Core::looked`].
-    Look(Key),
-    /// Ask whether the name has writers; answer with [`Core::writers`].
-    ProbeWriters(Key),
-    /// List the directory of `watch`, keeping the `limit` oldest regular files; answer with
-    /// [`Core::listed`].
-    List {
-        watch: usize,
-        limit: usize,
-    },
-    /// The directory was replaced: watch the new one ([`Core::rewatch_failed`] if that
-    /// fails).
-    Rewatch {
-        watch: usize,
-    },
-    /// Start an attempt; answer with [`Core::finished`].
-    Start(Start),
-    Report(Report),
-}
-
 /// What an `lstat` answer continues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cont {
@@ -419,14 +161,11 @@ enum State {
     /// An attempt has it; whatever happens to the name meanwhile, it is looked at again
     /// afterwards.
     InFlight {
-        /// Start sequence number (rounds of the adaptive limit).
-        seq: u64,
-        /// Counted in its destination's lane (not a finish-only attempt).
-        lane: bool,
+        /// Counted in its destination's lane (not a finish-only attempt): what its limiter
+        /// needs to know again when it ends.
+        lane: Option<Ticket>,
         /// The probe of a down destination.
         probe: bool,
-        /// The lane was at its limit when it started.
-        lane_full: bool,
         /// A close was seen meanwhile (such events are otherwise dropped).
         closed: bool,
         /// A write or re-create was seen meanwhile: after an attempt that did not deliver,
@@ -535,14 +274,6 @@ struct DestSt {
     next_watch: usize,
 }
 
-/// Counts for STATUS= and the SIGUSR1 summary (uploads in flight are counted by the driver,
-/// as it spawns and joins them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub queued: u64,
-    pub destinations_down: u64,
-}
-
 /// The state of every name, lane and directory.
 pub struct Core {
     p: Params,
@@ -558,8 +289,6 @@ pub struct Core {
     timers: BinaryHeap<Reverse<(Instant, u64, Key)>>,
     next_gen: u64,
     next_seq: u64,
-    /// Sequence number of the last attempt started.
-    last_start: u64,
     in_flight: usize,
     /// Round-robin position among destinations.
     next_dest: usize,
@@ -588,7 +317,7 @@ impl Core {
             .map(|(i, d)| DestSt {
                 p: d.clone(),
                 limiter: Limiter::new(d.cap.min(p.global_cap.max(1)), d.adaptive),
-                health: Health::Up,
+                health: Health::new(p.retry),
                 in_flight: 0,
                 watches: p
                     .watches
@@ -638,7 +367,6 @@ impl Core {
             timers: BinaryHeap::new(),
             next_gen: 1,
             next_seq: 1,
-            last_start: 0,
             in_flight: 0,
             next_dest: 0,
             stopping: false,
@@ -924,10 +652,8 @@ impl Core {
             return;
         };
         let State::InFlight {
-            seq,
             lane,
             probe,
-            lane_full,
             closed: closed_during,
             modified: modified_during,
             moved: moved_during,
@@ -950,7 +676,7 @@ impl Core {
         let d = self.watches[w].p.dest;
         self.in_flight -= 1;
         self.watches[w].in_flight -= 1;
-        if lane {
+        if lane.is_some() {
             self.dests[d].in_flight -= 1;
         }
         let Some(outcome) = outcome else {
@@ -963,22 +689,25 @@ impl Core {
                 uploaded: Some(u), ..
             } => {
                 self.dest_up(d);
-                self.sample(d, u.greeting, seq, lane_full, true);
+                let limiter = &mut self.dests[d].limiter;
+                let change = lane.and_then(|t| limiter.on_success(t, u.greeting, now));
+                self.report_limit(d, change.is_some());
             }
             Outcome::Failed {
                 greeting: Some(g),
                 error,
             } => {
                 self.dest_up(d);
-                self.sample(d, *g, seq, lane_full, false);
-                if error.congestion() {
-                    self.congestion(d, seq);
-                }
+                let limiter = &mut self.dests[d].limiter;
+                let change =
+                    lane.and_then(|t| limiter.on_failure(t, Some(*g), error.congestion(), now));
+                self.report_limit(d, change.is_some());
             }
             Outcome::DestinationFailed { error } => {
-                if error.congestion() {
-                    self.congestion(d, seq);
-                }
+                let limiter = &mut self.dests[d].limiter;
+                let change =
+                    lane.and_then(|t| limiter.on_failure(t, None, error.congestion(), now));
+                self.report_limit(d, change.is_some());
                 self.dest_failed(d, &key, error.clone(), probe);
             }
             _ => {}
@@ -1167,7 +896,7 @@ impl Core {
         // A down destination's next probe, if it has files and it is still to come (a
         // probe due already waits for a slot, which a finished attempt frees).
         for d in 0..self.dests.len() {
-            if let Health::Down { probe_at, .. } = self.dests[d].health {
+            if let Some(probe_at) = self.dests[d].health.next_probe() {
                 if probe_at > self.now && self.dest_has_ready(d) {
                     consider(probe_at);
                 }
@@ -1266,7 +995,7 @@ impl Core {
                 // Not reached: attempts end through `finished`. Kept consistent anyway.
                 self.in_flight -= 1;
                 w.in_flight -= 1;
-                if lane {
+                if lane.is_some() {
                     self.dests[w.p.dest].in_flight -= 1;
                 }
             }
@@ -1560,10 +1289,8 @@ impl Core {
 
     fn eligible(&self, d: usize) -> bool {
         let dest = &self.dests[d];
-        match &dest.health {
-            Health::Up => dest.in_flight < dest.limiter.limit(),
-            Health::Down { probe_at, .. } => dest.in_flight == 0 && self.now >= *probe_at,
-        }
+        dest.health
+            .admits(dest.in_flight, dest.limiter.limit(), self.now)
     }
 
     /// Gives out free slots: finish-only attempts first (they need no destination), then
@@ -1621,12 +1348,11 @@ impl Core {
         let probe = lane && !self.dests[d].health.is_up();
         // Limited by its lane: at its limit, or leaving ready files behind (a success then
         // says the limit, not the supply of files, held it back).
-        let lane_full = lane
-            && (self.dests[d].in_flight + 1 >= self.dests[d].limiter.limit()
-                || !self.watches[w].ready.is_empty());
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.last_start = seq;
+        let ticket = lane.then(|| {
+            let lane_full = self.dests[d].in_flight + 1 >= self.dests[d].limiter.limit()
+                || !self.watches[w].ready.is_empty();
+            self.dests[d].limiter.on_start(lane_full)
+        });
         let max = self.p.retry.max_attempts;
         let Some(e) = self.entries.get_mut(&key) else {
             return;
@@ -1649,10 +1375,8 @@ impl Core {
             found: e.since,
         };
         e.state = State::InFlight {
-            seq,
-            lane,
+            lane: ticket,
             probe,
-            lane_full,
             closed: false,
             modified: false,
             moved: false,
@@ -1666,32 +1390,22 @@ impl Core {
     }
 
     fn dest_up(&mut self, d: usize) {
-        if let Health::Down { since, .. } = self.dests[d].health {
-            self.dests[d].health = Health::Up;
+        if let Transition::Up { down_for } = self.dests[d].health.on_greeting(self.now) {
             let waiting = self.waiting_for(d);
             self.report(Report::DestinationUp {
                 dest: d,
-                down_for: self.now.saturating_duration_since(since),
+                down_for,
                 waiting,
             });
         }
     }
 
     fn dest_failed(&mut self, d: usize, key: &Key, error: DestError, probe: bool) {
-        let now = self.now;
-        let retry = self.p.retry;
-        let kind = error.kind();
-        match &mut self.dests[d].health {
-            Health::Up => {
-                let probe_in = retry_delay(&retry, retry.initial, 1, &mut self.rng);
-                self.dests[d].health = Health::Down {
-                    since: now,
-                    error: error.clone(),
-                    probes: 1,
-                    probe_at: now + probe_in,
-                    warned_at: now,
-                    warned: kind,
-                };
+        let t = self.dests[d]
+            .health
+            .on_dest_failure(&error, probe, self.now, &mut self.rng);
+        match t {
+            Transition::Down { probe_in } => {
                 // Everything queued for it waits, not only what was in flight.
                 let waiting = self.waiting_for(d);
                 self.report(Report::DestinationDown {
@@ -1701,57 +1415,22 @@ impl Core {
                     probe_in,
                 });
             }
-            Health::Down {
-                error: last,
-                probes,
-                probe_at,
-                warned_at,
-                warned,
-                ..
-            } => {
-                *last = error.clone();
-                if probe {
-                    *probes = probes.saturating_add(1);
-                    *probe_at = now + retry_delay(&retry, retry.initial, *probes, &mut self.rng);
-                }
-                // News: another kind of failure (refused, then unreachable), not the same
-                // one in other words (other addresses, another timeout share).
-                let loud = *warned != kind || now >= *warned_at + OUTAGE_REPORT_EVERY;
-                if loud {
-                    *warned_at = now;
-                    *warned = kind;
-                }
-                let probe_in = probe_at.saturating_duration_since(now);
-                self.report(Report::StillDown {
-                    dest: d,
-                    key: key.clone(),
-                    error,
-                    probe_in,
-                    loud,
-                });
-            }
+            Transition::StillDown { probe_in, loud } => self.report(Report::StillDown {
+                dest: d,
+                key: key.clone(),
+                error,
+                probe_in,
+                loud,
+            }),
+            Transition::None | Transition::Up { .. } => {}
         }
     }
 
-    fn sample(&mut self, d: usize, greeting: Duration, seq: u64, lane_full: bool, ok: bool) {
-        let latest = self.last_start;
-        if self.dests[d]
-            .limiter
-            .sample(greeting, seq, latest, lane_full, ok)
-            .is_some()
-        {
-            self.report_limit(d);
+    /// Reports the limit of `d` if it `changed`.
+    fn report_limit(&mut self, d: usize, changed: bool) {
+        if !changed {
+            return;
         }
-    }
-
-    fn congestion(&mut self, d: usize, seq: u64) {
-        let latest = self.last_start;
-        if self.dests[d].limiter.congestion(seq, latest) == Some(Change::Shrank) {
-            self.report_limit(d);
-        }
-    }
-
-    fn report_limit(&mut self, d: usize) {
         let l = &self.dests[d].limiter;
         let r = Report::Limit {
             dest: d,
@@ -1784,17 +1463,12 @@ impl Core {
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                let (down_since_unix, last_error, next_probe_in_s) = match &d.health {
-                    Health::Up => (None, None, None),
-                    Health::Down {
-                        since,
-                        error,
-                        probe_at,
-                        ..
-                    } => (
-                        Some(wall_now - now.saturating_duration_since(*since).as_secs_f64()),
-                        Some(error.to_string()),
-                        Some(probe_at.saturating_duration_since(now).as_secs_f64()),
+                let (down_since_unix, last_error, next_probe_in_s) = match d.health.outage() {
+                    None => (None, None, None),
+                    Some(o) => (
+                        Some(wall_now - now.saturating_duration_since(o.since).as_secs_f64()),
+                        Some(o.error.to_string()),
+                        Some(o.next_probe.saturating_duration_since(now).as_secs_f64()),
                     ),
                 };
                 DestinationView {
@@ -1805,8 +1479,8 @@ impl Core {
                     in_flight: d.in_flight as u64,
                     queued: self.waiting_for(i) as u64,
                     limit: d.limiter.limit() as u64,
-                    cap: d.limiter.cap as u64,
-                    adaptive: d.limiter.adaptive,
+                    cap: d.limiter.cap() as u64,
+                    adaptive: d.limiter.adaptive(),
                     baseline_greeting_ms: d.limiter.baseline().map(ms),
                     greeting_ms: d.limiter.smoothed().map(ms),
                     next_probe_in_s,

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::health::OUTAGE_REPORT_EVERY;
 use super::*;
+use crate::client::Uploaded;
 use crate::protocol::ProtocolError;
-use crate::watch::claim::{Identity, Kind, Writers};
 use crate::watch::error::tests::{connect_failed, dest as test_dest, protocol};
 use crate::watch::error::DispositionOp;
 
@@ -566,7 +567,10 @@ impl Sim {
         assert!(c.in_flight <= c.p.global_cap, "global cap exceeded");
         assert_eq!(c.in_flight, self.running.len(), "in-flight count drifted");
         for (i, d) in c.dests.iter().enumerate() {
-            assert!(d.in_flight <= d.limiter.cap, "destination {i} over its cap");
+            assert!(
+                d.in_flight <= d.limiter.cap(),
+                "destination {i} over its cap"
+            );
         }
         // The counts agree with the entries.
         let mut per_watch = vec![0usize; c.watches.len()];

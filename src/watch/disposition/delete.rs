@@ -12,7 +12,8 @@ use super::ops::{rename_to_free, return_unsent};
 use super::{check_ours, is_ours, Disposed, Syncer};
 use crate::esc::esc;
 use crate::files::rename_noreplace;
-use crate::watch::claim::{self, Identity};
+use crate::watch::claim;
+use crate::watch::core::Identity;
 
 /// Deletes the spool entry `path` only if it still is the inode `id`, unchanged. An unlink
 /// by name cannot be checked, so the entry is first renamed to a hidden name of ours

@@ -22,7 +22,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::claim::{self, Identity};
+use super::claim;
+use super::core::Identity;
 use crate::esc::esc;
 use names::Naming;
 use ops::{copy_across, rename_into, rename_to_free, return_unsent};

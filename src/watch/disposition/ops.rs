@@ -11,7 +11,7 @@ use super::names::{self, Naming};
 use super::{delete_if_ours, Disposed, Syncer};
 use crate::esc::esc;
 use crate::files::rename_noreplace;
-use crate::watch::claim::Identity;
+use crate::watch::core::Identity;
 
 pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -1,5 +1,9 @@
-//! One destination's lane: its health (up, or down and probed with backoff) and its limit of
-//! uploads in flight, which adapts between 1 and the destination's cap.
+//! One destination's limit of uploads in flight, which adapts between 1 and its cap.
+//!
+//! The lane asks it [`Limiter::limit`], tells it when an attempt starts
+//! ([`Limiter::on_start`], which hands back the attempt's [`Ticket`]) and how the attempt
+//! went with that ticket ([`Limiter::on_success`], [`Limiter::on_failure`]); the answer is the
+//! change of the limit, if any, for the log. Everything else is the limiter's own policy.
 //!
 //! The limit follows TCP and Postfix: it starts small, grows by two per success while the
 //! lane was full (slow start: tripling per round), then by `1/limit` per success once a
@@ -14,8 +18,6 @@
 //! queueing us. Greeting timeouts, resets and refusals are signals too.
 
 use std::time::{Duration, Instant};
-
-use crate::watch::error::{ClientKind, DestError};
 
 /// Limit of a new adaptive lane (or its cap, if smaller).
 pub const INITIAL_LIMIT: f64 = 32.0;
@@ -38,9 +40,9 @@ const BASELINE_WINDOW: u32 = 500;
 #[derive(Debug, Clone)]
 pub struct Limiter {
     /// The destination's cap (its own `concurrency`, else the global one).
-    pub cap: usize,
+    cap: usize,
     /// `adaptive = false` pins the limit at the cap.
-    pub adaptive: bool,
+    adaptive: bool,
     /// Current limit, fractional so that additive increase can add `1/limit`.
     limit: f64,
     /// Below it, slow start (+1 per success); at or above, additive increase.
@@ -55,6 +57,19 @@ pub struct Limiter {
     /// Sequence number of the last attempt started when the limit last decreased: later
     /// signals from attempts started before it are of the same round and ignored.
     decreased_at: u64,
+    /// Sequence number of the last attempt started (rounds are counted in starts).
+    last_start: u64,
+}
+
+/// What the limiter needs to know again when an attempt it saw start ends: kept by the
+/// lane with the attempt, handed back with its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The attempt's start sequence number (1, 2, ...: rounds of decrease).
+    seq: u64,
+    /// The lane was at its limit when it started (only then does a success say the limit
+    /// was too small).
+    lane_full: bool,
 }
 
 /// Why a limit changed, for the debug log.
@@ -81,7 +96,53 @@ impl Limiter {
             window_n: 0,
             smoothed: None,
             decreased_at: 0,
+            last_start: 0,
         }
+    }
+
+    /// An attempt starts; `lane_full`: the lane is at its limit with it, or leaves ready
+    /// files behind. The ticket goes back with the attempt's outcome.
+    pub fn on_start(&mut self, lane_full: bool) -> Ticket {
+        self.last_start += 1;
+        Ticket {
+            seq: self.last_start,
+            lane_full,
+        }
+    }
+
+    /// The attempt of `t` delivered, after a greeting that took `greeting`.
+    pub fn on_success(&mut self, t: Ticket, greeting: Duration, _now: Instant) -> Option<Change> {
+        self.sample(greeting, t.seq, self.last_start, t.lane_full, true)
+    }
+
+    /// The attempt of `t` failed: after a greeting that took `greeting`, or before any
+    /// (`None`). `congestion`: its error is a sign of a server queueing us (a greeting or
+    /// connect timeout, a reset).
+    pub fn on_failure(
+        &mut self,
+        t: Ticket,
+        greeting: Option<Duration>,
+        congestion: bool,
+        _now: Instant,
+    ) -> Option<Change> {
+        let latest = self.last_start;
+        let sampled = greeting.and_then(|g| self.sample(g, t.seq, latest, t.lane_full, false));
+        let shrank = if congestion {
+            self.congestion(t.seq, latest)
+        } else {
+            None
+        };
+        sampled.or(shrank)
+    }
+
+    /// The destination's cap.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Whether the limit adapts (else it is pinned at the cap).
+    pub fn adaptive(&self) -> bool {
+        self.adaptive
     }
 
     /// Uploads in flight allowed now.
@@ -103,7 +164,7 @@ impl Limiter {
     }
 
     /// The greeting time above which the server is taken to be queueing us.
-    pub fn threshold(&self) -> Option<Duration> {
+    fn threshold(&self) -> Option<Duration> {
         self.baseline
             .map(|b| b.mul_f64(TOLERANCE).saturating_add(SLACK))
     }
@@ -111,7 +172,7 @@ impl Limiter {
     /// An attempt got the greeting after `greeting`. `seq` is its start sequence number,
     /// `lane_full` whether the lane was at its limit when it started (only then does a
     /// success say the limit was too small), `ok` whether the attempt succeeded.
-    pub fn sample(
+    fn sample(
         &mut self,
         greeting: Duration,
         seq: u64,
@@ -165,7 +226,7 @@ impl Limiter {
     /// A congestion signal from an attempt started with sequence number `seq` (greeting
     /// timeout, reset, refusal, or greeting time climbing); `latest` is the sequence number
     /// of the last attempt started so far: the round this decrease reacts to ends there.
-    pub fn congestion(&mut self, seq: u64, latest: u64) -> Option<Change> {
+    fn congestion(&mut self, seq: u64, latest: u64) -> Option<Change> {
         if !self.adaptive || seq <= self.decreased_at {
             return None;
         }
@@ -174,32 +235,6 @@ impl Limiter {
         self.ssthresh = self.limit;
         self.decreased_at = latest;
         (self.limit() != before).then_some(Change::Shrank)
-    }
-}
-
-/// Whether a destination takes files.
-#[derive(Debug, Clone)]
-pub enum Health {
-    Up,
-    /// Failures that are the destination's (resolve, refuse, unreachable, connect timeout,
-    /// no or wrong greeting): its files take no slots; one probe at a time tests it.
-    Down {
-        since: Instant,
-        /// The last failure.
-        error: DestError,
-        /// Failed probes so far (the backoff grows with them).
-        probes: u32,
-        /// When the next probe may start.
-        probe_at: Instant,
-        /// When it was last reported at WARN, and the kind of that error.
-        warned_at: Instant,
-        warned: ClientKind,
-    },
-}
-
-impl Health {
-    pub fn is_up(&self) -> bool {
-        matches!(self, Health::Up)
     }
 }
 
@@ -254,6 +289,28 @@ mod tests {
             l.congestion(s, s);
         }
         assert_eq!(l.limit(), 1);
+    }
+
+    #[test]
+    fn tickets_count_rounds_per_lane() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(64, true);
+        let early = l.on_start(true);
+        let same_round = l.on_start(true);
+        assert_eq!(l.on_failure(early, None, true, t0), Some(Change::Shrank));
+        assert_eq!(l.limit(), 24);
+        // Started before the decrease: of the same round, no second cut.
+        assert_eq!(l.on_failure(same_round, None, true, t0), None);
+        let next = l.on_start(true);
+        assert_eq!(l.on_failure(next, None, true, t0), Some(Change::Shrank));
+        // A failure after a fast greeting that is no sign of congestion changes nothing.
+        let ok = l.on_start(true);
+        assert_eq!(l.on_failure(ok, Some(MS), false, t0), None);
+        assert_eq!(l.limit(), 18);
+        // After a cut, growth is additive: a fraction of one per success.
+        let t = l.on_start(true);
+        assert_eq!(l.on_success(t, MS, t0), None);
+        assert_eq!(l.limit(), 18);
     }
 
     #[test]

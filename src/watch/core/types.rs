@@ -1,0 +1,354 @@
+//! The core's vocabulary: what it is told (hints, listings, identities, writers, outcomes of
+//! attempts, settings) and what it answers (actions, reports, counts). The stages around the
+//! core (watcher, claim, uploader, the queue's driver) speak it; the core depends on none of
+//! them.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::client::Uploaded;
+use crate::config::RetryPolicy;
+use crate::watch::error::{DestError, DispositionError, FileError, Reason};
+
+/// A name in one of the watched directories: (watch number, file name).
+pub type Key = (usize, OsString);
+
+/// What an event says about one name in a watched directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// Created (IN_CREATE): a writer has it open, or it is a link, FIFO, directory, ….
+    Created,
+    /// Written to (IN_MODIFY): being written.
+    Modified,
+    /// Closed after writing (IN_CLOSE_WRITE): ready after the settle time.
+    Closed,
+    /// Renamed into the directory (IN_MOVED_TO): complete, ready now.
+    MovedIn,
+    /// Metadata changed (IN_ATTRIB): restarts the settle time.
+    Attrib,
+    /// Deleted or renamed away.
+    Gone,
+}
+
+/// What kind of directory entry a path names. Everything but [`Kind::Regular`] is left
+/// alone by the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Regular,
+    Symlink,
+    Fifo,
+    Socket,
+    Device,
+    Directory,
+    Other,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Regular => "regular file",
+            Kind::Symlink => "symbolic link",
+            Kind::Fifo => "FIFO",
+            Kind::Socket => "socket",
+            Kind::Device => "device",
+            Kind::Directory => "directory",
+            Kind::Other => "special file",
+        })
+    }
+}
+
+/// Who a directory entry is and what state its content is in: enough to tell "the same
+/// file, unchanged" from anything else (replaced, rewritten, appended, touched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub kind: Kind,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Modification time in nanoseconds since the epoch; also the backlog's sort key.
+    pub mtime_ns: i128,
+    /// Status change time: catches writes that restore the mtime, renames over, chmod.
+    pub ctime_ns: i128,
+}
+
+impl Identity {
+    /// The same inode (possibly changed).
+    pub fn same_inode(&self, other: &Identity) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+}
+
+/// Whether anybody has a file open for writing, as far as the kernel can tell us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// Nobody has it open for writing: a complete file as far as its writers are concerned.
+    None,
+    /// Some process has it open for writing: not ready.
+    Some,
+    /// Cannot tell (not the owner and no `CAP_LEASE`, or a filesystem without leases):
+    /// fall back to the events and timers.
+    Unknown,
+}
+
+/// Settings of the core (from the configuration).
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Uploads in flight at most, all destinations together.
+    pub global_cap: usize,
+    /// Names held in memory per watch.
+    pub active_limit: usize,
+    pub retry: RetryPolicy,
+    /// Where the kernel cannot tell whether a file has writers, a file seen being written is
+    /// considered abandoned after this much silence (or the rescan interval, if longer): the
+    /// config's `writer_quiet`.
+    pub writer_quiet_min: Duration,
+    pub watches: Vec<WatchParams>,
+    pub dests: Vec<DestParams>,
+}
+
+/// One watch, as the core needs it.
+#[derive(Debug, Clone)]
+pub struct WatchParams {
+    pub settle: Duration,
+    pub rescan_interval: Duration,
+    /// Index into [`Params::dests`].
+    pub dest: usize,
+}
+
+/// One destination.
+#[derive(Debug, Clone)]
+pub struct DestParams {
+    /// `host:port` as configured.
+    pub name: String,
+    /// Its cap of uploads in flight.
+    pub cap: usize,
+    /// Whether its limit adapts (else it is pinned at the cap).
+    pub adaptive: bool,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: OsString,
+    pub id: Identity,
+}
+
+/// A directory listing, bounded: the oldest regular files, how many there were in all, and
+/// every entry that is not a regular file.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// (device, inode) of the directory.
+    pub dir_id: (u64, u64),
+    /// Regular files, oldest (mtime, then name) first; at most the limit asked for.
+    pub files: Vec<Listed>,
+    /// Regular files in the directory (accepted by the filter), including those not in
+    /// `files`.
+    pub total_files: usize,
+    /// Entries that are not regular files.
+    pub specials: Vec<Listed>,
+}
+
+/// What was decided about a file whose move or delete is still to be done.
+#[derive(Debug, Clone)]
+pub enum After {
+    Delivered,
+    /// Given up; this goes into the `.reason` file (shared: a failing move is retried).
+    GaveUp(std::sync::Arc<Reason>),
+}
+
+/// What an attempt does.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Upload, then move or delete.
+    Upload,
+    /// An earlier attempt finished (delivered or gave up) but could not move or delete the
+    /// file; do only that, if the file is still exactly the one it was.
+    Finish { id: Identity, after: After },
+}
+
+/// An attempt to start.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub key: Key,
+    /// 1-based number of this attempt.
+    pub attempt: u32,
+    /// The last attempt allowed (`retry.max_attempts`): a failure gives up.
+    pub last: bool,
+    pub mode: Mode,
+    /// Seen moved in, or closed after it was last written: complete by the writers'
+    /// convention even where the kernel cannot tell whether it has writers.
+    pub trusted: bool,
+    /// Where writers cannot be told, how long an untrusted file must be unchanged.
+    pub quiet: Duration,
+    /// When the core first knew of the file (the delivery latency runs from here).
+    pub found: Instant,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Delivered and moved or deleted (or the name was replaced meanwhile). `uploaded`:
+    /// sent in this attempt (not only moved after an earlier one).
+    Delivered { uploaded: Option<Uploaded> },
+    /// Given up on and moved to `failed_dir`.
+    GaveUp,
+    /// The name does not lead to the file any more: look at it again.
+    Gone,
+    /// Not a regular file.
+    Special(Identity),
+    /// Another instance holds its lock.
+    Busy,
+    /// Changed during the transfer: not delivered; send again once it settles.
+    Changed,
+    /// Someone has it open for writing.
+    Writer,
+    /// Writers cannot be told, nothing vouches for it, and it changed less than the quiet
+    /// period ago: look again after `wait` (or on its close).
+    Young { wait: Duration },
+    /// The attempt failed for this file (after the greeting, or the file could not be
+    /// read). `greeting`: the greeting time, if the server greeted.
+    Failed {
+        error: FileError,
+        greeting: Option<Duration>,
+    },
+    /// The destination failed (resolve, refused, unreachable, connect timeout, no or wrong
+    /// greeting): nothing is known about the file; not counted against it.
+    DestinationFailed { error: DestError },
+    /// Delivered or given up, but moving/deleting failed.
+    DispositionFailed {
+        id: Identity,
+        after: After,
+        error: DispositionError,
+    },
+}
+
+/// Something worth telling the operator; the driver logs it (errors rendered there).
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// A name that is not a regular file; reported once per identity.
+    Ignoring {
+        key: Key,
+        id: Identity,
+    },
+    /// Still open for writing (debug).
+    WriterOpen {
+        key: Key,
+    },
+    /// Was being written but nothing happened for `quiet`; taken as complete once settled.
+    WriterQuiet {
+        key: Key,
+        quiet: Duration,
+    },
+    /// Writers cannot be told and it changed recently (debug).
+    Young {
+        key: Key,
+        quiet: Duration,
+        wait: Duration,
+    },
+    /// An attempt failed; retried in `retry_in`.
+    AttemptFailed {
+        key: Key,
+        attempt: u32,
+        max: u32,
+        error: FileError,
+        retry_in: Duration,
+    },
+    /// A destination went down.
+    DestinationDown {
+        dest: usize,
+        error: DestError,
+        waiting: usize,
+        probe_in: Duration,
+    },
+    /// A probe (or an attempt started before it went down) failed; `loud` at most once a
+    /// minute or when the kind of error changed.
+    StillDown {
+        dest: usize,
+        key: Key,
+        error: DestError,
+        probe_in: Duration,
+        loud: bool,
+    },
+    /// A destination that was down accepted an upload.
+    DestinationUp {
+        dest: usize,
+        down_for: Duration,
+        waiting: usize,
+    },
+    /// A destination's limit changed.
+    Limit {
+        dest: usize,
+        limit: usize,
+        baseline: Option<Duration>,
+        smoothed: Option<Duration>,
+    },
+    /// Moving or deleting a delivered (or given up) file failed.
+    DispositionFailed {
+        key: Key,
+        error: DispositionError,
+        failures: u32,
+        retry_in: Duration,
+        delivered: bool,
+        loud: bool,
+    },
+    /// The first listing of a watch.
+    Backlog {
+        watch: usize,
+        files: usize,
+    },
+    /// A listing (debug).
+    Listed {
+        watch: usize,
+        files: usize,
+    },
+    ListFailed {
+        watch: usize,
+        error: std::sync::Arc<std::io::Error>,
+        again: Duration,
+        first: bool,
+    },
+    ListRecovered {
+        watch: usize,
+    },
+    /// The events cannot be trusted; every directory is listed again.
+    Rescan {
+        why: String,
+    },
+    /// The active set of a watch is full: further names wait on disk.
+    Full {
+        watch: usize,
+        limit: usize,
+    },
+}
+
+/// What the driver is asked to do.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// `lstat` the name and answer with [`Core::looked`].
+    Look(Key),
+    /// Ask whether the name has writers; answer with [`Core::writers`].
+    ProbeWriters(Key),
+    /// List the directory of `watch`, keeping the `limit` oldest regular files; answer with
+    /// [`Core::listed`].
+    List {
+        watch: usize,
+        limit: usize,
+    },
+    /// The directory was replaced: watch the new one ([`Core::rewatch_failed`] if that
+    /// fails).
+    Rewatch {
+        watch: usize,
+    },
+    /// Start an attempt; answer with [`Core::finished`].
+    Start(Start),
+    Report(Report),
+}
+
+/// Counts for STATUS= and the SIGUSR1 summary (uploads in flight are counted by the driver,
+/// as it spawns and joins them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub queued: u64,
+    pub destinations_down: u64,
+}
