@@ -307,6 +307,9 @@ pub struct Uploaded {
 /// (zero-copy where possible), half-close and wait for the confirmation `confirm` asks for
 /// (the server's close, or with [`Confirm::Acked`] the acknowledgement of everything we sent).
 ///
+/// `size` is the file's size if the caller knows it (see [`protocol::send_file_zero_copy`]:
+/// `before_close` must then check the file did not change).
+///
 /// `before_close` runs after the content was sent and before the half-close; returning an
 /// error from it aborts the connection with a reset so the server does not take the partial
 /// or changed content as complete (the spool service checks the file did not change).
@@ -319,6 +322,7 @@ pub async fn upload<E>(
     dest: &Destination,
     confirm: Confirm,
     file: &std::fs::File,
+    size: Option<u64>,
     timeouts: &Timeouts,
     progress: &mut (dyn FnMut(u64) + Send),
     before_close: impl FnOnce(u64) -> Result<(), E>,
@@ -334,14 +338,21 @@ pub async fn upload<E>(
         return Err(proto(e).into());
     }
     let greeting = started.elapsed();
-    let sent =
-        match protocol::send_file_zero_copy(file, &mut stream, timeouts.stall, progress).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                protocol::abort(stream);
-                return Err(proto(e).into());
-            }
-        };
+    let sent = match protocol::send_file_zero_copy(
+        file,
+        size,
+        &mut stream,
+        timeouts.stall,
+        progress,
+    )
+    .await
+    {
+        Ok(sent) => sent,
+        Err(e) => {
+            protocol::abort(stream);
+            return Err(proto(e).into());
+        }
+    };
     if let Err(e) = before_close(sent) {
         protocol::abort(stream);
         return Err(UploadError::Rejected(e));
@@ -354,7 +365,15 @@ pub async fn upload<E>(
     // Confirmed. With `Acked` the server may not have closed yet: close gracefully (the
     // linger-0 reset set at connect would tell it the transfer failed, and could discard
     // data it has not read yet). After the server's close this sends nothing.
-    protocol::close(stream);
+    match confirm {
+        // Confirmed by the server's close, read once everything (our FIN too) was
+        // acknowledged: the socket is closed already (TCP_CLOSE) and closing it sends
+        // nothing, reset or not, so the linger is not cleared (a system call for nothing).
+        // Were it not closed, a reset would reach a server that has closed: harmless.
+        Confirm::Close => drop(stream),
+        // The server may keep the connection: ours must end with a FIN, not a reset.
+        Confirm::Acked => protocol::close(stream),
+    }
     Ok(Uploaded {
         bytes: sent,
         greeting,

@@ -48,6 +48,9 @@ pub async fn run(
         &dest,
         confirm,
         &file_handle,
+        // Until the end of the file, whatever its size was when checked: nothing checks it
+        // again after sending.
+        None,
         &timeouts,
         &mut on_progress,
         |_| Ok(()),

@@ -100,6 +100,8 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         &job.watch.cfg.server,
         job.watch.cfg.confirm,
         &claim.file,
+        // Known from the claim; `unchanged` checks the size did not change.
+        Some(before.size),
         &sh.timeouts,
         &mut |n| {
             if greeting.is_none() {
