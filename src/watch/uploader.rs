@@ -243,24 +243,8 @@ async fn dispose_delivered(
     let (bytes, took) = sent.map_or((0, Duration::ZERO), |(u, took)| (u.bytes, took));
     let id = claim.id;
     let path = claim.path.clone();
-    // Written to after `before_close` checked it, while the server was still taking the last
-    // bytes: the server has the earlier content, complete. Moving the newer content to
-    // done_dir as "delivered" would lose the change; send it again instead.
-    if uploaded.is_some() {
-        if let Err(why) = unchanged(&claim, &id, id.size) {
-            tracing::info!(
-                path = %esc(&path),
-                attempt = job.attempt,
-                "{} {why} after it was sent (the server got the earlier content); it is sent again once it settles",
-                esc(&path)
-            );
-            return Outcome::Changed;
-        }
-        // Confirmed by the server and unchanged: delivered, whatever becomes of the move.
-        // The latency runs from when the service found it (moved in, or listed).
-        sh.metrics
-            .file_sent(&watch_label(job), bytes, Some(job.found.elapsed()));
-    }
+    // From when the service found it (moved in, or listed) until the server confirmed.
+    let latency = job.found.elapsed();
     let done = match (job.watch.cfg.on_success, &job.watch.cfg.done_dir) {
         (OnSuccess::Move, Some(done)) => Some(done.clone()),
         _ => None,
@@ -269,27 +253,54 @@ async fn dispose_delivered(
         Some(_) => DispositionOp::MoveToDone,
         None => DispositionOp::Delete,
     };
-    let syncer = sh.syncer.clone();
-    let name = job.name.clone();
-    // On a blocking thread: usually one rename or unlink and a few stats, but across
-    // filesystems a copy. The claim (and its lock) ends only after the move or delete.
-    let result = tokio::task::spawn_blocking(move || {
-        let r = match &done {
-            Some(done) => disposition::move_if_ours(
-                Some(&claim.file),
-                &claim.path,
-                &claim.id,
-                Dest::Done(done),
-                &name,
-                &syncer,
-            ),
-            None => disposition::delete_if_ours(&claim.path, &claim.id, &syncer),
-        };
-        drop(claim);
-        r
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    // Written to after `before_close` checked it, while the server was still taking the last
+    // bytes: the server has the earlier content, complete; moving the newer content to
+    // done_dir as "delivered" would lose the change. The disposition's own check catches
+    // that: it compares what the name holds now (`lstat`) with the identity the claim took
+    // and `before_close` confirmed, size, mtime and ctime, and leaves a changed file in the
+    // spool (`Disposed::Changed`): no `fstat` of its own is needed here. A rename or delete
+    // is metadata calls only, made here like the claim's; only a copy across filesystems goes
+    // to a blocking thread. The claim (and its lock) ends only after the move or delete.
+    let renamed = match &done {
+        Some(done) => disposition::rename_if_ours(
+            &claim.path,
+            &claim.id,
+            Dest::Done(done),
+            &job.name,
+            &sh.syncer,
+        ),
+        None => disposition::delete_if_ours(&claim.path, &claim.id, &sh.syncer).map(Some),
+    };
+    let result = match (renamed, done) {
+        (Ok(None), Some(done)) => {
+            let syncer = sh.syncer.clone();
+            let name = job.name.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = disposition::move_if_ours(
+                    Some(&claim.file),
+                    &claim.path,
+                    &claim.id,
+                    Dest::Done(&done),
+                    &name,
+                    &syncer,
+                );
+                drop(claim);
+                r
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+        }
+        (r, _) => {
+            drop(claim);
+            // `Ok(None)` comes only from a rename into done_dir.
+            r.map(|d| d.unwrap_or(Disposed::Changed))
+        }
+    };
+    if uploaded.is_some() && !matches!(result, Ok(Disposed::Changed)) {
+        // Confirmed by the server and unchanged: delivered, whatever becomes of the move.
+        sh.metrics
+            .file_sent(&watch_label(job), bytes, Some(latency));
+    }
     let dest = &job.watch.cfg.server;
     // `now`: what became of it after this upload; `earlier`: after an earlier one.
     let delivered = |now: &str, earlier: &str| {
