@@ -75,6 +75,7 @@ impl Pipeline {
             Some(tx),
             p.reported.clone(),
             Some(views_rx),
+            Arc::new(watch::queue::Fs),
         ));
         if rx.await.is_ok() {
             p.views.set(views_tx);

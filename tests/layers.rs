@@ -23,10 +23,18 @@ const LAYERS: &[&str] = &[
 /// Files of the queue's core: decisions only, no I/O, no clock of their own.
 const CORE: &[&str] = &[
     "src/watch/core/mod.rs",
+    "src/watch/core/active.rs",
+    "src/watch/core/attempt.rs",
+    "src/watch/core/entry.rs",
     "src/watch/core/health.rs",
+    "src/watch/core/lanes.rs",
     "src/watch/core/limiter.rs",
+    "src/watch/core/timers.rs",
     "src/watch/core/types.rs",
+    "src/watch/core/view.rs",
 ];
+/// The core's simulation (test only): it plays the driver, so it is not held to the above.
+const CORE_SIM: &str = "src/watch/core/sim.rs";
 const NOT_IN_CORE: &[&str] = &[
     "tokio",
     "std::fs",
@@ -55,33 +63,36 @@ fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .map(|(i, l)| (i + 1, l.split("//").next().unwrap_or("")))
 }
 
-/// The modules a line names as `crate::NAME`, or inside `use crate::{A, B::..}`.
-fn used(line: &str) -> Vec<String> {
+/// The names a line puts after `prefix` (`prefix` `NAME`, or inside `prefix{A, B::..}`),
+/// `self` left out.
+fn names_after(line: &str, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = line;
-    while let Some(i) = rest.find("crate::") {
-        rest = &rest[i + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for item in group[..end].split(',') {
-                let name: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    out.push(name);
-                }
-            }
-        } else {
-            let name: String = rest
+    while let Some(i) = rest.find(prefix) {
+        rest = &rest[i + prefix.len()..];
+        let items: Vec<&str> = match rest.strip_prefix('{') {
+            Some(group) => group[..group.find('}').unwrap_or(group.len())]
+                .split(',')
+                .collect(),
+            None => vec![rest],
+        };
+        for item in items {
+            let name: String = item
+                .trim()
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
                 .collect();
-            out.push(name);
+            if !name.is_empty() && name != "self" {
+                out.push(name);
+            }
         }
     }
     out
+}
+
+/// The modules a line names as `crate::NAME`, or inside `use crate::{A, B::..}`.
+fn used(line: &str) -> Vec<String> {
+    names_after(line, "crate::")
 }
 
 #[test]
@@ -177,32 +188,9 @@ fn the_queue_core_does_no_io() {
 /// The modules a line of a file in `src/watch` names as `super::NAME` (`direct`: the file is
 /// `src/watch/NAME.rs`, where `super` is the pipeline) or `crate::watch::NAME`.
 fn watch_used(line: &str, direct: bool) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut prefixes = vec!["crate::watch::"];
+    let mut out = names_after(line, "crate::watch::");
     if direct {
-        prefixes.push("super::");
-    }
-    for prefix in prefixes {
-        let mut rest = line;
-        while let Some(i) = rest.find(prefix) {
-            rest = &rest[i + prefix.len()..];
-            let items: Vec<&str> = match rest.strip_prefix('{') {
-                Some(group) => group[..group.find('}').unwrap_or(group.len())]
-                    .split(',')
-                    .collect(),
-                None => vec![rest],
-            };
-            for item in items {
-                let name: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != "self" {
-                    out.push(name);
-                }
-            }
-        }
+        out.extend(names_after(line, "super::"));
     }
     out
 }
@@ -271,6 +259,21 @@ fn the_watch_modules_import_no_circle() {
         "imports inside src/watch:\n{}",
         Vec::from_iter(wrong).join("\n")
     );
+}
+
+#[test]
+fn every_file_of_the_core_is_checked() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src/watch/core"), &mut files);
+    for f in files {
+        let rel = f.strip_prefix(root).expect("under the crate");
+        let rel = rel.to_string_lossy();
+        assert!(
+            CORE.contains(&rel.as_ref()) || rel == CORE_SIM,
+            "{rel}: a new file of the core: add it to CORE"
+        );
+    }
 }
 
 #[test]

@@ -64,15 +64,18 @@ pub async fn run(
         ready,
         Reported::default(),
         None,
+        Arc::new(queue::Fs),
     )
     .await
 }
 
-/// [`run`], recording events into the process's `metrics`, and sharing the set of special
-/// entries already reported with earlier pipelines of the same process (see [`Reported`]).
+/// [`run`], recording events into the process's `metrics`, sharing the set of special
+/// entries already reported with earlier pipelines of the same process (see [`Reported`]),
+/// and inspecting the spools through `spool` ([`queue::Fs`], or a test's seam).
 ///
 /// # Errors
 /// As [`run`].
+#[allow(clippy::too_many_arguments)] // each is the caller's own; a struct would only wrap them
 pub async fn run_with(
     config: Config,
     stats: Arc<Stats>,
@@ -81,6 +84,7 @@ pub async fn run_with(
     ready: Option<oneshot::Sender<()>>,
     reported: Reported,
     views: Option<mpsc::Receiver<crate::status::ViewRequest>>,
+    spool: Arc<dyn queue::Spool>,
 ) -> Result<(), FatalError> {
     let mut watches = Vec::with_capacity(config.watches.len());
     for w in &config.watches {
@@ -142,6 +146,7 @@ pub async fn run_with(
         params,
         config.shutdown_grace,
         reported,
+        spool,
     );
     stats
         .watching

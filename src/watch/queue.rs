@@ -2,14 +2,19 @@
 //! it decides. It owns the kernel watcher, the upload tasks and the directory listings; the
 //! core owns every decision.
 //!
-//! The loop: perform the core's actions (an `lstat` or a writers probe is answered at once,
-//! inline; a listing or an upload is spawned and answered when it ends), publish the
-//! counts, then sleep until the next input: a hint, a finished upload or listing, a status
-//! request, shutdown, or the core's next deadline. An idle service sleeps until that
-//! deadline and never polls.
+//! The loop: perform the core's actions (a listing or an upload is spawned and answered
+//! when it ends; `lstat`s and writer probes are gathered per watch and asked in one batch on
+//! a blocking thread), publish the counts, then sleep until the next input: a hint, a
+//! finished upload, listing or batch of questions, a status request, shutdown, or the
+//! core's next deadline. An idle service sleeps until that deadline and never polls.
+//!
+//! No filesystem call that can block runs on the queue task itself: a spool on a hung NFS
+//! or FUSE mount stalls its own watch's questions (one batch at a time per watch, so one
+//! blocked thread), while the other watches keep being looked at and sent. The [`Spool`]
+//! trait is the seam the tests use to hang one.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::claim;
-use super::core::{self, Action, Core, Key, Listing, Outcome, Report, Start};
+use super::core::{self, Action, Core, Identity, Key, Listing, Outcome, Report, Start, Writers};
 use super::ctx::{Shared, WatchCtx};
 use super::uploader::{self, Job};
 use super::watcher::{self, Msg, Watcher};
@@ -29,6 +34,73 @@ use crate::status::{FileInFlight, View, ViewRequest};
 
 /// Hints handled per wake-up before the other sources get a turn.
 const HINT_BATCH: usize = 1024;
+
+/// Questions (looks, writer probes) asked per blocking task, at most: as many as a wake-up
+/// of the core fires timers.
+const ASK_BATCH: usize = 4096;
+
+/// How the driver inspects names in a spool: the seam between the queue and the
+/// filesystem, so that a test can make one spool hang.
+pub trait Spool: Send + Sync + 'static {
+    /// `lstat`: the identity of what `path` names, `None` if nothing (or it cannot be told).
+    fn lstat(&self, path: &Path) -> Option<Identity>;
+    /// Whether anybody has `path` open for writing.
+    fn writers(&self, path: &Path) -> Writers;
+}
+
+/// The filesystem itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fs;
+
+impl Spool for Fs {
+    fn lstat(&self, path: &Path) -> Option<Identity> {
+        claim::lstat(path).ok()
+    }
+
+    fn writers(&self, path: &Path) -> Writers {
+        claim::probe_writers(path)
+    }
+}
+
+/// A question of the core about one name.
+enum Ask {
+    Look(Key),
+    Writers(Key),
+}
+
+/// Its answer.
+enum Answer {
+    Looked(Key, Option<Identity>),
+    Writers(Key, Writers),
+}
+
+/// Answers `asks` about names in `dir` through `spool`. A question whose call panicked is
+/// answered as if nothing could be told (the name is looked at again by the next listing).
+fn answer(spool: &dyn Spool, dir: &Path, asks: Vec<Ask>) -> Vec<Answer> {
+    let guarded = |f: &dyn Fn() -> Answer, fallback: Answer| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
+    };
+    asks.into_iter()
+        .map(|a| match a {
+            Ask::Look(key) => {
+                let path = dir.join(&key.1);
+                let k = key.clone();
+                guarded(
+                    &|| Answer::Looked(k.clone(), spool.lstat(&path)),
+                    Answer::Looked(key, None),
+                )
+            }
+            Ask::Writers(key) => {
+                let path = dir.join(&key.1);
+                let k = key.clone();
+                guarded(
+                    &|| Answer::Writers(k.clone(), spool.writers(&path)),
+                    Answer::Writers(key, Writers::Unknown),
+                )
+            }
+        })
+        .collect()
+}
 
 /// An upload in progress, for `accio status`.
 struct Running {
@@ -54,6 +126,13 @@ pub struct Queue {
     inflight: JoinSet<Outcome>,
     running: HashMap<tokio::task::Id, Running>,
     scans: JoinSet<(usize, std::io::Result<Listing>)>,
+    /// How names are inspected.
+    spool: Arc<dyn Spool>,
+    /// Per watch: questions not asked yet, and whether a batch of its is being answered
+    /// (one at a time: a hung spool holds one blocking thread, not one per wake-up).
+    asks: Vec<VecDeque<Ask>>,
+    asking: Vec<bool>,
+    answers: JoinSet<(usize, Vec<Answer>)>,
     /// What this queue last added to the shared counters (several pipelines may share them
     /// while a reload overlaps them).
     published: core::Counts,
@@ -102,6 +181,7 @@ impl Queue {
         params: core::Params,
         grace: Duration,
         reported: super::ctx::Reported,
+        spool: Arc<dyn Spool>,
     ) -> Queue {
         // Special entries already reported by an earlier pipeline, as keys of this one.
         let mut seed = HashMap::new();
@@ -125,6 +205,10 @@ impl Queue {
         Queue {
             core,
             watcher,
+            asks: watches.iter().map(|_| VecDeque::new()).collect(),
+            asking: vec![false; watches.len()],
+            answers: JoinSet::new(),
+            spool,
             watches,
             shared,
             grace,
@@ -149,14 +233,8 @@ impl Queue {
     fn perform(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Look(key) => {
-                    let id = claim::lstat(&self.path(&key)).ok();
-                    self.core.looked(Self::now(), key, id);
-                }
-                Action::ProbeWriters(key) => {
-                    let w = claim::probe_writers(&self.path(&key));
-                    self.core.writers(Self::now(), key, w);
-                }
+                Action::Look(key) => self.asks[key.0].push_back(Ask::Look(key)),
+                Action::ProbeWriters(key) => self.asks[key.0].push_back(Ask::Writers(key)),
                 Action::List { watch, limit } => {
                     let w = self.watches[watch].clone();
                     self.scans.spawn_blocking(move || {
@@ -181,6 +259,36 @@ impl Queue {
                 }
                 Action::Start(s) => self.start(s),
                 Action::Report(r) => self.log(r),
+            }
+        }
+        self.ask();
+    }
+
+    /// Asks each watch's questions on a blocking thread, a batch at a time per watch.
+    fn ask(&mut self) {
+        for w in 0..self.asks.len() {
+            if self.asking[w] || self.asks[w].is_empty() {
+                continue;
+            }
+            let n = self.asks[w].len().min(ASK_BATCH);
+            let batch: Vec<Ask> = self.asks[w].drain(..n).collect();
+            let (spool, dir) = (self.spool.clone(), self.watches[w].cfg.dir.clone());
+            self.asking[w] = true;
+            self.answers
+                .spawn_blocking(move || (w, answer(&*spool, &dir, batch)));
+        }
+    }
+
+    /// The answers to a batch of questions of watch `w`.
+    fn answered(&mut self, w: usize, answers: Vec<Answer>) {
+        if let Some(asking) = self.asking.get_mut(w) {
+            *asking = false;
+        }
+        let now = Self::now();
+        for a in answers {
+            match a {
+                Answer::Looked(key, id) => self.core.looked(now, key, id),
+                Answer::Writers(key, writers) => self.core.writers(now, key, writers),
             }
         }
     }
@@ -504,6 +612,12 @@ impl Queue {
                         hints_open = false;
                     }
                 },
+                Some(done) = self.answers.join_next(), if !self.answers.is_empty() => {
+                    // Never an error: the batch catches its panics, and it is not aborted.
+                    if let Ok((w, answers)) = done {
+                        self.answered(w, answers);
+                    }
+                }
                 Some(scan) = self.scans.join_next(), if !self.scans.is_empty() => {
                     if let Ok((watch, result)) = scan {
                         self.core.listed(Self::now(), watch, result);
@@ -596,5 +710,176 @@ impl Queue {
         }
         // This pipeline no longer holds anything: take its share out of the counters.
         self.publish_counts(core::Counts::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Condvar, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A spool whose `lstat`s under `hung` block until released (a hung NFS or FUSE mount),
+    /// and which tells when one does.
+    struct Hung {
+        hung: PathBuf,
+        /// (blocked now, released)
+        state: Mutex<(bool, bool)>,
+        changed: Condvar,
+    }
+
+    /// However the test ends, a blocked call gives up after this (so that the runtime can
+    /// stop).
+    const HANG_AT_MOST: Duration = Duration::from_secs(60);
+
+    impl Spool for Hung {
+        fn lstat(&self, path: &Path) -> Option<Identity> {
+            if path.starts_with(&self.hung) {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.0 = true;
+                self.changed.notify_all();
+                let (st, _) = self
+                    .changed
+                    .wait_timeout_while(st, HANG_AT_MOST, |st| !st.1)
+                    .unwrap_or_else(|e| e.into_inner());
+                drop(st);
+            }
+            Fs.lstat(path)
+        }
+
+        fn writers(&self, path: &Path) -> Writers {
+            Fs.writers(path)
+        }
+    }
+
+    impl Hung {
+        /// Waits (up to `within`) until an `lstat` is blocked; whether one is.
+        fn wait_blocked(&self, within: Duration) -> bool {
+            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let (st, _) = self
+                .changed
+                .wait_timeout_while(st, within, |st| !st.0)
+                .unwrap_or_else(|e| e.into_inner());
+            st.0
+        }
+
+        fn release(&self) {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+            self.changed.notify_all();
+        }
+    }
+
+    /// A receiver that greets, reads the whole upload and closes (the protocol's
+    /// confirmation).
+    async fn receiver() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut sink = Vec::new();
+                    if s.write_all(b"accio\r\n").await.is_ok() {
+                        let _ = s.read_to_end(&mut sink).await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Renames a finished file `name` into `dir`.
+    fn drop_in(dir: &Path, name: &str) {
+        let tmp = dir.join(format!(".{name}.part"));
+        std::fs::write(&tmp, b"some content").unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+
+    /// Waits (up to `within`) until `path` exists.
+    async fn appears(path: &Path, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if path.exists() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        path.exists()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_spool_stalls_only_its_own_watch() {
+        let port = receiver().await;
+        let root = tempfile::tempdir().unwrap();
+        let dir = |n: &str| {
+            let d = root.path().join(n);
+            std::fs::create_dir(&d).unwrap();
+            d
+        };
+        let (hung, hung_done, fine, fine_done) =
+            (dir("hung"), dir("hung-sent"), dir("fine"), dir("fine-sent"));
+        let toml = format!(
+            r#"
+concurrency = 4
+[server]
+host = "127.0.0.1"
+port = {port}
+[[watch]]
+dir = "{}"
+done_dir = "{}"
+failed_dir = "{}/failed"
+settle = "10ms"
+[[watch]]
+dir = "{}"
+done_dir = "{}"
+failed_dir = "{}/failed"
+settle = "10ms"
+"#,
+            hung.display(),
+            hung_done.display(),
+            root.path().display(),
+            fine.display(),
+            fine_done.display(),
+            root.path().display(),
+        );
+        let config = crate::config::parse(toml.as_bytes(), Path::new("test.toml")).unwrap();
+        let spool = Arc::new(Hung {
+            hung: hung.clone(),
+            state: Mutex::new((false, false)),
+            changed: Condvar::new(),
+        });
+        let shutdown = CancellationToken::new();
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let service = tokio::spawn(super::super::run_with(
+            config,
+            Arc::default(),
+            Arc::new(crate::metrics::Metrics::default()),
+            shutdown.clone(),
+            Some(ready),
+            super::super::Reported::default(),
+            None,
+            spool.clone(),
+        ));
+        is_ready.await.unwrap();
+
+        drop_in(&hung, "stuck");
+        let s = spool.clone();
+        let blocked = tokio::task::spawn_blocking(move || s.wait_blocked(Duration::from_secs(10)));
+        assert!(blocked.await.unwrap(), "the hung spool was never looked at");
+        // The queue task is free: the other watch's files are looked at and sent.
+        for i in 0..3 {
+            drop_in(&fine, &format!("f{i}"));
+        }
+        for i in 0..3 {
+            assert!(
+                appears(&fine_done.join(format!("f{i}")), Duration::from_secs(10)).await,
+                "f{i} of the other watch was not sent while one spool hung"
+            );
+        }
+        assert!(!hung_done.join("stuck").exists());
+        // Once the spool answers, its file goes too.
+        spool.release();
+        assert!(appears(&hung_done.join("stuck"), Duration::from_secs(10)).await);
+        shutdown.cancel();
+        service.await.unwrap().unwrap();
     }
 }

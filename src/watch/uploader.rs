@@ -46,7 +46,13 @@ pub struct Job {
 /// Runs one attempt for `job`.
 pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let path = job.watch.cfg.dir.join(&job.name);
-    let claim = match claim::claim(&path) {
+    // On a blocking thread: on a hung NFS or FUSE spool the lstat or open never returns,
+    // and must not hold one of the runtime's few workers (the other watches need them).
+    let p = path.clone();
+    let claimed = tokio::task::spawn_blocking(move || claim::claim(&p))
+        .await
+        .unwrap_or_else(|e| Err(ClaimError::Io(std::io::Error::other(e.to_string()))));
+    let claim = match claimed {
         Ok(c) => c,
         Err(ClaimError::Gone) => return Outcome::Gone,
         Err(ClaimError::Special(id)) => return Outcome::Special(id),

@@ -19,7 +19,7 @@ use super::*;
 use crate::client::Uploaded;
 use crate::protocol::ProtocolError;
 use crate::watch::error::tests::{connect_failed, dest as test_dest, protocol};
-use crate::watch::error::DispositionOp;
+use crate::watch::error::{DestError, DispositionError, DispositionOp, FileError};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -397,9 +397,10 @@ impl Sim {
         let d = self.core.watches[w].p.dest;
         // Invariant 3: a down destination gets an attempt (its probe) only when it has none
         // in flight: at most one.
-        if !self.core.dests[d].health.is_up() && matches!(s.mode, Mode::Upload) {
+        if !self.core.lanes.lanes[d].health.is_up() && matches!(s.mode, Mode::Upload) {
             assert_eq!(
-                self.core.dests[d].in_flight, 1,
+                self.core.lanes.flight.of_lane(d),
+                1,
                 "down destination {d} got a second attempt"
             );
         }
@@ -407,14 +408,14 @@ impl Sim {
         // of its own was passed over once more; none more than once a round.
         // (Finish-only attempts take no lane's slot: they do not count.)
         let n = if matches!(s.mode, Mode::Upload) {
-            self.core.dests.len()
+            self.core.lanes.lanes.len()
         } else {
             0
         };
         for e in 0..n {
             if e == d {
                 self.skipped[e] = 0;
-            } else if self.core.eligible(e) && self.core.dest_has_ready(e) {
+            } else if self.core.waits_for_slot(e) {
                 self.skipped[e] += 1;
                 assert!(
                     self.skipped[e] < n,
@@ -564,14 +565,35 @@ impl Sim {
     fn check(&self) {
         let c = &self.core;
         // 2: never more in flight than the caps.
-        assert!(c.in_flight <= c.p.global_cap, "global cap exceeded");
-        assert_eq!(c.in_flight, self.running.len(), "in-flight count drifted");
-        for (i, d) in c.dests.iter().enumerate() {
+        let flight = &c.lanes.flight;
+        assert!(flight.total() <= c.p.global_cap, "global cap exceeded");
+        assert_eq!(
+            flight.total(),
+            self.running.len(),
+            "in-flight count drifted"
+        );
+        for (i, d) in c.lanes.lanes.iter().enumerate() {
             assert!(
-                d.in_flight <= d.limiter.cap(),
+                flight.of_lane(i) <= d.limiter.cap(),
                 "destination {i} over its cap"
             );
         }
+        // The stale places in the queues and the stale timers stay bounded by the names
+        // held, however often files come and go while their lane is blocked.
+        for (w, st) in c.watches.iter().enumerate() {
+            let places = c.lanes.queued_places(w);
+            assert!(
+                places <= 2 * (2 * st.count + super::lanes::SLACK) + 1,
+                "watch {w}: {places} places queued for {} names held",
+                st.count
+            );
+        }
+        assert!(
+            c.timers.len() <= 2 * c.entries.len() + super::timers::SLACK,
+            "{} timers for {} names held",
+            c.timers.len(),
+            c.entries.len()
+        );
         // The counts agree with the entries.
         let mut per_watch = vec![0usize; c.watches.len()];
         for k in c.entries.keys() {
@@ -579,10 +601,19 @@ impl Sim {
         }
         for (w, st) in c.watches.iter().enumerate() {
             assert_eq!(st.count, per_watch[w], "count of watch {w} drifted");
+            let looking = c.looks.keys().filter(|k| k.0 == w).count();
+            assert_eq!(st.looking, looking, "looks of watch {w} drifted");
             assert!(st.count <= c.p.active_limit, "active set over its limit");
         }
-        let live: HashSet<(u64, &Key)> =
-            c.timers.iter().map(|Reverse((_, g, k))| (*g, k)).collect();
+        let live: HashSet<(super::timers::Gen, &Key)> = c.timers.iter().collect();
+        // The view's index holds exactly the names held and not in flight.
+        let waiting: std::collections::BTreeSet<(Instant, Key)> = c
+            .entries
+            .iter()
+            .filter(|(_, e)| !matches!(e.state, State::InFlight { .. }))
+            .map(|(k, e)| (e.since, k.clone()))
+            .collect();
+        assert!(c.waiting.all() == waiting, "the waiting index drifted");
         // 1: no accepted regular file is forgotten: it is held, being looked at, or its
         // watch knows more wait on disk (and will list them).
         for (w, files) in self.spool.iter().enumerate() {
@@ -602,12 +633,15 @@ impl Sim {
                 // Held ones have a way forward: ready, in flight, a live timer, or a pending
                 // look or probe.
                 if let Some(e) = c.entries.get(&key) {
-                    let live_timer = e.gen != 0 && live.contains(&(e.gen, &key));
+                    let live_timer = e.timer.is_some_and(|g| live.contains(&(g, &key)));
                     let moving = matches!(e.state, State::Ready { .. } | State::InFlight { .. })
                         || live_timer
                         || c.looks.contains_key(&key)
                         || c.probes.contains(&key);
                     assert!(moving, "{key:?} is stuck in {:?}", e.state);
+                    if matches!(e.state, State::Looking) {
+                        assert!(c.looks.contains_key(&key), "{key:?} looking, unlooked at");
+                    }
                 }
             }
         }
@@ -1054,6 +1088,29 @@ fn a_down_destination_holds_one_probe_and_its_files_go_when_it_is_back() {
         s.reports_of(|r| matches!(r, Report::DestinationUp { .. })),
         1
     );
+}
+
+/// While a lane is blocked, a ready file closed again and again leaves a stale place in
+/// its queue each time; the queue stays bounded by the names held (checked after every
+/// step), not by how often that happened.
+#[test]
+fn a_blocked_lane_queue_stays_bounded_however_often_its_files_are_closed() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.down.insert(0);
+    s.rename_in(0, "a");
+    s.finish_all(Verdict::Deliver);
+    // Written in place: a close settles it afresh (a rename would vouch for it).
+    s.create(0, "b");
+    s.close(0, "b");
+    for _ in 0..20 * super::lanes::SLACK {
+        s.hint(0, &name("b"), Hint::Closed);
+        s.advance(60 * MS);
+        s.finish_all(Verdict::Deliver);
+    }
+    assert!(s.core.lanes.queued_places(0) <= 2 * (4 + super::lanes::SLACK) + 1);
+    s.down.clear();
+    assert!(s.drain(Duration::from_secs(30)));
+    assert_eq!(s.delivered.len(), 2);
 }
 
 #[test]

@@ -1,0 +1,314 @@
+//! The active set: which names of a watch are held in memory at all, and the listings that
+//! find them.
+//!
+//! At most `active_limit` names per watch are held; past that, names are left on disk and
+//! the watch is marked as having more there. A listing keeps the active set and a reserve
+//! beyond it ([`RESERVE_FACTOR`] times as many names, oldest first); when the set runs down
+//! to a quarter, names come from the reserve, and once that is used up the directory is
+//! listed again. Memory follows the work in flight, not the backlog, and the order stays
+//! oldest first across refills. A listing is also the truth against lost events: names no
+//! longer there are forgotten as reported, and a directory replaced under the watch is
+//! noticed by its identity.
+
+use std::collections::{HashSet, VecDeque};
+use std::ffi::OsString;
+use std::time::Instant;
+
+use super::entry::{fingerprint, Cont, Entry, State};
+use super::{Action, Core, Key, Listing, Report, WatchParams, MIN_RESCAN, RELIST_AFTER_ERROR};
+
+/// A listing keeps this many times the active set beyond it, as names only (the reserve).
+const RESERVE_FACTOR: usize = 3;
+
+#[derive(Debug)]
+pub(super) struct WatchSt {
+    pub(super) p: WatchParams,
+    /// Entries held.
+    pub(super) count: usize,
+    /// Names of this watch being looked at (an `lstat` asked, not answered yet).
+    pub(super) looking: usize,
+    /// More regular files on disk than held: list again when the active set runs low.
+    pub(super) more_on_disk: bool,
+    /// The next oldest names of the last listing beyond the active set (up to
+    /// [`RESERVE_FACTOR`] times it), oldest first: refills take them without listing again.
+    pub(super) reserve: VecDeque<OsString>,
+    /// The last listing had more files than it kept, or names were dropped since for lack of
+    /// room: once the reserve is used up, list again.
+    pub(super) truncated: bool,
+    /// How many, at the last listing (plus names dropped since), for the counts.
+    pub(super) on_disk: usize,
+    pub(super) scanning: bool,
+    /// Names reported as not regular while a listing was under way: that listing may have
+    /// been read before they appeared, so its lack of them does not mean they are gone.
+    pub(super) reported_while_listing: Vec<OsString>,
+    pub(super) rescan_again: bool,
+    pub(super) next_rescan: Instant,
+    pub(super) list_failing: bool,
+    /// (device, inode) of the directory the inotify watch is on, as far as known: from
+    /// [`Core::watched`], else the last listing. A listing that finds another one there
+    /// means the watch is stale.
+    pub(super) dir_id: Option<(u64, u64)>,
+    pub(super) listed_once: bool,
+    pub(super) full_reported: bool,
+    pub(super) sent: u64,
+    pub(super) failed: u64,
+}
+
+impl WatchSt {
+    pub(super) fn new(p: WatchParams, now: Instant) -> WatchSt {
+        WatchSt {
+            next_rescan: now + p.rescan_interval.max(MIN_RESCAN),
+            p,
+            count: 0,
+            looking: 0,
+            more_on_disk: false,
+            reserve: VecDeque::new(),
+            truncated: false,
+            on_disk: 0,
+            scanning: false,
+            reported_while_listing: Vec::new(),
+            rescan_again: false,
+            list_failing: false,
+            dir_id: None,
+            listed_once: false,
+            full_reported: false,
+            sent: 0,
+            failed: 0,
+        }
+    }
+}
+
+impl Core {
+    /// Files of watch `w` waiting (held, or on disk as far as the last listing tells), not
+    /// in flight.
+    pub(super) fn queued(&self, w: usize) -> usize {
+        let st = &self.watches[w];
+        (st.count - self.lanes.flight.of_watch(w)) + st.on_disk
+    }
+
+    /// The answer to [`Action::List`].
+    pub fn listed(&mut self, now: Instant, watch: usize, result: Result<Listing, std::io::Error>) {
+        self.advance(now);
+        if watch >= self.watches.len() {
+            return;
+        }
+        self.watches[watch].scanning = false;
+        match result {
+            Ok(listing) => {
+                if std::mem::take(&mut self.watches[watch].list_failing) {
+                    self.report(Report::ListRecovered { watch });
+                }
+                self.apply_listing(watch, listing);
+            }
+            Err(error) => {
+                let w = &mut self.watches[watch];
+                w.reported_while_listing.clear();
+                let again = w.p.rescan_interval.min(RELIST_AFTER_ERROR).max(MIN_RESCAN);
+                let first = !std::mem::replace(&mut w.list_failing, true);
+                w.next_rescan = self.now + again;
+                self.report(Report::ListFailed {
+                    watch,
+                    error: std::sync::Arc::new(error),
+                    again,
+                    first,
+                });
+            }
+        }
+        if std::mem::take(&mut self.watches[watch].rescan_again) {
+            self.request_scan(watch);
+        }
+    }
+
+    /// The kernel watch of `watch` was placed on the directory `dir_id` (device, inode),
+    /// as it was just before. Without it, the first listing stands for it: a directory
+    /// replaced between watching and that listing (it runs later, in the background) would
+    /// go unnoticed, its events lost until a restart.
+    pub fn watched(&mut self, watch: usize, dir_id: (u64, u64)) {
+        if let Some(w) = self.watches.get_mut(watch) {
+            w.dir_id = Some(dir_id);
+        }
+    }
+
+    /// Watching the replaced directory again failed: compare its identity again at the
+    /// next listing.
+    pub fn rewatch_failed(&mut self, watch: usize) {
+        if let Some(w) = self.watches.get_mut(watch) {
+            w.dir_id = Some((u64::MAX, u64::MAX));
+        }
+    }
+
+    /// Events were lost, or cannot be trusted: list every directory again.
+    pub fn rescan_all(&mut self, now: Instant, why: String) {
+        self.advance(now);
+        self.report(Report::Rescan { why });
+        for w in 0..self.watches.len() {
+            self.request_scan(w);
+        }
+    }
+
+    /// Whether `watch` may hold one more name; counted as held if so. Without room the name
+    /// stays on disk, found by the next listing.
+    pub(super) fn take_room(&mut self, watch: usize) -> bool {
+        let limit = self.p.active_limit.max(1);
+        let w = &mut self.watches[watch];
+        if w.count >= limit {
+            w.more_on_disk = true;
+            w.truncated = true;
+            w.on_disk += 1;
+            if !std::mem::replace(&mut w.full_reported, true) {
+                self.report(Report::Full { watch, limit });
+            }
+            return false;
+        }
+        w.count += 1;
+        true
+    }
+
+    /// The entry of `key`; if it is not held yet, inserted in `state` (if there is room).
+    pub(super) fn entry_or_insert(&mut self, key: &Key, state: State) -> Option<&mut Entry> {
+        if !self.entries.contains_key(key) {
+            if !self.take_room(key.0) {
+                return None;
+            }
+            self.insert_entry(key.clone(), Entry::new(state, self.now));
+        }
+        self.entries.get_mut(key)
+    }
+
+    pub(super) fn request_scan(&mut self, watch: usize) {
+        let limit = self.p.active_limit.max(1);
+        let w = &mut self.watches[watch];
+        w.next_rescan = self.now + w.p.rescan_interval.max(MIN_RESCAN);
+        if w.scanning {
+            w.rescan_again = true;
+            return;
+        }
+        w.scanning = true;
+        // The active set and a reserve beyond it: a refill then takes names from the reserve,
+        // and a large backlog is listed a few times, not once per active set.
+        let limit = limit.saturating_mul(1 + RESERVE_FACTOR);
+        self.actions.push_back(Action::List { watch, limit });
+    }
+
+    /// A watch whose active set ran low while more files wait on disk takes the next names
+    /// of its reserve (each looked at, then settling), or is listed again once that is empty.
+    pub(super) fn refill(&mut self) {
+        let limit = self.p.active_limit.max(1);
+        for w in 0..self.watches.len() {
+            let st = &self.watches[w];
+            // Names being looked at count as held: their answers may still be on the way
+            // (the driver asks off its task), and listing again before they come would put
+            // younger names before them.
+            if !st.more_on_disk || st.scanning || st.count + st.looking > limit / 4 {
+                continue;
+            }
+            if st.reserve.is_empty() {
+                self.request_scan(w);
+                continue;
+            }
+            let mut room = limit.saturating_sub(self.watches[w].count + self.looks.len());
+            while room > 0 {
+                let Some(name) = self.watches[w].reserve.pop_front() else {
+                    break;
+                };
+                let key = (w, name);
+                if self.entries.contains_key(&key) || self.looks.contains_key(&key) {
+                    continue;
+                }
+                room -= 1;
+                let st = &mut self.watches[w];
+                st.on_disk = st.on_disk.saturating_sub(1);
+                self.look(key, Cont::Settle { closed: false });
+            }
+            let st = &mut self.watches[w];
+            st.more_on_disk = st.truncated || !st.reserve.is_empty();
+        }
+    }
+
+    pub(super) fn apply_listing(&mut self, watch: usize, listing: Listing) {
+        // The directory at the watched path is not the one listed before (removed and
+        // created again, mounted over): the inotify watch is on the old one.
+        let before = self.watches[watch].dir_id;
+        if before != Some(listing.dir_id) {
+            if before.is_some() {
+                self.actions.push_back(Action::Rewatch { watch });
+            }
+            self.watches[watch].dir_id = Some(listing.dir_id);
+        }
+        let now = self.now;
+        let at = now + self.settle(watch);
+        let mut present: HashSet<&OsString> = HashSet::new();
+        for l in &listing.specials {
+            present.insert(&l.name);
+            let key = (watch, l.name.clone());
+            // A name being sent cannot have become a FIFO; if it did, the claim notices.
+            if !self.entries.contains_key(&key) {
+                self.ignore(key, l.id);
+            }
+        }
+        let limit = self.p.active_limit.max(1);
+        let mut held = 0usize;
+        // Names of the listing not held yet but being looked at (a refill's, or a hint's):
+        // each takes room when its answer comes, so it is kept for them now. Otherwise
+        // younger names of this listing would fill the set first and the answers find it
+        // full, sending those older names to the back of the backlog.
+        let mut looking = 0usize;
+        let mut dropped = false;
+        let mut reserve = VecDeque::new();
+        for l in &listing.files {
+            present.insert(&l.name);
+            let key = (watch, l.name.clone());
+            self.reported.remove(&key);
+            if self.entries.contains_key(&key) {
+                held += 1;
+                continue;
+            }
+            if self.looks.contains_key(&key) {
+                held += 1;
+                looking += 1;
+                continue;
+            }
+            if self.watches[watch].count + looking >= limit {
+                if reserve.len() < limit.saturating_mul(RESERVE_FACTOR) {
+                    reserve.push_back(l.name.clone());
+                } else {
+                    dropped = true;
+                }
+                continue;
+            }
+            self.watches[watch].count += 1;
+            self.insert_entry(
+                key.clone(),
+                Entry::new(
+                    State::Settling {
+                        since: now,
+                        snap: fingerprint(&l.id),
+                    },
+                    now,
+                ),
+            );
+            held += 1;
+            self.arm(&key, at);
+        }
+        // Entries no longer there are forgotten as reported (unless reported after the
+        // listing may have been read).
+        let meanwhile = std::mem::take(&mut self.watches[watch].reported_while_listing);
+        present.extend(meanwhile.iter());
+        self.reported
+            .retain(|k, _| k.0 != watch || present.contains(&k.1));
+        let w = &mut self.watches[watch];
+        w.truncated = dropped || listing.total_files > listing.files.len();
+        w.reserve = reserve;
+        w.more_on_disk = w.truncated || !w.reserve.is_empty();
+        w.on_disk = listing.total_files.saturating_sub(held);
+        if !w.more_on_disk {
+            w.full_reported = false;
+        }
+        let files = listing.total_files;
+        if std::mem::replace(&mut w.listed_once, true) {
+            self.report(Report::Listed { watch, files });
+        } else {
+            self.report(Report::Backlog { watch, files });
+        }
+    }
+}
