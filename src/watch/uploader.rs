@@ -48,11 +48,19 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let path = job.watch.cfg.dir.join(&job.name);
     // On a blocking thread: on a hung NFS or FUSE spool the lstat or open never returns,
     // and must not hold one of the runtime's few workers (the other watches need them).
+    // The lease probe goes with it, in the same blocking call (one hand-off for both): with
+    // the errno of a refused lease, read right after the fcntl on that thread.
     let p = path.clone();
-    let claimed = tokio::task::spawn_blocking(move || claim::claim(&p))
-        .await
-        .unwrap_or_else(|e| Err(ClaimError::Io(std::io::Error::other(e.to_string()))));
-    let claim = match claimed {
+    let claimed = tokio::task::spawn_blocking(move || {
+        claim::claim(&p).map(|c| {
+            let writers = claim::writers(&c.file);
+            let errno = std::io::Error::last_os_error();
+            (c, writers, errno)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(ClaimError::Io(std::io::Error::other(e.to_string()))));
+    let (claim, writers, lease_errno) = match claimed {
         Ok(c) => c,
         Err(ClaimError::Gone) => return Outcome::Gone,
         Err(ClaimError::Special(id)) => return Outcome::Special(id),
@@ -80,12 +88,10 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     // Still open for writing somewhere (a writer that paused, or was already writing when
     // the service started): not complete. Without the means to tell (Unknown), the events
     // and timers that brought it here decide.
-    match claim::writers(&claim.file) {
+    match writers {
         Writers::Some => return Outcome::Writer,
         Writers::Unknown => {
-            // Read right away: nothing ran since the refused fcntl on this thread.
-            let errno = std::io::Error::last_os_error();
-            warn_no_lease(&errno, job.quiet);
+            warn_no_lease(&lease_errno, job.quiet);
             let age = age(&claim.id);
             if !job.trusted && age < job.quiet {
                 return Outcome::Young {
@@ -264,44 +270,29 @@ async fn dispose_delivered(
     // done_dir as "delivered" would lose the change. The disposition's own check catches
     // that: it compares what the name holds now (`lstat`) with the identity the claim took
     // and `before_close` confirmed, size, mtime and ctime, and leaves a changed file in the
-    // spool (`Disposed::Changed`): no `fstat` of its own is needed here. A rename or delete
-    // is metadata calls only, made here like the claim's; only a copy across filesystems goes
-    // to a blocking thread. The claim (and its lock) ends only after the move or delete.
-    let renamed = match &done {
-        Some(done) => disposition::rename_if_ours(
-            &claim.path,
-            &claim.id,
-            Dest::Done(done),
-            &job.name,
-            &sh.syncer,
-        ),
-        None => disposition::delete_if_ours(&claim.path, &claim.id, &sh.syncer).map(Some),
-    };
-    let result = match (renamed, done) {
-        (Ok(None), Some(done)) => {
-            let syncer = sh.syncer.clone();
-            let name = job.name.clone();
-            tokio::task::spawn_blocking(move || {
-                let r = disposition::move_if_ours(
-                    Some(&claim.file),
-                    &claim.path,
-                    &claim.id,
-                    Dest::Done(&done),
-                    &name,
-                    &syncer,
-                );
-                drop(claim);
-                r
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-        }
-        (r, _) => {
-            drop(claim);
-            // `Ok(None)` comes only from a rename into done_dir.
-            r.map(|d| d.unwrap_or(Disposed::Changed))
-        }
-    };
+    // spool (`Disposed::Changed`): no `fstat` of its own is needed here.
+    let syncer = sh.syncer.clone();
+    let name = job.name.clone();
+    // One blocking call: usually one rename or unlink and two `lstat`s, but across
+    // filesystems a copy; on a hung spool it must not hold one of the runtime's workers. The
+    // claim (and its lock) ends only after the move or delete.
+    let result = tokio::task::spawn_blocking(move || {
+        let r = match &done {
+            Some(done) => disposition::move_if_ours(
+                Some(&claim.file),
+                &claim.path,
+                &claim.id,
+                Dest::Done(done),
+                &name,
+                &syncer,
+            ),
+            None => disposition::delete_if_ours(&claim.path, &claim.id, &syncer),
+        };
+        drop(claim);
+        r
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     if uploaded.is_some() && !matches!(result, Ok(Disposed::Changed)) {
         // Confirmed by the server and unchanged: delivered, whatever becomes of the move.
         sh.metrics

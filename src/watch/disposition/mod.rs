@@ -102,16 +102,6 @@ pub enum Dest<'a> {
     Failed(&'a Path),
 }
 
-impl<'a> Dest<'a> {
-    /// The directory, and the names that may be taken in it.
-    fn parts(self) -> (&'a Path, Naming) {
-        match self {
-            Dest::Done(dir) => (dir, Naming::Plain),
-            Dest::Failed(dir) => (dir, Naming::Failed),
-        }
-    }
-}
-
 /// Moves the spool entry `from` into `dest` under `name` or a free suffixed one, never
 /// replacing a file, only if it still is the inode `id`, unchanged; checked right before
 /// and, since the name may be swapped in between, again right after the rename (see
@@ -131,54 +121,32 @@ pub fn move_if_ours(
     name: &OsStr,
     syncer: &Syncer,
 ) -> io::Result<Disposed> {
-    if let Some(d) = rename_if_ours(from, id, dest, name, syncer)? {
-        return Ok(d);
-    }
-    let (dir, naming) = dest.parts();
-    let (to, removed) = copy_across(file, from, Some(id), dir, name, syncer, naming)
-        .map_err(move_ctx(from, dir))?;
-    Ok(match removed {
-        // The copy in `dir` is our content, read from the claimed descriptor; the spool name
-        // held another file by then and keeps it.
-        Disposed::Done(_) | Disposed::NotOurs => Disposed::Done(Some(to)),
-        Disposed::Changed => Disposed::Changed,
-    })
-}
-
-/// [`move_if_ours`] as far as a rename takes it: `Ok(None)` when `dest` is on another
-/// filesystem (`EXDEV`; nothing was changed), where [`move_if_ours`] copies. Metadata calls
-/// only (`lstat`, `renameat2`, `lstat`), quick wherever the claim's are: the spool service
-/// makes them on the upload's own thread, as it does the claim, and hands only a copy to a
-/// blocking thread (one hand-off less per file).
-///
-/// # Errors
-/// As [`move_if_ours`].
-pub fn rename_if_ours(
-    from: &Path,
-    id: &Identity,
-    dest: Dest<'_>,
-    name: &OsStr,
-    syncer: &Syncer,
-) -> io::Result<Option<Disposed>> {
-    let (dir, naming) = dest.parts();
-    let ctx = move_ctx(from, dir);
-    if let Some(d) = check_ours(from, id).map_err(&ctx)? {
-        return Ok(Some(d));
-    }
-    match rename_into(from, dir, name, naming, syncer) {
-        Ok(to) => verify_moved(from, to, id, syncer).map(Some).map_err(&ctx),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(None),
-        Err(e) => Err(ctx(e)),
-    }
-}
-
-/// The context of a failed move of `from` into `dir`.
-fn move_ctx<'a>(from: &'a Path, dir: &'a Path) -> impl Fn(io::Error) -> io::Error + 'a {
-    move |e: io::Error| {
+    let (dir, naming) = match dest {
+        Dest::Done(dir) => (dir, Naming::Plain),
+        Dest::Failed(dir) => (dir, Naming::Failed),
+    };
+    let ctx = |e: io::Error| {
         io::Error::new(
             e.kind(),
             format!("cannot move {} to {}: {e}", esc(from), esc(dir)),
         )
+    };
+    if let Some(d) = check_ours(from, id).map_err(ctx)? {
+        return Ok(d);
+    }
+    match rename_into(from, dir, name, naming, syncer) {
+        Ok(to) => verify_moved(from, to, id, syncer).map_err(ctx),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let (to, removed) =
+                copy_across(file, from, Some(id), dir, name, syncer, naming).map_err(ctx)?;
+            Ok(match removed {
+                // The copy in `dir` is our content, read from the claimed descriptor; the
+                // spool name held another file by then and keeps it.
+                Disposed::Done(_) | Disposed::NotOurs => Disposed::Done(Some(to)),
+                Disposed::Changed => Disposed::Changed,
+            })
+        }
+        Err(e) => Err(ctx(e)),
     }
 }
 
