@@ -329,11 +329,20 @@ async fn dispose_delivered(
                 ),
                 None => delivered("; deleted", "is now deleted"),
             }
-            Outcome::Delivered { uploaded }
+            // Our very file left the name. (After a copy across filesystems the name may
+            // hold another file that came in during the attempt: its event, seen during the
+            // attempt or after it, brings the name to the core's attention all the same.)
+            Outcome::Delivered {
+                uploaded,
+                vacated: true,
+            }
         }
         Ok(Disposed::NotOurs) => {
             delivered(&format!("; {REPLACED}"), &format!(": {REPLACED}"));
-            Outcome::Delivered { uploaded }
+            Outcome::Delivered {
+                uploaded,
+                vacated: false,
+            }
         }
         Ok(Disposed::Changed) => {
             tracing::info!(
