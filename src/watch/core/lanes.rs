@@ -379,6 +379,13 @@ impl Core {
         };
         let slot = self.lanes.begin(w, lane);
         self.waiting.remove(&key, e.since);
+        // A look still out for it was asked before this attempt, which takes the file as it
+        // is now: its answer, coming after, would act on what the attempt already dealt
+        // with (send a delivered file again, ready one the attempt found open). After the
+        // attempt the name is looked at again as needed.
+        if self.looks.remove(&key).is_some() {
+            self.watches[w].looking -= 1;
+        }
         e.state = State::InFlight {
             lane: slot.lane,
             probe: slot.probe,

@@ -296,6 +296,12 @@ impl Core {
                     }
                     return;
                 };
+                if e.pending.as_ref().is_some_and(|p| p.id == id) {
+                    // The very file whose delivery is done and whose move is left: renamed
+                    // in before the attempt claimed it (the answer to the look that rename
+                    // asked for comes after). Still only its move.
+                    return;
+                }
                 e.failures = 0;
                 let was_pending = e.pending.take().is_some();
                 e.moved_in = true;
@@ -328,12 +334,16 @@ impl Core {
                         state: State::Settling { since, snap },
                         ..
                     }) => {
-                        // The timer notices the later deadline and re-arms.
                         *since = now;
                         *snap = fingerprint(&id);
+                        // Armed afresh, not left to the timer running: that one may have
+                        // fired already, its look (the settle check) replaced by this one.
+                        let settle = self.settle(key.0);
+                        self.arm(&key, now + settle);
                     }
                     // Being written, ready or backing off: a chmod or touch changes nothing.
-                    Some(_) if hint == Hint::Attrib => {}
+                    // (Looking: this look replaced the one that was to settle it.)
+                    Some(e) if hint == Hint::Attrib && !matches!(e.state, State::Looking) => {}
                     _ => self.settle_now(&key, &id, hint == Hint::Closed, false),
                 }
             }
@@ -472,11 +482,27 @@ impl Core {
     }
 
     /// Asks for an `lstat` of `key`, continued by `cont`. One look per name at a time: a
-    /// later request replaces the continuation of one not yet answered.
+    /// later request replaces the continuation of one not yet answered, unless it says
+    /// less: answers can come long after the question (the driver asks off its task), and
+    /// a chmod must not drop the settle check or the rename a look was asked for, nor a
+    /// close the rename (which already vouches for the file).
     fn look(&mut self, key: Key, cont: Cont) {
-        if self.looks.insert(key.clone(), cont).is_none() {
-            self.watches[key.0].looking += 1;
-            self.actions.push_back(Action::Look(key));
+        match self.looks.get_mut(&key) {
+            Some(pending) => {
+                let weaker = matches!(
+                    (&*pending, cont),
+                    (_, Cont::Hint(Hint::Attrib))
+                        | (Cont::Hint(Hint::MovedIn), Cont::Hint(Hint::Closed))
+                );
+                if !weaker {
+                    *pending = cont;
+                }
+            }
+            None => {
+                self.looks.insert(key.clone(), cont);
+                self.watches[key.0].looking += 1;
+                self.actions.push_back(Action::Look(key));
+            }
         }
     }
 
@@ -543,13 +569,15 @@ impl Core {
     fn writing(&mut self, key: Key) {
         let now = self.now;
         let probe = self.settle(key.0);
+        let probing = self.probes.contains(&key);
         let Some(e) = self.entry_or_insert(&key, State::Writing { last: now }) else {
             return;
         };
         e.moved_in = false;
         e.closed = false;
         match &mut e.state {
-            State::Writing { last } if e.timer.is_some() => *last = now,
+            // Already on its way: its timer, or the writers probe that timer asked for.
+            State::Writing { last } if e.timer.is_some() || probing => *last = now,
             _ => {
                 e.state = State::Writing { last: now };
                 self.arm(&key, now + probe);
@@ -558,12 +586,14 @@ impl Core {
     }
 
     fn fire(&mut self, key: Key, gen: Gen) {
-        let Some(e) = self.entries.get(&key) else {
+        let Some(e) = self.entries.get_mut(&key) else {
             return;
         };
         if e.timer != Some(gen) {
             return;
         }
+        // Spent: whatever it asks for next is the way forward now.
+        e.timer = None;
         let now = self.now;
         match e.state {
             State::Writing { .. } => {

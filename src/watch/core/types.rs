@@ -330,22 +330,22 @@ pub enum Report {
 /// What the driver is asked to do.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// `lstat` the name and answer with [`Core::looked`].
+    /// `lstat` the name and answer with [`Core::looked`](super::Core::looked).
     Look(Key),
-    /// Ask whether the name has writers; answer with [`Core::writers`].
+    /// Ask whether the name has writers; answer with [`Core::writers`](super::Core::writers).
     ProbeWriters(Key),
     /// List the directory of `watch`, keeping the `limit` oldest regular files; answer with
-    /// [`Core::listed`].
+    /// [`Core::listed`](super::Core::listed).
     List {
         watch: usize,
         limit: usize,
     },
-    /// The directory was replaced: watch the new one ([`Core::rewatch_failed`] if that
+    /// The directory was replaced: watch the new one ([`Core::rewatch_failed`](super::Core::rewatch_failed) if that
     /// fails).
     Rewatch {
         watch: usize,
     },
-    /// Start an attempt; answer with [`Core::finished`].
+    /// Start an attempt; answer with [`Core::finished`](super::Core::finished).
     Start(Start),
     Report(Report),
 }
