@@ -152,6 +152,7 @@ async fn upload_logged(
         dest,
         Confirm::Close,
         &file,
+        None,
         &timeouts(),
         pacer,
         progress,

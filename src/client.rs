@@ -313,6 +313,8 @@ pub struct Uploaded {
 /// `pacer`, when given, paces the content to the bandwidth limits that apply (see
 /// [`crate::rate`]); waiting for it never counts as a stall. Afterwards
 /// [`Pacer::waited`] tells whether a limit bound this upload.
+/// `size` is the file's size if the caller knows it (see [`protocol::send_file_zero_copy`]:
+/// `before_close` must then check the file did not change).
 ///
 /// `before_close` runs after the content was sent and before the half-close; returning an
 /// error from it aborts the connection with a reset so the server does not take the partial
@@ -333,6 +335,7 @@ pub async fn upload<E>(
     dest: &Destination,
     confirm: Confirm,
     file: &std::fs::File,
+    size: Option<u64>,
     timeouts: &Timeouts,
     pacer: Option<&mut Pacer>,
     progress: &mut (dyn FnMut(u64) + Send),
@@ -354,6 +357,7 @@ pub async fn upload<E>(
     let mut pacer = pacer;
     let body = protocol::send_file(
         file,
+        size,
         &mut stream,
         timeouts.stall,
         pacer.as_deref_mut(),
@@ -384,7 +388,15 @@ pub async fn upload<E>(
     // Confirmed. With `Acked` the server may not have closed yet: close gracefully (the
     // linger-0 reset set at connect would tell it the transfer failed, and could discard
     // data it has not read yet). After the server's close this sends nothing.
-    protocol::close(stream);
+    match confirm {
+        // Confirmed by the server's close, read once everything (our FIN too) was
+        // acknowledged: the socket is closed already (TCP_CLOSE) and closing it sends
+        // nothing, reset or not, so the linger is not cleared (a system call for nothing).
+        // Were it not closed, a reset would reach a server that has closed: harmless.
+        Confirm::Close => drop(stream),
+        // The server may keep the connection: ours must end with a FIN, not a reset.
+        Confirm::Acked => protocol::close(stream),
+    }
     Ok(Uploaded {
         bytes: sent,
         greeting,

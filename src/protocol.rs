@@ -310,31 +310,43 @@ const SENDFILE_CHUNK: usize = 64 * 1024 * 1024;
 /// constant memory. Falls back to [`send_body`] when the kernel cannot sendfile from this
 /// file (e.g. some special filesystems). Sends until end of file and returns the byte count.
 ///
+/// `size`, when the caller knows it (from an `fstat` it made anyway), ends the body once that
+/// many bytes are sent, without a last `sendfile` that only finds the end of the file. A file
+/// that grew meanwhile may then be cut short: a caller passing `size` must check that the
+/// file did not change before it lets the transfer be confirmed (the spool service does). A
+/// file that shrank ends early, as without it.
+///
 /// # Errors
 /// As [`send_body`].
 pub async fn send_file_zero_copy(
     file: &std::fs::File,
+    size: Option<u64>,
     stream: &mut TcpStream,
     stall: Duration,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<u64, ProtocolError> {
-    send_file(file, stream, stall, None, progress).await
+    send_file(file, size, stream, stall, None, progress).await
 }
 
 /// [`send_file_zero_copy`] under a bandwidth limit: each `sendfile` call asks for no more
 /// than `pacer` granted (still zero-copy, in chunks the size of the grants). Without a
 /// pacer, or while no limit applies, the calls are as large as the unlimited path's. The
 /// stall timeout bounds the waits for the socket to take data, never the waits for a grant.
+/// `size` as for [`send_file_zero_copy`].
 ///
 /// # Errors
 /// As [`send_body`].
 pub async fn send_file(
     file: &std::fs::File,
+    known_size: Option<u64>,
     stream: &mut TcpStream,
     stall: Duration,
     mut pacer: Option<&mut Pacer>,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<u64, ProtocolError> {
+    if known_size == Some(0) {
+        return Ok(0);
+    }
     let file_fd = file.as_raw_fd();
     let sock_fd = stream.as_raw_fd();
     let mut sent: u64 = 0;
@@ -389,6 +401,9 @@ pub async fn send_file(
                 sent += n as u64;
                 credit = credit.saturating_sub(n as u64);
                 progress(sent);
+                if known_size.is_some_and(|size| sent >= size) {
+                    return Ok(sent);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -486,14 +501,13 @@ pub async fn finish_tcp(
     close_timeout: Duration,
 ) -> Result<(), ProtocolError> {
     stream.shutdown().await.map_err(ProtocolError::CloseIo)?;
-    let mut queued = unacked_bytes(stream);
+    // The send queue is first read at the first check, not here: a server that saves a small
+    // file and closes at once confirms before it, and costs one SIOCOUTQ in all (in
+    // `wait_acknowledged`). The close timeout thus starts at that check at the latest.
+    let mut queued: Option<u64> = None;
     let mut last_progress = Instant::now();
     let acked = confirm == Confirm::Acked;
-    // Without SIOCOUTQ we cannot see the drain: fall back to the plain close timeout.
-    let mut close_deadline = match queued {
-        Some(0) | None if !acked => Some(after(last_progress, close_timeout)),
-        _ => None,
-    };
+    let mut close_deadline: Option<Instant> = None;
     let mut checks = 0u32;
     let mut sink = [0u8; 4096];
     // Fixed instants, not "now + poll" per iteration: a server flooding us with unsolicited
@@ -528,9 +542,11 @@ pub async fn finish_tcp(
                 next_check = now + if acked { acked_poll(checks) } else { DRAIN_POLL };
                 match unacked_bytes(stream) {
                     // With Acked, an empty queue is not enough: the FIN itself must be
-                    // acknowledged (FIN_WAIT2); until then the stall rule applies.
+                    // acknowledged (FIN_WAIT2); until then the stall rule applies. Without
+                    // SIOCOUTQ the drain cannot be seen: the plain close timeout applies.
                     Some(0) | None if !acked => close_deadline = Some(after(now, close_timeout)),
-                    Some(q) if Some(q) < queued => {
+                    // The first reading, or less queued than at the last one.
+                    Some(q) if queued.map_or(true, |before| q < before) => {
                         queued = Some(q);
                         last_progress = now;
                     }

@@ -54,6 +54,9 @@ pub async fn run(
         &dest,
         confirm,
         &file_handle,
+        // Until the end of the file, whatever its size was when checked: nothing checks it
+        // again after sending.
+        None,
         &timeouts,
         pacer.as_mut(),
         &mut on_progress,

@@ -735,6 +735,11 @@ impl Queue {
                 _ = shutdown.cancelled() => break,
                 Some(done) = self.inflight.join_next_with_id(), if !self.inflight.is_empty() => {
                     self.on_join(done);
+                    // Every attempt that ended meanwhile, in this one wake-up: the core then
+                    // decides (and gives out the freed slots) once for the batch.
+                    while let Some(done) = self.inflight.try_join_next_with_id() {
+                        self.on_join(done);
+                    }
                 }
                 msg = rx.recv(), if hints_open => match msg {
                     Some(msg) => {

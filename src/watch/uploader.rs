@@ -50,11 +50,19 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let path = job.watch.cfg.dir.join(&job.name);
     // On a blocking thread: on a hung NFS or FUSE spool the lstat or open never returns,
     // and must not hold one of the runtime's few workers (the other watches need them).
+    // The lease probe goes with it, in the same blocking call (one hand-off for both): with
+    // the errno of a refused lease, read right after the fcntl on that thread.
     let p = path.clone();
-    let claimed = tokio::task::spawn_blocking(move || claim::claim(&p))
-        .await
-        .unwrap_or_else(|e| Err(ClaimError::Io(std::io::Error::other(e.to_string()))));
-    let claim = match claimed {
+    let claimed = tokio::task::spawn_blocking(move || {
+        claim::claim(&p).map(|c| {
+            let writers = claim::writers(&c.file);
+            let errno = std::io::Error::last_os_error();
+            (c, writers, errno)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(ClaimError::Io(std::io::Error::other(e.to_string()))));
+    let (claim, writers, lease_errno) = match claimed {
         Ok(c) => c,
         Err(ClaimError::Gone) => return Outcome::Gone,
         Err(ClaimError::Special(id)) => return Outcome::Special(id),
@@ -82,12 +90,10 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     // Still open for writing somewhere (a writer that paused, or was already writing when
     // the service started): not complete. Without the means to tell (Unknown), the events
     // and timers that brought it here decide.
-    match claim::writers(&claim.file) {
+    match writers {
         Writers::Some => return Outcome::Writer,
         Writers::Unknown => {
-            // Read right away: nothing ran since the refused fcntl on this thread.
-            let errno = std::io::Error::last_os_error();
-            warn_no_lease(&errno, job.quiet);
+            warn_no_lease(&lease_errno, job.quiet);
             let age = age(&claim.id);
             if !job.trusted && age < job.quiet {
                 return Outcome::Young {
@@ -110,6 +116,8 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         &job.watch.cfg.server,
         job.watch.cfg.confirm,
         &claim.file,
+        // Known from the claim; `unchanged` checks the size did not change.
+        Some(before.size),
         &sh.timeouts,
         Some(&mut pacer),
         &mut |n| progress.store(n, Ordering::Relaxed),
@@ -255,24 +263,8 @@ async fn dispose_delivered(
     let (bytes, took) = sent.map_or((0, Duration::ZERO), |(u, took)| (u.bytes, took));
     let id = claim.id;
     let path = claim.path.clone();
-    // Written to after `before_close` checked it, while the server was still taking the last
-    // bytes: the server has the earlier content, complete. Moving the newer content to
-    // done_dir as "delivered" would lose the change; send it again instead.
-    if uploaded.is_some() {
-        if let Err(why) = unchanged(&claim, &id, id.size) {
-            tracing::info!(
-                path = %esc(&path),
-                attempt = job.attempt,
-                "{} {why} after it was sent (the server got the earlier content); it is sent again once it settles",
-                esc(&path)
-            );
-            return Outcome::Changed;
-        }
-        // Confirmed by the server and unchanged: delivered, whatever becomes of the move.
-        // The latency runs from when the service found it (moved in, or listed).
-        sh.metrics
-            .file_sent(&watch_label(job), bytes, Some(job.found.elapsed()));
-    }
+    // From when the service found it (moved in, or listed) until the server confirmed.
+    let latency = job.found.elapsed();
     let done = match (job.watch.cfg.on_success, &job.watch.cfg.done_dir) {
         (OnSuccess::Move, Some(done)) => Some(done.clone()),
         _ => None,
@@ -281,10 +273,17 @@ async fn dispose_delivered(
         Some(_) => DispositionOp::MoveToDone,
         None => DispositionOp::Delete,
     };
+    // Written to after `before_close` checked it, while the server was still taking the last
+    // bytes: the server has the earlier content, complete; moving the newer content to
+    // done_dir as "delivered" would lose the change. The disposition's own check catches
+    // that: it compares what the name holds now (`lstat`) with the identity the claim took
+    // and `before_close` confirmed, size, mtime and ctime, and leaves a changed file in the
+    // spool (`Disposed::Changed`): no `fstat` of its own is needed here.
     let syncer = sh.syncer.clone();
     let name = job.name.clone();
-    // On a blocking thread: usually one rename or unlink and a few stats, but across
-    // filesystems a copy. The claim (and its lock) ends only after the move or delete.
+    // One blocking call: usually one rename or unlink and two `lstat`s, but across
+    // filesystems a copy; on a hung spool it must not hold one of the runtime's workers. The
+    // claim (and its lock) ends only after the move or delete.
     let result = tokio::task::spawn_blocking(move || {
         let r = match &done {
             Some(done) => disposition::move_if_ours(
@@ -302,6 +301,11 @@ async fn dispose_delivered(
     })
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    if uploaded.is_some() && !matches!(result, Ok(Disposed::Changed)) {
+        // Confirmed by the server and unchanged: delivered, whatever becomes of the move.
+        sh.metrics
+            .file_sent(&watch_label(job), bytes, Some(latency));
+    }
     let dest = &job.watch.cfg.server;
     // `now`: what became of it after this upload; `earlier`: after an earlier one.
     let delivered = |now: &str, earlier: &str| {
@@ -335,11 +339,20 @@ async fn dispose_delivered(
                 ),
                 None => delivered("; deleted", "is now deleted"),
             }
-            Outcome::Delivered { uploaded }
+            // Our very file left the name. (After a copy across filesystems the name may
+            // hold another file that came in during the attempt: its event, seen during the
+            // attempt or after it, brings the name to the core's attention all the same.)
+            Outcome::Delivered {
+                uploaded,
+                vacated: true,
+            }
         }
         Ok(Disposed::NotOurs) => {
             delivered(&format!("; {REPLACED}"), &format!(": {REPLACED}"));
-            Outcome::Delivered { uploaded }
+            Outcome::Delivered {
+                uploaded,
+                vacated: false,
+            }
         }
         Ok(Disposed::Changed) => {
             tracing::info!(

@@ -19,6 +19,9 @@ pub(super) enum Next {
     /// Forgotten, and its name looked at afresh (delivered, given up, gone; or nothing is
     /// known).
     Forget,
+    /// Delivered and moved out of its name with no event since: forgotten, no look (one
+    /// `lstat` less per file).
+    Vacated,
     /// Not a regular file: reported once, forgotten, and its name looked at afresh.
     Special(Identity),
     /// Settles again, from what a look finds; `closed`: a close vouches for it.
@@ -112,7 +115,15 @@ impl Core {
         }
         // Ended before it could be abandoned (or otherwise): no mark outlives its attempt.
         self.abandoned.remove(&key);
-        let next = self.after_attempt(&key, outcome, closed_during);
+        // Moved or deleted by the attempt itself, and no event about the name since the
+        // attempt started: nothing is there to look at (a file that comes into the name later
+        // is announced by its own event, or found by the rescan a lost event causes).
+        let vacated = matches!(outcome, Outcome::Delivered { vacated: true, .. })
+            && !(closed_during || modified_during || moved_during);
+        let next = match self.after_attempt(&key, outcome, closed_during) {
+            Next::Forget if vacated => Next::Vacated,
+            next => next,
+        };
         self.apply(key.clone(), next);
         if moved_during {
             // Whatever became of the file the attempt had, the name now holds one renamed
@@ -244,6 +255,7 @@ impl Core {
                 // new file is there and must be sent too.
                 self.look(key, Cont::Settle { closed: false });
             }
+            Next::Vacated => self.remove(&key),
             Next::Special(id) => {
                 self.ignore(key.clone(), id);
                 // It may have been replaced while the attempt looked (events are swallowed

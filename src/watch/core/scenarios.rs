@@ -427,6 +427,7 @@ impl Net {
                                 bytes: 2048,
                                 greeting,
                             }),
+                            vacated: false,
                         },
                     );
                 }

@@ -522,7 +522,10 @@ impl Sim {
                             self.spool[w].remove(&n);
                         }
                         self.stuck.retain(|k| !(k.0 == w && k.1 == n));
-                        Outcome::Delivered { uploaded: None }
+                        Outcome::Delivered {
+                            uploaded: None,
+                            vacated: same,
+                        }
                     }
                 } else if self.leases && c.writers > 0 {
                     if self.epochs.get(&key).copied().unwrap_or(0) == a.epoch {
@@ -560,6 +563,7 @@ impl Sim {
                             bytes: c.size,
                             greeting: 2 * MS,
                         }),
+                        vacated: same,
                     }
                 } else if a.start.last {
                     self.given_up.push((w, n.clone()));

@@ -193,8 +193,13 @@ pub struct Start {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Delivered and moved or deleted (or the name was replaced meanwhile). `uploaded`:
-    /// sent in this attempt (not only moved after an earlier one).
-    Delivered { uploaded: Option<Uploaded> },
+    /// sent in this attempt (not only moved after an earlier one). `vacated`: the attempt
+    /// itself renamed or deleted the very file out of the name, so the name was empty then;
+    /// whatever comes into it later is announced by an event of its own.
+    Delivered {
+        uploaded: Option<Uploaded>,
+        vacated: bool,
+    },
     /// Given up on and moved to `failed_dir`.
     GaveUp,
     /// The name does not lead to the file any more: look at it again.

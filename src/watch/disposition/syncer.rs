@@ -4,16 +4,27 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::ops::fsync_dir;
 use crate::esc::esc;
 
+/// How long a round of fsyncs waits after the first directory was marked: every move of
+/// that window shares one fsync of its directories (under load, hundreds of files per fsync
+/// of done_dir; a file delivered alone is synced this much later).
+const WINDOW: Duration = Duration::from_millis(50);
+
 /// Group commit for directory fsyncs: dispositions mark the directories they changed, one
-/// task fsyncs each marked directory once per round. Under load, one fsync covers many
-/// files; when idle, nothing runs. A crash before the fsync can only undo a move or delete,
-/// which puts the file back in the spool (sent again), never lose it.
+/// task fsyncs each marked directory once per round, [`WINDOW`] after the round's first mark.
+/// Under load, one fsync covers many files; when idle, nothing runs. Nothing waits for these
+/// fsyncs, and nothing needs to: a power cut before one can only undo a move or delete of a
+/// delivered file (a rename is atomic: the file is in the spool or in done_dir, never
+/// neither), which puts it back in the spool to be sent again (a duplicate, at least once),
+/// never loses it. A process crash (kill -9) loses nothing at all: the page cache survives
+/// it. What must be durable before the next step is synced there, not here: the copy across
+/// filesystems before its source is removed, a reason file before its rename.
 ///
 /// It also knows the hidden names ([`super::delete_if_ours`]) its deletes are using right
 /// now, so that a periodic [`super::restore_stale_deletions`] given the same `Syncer` never
@@ -59,6 +70,16 @@ impl Syncer {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.wake.notified() => {}
+            }
+            // The moves of the next moments join this round (on shutdown: at once).
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(WINDOW) => {}
+            }
+            // A mark made while the last round ran wakes this one, perhaps with its
+            // directory synced by that round already: no hand-off for nothing.
+            if lock(&self.dirty).is_empty() {
+                continue;
             }
             let me = self.clone();
             let _ = tokio::task::spawn_blocking(move || me.flush_blocking()).await;
