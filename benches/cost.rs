@@ -345,6 +345,20 @@ fn has(tool: &str, arg: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The command line that counts the system calls of a contender into `out`.
+fn perf_wrap(out: &str) -> [&str; 8] {
+    [
+        "perf",
+        "stat",
+        "-e",
+        "raw_syscalls:sys_enter",
+        "-x,",
+        "-o",
+        out,
+        "--",
+    ]
+}
+
 /// System calls of the whole process tree, by `perf stat`.
 fn perf_count(out: &Path) -> Option<u64> {
     let text = fs::read_to_string(out).ok()?;
@@ -431,16 +445,7 @@ fn main() {
         println!("\n## System calls per file (perf stat -e raw_syscalls:sys_enter)\n");
         let out = b._tmp.path().join("perf.txt");
         let outs = out.to_str().unwrap().to_string();
-        let wrap = [
-            "perf",
-            "stat",
-            "-e",
-            "raw_syscalls:sys_enter",
-            "-x,",
-            "-o",
-            outs.as_str(),
-            "--",
-        ];
+        let wrap = perf_wrap(&outs);
         b.floor(best_t, &wrap);
         let floor_calls = perf_count(&out);
         b.accio(&wrap);
@@ -461,17 +466,7 @@ fn main() {
             // perf's output goes under the new backlog's directory: the first one is gone.
             let out = bb._tmp.path().join("perf.txt");
             let outs = out.to_str().unwrap().to_string();
-            let wrap = [
-                "perf",
-                "stat",
-                "-e",
-                "raw_syscalls:sys_enter",
-                "-x,",
-                "-o",
-                outs.as_str(),
-                "--",
-            ];
-            bb.accio(&wrap);
+            bb.accio(&perf_wrap(&outs));
             let big_calls = perf_count(&out);
             println!("| {big} | - | {} |", per(big_calls, big));
             return;
