@@ -21,8 +21,7 @@ mod baseline;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,9 @@ use accio::client::{self, Destination};
 use accio::protocol::{Confirm, Timeouts};
 use accio::rate::{Limiter, Pacer};
 
-const ACCIO: &str = env!("CARGO_BIN_EXE_accio");
+#[path = "common/clients.rs"]
+mod clients;
+use clients::{build_baseline, cpu_of, run_client, write_file, ACCIO};
 const MIB: u64 = 1 << 20;
 
 fn main() {
@@ -447,51 +448,12 @@ fn small(sink: &Sink, dir: &Path) {
     );
 }
 
-/// Builds `examples/baseline_client.rs` with the release profile, beside the accio binary.
-fn build_baseline() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--example",
-            "baseline_client",
-        ])
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .status()
-        .expect("running cargo to build the baseline client");
-    assert!(status.success(), "building the baseline client failed");
-    Path::new(ACCIO)
-        .parent()
-        .unwrap()
-        .join("examples/baseline_client")
-}
-
-fn write_file(path: &Path, len: u64) {
-    let mut rng = fastrand::Rng::with_seed(len);
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut left = len as usize;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        rng.fill(&mut chunk[..n]);
-        f.write_all(&chunk[..n]).unwrap();
-        left -= n;
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Sample {
     wall: Duration,
     cpu: Duration,
     /// CPU of this process (the sink's threads; the bench itself only waits) meanwhile.
     sink: Duration,
-}
-
-fn cpu_of(ru: &libc::rusage) -> Duration {
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// CPU (user + system) of this whole process so far, and wall time now.
@@ -503,43 +465,13 @@ fn self_cpu() -> (Duration, Instant) {
     (cpu_of(&ru), Instant::now())
 }
 
-/// Runs a client process to completion, with its wall and CPU time. Panics on failure: a
-/// benchmark of a failing transfer means nothing.
-// The child is reaped by wait4 (to get its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
+/// Runs a client process to completion, with its wall and CPU time, and this process's CPU
+/// (the sink's) meanwhile. Panics on failure: a benchmark of a failing transfer means nothing.
 fn run_process(exe: &Path, args: &[&str], file: &Path) -> Sample {
-    let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .arg(file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ACCIO_") {
-            cmd.env_remove(key);
-        }
-    }
-    let (sink0, start) = self_cpu();
-    let mut child = cmd.spawn().expect("spawning the client");
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child, which has not been reaped; valid out-pointers.
-    let rc = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
-    let wall = start.elapsed();
+    let (sink0, _) = self_cpu();
+    let (wall, cpu) = run_client(exe, args, file);
     let sink = self_cpu().0 - sink0;
-    assert_eq!(rc, child.id() as libc::pid_t, "wait4");
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    if !ok {
-        let mut err = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-        panic!("{} failed ({status}): {err}", exe.display());
-    }
-    Sample {
-        wall,
-        cpu: cpu_of(&ru),
-        sink,
-    }
+    Sample { wall, cpu, sink }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -17,11 +17,12 @@ mod baseline;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-const ACCIO: &str = env!("CARGO_BIN_EXE_accio");
+#[path = "common/clients.rs"]
+mod clients;
+use clients::{build_baseline, cpu_of, run_client, write_file, ACCIO};
 
 fn main() {
     // `cargo bench` passes --bench; a test-mode run (`cargo test --benches`) does nothing.
@@ -156,27 +157,6 @@ fn report(
     println!();
 }
 
-/// Builds `examples/baseline_client.rs` with the release profile, beside the accio binary.
-fn build_baseline() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--example",
-            "baseline_client",
-        ])
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .status()
-        .expect("running cargo to build the baseline client");
-    assert!(status.success(), "building the baseline client failed");
-    Path::new(ACCIO)
-        .parent()
-        .unwrap()
-        .join("examples/baseline_client")
-}
-
 /// The discard server: one thread per connection.
 fn start_sink() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -200,19 +180,6 @@ fn start_sink() -> u16 {
     port
 }
 
-fn write_file(path: &Path, len: usize) {
-    let mut rng = fastrand::Rng::with_seed(len as u64);
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        rng.fill(&mut chunk[..n]);
-        f.write_all(&chunk[..n]).unwrap();
-        left -= n;
-    }
-}
-
 /// Wall-clock and CPU (user + system) time of one client run. CPU time is what the client
 /// itself costs, and is far less disturbed by other load on the machine than wall time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -221,46 +188,11 @@ struct Sample {
     cpu: Duration,
 }
 
-fn cpu_of(ru: &libc::rusage) -> Duration {
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// Runs a client process to completion. Panics on failure: a benchmark of a failing transfer
 /// means nothing.
-// The child is reaped by wait4 (to get its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
 fn run_process(exe: &Path, args: &[&str], file: &Path) -> Sample {
-    let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .arg(file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ACCIO_") {
-            cmd.env_remove(key);
-        }
-    }
-    let start = Instant::now();
-    let mut child = cmd.spawn().expect("spawning the client");
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child, which has not been reaped; valid out-pointers.
-    let rc = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
-    let wall = start.elapsed();
-    assert_eq!(rc, child.id() as libc::pid_t, "wait4");
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    if !ok {
-        let mut err = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-        panic!("{} failed ({status}): {err}", exe.display());
-    }
-    Sample {
-        wall,
-        cpu: cpu_of(&ru),
-    }
+    let (wall, cpu) = run_client(exe, args, file);
+    Sample { wall, cpu }
 }
 
 /// Runs `f` in this process and measures it (CPU of this thread only).
