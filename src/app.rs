@@ -117,7 +117,7 @@ pub fn run(cli: Cli) -> u8 {
             return Kind::Other.code();
         }
     };
-    exit::finish(match cli.command {
+    let outcome = match cli.command {
         Command::Send(args) => {
             let timeouts = args.timeouts.to_timeouts();
             rt.block_on(crate::send::run(
@@ -167,8 +167,16 @@ pub fn run(cli: Cli) -> u8 {
             Ok(())
         }
         Command::Man { page } => man_page(page.as_deref()),
-    })
+    };
+    // Blocking work still running (an `lstat` on a hung network filesystem, a read of a file
+    // being uploaded) must not keep the process from exiting once the command has decided:
+    // dropping the runtime would wait for it without limit.
+    rt.shutdown_timeout(BLOCKING_GRACE);
+    exit::finish(outcome)
 }
+
+/// How long a finished command waits for its blocking threads before it exits without them.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Renders accio(1), accio-COMMAND(1) or accio.toml(5) to stdout.
 fn man_page(page: Option<&str>) -> Result<(), Failed> {
