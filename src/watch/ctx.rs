@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::disposition;
 use crate::config::{NameFilter, RetryPolicy, WatchConfig};
 use crate::esc::esc;
+use crate::files::Dir;
 use crate::metrics::Metrics;
 use crate::protocol::Timeouts;
 use crate::status::Stats;
@@ -44,6 +45,42 @@ pub struct WatchCtx {
     pub cfg: WatchConfig,
     /// Compiled `include` / `exclude`.
     pub filter: NameFilter,
+    /// Its directories, opened once when the pipeline starts (at start, on each reload).
+    pub dirs: Dirs,
+}
+
+/// A watch's directories, held open: claims and dispositions go through these descriptors,
+/// so a parent renamed afterwards (another directory put in its place) cannot redirect
+/// them. Three descriptors per watch (two without done_dir).
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    pub spool: Dir,
+    pub done: Option<Dir>,
+    pub failed: Dir,
+}
+
+impl Dirs {
+    /// Opens the directories `cfg` names.
+    ///
+    /// # Errors
+    /// [`FatalError::Watch`]: one cannot be opened (a reload then keeps the previous ones).
+    pub fn open(cfg: &WatchConfig) -> Result<Dirs, FatalError> {
+        let open = |d: &PathBuf| {
+            Dir::open(d).map_err(|e| FatalError::Watch {
+                dir: cfg.dir.clone(),
+                message: e.to_string(),
+            })
+        };
+        Ok(Dirs {
+            spool: open(&cfg.dir)?,
+            // Only where files go there (a done_dir with `on_success = "delete"` is unused).
+            done: match (cfg.on_success, &cfg.done_dir) {
+                (crate::config::OnSuccess::Move, Some(d)) => Some(open(d)?),
+                _ => None,
+            },
+            failed: open(&cfg.failed_dir)?,
+        })
+    }
 }
 
 /// What every upload task needs.
