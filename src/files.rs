@@ -95,6 +95,11 @@ impl DirFd {
         self.key
     }
 
+    /// Was the directory removed (no name links to it any more)? An error counts as no.
+    pub fn removed(&self) -> bool {
+        rustix::fs::fstat(&self.fd).is_ok_and(|st| st.st_nlink == 0)
+    }
+
     /// `fsync` of the directory: its entries are durable.
     ///
     /// # Errors

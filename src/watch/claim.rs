@@ -105,6 +105,8 @@ pub struct Claim {
     pub path: PathBuf,
     /// `fstat` right after claiming: the content we are about to send.
     pub id: Identity,
+    /// The spool it was claimed through: its disposition goes through the same one.
+    pub spool: Dir,
 }
 
 /// Why a path could not be claimed.
@@ -182,6 +184,7 @@ pub fn claim(spool: &Dir, rel: &OsStr) -> Result<Claim, ClaimError> {
         file,
         path: at.shown,
         id,
+        spool: spool.clone(),
     })
 }
 

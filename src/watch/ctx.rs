@@ -3,7 +3,7 @@
 //! uploader), so that they take it from here and not from the pipeline that wires them.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::disposition;
 use crate::config::{NameFilter, RetryPolicy, WatchConfig};
@@ -51,12 +51,44 @@ pub struct WatchCtx {
 
 /// A watch's directories, held open: claims and dispositions go through these descriptors,
 /// so a parent renamed afterwards (another directory put in its place) cannot redirect
-/// them. Three descriptors per watch (two without done_dir).
-#[derive(Debug, Clone)]
+/// them. Three descriptors per watch (two without done_dir). Each is opened again by its
+/// configured path only by a reload, when the directory held was removed (no name leads
+/// to it any more: nothing could be moved into it; checked with one `fstat` per use), and
+/// for the spool when the watcher follows its path to a replacement (a directory replaced
+/// or mounted over, which the service has always followed): what is listed and what is
+/// claimed stay the same directory.
+#[derive(Debug)]
 pub struct Dirs {
-    pub spool: Dir,
-    pub done: Option<Dir>,
-    pub failed: Dir,
+    spool: Held,
+    done: Option<Held>,
+    failed: Held,
+}
+
+/// One directory held open (see [`Dirs`]).
+#[derive(Debug)]
+struct Held(Mutex<Dir>);
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Dir> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The directory held, opened again first if it was removed (and its path leads to a
+    /// directory again).
+    fn get(&self) -> Dir {
+        let mut held = self.lock();
+        if held.fd().removed() {
+            if let Ok(new) = Dir::open(held.path()) {
+                tracing::warn!(
+                    dir = %esc(held.path()),
+                    "{} was removed; using the directory now at that path",
+                    esc(held.path())
+                );
+                *held = new;
+            }
+        }
+        held.clone()
+    }
 }
 
 impl Dirs {
@@ -66,10 +98,12 @@ impl Dirs {
     /// [`FatalError::Watch`]: one cannot be opened (a reload then keeps the previous ones).
     pub fn open(cfg: &WatchConfig) -> Result<Dirs, FatalError> {
         let open = |d: &PathBuf| {
-            Dir::open(d).map_err(|e| FatalError::Watch {
-                dir: cfg.dir.clone(),
-                message: e.to_string(),
-            })
+            Dir::open(d)
+                .map(|d| Held(Mutex::new(d)))
+                .map_err(|e| FatalError::Watch {
+                    dir: cfg.dir.clone(),
+                    message: e.to_string(),
+                })
         };
         Ok(Dirs {
             spool: open(&cfg.dir)?,
@@ -80,6 +114,32 @@ impl Dirs {
             },
             failed: open(&cfg.failed_dir)?,
         })
+    }
+
+    /// The spool as it is held now (a claim keeps the one it went through).
+    pub fn spool(&self) -> Dir {
+        self.spool.get()
+    }
+
+    /// done_dir, where delivered files are moved (`None`: they are deleted).
+    pub fn done(&self) -> Option<Dir> {
+        self.done.as_ref().map(Held::get)
+    }
+
+    /// failed_dir.
+    pub fn failed(&self) -> Dir {
+        self.failed.get()
+    }
+
+    /// Opens the spool again by its configured path `dir`, after the watcher followed it to
+    /// a replacement. On failure the previous descriptor stays.
+    ///
+    /// # Errors
+    /// The open error.
+    pub fn reopen_spool(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let new = Dir::open(dir)?;
+        *self.spool.lock() = new;
+        Ok(())
     }
 }
 

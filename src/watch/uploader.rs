@@ -54,7 +54,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     // the errno of a refused lease, read right after the fcntl on that thread.
     let (w, n) = (job.watch.clone(), job.name.clone());
     let claimed = tokio::task::spawn_blocking(move || {
-        claim::claim(&w.dirs.spool, &n).map(|c| {
+        claim::claim(&w.dirs.spool(), &n).map(|c| {
             let writers = claim::writers(&c.file);
             let errno = std::io::Error::last_os_error();
             (c, writers, errno)
@@ -265,11 +265,10 @@ async fn dispose_delivered(
     let path = claim.path.clone();
     // From when the service found it (moved in, or listed) until the server confirmed.
     let latency = job.found.elapsed();
-    let done = match (job.watch.cfg.on_success, &job.watch.dirs.done) {
-        (OnSuccess::Move, Some(done)) => Some(done.clone()),
+    let done = match job.watch.cfg.on_success {
+        OnSuccess::Move => job.watch.dirs.done(),
         _ => None,
     };
-    let spool = job.watch.dirs.spool.clone();
     let op = match done {
         Some(_) => DispositionOp::MoveToDone,
         None => DispositionOp::Delete,
@@ -289,13 +288,13 @@ async fn dispose_delivered(
         let r = match &done {
             Some(done) => disposition::move_if_ours(
                 Some(&claim.file),
-                &spool,
+                &claim.spool,
                 &name,
                 &claim.id,
                 Dest::Done(done),
                 &syncer,
             ),
-            None => disposition::delete_if_ours(&spool, &name, &claim.id, &syncer),
+            None => disposition::delete_if_ours(&claim.spool, &name, &claim.id, &syncer),
         };
         drop(claim);
         r
@@ -445,21 +444,17 @@ async fn give_up(
     let text = reason.to_string();
     let result = tokio::task::spawn_blocking(move || {
         let file = claim.as_ref().map(|c| &c.file);
-        let d = disposition::move_if_ours(
-            file,
-            &w.dirs.spool,
-            &name,
-            &id,
-            Dest::Failed(&w.dirs.failed),
-            &syncer,
-        )?;
+        // The spool the claim went through (the one held now without a claim).
+        let spool = claim
+            .as_ref()
+            .map_or_else(|| w.dirs.spool(), |c| c.spool.clone());
+        let failed = w.dirs.failed();
+        let d =
+            disposition::move_if_ours(file, &spool, &name, &id, Dest::Failed(&failed), &syncer)?;
         let reason_file = match &d {
-            Disposed::Done(Some(to)) => Some(disposition::write_reason(
-                &w.dirs.failed,
-                to,
-                &text,
-                &syncer,
-            )),
+            Disposed::Done(Some(to)) => {
+                Some(disposition::write_reason(&failed, to, &text, &syncer))
+            }
             _ => None,
         };
         drop(claim);
