@@ -238,7 +238,9 @@ async fn restore_deletions(
         let (s, syncer) = (spools.clone(), syncer.clone());
         let _ = tokio::task::spawn_blocking(move || {
             for w in &s {
-                disposition::restore_stale_deletions(&w.dirs.spool(), &syncer, stale_after);
+                // Subdirectories only for a watch of them (the tree helper's setting; none
+                // yet): a watch of the spool alone never walks what producers keep below it.
+                disposition::restore_stale_deletions(&w.dirs.spool(), false, &syncer, stale_after);
             }
         })
         .await;

@@ -265,13 +265,11 @@ async fn dispose_delivered(
     let path = claim.path.clone();
     // From when the service found it (moved in, or listed) until the server confirmed.
     let latency = job.found.elapsed();
-    let done = match job.watch.cfg.on_success {
-        OnSuccess::Move => job.watch.dirs.done(),
-        _ => None,
-    };
-    let op = match done {
-        Some(_) => DispositionOp::MoveToDone,
-        None => DispositionOp::Delete,
+    let to_done = job.watch.cfg.on_success == OnSuccess::Move && job.watch.cfg.done_dir.is_some();
+    let op = if to_done {
+        DispositionOp::MoveToDone
+    } else {
+        DispositionOp::Delete
     };
     // Written to after `before_close` checked it, while the server was still taking the last
     // bytes: the server has the earlier content, complete; moving the newer content to
@@ -284,7 +282,10 @@ async fn dispose_delivered(
     // One blocking call: usually one rename or unlink and two `lstat`s, but across
     // filesystems a copy; on a hung spool it must not hold one of the runtime's workers. The
     // claim (and its lock) ends only after the move or delete.
+    let w = job.watch.clone();
     let result = tokio::task::spawn_blocking(move || {
+        // done_dir's descriptor (an `fstat` checks it was not removed): on this thread too.
+        let done = if to_done { w.dirs.done() } else { None };
         let r = match &done {
             Some(done) => disposition::move_if_ours(
                 Some(&claim.file),

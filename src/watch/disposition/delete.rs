@@ -140,12 +140,14 @@ pub fn warn_stale_temporaries(dir: &Path, stale_after: Duration) {
 const MAX_DEPTH: usize = 64;
 
 /// The names (relative to `spool`, `/` between components) of its entries, in its
-/// subdirectories too, that `ours` recognises and that were renamed more than
-/// `stale_after` ago. Never follows a symbolic link; hidden directories are not entered.
+/// subdirectories too (`max_depth` levels down), that `ours` recognises and that were
+/// renamed more than `stale_after` ago. Never follows a symbolic link; hidden directories
+/// are not entered.
 fn stale_in_tree(
     spool: &Path,
     ours: impl Fn(&OsStr) -> bool,
     stale_after: Duration,
+    max_depth: usize,
 ) -> Vec<OsString> {
     let mut out = Vec::new();
     let mut todo = vec![(spool.to_path_buf(), OsString::new(), 0usize)];
@@ -155,7 +157,7 @@ fn stale_in_tree(
             rel.push(p.file_name().unwrap_or_default());
             out.push(rel);
         }
-        if depth >= MAX_DEPTH {
+        if depth >= max_depth {
             continue;
         }
         let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -180,12 +182,19 @@ fn stale_in_tree(
 /// subdirectories), renamed more than `stale_after` ago and not a delete in progress of the
 /// service `syncer` belongs to: whether it was the delivered file or another one is not
 /// known any more, so it is sent (again). Never replaces a file: a taken name gets a
-/// suffix. Found by listing the spool's tree, moved through its descriptor. Run at start
-/// and periodically. Blocking. Returns how many were restored.
-pub fn restore_stale_deletions(spool: &Dir, syncer: &Syncer, stale_after: Duration) -> usize {
+/// suffix. Found by listing the spool (with `subdirs`, its tree: a watch of subdirectories),
+/// moved through its descriptor. Run at start and periodically. Blocking. Returns how many
+/// were restored.
+pub fn restore_stale_deletions(
+    spool: &Dir,
+    subdirs: bool,
+    syncer: &Syncer,
+    stale_after: Duration,
+) -> usize {
     let mut restored = 0;
     let ours = |n: &OsStr| names::del_original(n).is_some();
-    for rel in stale_in_tree(spool.path(), ours, stale_after) {
+    let depth = if subdirs { MAX_DEPTH } else { 0 };
+    for rel in stale_in_tree(spool.path(), ours, stale_after, depth) {
         let p = spool.path().join(&rel);
         if syncer.is_deleting(&p) {
             continue;
@@ -242,11 +251,14 @@ mod tests {
         std::fs::write(&h, b"f").unwrap();
         // Renamed just now: possibly another instance's delete in progress.
         let stale_after = Duration::from_secs(60);
-        assert_eq!(restore_stale_deletions(&dir, &syncer, stale_after), 0);
+        assert_eq!(restore_stale_deletions(&dir, true, &syncer, stale_after), 0);
         assert!(h.exists());
         // Old enough, but a delete of this service in progress.
         let deleting = syncer.deleting(&h);
-        assert_eq!(restore_stale_deletions(&dir, &syncer, Duration::ZERO), 0);
+        assert_eq!(
+            restore_stale_deletions(&dir, true, &syncer, Duration::ZERO),
+            0
+        );
         assert!(h.exists());
         drop(deleting);
         assert!(!syncer.is_deleting(&h));
@@ -283,7 +295,16 @@ mod tests {
         let h = spool.path().join("a/b/.accio-del.0123456789abcdef.x.jpg");
         std::fs::write(&h, b"x").unwrap();
         std::fs::write(spool.path().join("a/b/x.jpg"), b"other").unwrap();
-        assert_eq!(restore_stale_deletions(&dir, &syncer, Duration::ZERO), 1);
+        // A watch of the spool alone does not look below it.
+        assert_eq!(
+            restore_stale_deletions(&dir, false, &syncer, Duration::ZERO),
+            0
+        );
+        assert!(h.exists());
+        assert_eq!(
+            restore_stale_deletions(&dir, true, &syncer, Duration::ZERO),
+            1
+        );
         assert!(!h.exists());
         assert_eq!(
             std::fs::read(spool.path().join("a/b/x.1.jpg")).unwrap(),
