@@ -299,8 +299,10 @@ impl Dir {
                 Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
                     NO_OPENAT2.store(true, Ordering::Relaxed);
                 }
-                // Interrupted by a concurrent rename somewhere (EAGAIN): walk instead.
-                Err(rustix::io::Errno::AGAIN) => {}
+                // Interrupted by a concurrent rename somewhere (EAGAIN): walk instead. Not a
+                // directory (ENOTDIR, also for a symlink as the last component with
+                // O_NOFOLLOW): the walk says which it is.
+                Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::NOTDIR) => {}
                 Err(e) => return Err(in_the_way(sub, e)),
             }
         }
@@ -371,5 +373,83 @@ pub fn rename_noreplace_at(from: &At, to: &At) -> io::Result<()> {
             from.unlink()
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn relative_names_are_checked_and_split() {
+        for ok in ["x", "a/b/x.jpg", ".hidden", "a/.b/..c", "...", "a b/c"] {
+            assert!(check_rel(OsStr::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "/x", "x/", "a//b", ".", "..", "a/../b", "./a", "a/.", "a\0b",
+        ] {
+            assert!(check_rel(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(split_rel(OsStr::new("x")), (None, OsStr::new("x")));
+        assert_eq!(
+            split_rel(OsStr::new("a/b/x")),
+            (Some(OsStr::new("a/b")), OsStr::new("x"))
+        );
+    }
+
+    #[test]
+    fn parents_are_made_beneath_and_never_replace_anything() {
+        let top = tempfile::tempdir().unwrap();
+        let d = Dir::open(top.path()).unwrap();
+        let at = d.at(OsStr::new("a/b/x"), true).unwrap();
+        assert_eq!(at.shown, top.path().join("a/b/x"));
+        assert!(top.path().join("a/b").is_dir());
+        at.create_new().unwrap();
+        // A file in the way of a directory: an error, the file untouched.
+        let e = d.at(OsStr::new("a/b/x/y"), true).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert!(top.path().join("a/b/x").is_file());
+        // Without `create`, a missing parent is NotFound.
+        let e = d.at(OsStr::new("m/x"), false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        // Both ways (openat2 without `create`, the walk with it) refuse a symlink.
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), top.path().join("l")).unwrap();
+        for create in [false, true] {
+            let e = d.at(OsStr::new("l/x"), create).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{e}");
+            let e = d.at(OsStr::new("l/n/x"), create).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{e}");
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    proptest! {
+        /// Whatever the name, resolving it (making its parents) creates nothing outside the
+        /// directory: names that could leave it are refused before anything is resolved.
+        #[test]
+        fn nothing_is_made_outside(
+            parts in proptest::collection::vec(
+                prop_oneof![Just(".."), Just("."), Just(""), Just("a"), Just("b")], 1..6),
+            lead in any::<bool>(),
+        ) {
+            let top = tempfile::tempdir().unwrap();
+            let inner = top.path().join("in");
+            std::fs::create_dir(&inner).unwrap();
+            let d = Dir::open(&inner).unwrap();
+            let mut rel = parts.join("/");
+            if lead {
+                rel.insert(0, '/');
+            }
+            let valid = check_rel(OsStr::new(&rel)).is_ok();
+            let r = d.at(OsStr::new(&rel), true);
+            prop_assert_eq!(r.is_ok(), valid, "{}", rel);
+            let outside: Vec<_> = std::fs::read_dir(top.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            prop_assert_eq!(outside, vec![std::ffi::OsString::from("in")]);
+        }
     }
 }
