@@ -56,10 +56,11 @@ pub fn main(
 const BASE_DESCRIPTORS: u64 = 32;
 
 /// Descriptors `config` may need at once: two per upload in flight (the socket and the
-/// file), plus [`BASE_DESCRIPTORS`].
+/// file), three per watch (its directories, held open), plus [`BASE_DESCRIPTORS`].
 pub fn descriptors_needed(config: &Config) -> u64 {
     (config.concurrency as u64)
         .saturating_mul(2)
+        .saturating_add((config.watches.len() as u64).saturating_mul(3))
         .saturating_add(BASE_DESCRIPTORS)
 }
 

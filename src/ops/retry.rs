@@ -1,12 +1,14 @@
 //! `accio retry [--config PATH] [--watch DIR] [NAME...]`: puts files the service gave up on
 //! back into their spool, like `postsuper -r`.
 //!
-//! A given-up file is a regular file in a watch's `failed_dir` (hidden names, which are our
-//! temporaries, and `.reason` files are not). It goes back into the spool it came from (its
-//! `.reason` file names it; else the watch whose `failed_dir` it is in) under its original
-//! name, or a free `STEM.N.EXT` if that is taken: never replacing a file, keeping the
+//! A given-up file is a regular file in a watch's `failed_dir` or one of its subdirectories
+//! (hidden names, which are our temporaries, and `.reason` files are not; symbolic links are
+//! never followed). It goes back into the spool it came from (its `.reason` file names it;
+//! else the watch whose `failed_dir` it is in) under its original name relative to the
+//! spool (`failed_dir/a/b/x.jpg` → `spool/a/b/x.jpg`, directories made as needed), or a
+//! free `STEM.N.EXT` beside it if that is taken: never replacing a file, keeping the
 //! extension so the watch's globs still match. Once it is back its `.reason` file is
-//! deleted. The running service (if any) sees a file moved in and sends it at once; a
+//! deleted. Moves go through the directories' descriptors (see [`crate::files::Dir`]). The running service (if any) sees a file moved in and sends it at once; a
 //! service started later finds it in its backlog. Works the same whether or not it runs.
 
 use std::collections::{BTreeMap, HashSet};
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{self, WatchConfig};
 use crate::esc::esc;
+use crate::files::{At, Dir};
 use crate::watch::disposition::{self, Syncer};
 
 use super::print_out;
@@ -31,8 +34,11 @@ pub struct GivenUp {
     pub reason: Option<PathBuf>,
     /// The spool it goes back to.
     pub spool: PathBuf,
-    /// The name it goes back under (or a free variant of it).
+    /// The name, relative to the spool, it goes back under (or a free variant of it).
     pub name: OsString,
+    /// The failed_dir it is in, and its name relative to it (`a/b/x.jpg`).
+    pub failed_dir: PathBuf,
+    pub rel: OsString,
 }
 
 /// What [`retry_command`] did with one file.
@@ -72,6 +78,50 @@ pub fn count(watches: &[&WatchConfig]) -> Result<Vec<(PathBuf, u64)>, (PathBuf, 
         .collect())
 }
 
+/// How deep the listing goes into failed_dir's subdirectories.
+const MAX_DEPTH: usize = 64;
+
+/// The regular files of the tree at `dir`, by name relative to it (`/` between
+/// components), hidden ones left out (hidden directories not entered), symbolic links
+/// never followed.
+fn files_in_tree(dir: &Path) -> io::Result<Vec<OsString>> {
+    let mut out = Vec::new();
+    let mut todo = vec![(dir.to_path_buf(), OsString::new(), 0usize)];
+    while let Some((d, prefix, depth)) = todo.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            // A subdirectory that went meanwhile (retried by another run).
+            Err(e) if depth > 0 && e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let e = e?;
+            let name = e.file_name();
+            // Hidden names are temporaries (a reason being written, a copy in progress).
+            if name.as_bytes().starts_with(b".") {
+                continue;
+            }
+            let Ok(t) = e.file_type() else { continue };
+            let mut rel = prefix.clone();
+            rel.push(&name);
+            if t.is_file() {
+                out.push(rel);
+            } else if t.is_dir() && depth < MAX_DEPTH {
+                rel.push("/");
+                todo.push((e.path(), rel, depth + 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `rel`'s directories (with a trailing `/`, empty for none) and its last component.
+fn split(rel: &OsStr) -> (&OsStr, &OsStr) {
+    let b = rel.as_bytes();
+    let cut = b.iter().rposition(|&c| c == b'/').map_or(0, |p| p + 1);
+    (OsStr::from_bytes(&b[..cut]), OsStr::from_bytes(&b[cut..]))
+}
+
 /// [`list`]; without `origins`, each file is taken to go back to the watch whose failed_dir
 /// it is in, under its current name (its reason file is not read).
 fn list_with(
@@ -87,33 +137,24 @@ fn list_with(
         if !listed.insert(dir) {
             continue;
         }
-        let entries = std::fs::read_dir(dir).map_err(|e| (dir.clone(), e))?;
-        let mut names = Vec::new();
-        for e in entries {
-            let e = e.map_err(|e| (dir.clone(), e))?;
-            let regular = e.file_type().map(|t| t.is_file()).unwrap_or(false);
-            let name = e.file_name();
-            // Hidden names are temporaries (a reason being written, a copy in progress).
-            if regular && !name.as_bytes().starts_with(b".") {
-                names.push(name);
-            }
-        }
+        let names = files_in_tree(dir).map_err(|e| (dir.clone(), e))?;
         let present: HashSet<&OsStr> = names.iter().map(OsString::as_os_str).collect();
-        // Each file with its reason file, if that is present too.
-        let with_reason: Vec<(&OsString, Option<PathBuf>)> = names
+        // Each file with its reason file (beside it), if that is present too.
+        let with_reason: Vec<(&OsString, Option<OsString>)> = names
             .iter()
             .map(|n| {
-                let r = disposition::reason_path(&dir.join(n));
-                let has = r
-                    .file_name()
-                    .is_some_and(|rn| rn != n.as_os_str() && present.contains(rn));
+                let (sub, last) = split(n);
+                let mut r = sub.to_os_string();
+                r.push(disposition::reason_path(Path::new(last)).as_os_str());
+                let has = r != *n && present.contains(r.as_os_str());
                 (n, has.then_some(r))
             })
             .collect();
         let reasons: HashSet<&OsStr> = with_reason
             .iter()
-            .filter_map(|(_, r)| r.as_deref()?.file_name())
+            .filter_map(|(_, r)| r.as_deref())
             .collect();
+        let failed = origins.then(|| Dir::open(dir).ok()).flatten();
         for (n, reason) in &with_reason {
             if reasons.contains(n.as_os_str()) {
                 continue;
@@ -123,29 +164,30 @@ fn list_with(
                 continue;
             }
             let path = dir.join(n);
-            let (spool, name) = origins
-                .then(|| origin(reason.as_deref(), w, watches))
-                .flatten()
+            let text = match (&failed, reason) {
+                (Some(f), Some(r)) => f.at(r, false).ok().and_then(|at| read_reason_at(&at).ok()),
+                _ => None,
+            };
+            let (spool, name) = text
+                .and_then(|t| origin(&t, w, watches))
                 .unwrap_or_else(|| (w.dir.clone(), (*n).clone()));
             out.entry(path.clone()).or_insert(GivenUp {
                 path,
-                reason: reason.clone(),
+                reason: reason.as_ref().map(|r| dir.join(r)),
                 spool,
                 name,
+                failed_dir: dir.clone(),
+                rel: (*n).clone(),
             });
         }
     }
     Ok(out.into_values().collect())
 }
 
-/// The spool and name a `.reason` file says the file came from (its `file:` line), if that
-/// spool is one of `watches` (else the file goes back to `w`, under its current name).
-fn origin(
-    reason: Option<&Path>,
-    w: &WatchConfig,
-    watches: &[&WatchConfig],
-) -> Option<(PathBuf, OsString)> {
-    let text = read_reason(reason?).ok()?;
+/// The spool and name (relative to it) a reason file's text says the file came from (its
+/// `file:` line), if that spool is one of `watches` or `w`'s (else the file goes back to
+/// `w`, under its name relative to failed_dir).
+fn origin(text: &[u8], w: &WatchConfig, watches: &[&WatchConfig]) -> Option<(PathBuf, OsString)> {
     let line = text
         .split(|&b| b == b'\n')
         .find_map(|l| l.strip_prefix(b"file: "))?;
@@ -154,13 +196,38 @@ fn origin(
         return None;
     }
     let p = Path::new(OsStr::from_bytes(line));
-    let (dir, name) = (p.parent()?, p.file_name()?);
-    let spool = watches
+    // The deepest spool it is in (spools may nest only in odd configurations).
+    let mut best: Option<(&PathBuf, OsString)> = None;
+    for d in watches
         .iter()
         .map(|x| &x.dir)
-        .find(|d| same_dir(d, dir))
-        .or_else(|| same_dir(&w.dir, dir).then_some(&w.dir))?;
-    Some((spool.clone(), name.to_os_string()))
+        .chain(std::iter::once(&w.dir))
+    {
+        let Some(rel) = beneath(p, d) else { continue };
+        if best.as_ref().map_or(true, |(_, r)| rel.len() < r.len()) {
+            best = Some((d, rel));
+        }
+    }
+    let (spool, rel) = best?;
+    crate::files::check_rel(&rel).ok()?;
+    Some((spool.clone(), rel))
+}
+
+/// `p` relative to the directory `dir` (as configured or canonical), if it is beneath it.
+fn beneath(p: &Path, dir: &Path) -> Option<OsString> {
+    let canon = std::fs::canonicalize(dir).ok();
+    let parent = p.parent().and_then(|d| std::fs::canonicalize(d).ok());
+    let rel = p
+        .strip_prefix(dir)
+        .ok()
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            // The spool as configured may be a symbolic link, or the path written otherwise.
+            let (canon, parent) = (canon?, parent?);
+            let sub = parent.strip_prefix(&canon).ok()?;
+            Some(sub.join(p.file_name()?))
+        })?;
+    (!rel.as_os_str().is_empty()).then(|| rel.into_os_string())
 }
 
 /// The most of a `.reason` file that is read: the service writes a few hundred bytes; a
@@ -173,11 +240,30 @@ pub const MAX_REASON: u64 = 64 * 1024;
 /// # Errors
 /// It cannot be opened or read.
 pub fn read_reason(path: &Path) -> io::Result<Vec<u8>> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default();
+    read_reason_at(&Dir::open(dir)?.at(name, false)?)
+}
+
+/// The first [`MAX_REASON`] bytes of the reason file `at`, through its directory's
+/// descriptor: never through a symbolic link, never blocking on a FIFO, a regular file only.
+///
+/// # Errors
+/// It cannot be opened or read, or is not a regular file.
+pub fn read_reason_at(at: &At) -> io::Result<Vec<u8>> {
     use std::io::Read as _;
+    let f = at.open_read()?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", esc(&at.shown)),
+        ));
+    }
     let mut text = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_REASON)
-        .read_to_end(&mut text)?;
+    f.take(MAX_REASON).read_to_end(&mut text)?;
     Ok(text)
 }
 
@@ -221,20 +307,23 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 /// # Errors
 /// The move failed; the file is still in failed_dir.
 pub fn put_back(f: &GivenUp, syncer: &Syncer) -> io::Result<Moved> {
-    let to = disposition::put_back(&f.path, &f.spool, &f.name, syncer)?;
-    let reason_left = f
-        .reason
-        .as_ref()
-        .and_then(|r| match std::fs::remove_file(r) {
-            Ok(()) => {
-                if let Some(d) = r.parent() {
-                    syncer.mark(d);
-                }
+    let failed = Dir::open(&f.failed_dir)?;
+    let from = failed.at(&f.rel, false)?;
+    let spool = Dir::open(&f.spool)?;
+    let to = disposition::put_back(&from, &spool, &f.name, syncer)?;
+    let reason_left = f.reason.as_ref().and_then(|_| {
+        let (sub, last) = split(&f.rel);
+        let mut r = sub.to_os_string();
+        r.push(disposition::reason_path(Path::new(last)).as_os_str());
+        match failed.at(&r, false).and_then(|at| at.unlink().map(|()| at)) {
+            Ok(at) => {
+                syncer.mark(&at.dir);
                 None
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => Some(e),
-        });
+        }
+    });
     Ok(Moved {
         from: f.path.clone(),
         to,
@@ -438,7 +527,8 @@ fn finish_listing(out: &str, n: usize, what: &str, failed: bool) -> Result<(), F
 /// A NAME on the command line: the file's name in failed_dir, or its path.
 fn matches(f: &GivenUp, n: &OsStr) -> bool {
     if n.as_bytes().contains(&b'/') {
-        same_dir(&f.path, Path::new(n))
+        // Its path, or its name relative to failed_dir (`a/b/x.jpg`).
+        f.rel == n || same_dir(&f.path, Path::new(n))
     } else {
         f.path.file_name() == Some(n)
     }

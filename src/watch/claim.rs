@@ -8,7 +8,12 @@
 //! name must still point at the inode we hold, because another instance may have delivered
 //! and moved it between our open and our lock. The lock lives as long as the [`Claim`], which
 //! is kept until the file was moved or deleted.
+//!
+//! All of it through the spool's descriptor, held since the watch started (a parent of the
+//! spool renamed since does not redirect it), and without following a symbolic link at any
+//! component of the file's name (relative to the spool: `a/b/x.jpg`).
 
+use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -16,6 +21,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::core::{Identity, Kind, Writers};
+use crate::files::{At, Dir};
 
 /// The kind of the entry `meta` describes.
 fn kind_of(meta: &Metadata) -> Kind {
@@ -57,15 +63,50 @@ pub fn lstat(path: &Path) -> io::Result<Identity> {
     std::fs::symlink_metadata(path).map(|m| identity(&m))
 }
 
+/// The [`Identity`] of what `st` describes.
+pub fn identity_of(st: &rustix::fs::Stat) -> Identity {
+    use rustix::fs::FileType;
+    let kind = match FileType::from_raw_mode(st.st_mode as _) {
+        FileType::RegularFile => Kind::Regular,
+        FileType::Symlink => Kind::Symlink,
+        FileType::Directory => Kind::Directory,
+        FileType::Fifo => Kind::Fifo,
+        FileType::Socket => Kind::Socket,
+        FileType::BlockDevice | FileType::CharacterDevice => Kind::Device,
+        _ => Kind::Other,
+    };
+    #[allow(clippy::unnecessary_cast)]
+    Identity {
+        kind,
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+        size: st.st_size as u64,
+        mtime_ns: i128::from(st.st_mtime as i64) * 1_000_000_000
+            + i128::from(st.st_mtime_nsec as i64),
+        ctime_ns: i128::from(st.st_ctime as i64) * 1_000_000_000
+            + i128::from(st.st_ctime_nsec as i64),
+    }
+}
+
+/// `lstat` of an entry of a directory held open, as an [`Identity`].
+///
+/// # Errors
+/// The `lstat` error (`NotFound` when the entry is gone).
+pub fn lstat_at(at: &At) -> io::Result<Identity> {
+    at.lstat().map(|st| identity_of(&st))
+}
+
 /// A regular file of the spool, open and locked against other instances.
 #[derive(Debug)]
 pub struct Claim {
     /// Open read-only, locked with `flock`; closing it releases the lock.
     pub file: File,
-    /// Where it is in the spool.
+    /// Where it is in the spool (for messages, and for the uploader's checks).
     pub path: PathBuf,
     /// `fstat` right after claiming: the content we are about to send.
     pub id: Identity,
+    /// The spool it was claimed through: its disposition goes through the same one.
+    pub spool: Dir,
 }
 
 /// Why a path could not be claimed.
@@ -78,16 +119,24 @@ pub enum ClaimError {
     Special(Identity),
     /// Another process holds the lock (another instance is sending it).
     Busy,
-    /// Could not open or inspect it (permissions, I/O): a failed attempt for this file.
+    /// Could not open or inspect it (permissions, I/O, a symbolic link or a non-directory
+    /// among its parents): a failed attempt for this file.
     Io(io::Error),
 }
 
-/// Claims `path` for sending (see the module docs for the steps and why).
+/// Claims `rel` (a name relative to the spool, `/` between components) for sending, through
+/// the spool's descriptor: its parents are opened without following a symbolic link at any
+/// component, the file itself with `O_NOFOLLOW` (see the module docs for the steps and why).
 ///
 /// # Errors
 /// [`ClaimError`]: gone, not a regular file, busy, or an I/O error.
-pub fn claim(path: &Path) -> Result<Claim, ClaimError> {
-    let before = match lstat(path) {
+pub fn claim(spool: &Dir, rel: &OsStr) -> Result<Claim, ClaimError> {
+    let at = match spool.at(rel, false) {
+        Ok(at) => at,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ClaimError::Gone),
+        Err(e) => return Err(ClaimError::Io(e)),
+    };
+    let before = match lstat_at(&at) {
         Ok(id) => id,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ClaimError::Gone),
         Err(e) => return Err(ClaimError::Io(e)),
@@ -95,16 +144,12 @@ pub fn claim(path: &Path) -> Result<Claim, ClaimError> {
     if before.kind != Kind::Regular {
         return Err(ClaimError::Special(before));
     }
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    {
+    let file = match at.open_read() {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ClaimError::Gone),
         // ELOOP: a symlink was swapped in after the lstat; ENXIO: a socket.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENXIO)) => {
-            return match lstat(path) {
+            return match lstat_at(&at) {
                 Ok(id) if id.kind != Kind::Regular => Err(ClaimError::Special(id)),
                 _ => Err(ClaimError::Gone),
             }
@@ -129,7 +174,7 @@ pub fn claim(path: &Path) -> Result<Claim, ClaimError> {
     }
     // The name must still be ours: another instance may have sent and moved (or deleted)
     // this inode while we waited between open and lock.
-    match lstat(path) {
+    match lstat_at(&at) {
         Ok(now) if now.same_inode(&id) => {}
         Ok(_) => return Err(ClaimError::Gone),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ClaimError::Gone),
@@ -137,8 +182,9 @@ pub fn claim(path: &Path) -> Result<Claim, ClaimError> {
     }
     Ok(Claim {
         file,
-        path: path.to_path_buf(),
+        path: at.shown,
         id,
+        spool: spool.clone(),
     })
 }
 
@@ -206,6 +252,8 @@ mod tests {
     #[test]
     fn claims_regular_files_only_and_locks_them() {
         let dir = tempfile::tempdir().unwrap();
+        let spool = Dir::open(dir.path()).unwrap();
+        let claim = |p: &Path| claim(&spool, p.strip_prefix(dir.path()).unwrap().as_os_str());
         let f = dir.path().join("a");
         std::fs::write(&f, b"hello").unwrap();
         let c = claim(&f).unwrap();
@@ -235,10 +283,11 @@ mod tests {
     #[test]
     fn a_lease_tells_whether_a_file_has_a_writer() {
         let dir = tempfile::tempdir().unwrap();
+        let spool = Dir::open(dir.path()).unwrap();
         let f = dir.path().join("w");
         let writer = File::create(&f).unwrap();
         assert_eq!(probe_writers(&f), Writers::Some);
-        let c = claim(&f).unwrap();
+        let c = claim(&spool, OsStr::new("w")).unwrap();
         assert_eq!(writers(&c.file), Writers::Some);
         drop(writer);
         assert_eq!(writers(&c.file), Writers::None);
@@ -248,5 +297,48 @@ mod tests {
         drop(OpenOptions::new().append(true).open(&f).unwrap());
         assert!(t.elapsed() < std::time::Duration::from_secs(5));
         assert_eq!(probe_writers(&dir.path().join("missing")), Writers::Unknown);
+    }
+
+    #[test]
+    fn names_in_subdirectories_never_follow_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Dir::open(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/x.jpg"), b"x").unwrap();
+        let c = claim(&spool, OsStr::new("a/b/x.jpg")).unwrap();
+        assert_eq!(c.path, dir.path().join("a/b/x.jpg"));
+        assert_eq!(c.id.size, 1);
+        drop(c);
+        // A symlinked intermediate directory, inside or outside the spool: refused.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("b")).unwrap();
+        std::fs::write(outside.path().join("b/x.jpg"), b"secret").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("l")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("m")).unwrap();
+        for rel in ["l/b/x.jpg", "m/b/x.jpg"] {
+            match claim(&spool, OsStr::new(rel)) {
+                Err(ClaimError::Io(e)) => assert!(e.to_string().contains("symbolic link"), "{e}"),
+                other => panic!("{rel}: {other:?}"),
+            }
+        }
+        // A name that would leave the spool is refused, never resolved.
+        for rel in [
+            "../x",
+            "/etc/passwd",
+            "a/../a/b/x.jpg",
+            "a//b/x.jpg",
+            "./a",
+            "",
+        ] {
+            assert!(
+                matches!(claim(&spool, OsStr::new(rel)), Err(ClaimError::Io(ref e)) if e.kind() == io::ErrorKind::InvalidInput),
+                "{rel}"
+            );
+        }
+        // A missing parent: gone, as a missing file is.
+        assert!(matches!(
+            claim(&spool, OsStr::new("z/x")),
+            Err(ClaimError::Gone)
+        ));
     }
 }

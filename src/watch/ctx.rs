@@ -3,11 +3,12 @@
 //! uploader), so that they take it from here and not from the pipeline that wires them.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::disposition;
 use crate::config::{NameFilter, RetryPolicy, WatchConfig};
 use crate::esc::esc;
+use crate::files::Dir;
 use crate::metrics::Metrics;
 use crate::protocol::Timeouts;
 use crate::status::Stats;
@@ -44,6 +45,102 @@ pub struct WatchCtx {
     pub cfg: WatchConfig,
     /// Compiled `include` / `exclude`.
     pub filter: NameFilter,
+    /// Its directories, opened once when the pipeline starts (at start, on each reload).
+    pub dirs: Dirs,
+}
+
+/// A watch's directories, held open: claims and dispositions go through these descriptors,
+/// so a parent renamed afterwards (another directory put in its place) cannot redirect
+/// them. Three descriptors per watch (two without done_dir). Each is opened again by its
+/// configured path only by a reload, when the directory held was removed (no name leads
+/// to it any more: nothing could be moved into it; checked with one `fstat` per use), and
+/// for the spool when the watcher follows its path to a replacement (a directory replaced
+/// or mounted over, which the service has always followed): what is listed and what is
+/// claimed stay the same directory.
+#[derive(Debug)]
+pub struct Dirs {
+    spool: Held,
+    done: Option<Held>,
+    failed: Held,
+}
+
+/// One directory held open (see [`Dirs`]).
+#[derive(Debug)]
+struct Held(Mutex<Dir>);
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Dir> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The directory held, opened again first if it was removed (and its path leads to a
+    /// directory again).
+    fn get(&self) -> Dir {
+        let mut held = self.lock();
+        if held.fd().removed() {
+            if let Ok(new) = Dir::open(held.path()) {
+                tracing::warn!(
+                    dir = %esc(held.path()),
+                    "{} was removed; using the directory now at that path",
+                    esc(held.path())
+                );
+                *held = new;
+            }
+        }
+        held.clone()
+    }
+}
+
+impl Dirs {
+    /// Opens the directories `cfg` names.
+    ///
+    /// # Errors
+    /// [`FatalError::Watch`]: one cannot be opened (a reload then keeps the previous ones).
+    pub fn open(cfg: &WatchConfig) -> Result<Dirs, FatalError> {
+        let open = |d: &PathBuf| {
+            Dir::open(d)
+                .map(|d| Held(Mutex::new(d)))
+                .map_err(|e| FatalError::Watch {
+                    dir: cfg.dir.clone(),
+                    message: e.to_string(),
+                })
+        };
+        Ok(Dirs {
+            spool: open(&cfg.dir)?,
+            // Only where files go there (a done_dir with `on_success = "delete"` is unused).
+            done: match (cfg.on_success, &cfg.done_dir) {
+                (crate::config::OnSuccess::Move, Some(d)) => Some(open(d)?),
+                _ => None,
+            },
+            failed: open(&cfg.failed_dir)?,
+        })
+    }
+
+    /// The spool as it is held now (a claim keeps the one it went through).
+    pub fn spool(&self) -> Dir {
+        self.spool.get()
+    }
+
+    /// done_dir, where delivered files are moved (`None`: they are deleted).
+    pub fn done(&self) -> Option<Dir> {
+        self.done.as_ref().map(Held::get)
+    }
+
+    /// failed_dir.
+    pub fn failed(&self) -> Dir {
+        self.failed.get()
+    }
+
+    /// Opens the spool again by its configured path `dir`, after the watcher followed it to
+    /// a replacement. On failure the previous descriptor stays.
+    ///
+    /// # Errors
+    /// The open error.
+    pub fn reopen_spool(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let new = Dir::open(dir)?;
+        *self.spool.lock() = new;
+        Ok(())
+    }
 }
 
 /// What every upload task needs.

@@ -104,7 +104,8 @@ pub async fn run_with(
             dir: w.dir.clone(),
             message: e.to_string(),
         })?;
-        watches.push(Arc::new(WatchCtx { cfg, filter }));
+        let dirs = ctx::Dirs::open(&cfg)?;
+        watches.push(Arc::new(WatchCtx { cfg, filter, dirs }));
     }
     let dirs: Vec<PathBuf> = watches.iter().map(|w| w.cfg.dir.clone()).collect();
 
@@ -142,7 +143,7 @@ pub async fn run_with(
                 disposition::warn_stale_temporaries(d, stale_after);
             }
         });
-        spools.push(w.cfg.dir.clone());
+        spools.push(w.clone());
         // Each watch's metric series exist from the start (at 0).
         metrics.watch_configured(&w.cfg.dir.to_string_lossy(), &w.cfg.server.to_string());
         tracing::info!("watching {} → {}", esc(&w.cfg.dir), w.cfg.server);
@@ -218,7 +219,7 @@ async fn follow_timetables(rates: Arc<Rates>, stop: CancellationToken) {
 /// [`disposition::restore_stale_deletions`]): at start, and then periodically, since a
 /// service restarted at once (systemd) finds them too young to be taken for leftovers.
 async fn restore_deletions(
-    spools: Vec<PathBuf>,
+    spools: Vec<Arc<WatchCtx>>,
     syncer: Arc<disposition::Syncer>,
     stale_after: std::time::Duration,
     stop: CancellationToken,
@@ -236,8 +237,10 @@ async fn restore_deletions(
         }
         let (s, syncer) = (spools.clone(), syncer.clone());
         let _ = tokio::task::spawn_blocking(move || {
-            for d in &s {
-                disposition::restore_stale_deletions(d, &syncer, stale_after);
+            for w in &s {
+                // Subdirectories only for a watch of them (the tree helper's setting; none
+                // yet): a watch of the spool alone never walks what producers keep below it.
+                disposition::restore_stale_deletions(&w.dirs.spool(), false, &syncer, stale_after);
             }
         })
         .await;

@@ -259,10 +259,18 @@ impl Queue {
                 Action::Rewatch { watch } => {
                     let dir = self.watches[watch].cfg.dir.clone();
                     match self.watcher.rewatch(&dir) {
-                        Ok(()) => tracing::warn!(
-                            "{} was replaced (or mounted over); watching the new one",
-                            esc(&dir)
-                        ),
+                        Ok(()) => {
+                            tracing::warn!(
+                                "{} was replaced (or mounted over); watching the new one",
+                                esc(&dir)
+                            );
+                            // Claims go through the directory watched (see `ctx::Dirs`).
+                            if let Err(e) = self.watches[watch].dirs.reopen_spool(&dir) {
+                                tracing::error!(
+                                    "{e}; files are still taken from the previous directory"
+                                );
+                            }
+                        }
                         Err(e) => {
                             tracing::error!(
                                 "{e}; relying on rescans and trying again at the next one"
@@ -983,6 +991,7 @@ mod tests {
         };
         let (hung, hung_done, fine, fine_done) =
             (dir("hung"), dir("hung-sent"), dir("fine"), dir("fine-sent"));
+        dir("failed");
         let toml = format!(
             r#"
 concurrency = 4

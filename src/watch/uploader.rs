@@ -52,9 +52,9 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     // and must not hold one of the runtime's few workers (the other watches need them).
     // The lease probe goes with it, in the same blocking call (one hand-off for both): with
     // the errno of a refused lease, read right after the fcntl on that thread.
-    let p = path.clone();
+    let (w, n) = (job.watch.clone(), job.name.clone());
     let claimed = tokio::task::spawn_blocking(move || {
-        claim::claim(&p).map(|c| {
+        claim::claim(&w.dirs.spool(), &n).map(|c| {
             let writers = claim::writers(&c.file);
             let errno = std::io::Error::last_os_error();
             (c, writers, errno)
@@ -265,13 +265,11 @@ async fn dispose_delivered(
     let path = claim.path.clone();
     // From when the service found it (moved in, or listed) until the server confirmed.
     let latency = job.found.elapsed();
-    let done = match (job.watch.cfg.on_success, &job.watch.cfg.done_dir) {
-        (OnSuccess::Move, Some(done)) => Some(done.clone()),
-        _ => None,
-    };
-    let op = match done {
-        Some(_) => DispositionOp::MoveToDone,
-        None => DispositionOp::Delete,
+    let to_done = job.watch.cfg.on_success == OnSuccess::Move && job.watch.cfg.done_dir.is_some();
+    let op = if to_done {
+        DispositionOp::MoveToDone
+    } else {
+        DispositionOp::Delete
     };
     // Written to after `before_close` checked it, while the server was still taking the last
     // bytes: the server has the earlier content, complete; moving the newer content to
@@ -284,17 +282,20 @@ async fn dispose_delivered(
     // One blocking call: usually one rename or unlink and two `lstat`s, but across
     // filesystems a copy; on a hung spool it must not hold one of the runtime's workers. The
     // claim (and its lock) ends only after the move or delete.
+    let w = job.watch.clone();
     let result = tokio::task::spawn_blocking(move || {
+        // done_dir's descriptor (an `fstat` checks it was not removed): on this thread too.
+        let done = if to_done { w.dirs.done() } else { None };
         let r = match &done {
             Some(done) => disposition::move_if_ours(
                 Some(&claim.file),
-                &claim.path,
+                &claim.spool,
+                &name,
                 &claim.id,
                 Dest::Done(done),
-                &name,
                 &syncer,
             ),
-            None => disposition::delete_if_ours(&claim.path, &claim.id, &syncer),
+            None => disposition::delete_if_ours(&claim.spool, &name, &claim.id, &syncer),
         };
         drop(claim);
         r
@@ -440,21 +441,21 @@ async fn give_up(
     let w = job.watch.clone();
     let syncer = sh.syncer.clone();
     let name = job.name.clone();
-    let from = path.to_path_buf();
     // Rendered here, once per attempt at the move: the same text each time.
     let text = reason.to_string();
     let result = tokio::task::spawn_blocking(move || {
         let file = claim.as_ref().map(|c| &c.file);
-        let d = disposition::move_if_ours(
-            file,
-            &from,
-            &id,
-            Dest::Failed(&w.cfg.failed_dir),
-            &name,
-            &syncer,
-        )?;
+        // The spool the claim went through (the one held now without a claim).
+        let spool = claim
+            .as_ref()
+            .map_or_else(|| w.dirs.spool(), |c| c.spool.clone());
+        let failed = w.dirs.failed();
+        let d =
+            disposition::move_if_ours(file, &spool, &name, &id, Dest::Failed(&failed), &syncer)?;
         let reason_file = match &d {
-            Disposed::Done(Some(to)) => Some(disposition::write_reason(to, &text, &syncer)),
+            Disposed::Done(Some(to)) => {
+                Some(disposition::write_reason(&failed, to, &text, &syncer))
+            }
             _ => None,
         };
         drop(claim);

@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 use super::claim;
 use super::core::Identity;
 use crate::esc::esc;
+use crate::files::{At, Dir};
 use names::Naming;
-use ops::{copy_across, rename_into, rename_to_free, return_unsent};
+use ops::{copy_across, rename_into, rename_to_free, return_unsent, Unsent};
 
 pub use delete::{delete_if_ours, restore_stale_deletions, warn_stale_temporaries};
 pub use ops::put_back;
@@ -51,40 +52,41 @@ fn is_ours(now: &Identity, id: &Identity) -> bool {
     now.same_inode(id) && now.size == id.size && now.mtime_ns == id.mtime_ns
 }
 
-/// Is `path` still exactly `id`? `None` if so, else what to report.
-fn check_ours(path: &Path, id: &Identity) -> io::Result<Option<Disposed>> {
-    match claim::lstat(path) {
+/// Is `at` still exactly `id`? `None` if so, else what to report.
+fn check_ours(at: &At, id: &Identity) -> io::Result<Option<Disposed>> {
+    match claim::lstat_at(at) {
         Ok(now) if now == *id => Ok(None),
         Ok(now) if now.same_inode(id) => Ok(Some(Disposed::Changed)),
         Ok(_) => Ok(Some(Disposed::NotOurs)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(Disposed::NotOurs)),
         Err(e) => Err(io::Error::new(
             e.kind(),
-            format!("cannot inspect {}: {e}", esc(path)),
+            format!("cannot inspect {}: {e}", esc(&at.shown)),
         )),
     }
 }
 
-/// After renaming `spool_path` to `moved`: if `moved` is not the inode `id` (the name was
-/// swapped between our check and our rename, or the file changed), it goes back into the
-/// spool, never replacing anything: under its name, or a free suffixed one if that is taken
-/// again. A file never leaves the spool unsent.
+/// After renaming the spool entry `rel` to `moved`: if `moved` is not the inode `id` (the
+/// name was swapped between our check and our rename, or the file changed), it goes back
+/// into the spool, never replacing anything: under its name, or a free suffixed one if that
+/// is taken again. A file never leaves the spool unsent.
 fn verify_moved(
-    spool_path: &Path,
-    moved: PathBuf,
+    spool: &Dir,
+    rel: &OsStr,
+    moved: At,
     id: &Identity,
     syncer: &Syncer,
 ) -> io::Result<Disposed> {
-    let now = claim::lstat(&moved).map_err(|e| {
+    let now = claim::lstat_at(&moved).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot inspect {} after moving it: {e}", esc(&moved)),
+            format!("cannot inspect {} after moving it: {e}", esc(&moved.shown)),
         )
     })?;
     if is_ours(&now, id) {
-        return Ok(Disposed::Done(Some(moved)));
+        return Ok(Disposed::Done(Some(moved.shown)));
     }
-    return_unsent(&moved, spool_path, syncer)?;
+    return_unsent(&moved, spool, rel, syncer)?;
     Ok(if now.same_inode(id) {
         Disposed::Changed
     } else {
@@ -96,53 +98,67 @@ fn verify_moved(
 #[derive(Debug, Clone, Copy)]
 pub enum Dest<'a> {
     /// done_dir: the name, or a free `NAME.1`, `NAME.2`, …
-    Done(&'a Path),
+    Done(&'a Dir),
     /// failed_dir: the same, but a name is only taken if its [`reason_path`] is free too,
     /// for [`write_reason`].
-    Failed(&'a Path),
+    Failed(&'a Dir),
 }
 
-/// Moves the spool entry `from` into `dest` under `name` or a free suffixed one, never
-/// replacing a file, only if it still is the inode `id`, unchanged; checked right before
-/// and, since the name may be swapped in between, again right after the rename (see
-/// [`Disposed`]). Across filesystems by a durable copy, blocking: run it with
-/// `spawn_blocking`.
+/// Moves the spool entry `rel` (relative to `spool`, `/` between components) to the same
+/// relative name in `dest` (its directories made as needed, never replacing anything; the
+/// last component suffixed if taken), only if it still is the inode `id`, unchanged;
+/// checked right before and, since the name may be swapped in between, again right after
+/// the rename (see [`Disposed`]). Across filesystems by a durable copy, blocking: run it
+/// with `spawn_blocking`. Through the directories' descriptors only.
 ///
 /// `file` is the open (claimed) source, used for a copy so the bytes moved are the ones
-/// that were checked; without it the copy opens `from`.
+/// that were checked; without it the copy opens the entry.
 ///
 /// # Errors
-/// Inspecting, renaming, copying or syncing failed; the source is then still in the spool.
+/// Inspecting, renaming, copying or syncing failed, or something not a directory is in the
+/// way in `dest`; the source is then still in the spool.
 pub fn move_if_ours(
     file: Option<&File>,
-    from: &Path,
+    spool: &Dir,
+    rel: &OsStr,
     id: &Identity,
     dest: Dest<'_>,
-    name: &OsStr,
     syncer: &Syncer,
 ) -> io::Result<Disposed> {
     let (dir, naming) = match dest {
         Dest::Done(dir) => (dir, Naming::Plain),
         Dest::Failed(dir) => (dir, Naming::Failed),
     };
+    let from_path = spool.path().join(rel);
     let ctx = |e: io::Error| {
         io::Error::new(
             e.kind(),
-            format!("cannot move {} to {}: {e}", esc(from), esc(dir)),
+            format!(
+                "cannot move {} to {}: {e}",
+                esc(&from_path),
+                esc(dir.path())
+            ),
         )
     };
-    if let Some(d) = check_ours(from, id).map_err(ctx)? {
+    let from = match spool.at(rel, false) {
+        Ok(at) => at,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Disposed::NotOurs),
+        Err(e) => return Err(ctx(e)),
+    };
+    if let Some(d) = check_ours(&from, id).map_err(ctx)? {
         return Ok(d);
     }
-    match rename_into(from, dir, name, naming, syncer) {
-        Ok(to) => verify_moved(from, to, id, syncer).map_err(ctx),
+    let to = dir.at(rel, true).map_err(ctx)?;
+    match rename_into(&from, &to, naming, syncer) {
+        Ok(moved) => verify_moved(spool, rel, moved, id, syncer).map_err(ctx),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let (to, removed) =
-                copy_across(file, from, Some(id), dir, name, syncer, naming).map_err(ctx)?;
+            let source = Unsent { id, spool, rel };
+            let (moved, removed) =
+                copy_across(file, &from, Some(source), &to, syncer, naming).map_err(ctx)?;
             Ok(match removed {
                 // The copy in `dir` is our content, read from the claimed descriptor; the
                 // spool name held another file by then and keeps it.
-                Disposed::Done(_) | Disposed::NotOurs => Disposed::Done(Some(to)),
+                Disposed::Done(_) | Disposed::NotOurs => Disposed::Done(Some(moved.shown)),
                 Disposed::Changed => Disposed::Changed,
             })
         }
@@ -157,39 +173,51 @@ pub fn reason_path(moved: &Path) -> PathBuf {
     dir.join(names::reason_name(moved.file_name().unwrap_or_default()))
 }
 
-/// Writes `text` beside a file moved to `failed_dir`, as `<final name>.reason`: to a hidden
-/// temporary first, synced, then renamed, so a reader never sees it half written. A name too
-/// long for the suffix is shortened, and a shortened name never replaces another file's
-/// reason (`.1.reason`, …).
+/// Writes `text` beside a file moved to `failed` at `moved_to` (as [`move_if_ours`]
+/// returned it), as `<final name>.reason`: to a hidden temporary first, synced, then
+/// renamed, so a reader never sees it half written; through failed_dir's descriptor. A
+/// name too long for the suffix is shortened, and a shortened name never replaces another
+/// file's reason (`.1.reason`, …).
 ///
 /// # Errors
-/// Creating, writing or renaming the reason file failed.
-pub fn write_reason(moved_to: &Path, text: &str, syncer: &Syncer) -> io::Result<PathBuf> {
+/// `moved_to` is not in `failed`; creating, writing or renaming the reason file failed.
+pub fn write_reason(
+    failed: &Dir,
+    moved_to: &Path,
+    text: &str,
+    syncer: &Syncer,
+) -> io::Result<PathBuf> {
     let ctx =
         |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("cannot write {}: {e}", esc(p)));
+    let p = reason_path(moved_to);
+    let at = moved_to
+        .strip_prefix(failed.path())
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not in {}", esc(failed.path())),
+            )
+        })
+        .and_then(|rel| failed.at(rel.as_os_str(), false))
+        .map_err(|e| ctx(&p, e))?;
     // Shortened if needed: `<255-byte name>.reason` would not fit in a directory entry.
-    let reason = names::reason_name(moved_to.file_name().unwrap_or_default());
-    let dir = moved_to.parent().unwrap_or(Path::new("."));
-    let p = dir.join(&reason);
-    let tmp = dir.join(names::temp_name(&reason));
+    let reason = at.sibling(&names::reason_name(&at.name));
+    let tmp = at.sibling(&names::temp_name(&reason.name));
     let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = tmp.create_new()?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         // Never over an existing file: a spool file named `q.reason` may have failed before.
-        rename_to_free(&tmp, dir, &reason, Naming::Plain)
+        rename_to_free(&tmp, &reason, Naming::Plain)
             .map_err(|e| e.into_io(|| "no free name".to_string()))
     })();
     match written {
         Ok(to) => {
-            syncer.mark(dir);
-            Ok(to)
+            syncer.mark(&at.dir);
+            Ok(to.shown)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = tmp.unlink();
             Err(ctx(&p, e))
         }
     }
@@ -201,6 +229,73 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::ffi::OsString;
+
+    // The tests below were written against path-based forms; these shims give them those
+    // forms over the descriptor-based functions (each opens the directories anew).
+    fn dir(p: &Path) -> Dir {
+        Dir::open(p).unwrap()
+    }
+    fn at(p: &Path) -> At {
+        dir(p.parent().unwrap())
+            .at(p.file_name().unwrap(), false)
+            .unwrap()
+    }
+    fn put_back(from: &Path, spool: &Path, name: &OsStr, s: &Syncer) -> io::Result<PathBuf> {
+        super::put_back(&at(from), &dir(spool), name, s)
+    }
+    fn copy_across(
+        file: Option<&File>,
+        from: &Path,
+        id: Option<&Identity>,
+        d: &Path,
+        name: &OsStr,
+        s: &Syncer,
+        naming: Naming,
+    ) -> io::Result<(PathBuf, Disposed)> {
+        let spool = dir(from.parent().unwrap());
+        let rel = from.file_name().unwrap();
+        let source = id.map(|id| Unsent {
+            id,
+            spool: &spool,
+            rel,
+        });
+        let to = Dir::open(d)?.at(name, true)?;
+        super::copy_across(file, &at(from), source, &to, s, naming).map(|(a, d)| (a.shown, d))
+    }
+    #[derive(Clone, Copy)]
+    enum Dest<'a> {
+        Done(&'a Path),
+        Failed(&'a Path),
+    }
+    fn move_if_ours(
+        file: Option<&File>,
+        from: &Path,
+        id: &Identity,
+        dest: Dest<'_>,
+        name: &OsStr,
+        s: &Syncer,
+    ) -> io::Result<Disposed> {
+        assert_eq!(from.file_name().unwrap(), name);
+        let spool = dir(from.parent().unwrap());
+        match dest {
+            Dest::Done(d) => {
+                super::move_if_ours(file, &spool, name, id, super::Dest::Done(&dir(d)), s)
+            }
+            Dest::Failed(d) => {
+                super::move_if_ours(file, &spool, name, id, super::Dest::Failed(&dir(d)), s)
+            }
+        }
+    }
+    fn delete_if_ours(p: &Path, id: &Identity, s: &Syncer) -> io::Result<Disposed> {
+        super::delete_if_ours(&dir(p.parent().unwrap()), p.file_name().unwrap(), id, s)
+    }
+    fn verify_moved(p: &Path, moved: PathBuf, id: &Identity, s: &Syncer) -> io::Result<Disposed> {
+        let spool = dir(p.parent().unwrap());
+        super::verify_moved(&spool, p.file_name().unwrap(), at(&moved), id, s)
+    }
+    fn write_reason(to: &Path, text: &str, s: &Syncer) -> io::Result<PathBuf> {
+        super::write_reason(&dir(to.parent().unwrap()), to, text, s)
+    }
 
     /// Where a disposition moved the file; anything else fails the test.
     fn moved_to(d: io::Result<Disposed>) -> PathBuf {
@@ -524,5 +619,136 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn relative_names_keep_the_tree() {
+        let spool = tempfile::tempdir().unwrap();
+        let done = tempfile::tempdir().unwrap();
+        let failed = tempfile::tempdir().unwrap();
+        let (sd, dd, fd) = (dir(spool.path()), dir(done.path()), dir(failed.path()));
+        let syncer = Syncer::default();
+        std::fs::create_dir_all(spool.path().join("a/b")).unwrap();
+        let rel = OsStr::new("a/b/x.jpg");
+        let p = spool.path().join(rel);
+        std::fs::write(&p, b"1").unwrap();
+        let id = claim::lstat(&p).unwrap();
+        // done_dir/a/b made as needed.
+        let d = super::move_if_ours(None, &sd, rel, &id, super::Dest::Done(&dd), &syncer);
+        assert_eq!(moved_to(d), done.path().join(rel));
+        // Same collision rule, on the last component only.
+        std::fs::write(&p, b"2").unwrap();
+        let id = claim::lstat(&p).unwrap();
+        let d = super::move_if_ours(None, &sd, rel, &id, super::Dest::Done(&dd), &syncer);
+        assert_eq!(moved_to(d), done.path().join("a/b/x.jpg.1"));
+        // failed_dir keeps the tree too, the reason beside the file.
+        std::fs::write(&p, b"3").unwrap();
+        let id = claim::lstat(&p).unwrap();
+        let d = super::move_if_ours(None, &sd, rel, &id, super::Dest::Failed(&fd), &syncer);
+        let to = moved_to(d);
+        assert_eq!(to, failed.path().join(rel));
+        let r = super::write_reason(&fd, &to, "why", &syncer).unwrap();
+        assert_eq!(r, failed.path().join("a/b/x.jpg.reason"));
+        // Put back into a spool whose subdirectory was pruned meanwhile: made again.
+        std::fs::remove_dir_all(spool.path().join("a")).unwrap();
+        let from = fd.at(rel, false).unwrap();
+        let back = super::put_back(&from, &sd, rel, &syncer).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(std::fs::read(&p).unwrap(), b"3");
+        // Something not a directory in the way in done_dir: a clear error, the file stays.
+        std::fs::write(done.path().join("c"), b"a file").unwrap();
+        std::fs::create_dir(spool.path().join("c")).unwrap();
+        let q = spool.path().join("c/y");
+        std::fs::write(&q, b"y").unwrap();
+        let id = claim::lstat(&q).unwrap();
+        let e = super::move_if_ours(
+            None,
+            &sd,
+            OsStr::new("c/y"),
+            &id,
+            super::Dest::Done(&dd),
+            &syncer,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert!(q.exists());
+        assert_eq!(std::fs::read(done.path().join("c")).unwrap(), b"a file");
+        // A symlink in done_dir's tree is not followed.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), done.path().join("l")).unwrap();
+        std::fs::create_dir(spool.path().join("l")).unwrap();
+        let q = spool.path().join("l/z");
+        std::fs::write(&q, b"z").unwrap();
+        let id = claim::lstat(&q).unwrap();
+        let e = super::move_if_ours(
+            None,
+            &sd,
+            OsStr::new("l/z"),
+            &id,
+            super::Dest::Done(&dd),
+            &syncer,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(q.exists());
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        // Names that would leave a directory are refused, never resolved.
+        for bad in ["../x", "/x", "a/../../x", "a/./x"] {
+            let e = super::move_if_ours(
+                None,
+                &sd,
+                OsStr::new(bad),
+                &id,
+                super::Dest::Done(&dd),
+                &syncer,
+            )
+            .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad}: {e}");
+            let e = super::delete_if_ours(&sd, OsStr::new(bad), &id, &syncer).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad}: {e}");
+        }
+        syncer.flush_blocking();
+    }
+
+    #[test]
+    fn moves_follow_the_descriptors_not_the_paths() {
+        // The parent of spool and done_dir renamed away after they were opened, and a
+        // directory put in its place under the old name (a redirect attempt).
+        let top = tempfile::tempdir().unwrap();
+        let base = top.path().join("base");
+        std::fs::create_dir_all(base.join("spool/a")).unwrap();
+        std::fs::create_dir_all(base.join("done")).unwrap();
+        let (sd, dd) = (dir(&base.join("spool")), dir(&base.join("done")));
+        let syncer = Syncer::default();
+        std::fs::rename(&base, top.path().join("moved")).unwrap();
+        std::fs::create_dir_all(base.join("spool/a")).unwrap();
+        std::fs::create_dir_all(base.join("done")).unwrap();
+        let real = top.path().join("moved");
+        std::fs::write(real.join("spool/a/x"), b"x").unwrap();
+        std::fs::write(real.join("spool/y"), b"y").unwrap();
+        let id = claim::lstat(&real.join("spool/a/x")).unwrap();
+        super::move_if_ours(
+            None,
+            &sd,
+            OsStr::new("a/x"),
+            &id,
+            super::Dest::Done(&dd),
+            &syncer,
+        )
+        .unwrap();
+        let id = claim::lstat(&real.join("spool/y")).unwrap();
+        super::move_if_ours(
+            None,
+            &sd,
+            OsStr::new("y"),
+            &id,
+            super::Dest::Done(&dd),
+            &syncer,
+        )
+        .unwrap();
+        syncer.flush_blocking();
+        assert_eq!(std::fs::read(real.join("done/a/x")).unwrap(), b"x");
+        assert_eq!(std::fs::read(real.join("done/y")).unwrap(), b"y");
+        assert_eq!(std::fs::read_dir(base.join("done")).unwrap().count(), 0);
     }
 }

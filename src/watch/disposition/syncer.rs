@@ -1,15 +1,14 @@
 //! The state every disposition of the service shares: directories waiting for their fsync,
 //! and the hidden names deletes are using right now.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::ops::fsync_dir;
-use crate::esc::esc;
+use crate::files::DirFd;
 
 /// How long a round of fsyncs waits after the first directory was marked: every move of
 /// that window shares one fsync of its directories (under load, hundreds of files per fsync
@@ -31,8 +30,10 @@ const WINDOW: Duration = Duration::from_millis(50);
 /// puts one back under their feet, however old its ctime.
 #[derive(Debug, Default)]
 pub struct Syncer {
-    /// Directories changed since their last fsync.
-    dirty: Mutex<HashSet<PathBuf>>,
+    /// Directories changed since their last fsync, by (device, inode), each with a
+    /// descriptor (held open: a sync never opens anything, so it cannot fail for want of a
+    /// descriptor, and never resolves a path that may lead elsewhere by now).
+    dirty: Mutex<HashMap<(u64, u64), Arc<DirFd>>>,
     /// Wakes [`Syncer::run`] when a directory is marked.
     wake: Notify,
     /// Hidden delete names in use (see [`Deleting`]).
@@ -45,21 +46,27 @@ impl Syncer {
     }
 
     /// Records that `dir` changed and must be synced.
-    pub fn mark(&self, dir: &Path) {
-        let mut d = lock(&self.dirty);
-        if !d.contains(dir) {
-            d.insert(dir.to_path_buf());
-        }
-        drop(d);
+    pub fn mark(&self, dir: &Arc<DirFd>) {
+        lock(&self.dirty)
+            .entry(dir.key())
+            .or_insert_with(|| dir.clone());
         self.wake.notify_one();
     }
 
-    /// Fsyncs every directory marked so far (blocking).
+    /// Fsyncs every directory marked so far (blocking). One whose fsync fails stays marked:
+    /// it is tried again on the next round (logged each time it fails).
     pub fn flush_blocking(&self) {
-        let dirs: Vec<PathBuf> = lock(&self.dirty).drain().collect();
-        for dir in dirs {
-            if let Err(e) = fsync_dir(&dir) {
-                tracing::warn!(dir = %esc(&dir), "cannot fsync directory {}: {e}", esc(&dir));
+        let dirs: Vec<((u64, u64), Arc<DirFd>)> = lock(&self.dirty).drain().collect();
+        for (key, dir) in dirs {
+            if let Err(e) = dir.fsync() {
+                tracing::warn!(
+                    dev = key.0,
+                    ino = key.1,
+                    "cannot fsync a directory (device {}, inode {}): {e}; tried again on the next round",
+                    key.0,
+                    key.1
+                );
+                lock(&self.dirty).entry(key).or_insert(dir);
             }
         }
     }
@@ -116,6 +123,6 @@ impl Drop for Deleting<'_> {
 }
 
 /// A set stays consistent whatever panicked while holding it.
-fn lock(m: &Mutex<HashSet<PathBuf>>) -> MutexGuard<'_, HashSet<PathBuf>> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
