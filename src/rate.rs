@@ -235,11 +235,29 @@ pub const MAX_CHUNK: u64 = 16 << 20;
 
 const NANOS: u128 = 1_000_000_000;
 
+/// How much of the link one grant reserves while the kernel paces the socket
+/// (`SO_MAX_PACING_RATE`, see [`Pacer::share`]): the kernel spreads each grant over this
+/// time, so the upload wakes about once per slice instead of twenty times a second.
+pub const KERNEL_SLICE: Duration = Duration::from_secs(1);
+/// The kernel paces a socket this much faster than its share (in per cent of it): the
+/// limit's accounting stays the [`Bucket`]'s, and a kernel a little slower than the share
+/// (timer slack; a qdisc that counts the headers, 3-4 % of a 1500-byte packet) must not
+/// lower the rate below the limit. Each grant goes out in 1/1.1 of its slice, then the
+/// upload waits for the next. (A 1500-byte packet's headers are 4-5 % of it.)
+pub const KERNEL_HEADROOM_PERCENT: u64 = 110;
+
 /// The grant size for one of `active` uploads sharing `rate`: its share of one [`SLICE`].
 pub fn chunk(rate: u64, active: usize) -> u64 {
-    let per_slice = u128::from(rate) * SLICE.as_nanos() / NANOS;
+    chunk_of(rate, active, SLICE)
+}
+
+/// The grant size for one of `active` uploads sharing `rate`: its share of `slice`.
+pub fn chunk_of(rate: u64, active: usize, slice: Duration) -> u64 {
+    let per_slice = u128::from(rate) * slice.as_nanos() / NANOS;
     let share = per_slice / active.max(1) as u128;
-    (share as u64).clamp(MIN_CHUNK, MAX_CHUNK)
+    u64::try_from(share)
+        .unwrap_or(MAX_CHUNK)
+        .clamp(MIN_CHUNK, MAX_CHUNK)
 }
 
 /// The decision of one limit: when may the next `n` bytes go. Times are nanoseconds on any
@@ -444,6 +462,12 @@ pub struct Pacer {
     limits: Vec<Arc<Limiter>>,
     joined: bool,
     waited: Duration,
+    /// Whether the kernel paces this upload's socket (at [`Pacer::share`]): grants are
+    /// then a [`KERNEL_SLICE`] of the share, else a [`SLICE`].
+    kernel_paced: bool,
+    /// Whether a grant was given yet: the first is always a [`SLICE`]'s, so that uploads
+    /// starting together are all counted before one takes a second of the whole limit.
+    started: bool,
 }
 
 impl Pacer {
@@ -459,7 +483,30 @@ impl Pacer {
             limits,
             joined: true,
             waited: Duration::ZERO,
+            kernel_paced: false,
+            started: false,
         }
+    }
+
+    /// This upload's even share of the limits in force now, bytes per second: the
+    /// smallest of each limit's rate divided by the uploads sharing it; `None` while no
+    /// limit is in force. What the socket is paced at (with [`KERNEL_HEADROOM_PERCENT`]).
+    pub fn share(&self) -> Rate {
+        self.limits
+            .iter()
+            .filter_map(|l| l.rate().map(|r| (r / l.active().max(1) as u64).max(1)))
+            .min()
+    }
+
+    /// Tells the pacer whether the kernel paces the socket now: grants are then a
+    /// [`KERNEL_SLICE`] of the share instead of a [`SLICE`] (the kernel spreads them).
+    pub fn set_kernel_paced(&mut self, paced: bool) {
+        self.kernel_paced = paced;
+    }
+
+    /// Whether the kernel paces the socket (as last told by [`Pacer::set_kernel_paced`]).
+    pub fn kernel_paced(&self) -> bool {
+        self.kernel_paced
     }
 
     /// How long this upload has waited for grants so far: non-zero means the limit bound.
@@ -477,10 +524,16 @@ impl Pacer {
             }
         }
         // The smallest share among the limits in force now.
+        let slice = if self.kernel_paced && self.started {
+            KERNEL_SLICE
+        } else {
+            SLICE
+        };
+        self.started = true;
         let mut n: Option<u64> = None;
         for l in &self.limits {
             if let Some(rate) = l.rate() {
-                let c = chunk(rate, l.active());
+                let c = chunk_of(rate, l.active(), slice);
                 n = Some(n.map_or(c, |m| m.min(c)));
             }
         }
