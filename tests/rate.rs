@@ -88,14 +88,8 @@ fn file_of(len: u64) -> (tempfile::TempDir, std::fs::File) {
     (dir, std::fs::File::open(&path).unwrap())
 }
 
-/// One upload of `len` bytes to `dest` under `limits`; bytes sent and the time waited for
-/// grants.
-async fn upload(dest: Destination, len: u64, limits: Vec<Arc<Limiter>>) -> (u64, Duration) {
-    paced_upload(dest, len, Pacer::new(limits)).await
-}
-
-/// [`upload`] with a pacer made by the caller (counted among the limits' uploads from
-/// then on).
+/// One upload of `len` bytes to `dest` under `pacer` (counted among its limits' uploads
+/// since it was made); bytes sent and the time waited for grants.
 async fn paced_upload(dest: Destination, len: u64, mut pacer: Pacer) -> (u64, Duration) {
     let (_dir, file) = file_of(len);
     let done = client::upload::<std::convert::Infallible>(
