@@ -502,7 +502,7 @@ impl SocketPacing {
         let want = pacer
             .share()
             .map(|s| s.saturating_mul(KERNEL_HEADROOM_PERCENT) / 100);
-        if want == self.rate || self.refused {
+        if want == self.rate || self.refused || !pacer.kernel_pacing_allowed() {
             return;
         }
         let Some(rate) = want else {

@@ -238,13 +238,13 @@ const NANOS: u128 = 1_000_000_000;
 /// How much of the link one grant reserves while the kernel paces the socket
 /// (`SO_MAX_PACING_RATE`, see [`Pacer::share`]): the kernel spreads each grant over this
 /// time, so the upload wakes about once per slice instead of twenty times a second.
-pub const KERNEL_SLICE: Duration = Duration::from_secs(1);
+pub const KERNEL_SLICE: Duration = Duration::from_millis(250);
 /// The kernel paces a socket this much faster than its share (in per cent of it): the
 /// limit's accounting stays the [`Bucket`]'s, and a kernel a little slower than the share
 /// (timer slack; a qdisc that counts the headers, 3-4 % of a 1500-byte packet) must not
 /// lower the rate below the limit. Each grant goes out in 1/1.1 of its slice, then the
 /// upload waits for the next. (A 1500-byte packet's headers are 4-5 % of it.)
-pub const KERNEL_HEADROOM_PERCENT: u64 = 110;
+pub const KERNEL_HEADROOM_PERCENT: u64 = 150;
 
 /// The grant size for one of `active` uploads sharing `rate`: its share of one [`SLICE`].
 pub fn chunk(rate: u64, active: usize) -> u64 {
@@ -465,6 +465,8 @@ pub struct Pacer {
     /// Whether the kernel paces this upload's socket (at [`Pacer::share`]): grants are
     /// then a [`KERNEL_SLICE`] of the share, else a [`SLICE`].
     kernel_paced: bool,
+    /// Never paced by the kernel ([`Pacer::without_kernel_pacing`]).
+    grants_only: bool,
     /// Whether a grant was given yet: the first is always a [`SLICE`]'s, so that uploads
     /// starting together are all counted before one takes a second of the whole limit.
     started: bool,
@@ -484,6 +486,7 @@ impl Pacer {
             joined: true,
             waited: Duration::ZERO,
             kernel_paced: false,
+            grants_only: false,
             started: false,
         }
     }
@@ -496,6 +499,19 @@ impl Pacer {
             .iter()
             .filter_map(|l| l.rate().map(|r| (r / l.active().max(1) as u64).max(1)))
             .min()
+    }
+
+    /// A pacer whose socket the kernel never paces: grants of a [`SLICE`] alone pace it
+    /// (twenty wakes a second at the limit). For comparisons (benches/rate.rs).
+    pub fn without_kernel_pacing(mut self) -> Pacer {
+        self.grants_only = true;
+        self
+    }
+
+    /// Whether the kernel may pace this upload's socket (see
+    /// [`Pacer::without_kernel_pacing`]).
+    pub fn kernel_pacing_allowed(&self) -> bool {
+        !self.grants_only
     }
 
     /// Tells the pacer whether the kernel paces the socket now: grants are then a
