@@ -374,7 +374,10 @@ pub async fn send_file(
                 // Before each grant: the share may have changed (uploads joined or left, a
                 // timetable entry came due, a reload).
                 kernel.update(sock_fd, p);
-                match p.grant(size - sent).await {
+                let grant = p.grant(size - sent).await;
+                // And after it: the wait may have ended with a rate change (or `off`).
+                kernel.update(sock_fd, p);
+                match grant {
                     Grant::Unlimited => SENDFILE_CHUNK,
                     Grant::Bytes(n) => {
                         credit = n;
