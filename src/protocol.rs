@@ -358,6 +358,7 @@ pub async fn send_file(
     // Paced only, and only while a limit is in force: the rate the kernel paces the
     // socket at. Never set on the unlimited path.
     let mut kernel = SocketPacing::default();
+    let mut asked = false;
     loop {
         let count = match pacer.as_deref_mut() {
             None => SENDFILE_CHUNK,
@@ -371,12 +372,20 @@ pub async fn send_file(
                         return kernel.drain(stream, stall, sent).await;
                     }
                 }
-                // Before each grant: the share may have changed (uploads joined or left, a
-                // timetable entry came due, a reload).
-                kernel.update(sock_fd, p);
+                // Before each grant but the first: the share may have changed (uploads
+                // joined or left, a timetable entry came due, a reload). The first grant
+                // is a SLICE's, sent as it is: a file that fits in it (a small file under
+                // a limit that does not bind) costs no system call for the pacing.
+                let first = !asked;
+                asked = true;
+                if !first {
+                    kernel.update(sock_fd, p);
+                }
                 let grant = p.grant(size - sent).await;
                 // And after it: the wait may have ended with a rate change (or `off`).
-                kernel.update(sock_fd, p);
+                if !first {
+                    kernel.update(sock_fd, p);
+                }
                 match grant {
                     Grant::Unlimited => SENDFILE_CHUNK,
                     Grant::Bytes(n) => {
