@@ -1030,6 +1030,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_kernel_paced_upload_asks_for_a_longer_slice_after_its_first() {
+        let a = Arc::new(Limiter::new(Some(8 << 20)));
+        let b = Arc::new(Limiter::new(Some(4 << 20)));
+        let other = Pacer::new(vec![a.clone()]);
+        let mut p = Pacer::new(vec![a.clone(), b.clone()]);
+        // a: 8 MiB/s for 2 uploads, b: 4 MiB/s for 1: the smaller share is 4 MiB/s.
+        assert_eq!(p.share(), Some(4 << 20));
+        p.set_kernel_paced(true);
+        assert!(p.kernel_paced() && p.kernel_pacing_allowed());
+        // The first grant is a SLICE's, the next ones a KERNEL_SLICE's (of b's share).
+        assert_eq!(p.grant(u64::MAX).await, Grant::Bytes(chunk(4 << 20, 1)));
+        assert_eq!(
+            p.grant(u64::MAX).await,
+            Grant::Bytes(chunk_of(4 << 20, 1, KERNEL_SLICE))
+        );
+        drop(other);
+        b.set_rate(None);
+        assert_eq!(p.share(), Some(8 << 20));
+        a.set_rate(None);
+        assert_eq!(p.share(), None);
+        assert_eq!(p.grant(10).await, Grant::Unlimited);
+        assert!(!Pacer::new(vec![])
+            .without_kernel_pacing()
+            .kernel_pacing_allowed());
+    }
+
+    #[tokio::test]
     async fn waiters_follow_a_rate_change() {
         let l = Arc::new(Limiter::new(Some(1 << 20)));
         let mut p = Pacer::new(vec![l.clone()]);
