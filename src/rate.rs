@@ -11,7 +11,9 @@
 //! - [`Limiter`]: a [`Bucket`] shared by the uploads in flight (one per destination, one
 //!   for the whole service, one for `accio send --limit-rate`), with the tokio clock.
 //! - [`Pacer`]: one upload's view of the limiters that apply to it; the protocol asks it
-//!   for a grant before each write and sends no more than granted.
+//!   for a grant before each write and sends no more than granted, and paces the socket in
+//!   the kernel (`SO_MAX_PACING_RATE`) at the upload's [`Pacer::share`], so that grants can
+//!   be a quarter of a second long ([`KERNEL_SLICE`]) without leaving in bursts.
 //! - [`Rates`]: the service's limiters by destination, configured from the config (again on
 //!   SIGHUP) and moved along their timetables by [`Rates::tick`].
 //!
