@@ -1,6 +1,7 @@
 //! Bandwidth limits, in one run, against the same discard sink on loopback.
 //!
-//! Run with `cargo bench --bench rate` (or name parts: `-- shared send unlimited small`).
+//! Run with `cargo bench --bench rate` (or name parts: `-- shared shared-grants send unlimited
+//! small`).
 //! Prints figures; asserts nothing about time.
 //!
 //! - shared: 8 uploads in flight under one 4 MiB/s limit for 20 s (the library's
@@ -55,7 +56,12 @@ fn main() {
     );
     let mut limited_cpu_per_mib = None;
     if want("shared") {
-        shared(&sink, dir.path());
+        shared(&sink, dir.path(), true);
+    }
+    if want("shared-grants") {
+        // The same with the grants alone pacing (50 ms of the limit each, twenty wakes a
+        // second): how it was done before the kernel paced the sockets.
+        shared(&sink, dir.path(), false);
     }
     if want("send") {
         limited_cpu_per_mib = Some(send_limited(&sink, dir.path()));
@@ -164,7 +170,7 @@ async fn upload_logged(
     .expect("upload");
 }
 
-fn shared(sink: &Sink, dir: &Path) {
+fn shared(sink: &Sink, dir: &Path, kernel: bool) {
     const RATE: u64 = 4 * MIB;
     const UPLOADS: usize = 8;
     // 80 MiB at 4 MiB/s: 20 s.
@@ -183,6 +189,9 @@ fn shared(sink: &Sink, dir: &Path) {
                 let handed = handed.clone();
                 tokio::spawn(async move {
                     let mut pacer = Pacer::new(vec![limit]);
+                    if !kernel {
+                        pacer = pacer.without_kernel_pacing();
+                    }
                     let mut log = |n| handed.lock().unwrap().push((i, Instant::now(), n));
                     upload_logged(&dest, &path, Some(&mut pacer), &mut log).await;
                 })
@@ -196,7 +205,14 @@ fn shared(sink: &Sink, dir: &Path) {
     let (cpu1, _) = self_cpu();
     let log = sink.log.lock().unwrap().take().unwrap();
     let total: u64 = log.iter().map(|r| r.2).sum();
-    println!("shared: {UPLOADS} uploads of 10 MiB in flight under one 4 MiB/s limit");
+    println!(
+        "shared: {UPLOADS} uploads of 10 MiB in flight under one 4 MiB/s limit, {}",
+        if kernel {
+            "the kernel pacing each socket (SO_MAX_PACING_RATE)"
+        } else {
+            "the grants alone pacing (no SO_MAX_PACING_RATE)"
+        }
+    );
     println!(
         "  whole run: {:.1} MiB in {:.2} s = {:.3} MiB/s ({:+.2} % of the limit)",
         total as f64 / MIB as f64,
@@ -237,6 +253,9 @@ fn shared(sink: &Sink, dir: &Path) {
                 .fold(f64::MAX, f64::min),
         );
     let (mut lo, mut hi) = (f64::MAX, 0f64);
+    // The same from the first second on: the first grants are still being handed out
+    // then (and with the kernel pacing, spread over their slice).
+    let (mut lo1, mut hi1) = (f64::MAX, 0f64);
     let (mut share_lo, mut share_hi) = (f64::MAX, 0f64);
     let mut from = 0.0;
     while from + 2.0 <= all_in_flight {
@@ -251,6 +270,10 @@ fn shared(sink: &Sink, dir: &Path) {
         let rate = sum as f64 / 2.0 / RATE as f64;
         lo = lo.min(rate);
         hi = hi.max(rate);
+        if from >= 1.0 {
+            lo1 = lo1.min(rate);
+            hi1 = hi1.max(rate);
+        }
         let fair = sum as f64 / ids.len() as f64;
         for p in per {
             share_lo = share_lo.min(p as f64 / fair);
@@ -262,6 +285,11 @@ fn shared(sink: &Sink, dir: &Path) {
         "  every 2 s window (step 0.1 s) while all {UPLOADS} were in flight ({all_in_flight:.1} s): rate {:+.2} % to {:+.2} % of the limit",
         (lo - 1.0) * 100.0,
         (hi - 1.0) * 100.0
+    );
+    println!(
+        "  the same, windows from 1 s on: {:+.2} % to {:+.2} %",
+        (lo1 - 1.0) * 100.0,
+        (hi1 - 1.0) * 100.0
     );
     println!(
         "  each upload's share of a window: {:+.1} % to {:+.1} % of an even share",

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use crate::rate::{Grant, Pacer};
+use crate::rate::{Grant, Pacer, KERNEL_HEADROOM_PERCENT};
 
 /// The command the server sends before the client may send anything.
 pub const COMMAND: &[u8; 7] = b"accio\r\n";
@@ -355,6 +355,10 @@ pub async fn send_file(
     let mut credit: u64 = 0;
     let size_now = || file.metadata().map_or(u64::MAX, |m| m.len());
     let mut size = if pacer.is_some() { size_now() } else { 0 };
+    // Paced only, and only while a limit is in force: the rate the kernel paces the
+    // socket at. Never set on the unlimited path.
+    let mut kernel = SocketPacing::default();
+    let mut asked = false;
     loop {
         let count = match pacer.as_deref_mut() {
             None => SENDFILE_CHUNK,
@@ -365,10 +369,24 @@ pub async fn send_file(
                     // after sending anyway; this only ends the body at its end).
                     size = size_now();
                     if sent >= size {
-                        return Ok(sent);
+                        return kernel.drain(stream, stall, sent).await;
                     }
                 }
-                match p.grant(size - sent).await {
+                // Before each grant but the first: the share may have changed (uploads
+                // joined or left, a timetable entry came due, a reload). The first grant
+                // is a SLICE's, sent as it is: a file that fits in it (a small file under
+                // a limit that does not bind) costs no system call for the pacing.
+                let first = !asked;
+                asked = true;
+                if !first {
+                    kernel.update(sock_fd, p);
+                }
+                let grant = p.grant(size - sent).await;
+                // And after it: the wait may have ended with a rate change (or `off`).
+                if !first {
+                    kernel.update(sock_fd, p);
+                }
+                match grant {
                     Grant::Unlimited => SENDFILE_CHUNK,
                     Grant::Bytes(n) => {
                         credit = n;
@@ -378,12 +396,7 @@ pub async fn send_file(
             }
         }
         .min(SENDFILE_CHUNK);
-        let ready = timeout(stall, stream.ready(Interest::WRITABLE)).await;
-        match ready {
-            Err(_) => return Err(ProtocolError::Stall(stall)),
-            Ok(Err(source)) => return Err(ProtocolError::SendIo { sent, source }),
-            Ok(Ok(_)) => {}
-        }
+        kernel.writable(stream, stall, sent).await?;
         let result = stream.try_io(Interest::WRITABLE, || {
             let mut offset = sent as libc::off_t;
             // SAFETY: both descriptors are open for the duration of the call (borrowed
@@ -396,13 +409,13 @@ pub async fn send_file(
             }
         });
         match result {
-            Ok(0) => return Ok(sent),
+            Ok(0) => return kernel.drain(stream, stall, sent).await,
             Ok(n) => {
                 sent += n as u64;
                 credit = credit.saturating_sub(n as u64);
                 progress(sent);
                 if known_size.is_some_and(|size| sent >= size) {
-                    return Ok(sent);
+                    return kernel.drain(stream, stall, sent).await;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -417,6 +430,11 @@ pub async fn send_file(
                     .try_clone()
                     .map_err(|source| ProtocolError::FileIo { sent, source })?;
                 let mut reader = tokio::fs::File::from_std(dup);
+                // The copying path bounds each write by the stall timeout alone, and asks
+                // for a SLICE's grants: the kernel does not pace it.
+                if let Some(p) = pacer.as_deref_mut() {
+                    kernel.clear(sock_fd, p);
+                }
                 return send_body_paced(&mut reader, stream, stall, 0, pacer, progress).await;
             }
             Err(e) if is_file_error(&e) => {
@@ -424,6 +442,167 @@ pub async fn send_file(
             }
             Err(source) => return Err(ProtocolError::SendIo { sent, source }),
         }
+    }
+}
+
+/// `SIOCOUTQNSD` (linux/sockios.h): bytes in the send queue not sent yet.
+const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+
+/// Bytes in the socket's send queue not sent yet (`SIOCOUTQNSD`), or `None` where the
+/// kernel cannot tell. Under kernel pacing this shrinks at the paced rate.
+fn unsent_bytes(stream: &TcpStream) -> Option<u64> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: the descriptor is open (borrowed) and `queued` is a valid c_int out-pointer,
+    // which is what SIOCOUTQNSD writes.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), SIOCOUTQNSD as _, &mut queued) };
+    (rc == 0 && queued >= 0).then_some(queued as u64)
+}
+
+/// `SO_MAX_PACING_RATE` of a socket, bytes per second; `None` lifts it.
+fn set_max_pacing_rate(fd: std::os::fd::RawFd, rate: Option<u64>) -> io::Result<()> {
+    // The kernel reads 32 bits, or 64 where given 64; !0u32 is "no limit".
+    let rc = match rate.map(u32::try_from) {
+        None => setsockopt(fd, libc::SO_MAX_PACING_RATE, &u32::MAX),
+        Some(Ok(r)) => setsockopt(fd, libc::SO_MAX_PACING_RATE, &r.min(u32::MAX - 1)),
+        Some(Err(_)) => setsockopt(fd, libc::SO_MAX_PACING_RATE, &rate.unwrap_or(u64::MAX)),
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn setsockopt<T>(fd: std::os::fd::RawFd, name: libc::c_int, value: &T) -> libc::c_int {
+    // SAFETY: the descriptor is open for the call; `value` points to a `T` of the size
+    // given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    }
+}
+
+/// How long the kernel takes to send `bytes` at `rate` (bytes per second).
+fn drain_time(bytes: u64, rate: u64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64).min(Duration::from_secs(3600))
+}
+
+/// The kernel's pacing of one upload's socket (`SO_MAX_PACING_RATE`; TCP paces by itself
+/// without the fq qdisc since Linux 4.13): set to the upload's share of the limits in force
+/// (plus [`KERNEL_HEADROOM_PERCENT`]), so that each grant, a second of the share, goes out
+/// spread over that second instead of in twenty wakes. Set only while a limit is in force;
+/// where the kernel refuses it the pacer's small grants pace alone.
+///
+/// The stall timeout keeps its meaning: a socket that the kernel drains slowly, at the
+/// paced rate, is making progress (see [`SocketPacing::writable`]).
+#[derive(Debug, Default)]
+struct SocketPacing {
+    /// The rate set on the socket now; `None`: not paced by the kernel.
+    rate: Option<u64>,
+    /// The kernel refused it once: not asked again.
+    refused: bool,
+}
+
+impl SocketPacing {
+    /// Paces the socket at the pacer's share now (a system call only when it changed).
+    fn update(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer) {
+        let want = pacer
+            .share()
+            .map(|s| s.saturating_mul(KERNEL_HEADROOM_PERCENT) / 100);
+        if want == self.rate || self.refused || !pacer.kernel_pacing_allowed() {
+            return;
+        }
+        let Some(rate) = want else {
+            return self.clear(fd, pacer);
+        };
+        if set_max_pacing_rate(fd, Some(rate)).is_ok() {
+            self.rate = Some(rate);
+            pacer.set_kernel_paced(true);
+        } else {
+            self.refused = true;
+            self.clear(fd, pacer);
+        }
+    }
+
+    /// No kernel pacing from now on (a system call only if it was set).
+    fn clear(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer) {
+        if self.rate.take().is_some() {
+            let _ = set_max_pacing_rate(fd, None);
+        }
+        pacer.set_kernel_paced(false);
+    }
+
+    /// Waits until the socket takes data. Not taking any for the stall timeout is a stall;
+    /// under kernel pacing, a send queue that the kernel keeps sending from (at the paced
+    /// rate, so the wait may be long) is progress, and only a queue that does not move for
+    /// the stall timeout plus the time to send it at the paced rate is a stall.
+    async fn writable(
+        &self,
+        stream: &TcpStream,
+        stall: Duration,
+        sent: u64,
+    ) -> Result<(), ProtocolError> {
+        let mut unsent = self.rate.and_then(|_| unsent_bytes(stream));
+        loop {
+            let window = match (self.rate, unsent) {
+                (Some(rate), Some(q)) => stall.saturating_add(drain_time(q, rate)),
+                _ => stall,
+            };
+            match timeout(window, stream.ready(Interest::WRITABLE)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(source)) => return Err(ProtocolError::SendIo { sent, source }),
+                Err(_) => match (unsent, unsent_bytes(stream)) {
+                    (Some(before), Some(now)) if self.rate.is_some() && now < before => {
+                        unsent = Some(now);
+                    }
+                    _ => return Err(ProtocolError::Stall(stall)),
+                },
+            }
+        }
+    }
+
+    /// The body is handed to the kernel: under kernel pacing, waits until the kernel has
+    /// sent it (up to one grant, a second of the share, may still be queued), so that the
+    /// upload counts among those sharing the limit while it uses its share, and the close
+    /// that follows is not timed against a queue the kernel empties slowly on purpose.
+    /// The stall rule is [`SocketPacing::writable`]'s. Returns `sent`.
+    async fn drain(
+        &self,
+        stream: &TcpStream,
+        stall: Duration,
+        sent: u64,
+    ) -> Result<u64, ProtocolError> {
+        let Some(rate) = self.rate else {
+            return Ok(sent);
+        };
+        let Some(mut unsent) = unsent_bytes(stream) else {
+            return Ok(sent);
+        };
+        let mut progress = Instant::now();
+        let mut window = stall.saturating_add(drain_time(unsent, rate));
+        while unsent > 0 {
+            // About when the queue is sent, and at least every stall timeout.
+            let nap = drain_time(unsent, rate)
+                .max(Duration::from_millis(1))
+                .min(stall.max(Duration::from_millis(1)));
+            tokio::time::sleep(nap).await;
+            let Some(now) = unsent_bytes(stream) else {
+                break;
+            };
+            if now < unsent {
+                unsent = now;
+                progress = Instant::now();
+                window = stall.saturating_add(drain_time(unsent, rate));
+            } else if progress.elapsed() >= window {
+                return Err(ProtocolError::Stall(stall));
+            }
+        }
+        Ok(sent)
     }
 }
 
