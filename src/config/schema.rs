@@ -40,6 +40,9 @@ pub mod defaults {
     pub const INCLUDE: &[&str] = &["*"];
     pub const SETTLE: Duration = Duration::from_millis(250);
     pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+    /// With `recursive = true`, directory levels entered below the spool: deeper than any
+    /// camera, scanner or dated layout, and a bound on what a directory loop could cost.
+    pub const MAX_DEPTH: usize = 32;
     /// Without leases, a file seen being written is taken as abandoned after this much
     /// silence (or the watch's rescan interval, if longer).
     pub const WRITER_QUIET: Duration = Duration::from_secs(30);
@@ -55,6 +58,8 @@ pub const MIN_ACTIVE_LIMIT: i64 = 4;
 pub const MAX_ACTIVE_LIMIT: i64 = 10_000_000;
 /// Upper bound of every duration, so that no deadline computed from one can overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Upper bound of `max_depth`.
+pub const MAX_DEPTH: usize = 1024;
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -142,6 +147,9 @@ struct Watch {
     exclude: Option<Vec<Glob>>,
     settle: Option<Dur<true>>,
     rescan_interval: Option<Dur<false>>,
+    recursive: Option<bool>,
+    max_depth: Option<Ranged<0, { MAX_DEPTH as i64 }>>,
+    prune_empty_dirs: Option<bool>,
 }
 
 // Values that check themselves: their errors get toml's position and serde's key path.
@@ -296,9 +304,9 @@ from_string!(SocketPath, |s| {
 /// A glob on file names.
 struct Glob(String);
 from_string!(Glob, |g| {
-    if g.contains('/') {
+    if g.starts_with('/') {
         return Err(format!(
-            "glob {g:?} contains `/`: globs match file names, not paths"
+            "glob {g:?} starts with `/`: globs match paths relative to the spool"
         ));
     }
     compile_glob(&g).map_err(|e| format!("invalid glob {g:?}: {}", e.kind()))?;
@@ -691,6 +699,22 @@ fn watch(
         None => defaults::INCLUDE.iter().map(|s| s.to_string()).collect(),
     };
 
+    let recursive = w.recursive.unwrap_or(false);
+    // A path glob (with `/`) could only match in subdirectories.
+    if !recursive {
+        let path_glob = include
+            .iter()
+            .chain(w.exclude.iter().flatten().map(|g| &g.0))
+            .find(|g| g.contains('/'));
+        if let Some(g) = path_glob {
+            return Err(cx.err(
+                &span,
+                &key(if include.contains(g) { "include" } else { "exclude" }),
+                format!("glob {g:?} contains `/`, which matches only in subdirectories; set recursive = true, or match file names"),
+            ));
+        }
+    }
+
     let limit = policy(
         cx,
         &key("server."),
@@ -738,6 +762,9 @@ fn watch(
             ),
             settle: dur(w.settle, defaults::SETTLE),
             rescan_interval: dur(w.rescan_interval, defaults::RESCAN_INTERVAL),
+            recursive,
+            max_depth: w.max_depth.map_or(defaults::MAX_DEPTH, Ranged::get),
+            prune_empty_dirs: w.prune_empty_dirs.unwrap_or(false),
         },
         spans,
         limit,

@@ -166,6 +166,7 @@ pub fn params(config: &crate::config::Config, watches: &[Arc<WatchCtx>]) -> core
             settle: w.cfg.settle,
             rescan_interval: w.cfg.rescan_interval,
             dest: d,
+            recursive: w.cfg.recursive,
         });
     }
     core::Params {
@@ -248,6 +249,34 @@ impl Queue {
                         r.abandoned = true;
                         r.abort.abort();
                     }
+                }
+                Action::List { watch, limit } if self.watches[watch].cfg.recursive => {
+                    let w = self.watches[watch].clone();
+                    let watches = self.watcher.watches();
+                    let others: Vec<PathBuf> = self
+                        .watches
+                        .iter()
+                        .map(|o| o.cfg.dir.clone())
+                        .filter(|d| *d != w.cfg.dir)
+                        .collect();
+                    self.scans.spawn_blocking(move || {
+                        let n = watches.begin(watch);
+                        let place = |dir: &Path, id| watches.place(watch, n, dir, id);
+                        let walk = watcher::Walk {
+                            root: &w.cfg.dir,
+                            accepts: &|n| w.filter.accepts(n),
+                            enters: &|p| w.filter.enters(p),
+                            max_depth: w.cfg.max_depth,
+                            prune: w.cfg.prunes().then_some(w.cfg.settle),
+                            others: &others,
+                            place: &place,
+                        };
+                        let r = watcher::walk(&walk, limit);
+                        if r.is_ok() {
+                            watches.walked(watch, n);
+                        }
+                        (watch, r)
+                    });
                 }
                 Action::List { watch, limit } => {
                     let w = self.watches[watch].clone();
@@ -577,6 +606,24 @@ impl Queue {
                 tracing::info!("{} can be listed again", esc(&self.watches[watch].cfg.dir))
             }
             Report::Rescan { why } => tracing::info!("rescanning the spool directories: {why}"),
+            Report::WatchLimit {
+                watch,
+                dirs,
+                unwatched,
+                max_user_watches,
+            } => {
+                let max = max_user_watches.map_or_else(|| "unknown".to_string(), |m| m.to_string());
+                let suggest = core::tree::suggest_max_watches(max_user_watches, unwatched);
+                tracing::warn!(
+                    event = "inotify_watch_limit",
+                    path = %esc(&self.watches[watch].cfg.dir),
+                    dirs,
+                    unwatched,
+                    "the tree {} has {dirs} directories, one inotify watch each, and the kernel refused {unwatched} of them: inotify watch limit reached (fs.inotify.max_user_watches = {max}, shared by all of this user's programs); files in those directories are found by the rescans only (every {:?}), not at once. Raise it: sysctl fs.inotify.max_user_watches={suggest} (and in /etc/sysctl.d/ to keep it). Said once.",
+                    esc(&self.watches[watch].cfg.dir),
+                    self.watches[watch].cfg.rescan_interval,
+                );
+            }
             Report::Full { watch, limit } => tracing::info!(
                 limit,
                 "{} holds more than {limit} files: the rest wait on disk and are read in as these go (oldest first)",
@@ -792,6 +839,7 @@ impl Queue {
             // The watcher's callback sent only names its watch's filter accepts.
             Msg::Hint { watch, name, hint } => self.core.hint(Self::now(), watch, name, hint),
             Msg::Rescan { why } => self.core.rescan_all(Self::now(), why),
+            Msg::Tree { watch } => self.core.tree_changed(Self::now(), watch),
         }
     }
 

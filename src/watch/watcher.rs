@@ -14,12 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use super::claim;
-use super::core::{Hint, Kind, Listed, Listing};
+use super::core::tree::{self, Enter};
+use super::core::{Hint, Kind, Listed, Listing, TreeListing};
 use super::ctx::FatalError;
 use super::specials;
 use crate::config::NameFilter;
@@ -40,13 +41,132 @@ pub enum Msg {
     /// The events cannot be trusted (overflow, watcher error, the directory itself was
     /// moved or removed): list the directories again.
     Rescan { why: String },
+    /// A directory was made, renamed in or away, or removed somewhere in the tree of watch
+    /// number `watch` (`recursive = true`): walk it.
+    Tree { watch: usize },
+}
+
+/// What the watcher needs to know of each watch.
+#[derive(Debug, Clone)]
+pub struct Root {
+    /// The spool, absolute.
+    pub dir: PathBuf,
+    pub filter: NameFilter,
+    /// `recursive = true`: events in its subdirectories count, by their relative path.
+    pub recursive: bool,
+    pub max_depth: usize,
 }
 
 /// The running kernel watch. Dropping it stops the events.
 pub struct Watcher {
-    inner: notify::RecommendedWatcher,
+    watches: Arc<Watches>,
     /// Per directory, (device, inode) as it was right before it was watched.
     dir_ids: Vec<(u64, u64)>,
+}
+
+/// The inotify watches, shared by the queue (which watches a replaced spool again) and the
+/// walks of trees (which watch each directory before listing it).
+pub struct Watches {
+    inner: std::sync::Mutex<Inner>,
+}
+
+struct Inner {
+    notify: notify::RecommendedWatcher,
+    /// Per watch, the directories below its spool watched by the walks: path → (identity
+    /// when watched, number of the walk that last saw it).
+    subdirs: Vec<HashMap<PathBuf, ((u64, u64), u64)>>,
+    /// Per watch, the number of its walks so far.
+    walks: Vec<u64>,
+}
+
+/// Whether a directory could be watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Watched (or gone meanwhile: nothing to watch).
+    Yes,
+    /// The kernel refused one more watch (`fs.inotify.max_user_watches`).
+    Refused,
+}
+
+impl Watches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A walk of watch `watch` begins; its number, for [`Watches::walked`].
+    pub fn begin(&self, watch: usize) -> u64 {
+        let mut g = self.lock();
+        match g.walks.get_mut(watch) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => 0,
+        }
+    }
+
+    /// Watches the directory `dir` (below the spool of `watch`), which was `id` when the
+    /// walk number `walk` looked at it; nothing if it already is.
+    pub fn place(&self, watch: usize, walk: u64, dir: &Path, id: (u64, u64)) -> Placed {
+        let mut g = self.lock();
+        let Some(known) = g.subdirs.get_mut(watch) else {
+            return Placed::Yes;
+        };
+        if let Some(k) = known.get_mut(dir) {
+            if k.0 == id {
+                k.1 = walk;
+                return Placed::Yes;
+            }
+        }
+        match g.notify.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                g.subdirs[watch].insert(dir.to_path_buf(), (id, walk));
+                Placed::Yes
+            }
+            Err(e) => match fatal(dir, e) {
+                FatalError::InotifyWatchLimit { .. } => Placed::Refused,
+                // Gone meanwhile, or not a directory any more: the walk does not enter it.
+                _ => Placed::Yes,
+            },
+        }
+    }
+
+    /// Walk number `walk` of `watch` is complete: the watches of directories it did not see
+    /// (removed, renamed away, pruned, beyond `max_depth` now) are dropped. One whose
+    /// directory the walk saw under another name (renamed within the tree) is left to the
+    /// kernel: it is the same watch.
+    pub fn walked(&self, watch: usize, walk: u64) {
+        let mut g = self.lock();
+        let Some(known) = g.subdirs.get_mut(watch) else {
+            return;
+        };
+        let seen: std::collections::HashSet<(u64, u64)> = known
+            .values()
+            .filter(|(_, w)| *w == walk)
+            .map(|(id, _)| *id)
+            .collect();
+        let stale: Vec<(PathBuf, bool)> = known
+            .iter()
+            .filter(|(_, (_, w))| *w != walk)
+            .map(|(p, (id, _))| (p.clone(), seen.contains(id)))
+            .collect();
+        for (p, moved) in stale {
+            g.subdirs[watch].remove(&p);
+            if !moved {
+                let _ = g.notify.unwatch(&p);
+            }
+        }
+        if g.subdirs[watch].capacity() > 64
+            && g.subdirs[watch].len() < g.subdirs[watch].capacity() / 4
+        {
+            g.subdirs[watch].shrink_to_fit();
+        }
+    }
+
+    /// Directories below the spools watched now (all watches).
+    pub fn subdirs(&self) -> usize {
+        self.lock().subdirs.iter().map(HashMap::len).sum()
+    }
 }
 
 impl Watcher {
@@ -64,10 +184,16 @@ impl Watcher {
     /// # Errors
     /// As for [`start`]; the caller keeps relying on rescans and tries again later.
     pub fn rewatch(&mut self, dir: &Path) -> Result<(), FatalError> {
-        let _ = self.inner.unwatch(dir);
-        self.inner
+        let mut g = self.watches.lock();
+        let _ = g.notify.unwatch(dir);
+        g.notify
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| fatal(dir, e))
+    }
+
+    /// The watches, for the walks of trees.
+    pub fn watches(&self) -> Arc<Watches> {
+        self.watches.clone()
     }
 }
 
@@ -97,24 +223,25 @@ fn fatal(dir: &Path, e: notify::Error) -> FatalError {
     }
 }
 
-/// Starts watching `dirs` (non-recursively). Hints go to `tx`; when it is full, `overflow`
-/// is raised instead. `dirs[i]` is watch number `i`; they must be absolute. Names that
-/// `filters[i]` refuses are dropped here already: writers' temporary files make most of the
-/// events, and they need not cross the channel.
+/// Starts watching the spools of `roots` (each directory on its own: a tree's
+/// subdirectories are watched by its walks, [`walk`]). Hints go to `tx`; when it is full,
+/// `overflow` is raised instead. `roots[i]` is watch number `i`; their directories must be
+/// absolute. Names that the watch's filter refuses are dropped here already: writers'
+/// temporary files make most of the events, and they need not cross the channel.
 ///
 /// # Errors
 /// [`FatalError`] when a directory cannot be watched, with inotify's limits named.
 pub fn start(
-    dirs: &[PathBuf],
-    filters: Vec<NameFilter>,
+    roots: Vec<Root>,
     tx: mpsc::Sender<Msg>,
     overflow: Arc<AtomicBool>,
 ) -> Result<Watcher, FatalError> {
-    let index: HashMap<PathBuf, usize> = dirs
+    let index: HashMap<PathBuf, usize> = roots
         .iter()
         .enumerate()
-        .map(|(i, d)| (d.clone(), i))
+        .map(|(i, r)| (r.dir.clone(), i))
         .collect();
+    let dirs: Vec<PathBuf> = roots.iter().map(|r| r.dir.clone()).collect();
     let send = move |msg: Msg| {
         if tx.try_send(msg).is_err() {
             overflow.store(true, Ordering::Release);
@@ -136,6 +263,11 @@ pub fn start(
             });
             return;
         }
+        let folder = matches!(
+            event.kind,
+            EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder)
+        );
+        let renamed = matches!(event.kind, EventKind::Modify(ModifyKind::Name(_)));
         let hint = match event.kind {
             EventKind::Create(_) => Hint::Created,
             EventKind::Modify(ModifyKind::Data(_)) => Hint::Modified,
@@ -157,18 +289,28 @@ pub fn start(
                 }
                 continue;
             }
-            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            let Some((watch, rel)) = locate(&roots, &index, path) else {
                 continue;
             };
-            if let Some(&watch) = index.get(parent) {
-                if !filters[watch].accepts(name) {
-                    continue;
+            let root = &roots[watch];
+            if !root.recursive {
+                if root.filter.accepts(rel.as_os_str()) {
+                    send(Msg::Hint {
+                        watch,
+                        name: rel.into_os_string(),
+                        hint,
+                    });
                 }
-                send(Msg::Hint {
+                continue;
+            }
+            match classify(root, &rel, folder, renamed) {
+                Route::Drop => {}
+                Route::Tree => send(Msg::Tree { watch }),
+                Route::Hint => send(Msg::Hint {
                     watch,
-                    name: name.to_os_string(),
+                    name: rel.into_os_string(),
                     hint,
-                });
+                }),
             }
         }
     };
@@ -179,7 +321,7 @@ pub fn start(
         )
     })?;
     let mut dir_ids = Vec::with_capacity(dirs.len());
-    for dir in dirs {
+    for dir in &dirs {
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {
                 use std::os::unix::fs::MetadataExt;
@@ -202,7 +344,77 @@ pub fn start(
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| fatal(dir, e))?;
     }
-    Ok(Watcher { inner, dir_ids })
+    Ok(Watcher {
+        watches: Arc::new(Watches {
+            inner: std::sync::Mutex::new(Inner {
+                notify: inner,
+                subdirs: dirs.iter().map(|_| HashMap::new()).collect(),
+                walks: vec![0; dirs.len()],
+            }),
+        }),
+        dir_ids,
+    })
+}
+
+/// The watch an event's `path` belongs to and its name there: relative to the spool for a
+/// tree (the innermost spool, if one is inside another), the file name for a flat one.
+fn locate(
+    roots: &[Root],
+    index: &HashMap<PathBuf, usize>,
+    path: &Path,
+) -> Option<(usize, PathBuf)> {
+    let parent = path.parent()?;
+    if let Some(&watch) = index.get(parent) {
+        return Some((watch, PathBuf::from(path.file_name()?)));
+    }
+    // Deeper: the innermost tree above it.
+    let mut up = parent.parent();
+    while let Some(dir) = up {
+        if let Some(&watch) = index.get(dir) {
+            if !roots[watch].recursive {
+                return None;
+            }
+            let rel = path.strip_prefix(dir).ok()?;
+            return Some((watch, rel.to_path_buf()));
+        }
+        up = dir.parent();
+    }
+    None
+}
+
+/// What an event about `rel` in a tree becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Drop,
+    /// Walk the tree: a directory came, went or moved.
+    Tree,
+    Hint,
+}
+
+/// Routes an event about `rel` in the tree of `root`: `folder`, the kernel said it is a
+/// directory (made or removed); `renamed`, a rename (which does not say).
+fn classify(root: &Root, rel: &Path, folder: bool, renamed: bool) -> Route {
+    let depth = rel.components().count().saturating_sub(1);
+    let parent_entered = rel.parent().map_or(true, |p| root.filter.enters(p));
+    if !parent_entered || depth > root.max_depth {
+        return Route::Drop;
+    }
+    if folder {
+        return if depth < root.max_depth && root.filter.enters(rel) {
+            Route::Tree
+        } else {
+            Route::Drop
+        };
+    }
+    if root.filter.accepts(rel.as_os_str()) {
+        // A directory with a name a file could have is found by its look.
+        return Route::Hint;
+    }
+    if renamed && depth < root.max_depth && root.filter.enters(rel) {
+        // Perhaps a directory renamed in or away.
+        return Route::Tree;
+    }
+    Route::Drop
 }
 
 /// Lists `dir`, bounded: the `limit` oldest (mtime, then name) regular files whose names
@@ -281,7 +493,254 @@ pub fn list(
         total_files,
         specials,
         more_specials,
+        tree: TreeListing::default(),
     })
+}
+
+/// A walk of a tree: what it lists and how.
+pub struct Walk<'a> {
+    /// The spool, absolute.
+    pub root: &'a Path,
+    /// Whether a file of this relative path is taken.
+    pub accepts: &'a dyn Fn(&std::ffi::OsStr) -> bool,
+    /// Whether a directory of this relative path is entered.
+    pub enters: &'a dyn Fn(&Path) -> bool,
+    pub max_depth: usize,
+    /// Remove subdirectories empty and unchanged for this long (`prune_empty_dirs`).
+    pub prune: Option<std::time::Duration>,
+    /// Spools of other watches: not entered (their files are theirs).
+    pub others: &'a [PathBuf],
+    /// Watches a directory before it is listed.
+    pub place: &'a dyn Fn(&Path, (u64, u64)) -> Placed,
+}
+
+/// Walks the tree under `w.root` (not following symlinks, not crossing into other
+/// filesystems, at most `w.max_depth` levels down): each directory is watched first
+/// ([`Walk::place`]), then listed, so that what was made in it before its watch existed is
+/// found. Bounded like [`list`]: the `limit` oldest regular files of the whole tree by
+/// their relative names, the count of all, the first [`specials::LISTED_PER_DIR`]
+/// entries that are not regular files (directories are not: they are walked). Memory
+/// follows `limit` and the directories of one path down the tree, not the tree. Empty
+/// subdirectories are removed if `w.prune` says so ([`tree::prune`]). Blocking.
+///
+/// # Errors
+/// The spool itself cannot be read. A subdirectory that cannot be read (or vanishes) is
+/// skipped, with a warning if it is there.
+pub fn walk(w: &Walk<'_>, limit: usize) -> io::Result<Listing> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(w.root)?;
+    let mut st = WalkSt {
+        w,
+        limit: limit.max(1),
+        oldest: std::collections::BinaryHeap::new(),
+        specials: Vec::new(),
+        more_specials: 0,
+        total_files: 0,
+        tree: TreeListing::default(),
+        spool_dev: meta.dev(),
+        now: std::time::SystemTime::now(),
+    };
+    st.dir(w.root, std::ffi::OsStr::new(""), 0, &meta)?;
+    st.tree.max_user_watches = if st.tree.unwatched > 0 {
+        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    } else {
+        None
+    };
+    let files = st
+        .oldest
+        .into_sorted_vec()
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    Ok(Listing {
+        dir_id: (meta.dev(), meta.ino()),
+        files,
+        total_files: st.total_files,
+        specials: st.specials,
+        more_specials: st.more_specials,
+        tree: st.tree,
+    })
+}
+
+struct WalkSt<'a, 'b> {
+    w: &'a Walk<'b>,
+    limit: usize,
+    oldest: std::collections::BinaryHeap<ByAge>,
+    specials: Vec<Listed>,
+    more_specials: usize,
+    total_files: usize,
+    tree: TreeListing,
+    spool_dev: u64,
+    now: std::time::SystemTime,
+}
+
+impl WalkSt<'_, '_> {
+    fn keep(&mut self, l: Listed) {
+        if l.id.kind != Kind::Regular {
+            if self.specials.len() < specials::LISTED_PER_DIR {
+                self.specials.push(l);
+            } else {
+                self.more_specials += 1;
+            }
+            return;
+        }
+        self.total_files += 1;
+        let l = ByAge(l);
+        if self.oldest.len() < self.limit {
+            self.oldest.push(l);
+        } else if self.oldest.peek().is_some_and(|top| l < *top) {
+            self.oldest.pop();
+            self.oldest.push(l);
+        }
+    }
+
+    /// Watches and lists the directory `path` (`rel` in the tree, `depth` levels down,
+    /// `meta` as lstat saw it), then its subdirectories. Whether it was removed (pruned).
+    fn dir(
+        &mut self,
+        path: &Path,
+        rel: &std::ffi::OsStr,
+        depth: usize,
+        meta: &std::fs::Metadata,
+    ) -> io::Result<bool> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::io::AsRawFd;
+        self.tree.dirs += 1;
+        let id = (meta.dev(), meta.ino());
+        // The spool itself is watched by `start`.
+        if depth > 0 && (self.w.place)(path, id) == Placed::Refused {
+            self.tree.unwatched += 1;
+        }
+        // Opened without following a symlink, and checked to be the directory just
+        // watched: one swapped for a link since is not listed (the next walk sees it).
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)
+            .and_then(|f| {
+                let m = f.metadata()?;
+                Ok((f, m))
+            });
+        let dir = match opened {
+            Ok((f, m)) if (m.dev(), m.ino()) == id => f,
+            Ok(_) if depth > 0 => return Ok(false),
+            Ok((f, _)) => f,
+            Err(e) if depth == 0 => return Err(e),
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound && e.raw_os_error() != Some(libc::ELOOP) {
+                    tracing::warn!("cannot list {}: {e}", esc(path));
+                }
+                return Ok(false);
+            }
+        };
+        // Read through the descriptor: what is listed is what was opened.
+        let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let base = if via.is_dir() {
+            via
+        } else {
+            path.to_path_buf()
+        };
+        let mut entries = 0usize;
+        let mut subdirs = Vec::new();
+        let read = match std::fs::read_dir(&base) {
+            Ok(r) => r,
+            Err(e) if depth == 0 => return Err(e),
+            Err(e) => {
+                tracing::warn!("cannot list {}: {e}", esc(path));
+                return Ok(false);
+            }
+        };
+        for entry in read {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if depth == 0 => return Err(e),
+                Err(e) => {
+                    tracing::warn!("cannot list {}: {e}", esc(path));
+                    // Not known to be empty.
+                    entries += 1;
+                    break;
+                }
+            };
+            entries += 1;
+            let name = entry.file_name();
+            let rel_name = tree::join(rel, &name);
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if (self.w.enters)(Path::new(&rel_name)) {
+                    subdirs.push(name);
+                }
+                continue;
+            }
+            if !(self.w.accepts)(&rel_name) {
+                continue;
+            }
+            match claim::lstat(&base.join(&name)) {
+                Ok(id) if id.kind == Kind::Directory => {
+                    if (self.w.enters)(Path::new(&rel_name)) {
+                        subdirs.push(name);
+                    }
+                }
+                Ok(id) => self.keep(Listed { name: rel_name, id }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("cannot inspect {}: {e}", esc(&path.join(&name))),
+            }
+        }
+        drop(dir);
+        let mut removed = 0usize;
+        for name in subdirs {
+            let sub = path.join(&name);
+            let Ok(m) = std::fs::symlink_metadata(&sub) else {
+                continue;
+            };
+            if !m.is_dir() || self.w.others.iter().any(|o| *o == sub) {
+                continue;
+            }
+            if tree::enter(depth + 1, self.w.max_depth, m.dev(), self.spool_dev) != Enter::Yes {
+                self.tree.skipped += 1;
+                continue;
+            }
+            let rel_sub = tree::join(rel, &name);
+            if self.dir(&sub, &rel_sub, depth + 1, &m)? {
+                removed += 1;
+            }
+        }
+        if let Some(settle) = self.w.prune {
+            let changed = std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    u64::try_from(meta.mtime()).unwrap_or(0),
+                    u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+                );
+            let age = self.now.duration_since(changed).ok();
+            if tree::prune(depth, entries.saturating_sub(removed), age, settle)
+                && std::fs::remove_dir(path).is_ok()
+            {
+                tracing::debug!("removed the empty directory {}", esc(path));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// A listed file, ordered by age (mtime, then name), so that a max-heap's top is the
+/// youngest kept.
+struct ByAge(Listed);
+impl PartialEq for ByAge {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for ByAge {}
+impl PartialOrd for ByAge {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for ByAge {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.0.id.mtime_ns, &self.0.name).cmp(&(o.0.id.mtime_ns, &o.0.name))
+    }
 }
 
 #[cfg(test)]
@@ -296,13 +755,13 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(2);
         let overflow = Arc::new(AtomicBool::new(false));
         let filter = NameFilter::new(&["*".to_string()], &[]).unwrap();
-        let _w = start(
-            std::slice::from_ref(&path),
-            vec![filter],
-            tx,
-            overflow.clone(),
-        )
-        .unwrap();
+        let root = Root {
+            dir: path.clone(),
+            filter,
+            recursive: false,
+            max_depth: 0,
+        };
+        let _w = start(vec![root], tx, overflow.clone()).unwrap();
         for i in 0..20 {
             std::fs::write(path.join(format!("f{i}")), b"x").unwrap();
         }

@@ -51,6 +51,8 @@ pub(super) struct WatchSt {
     pub(super) dir_id: Option<(u64, u64)>,
     pub(super) listed_once: bool,
     pub(super) full_reported: bool,
+    /// The tree's need of inotify watches beyond the limit was reported.
+    pub(super) watch_limit_reported: bool,
     pub(super) sent: u64,
     pub(super) failed: u64,
 }
@@ -73,6 +75,7 @@ impl WatchSt {
             dir_id: None,
             listed_once: false,
             full_reported: false,
+            watch_limit_reported: false,
             sent: 0,
             failed: 0,
         }
@@ -226,7 +229,28 @@ impl Core {
         }
     }
 
+    /// Something changed in the tree of `watch` that only a walk sees whole (a directory
+    /// made, renamed in or away, removed): walk it, which watches each new directory
+    /// before listing it. Nothing for a flat spool.
+    pub fn tree_changed(&mut self, now: Instant, watch: usize) {
+        self.advance(now);
+        if self.watches.get(watch).is_some_and(|w| w.p.recursive) {
+            self.request_scan(watch);
+        }
+    }
+
     pub(super) fn apply_listing(&mut self, watch: usize, listing: Listing) {
+        let t = listing.tree;
+        if t.unwatched > 0
+            && !std::mem::replace(&mut self.watches[watch].watch_limit_reported, true)
+        {
+            self.report(Report::WatchLimit {
+                watch,
+                dirs: t.dirs,
+                unwatched: t.unwatched,
+                max_user_watches: t.max_user_watches,
+            });
+        }
         // The directory at the watched path is not the one listed before (removed and
         // created again, mounted over): the inotify watch is on the old one.
         let before = self.watches[watch].dir_id;

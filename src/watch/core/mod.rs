@@ -66,6 +66,7 @@ pub mod limiter;
 #[cfg(test)]
 mod sim;
 mod timers;
+pub mod tree;
 pub mod types;
 mod view;
 
@@ -620,6 +621,11 @@ impl Core {
     /// A not-regular entry: reported once per identity, and forgotten as a candidate.
     fn ignore(&mut self, key: Key, id: Identity) {
         self.remove(&key);
+        if id.kind == Kind::Directory && self.watches[key.0].p.recursive {
+            // A directory of a tree: walked (watched, then listed), not ignored.
+            self.reported.forget(key.0, &key.1);
+            return self.request_scan(key.0);
+        }
         if self.reported.note(key.0, &key.1, fingerprint(&id)) {
             // Bounded: past it, the listing under way does not forget any (apply_listing).
             if let Some(w) = self.watches.get_mut(key.0).filter(|w| w.scanning) {

@@ -111,6 +111,7 @@ fn params(watches: &[usize], dests: usize, cap: usize, dest_cap: usize, active: 
                 settle: 50 * MS,
                 rescan_interval: Duration::from_secs(60),
                 dest: d,
+                recursive: false,
             })
             .collect(),
         dests: (0..dests)
@@ -354,6 +355,7 @@ impl Sim {
             total_files,
             specials,
             more_specials: 0,
+            tree: TreeListing::default(),
         }
     }
 
@@ -1027,6 +1029,7 @@ fn a_directory_replaced_before_its_first_listing_is_watched_again() {
                         total_files: 0,
                         specials: Vec::new(),
                         more_specials: 0,
+                        tree: TreeListing::default(),
                     };
                     core.listed(now, watch, Ok(listing));
                 }
@@ -1068,6 +1071,7 @@ fn a_special_reported_during_a_stale_listing_is_reported_once() {
         total_files: 0,
         specials,
         more_specials: 0,
+        tree: TreeListing::default(),
     };
     let mut ignoring = 0;
     // Every action but the listings, which the test answers itself.
