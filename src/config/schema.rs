@@ -144,7 +144,7 @@ struct Watch {
     on_success: Option<OnSuccess>,
     server: Option<Server>,
     include: Option<Spanned<Vec<Glob>>>,
-    exclude: Option<Vec<Glob>>,
+    exclude: Option<Spanned<Vec<Glob>>>,
     settle: Option<Dur<true>>,
     rescan_interval: Option<Dur<false>>,
     recursive: Option<bool>,
@@ -687,6 +687,7 @@ fn watch(
         )),
     };
 
+    let include_span = w.include.as_ref().map(Spanned::span);
     let include = match w.include {
         Some(v) if v.get_ref().is_empty() => {
             return Err(cx.err(
@@ -702,14 +703,22 @@ fn watch(
     let recursive = w.recursive.unwrap_or(false);
     // A path glob (with `/`) could only match in subdirectories.
     if !recursive {
-        let path_glob = include
-            .iter()
-            .chain(w.exclude.iter().flatten().map(|g| &g.0))
-            .find(|g| g.contains('/'));
-        if let Some(g) = path_glob {
+        let in_include = include.iter().find(|g| g.contains('/')).cloned();
+        let in_exclude = w.exclude.as_ref().and_then(|v| {
+            v.get_ref()
+                .iter()
+                .find(|g| g.0.contains('/'))
+                .map(|g| (v.span(), g.0.clone()))
+        });
+        let found = match (in_include, in_exclude) {
+            (Some(g), _) => Some((include_span.clone().unwrap_or(span.clone()), "include", g)),
+            (None, Some((sp, g))) => Some((sp, "exclude", g)),
+            (None, None) => None,
+        };
+        if let Some((sp, name, g)) = found {
             return Err(cx.err(
-                &span,
-                &key(if include.contains(g) { "include" } else { "exclude" }),
+                &sp,
+                &key(name),
                 format!("glob {g:?} contains `/`, which matches only in subdirectories; set recursive = true, or match file names"),
             ));
         }
@@ -756,7 +765,7 @@ fn watch(
             adaptive: server.adaptive.unwrap_or(true),
             confirm: server.confirm.unwrap_or_default(),
             include,
-            exclude: w.exclude.map_or_else(
+            exclude: w.exclude.map(Spanned::into_inner).map_or_else(
                 || DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect(),
                 globs,
             ),

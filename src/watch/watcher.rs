@@ -74,10 +74,14 @@ struct Inner {
     notify: notify::RecommendedWatcher,
     /// Per watch, the directories below its spool watched by the walks: path → (identity
     /// when watched, number of the walk that last saw it).
-    subdirs: Vec<HashMap<PathBuf, ((u64, u64), u64)>>,
+    subdirs: Vec<HashMap<PathBuf, Seen>>,
     /// Per watch, the number of its walks so far.
     walks: Vec<u64>,
 }
+
+/// A directory watched by a walk: its (device, inode) when watched, and the number of the
+/// walk that last saw it.
+type Seen = ((u64, u64), u64);
 
 /// Whether a directory could be watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -693,7 +697,7 @@ impl WalkSt<'_, '_> {
             let Ok(m) = std::fs::symlink_metadata(&sub) else {
                 continue;
             };
-            if !m.is_dir() || self.w.others.iter().any(|o| *o == sub) {
+            if !m.is_dir() || self.w.others.contains(&sub) {
                 continue;
             }
             if tree::enter(depth + 1, self.w.max_depth, m.dev(), self.spool_dev) != Enter::Yes {
@@ -796,5 +800,196 @@ mod tests {
             notify::Error::new(notify::ErrorKind::PathNotFound),
         );
         assert!(e.to_string().contains("cannot watch /spool"), "{e}");
+    }
+
+    /// Walks `root` with the default filter; `place` as given.
+    fn walk_with(
+        root: &Path,
+        max_depth: usize,
+        prune: Option<Duration>,
+        limit: usize,
+        place: &dyn Fn(&Path, (u64, u64)) -> Placed,
+    ) -> Listing {
+        let ex: Vec<String> = crate::config::DEFAULT_EXCLUDE
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let f = NameFilter::new(&["*".to_string()], &ex).unwrap();
+        let w = Walk {
+            root,
+            accepts: &|n| f.accepts(n),
+            enters: &|p| f.enters(p),
+            max_depth,
+            prune,
+            others: &[],
+            place,
+        };
+        walk(&w, limit).unwrap()
+    }
+
+    fn names_of(l: &Listing) -> Vec<String> {
+        let mut v: Vec<String> = l
+            .files
+            .iter()
+            .map(|f| f.name.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Each directory is watched before it is listed: a file that lands in it right after
+    /// its watch was placed (here: by the placing itself) is in the listing.
+    #[test]
+    fn a_walk_watches_each_directory_before_listing_it() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b/.hidden")).unwrap();
+        std::fs::create_dir_all(d.path().join("up.part")).unwrap();
+        std::fs::write(d.path().join("top"), b"x").unwrap();
+        std::fs::write(d.path().join("up.part/no"), b"x").unwrap();
+        std::fs::write(d.path().join("a/b/.hidden/no"), b"x").unwrap();
+        let placed = std::sync::Mutex::new(Vec::new());
+        let place = |dir: &Path, _id| {
+            std::fs::write(dir.join("landed"), b"x").unwrap();
+            placed.lock().unwrap().push(dir.to_path_buf());
+            Placed::Yes
+        };
+        let l = walk_with(d.path(), 32, None, 100, &place);
+        assert_eq!(names_of(&l), ["a/b/landed", "a/landed", "top"]);
+        assert_eq!(l.total_files, 3);
+        // Hidden and `*.part` directories are neither watched nor listed.
+        let mut p = placed.into_inner().unwrap();
+        p.sort();
+        assert_eq!(p, [d.path().join("a"), d.path().join("a/b")]);
+        assert_eq!((l.tree.dirs, l.tree.unwatched), (3, 0));
+    }
+
+    /// Watches the kernel refuses are counted, and their directories listed all the same.
+    #[test]
+    fn refused_watches_are_counted_and_listed_anyway() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            let sub = d.path().join(format!("d{i}"));
+            std::fs::create_dir(&sub).unwrap();
+            std::fs::write(sub.join("f"), b"x").unwrap();
+        }
+        let l = walk_with(d.path(), 32, None, 100, &|_, _| Placed::Refused);
+        assert_eq!(l.total_files, 4);
+        assert_eq!((l.tree.dirs, l.tree.unwatched), (5, 4));
+    }
+
+    /// A symlink to a directory is an entry left alone, never walked; directories deeper
+    /// than `max_depth` are not entered.
+    #[test]
+    fn symlinks_are_not_followed_and_depth_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = d.path().join("spool");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(spool.join("one/two")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"x").unwrap();
+        std::fs::write(spool.join("one/f"), b"x").unwrap();
+        std::fs::write(spool.join("one/two/deep"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, spool.join("one/link")).unwrap();
+        let l = walk_with(&spool, 1, None, 100, &|_, _| Placed::Yes);
+        assert_eq!(names_of(&l), ["one/f"]);
+        assert_eq!(l.specials.len(), 1);
+        assert_eq!(l.specials[0].name, "one/link");
+        assert_eq!(l.specials[0].id.kind, Kind::Symlink);
+        assert_eq!(l.tree.skipped, 1, "one/two is deeper than max_depth");
+    }
+
+    /// The `limit` oldest files of the whole tree are kept, oldest first, and all counted.
+    #[test]
+    fn a_walk_keeps_the_oldest_of_the_whole_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for (i, rel) in ["z/old", "a/mid", "top", "a/b/new"].iter().enumerate() {
+            let p = d.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(base + Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        let l = walk_with(d.path(), 32, None, 2, &|_, _| Placed::Yes);
+        let kept: Vec<_> = l.files.iter().map(|f| f.name.clone()).collect();
+        assert_eq!(kept, ["z/old", "a/mid"]);
+        assert_eq!(l.total_files, 4);
+    }
+
+    /// Pruning removes subdirectories empty for `settle` (a chain of them at once), never
+    /// the spool, never one with anything in it (a hidden file too), never a young one.
+    #[test]
+    fn pruning_removes_old_empty_subdirectories_only() {
+        let d = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let age = |p: &Path| {
+            std::fs::File::open(p).unwrap().set_modified(old).unwrap();
+        };
+        for rel in ["empty/er/est", "kept", "young"] {
+            std::fs::create_dir_all(d.path().join(rel)).unwrap();
+        }
+        std::fs::write(d.path().join("kept/.hidden"), b"x").unwrap();
+        for rel in ["empty/er/est", "empty/er", "empty", "kept"] {
+            age(&d.path().join(rel));
+        }
+        age(d.path());
+        let l = walk_with(d.path(), 32, Some(Duration::from_secs(1)), 100, &|_, _| {
+            Placed::Yes
+        });
+        assert_eq!(l.total_files, 0);
+        assert!(
+            !d.path().join("empty").exists(),
+            "the chain was not removed"
+        );
+        assert!(d.path().join("kept/.hidden").exists());
+        assert!(d.path().join("young").exists());
+        assert!(d.path().exists());
+        // The spool itself, empty and old, stays.
+        std::fs::remove_dir_all(d.path().join("kept")).unwrap();
+        std::fs::remove_dir(d.path().join("young")).unwrap();
+        age(d.path());
+        walk_with(d.path(), 32, Some(Duration::ZERO), 100, &|_, _| Placed::Yes);
+        assert!(d.path().is_dir());
+    }
+
+    /// Events in a tree: by relative path; a directory made or renamed asks for a walk;
+    /// names in hidden directories and beyond `max_depth` are dropped.
+    #[test]
+    fn tree_events_are_routed_by_relative_path() {
+        let ex: Vec<String> = crate::config::DEFAULT_EXCLUDE
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let root = Root {
+            dir: PathBuf::from("/s"),
+            filter: NameFilter::new(&["**/*.jpg".to_string()], &ex).unwrap(),
+            recursive: true,
+            max_depth: 2,
+        };
+        let flat = Root {
+            dir: PathBuf::from("/s/flat"),
+            filter: NameFilter::new(&["*".to_string()], &ex).unwrap(),
+            recursive: false,
+            max_depth: 0,
+        };
+        let roots = vec![root, flat];
+        let index: HashMap<PathBuf, usize> =
+            [(PathBuf::from("/s"), 0), (PathBuf::from("/s/flat"), 1)].into();
+        let at = |p: &str| locate(&roots, &index, Path::new(p));
+        assert_eq!(at("/s/a/b/x.jpg"), Some((0, PathBuf::from("a/b/x.jpg"))));
+        assert_eq!(at("/s/flat/x"), Some((1, PathBuf::from("x"))));
+        assert_eq!(at("/s/flat/sub/x"), None, "a flat spool has no tree");
+        assert_eq!(at("/elsewhere/x"), None);
+        let r = |p: &str, folder, renamed| classify(&roots[0], Path::new(p), folder, renamed);
+        assert_eq!(r("a/b/x.jpg", false, false), Route::Hint);
+        assert_eq!(r("a/b/x.png", false, false), Route::Drop);
+        assert_eq!(r("a/b/c/x.jpg", false, false), Route::Drop, "too deep");
+        assert_eq!(r("a/.h/x.jpg", false, false), Route::Drop);
+        assert_eq!(r("a/new", true, false), Route::Tree);
+        assert_eq!(r("a/b/new", true, false), Route::Drop, "would be too deep");
+        assert_eq!(r("a/.new", true, false), Route::Drop);
+        assert_eq!(r("moved", false, true), Route::Tree, "perhaps a directory");
+        assert_eq!(r("x.part", false, true), Route::Drop);
     }
 }

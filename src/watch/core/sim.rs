@@ -335,7 +335,12 @@ impl Sim {
     fn listing(&self, w: usize, limit: usize) -> Listing {
         let mut files: Vec<Listed> = Vec::new();
         let mut specials = Vec::new();
+        // A tree's walk enters its directories instead of listing them.
+        let tree = self.core.watches[w].p.recursive;
         for (n, f) in &self.spool[w] {
+            if tree && f.kind == Kind::Directory {
+                continue;
+            }
             let l = Listed {
                 name: n.clone(),
                 id: Self::id(f),
@@ -1506,3 +1511,6 @@ fn a_view_of_one_destination_lists_and_counts_its_files_only() {
 /// network: in a file of their own.
 #[path = "scenarios.rs"]
 mod scenarios;
+
+#[path = "sim_tree.rs"]
+mod tree;
