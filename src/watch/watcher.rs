@@ -41,8 +41,8 @@ pub enum Msg {
     /// The events cannot be trusted (overflow, watcher error, the directory itself was
     /// moved or removed): list the directories again.
     Rescan { why: String },
-    /// A directory was made, renamed in or away, or removed somewhere in the tree of watch
-    /// number `watch` (`recursive = true`): walk it.
+    /// A directory was made or renamed in somewhere in the tree of watch number `watch`
+    /// (`recursive = true`): walk it.
     Tree { watch: usize },
 }
 
@@ -267,11 +267,11 @@ pub fn start(
             });
             return;
         }
-        let folder = matches!(
-            event.kind,
-            EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder)
-        );
-        let renamed = matches!(event.kind, EventKind::Modify(ModifyKind::Name(_)));
+        let dir = match event.kind {
+            EventKind::Create(CreateKind::Folder) => Some(true),
+            EventKind::Remove(RemoveKind::Folder) => Some(false),
+            _ => None,
+        };
         let hint = match event.kind {
             EventKind::Create(_) => Hint::Created,
             EventKind::Modify(ModifyKind::Data(_)) => Hint::Modified,
@@ -307,7 +307,7 @@ pub fn start(
                 }
                 continue;
             }
-            match classify(root, &rel, folder, renamed) {
+            match classify(root, &rel, dir, hint) {
                 Route::Drop => {}
                 Route::Tree => send(Msg::Tree { watch }),
                 Route::Hint => send(Msg::Hint {
@@ -395,27 +395,32 @@ enum Route {
     Hint,
 }
 
-/// Routes an event about `rel` in the tree of `root`: `folder`, the kernel said it is a
-/// directory (made or removed); `renamed`, a rename (which does not say).
-fn classify(root: &Root, rel: &Path, folder: bool, renamed: bool) -> Route {
+/// Routes an event `hint` about `rel` in the tree of `root`. `dir`: the kernel said it is
+/// a directory, made (`Some(true)`) or removed (`Some(false)`); a rename does not say.
+///
+/// A directory made or renamed in asks for a walk (which watches it, then lists it). One
+/// removed or renamed away does not: its files were removed one by one (each an event), or
+/// are held names whose looks will find them gone; the kernel drops its watch, and the next
+/// walk forgets it. (A walk for each would also make every pruned directory cause another
+/// walk.)
+fn classify(root: &Root, rel: &Path, dir: Option<bool>, hint: Hint) -> Route {
     let depth = rel.components().count().saturating_sub(1);
     let parent_entered = rel.parent().map_or(true, |p| root.filter.enters(p));
     if !parent_entered || depth > root.max_depth {
         return Route::Drop;
     }
-    if folder {
-        return if depth < root.max_depth && root.filter.enters(rel) {
-            Route::Tree
-        } else {
-            Route::Drop
-        };
+    let may_enter = depth < root.max_depth && root.filter.enters(rel);
+    match dir {
+        Some(true) if may_enter => return Route::Tree,
+        Some(_) => return Route::Drop,
+        None => {}
     }
     if root.filter.accepts(rel.as_os_str()) {
         // A directory with a name a file could have is found by its look.
         return Route::Hint;
     }
-    if renamed && depth < root.max_depth && root.filter.enters(rel) {
-        // Perhaps a directory renamed in or away.
+    if hint == Hint::MovedIn && may_enter {
+        // Perhaps a directory renamed in.
         return Route::Tree;
     }
     Route::Drop
@@ -981,15 +986,17 @@ mod tests {
         assert_eq!(at("/s/flat/x"), Some((1, PathBuf::from("x"))));
         assert_eq!(at("/s/flat/sub/x"), None, "a flat spool has no tree");
         assert_eq!(at("/elsewhere/x"), None);
-        let r = |p: &str, folder, renamed| classify(&roots[0], Path::new(p), folder, renamed);
-        assert_eq!(r("a/b/x.jpg", false, false), Route::Hint);
-        assert_eq!(r("a/b/x.png", false, false), Route::Drop);
-        assert_eq!(r("a/b/c/x.jpg", false, false), Route::Drop, "too deep");
-        assert_eq!(r("a/.h/x.jpg", false, false), Route::Drop);
-        assert_eq!(r("a/new", true, false), Route::Tree);
-        assert_eq!(r("a/b/new", true, false), Route::Drop, "would be too deep");
-        assert_eq!(r("a/.new", true, false), Route::Drop);
-        assert_eq!(r("moved", false, true), Route::Tree, "perhaps a directory");
-        assert_eq!(r("x.part", false, true), Route::Drop);
+        let r = |p: &str, dir, hint| classify(&roots[0], Path::new(p), dir, hint);
+        assert_eq!(r("a/b/x.jpg", None, Hint::Closed), Route::Hint);
+        assert_eq!(r("a/b/x.png", None, Hint::Closed), Route::Drop);
+        assert_eq!(r("a/b/c/x.jpg", None, Hint::Closed), Route::Drop, "too deep");
+        assert_eq!(r("a/.h/x.jpg", None, Hint::Closed), Route::Drop);
+        assert_eq!(r("a/new", Some(true), Hint::Created), Route::Tree);
+        assert_eq!(r("a/b/new", Some(true), Hint::Created), Route::Drop, "too deep");
+        assert_eq!(r("a/.new", Some(true), Hint::Created), Route::Drop);
+        assert_eq!(r("a/old", Some(false), Hint::Gone), Route::Drop, "removed");
+        assert_eq!(r("moved", None, Hint::MovedIn), Route::Tree, "perhaps a directory");
+        assert_eq!(r("moved", None, Hint::Gone), Route::Drop, "renamed away");
+        assert_eq!(r("x.part", None, Hint::MovedIn), Route::Drop);
     }
 }

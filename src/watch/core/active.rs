@@ -230,8 +230,8 @@ impl Core {
     }
 
     /// Something changed in the tree of `watch` that only a walk sees whole (a directory
-    /// made, renamed in or away, removed): walk it, which watches each new directory
-    /// before listing it. Nothing for a flat spool.
+    /// made or renamed in): walk it, which watches each new directory before listing it.
+    /// Nothing for a flat spool.
     pub fn tree_changed(&mut self, now: Instant, watch: usize) {
         self.advance(now);
         if self.watches.get(watch).is_some_and(|w| w.p.recursive) {

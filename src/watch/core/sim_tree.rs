@@ -87,7 +87,8 @@ impl Sim {
         }
     }
 
-    /// `rm -r d`: every file removed (an event each), then the directories.
+    /// `rm -r d`: every file removed (an event each), then the directories (which the
+    /// watcher does not pass on: nothing is left to find).
     fn remove_dir(&mut self, w: usize, d: &str) {
         for k in self.under(w, d) {
             if let Some(f) = self.spool[w].remove(&k) {
@@ -96,7 +97,6 @@ impl Sim {
                 }
             }
         }
-        self.tree_event(w);
     }
 
     /// Lists watch `w` now, and lets `meanwhile` change the tree before the listing is
