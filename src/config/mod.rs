@@ -830,4 +830,34 @@ failed_dir = "/s/b-failed"
         assert!(!no_tmp.accepts(os("scratch/a/x")));
         assert!(no_tmp.accepts(os("keep/x")));
     }
+
+    #[test]
+    fn tree_keys() {
+        let c = parse_str(MINIMAL).unwrap();
+        let w = &c.watches[0];
+        assert!(!w.recursive && !w.prune_empty_dirs && !w.prunes());
+        assert_eq!(w.max_depth, 32);
+        let text = format!(
+            "{MINIMAL}recursive = true\nmax_depth = 3\ninclude = [\"**/*.jpg\"]\nexclude = [\".*\", \"scratch/**\"]\n"
+        );
+        let c = parse_str(&text).unwrap();
+        let w = &c.watches[0];
+        assert!(w.recursive && !w.prunes());
+        assert_eq!(w.max_depth, 3);
+        // Rendered (check-config) and read back the same.
+        let again = parse_str(&render(&c)).unwrap();
+        assert_eq!(render(&again), render(&c));
+        assert!(render(&c).contains("recursive = true\nmax_depth = 3\n"));
+        // A flat spool renders as before: no tree keys.
+        assert!(!render(&parse_str(MINIMAL).unwrap()).contains("recursive"));
+        let e = parse_str(&format!("{MINIMAL}recursive = true\nmax_depth = 2000\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("watch[0].max_depth"), "{e}");
+        let e = parse_str(&format!("{MINIMAL}include = [\"a/*\"]\n")).unwrap_err();
+        assert!(e.message.contains("set recursive = true"), "{e}");
+        let e = parse_str(&format!(
+            "{MINIMAL}recursive = true\ninclude = [\"/abs/*\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("starts with `/`"), "{e}");
+    }
 }

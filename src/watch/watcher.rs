@@ -989,13 +989,25 @@ mod tests {
         let r = |p: &str, dir, hint| classify(&roots[0], Path::new(p), dir, hint);
         assert_eq!(r("a/b/x.jpg", None, Hint::Closed), Route::Hint);
         assert_eq!(r("a/b/x.png", None, Hint::Closed), Route::Drop);
-        assert_eq!(r("a/b/c/x.jpg", None, Hint::Closed), Route::Drop, "too deep");
+        assert_eq!(
+            r("a/b/c/x.jpg", None, Hint::Closed),
+            Route::Drop,
+            "too deep"
+        );
         assert_eq!(r("a/.h/x.jpg", None, Hint::Closed), Route::Drop);
         assert_eq!(r("a/new", Some(true), Hint::Created), Route::Tree);
-        assert_eq!(r("a/b/new", Some(true), Hint::Created), Route::Drop, "too deep");
+        assert_eq!(
+            r("a/b/new", Some(true), Hint::Created),
+            Route::Drop,
+            "too deep"
+        );
         assert_eq!(r("a/.new", Some(true), Hint::Created), Route::Drop);
         assert_eq!(r("a/old", Some(false), Hint::Gone), Route::Drop, "removed");
-        assert_eq!(r("moved", None, Hint::MovedIn), Route::Tree, "perhaps a directory");
+        assert_eq!(
+            r("moved", None, Hint::MovedIn),
+            Route::Tree,
+            "perhaps a directory"
+        );
         assert_eq!(r("moved", None, Hint::Gone), Route::Drop, "renamed away");
         assert_eq!(r("x.part", None, Hint::MovedIn), Route::Drop);
     }
