@@ -20,8 +20,9 @@
 //! Run: `cargo bench --bench lanes` (4-6 minutes with the 1M backlog, most of it the 1M
 //! run's drain; 1-2 minutes without it). Knobs:
 //! - `LANES_BENCH_ONLY=trouble` or `=backlog`: one part only; `=tree-backlog`: the largest
-//!   of `LANES_BENCH_SIZES` flat, then spread over `LANES_BENCH_TREE_DIRS` (10,000)
-//!   directories of a `recursive = true` watch (issue #22), peak RSS compared;
+//!   of `LANES_BENCH_SIZES` flat, then spread over `LANES_BENCH_TREE_DIRS` (`10000`; a
+//!   list such as `100,10000` runs each) directories of a `recursive = true` watch (issue
+//!   #22), peak RSS compared;
 //! - `LANES_BENCH_BIG=100000`: skip backlogs larger than this (the 1M one);
 //!   `LANES_BENCH_SIZES=10000,100000,1000000` picks the backlog sizes (the first is the
 //!   reference of the ratios);
@@ -334,9 +335,15 @@ fn main() {
         // Issue #22: the flat backlog as the baseline of the same run, then the same files
         // spread over directories of a tree.
         let n = *sizes.last().unwrap_or(&1_000_000);
-        let dirs = env_num("LANES_BENCH_TREE_DIRS", 10_000);
+        let dirs: Vec<u64> = std::env::var("LANES_BENCH_TREE_DIRS")
+            .unwrap_or_else(|_| "10000".into())
+            .split(',')
+            .map(|s| s.trim().parse().expect("LANES_BENCH_TREE_DIRS: numbers"))
+            .collect();
         backlogs.push(backlog_case(n, 0));
-        backlogs.push(backlog_case(n, dirs));
+        for d in dirs {
+            backlogs.push(backlog_case(n, d));
+        }
     } else if only != "trouble" {
         for n in &sizes {
             backlogs.push(backlog_case(*n, 0));

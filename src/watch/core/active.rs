@@ -262,6 +262,11 @@ impl Core {
         }
         let now = self.now;
         let at = now + self.settle(watch);
+        // The reserve is replaced by this listing's: freed first, not beside the new one
+        // (a large backlog's listing is the service's peak of memory).
+        self.watches[watch].reserve = VecDeque::new();
+        // Special entries the listing has: the tracker forgets the others. (Regular files
+        // need not be in it: each is forgotten as a special below, by name.)
         let mut present: HashSet<&std::ffi::OsStr> = HashSet::new();
         for l in &listing.specials {
             present.insert(l.name.as_os_str());
@@ -280,10 +285,11 @@ impl Core {
         let mut looking = 0usize;
         let mut dropped = false;
         let mut reserve = VecDeque::new();
-        for l in &listing.files {
-            present.insert(l.name.as_os_str());
-            let key = (watch, l.name.clone());
-            self.reported.forget(watch, &key.1);
+        let (kept, total_files) = (listing.files.len(), listing.total_files);
+        // The names are moved out of the listing, not copied.
+        for l in listing.files {
+            self.reported.forget(watch, &l.name);
+            let key = (watch, l.name);
             if self.entries.contains_key(&key) {
                 held += 1;
                 continue;
@@ -295,7 +301,7 @@ impl Core {
             }
             if self.watches[watch].count + looking >= limit {
                 if reserve.len() < limit.saturating_mul(RESERVE_FACTOR) {
-                    reserve.push_back(l.name.clone());
+                    reserve.push_back(key.1);
                 } else {
                     dropped = true;
                 }
@@ -324,14 +330,14 @@ impl Core {
         self.reported
             .listed(watch, total, |n| all_kept || present.contains(n));
         let w = &mut self.watches[watch];
-        w.truncated = dropped || listing.total_files > listing.files.len();
+        w.truncated = dropped || total_files > kept;
         w.reserve = reserve;
         w.more_on_disk = w.truncated || !w.reserve.is_empty();
-        w.on_disk = listing.total_files.saturating_sub(held);
+        w.on_disk = total_files.saturating_sub(held);
         if !w.more_on_disk {
             w.full_reported = false;
         }
-        let files = listing.total_files;
+        let files = total_files;
         if std::mem::replace(&mut w.listed_once, true) {
             self.report(Report::Listed { watch, files });
         } else {
