@@ -179,6 +179,25 @@ pub fn params(config: &crate::config::Config, watches: &[Arc<WatchCtx>]) -> core
     }
 }
 
+/// What the service says, once per watch, when the kernel refused inotify watches for
+/// `unwatched` of the `dirs` directories of the tree at `dir`: the count, the limit, what
+/// it means, and the fix.
+pub fn watch_limit_line(
+    dir: &Path,
+    dirs: usize,
+    unwatched: usize,
+    max_user_watches: Option<u64>,
+    rescan: Duration,
+) -> String {
+    let max = max_user_watches.map_or_else(|| "unknown".to_string(), |m| m.to_string());
+    let suggest = core::tree::suggest_max_watches(max_user_watches, unwatched);
+    format!(
+        "the tree {} has {dirs} directories, one inotify watch each, and the kernel refused {unwatched} of them: inotify watch limit reached (fs.inotify.max_user_watches = {max}, shared by all of this user's programs); files in those directories are found by the rescans only (every {}), not at once. Raise it: sysctl fs.inotify.max_user_watches={suggest} (and in /etc/sysctl.d/ to keep it). Said once.",
+        esc(dir),
+        humantime::format_duration(rescan),
+    )
+}
+
 /// While the service is short of descriptors or memory, how often it says so.
 const TROUBLE_REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -612,16 +631,14 @@ impl Queue {
                 unwatched,
                 max_user_watches,
             } => {
-                let max = max_user_watches.map_or_else(|| "unknown".to_string(), |m| m.to_string());
-                let suggest = core::tree::suggest_max_watches(max_user_watches, unwatched);
+                let cfg = &self.watches[watch].cfg;
                 tracing::warn!(
                     event = "inotify_watch_limit",
-                    path = %esc(&self.watches[watch].cfg.dir),
+                    path = %esc(&cfg.dir),
                     dirs,
                     unwatched,
-                    "the tree {} has {dirs} directories, one inotify watch each, and the kernel refused {unwatched} of them: inotify watch limit reached (fs.inotify.max_user_watches = {max}, shared by all of this user's programs); files in those directories are found by the rescans only (every {:?}), not at once. Raise it: sysctl fs.inotify.max_user_watches={suggest} (and in /etc/sysctl.d/ to keep it). Said once.",
-                    esc(&self.watches[watch].cfg.dir),
-                    self.watches[watch].cfg.rescan_interval,
+                    "{}",
+                    watch_limit_line(&cfg.dir, dirs, unwatched, max_user_watches, cfg.rescan_interval)
                 );
             }
             Report::Full { watch, limit } => tracing::info!(
@@ -1096,5 +1113,27 @@ settle = "10ms"
         assert!(appears(&hung_done.join("stuck"), Duration::from_secs(10)).await);
         shutdown.cancel();
         service.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_watch_limit_line_names_the_count_the_limit_and_the_fix() {
+        let l = watch_limit_line(
+            Path::new("/spool"),
+            70_000,
+            4_465,
+            Some(65_536),
+            Duration::from_secs(30),
+        );
+        for part in [
+            "/spool has 70000 directories",
+            "refused 4465",
+            "fs.inotify.max_user_watches = 65536",
+            "found by the rescans only (every 30s)",
+            "sysctl fs.inotify.max_user_watches=131072",
+        ] {
+            assert!(l.contains(part), "{part:?} not in {l}");
+        }
+        let l = watch_limit_line(Path::new("/spool"), 2, 1, None, Duration::from_secs(1));
+        assert!(l.contains("max_user_watches = unknown"), "{l}");
     }
 }
