@@ -1011,4 +1011,70 @@ mod tests {
         assert_eq!(r("moved", None, Hint::Gone), Route::Drop, "renamed away");
         assert_eq!(r("x.part", None, Hint::MovedIn), Route::Drop);
     }
+
+    /// The walks' watches follow the tree: placed for each directory, kept across walks,
+    /// dropped for directories gone (removed, renamed away) at the next walk; a directory
+    /// renamed within the tree keeps its watch, and events from it come by its new path.
+    #[test]
+    fn the_walks_watches_follow_the_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::path::absolute(d.path()).unwrap().join("spool");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(root.join("gone")).unwrap();
+        let (tx, mut rx) = mpsc::channel(1024);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let filter = NameFilter::new(&["*".to_string()], &[".*".to_string()]).unwrap();
+        let w = start(
+            vec![Root {
+                dir: root.clone(),
+                filter: filter.clone(),
+                recursive: true,
+                max_depth: 32,
+            }],
+            tx,
+            overflow,
+        )
+        .unwrap();
+        let watches = w.watches();
+        let walk_once = || {
+            let n = watches.begin(0);
+            let place = |dir: &Path, id| watches.place(0, n, dir, id);
+            let wk = Walk {
+                root: &root,
+                accepts: &|p| filter.accepts(p),
+                enters: &|p| filter.enters(p),
+                max_depth: 32,
+                prune: None,
+                others: &[],
+                place: &place,
+            };
+            let l = walk(&wk, 100).unwrap();
+            watches.walked(0, n);
+            l
+        };
+        assert_eq!(walk_once().tree.dirs, 4);
+        assert_eq!(watches.subdirs(), 3);
+        std::fs::remove_dir(root.join("gone")).unwrap();
+        std::fs::rename(root.join("a"), root.join("c")).unwrap();
+        walk_once();
+        assert_eq!(watches.subdirs(), 2, "c and c/b");
+        // Events from the renamed directory's subdirectory, by its new path.
+        while rx.try_recv().is_ok() {}
+        std::fs::write(root.join("c/b/.x"), b"x").unwrap();
+        std::fs::rename(root.join("c/b/.x"), root.join("c/b/x")).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Hint { name, hint, .. }) if hint == Hint::MovedIn => {
+                    assert_eq!(name, "c/b/x");
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    assert!(std::time::Instant::now() < end, "no event for c/b/x");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
 }
