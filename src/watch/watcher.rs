@@ -623,10 +623,12 @@ impl WalkSt<'_, '_> {
             self.tree.unwatched += 1;
         }
         // Opened without following a symlink, and checked to be the directory just
-        // watched: one swapped for a link since is not listed (the next walk sees it).
+        // watched: one swapped for a link since is not listed (the next walk sees it). (The
+        // spool itself may be configured as a link, followed as in a flat spool.)
+        let nofollow = if depth > 0 { libc::O_NOFOLLOW } else { 0 };
         let opened = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .custom_flags(libc::O_DIRECTORY | nofollow)
             .open(path)
             .and_then(|f| {
                 let m = f.metadata()?;
@@ -1076,5 +1078,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The spool itself may be configured through a symlink (as a flat one may): walked.
+    #[test]
+    fn a_spool_reached_through_a_link_is_walked() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir_all(real.join("a")).unwrap();
+        std::fs::write(real.join("a/f"), b"x").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let l = walk_with(&link, 32, None, 100, &|_, _| Placed::Yes);
+        assert_eq!(names_of(&l), ["a/f"]);
     }
 }
