@@ -272,6 +272,16 @@ impl Core {
                 self.remove(&key);
                 return;
             }
+            Some(id) if id.kind == Kind::Directory && self.watches[key.0].p.recursive => {
+                // A directory of a tree, under a name a file could have: one made or renamed
+                // in is walked (watched, then listed); a chmod or touch of one is nothing.
+                self.remove(&key);
+                self.reported.forget(key.0, &key.1);
+                if matches!(cont, Cont::Hint(Hint::Created | Hint::MovedIn)) {
+                    self.request_scan(key.0);
+                }
+                return;
+            }
             Some(id) if id.kind != Kind::Regular => return self.ignore(key, id),
             Some(id) => id,
         };

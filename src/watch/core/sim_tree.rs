@@ -180,6 +180,21 @@ fn a_directory_renamed_in_is_walked_not_ignored() {
     assert_eq!(s.reports_of(|r| matches!(r, Report::Ignoring { .. })), 0);
 }
 
+/// A chmod or touch of a directory of the tree (its events carry a name a file could
+/// have) asks for no walk.
+#[test]
+fn a_touched_directory_is_not_walked_again() {
+    let mut s = Sim::new(tree_params(100), true);
+    let d = s.dir_entry();
+    s.spool[0].insert(name("sub"), d);
+    let lists = |s: &Sim| s.reports_of(|r| matches!(r, Report::Listed { .. }));
+    let before = lists(&s);
+    s.hint(0, &name("sub"), Hint::Attrib);
+    assert_eq!(lists(&s), before);
+    s.hint(0, &name("sub"), Hint::MovedIn);
+    assert_eq!(lists(&s), before + 1);
+}
+
 /// A flat spool still reports a directory as an entry it leaves alone.
 #[test]
 fn a_flat_spool_still_ignores_directories() {
