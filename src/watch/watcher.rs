@@ -1067,7 +1067,11 @@ mod tests {
         let end = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match rx.try_recv() {
-                Ok(Msg::Hint { name, hint, .. }) if hint == Hint::MovedIn => {
+                Ok(Msg::Hint {
+                    name,
+                    hint: Hint::MovedIn,
+                    ..
+                }) => {
                     assert_eq!(name, "c/b/x");
                     break;
                 }
