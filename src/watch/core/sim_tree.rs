@@ -240,7 +240,7 @@ fn a_directory_removed_with_its_files_leaves_nothing_held() {
 /// The kernel refused watches for part of a tree: said once, however many walks.
 #[test]
 fn the_watch_limit_is_reported_once() {
-    let now = Instant::now();
+    let now = Sim::new(tree_params(100), true).now();
     let mut core = Core::new(tree_params(100), now, Tracker::default(), 7);
     let listing = || Listing {
         dir_id: (1, 0),
