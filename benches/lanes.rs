@@ -19,7 +19,10 @@
 //!
 //! Run: `cargo bench --bench lanes` (4-6 minutes with the 1M backlog, most of it the 1M
 //! run's drain; 1-2 minutes without it). Knobs:
-//! - `LANES_BENCH_ONLY=trouble` or `=backlog`: one part only;
+//! - `LANES_BENCH_ONLY=trouble` or `=backlog`: one part only; `=tree-backlog`: the largest
+//!   of `LANES_BENCH_SIZES` flat, then spread over `LANES_BENCH_TREE_DIRS` (`10000`; a
+//!   list such as `100,10000` runs each) directories of a `recursive = true` watch (issue
+//!   #22), peak RSS compared;
 //! - `LANES_BENCH_BIG=100000`: skip backlogs larger than this (the 1M one);
 //!   `LANES_BENCH_SIZES=10000,100000,1000000` picks the backlog sizes (the first is the
 //!   reference of the ratios);
@@ -115,6 +118,8 @@ fn trouble_case(
 }
 
 struct BacklogFigures {
+    /// The files spread over this many directories (`recursive = true`); 0: flat.
+    dirs: u64,
     files: u64,
     creation: Duration,
     ready: Option<Duration>,
@@ -138,6 +143,25 @@ fn create_backlog(dir: &Path, n: u64) {
     });
 }
 
+/// `n` files of 100 B spread evenly over `dirs` directories `d{k}` of `dir` (issue #22's
+/// tree: a million files in 10,000 directories), by two threads.
+fn create_tree_backlog(dir: &Path, n: u64, dirs: u64) {
+    for k in 0..dirs {
+        std::fs::create_dir(dir.join(format!("d{k:05}"))).unwrap();
+    }
+    std::thread::scope(|s| {
+        for part in 0..2u64 {
+            s.spawn(move || {
+                for i in (1 + part..=n).step_by(2) {
+                    let sub = dir.join(format!("d{:05}", i % dirs));
+                    std::fs::write(sub.join(format!("f{i:010}.dat")), payload::content(i, 100))
+                        .unwrap();
+                }
+            });
+        }
+    });
+}
+
 /// Where the backlogs go: `LANES_BENCH_DIR`, else /dev/shm (tmpfs) if it exists. Creating a
 /// file on this VM's ext4 costs about 1 ms of system time (a million would take 15 minutes);
 /// on tmpfs 60 µs.
@@ -154,7 +178,9 @@ fn backlog_root() -> std::path::PathBuf {
         })
 }
 
-fn backlog_case(n: u64) -> BacklogFigures {
+/// A backlog of `n` files at start: flat (`dirs` 0) or spread over `dirs` directories of a
+/// `recursive = true` watch.
+fn backlog_case(n: u64, dirs: u64) -> BacklogFigures {
     let tmp = tempfile::Builder::new()
         .prefix("accio-lanes-backlog-")
         .tempdir_in(backlog_root())
@@ -173,12 +199,21 @@ fn backlog_case(n: u64) -> BacklogFigures {
     let mut conf = Conf::new("10s", vec![w.clone()]);
     conf.server = Some(harness::Dest::local(recv.port()));
     conf.shutdown_grace = "5s".into();
-    conf.write(&config);
+    let mut text = conf.to_toml();
+    if dirs > 0 {
+        text = text.replace("[[watch]]\n", "[[watch]]\nrecursive = true\n");
+        assert!(text.contains("recursive = true"), "{text}");
+    }
+    std::fs::write(&config, text).unwrap();
     let t = Instant::now();
-    create_backlog(&w.dir, n);
+    if dirs > 0 {
+        create_tree_backlog(&w.dir, n, dirs);
+    } else {
+        create_backlog(&w.dir, n);
+    }
     let creation = t.elapsed();
     println!(
-        "backlog {n}: created {n} files in {:.1} s",
+        "backlog {n} in {dirs} dirs: created {n} files in {:.1} s",
         creation.as_secs_f64()
     );
     let t0 = Instant::now();
@@ -211,6 +246,7 @@ fn backlog_case(n: u64) -> BacklogFigures {
     }
     let _ = svc.terminate(Duration::from_secs(30));
     let f = BacklogFigures {
+        dirs,
         files: n,
         creation,
         ready,
@@ -220,7 +256,7 @@ fn backlog_case(n: u64) -> BacklogFigures {
         hwm_kib,
     };
     println!(
-        "backlog {n}: READY after {}, first file after {}, {} received, drained in {}, peak RSS {:.1} MiB",
+        "backlog {n} in {dirs} dirs: READY after {}, first file after {}, {} received, drained in {}, peak RSS {:.1} MiB",
         opt_ms(f.ready),
         opt_ms(f.first),
         f.received,
@@ -265,7 +301,7 @@ fn main() {
         .map(|c| c.to_string())
         .unwrap_or("default".into());
     let mut trouble = Vec::new();
-    if only != "backlog" {
+    if only != "backlog" && only != "tree-backlog" {
         println!("part 1: concurrency {conc}, timeouts 2 s, {healthy} healthy files each time");
         trouble.push(trouble_case(
             "lanes-bench-nogreet",
@@ -295,9 +331,22 @@ fn main() {
         ));
     }
     let mut backlogs = Vec::new();
-    if only != "trouble" {
+    if only == "tree-backlog" {
+        // Issue #22: the flat backlog as the baseline of the same run, then the same files
+        // spread over directories of a tree.
+        let n = *sizes.last().unwrap_or(&1_000_000);
+        let dirs: Vec<u64> = std::env::var("LANES_BENCH_TREE_DIRS")
+            .unwrap_or_else(|_| "10000".into())
+            .split(',')
+            .map(|s| s.trim().parse().expect("LANES_BENCH_TREE_DIRS: numbers"))
+            .collect();
+        backlogs.push(backlog_case(n, 0));
+        for d in dirs {
+            backlogs.push(backlog_case(n, d));
+        }
+    } else if only != "trouble" {
         for n in &sizes {
-            backlogs.push(backlog_case(*n));
+            backlogs.push(backlog_case(*n, 0));
         }
     }
 
@@ -335,8 +384,13 @@ fn main() {
         println!("|---|---|---|---|---|---|---|---|");
         for f in &backlogs {
             println!(
-                "| {} | {:.1} s | {} | {} | {:.1} MiB | {} | {} | {} |",
+                "| {}{} | {:.1} s | {} | {} | {:.1} MiB | {} | {} | {} |",
                 f.files,
+                if f.dirs > 0 {
+                    format!(" in {} directories (`recursive = true`)", f.dirs)
+                } else {
+                    String::new()
+                },
                 f.creation.as_secs_f64(),
                 opt_ms(f.ready),
                 opt_ms(f.first),

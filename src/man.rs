@@ -314,6 +314,9 @@ mod tests {
             "exclude",
             "settle",
             "rescan_interval",
+            "recursive",
+            "max_depth",
+            "prune_empty_dirs",
         ] {
             assert!(
                 page.contains(&format!(".TP\n\\fB{} = ", key)),

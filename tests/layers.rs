@@ -32,7 +32,10 @@ const CORE: &[&str] = &[
     // Test only (the issue 16 scenarios, under the simulation), and held to the rules all
     // the same: its model of the network keeps time as the simulation does.
     "src/watch/core/scenarios.rs",
+    // Test only too (the trees of issue 22, under the simulation).
+    "src/watch/core/sim_tree.rs",
     "src/watch/core/timers.rs",
+    "src/watch/core/tree.rs",
     "src/watch/core/types.rs",
     "src/watch/core/view.rs",
 ];

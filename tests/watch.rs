@@ -573,6 +573,9 @@ async fn run_reports_ready_counts_and_stops_on_the_token() {
             .collect(),
         settle: Duration::from_millis(100),
         rescan_interval: Duration::from_secs(1),
+        recursive: false,
+        max_depth: 32,
+        prune_empty_dirs: false,
     };
     let config = accio::config::Config {
         path: dirs.root.path().join("none.toml"),

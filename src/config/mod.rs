@@ -136,6 +136,23 @@ pub struct WatchConfig {
     pub settle: Duration,
     /// Full rescan of the directory at this interval, besides kernel events.
     pub rescan_interval: Duration,
+    /// Whether files in subdirectories are taken too (the tree is walked and watched).
+    pub recursive: bool,
+    /// With `recursive`, how many directory levels below the spool are entered (files in
+    /// `a/b/x` are two levels down).
+    pub max_depth: usize,
+    /// Whether subdirectories left empty (for `settle`) are removed; always so with
+    /// `on_success = "delete"` (see [`WatchConfig::prunes`]).
+    pub prune_empty_dirs: bool,
+}
+
+impl WatchConfig {
+    /// Whether empty subdirectories are removed: asked for, or the spool's files are
+    /// deleted after delivery (nothing else would ever clear the tree). Only with
+    /// `recursive`: a flat spool has no subdirectories of its own.
+    pub fn prunes(&self) -> bool {
+        self.recursive && (self.prune_empty_dirs || self.on_success == OnSuccess::Delete)
+    }
 }
 
 /// Largest configuration file [`load`] reads.
@@ -433,11 +450,16 @@ pub(crate) fn compile_glob(g: &str) -> Result<globset::Glob, globset::Error> {
 }
 
 /// Which names in a spool directory are taken: matching an `include` glob and no `exclude`
-/// glob. Globs match the file name only, not the path.
+/// glob. A glob without `/` matches the file name only; one with `/` matches the path
+/// relative to the spool (`**/*.jpg`, `DCIM/*/*.JPG`). An `exclude` glob without `/` also
+/// applies to every directory on the way, so that hidden and `*.part` directories are
+/// skipped with everything in them. In a flat spool the path is the name: as before.
 #[derive(Debug, Clone)]
 pub struct NameFilter {
     include: globset::GlobSet,
+    include_path: globset::GlobSet,
     exclude: globset::GlobSet,
+    exclude_path: globset::GlobSet,
 }
 
 /// The default `exclude` globs: hidden files and names writers use while writing.
@@ -449,23 +471,43 @@ impl NameFilter {
     /// # Errors
     /// The first glob that does not compile.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, globset::Error> {
-        fn set(globs: &[String]) -> Result<globset::GlobSet, globset::Error> {
+        fn set<'a>(
+            globs: impl Iterator<Item = &'a String>,
+        ) -> Result<globset::GlobSet, globset::Error> {
             let mut b = globset::GlobSetBuilder::new();
             for g in globs {
                 b.add(compile_glob(g)?);
             }
             b.build()
         }
+        let (path, name) = (
+            |g: &&String| g.contains('/'),
+            |g: &&String| !g.contains('/'),
+        );
         Ok(NameFilter {
-            include: set(include)?,
-            exclude: set(exclude)?,
+            include: set(include.iter().filter(name))?,
+            include_path: set(include.iter().filter(path))?,
+            exclude: set(exclude.iter().filter(name))?,
+            exclude_path: set(exclude.iter().filter(path))?,
         })
     }
 
-    /// True if a file with this name (not path) is to be uploaded.
-    pub fn accepts(&self, name: &std::ffi::OsStr) -> bool {
-        let path = std::path::Path::new(name);
-        self.include.is_match(path) && !self.exclude.is_match(path)
+    /// True if a file with this path relative to the spool (its name, in the spool itself)
+    /// is to be uploaded.
+    pub fn accepts(&self, rel: &std::ffi::OsStr) -> bool {
+        let path = std::path::Path::new(rel);
+        let Some(name) = path.file_name() else {
+            return false;
+        };
+        (self.include.is_match(name) || self.include_path.is_match(path))
+            && !self.exclude_path.is_match(path)
+            && self.enters(path)
+    }
+
+    /// True if a directory of this path relative to the spool is entered: neither it nor
+    /// any directory above it is excluded by name.
+    pub fn enters(&self, rel: &std::path::Path) -> bool {
+        rel.iter().all(|c| !self.exclude.is_match(c))
     }
 }
 
@@ -754,5 +796,68 @@ failed_dir = "/s/b-failed"
         for no in [".hidden", "x.part", "y.tmp", "z~", ".x.part"] {
             assert!(!f.accepts(std::ffi::OsStr::new(no)), "{no}");
         }
+    }
+
+    #[test]
+    fn tree_filter() {
+        let globs = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ex = globs(DEFAULT_EXCLUDE);
+        let all = NameFilter::new(&globs(&["*"]), &ex).unwrap();
+        let jpg = NameFilter::new(&globs(&["**/*.jpg"]), &ex).unwrap();
+        let name_jpg = NameFilter::new(&globs(&["*.jpg"]), &ex).unwrap();
+        let os = std::ffi::OsStr::new;
+        for ok in ["a/b/x.jpg", "DCIM/100CANON/IMG.jpg", "x.jpg"] {
+            assert!(all.accepts(os(ok)), "{ok}");
+            assert!(jpg.accepts(os(ok)), "{ok}");
+            assert!(name_jpg.accepts(os(ok)), "{ok}");
+        }
+        // The default excludes apply to every directory on the way.
+        for no in [
+            ".git/x.jpg",
+            "a/.hidden/x.jpg",
+            "up.part/x.jpg",
+            "a/b/.x.jpg.part",
+        ] {
+            assert!(!all.accepts(os(no)), "{no}");
+            assert!(!jpg.accepts(os(no)), "{no}");
+        }
+        assert!(!jpg.accepts(os("a/x.png")));
+        assert!(all.enters(Path::new("a/b")));
+        assert!(!all.enters(Path::new("a/.b")));
+        assert!(!all.enters(Path::new("tmp.part")));
+        // A path glob in exclude takes whole subtrees.
+        let no_tmp = NameFilter::new(&globs(&["*"]), &globs(&["scratch/**"])).unwrap();
+        assert!(!no_tmp.accepts(os("scratch/a/x")));
+        assert!(no_tmp.accepts(os("keep/x")));
+    }
+
+    #[test]
+    fn tree_keys() {
+        let c = parse_str(MINIMAL).unwrap();
+        let w = &c.watches[0];
+        assert!(!w.recursive && !w.prune_empty_dirs && !w.prunes());
+        assert_eq!(w.max_depth, 32);
+        let text = format!(
+            "{MINIMAL}recursive = true\nmax_depth = 3\ninclude = [\"**/*.jpg\"]\nexclude = [\".*\", \"scratch/**\"]\n"
+        );
+        let c = parse_str(&text).unwrap();
+        let w = &c.watches[0];
+        assert!(w.recursive && !w.prunes());
+        assert_eq!(w.max_depth, 3);
+        // Rendered (check-config) and read back the same.
+        let again = parse_str(&render(&c)).unwrap();
+        assert_eq!(render(&again), render(&c));
+        assert!(render(&c).contains("recursive = true\nmax_depth = 3\n"));
+        // A flat spool renders as before: no tree keys.
+        assert!(!render(&parse_str(MINIMAL).unwrap()).contains("recursive"));
+        let e = parse_str(&format!("{MINIMAL}recursive = true\nmax_depth = 2000\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("watch[0].max_depth"), "{e}");
+        let e = parse_str(&format!("{MINIMAL}include = [\"a/*\"]\n")).unwrap_err();
+        assert!(e.message.contains("set recursive = true"), "{e}");
+        let e = parse_str(&format!(
+            "{MINIMAL}recursive = true\ninclude = [\"/abs/*\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("starts with `/`"), "{e}");
     }
 }

@@ -121,6 +121,12 @@ fn write_all(o: &mut String, c: &Config) -> std::fmt::Result {
         writeln!(o, "exclude = {}", list(&w.exclude))?;
         writeln!(o, "settle = {}", d(w.settle))?;
         writeln!(o, "rescan_interval = {}", d(w.rescan_interval))?;
+        // Only for trees: a flat spool's rendering stays as it was.
+        if w.recursive {
+            writeln!(o, "recursive = true")?;
+            writeln!(o, "max_depth = {}", w.max_depth)?;
+            writeln!(o, "prune_empty_dirs = {}", w.prune_empty_dirs)?;
+        }
     }
     Ok(())
 }

@@ -40,6 +40,9 @@ pub mod defaults {
     pub const INCLUDE: &[&str] = &["*"];
     pub const SETTLE: Duration = Duration::from_millis(250);
     pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+    /// With `recursive = true`, directory levels entered below the spool: deeper than any
+    /// camera, scanner or dated layout, and a bound on what a directory loop could cost.
+    pub const MAX_DEPTH: usize = 32;
     /// Without leases, a file seen being written is taken as abandoned after this much
     /// silence (or the watch's rescan interval, if longer).
     pub const WRITER_QUIET: Duration = Duration::from_secs(30);
@@ -55,6 +58,8 @@ pub const MIN_ACTIVE_LIMIT: i64 = 4;
 pub const MAX_ACTIVE_LIMIT: i64 = 10_000_000;
 /// Upper bound of every duration, so that no deadline computed from one can overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Upper bound of `max_depth`.
+pub const MAX_DEPTH: usize = 1024;
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -139,9 +144,12 @@ struct Watch {
     on_success: Option<OnSuccess>,
     server: Option<Server>,
     include: Option<Spanned<Vec<Glob>>>,
-    exclude: Option<Vec<Glob>>,
+    exclude: Option<Spanned<Vec<Glob>>>,
     settle: Option<Dur<true>>,
     rescan_interval: Option<Dur<false>>,
+    recursive: Option<bool>,
+    max_depth: Option<Ranged<0, { MAX_DEPTH as i64 }>>,
+    prune_empty_dirs: Option<bool>,
 }
 
 // Values that check themselves: their errors get toml's position and serde's key path.
@@ -296,9 +304,9 @@ from_string!(SocketPath, |s| {
 /// A glob on file names.
 struct Glob(String);
 from_string!(Glob, |g| {
-    if g.contains('/') {
+    if g.starts_with('/') {
         return Err(format!(
-            "glob {g:?} contains `/`: globs match file names, not paths"
+            "glob {g:?} starts with `/`: globs match paths relative to the spool"
         ));
     }
     compile_glob(&g).map_err(|e| format!("invalid glob {g:?}: {}", e.kind()))?;
@@ -679,6 +687,7 @@ fn watch(
         )),
     };
 
+    let include_span = w.include.as_ref().map(Spanned::span);
     let include = match w.include {
         Some(v) if v.get_ref().is_empty() => {
             return Err(cx.err(
@@ -690,6 +699,30 @@ fn watch(
         Some(v) => globs(v.into_inner()),
         None => defaults::INCLUDE.iter().map(|s| s.to_string()).collect(),
     };
+
+    let recursive = w.recursive.unwrap_or(false);
+    // A path glob (with `/`) could only match in subdirectories.
+    if !recursive {
+        let in_include = include.iter().find(|g| g.contains('/')).cloned();
+        let in_exclude = w.exclude.as_ref().and_then(|v| {
+            v.get_ref()
+                .iter()
+                .find(|g| g.0.contains('/'))
+                .map(|g| (v.span(), g.0.clone()))
+        });
+        let found = match (in_include, in_exclude) {
+            (Some(g), _) => Some((include_span.clone().unwrap_or(span.clone()), "include", g)),
+            (None, Some((sp, g))) => Some((sp, "exclude", g)),
+            (None, None) => None,
+        };
+        if let Some((sp, name, g)) = found {
+            return Err(cx.err(
+                &sp,
+                &key(name),
+                format!("glob {g:?} contains `/`, which matches only in subdirectories; set recursive = true, or match file names"),
+            ));
+        }
+    }
 
     let limit = policy(
         cx,
@@ -732,12 +765,15 @@ fn watch(
             adaptive: server.adaptive.unwrap_or(true),
             confirm: server.confirm.unwrap_or_default(),
             include,
-            exclude: w.exclude.map_or_else(
+            exclude: w.exclude.map(Spanned::into_inner).map_or_else(
                 || DEFAULT_EXCLUDE.iter().map(|s| s.to_string()).collect(),
                 globs,
             ),
             settle: dur(w.settle, defaults::SETTLE),
             rescan_interval: dur(w.rescan_interval, defaults::RESCAN_INTERVAL),
+            recursive,
+            max_depth: w.max_depth.map_or(defaults::MAX_DEPTH, Ranged::get),
+            prune_empty_dirs: w.prune_empty_dirs.unwrap_or(false),
         },
         spans,
         limit,

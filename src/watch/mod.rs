@@ -107,14 +107,21 @@ pub async fn run_with(
         let dirs = ctx::Dirs::open(&cfg)?;
         watches.push(Arc::new(WatchCtx { cfg, filter, dirs }));
     }
-    let dirs: Vec<PathBuf> = watches.iter().map(|w| w.cfg.dir.clone()).collect();
 
     // Watch first, then list: a file created in between is in the listing or in the events
     // (or both: the queue deduplicates).
     let (tx, rx) = mpsc::channel(watcher::HINT_CAPACITY);
     let overflow = Arc::new(AtomicBool::new(false));
-    let filters = watches.iter().map(|w| w.filter.clone()).collect();
-    let watcher = watcher::start(&dirs, filters, tx, overflow.clone())?;
+    let roots = watches
+        .iter()
+        .map(|w| watcher::Root {
+            dir: w.cfg.dir.clone(),
+            filter: w.filter.clone(),
+            recursive: w.cfg.recursive,
+            max_depth: w.cfg.max_depth,
+        })
+        .collect();
+    let watcher = watcher::start(roots, tx, overflow.clone())?;
 
     let syncer = disposition::Syncer::new();
     let params = queue::params(&config, &watches);

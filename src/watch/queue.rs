@@ -166,6 +166,7 @@ pub fn params(config: &crate::config::Config, watches: &[Arc<WatchCtx>]) -> core
             settle: w.cfg.settle,
             rescan_interval: w.cfg.rescan_interval,
             dest: d,
+            recursive: w.cfg.recursive,
         });
     }
     core::Params {
@@ -175,6 +176,37 @@ pub fn params(config: &crate::config::Config, watches: &[Arc<WatchCtx>]) -> core
         writer_quiet_min: config.writer_quiet,
         watches: wparams,
         dests,
+    }
+}
+
+/// What the service says, once per watch, when the kernel refused inotify watches for
+/// `unwatched` of the `dirs` directories of the tree at `dir`: the count, the limit, what
+/// it means, and the fix.
+pub fn watch_limit_line(
+    dir: &Path,
+    dirs: usize,
+    unwatched: usize,
+    max_user_watches: Option<u64>,
+    rescan: Duration,
+) -> String {
+    let max = max_user_watches.map_or_else(|| "unknown".to_string(), |m| m.to_string());
+    let suggest = core::tree::suggest_max_watches(max_user_watches, unwatched);
+    format!(
+        "the tree {} has {dirs} directories, one inotify watch each, and the kernel refused {unwatched} of them: inotify watch limit reached (fs.inotify.max_user_watches = {max}, shared by all of this user's programs); files in those directories are found by the rescans only (every {}), not at once. Raise it: sysctl fs.inotify.max_user_watches={suggest} (and in /etc/sysctl.d/ to keep it). Said once.",
+        esc(dir),
+        humantime::format_duration(rescan),
+    )
+}
+
+/// Returns the allocator's free pages to the kernel. After the walk of a tree has been
+/// applied: a walk reads each directory through a buffer of its own (32 KiB from glibc's
+/// `opendir`) between the names it keeps, which leaves holes that a flat listing does not;
+/// without this they stay resident.
+fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -248,6 +280,34 @@ impl Queue {
                         r.abandoned = true;
                         r.abort.abort();
                     }
+                }
+                Action::List { watch, limit } if self.watches[watch].cfg.recursive => {
+                    let w = self.watches[watch].clone();
+                    let watches = self.watcher.watches();
+                    let others: Vec<PathBuf> = self
+                        .watches
+                        .iter()
+                        .map(|o| o.cfg.dir.clone())
+                        .filter(|d| *d != w.cfg.dir)
+                        .collect();
+                    self.scans.spawn_blocking(move || {
+                        let n = watches.begin(watch);
+                        let place = |dir: &Path, id| watches.place(watch, n, dir, id);
+                        let walk = watcher::Walk {
+                            root: &w.cfg.dir,
+                            accepts: &|n| w.filter.accepts(n),
+                            enters: &|p| w.filter.enters(p),
+                            max_depth: w.cfg.max_depth,
+                            prune: w.cfg.prunes().then_some(w.cfg.settle),
+                            others: &others,
+                            place: &place,
+                        };
+                        let r = watcher::walk(&walk, limit);
+                        if r.is_ok() {
+                            watches.walked(watch, n);
+                        }
+                        (watch, r)
+                    });
                 }
                 Action::List { watch, limit } => {
                     let w = self.watches[watch].clone();
@@ -585,6 +645,22 @@ impl Queue {
                 tracing::info!("{} can be listed again", esc(&self.watches[watch].cfg.dir))
             }
             Report::Rescan { why } => tracing::info!("rescanning the spool directories: {why}"),
+            Report::WatchLimit {
+                watch,
+                dirs,
+                unwatched,
+                max_user_watches,
+            } => {
+                let cfg = &self.watches[watch].cfg;
+                tracing::warn!(
+                    event = "inotify_watch_limit",
+                    path = %esc(&cfg.dir),
+                    dirs,
+                    unwatched,
+                    "{}",
+                    watch_limit_line(&cfg.dir, dirs, unwatched, max_user_watches, cfg.rescan_interval)
+                );
+            }
             Report::Full { watch, limit } => tracing::info!(
                 limit,
                 "{} holds more than {limit} files: the rest wait on disk and are read in as these go (oldest first)",
@@ -774,6 +850,9 @@ impl Queue {
                 Some(scan) = self.scans.join_next(), if !self.scans.is_empty() => {
                     if let Ok((watch, result)) = scan {
                         self.core.listed(Self::now(), watch, result);
+                        if self.watches[watch].cfg.recursive {
+                            give_back_memory();
+                        }
                     }
                 }
                 req = views.recv(), if views_open => match req {
@@ -800,6 +879,7 @@ impl Queue {
             // The watcher's callback sent only names its watch's filter accepts.
             Msg::Hint { watch, name, hint } => self.core.hint(Self::now(), watch, name, hint),
             Msg::Rescan { why } => self.core.rescan_all(Self::now(), why),
+            Msg::Tree { watch } => self.core.tree_changed(Self::now(), watch),
         }
     }
 
@@ -1057,5 +1137,27 @@ settle = "10ms"
         assert!(appears(&hung_done.join("stuck"), Duration::from_secs(10)).await);
         shutdown.cancel();
         service.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_watch_limit_line_names_the_count_the_limit_and_the_fix() {
+        let l = watch_limit_line(
+            Path::new("/spool"),
+            70_000,
+            4_465,
+            Some(65_536),
+            Duration::from_secs(30),
+        );
+        for part in [
+            "/spool has 70000 directories",
+            "refused 4465",
+            "fs.inotify.max_user_watches = 65536",
+            "found by the rescans only (every 30s)",
+            "sysctl fs.inotify.max_user_watches=131072",
+        ] {
+            assert!(l.contains(part), "{part:?} not in {l}");
+        }
+        let l = watch_limit_line(Path::new("/spool"), 2, 1, None, Duration::from_secs(1));
+        assert!(l.contains("max_user_watches = unknown"), "{l}");
     }
 }

@@ -14,12 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use super::claim;
-use super::core::{Hint, Kind, Listed, Listing};
+use super::core::tree::{self, Enter};
+use super::core::{Hint, Kind, Listed, Listing, TreeListing};
 use super::ctx::FatalError;
 use super::specials;
 use crate::config::NameFilter;
@@ -40,13 +41,136 @@ pub enum Msg {
     /// The events cannot be trusted (overflow, watcher error, the directory itself was
     /// moved or removed): list the directories again.
     Rescan { why: String },
+    /// A directory was made or renamed in somewhere in the tree of watch number `watch`
+    /// (`recursive = true`): walk it.
+    Tree { watch: usize },
+}
+
+/// What the watcher needs to know of each watch.
+#[derive(Debug, Clone)]
+pub struct Root {
+    /// The spool, absolute.
+    pub dir: PathBuf,
+    pub filter: NameFilter,
+    /// `recursive = true`: events in its subdirectories count, by their relative path.
+    pub recursive: bool,
+    pub max_depth: usize,
 }
 
 /// The running kernel watch. Dropping it stops the events.
 pub struct Watcher {
-    inner: notify::RecommendedWatcher,
+    watches: Arc<Watches>,
     /// Per directory, (device, inode) as it was right before it was watched.
     dir_ids: Vec<(u64, u64)>,
+}
+
+/// The inotify watches, shared by the queue (which watches a replaced spool again) and the
+/// walks of trees (which watch each directory before listing it).
+pub struct Watches {
+    inner: std::sync::Mutex<Inner>,
+}
+
+struct Inner {
+    notify: notify::RecommendedWatcher,
+    /// Per watch, the directories below its spool watched by the walks: path → (identity
+    /// when watched, number of the walk that last saw it).
+    subdirs: Vec<HashMap<PathBuf, Seen>>,
+    /// Per watch, the number of its walks so far.
+    walks: Vec<u64>,
+}
+
+/// A directory watched by a walk: its (device, inode) when watched, and the number of the
+/// walk that last saw it.
+type Seen = ((u64, u64), u64);
+
+/// Whether a directory could be watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Watched (or gone meanwhile: nothing to watch).
+    Yes,
+    /// The kernel refused one more watch (`fs.inotify.max_user_watches`).
+    Refused,
+}
+
+impl Watches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A walk of watch `watch` begins; its number, for [`Watches::walked`].
+    pub fn begin(&self, watch: usize) -> u64 {
+        let mut g = self.lock();
+        match g.walks.get_mut(watch) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => 0,
+        }
+    }
+
+    /// Watches the directory `dir` (below the spool of `watch`), which was `id` when the
+    /// walk number `walk` looked at it; nothing if it already is.
+    pub fn place(&self, watch: usize, walk: u64, dir: &Path, id: (u64, u64)) -> Placed {
+        let mut g = self.lock();
+        let Some(known) = g.subdirs.get_mut(watch) else {
+            return Placed::Yes;
+        };
+        if let Some(k) = known.get_mut(dir) {
+            if k.0 == id {
+                k.1 = walk;
+                return Placed::Yes;
+            }
+        }
+        match g.notify.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                g.subdirs[watch].insert(dir.to_path_buf(), (id, walk));
+                Placed::Yes
+            }
+            Err(e) => match fatal(dir, e) {
+                FatalError::InotifyWatchLimit { .. } => Placed::Refused,
+                // Gone meanwhile, or not a directory any more: the walk does not enter it.
+                _ => Placed::Yes,
+            },
+        }
+    }
+
+    /// Walk number `walk` of `watch` is complete: the watches of directories it did not see
+    /// (removed, renamed away, pruned, beyond `max_depth` now) are dropped. One whose
+    /// directory the walk saw under another name (renamed within the tree) is left to the
+    /// kernel: it is the same watch.
+    pub fn walked(&self, watch: usize, walk: u64) {
+        let mut g = self.lock();
+        let Some(known) = g.subdirs.get_mut(watch) else {
+            return;
+        };
+        let seen: std::collections::HashSet<(u64, u64)> = known
+            .values()
+            .filter(|(_, w)| *w == walk)
+            .map(|(id, _)| *id)
+            .collect();
+        let stale: Vec<(PathBuf, bool)> = known
+            .iter()
+            .filter(|(_, (_, w))| *w != walk)
+            .map(|(p, (id, _))| (p.clone(), seen.contains(id)))
+            .collect();
+        for (p, moved) in stale {
+            g.subdirs[watch].remove(&p);
+            if !moved {
+                let _ = g.notify.unwatch(&p);
+            }
+        }
+        if g.subdirs[watch].capacity() > 64
+            && g.subdirs[watch].len() < g.subdirs[watch].capacity() / 4
+        {
+            g.subdirs[watch].shrink_to_fit();
+        }
+    }
+
+    /// Directories below the spools watched now (all watches).
+    pub fn subdirs(&self) -> usize {
+        self.lock().subdirs.iter().map(HashMap::len).sum()
+    }
 }
 
 impl Watcher {
@@ -64,10 +188,16 @@ impl Watcher {
     /// # Errors
     /// As for [`start`]; the caller keeps relying on rescans and tries again later.
     pub fn rewatch(&mut self, dir: &Path) -> Result<(), FatalError> {
-        let _ = self.inner.unwatch(dir);
-        self.inner
+        let mut g = self.watches.lock();
+        let _ = g.notify.unwatch(dir);
+        g.notify
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| fatal(dir, e))
+    }
+
+    /// The watches, for the walks of trees.
+    pub fn watches(&self) -> Arc<Watches> {
+        self.watches.clone()
     }
 }
 
@@ -97,24 +227,25 @@ fn fatal(dir: &Path, e: notify::Error) -> FatalError {
     }
 }
 
-/// Starts watching `dirs` (non-recursively). Hints go to `tx`; when it is full, `overflow`
-/// is raised instead. `dirs[i]` is watch number `i`; they must be absolute. Names that
-/// `filters[i]` refuses are dropped here already: writers' temporary files make most of the
-/// events, and they need not cross the channel.
+/// Starts watching the spools of `roots` (each directory on its own: a tree's
+/// subdirectories are watched by its walks, [`walk`]). Hints go to `tx`; when it is full,
+/// `overflow` is raised instead. `roots[i]` is watch number `i`; their directories must be
+/// absolute. Names that the watch's filter refuses are dropped here already: writers'
+/// temporary files make most of the events, and they need not cross the channel.
 ///
 /// # Errors
 /// [`FatalError`] when a directory cannot be watched, with inotify's limits named.
 pub fn start(
-    dirs: &[PathBuf],
-    filters: Vec<NameFilter>,
+    roots: Vec<Root>,
     tx: mpsc::Sender<Msg>,
     overflow: Arc<AtomicBool>,
 ) -> Result<Watcher, FatalError> {
-    let index: HashMap<PathBuf, usize> = dirs
+    let index: HashMap<PathBuf, usize> = roots
         .iter()
         .enumerate()
-        .map(|(i, d)| (d.clone(), i))
+        .map(|(i, r)| (r.dir.clone(), i))
         .collect();
+    let dirs: Vec<PathBuf> = roots.iter().map(|r| r.dir.clone()).collect();
     let send = move |msg: Msg| {
         if tx.try_send(msg).is_err() {
             overflow.store(true, Ordering::Release);
@@ -136,6 +267,11 @@ pub fn start(
             });
             return;
         }
+        let dir = match event.kind {
+            EventKind::Create(CreateKind::Folder) => Some(true),
+            EventKind::Remove(RemoveKind::Folder) => Some(false),
+            _ => None,
+        };
         let hint = match event.kind {
             EventKind::Create(_) => Hint::Created,
             EventKind::Modify(ModifyKind::Data(_)) => Hint::Modified,
@@ -157,18 +293,28 @@ pub fn start(
                 }
                 continue;
             }
-            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            let Some((watch, rel)) = locate(&roots, &index, path) else {
                 continue;
             };
-            if let Some(&watch) = index.get(parent) {
-                if !filters[watch].accepts(name) {
-                    continue;
+            let root = &roots[watch];
+            if !root.recursive {
+                if root.filter.accepts(rel.as_os_str()) {
+                    send(Msg::Hint {
+                        watch,
+                        name: rel.into_os_string(),
+                        hint,
+                    });
                 }
-                send(Msg::Hint {
+                continue;
+            }
+            match classify(root, &rel, dir, hint) {
+                Route::Drop => {}
+                Route::Tree => send(Msg::Tree { watch }),
+                Route::Hint => send(Msg::Hint {
                     watch,
-                    name: name.to_os_string(),
+                    name: rel.into_os_string(),
                     hint,
-                });
+                }),
             }
         }
     };
@@ -179,7 +325,7 @@ pub fn start(
         )
     })?;
     let mut dir_ids = Vec::with_capacity(dirs.len());
-    for dir in dirs {
+    for dir in &dirs {
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {
                 use std::os::unix::fs::MetadataExt;
@@ -202,7 +348,82 @@ pub fn start(
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| fatal(dir, e))?;
     }
-    Ok(Watcher { inner, dir_ids })
+    Ok(Watcher {
+        watches: Arc::new(Watches {
+            inner: std::sync::Mutex::new(Inner {
+                notify: inner,
+                subdirs: dirs.iter().map(|_| HashMap::new()).collect(),
+                walks: vec![0; dirs.len()],
+            }),
+        }),
+        dir_ids,
+    })
+}
+
+/// The watch an event's `path` belongs to and its name there: relative to the spool for a
+/// tree (the innermost spool, if one is inside another), the file name for a flat one.
+fn locate(
+    roots: &[Root],
+    index: &HashMap<PathBuf, usize>,
+    path: &Path,
+) -> Option<(usize, PathBuf)> {
+    let parent = path.parent()?;
+    if let Some(&watch) = index.get(parent) {
+        return Some((watch, PathBuf::from(path.file_name()?)));
+    }
+    // Deeper: the innermost tree above it.
+    let mut up = parent.parent();
+    while let Some(dir) = up {
+        if let Some(&watch) = index.get(dir) {
+            if !roots[watch].recursive {
+                return None;
+            }
+            let rel = path.strip_prefix(dir).ok()?;
+            return Some((watch, rel.to_path_buf()));
+        }
+        up = dir.parent();
+    }
+    None
+}
+
+/// What an event about `rel` in a tree becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Drop,
+    /// Walk the tree: a directory came, went or moved.
+    Tree,
+    Hint,
+}
+
+/// Routes an event `hint` about `rel` in the tree of `root`. `dir`: the kernel said it is
+/// a directory, made (`Some(true)`) or removed (`Some(false)`); a rename does not say.
+///
+/// A directory made or renamed in asks for a walk (which watches it, then lists it). One
+/// removed or renamed away does not: its files were removed one by one (each an event), or
+/// are held names whose looks will find them gone; the kernel drops its watch, and the next
+/// walk forgets it. (A walk for each would also make every pruned directory cause another
+/// walk.)
+fn classify(root: &Root, rel: &Path, dir: Option<bool>, hint: Hint) -> Route {
+    let depth = rel.components().count().saturating_sub(1);
+    let parent_entered = rel.parent().map_or(true, |p| root.filter.enters(p));
+    if !parent_entered || depth > root.max_depth {
+        return Route::Drop;
+    }
+    let may_enter = depth < root.max_depth && root.filter.enters(rel);
+    match dir {
+        Some(true) if may_enter => return Route::Tree,
+        Some(_) => return Route::Drop,
+        None => {}
+    }
+    if root.filter.accepts(rel.as_os_str()) {
+        // A directory with a name a file could have is found by its look.
+        return Route::Hint;
+    }
+    if hint == Hint::MovedIn && may_enter {
+        // Perhaps a directory renamed in.
+        return Route::Tree;
+    }
+    Route::Drop
 }
 
 /// Lists `dir`, bounded: the `limit` oldest (mtime, then name) regular files whose names
@@ -281,7 +502,256 @@ pub fn list(
         total_files,
         specials,
         more_specials,
+        tree: TreeListing::default(),
     })
+}
+
+/// A walk of a tree: what it lists and how.
+pub struct Walk<'a> {
+    /// The spool, absolute.
+    pub root: &'a Path,
+    /// Whether a file of this relative path is taken.
+    pub accepts: &'a dyn Fn(&std::ffi::OsStr) -> bool,
+    /// Whether a directory of this relative path is entered.
+    pub enters: &'a dyn Fn(&Path) -> bool,
+    pub max_depth: usize,
+    /// Remove subdirectories empty and unchanged for this long (`prune_empty_dirs`).
+    pub prune: Option<std::time::Duration>,
+    /// Spools of other watches: not entered (their files are theirs).
+    pub others: &'a [PathBuf],
+    /// Watches a directory before it is listed.
+    pub place: &'a dyn Fn(&Path, (u64, u64)) -> Placed,
+}
+
+/// Walks the tree under `w.root` (not following symlinks, not crossing into other
+/// filesystems, at most `w.max_depth` levels down): each directory is watched first
+/// ([`Walk::place`]), then listed, so that what was made in it before its watch existed is
+/// found. Bounded like [`list`]: the `limit` oldest regular files of the whole tree by
+/// their relative names, the count of all, the first [`specials::LISTED_PER_DIR`]
+/// entries that are not regular files (directories are not: they are walked). Memory
+/// follows `limit` and the directories of one path down the tree, not the tree. Empty
+/// subdirectories are removed if `w.prune` says so ([`tree::prune`]). Blocking.
+///
+/// # Errors
+/// The spool itself cannot be read. A subdirectory that cannot be read (or vanishes) is
+/// skipped, with a warning if it is there.
+pub fn walk(w: &Walk<'_>, limit: usize) -> io::Result<Listing> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(w.root)?;
+    let mut st = WalkSt {
+        w,
+        limit: limit.max(1),
+        oldest: std::collections::BinaryHeap::new(),
+        specials: Vec::new(),
+        more_specials: 0,
+        total_files: 0,
+        tree: TreeListing::default(),
+        spool_dev: meta.dev(),
+        now: std::time::SystemTime::now(),
+    };
+    st.dir(w.root, std::ffi::OsStr::new(""), 0, &meta)?;
+    st.tree.max_user_watches = if st.tree.unwatched > 0 {
+        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    } else {
+        None
+    };
+    let files = st
+        .oldest
+        .into_sorted_vec()
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    Ok(Listing {
+        dir_id: (meta.dev(), meta.ino()),
+        files,
+        total_files: st.total_files,
+        specials: st.specials,
+        more_specials: st.more_specials,
+        tree: st.tree,
+    })
+}
+
+struct WalkSt<'a, 'b> {
+    w: &'a Walk<'b>,
+    limit: usize,
+    oldest: std::collections::BinaryHeap<ByAge>,
+    specials: Vec<Listed>,
+    more_specials: usize,
+    total_files: usize,
+    tree: TreeListing,
+    spool_dev: u64,
+    now: std::time::SystemTime,
+}
+
+impl WalkSt<'_, '_> {
+    fn keep(&mut self, l: Listed) {
+        if l.id.kind != Kind::Regular {
+            if self.specials.len() < specials::LISTED_PER_DIR {
+                self.specials.push(l);
+            } else {
+                self.more_specials += 1;
+            }
+            return;
+        }
+        self.total_files += 1;
+        let l = ByAge(l);
+        if self.oldest.len() < self.limit {
+            self.oldest.push(l);
+        } else if self.oldest.peek().is_some_and(|top| l < *top) {
+            self.oldest.pop();
+            self.oldest.push(l);
+        }
+    }
+
+    /// Watches and lists the directory `path` (`rel` in the tree, `depth` levels down,
+    /// `meta` as lstat saw it), then its subdirectories. Whether it was removed (pruned).
+    fn dir(
+        &mut self,
+        path: &Path,
+        rel: &std::ffi::OsStr,
+        depth: usize,
+        meta: &std::fs::Metadata,
+    ) -> io::Result<bool> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::io::AsRawFd;
+        self.tree.dirs += 1;
+        let id = (meta.dev(), meta.ino());
+        // The spool itself is watched by `start`.
+        if depth > 0 && (self.w.place)(path, id) == Placed::Refused {
+            self.tree.unwatched += 1;
+        }
+        // Opened without following a symlink, and checked to be the directory just
+        // watched: one swapped for a link since is not listed (the next walk sees it). (The
+        // spool itself may be configured as a link, followed as in a flat spool.)
+        let nofollow = if depth > 0 { libc::O_NOFOLLOW } else { 0 };
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | nofollow)
+            .open(path)
+            .and_then(|f| {
+                let m = f.metadata()?;
+                Ok((f, m))
+            });
+        let dir = match opened {
+            Ok((f, m)) if (m.dev(), m.ino()) == id => f,
+            Ok(_) if depth > 0 => return Ok(false),
+            Ok((f, _)) => f,
+            Err(e) if depth == 0 => return Err(e),
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound && e.raw_os_error() != Some(libc::ELOOP) {
+                    tracing::warn!("cannot list {}: {e}", esc(path));
+                }
+                return Ok(false);
+            }
+        };
+        // Read through the descriptor: what is listed is what was opened.
+        let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let base = if via.is_dir() {
+            via
+        } else {
+            path.to_path_buf()
+        };
+        let mut entries = 0usize;
+        let mut subdirs = Vec::new();
+        let read = match std::fs::read_dir(&base) {
+            Ok(r) => r,
+            Err(e) if depth == 0 => return Err(e),
+            Err(e) => {
+                tracing::warn!("cannot list {}: {e}", esc(path));
+                return Ok(false);
+            }
+        };
+        for entry in read {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if depth == 0 => return Err(e),
+                Err(e) => {
+                    tracing::warn!("cannot list {}: {e}", esc(path));
+                    // Not known to be empty.
+                    entries += 1;
+                    break;
+                }
+            };
+            entries += 1;
+            let name = entry.file_name();
+            let rel_name = tree::join(rel, &name);
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if (self.w.enters)(Path::new(&rel_name)) {
+                    subdirs.push(name);
+                }
+                continue;
+            }
+            if !(self.w.accepts)(&rel_name) {
+                continue;
+            }
+            match claim::lstat(&base.join(&name)) {
+                Ok(id) if id.kind == Kind::Directory => {
+                    if (self.w.enters)(Path::new(&rel_name)) {
+                        subdirs.push(name);
+                    }
+                }
+                Ok(id) => self.keep(Listed { name: rel_name, id }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("cannot inspect {}: {e}", esc(&path.join(&name))),
+            }
+        }
+        drop(dir);
+        let mut removed = 0usize;
+        for name in subdirs {
+            let sub = path.join(&name);
+            let Ok(m) = std::fs::symlink_metadata(&sub) else {
+                continue;
+            };
+            if !m.is_dir() || self.w.others.contains(&sub) {
+                continue;
+            }
+            if tree::enter(depth + 1, self.w.max_depth, m.dev(), self.spool_dev) != Enter::Yes {
+                self.tree.skipped += 1;
+                continue;
+            }
+            let rel_sub = tree::join(rel, &name);
+            if self.dir(&sub, &rel_sub, depth + 1, &m)? {
+                removed += 1;
+            }
+        }
+        if let Some(settle) = self.w.prune {
+            let changed = std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    u64::try_from(meta.mtime()).unwrap_or(0),
+                    u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+                );
+            let age = self.now.duration_since(changed).ok();
+            if tree::prune(depth, entries.saturating_sub(removed), age, settle)
+                && std::fs::remove_dir(path).is_ok()
+            {
+                tracing::debug!("removed the empty directory {}", esc(path));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// A listed file, ordered by age (mtime, then name), so that a max-heap's top is the
+/// youngest kept.
+struct ByAge(Listed);
+impl PartialEq for ByAge {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for ByAge {}
+impl PartialOrd for ByAge {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for ByAge {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.0.id.mtime_ns, &self.0.name).cmp(&(o.0.id.mtime_ns, &o.0.name))
+    }
 }
 
 #[cfg(test)]
@@ -296,13 +766,13 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(2);
         let overflow = Arc::new(AtomicBool::new(false));
         let filter = NameFilter::new(&["*".to_string()], &[]).unwrap();
-        let _w = start(
-            std::slice::from_ref(&path),
-            vec![filter],
-            tx,
-            overflow.clone(),
-        )
-        .unwrap();
+        let root = Root {
+            dir: path.clone(),
+            filter,
+            recursive: false,
+            max_depth: 0,
+        };
+        let _w = start(vec![root], tx, overflow.clone()).unwrap();
         for i in 0..20 {
             std::fs::write(path.join(format!("f{i}")), b"x").unwrap();
         }
@@ -337,5 +807,293 @@ mod tests {
             notify::Error::new(notify::ErrorKind::PathNotFound),
         );
         assert!(e.to_string().contains("cannot watch /spool"), "{e}");
+    }
+
+    /// Walks `root` with the default filter; `place` as given.
+    fn walk_with(
+        root: &Path,
+        max_depth: usize,
+        prune: Option<Duration>,
+        limit: usize,
+        place: &dyn Fn(&Path, (u64, u64)) -> Placed,
+    ) -> Listing {
+        let ex: Vec<String> = crate::config::DEFAULT_EXCLUDE
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let f = NameFilter::new(&["*".to_string()], &ex).unwrap();
+        let w = Walk {
+            root,
+            accepts: &|n| f.accepts(n),
+            enters: &|p| f.enters(p),
+            max_depth,
+            prune,
+            others: &[],
+            place,
+        };
+        walk(&w, limit).unwrap()
+    }
+
+    fn names_of(l: &Listing) -> Vec<String> {
+        let mut v: Vec<String> = l
+            .files
+            .iter()
+            .map(|f| f.name.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Each directory is watched before it is listed: a file that lands in it right after
+    /// its watch was placed (here: by the placing itself) is in the listing.
+    #[test]
+    fn a_walk_watches_each_directory_before_listing_it() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b/.hidden")).unwrap();
+        std::fs::create_dir_all(d.path().join("up.part")).unwrap();
+        std::fs::write(d.path().join("top"), b"x").unwrap();
+        std::fs::write(d.path().join("up.part/no"), b"x").unwrap();
+        std::fs::write(d.path().join("a/b/.hidden/no"), b"x").unwrap();
+        let placed = std::sync::Mutex::new(Vec::new());
+        let place = |dir: &Path, _id| {
+            std::fs::write(dir.join("landed"), b"x").unwrap();
+            placed.lock().unwrap().push(dir.to_path_buf());
+            Placed::Yes
+        };
+        let l = walk_with(d.path(), 32, None, 100, &place);
+        assert_eq!(names_of(&l), ["a/b/landed", "a/landed", "top"]);
+        assert_eq!(l.total_files, 3);
+        // Hidden and `*.part` directories are neither watched nor listed.
+        let mut p = placed.into_inner().unwrap();
+        p.sort();
+        assert_eq!(p, [d.path().join("a"), d.path().join("a/b")]);
+        assert_eq!((l.tree.dirs, l.tree.unwatched), (3, 0));
+    }
+
+    /// Watches the kernel refuses are counted, and their directories listed all the same.
+    #[test]
+    fn refused_watches_are_counted_and_listed_anyway() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            let sub = d.path().join(format!("d{i}"));
+            std::fs::create_dir(&sub).unwrap();
+            std::fs::write(sub.join("f"), b"x").unwrap();
+        }
+        let l = walk_with(d.path(), 32, None, 100, &|_, _| Placed::Refused);
+        assert_eq!(l.total_files, 4);
+        assert_eq!((l.tree.dirs, l.tree.unwatched), (5, 4));
+    }
+
+    /// A symlink to a directory is an entry left alone, never walked; directories deeper
+    /// than `max_depth` are not entered.
+    #[test]
+    fn symlinks_are_not_followed_and_depth_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = d.path().join("spool");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(spool.join("one/two")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"x").unwrap();
+        std::fs::write(spool.join("one/f"), b"x").unwrap();
+        std::fs::write(spool.join("one/two/deep"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, spool.join("one/link")).unwrap();
+        let l = walk_with(&spool, 1, None, 100, &|_, _| Placed::Yes);
+        assert_eq!(names_of(&l), ["one/f"]);
+        assert_eq!(l.specials.len(), 1);
+        assert_eq!(l.specials[0].name, "one/link");
+        assert_eq!(l.specials[0].id.kind, Kind::Symlink);
+        assert_eq!(l.tree.skipped, 1, "one/two is deeper than max_depth");
+    }
+
+    /// The `limit` oldest files of the whole tree are kept, oldest first, and all counted.
+    #[test]
+    fn a_walk_keeps_the_oldest_of_the_whole_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for (i, rel) in ["z/old", "a/mid", "top", "a/b/new"].iter().enumerate() {
+            let p = d.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(base + Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        let l = walk_with(d.path(), 32, None, 2, &|_, _| Placed::Yes);
+        let kept: Vec<_> = l.files.iter().map(|f| f.name.clone()).collect();
+        assert_eq!(kept, ["z/old", "a/mid"]);
+        assert_eq!(l.total_files, 4);
+    }
+
+    /// Pruning removes subdirectories empty for `settle` (a chain of them at once), never
+    /// the spool, never one with anything in it (a hidden file too), never a young one.
+    #[test]
+    fn pruning_removes_old_empty_subdirectories_only() {
+        let d = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let age = |p: &Path| {
+            std::fs::File::open(p).unwrap().set_modified(old).unwrap();
+        };
+        for rel in ["empty/er/est", "kept", "young"] {
+            std::fs::create_dir_all(d.path().join(rel)).unwrap();
+        }
+        std::fs::write(d.path().join("kept/.hidden"), b"x").unwrap();
+        for rel in ["empty/er/est", "empty/er", "empty", "kept"] {
+            age(&d.path().join(rel));
+        }
+        age(d.path());
+        let l = walk_with(d.path(), 32, Some(Duration::from_secs(1)), 100, &|_, _| {
+            Placed::Yes
+        });
+        assert_eq!(l.total_files, 0);
+        assert!(
+            !d.path().join("empty").exists(),
+            "the chain was not removed"
+        );
+        assert!(d.path().join("kept/.hidden").exists());
+        assert!(d.path().join("young").exists());
+        assert!(d.path().exists());
+        // The spool itself, empty and old, stays.
+        std::fs::remove_dir_all(d.path().join("kept")).unwrap();
+        std::fs::remove_dir(d.path().join("young")).unwrap();
+        age(d.path());
+        walk_with(d.path(), 32, Some(Duration::ZERO), 100, &|_, _| Placed::Yes);
+        assert!(d.path().is_dir());
+    }
+
+    /// Events in a tree: by relative path; a directory made or renamed asks for a walk;
+    /// names in hidden directories and beyond `max_depth` are dropped.
+    #[test]
+    fn tree_events_are_routed_by_relative_path() {
+        let ex: Vec<String> = crate::config::DEFAULT_EXCLUDE
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let root = Root {
+            dir: PathBuf::from("/s"),
+            filter: NameFilter::new(&["**/*.jpg".to_string()], &ex).unwrap(),
+            recursive: true,
+            max_depth: 2,
+        };
+        let flat = Root {
+            dir: PathBuf::from("/s/flat"),
+            filter: NameFilter::new(&["*".to_string()], &ex).unwrap(),
+            recursive: false,
+            max_depth: 0,
+        };
+        let roots = vec![root, flat];
+        let index: HashMap<PathBuf, usize> =
+            [(PathBuf::from("/s"), 0), (PathBuf::from("/s/flat"), 1)].into();
+        let at = |p: &str| locate(&roots, &index, Path::new(p));
+        assert_eq!(at("/s/a/b/x.jpg"), Some((0, PathBuf::from("a/b/x.jpg"))));
+        assert_eq!(at("/s/flat/x"), Some((1, PathBuf::from("x"))));
+        assert_eq!(at("/s/flat/sub/x"), None, "a flat spool has no tree");
+        assert_eq!(at("/elsewhere/x"), None);
+        let r = |p: &str, dir, hint| classify(&roots[0], Path::new(p), dir, hint);
+        assert_eq!(r("a/b/x.jpg", None, Hint::Closed), Route::Hint);
+        assert_eq!(r("a/b/x.png", None, Hint::Closed), Route::Drop);
+        assert_eq!(
+            r("a/b/c/x.jpg", None, Hint::Closed),
+            Route::Drop,
+            "too deep"
+        );
+        assert_eq!(r("a/.h/x.jpg", None, Hint::Closed), Route::Drop);
+        assert_eq!(r("a/new", Some(true), Hint::Created), Route::Tree);
+        assert_eq!(
+            r("a/b/new", Some(true), Hint::Created),
+            Route::Drop,
+            "too deep"
+        );
+        assert_eq!(r("a/.new", Some(true), Hint::Created), Route::Drop);
+        assert_eq!(r("a/old", Some(false), Hint::Gone), Route::Drop, "removed");
+        assert_eq!(
+            r("moved", None, Hint::MovedIn),
+            Route::Tree,
+            "perhaps a directory"
+        );
+        assert_eq!(r("moved", None, Hint::Gone), Route::Drop, "renamed away");
+        assert_eq!(r("x.part", None, Hint::MovedIn), Route::Drop);
+    }
+
+    /// The walks' watches follow the tree: placed for each directory, kept across walks,
+    /// dropped for directories gone (removed, renamed away) at the next walk; a directory
+    /// renamed within the tree keeps its watch, and events from it come by its new path.
+    #[test]
+    fn the_walks_watches_follow_the_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::path::absolute(d.path()).unwrap().join("spool");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(root.join("gone")).unwrap();
+        let (tx, mut rx) = mpsc::channel(1024);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let filter = NameFilter::new(&["*".to_string()], &[".*".to_string()]).unwrap();
+        let w = start(
+            vec![Root {
+                dir: root.clone(),
+                filter: filter.clone(),
+                recursive: true,
+                max_depth: 32,
+            }],
+            tx,
+            overflow,
+        )
+        .unwrap();
+        let watches = w.watches();
+        let walk_once = || {
+            let n = watches.begin(0);
+            let place = |dir: &Path, id| watches.place(0, n, dir, id);
+            let wk = Walk {
+                root: &root,
+                accepts: &|p| filter.accepts(p),
+                enters: &|p| filter.enters(p),
+                max_depth: 32,
+                prune: None,
+                others: &[],
+                place: &place,
+            };
+            let l = walk(&wk, 100).unwrap();
+            watches.walked(0, n);
+            l
+        };
+        assert_eq!(walk_once().tree.dirs, 4);
+        assert_eq!(watches.subdirs(), 3);
+        std::fs::remove_dir(root.join("gone")).unwrap();
+        std::fs::rename(root.join("a"), root.join("c")).unwrap();
+        walk_once();
+        assert_eq!(watches.subdirs(), 2, "c and c/b");
+        // Events from the renamed directory's subdirectory, by its new path.
+        while rx.try_recv().is_ok() {}
+        std::fs::write(root.join("c/b/.x"), b"x").unwrap();
+        std::fs::rename(root.join("c/b/.x"), root.join("c/b/x")).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Hint {
+                    name,
+                    hint: Hint::MovedIn,
+                    ..
+                }) => {
+                    assert_eq!(name, "c/b/x");
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    assert!(std::time::Instant::now() < end, "no event for c/b/x");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// The spool itself may be configured through a symlink (as a flat one may): walked.
+    #[test]
+    fn a_spool_reached_through_a_link_is_walked() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir_all(real.join("a")).unwrap();
+        std::fs::write(real.join("a/f"), b"x").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let l = walk_with(&link, 32, None, 100, &|_, _| Placed::Yes);
+        assert_eq!(names_of(&l), ["a/f"]);
     }
 }

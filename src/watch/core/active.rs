@@ -51,6 +51,8 @@ pub(super) struct WatchSt {
     pub(super) dir_id: Option<(u64, u64)>,
     pub(super) listed_once: bool,
     pub(super) full_reported: bool,
+    /// The tree's need of inotify watches beyond the limit was reported.
+    pub(super) watch_limit_reported: bool,
     pub(super) sent: u64,
     pub(super) failed: u64,
 }
@@ -73,6 +75,7 @@ impl WatchSt {
             dir_id: None,
             listed_once: false,
             full_reported: false,
+            watch_limit_reported: false,
             sent: 0,
             failed: 0,
         }
@@ -226,7 +229,28 @@ impl Core {
         }
     }
 
+    /// Something changed in the tree of `watch` that only a walk sees whole (a directory
+    /// made or renamed in): walk it, which watches each new directory before listing it.
+    /// Nothing for a flat spool.
+    pub fn tree_changed(&mut self, now: Instant, watch: usize) {
+        self.advance(now);
+        if self.watches.get(watch).is_some_and(|w| w.p.recursive) {
+            self.request_scan(watch);
+        }
+    }
+
     pub(super) fn apply_listing(&mut self, watch: usize, listing: Listing) {
+        let t = listing.tree;
+        if t.unwatched > 0
+            && !std::mem::replace(&mut self.watches[watch].watch_limit_reported, true)
+        {
+            self.report(Report::WatchLimit {
+                watch,
+                dirs: t.dirs,
+                unwatched: t.unwatched,
+                max_user_watches: t.max_user_watches,
+            });
+        }
         // The directory at the watched path is not the one listed before (removed and
         // created again, mounted over): the inotify watch is on the old one.
         let before = self.watches[watch].dir_id;
@@ -238,6 +262,11 @@ impl Core {
         }
         let now = self.now;
         let at = now + self.settle(watch);
+        // The reserve is replaced by this listing's: freed first, not beside the new one
+        // (a large backlog's listing is the service's peak of memory).
+        self.watches[watch].reserve = VecDeque::new();
+        // Special entries the listing has: the tracker forgets the others. (Regular files
+        // need not be in it: each is forgotten as a special below, by name.)
         let mut present: HashSet<&std::ffi::OsStr> = HashSet::new();
         for l in &listing.specials {
             present.insert(l.name.as_os_str());
@@ -256,10 +285,11 @@ impl Core {
         let mut looking = 0usize;
         let mut dropped = false;
         let mut reserve = VecDeque::new();
-        for l in &listing.files {
-            present.insert(l.name.as_os_str());
-            let key = (watch, l.name.clone());
-            self.reported.forget(watch, &key.1);
+        let (kept, total_files) = (listing.files.len(), listing.total_files);
+        // The names are moved out of the listing, not copied.
+        for l in listing.files {
+            self.reported.forget(watch, &l.name);
+            let key = (watch, l.name);
             if self.entries.contains_key(&key) {
                 held += 1;
                 continue;
@@ -271,7 +301,7 @@ impl Core {
             }
             if self.watches[watch].count + looking >= limit {
                 if reserve.len() < limit.saturating_mul(RESERVE_FACTOR) {
-                    reserve.push_back(l.name.clone());
+                    reserve.push_back(key.1);
                 } else {
                     dropped = true;
                 }
@@ -300,14 +330,14 @@ impl Core {
         self.reported
             .listed(watch, total, |n| all_kept || present.contains(n));
         let w = &mut self.watches[watch];
-        w.truncated = dropped || listing.total_files > listing.files.len();
+        w.truncated = dropped || total_files > kept;
         w.reserve = reserve;
         w.more_on_disk = w.truncated || !w.reserve.is_empty();
-        w.on_disk = listing.total_files.saturating_sub(held);
+        w.on_disk = total_files.saturating_sub(held);
         if !w.more_on_disk {
             w.full_reported = false;
         }
-        let files = listing.total_files;
+        let files = total_files;
         if std::mem::replace(&mut w.listed_once, true) {
             self.report(Report::Listed { watch, files });
         } else {

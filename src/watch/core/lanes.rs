@@ -536,6 +536,7 @@ mod tests {
             settle: Duration::ZERO,
             rescan_interval: Duration::from_secs(60),
             dest,
+            recursive: false,
         };
         let dest = |name: &str| DestParams {
             name: name.into(),

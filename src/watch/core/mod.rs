@@ -66,6 +66,7 @@ pub mod limiter;
 #[cfg(test)]
 mod sim;
 mod timers;
+pub mod tree;
 pub mod types;
 mod view;
 
@@ -269,6 +270,16 @@ impl Core {
         let id = match id {
             None => {
                 self.remove(&key);
+                return;
+            }
+            Some(id) if id.kind == Kind::Directory && self.watches[key.0].p.recursive => {
+                // A directory of a tree, under a name a file could have: one made or renamed
+                // in is walked (watched, then listed); a chmod or touch of one is nothing.
+                self.remove(&key);
+                self.reported.forget(key.0, &key.1);
+                if matches!(cont, Cont::Hint(Hint::Created | Hint::MovedIn)) {
+                    self.request_scan(key.0);
+                }
                 return;
             }
             Some(id) if id.kind != Kind::Regular => return self.ignore(key, id),
@@ -620,6 +631,11 @@ impl Core {
     /// A not-regular entry: reported once per identity, and forgotten as a candidate.
     fn ignore(&mut self, key: Key, id: Identity) {
         self.remove(&key);
+        if id.kind == Kind::Directory && self.watches[key.0].p.recursive {
+            // A directory of a tree: walked (watched, then listed), not ignored.
+            self.reported.forget(key.0, &key.1);
+            return self.request_scan(key.0);
+        }
         if self.reported.note(key.0, &key.1, fingerprint(&id)) {
             // Bounded: past it, the listing under way does not forget any (apply_listing).
             if let Some(w) = self.watches.get_mut(key.0).filter(|w| w.scanning) {

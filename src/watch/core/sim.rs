@@ -111,6 +111,7 @@ fn params(watches: &[usize], dests: usize, cap: usize, dest_cap: usize, active: 
                 settle: 50 * MS,
                 rescan_interval: Duration::from_secs(60),
                 dest: d,
+                recursive: false,
             })
             .collect(),
         dests: (0..dests)
@@ -334,7 +335,12 @@ impl Sim {
     fn listing(&self, w: usize, limit: usize) -> Listing {
         let mut files: Vec<Listed> = Vec::new();
         let mut specials = Vec::new();
+        // A tree's walk enters its directories instead of listing them.
+        let tree = self.core.watches[w].p.recursive;
         for (n, f) in &self.spool[w] {
+            if tree && f.kind == Kind::Directory {
+                continue;
+            }
             let l = Listed {
                 name: n.clone(),
                 id: Self::id(f),
@@ -354,6 +360,7 @@ impl Sim {
             total_files,
             specials,
             more_specials: 0,
+            tree: TreeListing::default(),
         }
     }
 
@@ -1027,6 +1034,7 @@ fn a_directory_replaced_before_its_first_listing_is_watched_again() {
                         total_files: 0,
                         specials: Vec::new(),
                         more_specials: 0,
+                        tree: TreeListing::default(),
                     };
                     core.listed(now, watch, Ok(listing));
                 }
@@ -1068,6 +1076,7 @@ fn a_special_reported_during_a_stale_listing_is_reported_once() {
         total_files: 0,
         specials,
         more_specials: 0,
+        tree: TreeListing::default(),
     };
     let mut ignoring = 0;
     // Every action but the listings, which the test answers itself.
@@ -1502,3 +1511,6 @@ fn a_view_of_one_destination_lists_and_counts_its_files_only() {
 /// network: in a file of their own.
 #[path = "scenarios.rs"]
 mod scenarios;
+
+#[path = "sim_tree.rs"]
+mod tree;

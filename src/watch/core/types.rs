@@ -114,6 +114,9 @@ pub struct WatchParams {
     pub rescan_interval: Duration,
     /// Index into [`Params::dests`].
     pub dest: usize,
+    /// Files in subdirectories are taken too: a directory that appears is a reason to walk
+    /// the tree (which watches it, then lists it), not an entry to ignore.
+    pub recursive: bool,
 }
 
 /// One destination.
@@ -151,6 +154,23 @@ pub struct Listing {
     pub specials: Vec<Listed>,
     /// Entries that are not regular files beyond `specials`, counted only.
     pub more_specials: usize,
+    /// For a tree: its directories and their watches.
+    pub tree: TreeListing,
+}
+
+/// What a walk of a tree found about its directories (all zero for a flat spool).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeListing {
+    /// Directories walked, the spool included.
+    pub dirs: usize,
+    /// Of them, those without an inotify watch because the kernel refused one more
+    /// (`ENOSPC`): covered by the rescans only.
+    pub unwatched: usize,
+    /// `fs.inotify.max_user_watches`, if it could be read.
+    pub max_user_watches: Option<u64>,
+    /// Directories not entered: other filesystems (mount points) and deeper than
+    /// `max_depth`.
+    pub skipped: usize,
 }
 
 /// What was decided about a file whose move or delete is still to be done.
@@ -327,6 +347,14 @@ pub enum Report {
     /// The events cannot be trusted; every directory is listed again.
     Rescan {
         why: String,
+    },
+    /// A tree needs more inotify watches than the kernel allows this user: `unwatched` of
+    /// its `dirs` directories are found by rescans only. Once per watch.
+    WatchLimit {
+        watch: usize,
+        dirs: usize,
+        unwatched: usize,
+        max_user_watches: Option<u64>,
     },
     /// The active set of a watch is full: further names wait on disk.
     Full {
