@@ -160,11 +160,7 @@ fn emptied_subdirectories_are_pruned() {
 }
 
 /// With on_success = "move", the tree is mirrored in done_dir.
-///
-/// NEEDS the "dirfd" branch (dispositions that keep the tree: `done_dir/a/b/x`, parents
-/// made as needed): enable after its merge by removing the `ignore`.
 #[test]
-#[ignore = "needs the dirfd branch: done_dir mirroring the tree"]
 fn a_tree_made_while_running_is_mirrored_in_done() {
     let (dirs, recv, _svc) = tree_service(false, "1h", "");
     make_tree(&dirs.spool, &scratch(&dirs));

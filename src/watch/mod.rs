@@ -30,7 +30,6 @@ pub mod watcher;
 
 pub use ctx::{FatalError, Reported, Shared, WatchCtx};
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -245,9 +244,14 @@ async fn restore_deletions(
         let (s, syncer) = (spools.clone(), syncer.clone());
         let _ = tokio::task::spawn_blocking(move || {
             for w in &s {
-                // Subdirectories only for a watch of them (the tree helper's setting; none
-                // yet): a watch of the spool alone never walks what producers keep below it.
-                disposition::restore_stale_deletions(&w.dirs.spool(), false, &syncer, stale_after);
+                // Subdirectories only for a watch of them (`recursive`): a watch of the spool
+                // alone never walks what producers keep below it.
+                disposition::restore_stale_deletions(
+                    &w.dirs.spool(),
+                    w.cfg.recursive,
+                    &syncer,
+                    stale_after,
+                );
             }
         })
         .await;
