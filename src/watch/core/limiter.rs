@@ -132,6 +132,9 @@ struct Window {
     timeouts: u32,
     /// An attempt that ended in it found the lane full when it started.
     full: bool,
+    /// An upload that ended in it waited for a bandwidth limit: bandwidth, not the server,
+    /// bound it, and more connections would only share the same bandwidth.
+    paced: bool,
 }
 
 /// What the limiter needs to know again when an attempt it saw start ends: kept by the
@@ -206,9 +209,17 @@ impl Limiter {
         }
     }
 
-    /// The attempt of `t` delivered, after a greeting that took `greeting`.
-    pub fn on_success(&mut self, t: Ticket, greeting: Duration, now: Instant) -> Option<Change> {
-        self.ended(t, Some(greeting), false, true, now)
+    /// The attempt of `t` delivered, after a greeting that took `greeting`; `paced`: its
+    /// upload waited for a bandwidth limit (the limit does not grow on it).
+    pub fn on_success(
+        &mut self,
+        t: Ticket,
+        greeting: Duration,
+        paced: bool,
+        now: Instant,
+    ) -> Option<Change> {
+        self.window.paced |= paced;
+        self.ended(t, Some(greeting), false, !paced, now)
     }
 
     /// The attempt of `t` failed: after a greeting that took `greeting`, or before any
@@ -278,14 +289,19 @@ impl Limiter {
     /// Whether the attempt of `t`, overdue at `now`, waits on something other than the
     /// server's queue: an attempt started after it got its greeting (the accept queue is
     /// first in, first out), or none started before it is still in flight and the last one
-    /// ended an overdue time ago (nothing of ours is ahead of it).
+    /// ended an overdue time ago (nothing of ours is ahead of it). If nothing ended since it
+    /// started, twice that: attempts that start together as others end (a lane that
+    /// refills at once) and wait for the server's workers together see no end for a while,
+    /// which says nothing about any one of them.
     pub fn overtaken(&self, t: &Ticket, now: Instant) -> bool {
         if self.latest_greeted.is_some_and(|g| g > t.started) {
             return true;
         }
         let oldest = self.starts.keys().next().map_or(true, |o| *o >= t.started);
         let quiet = match (self.last_end, self.overdue_after()) {
-            (Some(e), Some(after)) => now >= e + after,
+            (Some(e), Some(after)) => {
+                now >= e + after && (e > t.started || now >= t.started + 2 * after)
+            }
             _ => false,
         };
         oldest && quiet
@@ -404,7 +420,7 @@ impl Limiter {
         } else if !stale {
             self.cut_at = None;
             self.futile = 0;
-            if self.adaptive && !self.slow_start && w.full {
+            if self.adaptive && !self.slow_start && w.full && !w.paced {
                 change = self.set((self.limit * GROWTH).max(self.limit + 1.0));
             }
         }
@@ -457,7 +473,7 @@ mod tests {
         for _ in 0..n {
             let k = l.on_start(true, *t);
             *t += every;
-            l.on_success(k, greeting, *t);
+            l.on_success(k, greeting, false, *t);
         }
     }
 
@@ -521,7 +537,7 @@ mod tests {
             if i % 20 == 0 {
                 l.on_failure(k, None, true, t);
             } else {
-                l.on_success(k, MS, t);
+                l.on_success(k, MS, false, t);
             }
         }
         assert!(l.limit() >= before, "{before} -> {}", l.limit());
@@ -559,7 +575,7 @@ mod tests {
         let first = l.on_start(true, t);
         let second = l.on_start(true, t + MS);
         assert!(!l.overtaken(&first, t + MS));
-        l.on_success(second, MS, t + 2 * MS);
+        l.on_success(second, MS, false, t + 2 * MS);
         assert!(l.overtaken(&first, t + 2 * MS), "a later one was greeted");
         // Alone in flight: only once an overdue time passed since the last end.
         let mut l = Limiter::new(64, true);
@@ -583,7 +599,7 @@ mod tests {
         for _ in 0..100 {
             let k = l.on_start(false, t);
             t += MS;
-            l.on_success(k, MS, t);
+            l.on_success(k, MS, false, t);
         }
         assert_eq!(l.limit(), INITIAL_LIMIT);
     }

@@ -428,6 +428,7 @@ impl Net {
                                 greeting,
                             }),
                             vacated: false,
+                            paced: false,
                         },
                     );
                 }

@@ -525,6 +525,7 @@ impl Sim {
                         Outcome::Delivered {
                             uploaded: None,
                             vacated: same,
+                            paced: false,
                         }
                     }
                 } else if self.leases && c.writers > 0 {
@@ -564,6 +565,7 @@ impl Sim {
                             greeting: 2 * MS,
                         }),
                         vacated: same,
+                        paced: false,
                     }
                 } else if a.start.last {
                     self.given_up.push((w, n.clone()));
