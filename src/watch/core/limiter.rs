@@ -16,8 +16,8 @@
 //! After Vector's adaptive request concurrency and Netflix's gradient2, not TCP's per-packet
 //! reactions, so that one slow greeting or one hung worker does not cut the limit:
 //! - **Windows.** Samples are gathered over a window (the usual length of an attempt, between
-//!   [`MIN_WINDOW`] and [`MAX_WINDOW`]); the limit is judged once per window, on the window's
-//!   mean.
+//!   [`MIN_WINDOW`] and [`MAX_WINDOW`], and with at least [`WINDOW_OUTCOMES`] outcomes unless
+//!   it lasted [`MAX_WINDOW`]); the limit is judged once per window, on the window's median.
 //! - **Baseline.** The long-term greeting time is a mean and a mean deviation of past
 //!   windows, never a bare minimum. It follows a window that is faster at once by half, and
 //!   a slower one only as time passes ([`BASELINE_AGE`]): queueing is not learnt as normal
@@ -34,8 +34,9 @@
 //!   outlier, a server whose accept queue overflows is not.
 //! - **Growth.** It starts at [`INITIAL_LIMIT`] (a server that serves one at a time gets a
 //!   few connections, not dozens it would let time out) and grows fast while nothing
-//!   signalled yet: by two per success that found the lane full with a greeting under the
-//!   threshold (tripling per round, like TCP's slow start). After a signal, by
+//!   signalled yet: by three per success that found the lane full with a greeting under the
+//!   threshold (quadrupling per round: a round is a whole attempt, three round trips or
+//!   more, where TCP's slow start doubles per round trip). After a signal, by
 //!   [`GROWTH`] per window that found the lane full and was not queueing.
 
 use std::time::{Duration, Instant};
@@ -67,9 +68,9 @@ pub const MAX_CUT: f64 = 0.9;
 pub const DECREASE: f64 = 0.75;
 /// Timeouts are a signal when they are at least one outcome of this many in their window.
 pub const TIMEOUT_SHARE: u32 = 5;
-/// Growth per success in slow start: the limit triples per round, so a distant server is
-/// reached in a few round trips (4 → 12 → 36 → 108).
-pub const SLOW_START_STEP: f64 = 2.0;
+/// Growth per success in slow start: the limit quadruples per round, so a distant server is
+/// reached in a few rounds (4 → 16 → 64 → 256).
+pub const SLOW_START_STEP: f64 = 3.0;
 /// Growth per window after a signal.
 pub const GROWTH: f64 = 1.1;
 /// Two cuts in a row that left the greeting time above this share of where it was: the
@@ -79,6 +80,11 @@ const FUTILE: f64 = 0.9;
 pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
 /// ... and this many times the usual greeting time plus four deviations.
 const OVERDUE_FACTOR: f64 = 6.0;
+/// A window shorter than [`MAX_WINDOW`] is judged only once it holds this many outcomes
+/// (greeting times and timeouts): with a small limit, the median of three greeting times on
+/// a lossy link (a lost greeting is retransmitted 200 ms later, a lost handshake ACK a second
+/// later) is an outlier too often, and so is one timeout among four outcomes.
+pub const WINDOW_OUTCOMES: u32 = 8;
 /// Greeting times kept per window for its median (the rest only counted).
 const WINDOW_SAMPLES: usize = 512;
 /// Weights of a sample in the smoothed greeting time and its deviation (RFC 6298's).
@@ -94,7 +100,7 @@ pub struct Limiter {
     adaptive: bool,
     /// Current limit, fractional so that growth by a share adds up.
     limit: f64,
-    /// No signal seen yet: growth by two per success.
+    /// No signal seen yet: growth by [`SLOW_START_STEP`] per success.
     slow_start: bool,
     /// Long-term greeting time of windows, and its mean deviation (seconds).
     baseline: Option<(f64, f64)>,
@@ -365,7 +371,9 @@ impl Limiter {
         }
         self.window.full |= t.lane_full;
         let start = *self.window.start.get_or_insert(t.started);
-        if now.saturating_duration_since(start) >= self.window_len() {
+        let len = now.saturating_duration_since(start);
+        let outcomes = self.window.samples + self.window.timeouts;
+        if len >= MAX_WINDOW || (len >= self.window_len() && outcomes >= WINDOW_OUTCOMES) {
             change = self
                 .judge(now, now.saturating_duration_since(start))
                 .or(change);
@@ -493,7 +501,11 @@ mod tests {
         let mut l = Limiter::new(256, true);
         assert_eq!(l.limit(), INITIAL_LIMIT);
         run(&mut l, &mut t, 20, MS, MS);
-        assert_eq!(l.limit(), INITIAL_LIMIT + 40, "slow start: two per success");
+        assert_eq!(
+            l.limit(),
+            INITIAL_LIMIT + 20 * SLOW_START_STEP as usize,
+            "slow start: three per success"
+        );
         // Greetings fifty times slower for two windows: queueing; one cut per window, each
         // at most a halving.
         let before = l.limit();
