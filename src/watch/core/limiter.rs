@@ -29,6 +29,7 @@
 //! - **Drift.** When two cuts in a row leave the greeting time where it was, the limit was
 //!   not the cause (a longer route, another client's load): the baseline takes the new level
 //!   at once and the cutting stops.
+//!   Queueing alone never cuts below [`QUEUE_FLOOR`].
 //! - **Timeouts.** A connect or greeting timeout is a signal only when timeouts are at least
 //!   one outcome in [`TIMEOUT_SHARE`] of their window: a hung worker among healthy ones is an
 //!   outlier, a server whose accept queue overflows is not.
@@ -64,6 +65,8 @@ const BASELINE_FALL: f64 = 0.5;
 pub const MIN_CUT: f64 = 0.5;
 /// ... and at most this share.
 pub const MAX_CUT: f64 = 0.9;
+/// Queueing alone (greeting times, no timeouts) does not cut the limit below this.
+pub const QUEUE_FLOOR: f64 = INITIAL_LIMIT as f64;
 /// The cut for timeouts alone.
 pub const DECREASE: f64 = 0.75;
 /// Timeouts are a signal when they are at least one outcome of this many in their window.
@@ -80,7 +83,7 @@ const FUTILE: f64 = 0.9;
 pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
 /// ... and this many times the usual greeting time plus four deviations.
 const OVERDUE_FACTOR: f64 = 6.0;
-/// A window shorter than [`MAX_WINDOW`] is judged only once it holds this many outcomes
+/// A window shorter than [`MAX_WINDOW`] (but the first) is judged only once it holds this many outcomes
 /// (greeting times and timeouts): with a small limit, the median of three greeting times on
 /// a lossy link (a lost greeting is retransmitted 200 ms later, a lost handshake ACK a second
 /// later) is an outlier too often, and so is one timeout among four outcomes.
@@ -373,7 +376,10 @@ impl Limiter {
         let start = *self.window.start.get_or_insert(t.started);
         let len = now.saturating_duration_since(start);
         let outcomes = self.window.samples + self.window.timeouts;
-        if len >= MAX_WINDOW || (len >= self.window_len() && outcomes >= WINDOW_OUTCOMES) {
+        // The first window needs no more than its length: until it gives the baseline, every
+        // greeting counts as fast for slow start.
+        let enough = outcomes >= WINDOW_OUTCOMES || self.baseline.is_none();
+        if len >= MAX_WINDOW || (len >= self.window_len() && enough) {
             change = self
                 .judge(now, now.saturating_duration_since(start))
                 .or(change);
@@ -424,7 +430,15 @@ impl Limiter {
             }
             self.slow_start = false;
             self.cut_time = Some(now);
-            change = self.set(self.limit * factor.clamp(MIN_CUT, MAX_CUT));
+            let mut to = self.limit * factor.clamp(MIN_CUT, MAX_CUT);
+            if !timeouts {
+                // Queueing alone never cuts below a few: a server that serves one at a time
+                // (or a few) queues anything more than that by nature, and a few connections
+                // waiting in its queue hide the round trips of the set-up (timeouts do cut
+                // further).
+                to = to.max(QUEUE_FLOOR.min(self.limit));
+            }
+            change = self.set(to);
         } else if !stale {
             self.cut_at = None;
             self.futile = 0;
