@@ -17,7 +17,10 @@
 //! reactions, so that one slow greeting or one hung worker does not cut the limit:
 //! - **Windows.** Samples are gathered over a window (the usual length of an attempt, between
 //!   [`MIN_WINDOW`] and [`MAX_WINDOW`], and with at least [`WINDOW_OUTCOMES`] outcomes unless
-//!   it lasted [`MAX_WINDOW`]); the limit is judged once per window, on the window's median.
+//!   it lasted [`MAX_WINDOW`]); the limit is judged once per window, on the window's lower
+//!   quartile: up to three greetings in four may be outliers (a lost greeting retransmitted
+//!   200 ms later, a lost handshake ACK a second later, one slow worker), while queueing
+//!   delays them all.
 //! - **Baseline.** The long-term greeting time is a mean and a mean deviation of past
 //!   windows, never a bare minimum. It follows a window that is faster at once by half, and
 //!   a slower one only as time passes ([`BASELINE_AGE`]): queueing is not learnt as normal
@@ -84,11 +87,11 @@ pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
 /// ... and this many times the usual greeting time plus four deviations.
 const OVERDUE_FACTOR: f64 = 6.0;
 /// A window shorter than [`MAX_WINDOW`] (but the first) is judged only once it holds this many outcomes
-/// (greeting times and timeouts): with a small limit, the median of three greeting times on
+/// (greeting times and timeouts): with a small limit, the quartile of three greeting times on
 /// a lossy link (a lost greeting is retransmitted 200 ms later, a lost handshake ACK a second
 /// later) is an outlier too often, and so is one timeout among four outcomes.
 pub const WINDOW_OUTCOMES: u32 = 8;
-/// Greeting times kept per window for its median (the rest only counted).
+/// Greeting times kept per window for its quartile (the rest only counted).
 const WINDOW_SAMPLES: usize = 512;
 /// Weights of a sample in the smoothed greeting time and its deviation (RFC 6298's).
 const SAMPLE_WEIGHT: f64 = 0.125;
@@ -163,12 +166,12 @@ pub enum Change {
     Shrank,
 }
 
-/// The median of `v` (reordered), if any.
-fn median(v: &mut [f64]) -> Option<f64> {
+/// The window's greeting time: the lower quartile of `v` (reordered), if any.
+fn typical(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
-    let mid = v.len() / 2;
+    let mid = v.len() / 4;
     v.select_nth_unstable_by(mid, |a, b| a.total_cmp(b));
     Some(v[mid])
 }
@@ -394,11 +397,11 @@ impl Limiter {
     /// The window of length `len` ended: judge it, then learn from it.
     fn judge(&mut self, now: Instant, len: Duration) -> Option<Change> {
         let mut w = std::mem::take(&mut self.window);
-        // Medians: a lost greeting (retransmitted 200 ms later) or one slow worker among
-        // many is an outlier, not the window's greeting time.
-        let mean = median(&mut w.all);
+        // Lower quartiles: a lost greeting (retransmitted 200 ms later) or one slow worker
+        // among many is an outlier, not the window's greeting time; queueing delays all.
+        let mean = typical(&mut w.all);
         // Queueing is judged on the attempts that met the current limit.
-        let fresh = median(&mut w.fresh);
+        let fresh = typical(&mut w.fresh);
         let timeouts = w.timeouts > 0 && w.timeouts * TIMEOUT_SHARE >= w.timeouts + w.samples;
         let threshold = self.threshold();
         let queueing = match (fresh, threshold) {
