@@ -230,6 +230,7 @@ fn a_binding_bandwidth_limit_keeps_connections_few() {
         Duration::from_secs(120),
     );
     assert_eq!(r.received, 100, "log:\n{}", harness::tail(&r.log, 30));
+    println!("paced: at most {} connections at once", recv.peak_open());
     assert!(
         recv.peak_open() <= 24,
         "{} connections at once; log:\n{}",
