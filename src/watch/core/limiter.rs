@@ -31,8 +31,7 @@
 //!   window.
 //! - **Drift.** When two cuts in a row leave the greeting time where it was, the limit was
 //!   not the cause (a longer route, another client's load): the baseline takes the new level
-//!   at once and the cutting stops.
-//!   Queueing alone never cuts below [`QUEUE_FLOOR`].
+//!   at once and the cutting stops. Queueing alone never cuts below [`QUEUE_FLOOR`].
 //! - **Timeouts.** A connect or greeting timeout is a signal only when timeouts are at least
 //!   one outcome in [`TIMEOUT_SHARE`] of their window: a hung worker among healthy ones is an
 //!   outlier, a server whose accept queue overflows is not.
@@ -86,10 +85,11 @@ const FUTILE: f64 = 0.9;
 pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
 /// ... and this many times the usual greeting time plus four deviations.
 const OVERDUE_FACTOR: f64 = 6.0;
-/// A window shorter than [`MAX_WINDOW`] (but the first) is judged only once it holds this many outcomes
-/// (greeting times and timeouts): with a small limit, the quartile of three greeting times on
-/// a lossy link (a lost greeting is retransmitted 200 ms later, a lost handshake ACK a second
-/// later) is an outlier too often, and so is one timeout among four outcomes.
+/// A window shorter than [`MAX_WINDOW`] (but the first) is judged only once it holds this
+/// many outcomes (greeting times and timeouts): with a small limit, the quartile of three
+/// greeting times on a lossy link (a lost greeting is retransmitted 200 ms later, a lost
+/// handshake ACK a second later) is an outlier too often, and so is one timeout among four
+/// outcomes.
 pub const WINDOW_OUTCOMES: u32 = 8;
 /// Greeting times kept per window for its quartile (the rest only counted).
 const WINDOW_SAMPLES: usize = 512;
@@ -513,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn starts_small_grows_by_two_per_success_then_cuts_once_per_window() {
+    fn starts_small_grows_by_three_per_success_then_cuts_once_per_window() {
         let mut t = Instant::now();
         let mut l = Limiter::new(256, true);
         assert_eq!(l.limit(), INITIAL_LIMIT);
@@ -631,5 +631,64 @@ mod tests {
             l.on_success(k, MS, false, t);
         }
         assert_eq!(l.limit(), INITIAL_LIMIT);
+    }
+
+    #[test]
+    fn paced_successes_do_not_grow_the_limit() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        for _ in 0..200 {
+            let k = l.on_start(true, t);
+            t += MS;
+            l.on_success(k, MS, true, t);
+        }
+        assert_eq!(l.limit(), INITIAL_LIMIT, "in slow start");
+        // After a signal too: one window of queueing, then paced ones.
+        run(&mut l, &mut t, 40, MS, MS);
+        run(&mut l, &mut t, 40, MS, 50 * MS);
+        let before = l.limit();
+        for _ in 0..500 {
+            let k = l.on_start(true, t);
+            t += MS;
+            l.on_success(k, MS, true, t);
+        }
+        assert!(l.limit() <= before, "{before} -> {}", l.limit());
+    }
+
+    #[test]
+    fn a_quarter_of_slow_greetings_is_not_queueing() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        run(&mut l, &mut t, 100, MS, MS);
+        let before = l.limit();
+        // One greeting in three retransmitted 200 ms later (a lossy link): no cut.
+        for i in 0..600 {
+            let k = l.on_start(true, t);
+            t += MS;
+            let g = if i % 3 == 0 { 200 * MS } else { MS };
+            l.on_success(k, g, false, t);
+        }
+        assert!(l.limit() >= before, "{before} -> {}", l.limit());
+    }
+
+    #[test]
+    fn queueing_alone_does_not_cut_below_the_floor() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        run(&mut l, &mut t, 2, MS, MS);
+        // A server that serves one at a time: every greeting waits for the others.
+        let mut lowest = l.limit();
+        for _ in 0..400 {
+            run(&mut l, &mut t, 1, 10 * MS, 300 * MS);
+            lowest = lowest.min(l.limit());
+        }
+        assert_eq!(lowest, QUEUE_FLOOR as usize);
+        // Timeouts do cut further.
+        for _ in 0..400 {
+            let k = l.on_start(true, t);
+            t += 100 * MS;
+            l.on_failure(k, None, true, t);
+        }
+        assert!(l.limit() < QUEUE_FLOOR as usize);
     }
 }
