@@ -85,7 +85,7 @@ const FUTILE: f64 = 0.9;
 pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
 /// ... and this many times the usual greeting time plus four deviations.
 const OVERDUE_FACTOR: f64 = 6.0;
-/// A window shorter than [`MAX_WINDOW`] (but the first) is judged only once it holds this
+/// A window shorter than [`MAX_WINDOW`] is judged only once it holds this
 /// many outcomes (greeting times and timeouts): with a small limit, the quartile of three
 /// greeting times on a lossy link (a lost greeting is retransmitted 200 ms later, a lost
 /// handshake ACK a second later) is an outlier too often, and so is one timeout among four
@@ -130,6 +130,9 @@ pub struct Limiter {
     starts: std::collections::BTreeMap<Instant, u32>,
     /// When an attempt last ended.
     last_end: Option<Instant>,
+    /// The fastest greeting so far (seconds): slow start's yardstick until the first
+    /// window gives a baseline.
+    fastest: Option<f64>,
 }
 
 /// What the current window gathered.
@@ -207,6 +210,7 @@ impl Limiter {
             latest_greeted: None,
             starts: std::collections::BTreeMap::new(),
             last_end: None,
+            fastest: None,
         }
     }
 
@@ -365,7 +369,14 @@ impl Limiter {
             }
             // Slow start: each success that found the lane full, with a greeting that does
             // not say queueing, adds one.
-            let fast = self.threshold().map_or(true, |th| g <= th);
+            // Before the first window gave a baseline, the fastest greeting so far stands in
+            // for it (a server that serves one at a time greets the first at once and makes
+            // the others wait: they are not fast).
+            self.fastest = Some(self.fastest.map_or(g, |f| f.min(g)));
+            let threshold = self
+                .threshold()
+                .or_else(|| self.fastest.map(|f| f + TOLERANCE * f + secs(SLACK)));
+            let fast = threshold.map_or(true, |th| g <= th);
             if self.adaptive && self.slow_start && ok && t.lane_full && fast {
                 change = self.set(self.limit + SLOW_START_STEP);
             }
@@ -379,10 +390,7 @@ impl Limiter {
         let start = *self.window.start.get_or_insert(t.started);
         let len = now.saturating_duration_since(start);
         let outcomes = self.window.samples + self.window.timeouts;
-        // The first window needs no more than its length: until it gives the baseline, every
-        // greeting counts as fast for slow start.
-        let enough = outcomes >= WINDOW_OUTCOMES || self.baseline.is_none();
-        if len >= MAX_WINDOW || (len >= self.window_len() && enough) {
+        if len >= MAX_WINDOW || (len >= self.window_len() && outcomes >= WINDOW_OUTCOMES) {
             change = self
                 .judge(now, now.saturating_duration_since(start))
                 .or(change);
@@ -674,8 +682,8 @@ mod tests {
     #[test]
     fn queueing_alone_does_not_cut_below_the_floor() {
         let mut t = Instant::now();
-        let mut l = Limiter::new(256, true);
-        run(&mut l, &mut t, 2, MS, MS);
+        let mut l = Limiter::new(8, true);
+        run(&mut l, &mut t, 40, MS, MS);
         // A server that serves one at a time: every greeting waits for the others.
         let mut lowest = l.limit();
         for _ in 0..400 {
