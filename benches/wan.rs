@@ -21,7 +21,9 @@
 //! `WAN_BENCH_CONC=default,1,4,16,32,64,128` (1 runs only with the pool of 1), `WAN_BENCH_FILES=1000`,
 //! `WAN_BENCH_FILES_POOL1_50MS=200`, `WAN_BENCH_BIG=20` (0 skips the 50 MiB run),
 //! `WAN_BENCH_BIG_CONC=default,4,16`, `WAN_BENCH_LINK_MBS=100` (0: no link limit),
-//! `FAULTS_ACCIO_BIN=PATH` for another build, `WAN_BENCH_LOG_DIR=DIR` to keep each run's log
+//! `WAN_BENCH_ROWS=rtt:pool:files,...` for chosen rows instead of every round trip with every
+//! pool (`WAN_BENCH_ROWS=issue16`: the rows of issue 16, 1:32:4000, 10:32:2000, 50:32:2000,
+//! 50:1:100, 200:64:4000), `FAULTS_ACCIO_BIN=PATH` for another build, `WAN_BENCH_LOG_DIR=DIR` to keep each run's log
 //! (with `RUST_LOG=accio=debug` it shows every change of the adaptive limit). E.g. `WAN_BENCH_RTT=50 WAN_BENCH_POOL=32`.
 
 #[path = "../tests/faults/harness.rs"]
@@ -221,6 +223,35 @@ fn run_one(ctx: &Ctx, orig: &Originals, r: Run) -> Figures {
     f
 }
 
+/// Issue 16's rows: 1 ms and 10 ms from a pool of 32, 50 ms from a pool of 32 and from a
+/// server that serves one at a time, 200 ms from a pool of 64; files enough that the first
+/// rounds of the adaptive limit (it starts at 4) are not the whole run.
+const ISSUE16_ROWS: &str = "1:32:4000,10:32:2000,50:32:2000,50:1:100,200:64:4000";
+
+/// `WAN_BENCH_ROWS`: `rtt:pool:files` triples, comma-separated, or `issue16`.
+fn rows_of(v: &str) -> Vec<(u64, usize, u64)> {
+    let v = if v.trim() == "issue16" {
+        ISSUE16_ROWS
+    } else {
+        v
+    };
+    v.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            let p: Vec<&str> = r.split(':').collect();
+            match p[..] {
+                [a, b, c] => (
+                    a.parse().expect("WAN_BENCH_ROWS: rtt in ms"),
+                    b.parse().expect("WAN_BENCH_ROWS: pool"),
+                    c.parse().expect("WAN_BENCH_ROWS: files"),
+                ),
+                _ => panic!("WAN_BENCH_ROWS: rtt:pool:files, not {r:?}"),
+            }
+        })
+        .collect()
+}
+
 fn main() {
     let start = Instant::now();
     let bin = harness::bin();
@@ -255,17 +286,32 @@ fn main() {
             "concurrency = N (this binary has no per-destination keys)"
         }
     );
-    let small = Originals::make(ctx.root.path(), 1024, files.max(files_slow));
+
+    // The (round trip, pool, files) of each row: WAN_BENCH_ROWS, else every round trip with
+    // every pool.
+    let plan: Vec<(u64, usize, u64)> = match std::env::var("WAN_BENCH_ROWS") {
+        Ok(v) => rows_of(&v),
+        Err(_) => rtts
+            .iter()
+            .flat_map(|&rtt| {
+                pools.iter().map(move |&pool| {
+                    let n = if pool == 1 && rtt >= 50 {
+                        files_slow.min(files)
+                    } else {
+                        files
+                    };
+                    (rtt, pool, n)
+                })
+            })
+            .collect(),
+    };
+    let most = plan.iter().map(|r| r.2).max().unwrap_or(files);
+    let small = Originals::make(ctx.root.path(), 1024, most.max(files_slow));
 
     // (rtt, pool) -> figures per configuration.
     let mut rows: Vec<(u64, usize, u64, Vec<Option<Figures>>)> = Vec::new();
-    for &rtt in &rtts {
-        for &pool in &pools {
-            let n = if pool == 1 && rtt >= 50 {
-                files_slow.min(files)
-            } else {
-                files
-            };
+    {
+        for &(rtt, pool, n) in &plan {
             let mut figs = Vec::new();
             for &limit in &confs {
                 // One at a time is the reference for a server that serves one at a time;

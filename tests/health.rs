@@ -34,6 +34,19 @@ struct Run {
 /// Sends `files` of `size` bytes (renamed in at once) to `port` (the receiver `recv`, or a
 /// proxy in front of it), default configuration, and waits up to `within` for all of them.
 fn run(name: &str, recv: &Receiver, port: u16, files: u64, size: u64, within: Duration) -> Run {
+    run_with(name, recv, port, files, size, "", within)
+}
+
+/// [`run`], with `top` (top-level keys) ahead of the configuration.
+fn run_with(
+    name: &str,
+    recv: &Receiver,
+    port: u16,
+    files: u64,
+    size: u64,
+    top: &str,
+    within: Duration,
+) -> Run {
     let d = Dirs::new(name);
     let mut w = WatchConf::under(&d.tmp.path().join("w"));
     w.done = None;
@@ -41,7 +54,7 @@ fn run(name: &str, recv: &Receiver, port: u16, files: u64, size: u64, within: Du
     conf.retry_initial = "1s".into();
     conf.retry_max = "5m".into();
     conf.server = Some(Dest::local(port));
-    conf.write(&d.config);
+    std::fs::write(&d.config, format!("{top}{}", conf.to_toml())).unwrap();
     for i in 1..=files {
         std::fs::write(d.stage.join(format!("s{i}")), payload::content(i, size)).unwrap();
     }
@@ -194,4 +207,34 @@ fn ten_ms_away() {
     assert_eq!(r.received, 300, "log:\n{}", harness::tail(&r.log, 30));
     assert_eq!(r.downs, 0);
     assert_eq!(recv.greeting_timeouts(), 0);
+}
+
+/// Issue 21: when bandwidth, not the server, binds (`max_rate = "2MiB/s"`, 100 files of
+/// 32 KiB, a receiver that serves every connection at once), the adaptive limit does not
+/// grow connections: the server never sees more than a few at once, where greeting times
+/// alone (flat on loopback) would let the limit grow towards its cap of 256.
+#[test]
+fn a_binding_bandwidth_limit_keeps_connections_few() {
+    let size = 32 << 10;
+    let recv = Receiver::start(ReceiverOptions {
+        len: Some(size),
+        ..ReceiverOptions::default()
+    });
+    let r = run_with(
+        "health-paced",
+        &recv,
+        recv.port(),
+        100,
+        size,
+        "max_rate = \"2MiB/s\"\n",
+        Duration::from_secs(120),
+    );
+    assert_eq!(r.received, 100, "log:\n{}", harness::tail(&r.log, 30));
+    println!("paced: at most {} connections at once", recv.peak_open());
+    assert!(
+        recv.peak_open() <= 24,
+        "{} connections at once; log:\n{}",
+        recv.peak_open(),
+        harness::tail(&r.log, 30)
+    );
 }

@@ -128,7 +128,21 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let took = started.elapsed();
     attempt_ended(&job, &sh, attempt_result(&result), took);
     match result {
-        Ok(done) => dispose_delivered(&job, &sh, claim, Some((done, took))).await,
+        Ok(done) => {
+            // Waited for a bandwidth limit: bandwidth, not the server, bound this upload (the
+            // adaptive limit does not grow on it).
+            let paced = !pacer.waited().is_zero();
+            match dispose_delivered(&job, &sh, claim, Some((done, took))).await {
+                Outcome::Delivered {
+                    uploaded, vacated, ..
+                } => Outcome::Delivered {
+                    uploaded,
+                    vacated,
+                    paced,
+                },
+                other => other,
+            }
+        }
         Err(UploadError::Rejected(why)) => {
             tracing::info!(
                 path = %esc(&path),
@@ -346,6 +360,7 @@ async fn dispose_delivered(
             Outcome::Delivered {
                 uploaded,
                 vacated: true,
+                paced: false,
             }
         }
         Ok(Disposed::NotOurs) => {
@@ -353,6 +368,7 @@ async fn dispose_delivered(
             Outcome::Delivered {
                 uploaded,
                 vacated: false,
+                paced: false,
             }
         }
         Ok(Disposed::Changed) => {

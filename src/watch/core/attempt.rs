@@ -73,11 +73,13 @@ impl Core {
         // What the attempt says about the destination.
         match &outcome {
             Outcome::Delivered {
-                uploaded: Some(u), ..
+                uploaded: Some(u),
+                paced,
+                ..
             } => {
                 self.dest_up(d);
                 let limiter = &mut self.lanes.lanes[d].limiter;
-                let change = lane.and_then(|t| limiter.on_success(t, u.greeting, now));
+                let change = lane.and_then(|t| limiter.on_success(t, u.greeting, *paced, now));
                 self.report_limit(d, change.is_some());
             }
             Outcome::Failed {

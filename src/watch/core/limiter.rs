@@ -16,8 +16,11 @@
 //! After Vector's adaptive request concurrency and Netflix's gradient2, not TCP's per-packet
 //! reactions, so that one slow greeting or one hung worker does not cut the limit:
 //! - **Windows.** Samples are gathered over a window (the usual length of an attempt, between
-//!   [`MIN_WINDOW`] and [`MAX_WINDOW`]); the limit is judged once per window, on the window's
-//!   mean.
+//!   [`MIN_WINDOW`] and [`MAX_WINDOW`], and with at least [`WINDOW_OUTCOMES`] outcomes unless
+//!   it lasted [`MAX_WINDOW`]); the limit is judged once per window, on the window's lower
+//!   quartile: up to three greetings in four may be outliers (a lost greeting retransmitted
+//!   200 ms later, a lost handshake ACK a second later, one slow worker), while queueing
+//!   delays them all.
 //! - **Baseline.** The long-term greeting time is a mean and a mean deviation of past
 //!   windows, never a bare minimum. It follows a window that is faster at once by half, and
 //!   a slower one only as time passes ([`BASELINE_AGE`]): queueing is not learnt as normal
@@ -28,14 +31,15 @@
 //!   window.
 //! - **Drift.** When two cuts in a row leave the greeting time where it was, the limit was
 //!   not the cause (a longer route, another client's load): the baseline takes the new level
-//!   at once and the cutting stops.
+//!   at once and the cutting stops. Queueing alone never cuts below [`QUEUE_FLOOR`].
 //! - **Timeouts.** A connect or greeting timeout is a signal only when timeouts are at least
 //!   one outcome in [`TIMEOUT_SHARE`] of their window: a hung worker among healthy ones is an
 //!   outlier, a server whose accept queue overflows is not.
 //! - **Growth.** It starts at [`INITIAL_LIMIT`] (a server that serves one at a time gets a
 //!   few connections, not dozens it would let time out) and grows fast while nothing
-//!   signalled yet: by two per success that found the lane full with a greeting under the
-//!   threshold (tripling per round, like TCP's slow start). After a signal, by
+//!   signalled yet: by three per success that found the lane full with a greeting under the
+//!   threshold (quadrupling per round: a round is a whole attempt, three round trips or
+//!   more, where TCP's slow start doubles per round trip). After a signal, by
 //!   [`GROWTH`] per window that found the lane full and was not queueing.
 
 use std::time::{Duration, Instant};
@@ -63,13 +67,15 @@ const BASELINE_FALL: f64 = 0.5;
 pub const MIN_CUT: f64 = 0.5;
 /// ... and at most this share.
 pub const MAX_CUT: f64 = 0.9;
+/// Queueing alone (greeting times, no timeouts) does not cut the limit below this.
+pub const QUEUE_FLOOR: f64 = INITIAL_LIMIT as f64;
 /// The cut for timeouts alone.
 pub const DECREASE: f64 = 0.75;
 /// Timeouts are a signal when they are at least one outcome of this many in their window.
 pub const TIMEOUT_SHARE: u32 = 5;
-/// Growth per success in slow start: the limit triples per round, so a distant server is
-/// reached in a few round trips (4 → 12 → 36 → 108).
-pub const SLOW_START_STEP: f64 = 2.0;
+/// Growth per success in slow start: the limit quadruples per round, so a distant server is
+/// reached in a few rounds (4 → 16 → 64 → 256).
+pub const SLOW_START_STEP: f64 = 3.0;
 /// Growth per window after a signal.
 pub const GROWTH: f64 = 1.1;
 /// Two cuts in a row that left the greeting time above this share of where it was: the
@@ -79,7 +85,13 @@ const FUTILE: f64 = 0.9;
 pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
 /// ... and this many times the usual greeting time plus four deviations.
 const OVERDUE_FACTOR: f64 = 6.0;
-/// Greeting times kept per window for its median (the rest only counted).
+/// A window shorter than [`MAX_WINDOW`] is judged only once it holds this
+/// many outcomes (greeting times and timeouts): with a small limit, the quartile of three
+/// greeting times on a lossy link (a lost greeting is retransmitted 200 ms later, a lost
+/// handshake ACK a second later) is an outlier too often, and so is one timeout among four
+/// outcomes.
+pub const WINDOW_OUTCOMES: u32 = 8;
+/// Greeting times kept per window for its quartile (the rest only counted).
 const WINDOW_SAMPLES: usize = 512;
 /// Weights of a sample in the smoothed greeting time and its deviation (RFC 6298's).
 const SAMPLE_WEIGHT: f64 = 0.125;
@@ -94,7 +106,7 @@ pub struct Limiter {
     adaptive: bool,
     /// Current limit, fractional so that growth by a share adds up.
     limit: f64,
-    /// No signal seen yet: growth by two per success.
+    /// No signal seen yet: growth by [`SLOW_START_STEP`] per success.
     slow_start: bool,
     /// Long-term greeting time of windows, and its mean deviation (seconds).
     baseline: Option<(f64, f64)>,
@@ -118,6 +130,9 @@ pub struct Limiter {
     starts: std::collections::BTreeMap<Instant, u32>,
     /// When an attempt last ended.
     last_end: Option<Instant>,
+    /// The fastest greeting so far (seconds): slow start's yardstick until the first
+    /// window gives a baseline.
+    fastest: Option<f64>,
 }
 
 /// What the current window gathered.
@@ -132,6 +147,9 @@ struct Window {
     timeouts: u32,
     /// An attempt that ended in it found the lane full when it started.
     full: bool,
+    /// An upload that ended in it waited for a bandwidth limit: bandwidth, not the server,
+    /// bound it, and more connections would only share the same bandwidth.
+    paced: bool,
 }
 
 /// What the limiter needs to know again when an attempt it saw start ends: kept by the
@@ -151,12 +169,12 @@ pub enum Change {
     Shrank,
 }
 
-/// The median of `v` (reordered), if any.
-fn median(v: &mut [f64]) -> Option<f64> {
+/// The window's greeting time: the lower quartile of `v` (reordered), if any.
+fn typical(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
-    let mid = v.len() / 2;
+    let mid = v.len() / 4;
     v.select_nth_unstable_by(mid, |a, b| a.total_cmp(b));
     Some(v[mid])
 }
@@ -192,6 +210,7 @@ impl Limiter {
             latest_greeted: None,
             starts: std::collections::BTreeMap::new(),
             last_end: None,
+            fastest: None,
         }
     }
 
@@ -206,9 +225,17 @@ impl Limiter {
         }
     }
 
-    /// The attempt of `t` delivered, after a greeting that took `greeting`.
-    pub fn on_success(&mut self, t: Ticket, greeting: Duration, now: Instant) -> Option<Change> {
-        self.ended(t, Some(greeting), false, true, now)
+    /// The attempt of `t` delivered, after a greeting that took `greeting`; `paced`: its
+    /// upload waited for a bandwidth limit (the limit does not grow on it).
+    pub fn on_success(
+        &mut self,
+        t: Ticket,
+        greeting: Duration,
+        paced: bool,
+        now: Instant,
+    ) -> Option<Change> {
+        self.window.paced |= paced;
+        self.ended(t, Some(greeting), false, !paced, now)
     }
 
     /// The attempt of `t` failed: after a greeting that took `greeting`, or before any
@@ -278,14 +305,19 @@ impl Limiter {
     /// Whether the attempt of `t`, overdue at `now`, waits on something other than the
     /// server's queue: an attempt started after it got its greeting (the accept queue is
     /// first in, first out), or none started before it is still in flight and the last one
-    /// ended an overdue time ago (nothing of ours is ahead of it).
+    /// ended an overdue time ago (nothing of ours is ahead of it). If nothing ended since it
+    /// started, twice that: attempts that start together as others end (a lane that
+    /// refills at once) and wait for the server's workers together see no end for a while,
+    /// which says nothing about any one of them.
     pub fn overtaken(&self, t: &Ticket, now: Instant) -> bool {
         if self.latest_greeted.is_some_and(|g| g > t.started) {
             return true;
         }
         let oldest = self.starts.keys().next().map_or(true, |o| *o >= t.started);
         let quiet = match (self.last_end, self.overdue_after()) {
-            (Some(e), Some(after)) => now >= e + after,
+            (Some(e), Some(after)) => {
+                now >= e + after && (e > t.started || now >= t.started + 2 * after)
+            }
             _ => false,
         };
         oldest && quiet
@@ -337,7 +369,14 @@ impl Limiter {
             }
             // Slow start: each success that found the lane full, with a greeting that does
             // not say queueing, adds one.
-            let fast = self.threshold().map_or(true, |th| g <= th);
+            // Before the first window gave a baseline, the fastest greeting so far stands in
+            // for it (a server that serves one at a time greets the first at once and makes
+            // the others wait: they are not fast).
+            self.fastest = Some(self.fastest.map_or(g, |f| f.min(g)));
+            let threshold = self
+                .threshold()
+                .or_else(|| self.fastest.map(|f| f + TOLERANCE * f + secs(SLACK)));
+            let fast = threshold.map_or(true, |th| g <= th);
             if self.adaptive && self.slow_start && ok && t.lane_full && fast {
                 change = self.set(self.limit + SLOW_START_STEP);
             }
@@ -349,7 +388,9 @@ impl Limiter {
         }
         self.window.full |= t.lane_full;
         let start = *self.window.start.get_or_insert(t.started);
-        if now.saturating_duration_since(start) >= self.window_len() {
+        let len = now.saturating_duration_since(start);
+        let outcomes = self.window.samples + self.window.timeouts;
+        if len >= MAX_WINDOW || (len >= self.window_len() && outcomes >= WINDOW_OUTCOMES) {
             change = self
                 .judge(now, now.saturating_duration_since(start))
                 .or(change);
@@ -364,11 +405,11 @@ impl Limiter {
     /// The window of length `len` ended: judge it, then learn from it.
     fn judge(&mut self, now: Instant, len: Duration) -> Option<Change> {
         let mut w = std::mem::take(&mut self.window);
-        // Medians: a lost greeting (retransmitted 200 ms later) or one slow worker among
-        // many is an outlier, not the window's greeting time.
-        let mean = median(&mut w.all);
+        // Lower quartiles: a lost greeting (retransmitted 200 ms later) or one slow worker
+        // among many is an outlier, not the window's greeting time; queueing delays all.
+        let mean = typical(&mut w.all);
         // Queueing is judged on the attempts that met the current limit.
-        let fresh = median(&mut w.fresh);
+        let fresh = typical(&mut w.fresh);
         let timeouts = w.timeouts > 0 && w.timeouts * TIMEOUT_SHARE >= w.timeouts + w.samples;
         let threshold = self.threshold();
         let queueing = match (fresh, threshold) {
@@ -400,11 +441,19 @@ impl Limiter {
             }
             self.slow_start = false;
             self.cut_time = Some(now);
-            change = self.set(self.limit * factor.clamp(MIN_CUT, MAX_CUT));
+            let mut to = self.limit * factor.clamp(MIN_CUT, MAX_CUT);
+            if !timeouts {
+                // Queueing alone never cuts below a few: a server that serves one at a time
+                // (or a few) queues anything more than that by nature, and a few connections
+                // waiting in its queue hide the round trips of the set-up (timeouts do cut
+                // further).
+                to = to.max(QUEUE_FLOOR.min(self.limit));
+            }
+            change = self.set(to);
         } else if !stale {
             self.cut_at = None;
             self.futile = 0;
-            if self.adaptive && !self.slow_start && w.full {
+            if self.adaptive && !self.slow_start && w.full && !w.paced {
                 change = self.set((self.limit * GROWTH).max(self.limit + 1.0));
             }
         }
@@ -457,7 +506,7 @@ mod tests {
         for _ in 0..n {
             let k = l.on_start(true, *t);
             *t += every;
-            l.on_success(k, greeting, *t);
+            l.on_success(k, greeting, false, *t);
         }
     }
 
@@ -472,12 +521,16 @@ mod tests {
     }
 
     #[test]
-    fn starts_small_grows_by_two_per_success_then_cuts_once_per_window() {
+    fn starts_small_grows_by_three_per_success_then_cuts_once_per_window() {
         let mut t = Instant::now();
         let mut l = Limiter::new(256, true);
         assert_eq!(l.limit(), INITIAL_LIMIT);
         run(&mut l, &mut t, 20, MS, MS);
-        assert_eq!(l.limit(), INITIAL_LIMIT + 40, "slow start: two per success");
+        assert_eq!(
+            l.limit(),
+            INITIAL_LIMIT + 20 * SLOW_START_STEP as usize,
+            "slow start: three per success"
+        );
         // Greetings fifty times slower for two windows: queueing; one cut per window, each
         // at most a halving.
         let before = l.limit();
@@ -521,7 +574,7 @@ mod tests {
             if i % 20 == 0 {
                 l.on_failure(k, None, true, t);
             } else {
-                l.on_success(k, MS, t);
+                l.on_success(k, MS, false, t);
             }
         }
         assert!(l.limit() >= before, "{before} -> {}", l.limit());
@@ -559,7 +612,7 @@ mod tests {
         let first = l.on_start(true, t);
         let second = l.on_start(true, t + MS);
         assert!(!l.overtaken(&first, t + MS));
-        l.on_success(second, MS, t + 2 * MS);
+        l.on_success(second, MS, false, t + 2 * MS);
         assert!(l.overtaken(&first, t + 2 * MS), "a later one was greeted");
         // Alone in flight: only once an overdue time passed since the last end.
         let mut l = Limiter::new(64, true);
@@ -583,8 +636,67 @@ mod tests {
         for _ in 0..100 {
             let k = l.on_start(false, t);
             t += MS;
-            l.on_success(k, MS, t);
+            l.on_success(k, MS, false, t);
         }
         assert_eq!(l.limit(), INITIAL_LIMIT);
+    }
+
+    #[test]
+    fn paced_successes_do_not_grow_the_limit() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        for _ in 0..200 {
+            let k = l.on_start(true, t);
+            t += MS;
+            l.on_success(k, MS, true, t);
+        }
+        assert_eq!(l.limit(), INITIAL_LIMIT, "in slow start");
+        // After a signal too: one window of queueing, then paced ones.
+        run(&mut l, &mut t, 40, MS, MS);
+        run(&mut l, &mut t, 40, MS, 50 * MS);
+        let before = l.limit();
+        for _ in 0..500 {
+            let k = l.on_start(true, t);
+            t += MS;
+            l.on_success(k, MS, true, t);
+        }
+        assert!(l.limit() <= before, "{before} -> {}", l.limit());
+    }
+
+    #[test]
+    fn a_quarter_of_slow_greetings_is_not_queueing() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        run(&mut l, &mut t, 100, MS, MS);
+        let before = l.limit();
+        // One greeting in three retransmitted 200 ms later (a lossy link): no cut.
+        for i in 0..600 {
+            let k = l.on_start(true, t);
+            t += MS;
+            let g = if i % 3 == 0 { 200 * MS } else { MS };
+            l.on_success(k, g, false, t);
+        }
+        assert!(l.limit() >= before, "{before} -> {}", l.limit());
+    }
+
+    #[test]
+    fn queueing_alone_does_not_cut_below_the_floor() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(8, true);
+        run(&mut l, &mut t, 40, MS, MS);
+        // A server that serves one at a time: every greeting waits for the others.
+        let mut lowest = l.limit();
+        for _ in 0..400 {
+            run(&mut l, &mut t, 1, 10 * MS, 300 * MS);
+            lowest = lowest.min(l.limit());
+        }
+        assert_eq!(lowest, QUEUE_FLOOR as usize);
+        // Timeouts do cut further.
+        for _ in 0..400 {
+            let k = l.on_start(true, t);
+            t += 100 * MS;
+            l.on_failure(k, None, true, t);
+        }
+        assert!(l.limit() < QUEUE_FLOOR as usize);
     }
 }

@@ -41,6 +41,11 @@ struct Server {
     fault: Option<(Fault, u64)>,
     /// Chance that one packet of a set-up is lost (SYN or SYN-ACK, the greeting).
     loss: f64,
+    /// A link shared by all uploads, which takes this long per file (a bandwidth limit):
+    /// bodies go one after the other, and an upload that waited for it is paced.
+    link: Option<Duration>,
+    /// Whether the client is told when an upload was paced (else it never is).
+    tell_paced: bool,
 }
 
 impl Server {
@@ -52,6 +57,8 @@ impl Server {
             service,
             fault: None,
             loss: 0.0,
+            link: None,
+            tell_paced: true,
         }
     }
 }
@@ -78,6 +85,8 @@ struct Conn {
     timeout: Duration,
     greeted: Option<Duration>,
     gone: bool,
+    /// Its body waited for the shared link.
+    paced: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -133,6 +142,8 @@ struct Net {
     latencies: Vec<Duration>,
     last_delivery: Duration,
     peak_limit: usize,
+    /// When the shared link is free for the next body.
+    link_free: Duration,
 }
 
 fn handshake_timeout() -> DestError {
@@ -198,6 +209,7 @@ impl Net {
             latencies: Vec::new(),
             last_delivery: Duration::ZERO,
             peak_limit: 0,
+            link_free: Duration::ZERO,
         }
     }
 
@@ -311,6 +323,7 @@ impl Net {
                     timeout,
                     greeted: None,
                     gone: false,
+                    paced: false,
                 },
             );
             self.at(now + connect.min(TIMEOUT), Ev::Connected(id));
@@ -414,10 +427,21 @@ impl Net {
                 c.greeted = Some(greeting);
                 let rtt = self.rtt();
                 let service = self.server.service;
-                self.at(now + half + extra + service + rtt, Ev::Done(id));
+                let mut done = now + half + extra + service + rtt;
+                if let Some(per_file) = self.server.link {
+                    // The body goes once the greeting arrived and the link is free.
+                    let body = (now + half + extra).max(self.link_free);
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.paced = body > now + half + extra;
+                    }
+                    self.link_free = body + per_file;
+                    done = done.max(self.link_free + rtt);
+                }
+                self.at(done, Ev::Done(id));
             }
             Ev::Done(id) => {
                 let greeting = self.conns.get(&id).and_then(|c| c.greeted);
+                let paced = self.server.tell_paced && self.conns.get(&id).is_some_and(|c| c.paced);
                 self.free_worker();
                 if let Some(greeting) = greeting {
                     self.end(
@@ -428,6 +452,7 @@ impl Net {
                                 greeting,
                             }),
                             vacated: false,
+                            paced,
                         },
                     );
                 }
@@ -666,4 +691,112 @@ fn ten_ms_away_the_default_is_near_the_best_fixed_limit() {
     let ratio = default.rate() / best;
     println!("default / best fixed: {ratio:.2}");
     assert!(ratio >= 0.9, "{ratio:.2}");
+}
+
+/// No fault, no loss: whatever the distance and the pool, no attempt is abandoned (each
+/// abandoned connection is an empty or `ERROR` file on a receiver that saves every
+/// connection), neither by the core (overtaken) nor at the greeting timeout.
+#[test]
+fn a_fault_free_server_sees_no_abandoned_connection() {
+    for (rtt, workers, service, files) in [
+        (MS / 5, Some(32), 20 * MS, 2000),
+        (10 * MS, Some(32), 20 * MS, 2000),
+        (40 * MS, Some(32), 20 * MS, 2000),
+        (40 * MS, Some(64), 20 * MS, 4000),
+        (50 * MS, Some(32), Duration::ZERO, 1000),
+        (200 * MS, Some(64), Duration::ZERO, 1000),
+        (MS, None, Duration::ZERO, 1000),
+        (50 * MS, Some(1), Duration::ZERO, 100),
+    ] {
+        let server = Server {
+            workers,
+            ..Server::pool(1, rtt, service)
+        };
+        let f = Net::new(server, None, 7).run(files, 600 * S);
+        show(
+            &format!("{rtt:?} away, pool {workers:?}, {service:?} per upload"),
+            &f,
+        );
+        assert_eq!(f.delivered, files);
+        assert_eq!(
+            (f.overtaken, f.abandoned, f.downs),
+            (0, 0, 0),
+            "{rtt:?}, pool {workers:?}"
+        );
+    }
+}
+
+/// Issue 21: the adaptive limit does not grow connections when bandwidth, not the server,
+/// is what binds. A link that takes 10 ms per file (100 files/s), 20 ms away, a server that
+/// serves every connection at once: a handful of connections fill the link; the limit stays
+/// near them, where without the pacer's word it grows to the cap.
+#[test]
+fn a_binding_bandwidth_limit_does_not_grow_connections() {
+    let linked = |tell_paced| Server {
+        workers: None,
+        link: Some(10 * MS),
+        tell_paced,
+        ..Server::pool(1, 20 * MS, Duration::ZERO)
+    };
+    let paced = Net::new(linked(true), None, 8).run(1000, 600 * S);
+    let blind = Net::new(linked(false), None, 8).run(1000, 600 * S);
+    show("link 100 files/s, paced told", &paced);
+    show("link 100 files/s, not told", &blind);
+    assert_eq!(paced.delivered, 1000);
+    println!("files/s {:.0} vs {:.0}", paced.rate(), blind.rate());
+    // The link is full all the same ...
+    assert!(paced.rate() >= 0.9 * blind.rate(), "{:.0}", paced.rate());
+    // ... with a few connections, not the dozens the greeting times alone would allow.
+    assert!(paced.peak_limit <= 24, "{}", paced.peak_limit);
+    assert!(
+        blind.peak_limit > 2 * paced.peak_limit,
+        "{}",
+        blind.peak_limit
+    );
+}
+
+/// Default against the best fixed concurrency (4 to 128; 1 too for a pool of one) for a
+/// server `rtt` away with a pool of `workers` and no service time (the wan benchmark's
+/// receiver): files/s of each, and the ratio.
+fn wan(rtt: Duration, workers: usize, files: usize) -> f64 {
+    let server = || Server::pool(workers, rtt, Duration::ZERO);
+    let default = Net::new(server(), None, 9).run(files, 900 * S);
+    show(&format!("{rtt:?}, pool {workers}, default"), &default);
+    assert_eq!(default.delivered, files);
+    let mut best: f64 = 0.0;
+    let fixed: &[usize] = if workers == 1 {
+        &[1, 4, 16]
+    } else {
+        &[4, 16, 32, 64, 128]
+    };
+    for &n in fixed {
+        let f = Net::new(server(), Some(n), 9).run(files, 900 * S);
+        show(&format!("{rtt:?}, pool {workers}, concurrency {n}"), &f);
+        best = best.max(f.rate());
+    }
+    let ratio = default.rate() / best;
+    println!("{rtt:?}, pool {workers}: default / best fixed {ratio:.2}");
+    ratio
+}
+
+/// The rows of the wan benchmark: 1 ms and 10 ms, 50 ms from a pool of 32 and from a
+/// server that serves one at a time, 200 ms from a pool of 64; files of 1 KiB, enough that
+/// the first rounds (the limit starts at 4) are not the whole run: 4,000 at 1 ms (0.2 s),
+/// 2,000 at 10 and 50 ms, 100 one at a time, 4,000 at 200 ms (20 s).
+#[test]
+fn far_away_the_default_is_near_the_best_fixed_limit() {
+    let rows = [
+        (MS, 32, 4000),
+        (10 * MS, 32, 2000),
+        (50 * MS, 32, 2000),
+        (50 * MS, 1, 100),
+        (200 * MS, 64, 4000),
+    ];
+    let ratios: Vec<f64> = rows.iter().map(|&(r, w, n)| wan(r, w, n)).collect();
+    for (&(rtt, workers, _), ratio) in rows.iter().zip(&ratios) {
+        println!("{rtt:?}, pool {workers}: {ratio:.2}");
+    }
+    for (&(rtt, workers, _), &ratio) in rows.iter().zip(&ratios) {
+        assert!(ratio >= 0.9, "{rtt:?}, pool {workers}: {ratio:.2}");
+    }
 }

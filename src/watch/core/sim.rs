@@ -532,6 +532,7 @@ impl Sim {
                         Outcome::Delivered {
                             uploaded: None,
                             vacated: same,
+                            paced: false,
                         }
                     }
                 } else if self.leases && c.writers > 0 {
@@ -571,6 +572,7 @@ impl Sim {
                             greeting: 2 * MS,
                         }),
                         vacated: same,
+                        paced: false,
                     }
                 } else if a.start.last {
                     self.given_up.push((w, n.clone()));
@@ -1221,8 +1223,8 @@ fn the_limit_grows_while_the_lane_is_full_and_greetings_stay_fast() {
     }
     assert_eq!(
         s.running.len(),
-        initial + 80,
-        "+2 per success in slow start"
+        initial + 40 * super::limiter::SLOW_START_STEP as usize,
+        "+3 per success in slow start"
     );
     for _ in 0..200 {
         s.finish(0, Verdict::Deliver);

@@ -215,10 +215,12 @@ pub enum Outcome {
     /// Delivered and moved or deleted (or the name was replaced meanwhile). `uploaded`:
     /// sent in this attempt (not only moved after an earlier one). `vacated`: the attempt
     /// itself renamed or deleted the very file out of the name, so the name was empty then;
-    /// whatever comes into it later is announced by an event of its own.
+    /// whatever comes into it later is announced by an event of its own. `paced`: the upload
+    /// waited for a bandwidth limit (the adaptive limit need not add connections then).
     Delivered {
         uploaded: Option<Uploaded>,
         vacated: bool,
+        paced: bool,
     },
     /// Given up on and moved to `failed_dir`.
     GaveUp,
