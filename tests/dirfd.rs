@@ -6,20 +6,8 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
-use support::{receiver::*, wait::*, watch::*, BIN};
-
-fn accio(args: &[&str], config: &Path) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+use support::{receiver::*, wait::*, watch::*};
 
 /// Directories as [`Dirs::new`] makes them, but done and failed in a subdirectory `base` of
 /// the root, which a test can rename away.

@@ -40,16 +40,6 @@ fn start_with_metrics(dirs: &Dirs, port: u16, o: &Opts) -> (PathBuf, Service, u1
     (config, svc, mport)
 }
 
-fn accio(args: &[&str], config: &Path) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -128,7 +128,13 @@ fn scratch(dirs: &Dirs) -> PathBuf {
 #[test]
 fn a_tree_made_while_running_is_delivered() {
     let (dirs, recv, _svc) = tree_service(true, "1h", "");
-    make_tree(&dirs.spool, &scratch(&dirs));
+    make_tree_and_see_it_delivered(&dirs, &recv);
+}
+
+/// Makes the acceptance tree ([`make_tree`]) and waits until each of its files was
+/// received exactly once and the spool holds no file.
+fn make_tree_and_see_it_delivered(dirs: &Dirs, recv: &Receiver) {
+    make_tree(&dirs.spool, &scratch(dirs));
     let want = tree_contents();
     wait_for("every file of the tree delivered", || {
         recv.count() >= want.len()
@@ -145,16 +151,7 @@ fn a_tree_made_while_running_is_delivered() {
 #[test]
 fn emptied_subdirectories_are_pruned() {
     let (dirs, recv, _svc) = tree_service(true, "300ms", "");
-    make_tree(&dirs.spool, &scratch(&dirs));
-    let want = tree_contents();
-    wait_for("every file of the tree delivered", || {
-        recv.count() >= want.len()
-    });
-    for (rel, c) in &want {
-        assert_eq!(recv.times_received(c), 1, "{rel}");
-    }
-    assert_eq!(recv.count(), want.len());
-    wait_for("the spool emptied", || files_under(&dirs.spool).is_empty());
+    make_tree_and_see_it_delivered(&dirs, &recv);
     wait_for("its subdirectories pruned", || dirs_under(&dirs.spool) == 0);
     assert!(dirs.spool.is_dir(), "the spool itself was removed");
 }
@@ -258,6 +255,18 @@ fn status_and_log_name_the_relative_path() {
     });
 }
 
+/// A config of a `recursive = true` watch that deletes what it sent and walks its tree every
+/// 300 ms.
+fn deleting_tree_config(dirs: &Dirs, port: u16) -> PathBuf {
+    let o = Opts {
+        delete: true,
+        rescan: "300ms",
+        ..Opts::default()
+    };
+    let text = format!("{}recursive = true\n", config_text(dirs, port, &o));
+    write_config(dirs, "a.toml", &text)
+}
+
 /// A filesystem mounted inside the spool's tree is not entered: its files are never sent,
 /// while the directories around it are. The mount is made in a mount namespace of the
 /// service's own (`unshare --mount`), so nothing outside the test sees it; the file in it
@@ -271,13 +280,7 @@ fn as_root_a_mount_point_in_the_tree_is_not_crossed() {
     let recv = Receiver::start(&dirs.recv);
     fs::create_dir(dirs.spool.join("mnt")).unwrap();
     fs::create_dir(dirs.spool.join("plain")).unwrap();
-    let o = Opts {
-        delete: true,
-        rescan: "300ms",
-        ..Opts::default()
-    };
-    let text = format!("{}recursive = true\n", config_text(&dirs, recv.port, &o));
-    let cfg = write_config(&dirs, "a.toml", &text);
+    let cfg = deleting_tree_config(&dirs, recv.port);
     let m = dirs.spool.join("mnt");
     let script = format!(
         "mount -t tmpfs accio-test {m:?} && printf 'in the mount' > {f:?} && exec \"$0\" \"$@\"",
@@ -324,13 +327,7 @@ fn as_root_the_inotify_watch_limit_is_reported_and_rescans_cover_the_rest() {
     for i in 0..8 {
         fs::create_dir(dirs.spool.join(format!("d{i}"))).unwrap();
     }
-    let o = Opts {
-        delete: true,
-        rescan: "300ms",
-        ..Opts::default()
-    };
-    let text = format!("{}recursive = true\n", config_text(&dirs, recv.port, &o));
-    let cfg = write_config(&dirs, "a.toml", &text);
+    let cfg = deleting_tree_config(&dirs, recv.port);
     let script = "echo 3 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"";
     let svc = Service::start_wrapped(&cfg, &[], &["unshare", "-U", "-r", "sh", "-c", script]);
     svc.wait_log("inotify watch limit reached");

@@ -441,24 +441,6 @@ pub fn list(
 ) -> io::Result<Listing> {
     use std::collections::BinaryHeap;
     use std::os::unix::fs::MetadataExt;
-    /// Ordered by age, so the heap's top is the youngest kept.
-    struct ByAge(Listed);
-    impl PartialEq for ByAge {
-        fn eq(&self, o: &Self) -> bool {
-            self.cmp(o) == std::cmp::Ordering::Equal
-        }
-    }
-    impl Eq for ByAge {}
-    impl PartialOrd for ByAge {
-        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-            Some(self.cmp(o))
-        }
-    }
-    impl Ord for ByAge {
-        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-            (self.0.id.mtime_ns, &self.0.name).cmp(&(o.0.id.mtime_ns, &o.0.name))
-        }
-    }
     let limit = limit.max(1);
     let meta = std::fs::metadata(dir)?;
     let mut oldest: BinaryHeap<ByAge> = BinaryHeap::new();

@@ -175,6 +175,17 @@ pub fn big_in_flight(
 }
 
 /// Writes `text` as `dirs.root/NAME` and returns its path.
+/// Runs `accio ARGS --config CONFIG` (a tool: status, retry, check-config, ...) to its end.
+pub fn accio(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 pub fn write_config(dirs: &Dirs, name: &str, text: &str) -> PathBuf {
     let p = dirs.root.path().join(name);
     fs::write(&p, text).unwrap();
