@@ -90,21 +90,31 @@ fn file_of(len: u64) -> (tempfile::TempDir, std::fs::File) {
 
 /// One upload of `len` bytes to `dest` under `pacer` (counted among its limits' uploads
 /// since it was made); bytes sent and the time waited for grants.
-async fn paced_upload(dest: Destination, len: u64, mut pacer: Pacer) -> (u64, Duration) {
+async fn paced_upload(dest: Destination, len: u64, pacer: Pacer) -> (u64, Duration) {
+    paced_upload_with(dest, len, pacer, &timeouts()).await
+}
+
+/// [`paced_upload`] with these timeouts.
+async fn paced_upload_with(
+    dest: Destination,
+    len: u64,
+    mut pacer: Pacer,
+    t: &Timeouts,
+) -> (u64, Duration) {
     let (_dir, file) = file_of(len);
     let done = client::upload::<std::convert::Infallible>(
         &dest,
         Confirm::Close,
         &file,
         None,
-        &timeouts(),
+        t,
         Some(&mut pacer),
         &mut |_| {},
         &mut None,
         |_| Ok(()),
     )
     .await
-    .unwrap();
+    .expect("a paced upload, not a failed or stalled one");
     (done.bytes, pacer.waited())
 }
 
@@ -202,22 +212,8 @@ fn a_timetable_entry_coming_due_frees_a_transfer_in_flight() {
     let pacer = rates.pacer(&dest.to_string());
     let len = 4 * MIB;
     let task = runtime.spawn(async move {
-        let (_dir, file) = file_of(len);
-        let mut pacer = pacer;
-        let r = client::upload::<std::convert::Infallible>(
-            &dest,
-            Confirm::Close,
-            &file,
-            None,
-            &timeouts(),
-            Some(&mut pacer),
-            &mut |_| {},
-            &mut None,
-            |_| Ok(()),
-        )
-        .await
-        .map(|u| u.bytes);
-        (r.unwrap(), Instant::now())
+        let (sent, _) = paced_upload(dest, len, pacer).await;
+        (sent, Instant::now())
     });
     // At 128 KiB/s the file would take 32 s.
     wait_for("the paced transfer to be under way", || {
@@ -248,21 +244,7 @@ fn a_reload_changes_the_limit_of_a_transfer_in_flight() {
     let runtime = rt();
     let pacer = rates.pacer(&dest.to_string());
     let task = runtime.spawn(async move {
-        let (_dir, file) = file_of(4 * MIB);
-        let mut pacer = pacer;
-        client::upload::<std::convert::Infallible>(
-            &dest,
-            Confirm::Close,
-            &file,
-            None,
-            &timeouts(),
-            Some(&mut pacer),
-            &mut |_| {},
-            &mut None,
-            |_| Ok(()),
-        )
-        .await
-        .unwrap();
+        paced_upload(dest, 4 * MIB, pacer).await;
         Instant::now()
     });
     wait_for("the paced transfer to be under way", || {
@@ -315,28 +297,16 @@ fn a_socket_the_kernel_paces_slowly_is_not_stalled() {
     // timeout, while the kernel keeps sending from it.
     let sink = Sink::start();
     let limit = Arc::new(Limiter::new(Some(256 * KIB)));
-    let (sent, waited) = rt().block_on(async {
-        let (_dir, file) = file_of(768 * KIB);
-        let mut pacer = Pacer::new(vec![limit]);
-        let t = Timeouts {
-            stall: Duration::from_millis(100),
-            ..timeouts()
-        };
-        let done = client::upload::<std::convert::Infallible>(
-            &sink.dest(),
-            Confirm::Close,
-            &file,
-            None,
-            &t,
-            Some(&mut pacer),
-            &mut |_| {},
-            &mut None,
-            |_| Ok(()),
-        )
-        .await
-        .expect("a paced upload, not a stalled one");
-        (done.bytes, pacer.waited())
-    });
+    let t = Timeouts {
+        stall: Duration::from_millis(100),
+        ..timeouts()
+    };
+    let (sent, waited) = rt().block_on(paced_upload_with(
+        sink.dest(),
+        768 * KIB,
+        Pacer::new(vec![limit]),
+        &t,
+    ));
     assert_eq!(sent, 768 * KIB);
     assert!(waited > Duration::ZERO);
     assert_eq!(sink.received(), 768 * KIB);
