@@ -20,8 +20,6 @@
 #[allow(dead_code)]
 mod baseline;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +30,11 @@ use accio::rate::{Limiter, Pacer};
 
 #[path = "common/clients.rs"]
 mod clients;
+#[path = "../tests/support/read_sink.rs"]
+#[allow(dead_code)]
+mod read_sink;
 use clients::{build_baseline, cpu_of, run_client, write_file, ACCIO};
+use read_sink::ReadSink;
 const MIB: u64 = 1 << 20;
 
 fn main() {
@@ -45,7 +47,8 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let want = |what: &str| only.is_empty() || only.iter().any(|o| o == what);
-    let sink = Sink::start();
+    // The discard server: 1 MiB reads (less of its CPU), logging while a part asks.
+    let sink = ReadSink::start(1 << 20, false);
     let dir = tempfile::Builder::new()
         .prefix("accio-bench-rate")
         .tempdir_in(Path::new(ACCIO).parent().unwrap())
@@ -81,53 +84,6 @@ fn main() {
     }
     if want("small") {
         small(&sink, dir.path());
-    }
-}
-
-/// The discard server: greets, reads to end of file, logs (connection, when, bytes) of
-/// every read when asked to, closes.
-struct Sink {
-    port: u16,
-    log: Log,
-}
-
-/// (connection, when, bytes) of every read, while a part asks for them.
-type Log = Arc<Mutex<Option<Vec<(usize, Instant, u64)>>>>;
-
-impl Sink {
-    fn start() -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let log: Log = Arc::default();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for (id, stream) in listener.incoming().enumerate() {
-                let Ok(mut stream) = stream else { continue };
-                let l = l.clone();
-                std::thread::spawn(move || {
-                    if stream.write_all(b"accio\r\n").is_err() {
-                        return;
-                    }
-                    let mut buf = vec![0u8; 1 << 20];
-                    while let Ok(n) = stream.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        if let Some(log) = l.lock().unwrap().as_mut() {
-                            log.push((id, Instant::now(), n as u64));
-                        }
-                    }
-                });
-            }
-        });
-        Sink { port, log }
-    }
-
-    fn dest(&self) -> Destination {
-        Destination {
-            host: "127.0.0.1".into(),
-            port: self.port,
-        }
     }
 }
 
@@ -170,14 +126,14 @@ async fn upload_logged(
     .expect("upload");
 }
 
-fn shared(sink: &Sink, dir: &Path, kernel: bool) {
+fn shared(sink: &ReadSink, dir: &Path, kernel: bool) {
     const RATE: u64 = 4 * MIB;
     const UPLOADS: usize = 8;
     // 80 MiB at 4 MiB/s: 20 s.
     let path = dir.join("10MiB");
     write_file(&path, 10 * MIB);
     let limit = Arc::new(Limiter::new(Some(RATE)));
-    *sink.log.lock().unwrap() = Some(Vec::new());
+    sink.start_log();
     let started = Instant::now();
     let (cpu0, _) = self_cpu();
     // The sender's side: (upload, when, bytes handed to the kernel so far).
@@ -203,7 +159,7 @@ fn shared(sink: &Sink, dir: &Path, kernel: bool) {
     });
     let took = started.elapsed();
     let (cpu1, _) = self_cpu();
-    let log = sink.log.lock().unwrap().take().unwrap();
+    let log = sink.take_log();
     let total: u64 = log.iter().map(|r| r.2).sum();
     println!(
         "shared: {UPLOADS} uploads of 10 MiB in flight under one 4 MiB/s limit, {}",
@@ -334,7 +290,7 @@ fn shared(sink: &Sink, dir: &Path, kernel: bool) {
 
 /// `accio send --limit-rate 2MiB/s` of 20 MiB, 3 runs; returns CPU ms per MiB (median) of
 /// the client, and of the client and the sink together.
-fn send_limited(sink: &Sink, dir: &Path) -> (f64, f64) {
+fn send_limited(sink: &ReadSink, dir: &Path) -> (f64, f64) {
     let path = dir.join("20MiB");
     write_file(&path, 20 * MIB);
     let port = sink.port.to_string();
@@ -373,7 +329,7 @@ fn send_limited(sink: &Sink, dir: &Path) -> (f64, f64) {
 
 /// Unlimited `accio send` of 1 GiB vs the sendfile baseline, interleaved; returns accio's
 /// CPU ms per MiB (median), alone and with the sink's.
-fn unlimited(sink: &Sink, dir: &Path) -> (f64, f64) {
+fn unlimited(sink: &ReadSink, dir: &Path) -> (f64, f64) {
     let baseline_exe = build_baseline();
     let path = dir.join("1GiB");
     write_file(&path, 1 << 30);
@@ -430,7 +386,7 @@ fn unlimited(sink: &Sink, dir: &Path) -> (f64, f64) {
     per
 }
 
-fn small(sink: &Sink, dir: &Path) {
+fn small(sink: &ReadSink, dir: &Path) {
     const FILES: usize = 2000;
     const WORKERS: usize = 4;
     let path = dir.join("4KiB");

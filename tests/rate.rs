@@ -9,66 +9,22 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use accio::client::{self, Destination};
 use accio::protocol::{Confirm, Timeouts};
 use accio::rate::{Limiter, Pacer, Policy, Rates, Schedule};
+use support::read_sink::ReadSink;
 use support::send::{accio, finish, spawn, temp_file};
 use support::wait::wait_for;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
-/// What a sink received: (connection, when, bytes) for every read.
-type Log = Arc<Mutex<Vec<(usize, Instant, u64)>>>;
-
-/// A well-behaved server: greets, reads to end of file, logs every read, closes.
-struct Sink {
-    port: u16,
-    log: Log,
-}
-
-impl Sink {
-    fn start() -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let log: Log = Arc::default();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for (id, conn) in listener.incoming().enumerate() {
-                let Ok(mut conn) = conn else { return };
-                let l = l.clone();
-                std::thread::spawn(move || {
-                    if conn.write_all(b"accio\r\n").is_err() {
-                        return;
-                    }
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match conn.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => l.lock().unwrap().push((id, Instant::now(), n as u64)),
-                        }
-                    }
-                });
-            }
-        });
-        Sink { port, log }
-    }
-
-    fn dest(&self) -> Destination {
-        Destination {
-            host: "127.0.0.1".into(),
-            port: self.port,
-        }
-    }
-
-    fn received(&self) -> u64 {
-        self.log.lock().unwrap().iter().map(|r| r.2).sum()
-    }
+/// The receiver: greets, reads 64 KiB at a time, logs every read.
+fn sink() -> ReadSink {
+    ReadSink::start(64 * 1024, true)
 }
 
 fn timeouts() -> Timeouts {
@@ -128,7 +84,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn eight_uploads_share_one_limit() {
-    let sink = Sink::start();
+    let sink = sink();
     let rate = 2 * MIB;
     let limit = Arc::new(Limiter::new(Some(rate)));
     let started = Instant::now();
@@ -154,7 +110,7 @@ fn eight_uploads_share_one_limit() {
     assert!(took >= Duration::from_millis(3800), "too fast: {took:?}");
     assert!(took < Duration::from_secs(20), "not released: {took:?}");
 
-    let log = sink.log.lock().unwrap().clone();
+    let log = sink.log();
     let t0 = log.iter().map(|r| r.1).min().unwrap();
     // Never faster than the limit: any 1 s window holds at most the rate, plus what the
     // burst and one grant per upload allow.
@@ -198,7 +154,7 @@ fn eight_uploads_share_one_limit() {
 
 #[test]
 fn a_timetable_entry_coming_due_frees_a_transfer_in_flight() {
-    let sink = Sink::start();
+    let sink = sink();
     let dest = sink.dest();
     let rates = Arc::new(Rates::default());
     // Limited at 08:00, off from 12:00; "now" is 08:00 at first.
@@ -233,7 +189,7 @@ fn a_timetable_entry_coming_due_frees_a_transfer_in_flight() {
 
 #[test]
 fn a_reload_changes_the_limit_of_a_transfer_in_flight() {
-    let sink = Sink::start();
+    let sink = sink();
     let dest = sink.dest();
     let rates = Arc::new(Rates::default());
     rates.configure(
@@ -271,7 +227,7 @@ fn a_reload_changes_the_limit_of_a_transfer_in_flight() {
 
 #[test]
 fn send_limit_rate_paces_a_large_file() {
-    let sink = Sink::start();
+    let sink = sink();
     let len = 3 * MIB;
     let (_dir, path) = temp_file(&vec![7u8; len as usize]);
     let (child, started) = spawn(
@@ -295,7 +251,7 @@ fn a_socket_the_kernel_paces_slowly_is_not_stalled() {
     // its pace (SO_MAX_PACING_RATE) in packets far apart (up to 64 KiB on loopback, a
     // quarter of a second): the send queue does not move for longer than the 100 ms stall
     // timeout, while the kernel keeps sending from it.
-    let sink = Sink::start();
+    let sink = sink();
     let limit = Arc::new(Limiter::new(Some(256 * KIB)));
     let t = Timeouts {
         stall: Duration::from_millis(100),
@@ -316,7 +272,7 @@ fn a_socket_the_kernel_paces_slowly_is_not_stalled() {
 fn a_paced_upload_is_not_a_stalled_one() {
     // At 2K/s each grant (2 KiB, the smallest) waits a second, far longer than the
     // stall timeout; the socket itself always takes the data.
-    let sink = Sink::start();
+    let sink = sink();
     let (_dir, path) = temp_file(&[1u8; 6 * 1024]);
     let (child, started) = spawn(
         accio()

@@ -3,6 +3,7 @@
 //! - [`wait`]: waiting on a condition with a deadline (never sleeping and hoping);
 //! - [`net`]: free ports, listeners, "is it listening", a black-holed address;
 //! - [`procfs`]: CPU time and memory of a process;
+//! - [`read_sink`]: a receiver that logs every read (the bandwidth tests and benchmark);
 //! - [`receiver`]: the real `accio serve` as the receiving end;
 //! - [`scripted`]: a receiver written for one test (stalls, resets, wrong greetings);
 //! - [`send`]: `accio send`/`serve` runs with their outcome, one-connection peers;
@@ -16,6 +17,7 @@
 
 pub mod net;
 pub mod procfs;
+pub mod read_sink;
 pub mod receiver;
 pub mod scripted;
 pub mod send;
