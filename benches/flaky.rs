@@ -39,7 +39,7 @@ mod sink;
 
 use std::time::{Duration, Instant};
 
-use harness::{env_num, wait_until, Conf, Dest, Dirs, Launch, Service, WatchConf};
+use harness::{env_num, wait_until, Conf, Dest, Dirs, WatchConf};
 use peers::{Fault, Receiver, ReceiverOptions};
 
 struct Figures {
@@ -94,16 +94,9 @@ fn run(
     for i in 1..=files {
         std::fs::write(d.stage.join(format!("s{i}")), payload::content(i, size)).unwrap();
     }
-    let mut svc = Service::start(&Launch {
-        config: d.config.clone(),
-        log: d.log.clone(),
-        ..Launch::default()
-    });
-    if !svc.wait_ready(Duration::from_secs(20)) {
-        println!(
-            "  no READY=1 within 20 s; log:\n{}",
-            harness::tail(&d.log_text(), 20)
-        );
+    let (mut svc, not_ready) = d.start_service(Duration::from_secs(20));
+    if let Some(tail) = not_ready {
+        println!("  no READY=1 within 20 s; log:\n{tail}");
     }
     let t0 = Instant::now();
     let dropped: Vec<(u64, Instant)> = (1..=files)

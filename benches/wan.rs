@@ -38,7 +38,7 @@ mod sink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{env_num, wait_until, Conf, Dest, Dirs, Launch, Service, WatchConf};
+use harness::{env_num, wait_until, Conf, Dest, Dirs, WatchConf};
 use peers::{Proxy, ProxyOptions, Receiver, ReceiverOptions};
 
 /// `None`: the default configuration (no concurrency keys at all).
@@ -165,16 +165,9 @@ fn run_one(ctx: &Ctx, orig: &Originals, r: Run) -> Figures {
         )
         .unwrap();
     }
-    let mut svc = Service::start(&Launch {
-        config: d.config.clone(),
-        log: d.log.clone(),
-        ..Launch::default()
-    });
-    if !svc.wait_ready(Duration::from_secs(20)) {
-        println!(
-            "  no READY=1 within 20 s; log:\n{}",
-            harness::tail(&d.log_text(), 20)
-        );
+    let (mut svc, not_ready) = d.start_service(Duration::from_secs(20));
+    if let Some(tail) = not_ready {
+        println!("  no READY=1 within 20 s; log:\n{tail}");
     }
     let t0 = Instant::now();
     for i in 1..=r.files {

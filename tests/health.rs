@@ -17,7 +17,7 @@ mod sink;
 
 use std::time::{Duration, Instant};
 
-use harness::{wait_until, Conf, Dest, Dirs, Launch, Service, WatchConf};
+use harness::{wait_until, Conf, Dest, Dirs, WatchConf};
 use peers::{Fault, Proxy, ProxyOptions, Receiver, ReceiverOptions};
 
 /// What a run saw.
@@ -58,16 +58,10 @@ fn run_with(
     for i in 1..=files {
         std::fs::write(d.stage.join(format!("s{i}")), payload::content(i, size)).unwrap();
     }
-    let mut svc = Service::start(&Launch {
-        config: d.config.clone(),
-        log: d.log.clone(),
-        ..Launch::default()
-    });
-    assert!(
-        svc.wait_ready(Duration::from_secs(30)),
-        "{name}: no READY=1; log:\n{}",
-        harness::tail(&d.log_text(), 20)
-    );
+    let (mut svc, not_ready) = d.start_service(Duration::from_secs(30));
+    if let Some(tail) = not_ready {
+        panic!("{name}: no READY=1; log:\n{tail}");
+    }
     let t0 = Instant::now();
     for i in 1..=files {
         std::fs::rename(

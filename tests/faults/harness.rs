@@ -124,6 +124,18 @@ impl Dirs {
         }
     }
 
+    /// Starts `accio watch` on this scenario's config and log and waits up to `timeout` for
+    /// READY=1. Returns the service and, if it did not get ready, the log's last lines.
+    pub fn start_service(&self, timeout: Duration) -> (Service, Option<String>) {
+        let mut svc = Service::start(&Launch {
+            config: self.config.clone(),
+            log: self.log.clone(),
+            ..Launch::default()
+        });
+        let not_ready = (!svc.wait_ready(timeout)).then(|| tail(&self.log_text(), 30));
+        (svc, not_ready)
+    }
+
     /// The service's log, with this scenario's temporary directory shown as `<tmp>` so that
     /// searches for a word do not match the directory's name.
     pub fn log_text(&self) -> String {

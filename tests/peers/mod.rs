@@ -702,7 +702,7 @@ pub const HEALTHY_IDS: u64 = 1_000_000_000;
 
 impl Pair {
     pub fn start(name: &str, trouble: Trouble, timeout: &str, concurrency: Option<i64>) -> Pair {
-        use super::harness::{Dirs, Launch, Service};
+        use super::harness::Dirs;
         let dirs = Dirs::new(name);
         let mut a = WatchConf::under(&dirs.tmp.path().join("a"));
         let mut b = WatchConf::under(&dirs.tmp.path().join("b"));
@@ -731,16 +731,10 @@ impl Pair {
         let mut conf = Conf::new(timeout, vec![a.clone(), b.clone()]);
         conf.concurrency = concurrency;
         conf.write(&dirs.config);
-        let mut svc = Service::start(&Launch {
-            config: dirs.config.clone(),
-            log: dirs.log.clone(),
-            ..Launch::default()
-        });
-        assert!(
-            svc.wait_ready(Duration::from_secs(20)),
-            "accio watch not ready within 20 s; log:\n{}",
-            super::harness::tail(&dirs.log_text(), 30)
-        );
+        let (svc, not_ready) = dirs.start_service(Duration::from_secs(20));
+        if let Some(tail) = not_ready {
+            panic!("accio watch not ready within 20 s; log:\n{tail}");
+        }
         Pair {
             dirs,
             a,
