@@ -37,16 +37,14 @@ use clients::{build_baseline, cpu_of, run_client, write_file, ACCIO};
 use read_sink::ReadSink;
 const MIB: u64 = 1 << 20;
 
+#[path = "common/parts.rs"]
+mod parts;
+
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/rate.rs: run with `cargo bench --bench rate`");
+    let Some(parts) = parts::asked("rate") else {
         return;
-    }
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let want = |what: &str| only.is_empty() || only.iter().any(|o| o == what);
+    };
+    let want = |what: &str| parts.want(what);
     // The discard server: 1 MiB reads (less of its CPU), logging while a part asks.
     let sink = ReadSink::start(1 << 20, false);
     let dir = tempfile::Builder::new()

@@ -24,18 +24,15 @@ use std::time::{Duration, Instant};
 mod clients;
 use clients::{build_baseline, cpu_of, run_client, write_file, ACCIO};
 
+#[path = "common/parts.rs"]
+mod parts;
+
 fn main() {
-    // `cargo bench` passes --bench; a test-mode run (`cargo test --benches`) does nothing.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/send.rs: run with `cargo bench --bench send`");
-        return;
-    }
     // Optional filter: `cargo bench --bench send -- small` (or `big`).
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let want = |what: &str| only.is_empty() || only.iter().any(|o| o == what);
+    let Some(parts) = parts::asked("send") else {
+        return;
+    };
+    let want = |what: &str| parts.want(what);
     let baseline_exe = build_baseline();
     let port = start_sink();
     let dir = tempfile::Builder::new()

@@ -27,17 +27,14 @@ use std::time::{Duration, Instant};
 const ACCIO: &str = env!("CARGO_BIN_EXE_accio");
 const COMMAND: &[u8] = b"accio\r\n";
 
+#[path = "common/parts.rs"]
+mod parts;
+
 fn main() {
-    // `cargo bench` passes --bench; a test-mode run (`cargo test --benches`) does nothing.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/serve.rs: run with `cargo bench --bench serve`");
+    let Some(parts) = parts::asked("serve") else {
         return;
-    }
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let want = |what: &str| only.is_empty() || only.iter().any(|o| o == what);
+    };
+    let want = |what: &str| parts.want(what);
     raise_own_nofile();
     let before = std::env::var_os("ACCIO_BEFORE").map(PathBuf::from);
     let work = tempfile::Builder::new()
