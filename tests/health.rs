@@ -110,19 +110,7 @@ fn pool_with(fault: Option<(Fault, u64)>) -> Receiver {
 /// the destination went down and came back again and again), and it never goes down.
 #[test]
 fn hung_workers_at_5_percent() {
-    let recv = pool_with(Some((Fault::Hang, 20)));
-    let r = run(
-        "health-hung",
-        &recv,
-        recv.port(),
-        400,
-        2048,
-        Duration::from_secs(120),
-    );
-    assert_eq!(r.received, 400, "log:\n{}", harness::tail(&r.log, 30));
-    assert!(r.faulted > 0, "no connection met the fault");
-    assert_eq!(r.downs, 0, "went down; log:\n{}", harness::tail(&r.log, 30));
-    assert_eq!(r.gave_up, 0);
+    let r = every_20th_faulty(Fault::Hang, "health-hung");
     // Each hung connection alone held for the 10 s timeout would be well past this.
     assert!(
         r.secs < 30.0,
@@ -135,9 +123,15 @@ fn hung_workers_at_5_percent() {
 /// Every 20th connection closed before its greeting: all arrive, never down.
 #[test]
 fn closes_at_5_percent() {
-    let recv = pool_with(Some((Fault::Close, 20)));
+    every_20th_faulty(Fault::Close, "health-close");
+}
+
+/// 400 files to a pool of 32 whose every 20th connection meets `fault`: all arrive, some
+/// connection met the fault, the destination never went down and no file was given up.
+fn every_20th_faulty(fault: Fault, name: &str) -> Run {
+    let recv = pool_with(Some((fault, 20)));
     let r = run(
-        "health-close",
+        name,
         &recv,
         recv.port(),
         400,
@@ -145,9 +139,10 @@ fn closes_at_5_percent() {
         Duration::from_secs(120),
     );
     assert_eq!(r.received, 400, "log:\n{}", harness::tail(&r.log, 30));
-    assert!(r.faulted > 0);
+    assert!(r.faulted > 0, "no connection met the fault");
     assert_eq!(r.downs, 0, "went down; log:\n{}", harness::tail(&r.log, 30));
     assert_eq!(r.gave_up, 0);
+    r
 }
 
 /// A server that serves one connection at a time, 1 s each: every file arrives and hardly
