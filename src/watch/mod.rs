@@ -23,6 +23,7 @@ pub mod core;
 pub mod ctx;
 pub mod disposition;
 pub mod error;
+pub mod listing;
 pub mod queue;
 pub mod specials;
 pub mod uploader;

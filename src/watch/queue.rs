@@ -27,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 use super::claim;
 use super::core::{self, Action, Core, Identity, Key, Listing, Outcome, Report, Start, Writers};
 use super::ctx::{Shared, WatchCtx};
+use super::listing;
 use super::specials::{Say, SpecialLog};
 use super::uploader::{self, Job};
-use super::watcher::{self, Msg, Watcher};
+use super::watcher::{Msg, Watcher};
 use crate::esc::esc;
 use crate::status::{FileInFlight, View, ViewRequest};
 
@@ -293,7 +294,7 @@ impl Queue {
                     self.scans.spawn_blocking(move || {
                         let n = watches.begin(watch);
                         let place = |dir: &Path, id| watches.place(watch, n, dir, id);
-                        let walk = watcher::Walk {
+                        let walk = listing::Walk {
                             root: &w.cfg.dir,
                             accepts: &|n| w.filter.accepts(n),
                             enters: &|p| w.filter.enters(p),
@@ -302,7 +303,7 @@ impl Queue {
                             others: &others,
                             place: &place,
                         };
-                        let r = watcher::walk(&walk, limit);
+                        let r = listing::walk(&walk, limit);
                         if r.is_ok() {
                             watches.walked(watch, n);
                         }
@@ -312,7 +313,7 @@ impl Queue {
                 Action::List { watch, limit } => {
                     let w = self.watches[watch].clone();
                     self.scans.spawn_blocking(move || {
-                        let r = watcher::list(&w.cfg.dir, &|n| w.filter.accepts(n), limit);
+                        let r = listing::list(&w.cfg.dir, &|n| w.filter.accepts(n), limit);
                         (watch, r)
                     });
                 }

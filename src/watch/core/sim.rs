@@ -5,7 +5,7 @@
 //!
 //! The simulation plays the driver's part: it answers looks and writer probes from the
 //! simulated spool at once, lists directories (bounded, oldest first, as
-//! [`crate::watch::watcher::list`] does), turns changes of the spool into hints as inotify
+//! [`crate::watch::listing::list`] does), turns changes of the spool into hints as inotify
 //! would, and plays the uploader: an attempt claims the file, checks its writers, "sends" it
 //! and ends as the test decides (or as the spool and the destination's state dictate).
 

@@ -1,6 +1,6 @@
 //! Decisions about a spool's tree (`recursive = true`), without I/O: which directories a
 //! walk enters, which empty ones it removes, and what the kernel's watch limit calls for.
-//! The walk itself is [`crate::watch::watcher::walk`].
+//! The walk itself is [`crate::watch::listing::walk`].
 //!
 //! A file's name in a tree is its path relative to the spool: components joined by `/`, no
 //! leading `/`, no empty, `.` or `..` component; a file in the spool itself has no `/`, so
