@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use crate::handshake::Handshake;
 use crate::protocol::{self, Confirm, ProtocolError, Timeouts};
 use crate::rate::Pacer;
 
@@ -198,10 +199,19 @@ impl fmt::Display for TriedAddrs {
 /// stuck unacknowledged is caught by [`protocol::finish_tcp`] instead, which watches the send
 /// queue drain with the stall timeout.
 ///
+/// `handshake`, when given, is what is known of this destination's round trip: an attempt
+/// whose handshake takes much longer is started afresh rather than left to the kernel's
+/// 1 s retransmission of the SYN (see [`crate::handshake`]), and each handshake that needed
+/// one SYN is a sample of it.
+///
 /// # Errors
 /// [`ClientError::Resolve`], [`ClientError::NoAddresses`], [`ClientError::Connect`] or
 /// [`ClientError::ConnectTimeout`].
-pub async fn connect(dest: &Destination, timeouts: &Timeouts) -> Result<TcpStream, ClientError> {
+pub async fn connect(
+    dest: &Destination,
+    timeouts: &Timeouts,
+    handshake: Option<&Handshake>,
+) -> Result<TcpStream, ClientError> {
     let deadline = crate::protocol::after(Instant::now(), timeouts.connect);
     let addrs: Vec<SocketAddr> = match timeout_at(
         deadline,
@@ -230,7 +240,7 @@ pub async fn connect(dest: &Destination, timeouts: &Timeouts) -> Result<TcpStrea
             host: dest.host.clone(),
         });
     }
-    connect_addrs(dest, addrs, timeouts, deadline).await
+    connect_addrs(dest, addrs, timeouts, deadline, handshake).await
 }
 
 /// Tries `addrs` in turn until `deadline`, each with an equal share of the time left: what
@@ -244,6 +254,7 @@ pub async fn connect_addrs(
     addrs: Vec<SocketAddr>,
     timeouts: &Timeouts,
     deadline: Instant,
+    handshake: Option<&Handshake>,
 ) -> Result<TcpStream, ClientError> {
     let mut tried = TriedAddrs::default();
     let timed_out = |tried| ClientError::ConnectTimeout {
@@ -259,7 +270,7 @@ pub async fn connect_addrs(
         }
         let left = count - i as u32;
         let share = (deadline - now) / left;
-        match tokio::time::timeout(share, connect_one(addr)).await {
+        match connect_restarting(addr, now + share, handshake).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(e)) => tried.0.push((addr, Tried::Failed(e))),
             Err(_) => tried.0.push((addr, Tried::NoAnswer(share))),
@@ -276,6 +287,41 @@ pub async fn connect_addrs(
             dest: dest.clone(),
             tried,
         })
+    }
+}
+
+/// Connects to `addr` by `until`; `Err(Elapsed)` if no handshake completed by then. With a
+/// `handshake` estimate, an attempt that waits longer than it allows is closed (nothing is
+/// sent: it never completed) and a new one started, each wait twice the last; a handshake
+/// that completed on the first attempt is a sample of the round trip.
+async fn connect_restarting(
+    addr: SocketAddr,
+    until: Instant,
+    handshake: Option<&Handshake>,
+) -> Result<io::Result<TcpStream>, tokio::time::error::Elapsed> {
+    let Some(hs) = handshake else {
+        return timeout_at(until, connect_one(addr)).await;
+    };
+    let mut retry = 0u32;
+    loop {
+        let start = Instant::now();
+        let left = until.saturating_duration_since(start);
+        let wait = hs.retry_after(retry, left);
+        match timeout_at(start + wait, connect_one(addr)).await {
+            Ok(done) => {
+                if retry == 0 && done.is_ok() {
+                    hs.sample(start.elapsed());
+                }
+                return Ok(done);
+            }
+            // The whole share is used up: as without the estimate.
+            Err(elapsed) if start + wait >= until => return Err(elapsed),
+            Err(_) => {
+                hs.restarted();
+                tracing::debug!(%addr, ?wait, retry, "no handshake yet: connecting afresh");
+                retry += 1;
+            }
+        }
     }
 }
 
@@ -324,6 +370,8 @@ pub struct Uploaded {
 /// has arrived, so that a caller whose upload fails later still knows the server answered,
 /// and how fast.
 ///
+/// `handshake` is the destination's round trip as far as known (see [`connect`]).
+///
 /// # Errors
 /// Any [`ClientError`] ([`ClientError::phase`] tells where it failed); on error after
 /// connecting the connection is reset, never closed gracefully, so no failure can look like
@@ -340,9 +388,10 @@ pub async fn upload<E>(
     pacer: Option<&mut Pacer>,
     progress: &mut (dyn FnMut(u64) + Send),
     greeted: &mut Option<Duration>,
+    handshake: Option<&Handshake>,
     before_close: impl FnOnce(u64) -> Result<(), E>,
 ) -> Result<Uploaded, UploadError<E>> {
-    let mut stream = connect(dest, timeouts).await?;
+    let mut stream = connect(dest, timeouts, handshake).await?;
     let connected = Instant::now();
     let proto = |source| ClientError::Protocol {
         dest: dest.clone(),

@@ -20,8 +20,9 @@
 //!   timeout and one whole upload of an open file; [`protocol`], the client side of the
 //!   protocol over any async stream (wait for `accio\r\n`, stream the content, half-close,
 //!   wait for the server's close; no files, no policy); [`rate`], bandwidth limits (rates,
-//!   timetables, the grants that pace a body); [`files`], filesystem calls std does not
-//!   have; [`esc`], paths escaped for log lines.
+//!   timetables, the grants that pace a body); [`handshake`], each destination's round
+//!   trip and when a connect whose SYN was lost starts afresh; [`files`], filesystem calls
+//!   std does not have; [`esc`], paths escaped for log lines.
 
 pub mod app;
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod daemon;
 pub mod esc;
 pub mod exit;
 pub mod files;
+pub mod handshake;
 pub mod limits;
 pub mod logging;
 pub mod man;

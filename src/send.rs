@@ -61,6 +61,8 @@ pub async fn run(
         pacer.as_mut(),
         &mut on_progress,
         &mut None,
+        // One connection, no round trip known: the kernel's own SYN retransmissions.
+        None,
         |_| Ok(()),
     )
     .await;

@@ -33,9 +33,15 @@ async fn every_address_is_tried_within_the_connect_timeout() {
     };
     let start = Instant::now();
     let deadline = start + timeouts.connect;
-    let stream = connect_addrs(&dest(), vec![hole.addr, good_addr], &timeouts, deadline)
-        .await
-        .unwrap();
+    let stream = connect_addrs(
+        &dest(),
+        vec![hole.addr, good_addr],
+        &timeouts,
+        deadline,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(stream.peer_addr().unwrap(), good_addr);
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(900), "{took:?}");
@@ -53,7 +59,7 @@ async fn many_black_holes_still_end_at_the_connect_timeout() {
     };
     let start = Instant::now();
     let deadline = start + timeouts.connect;
-    let err = connect_addrs(&dest(), addrs, &timeouts, deadline)
+    let err = connect_addrs(&dest(), addrs, &timeouts, deadline, None)
         .await
         .unwrap_err();
     let took = start.elapsed();
@@ -66,4 +72,65 @@ async fn many_black_holes_still_end_at_the_connect_timeout() {
     for h in &holes {
         assert!(msg.contains(&h.addr.to_string()), "{msg}");
     }
+}
+
+/// A connect whose SYNs go unanswered (the accept queue is full, so the server drops them)
+/// starts afresh once the destination's known round trip says the answer is overdue, not
+/// after the kernel's 1 s; it connects as soon as the server has room, and the server
+/// accepts no connection besides the ones really made (an attempt closed before its
+/// handshake leaves nothing behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_syn_is_sent_afresh_after_the_known_round_trip() {
+    use accio::handshake::{Handshake, MIN_RETRY};
+    use std::sync::Arc;
+
+    let listener = support::net::loopback_listener(0, None);
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue: the next SYN is dropped.
+    let mut fillers = Vec::new();
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => fillers.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+            Err(e) => panic!("filling the accept queue: {e}"),
+        }
+        assert!(fillers.len() < 64, "the accept queue never filled");
+    }
+    // A destination a tenth of a millisecond away, as far as its handshakes told.
+    let hs = Arc::new(Handshake::default());
+    for _ in 0..8 {
+        hs.sample(Duration::from_micros(100));
+    }
+    assert_eq!(hs.retry_after(0, Duration::from_secs(10)), MIN_RETRY);
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(20),
+        ..Timeouts::default()
+    };
+    let task = {
+        let hs = hs.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + timeouts.connect;
+            connect_addrs(&dest(), vec![addr], &timeouts, deadline, Some(&hs)).await
+        })
+    };
+    // Started afresh twice (at 200 ms and 600 ms), where the kernel alone would not even
+    // have sent its first retransmission (at 1 s).
+    let until = Instant::now() + Duration::from_secs(15);
+    while hs.restarts() < 2 {
+        assert!(Instant::now() < until, "never started afresh");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Room for one: the next SYN is answered.
+    listener.set_nonblocking(false).unwrap();
+    let (first, _) = listener.accept().unwrap();
+    let stream = task.await.unwrap().unwrap();
+    let ours = stream.local_addr().unwrap();
+    // What the server has: the fillers and ours, nothing from the attempts closed unanswered.
+    listener.set_nonblocking(true).unwrap();
+    let mut accepted = vec![first.peer_addr().unwrap().as_socket().unwrap()];
+    while let Ok((s, _)) = listener.accept() {
+        accepted.push(s.peer_addr().unwrap().as_socket().unwrap());
+    }
+    assert_eq!(accepted.len(), fillers.len() + 1, "{accepted:?}");
+    assert!(accepted.contains(&ours), "{accepted:?} lacks {ours}");
 }

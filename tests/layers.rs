@@ -11,13 +11,31 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, highest first: each may use only those after it.
 const LAYERS: &[&str] = &[
     // The command line.
-    "app", "man", "cli", //
+    "app",
+    "man",
+    "cli", //
     // Front-ends.
-    "daemon", "send", "serve", "ops", //
+    "daemon",
+    "send",
+    "serve",
+    "ops", //
     // The service.
-    "watch", "systemd", "metrics", "status", "config", "logging", "signals", //
+    "watch",
+    "systemd",
+    "metrics",
+    "status",
+    "config",
+    "logging",
+    "signals", //
     // Below everything that ends a command or opens a connection.
-    "exit", "client", "protocol", "rate", "files", "limits", "esc",
+    "exit",
+    "client",
+    "handshake",
+    "protocol",
+    "rate",
+    "files",
+    "limits",
+    "esc",
 ];
 
 /// Files of the queue's core: decisions only, no I/O, no clock of their own.

@@ -155,4 +155,7 @@ pub struct Shared {
     /// Bandwidth limits; one per process, across reloads (uploads in flight take a new
     /// configuration's limits too).
     pub rates: Arc<crate::rate::Rates>,
+    /// Each destination's handshake round trip (when a connect whose SYN was lost starts
+    /// afresh); kept for the life of a configuration.
+    pub handshakes: crate::handshake::Handshakes,
 }

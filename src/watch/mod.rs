@@ -132,6 +132,7 @@ pub async fn run_with(
         metrics: metrics.clone(),
         syncer: syncer.clone(),
         rates: rates.clone(),
+        handshakes: Default::default(),
     });
     let mut spools = Vec::new();
     for w in &watches {

@@ -122,6 +122,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         Some(&mut pacer),
         &mut |n| progress.store(n, Ordering::Relaxed),
         &mut greeting,
+        Some(&sh.handshakes.of(&job.watch.cfg.server.to_string())),
         |sent| unchanged(&claim, &before, sent),
     )
     .await;
