@@ -55,7 +55,11 @@ impl RoundTrip {
                 self.rttvar = took / 2;
             }
             Some(srtt) => {
-                let delta = srtt.abs_diff(took);
+                let delta = if srtt > took {
+                    srtt - took
+                } else {
+                    took - srtt
+                };
                 // rttvar = 3/4 rttvar + 1/4 |srtt - r|; srtt = 7/8 srtt + 1/8 r.
                 self.rttvar = (self.rttvar * 3 + delta) / 4;
                 self.srtt = Some((srtt * 7 + took) / 8);
