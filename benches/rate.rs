@@ -118,6 +118,7 @@ async fn upload_logged(
         pacer,
         progress,
         &mut None,
+        None,
         |_| Ok(()),
     )
     .await

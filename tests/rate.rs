@@ -67,6 +67,7 @@ async fn paced_upload_with(
         Some(&mut pacer),
         &mut |_| {},
         &mut None,
+        None,
         |_| Ok(()),
     )
     .await
