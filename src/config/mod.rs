@@ -16,6 +16,7 @@
 mod fs_check;
 mod render;
 mod schema;
+mod values;
 
 use std::fmt;
 use std::io::Read;
