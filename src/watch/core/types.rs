@@ -164,12 +164,14 @@ pub struct Listing {
 
 /// The 8-byte hash of a name that a listing's ranked tail ([`Listing::tail`]) holds: stable
 /// within the process (the listing and the names-only listing that picks by it run in the
-/// same one), never trusted beyond the order (a picked name is looked at as any other).
+/// same one), keyed at random per process (a producer cannot make names that collide on
+/// purpose), never trusted beyond the order (a picked name is looked at as any other).
 pub fn name_hash(name: &std::ffi::OsStr) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(std::collections::hash_map::RandomState::new)
+        .hash_one(name)
 }
 
 /// The answer to [`Action::ListNames`]: the directory's names whose hash was asked for, in
