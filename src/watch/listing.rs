@@ -8,15 +8,16 @@ use std::path::{Path, PathBuf};
 
 use super::claim;
 use super::core::tree::{self, Enter};
-use super::core::{Kind, Listed, Listing, TreeListing};
+use super::core::{name_hash, Kind, Listed, Listing, Names, Pick, TreeListing};
 use super::specials;
 use super::watcher::Placed;
 use crate::esc::esc;
 
 /// Lists `dir`, bounded: the `limit` oldest (mtime, then name) regular files whose names
-/// pass `accepts`, how many such files there are in all, and the first
-/// [`specials::LISTED_PER_DIR`] entries that are not regular files (the rest counted).
-/// Memory follows `limit`, not the directory's size nor what a producer put there. Blocking; run it with
+/// pass `accepts`, the hashes of the `tail` next ones ([`Listing::tail`]), how many such
+/// files there are in all, and the first [`specials::LISTED_PER_DIR`] entries that are not
+/// regular files (the rest counted). Memory follows `limit` and `tail` (16 bytes each), not
+/// the directory's size nor what a producer put there. Blocking; run it with
 /// `spawn_blocking`.
 ///
 /// # Errors
@@ -25,12 +26,33 @@ pub fn list(
     dir: &Path,
     accepts: &dyn Fn(&std::ffi::OsStr) -> bool,
     limit: usize,
+    tail: usize,
 ) -> io::Result<Listing> {
     use std::collections::BinaryHeap;
     use std::os::unix::fs::MetadataExt;
     let limit = limit.max(1);
     let meta = std::fs::metadata(dir)?;
     let mut oldest: BinaryHeap<ByAge> = BinaryHeap::new();
+    // The next oldest beyond `oldest`, by (mtime, name hash): a max-heap, its top the
+    // youngest kept.
+    let mut next: BinaryHeap<(i64, u64)> = BinaryHeap::new();
+    let mut rank = |l: &Listed| {
+        if tail == 0 {
+            return;
+        }
+        let mtime = i64::try_from(l.id.mtime_ns).unwrap_or(if l.id.mtime_ns < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        });
+        let r = (mtime, name_hash(&l.name));
+        if next.len() < tail {
+            next.push(r);
+        } else if next.peek().is_some_and(|top| r < *top) {
+            next.pop();
+            next.push(r);
+        }
+    };
     let mut specials = Vec::new();
     let mut more_specials = 0usize;
     let mut total_files = 0usize;
@@ -54,8 +76,12 @@ pub fn list(
                 if oldest.len() < limit {
                     oldest.push(l);
                 } else if oldest.peek().is_some_and(|top| l < *top) {
-                    oldest.pop();
+                    if let Some(out) = oldest.pop() {
+                        rank(&out.0);
+                    }
                     oldest.push(l);
+                } else {
+                    rank(&l.0);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -65,6 +91,9 @@ pub fn list(
         }
     }
     let files = oldest.into_sorted_vec().into_iter().map(|l| l.0).collect();
+    // The ranking's memory (16 bytes a name) is given back once its hashes are out.
+    let mut tail: Vec<u64> = next.into_sorted_vec().into_iter().map(|r| r.1).collect();
+    tail.shrink_to_fit();
     Ok(Listing {
         dir_id: (meta.dev(), meta.ino()),
         files,
@@ -72,6 +101,33 @@ pub fn list(
         specials,
         more_specials,
         tree: TreeListing::default(),
+        tail,
+    })
+}
+
+/// Reads the names of `dir` (no `lstat`: a names-only listing), keeping those that pass
+/// `accepts` and whose [`name_hash`] is among `hashes`, in the order of `hashes` ([`Pick`]).
+/// Memory follows `hashes`, not the directory. Blocking; run it with `spawn_blocking`.
+///
+/// # Errors
+/// The directory cannot be read.
+pub fn names(
+    dir: &Path,
+    accepts: &dyn Fn(&std::ffi::OsStr) -> bool,
+    hashes: &[u64],
+) -> io::Result<Names> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
+    let mut pick = Pick::new(hashes);
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if accepts(&name) {
+            pick.offer(&name);
+        }
+    }
+    Ok(Names {
+        dir_id: (meta.dev(), meta.ino()),
+        names: pick.names(),
     })
 }
 
@@ -139,6 +195,7 @@ pub fn walk(w: &Walk<'_>, limit: usize) -> io::Result<Listing> {
         specials: st.specials,
         more_specials: st.more_specials,
         tree: st.tree,
+        tail: Vec::new(),
     })
 }
 
@@ -478,6 +535,45 @@ mod tests {
         age(d.path());
         walk_with(d.path(), 32, Some(Duration::ZERO), 100, &|_, _| Placed::Yes);
         assert!(d.path().is_dir());
+    }
+
+    /// A flat listing keeps the oldest files and the hashes of the next ones in order (its
+    /// ranked tail); a names-only listing picks the names of a part of that tail, in its
+    /// order, without those removed since and without names that are not in it.
+    #[test]
+    fn a_names_only_listing_picks_the_ranked_tail_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..10u64 {
+            let p = d.path().join(format!("f{i}"));
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            // f9 is the oldest.
+            f.set_modified(base + Duration::from_secs(10 - i)).unwrap();
+        }
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let all = |_: &std::ffi::OsStr| true;
+        let l = list(d.path(), &all, 3, 5).unwrap();
+        let kept: Vec<_> = l.files.iter().map(|f| f.name.clone()).collect();
+        assert_eq!(kept, ["f9", "f8", "f7"]);
+        assert_eq!(l.total_files, 10);
+        let next: Vec<u64> = ["f6", "f5", "f4", "f3", "f2"]
+            .iter()
+            .map(|n| name_hash(std::ffi::OsStr::new(n)))
+            .collect();
+        assert_eq!(l.tail, next);
+        std::fs::remove_file(d.path().join("f4")).unwrap();
+        std::fs::write(d.path().join("new"), b"x").unwrap();
+        let n = names(d.path(), &all, &l.tail[..4]).unwrap();
+        assert_eq!(n.names, ["f6", "f5", "f3"]);
+        assert_eq!(n.dir_id, l.dir_id);
+        // Nothing asked, nothing picked; a filter applies.
+        assert!(names(d.path(), &all, &[]).unwrap().names.is_empty());
+        let no_f5 = |n: &std::ffi::OsStr| n != "f5";
+        assert_eq!(
+            names(d.path(), &no_f5, &l.tail).unwrap().names,
+            ["f6", "f3", "f2"]
+        );
     }
 
     /// The spool itself may be configured through a symlink (as a flat one may): walked.

@@ -118,6 +118,14 @@ struct Running {
     abandoned: bool,
 }
 
+/// What a listing task brings back.
+enum Scan {
+    /// [`Action::List`]'s listing or walk.
+    Listed(std::io::Result<Listing>),
+    /// [`Action::ListNames`]'s names.
+    Named(std::io::Result<core::Names>),
+}
+
 /// Everything the queue task owns.
 pub struct Queue {
     core: Core,
@@ -131,7 +139,7 @@ pub struct Queue {
     special_log: SpecialLog,
     inflight: JoinSet<Outcome>,
     running: HashMap<tokio::task::Id, Running>,
-    scans: JoinSet<(usize, std::io::Result<Listing>)>,
+    scans: JoinSet<(usize, Scan)>,
     /// How names are inspected.
     spool: Arc<dyn Spool>,
     /// Per watch: questions not asked yet, and whether a batch of its is being answered
@@ -282,7 +290,7 @@ impl Queue {
                         r.abort.abort();
                     }
                 }
-                Action::List { watch, limit } if self.watches[watch].cfg.recursive => {
+                Action::List { watch, limit, .. } if self.watches[watch].cfg.recursive => {
                     let w = self.watches[watch].clone();
                     let watches = self.watcher.watches();
                     let others: Vec<PathBuf> = self
@@ -307,14 +315,21 @@ impl Queue {
                         if r.is_ok() {
                             watches.walked(watch, n);
                         }
-                        (watch, r)
+                        (watch, Scan::Listed(r))
                     });
                 }
-                Action::List { watch, limit } => {
+                Action::List { watch, limit, tail } => {
                     let w = self.watches[watch].clone();
                     self.scans.spawn_blocking(move || {
-                        let r = listing::list(&w.cfg.dir, &|n| w.filter.accepts(n), limit);
-                        (watch, r)
+                        let r = listing::list(&w.cfg.dir, &|n| w.filter.accepts(n), limit, tail);
+                        (watch, Scan::Listed(r))
+                    });
+                }
+                Action::ListNames { watch, hashes } => {
+                    let w = self.watches[watch].clone();
+                    self.scans.spawn_blocking(move || {
+                        let r = listing::names(&w.cfg.dir, &|n| w.filter.accepts(n), &hashes);
+                        (watch, Scan::Named(r))
                     });
                 }
                 Action::Rewatch { watch } => {
@@ -849,11 +864,17 @@ impl Queue {
                     }
                 }
                 Some(scan) = self.scans.join_next(), if !self.scans.is_empty() => {
-                    if let Ok((watch, result)) = scan {
-                        self.core.listed(Self::now(), watch, result);
-                        if self.watches[watch].cfg.recursive {
-                            give_back_memory();
+                    match scan {
+                        Ok((watch, Scan::Listed(result))) => {
+                            self.core.listed(Self::now(), watch, result);
+                            if self.watches[watch].cfg.recursive {
+                                give_back_memory();
+                            }
                         }
+                        Ok((watch, Scan::Named(result))) => {
+                            self.core.named(Self::now(), watch, result);
+                        }
+                        Err(_) => {}
                     }
                 }
                 req = views.recv(), if views_open => match req {

@@ -9,17 +9,35 @@
 //! oldest first across refills. A listing is also the truth against lost events: names no
 //! longer there are forgotten as reported, and a directory replaced under the watch is
 //! noticed by its identity.
+//!
+//! Beyond the reserve a flat spool's listing keeps a ranked tail: the hashes of the next
+//! [`TAIL_FACTOR`] times `active_limit` names in its order (8 bytes each). When the reserve
+//! is used up and the tail is not, the refill is a names-only listing
+//! ([`Action::ListNames`]: the directory's names read, none `lstat`ed) that picks the next
+//! reserve's worth of the tail by hash, in the tail's order; each picked name is looked at
+//! as any refill's name. So a backlog is listed with its `lstat`s once per
+//! `(1 + RESERVE_FACTOR + TAIL_FACTOR) * active_limit` files sent, not once per
+//! `(1 + RESERVE_FACTOR) * active_limit`: the `lstat`s per file no longer grow with the
+//! backlog up to that size. A tree's walk keeps no tail (its refills walk it again).
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
 use std::time::Instant;
 
 use super::entry::{fingerprint, Cont, Entry, State};
-use super::{Action, Core, Key, Listing, Report, WatchParams, MIN_RESCAN, RELIST_AFTER_ERROR};
+use super::{
+    name_hash, Action, Core, Key, Listing, Names, Report, WatchParams, MIN_RESCAN,
+    RELIST_AFTER_ERROR,
+};
 use crate::watch::specials;
 
 /// A listing keeps this many times the active set beyond it, as names only (the reserve).
-const RESERVE_FACTOR: usize = 3;
+pub(super) const RESERVE_FACTOR: usize = 3;
+
+/// A flat spool's listing keeps the hashes of this many times the active set beyond the
+/// reserve (the ranked tail): 16 at the default `active_limit` (16,384) is 262,144 hashes,
+/// 2 MiB held, and 4 MiB (mtime and hash) while the listing ranks them.
+pub(super) const TAIL_FACTOR: usize = 16;
 
 #[derive(Debug)]
 pub(super) struct WatchSt {
@@ -33,8 +51,14 @@ pub(super) struct WatchSt {
     /// The next oldest names of the last listing beyond the active set (up to
     /// [`RESERVE_FACTOR`] times it), oldest first: refills take them without listing again.
     pub(super) reserve: VecDeque<OsString>,
-    /// The last listing had more files than it kept, or names were dropped since for lack of
-    /// room: once the reserve is used up, list again.
+    /// The ranked tail of the last listing (hashes of the names after the reserve, in its
+    /// order), less what names-only listings took of it since.
+    pub(super) tail: VecDeque<u64>,
+    /// Hashes of the tail asked for by the names-only listing under way.
+    pub(super) naming: usize,
+    /// The last listing had more files than it kept (in its files and its tail), or names
+    /// were dropped since for lack of room: once the reserve and the tail are used up, list
+    /// again.
     pub(super) truncated: bool,
     /// How many, at the last listing (plus names dropped since), for the counts.
     pub(super) on_disk: usize,
@@ -66,6 +90,8 @@ impl WatchSt {
             looking: 0,
             more_on_disk: false,
             reserve: VecDeque::new(),
+            tail: VecDeque::new(),
+            naming: 0,
             truncated: false,
             on_disk: 0,
             scanning: false,
@@ -190,8 +216,56 @@ impl Core {
         w.scanning = true;
         // The active set and a reserve beyond it: a refill then takes names from the reserve,
         // and a large backlog is listed a few times, not once per active set.
+        let tail = if w.p.recursive {
+            0
+        } else {
+            limit.saturating_mul(TAIL_FACTOR)
+        };
         let limit = limit.saturating_mul(1 + RESERVE_FACTOR);
-        self.actions.push_back(Action::List { watch, limit });
+        self.actions.push_back(Action::List { watch, limit, tail });
+    }
+
+    /// Refills the reserve of `watch` from its ranked tail: a names-only listing.
+    fn request_names(&mut self, watch: usize) {
+        let limit = self.p.active_limit.max(1);
+        let w = &mut self.watches[watch];
+        w.scanning = true;
+        let n = limit.saturating_mul(RESERVE_FACTOR).min(w.tail.len());
+        let hashes: Vec<u64> = w.tail.drain(..n).collect();
+        w.naming = hashes.len();
+        self.actions.push_back(Action::ListNames { watch, hashes });
+    }
+
+    /// The answer to [`Action::ListNames`]. The names picked become the reserve; those of
+    /// the tail not found are gone. A directory that is not the one listed, or an error,
+    /// drops the tail and lists again (which notices the replacement, or reports the error).
+    pub fn named(&mut self, now: Instant, watch: usize, result: Result<Names, std::io::Error>) {
+        self.advance(now);
+        if watch >= self.watches.len() {
+            return;
+        }
+        let w = &mut self.watches[watch];
+        w.scanning = false;
+        // What was reported while it ran is seen by any later listing.
+        w.reported_while_listing.clear();
+        let asked = std::mem::take(&mut w.naming);
+        let mut again = std::mem::take(&mut w.rescan_again);
+        match result {
+            Ok(n) if w.dir_id == Some(n.dir_id) => {
+                let missing = asked.saturating_sub(n.names.len());
+                w.on_disk = w.on_disk.saturating_sub(missing);
+                w.reserve = n.names.into();
+            }
+            _ => {
+                w.tail = VecDeque::new();
+                w.truncated = true;
+                again = true;
+            }
+        }
+        w.more_on_disk = w.truncated || !w.reserve.is_empty() || !w.tail.is_empty();
+        if again {
+            self.request_scan(watch);
+        }
     }
 
     /// A watch whose active set ran low while more files wait on disk takes the next names
@@ -207,7 +281,14 @@ impl Core {
                 continue;
             }
             if st.reserve.is_empty() {
-                self.request_scan(w);
+                if !st.tail.is_empty() {
+                    // The names picked are looked at after those under way.
+                    self.request_names(w);
+                } else if st.looking == 0 {
+                    // Listed once the looks under way are answered: the listing's names
+                    // settle from now, and a name answered later would go after them.
+                    self.request_scan(w);
+                }
                 continue;
             }
             let mut room = limit.saturating_sub(self.watches[w].count + self.looks.len());
@@ -225,7 +306,7 @@ impl Core {
                 self.look(key, Cont::Settle { closed: false });
             }
             let st = &mut self.watches[w];
-            st.more_on_disk = st.truncated || !st.reserve.is_empty();
+            st.more_on_disk = st.truncated || !st.reserve.is_empty() || !st.tail.is_empty();
         }
     }
 
@@ -265,6 +346,7 @@ impl Core {
         // The reserve is replaced by this listing's: freed first, not beside the new one
         // (a large backlog's listing is the service's peak of memory).
         self.watches[watch].reserve = VecDeque::new();
+        self.watches[watch].tail = VecDeque::new();
         // Special entries the listing has: the tracker forgets the others. (Regular files
         // need not be in it: each is forgotten as a special below, by name.)
         let mut present: HashSet<&std::ffi::OsStr> = HashSet::new();
@@ -283,9 +365,11 @@ impl Core {
         // younger names of this listing would fill the set first and the answers find it
         // full, sending those older names to the back of the backlog.
         let mut looking = 0usize;
-        let mut dropped = false;
+        // Names of the listing beyond the reserve: first in the tail, before the listing's.
+        let mut dropped = Vec::new();
         let mut reserve = VecDeque::new();
         let (kept, total_files) = (listing.files.len(), listing.total_files);
+        let listed_tail = listing.tail;
         // The names are moved out of the listing, not copied.
         for l in listing.files {
             self.reported.forget(watch, &l.name);
@@ -303,7 +387,7 @@ impl Core {
                 if reserve.len() < limit.saturating_mul(RESERVE_FACTOR) {
                     reserve.push_back(key.1);
                 } else {
-                    dropped = true;
+                    dropped.push(name_hash(&key.1));
                 }
                 continue;
             }
@@ -330,9 +414,17 @@ impl Core {
         self.reported
             .listed(watch, total, |n| all_kept || present.contains(n));
         let w = &mut self.watches[watch];
-        w.truncated = dropped || total_files > kept;
+        w.truncated = total_files > kept + listed_tail.len();
         w.reserve = reserve;
-        w.more_on_disk = w.truncated || !w.reserve.is_empty();
+        w.tail = if dropped.is_empty() {
+            VecDeque::from(listed_tail)
+        } else {
+            let mut tail = VecDeque::with_capacity(dropped.len() + listed_tail.len());
+            tail.extend(dropped);
+            tail.extend(listed_tail);
+            tail
+        };
+        w.more_on_disk = w.truncated || !w.reserve.is_empty() || !w.tail.is_empty();
         w.on_disk = total_files.saturating_sub(held);
         if !w.more_on_disk {
             w.full_reported = false;

@@ -224,9 +224,13 @@ impl Net {
                     self.sim.core.looked(now, key, id);
                 }
                 Action::ProbeWriters(key) => self.sim.core.writers(now, key, Writers::None),
-                Action::List { watch, limit } => {
-                    let l = self.sim.listing(watch, limit);
+                Action::List { watch, limit, tail } => {
+                    let l = self.sim.listing(watch, limit, tail);
                     self.sim.core.listed(now, watch, Ok(l));
+                }
+                Action::ListNames { watch, hashes } => {
+                    let n = self.sim.names(watch, &hashes);
+                    self.sim.core.named(now, watch, Ok(n));
                 }
                 Action::Rewatch { .. } => {}
                 Action::AskGreeted(key) => {

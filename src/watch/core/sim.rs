@@ -92,6 +92,9 @@ struct Sim {
     /// off its task), not at once.
     late: bool,
     deferred: Vec<(Action, u64)>,
+    /// Listings answered: full ones (`lstat` of every entry), names-only ones.
+    lists: usize,
+    name_lists: usize,
 }
 
 fn params(watches: &[usize], dests: usize, cap: usize, dest_cap: usize, active: usize) -> Params {
@@ -180,6 +183,8 @@ impl Sim {
             stuck: HashSet::new(),
             late: false,
             deferred: Vec::new(),
+            lists: 0,
+            name_lists: 0,
         };
         sim.pump();
         sim
@@ -332,7 +337,7 @@ impl Sim {
 
     // ---- the driver -----------------------------------------------------------------
 
-    fn listing(&self, w: usize, limit: usize) -> Listing {
+    fn listing(&self, w: usize, limit: usize, tail: usize) -> Listing {
         let mut files: Vec<Listed> = Vec::new();
         let mut specials = Vec::new();
         // A tree's walk enters its directories instead of listing them.
@@ -353,6 +358,13 @@ impl Sim {
         }
         let total_files = files.len();
         files.sort_by(|a, b| (a.id.mtime_ns, &a.name).cmp(&(b.id.mtime_ns, &b.name)));
+        // Beyond the limit, ranked as the listing ranks its tail: by mtime, then hash.
+        let mut rest: Vec<(i128, u64)> = files
+            .iter()
+            .skip(limit)
+            .map(|l| (l.id.mtime_ns, name_hash(&l.name)))
+            .collect();
+        rest.sort_unstable();
         files.truncate(limit);
         Listing {
             dir_id: (1, w as u64),
@@ -361,6 +373,20 @@ impl Sim {
             specials,
             more_specials: 0,
             tree: TreeListing::default(),
+            tail: rest.into_iter().take(tail).map(|(_, h)| h).collect(),
+        }
+    }
+
+    /// A names-only listing of watch `w` ([`Action::ListNames`]): every name there offered
+    /// to the pick, as the driver does.
+    fn names(&self, w: usize, hashes: &[u64]) -> Names {
+        let mut pick = Pick::new(hashes);
+        for n in self.spool[w].keys() {
+            pick.offer(n);
+        }
+        Names {
+            dir_id: (1, w as u64),
+            names: pick.names(),
         }
     }
 
@@ -415,10 +441,16 @@ impl Sim {
                     }
                     self.core.writers(now, key, answer);
                 }
-                Action::List { watch, limit } => {
+                Action::List { watch, limit, tail } => {
                     self.silent.retain(|k| k.0 != watch);
-                    let l = self.listing(watch, limit);
+                    let l = self.listing(watch, limit, tail);
+                    self.lists += 1;
                     self.core.listed(now, watch, Ok(l));
+                }
+                Action::ListNames { watch, hashes } => {
+                    let n = self.names(watch, &hashes);
+                    self.name_lists += 1;
+                    self.core.named(now, watch, Ok(n));
                 }
                 Action::Rewatch { .. } => {}
                 // Attempts here have no time: any still running counts as greeted.
@@ -1037,6 +1069,7 @@ fn a_directory_replaced_before_its_first_listing_is_watched_again() {
                         specials: Vec::new(),
                         more_specials: 0,
                         tree: TreeListing::default(),
+                        tail: Vec::new(),
                     };
                     core.listed(now, watch, Ok(listing));
                 }
@@ -1079,6 +1112,7 @@ fn a_special_reported_during_a_stale_listing_is_reported_once() {
         specials,
         more_specials: 0,
         tree: TreeListing::default(),
+        tail: Vec::new(),
     };
     let mut ignoring = 0;
     // Every action but the listings, which the test answers itself.
@@ -1256,6 +1290,177 @@ fn a_backlog_larger_than_the_active_set_is_read_in_oldest_first() {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted);
+}
+
+/// A backlog beyond the active set and its reserve is refilled from the listing's ranked
+/// tail by names-only listings: listed with its `lstat`s once per
+/// `(1 + RESERVE_FACTOR + TAIL_FACTOR) * active_limit` files, not once per
+/// `(1 + RESERVE_FACTOR) * active_limit`, and still sent oldest first.
+#[test]
+fn a_backlog_is_refilled_from_the_ranked_tail_without_listing_again() {
+    let active = 4;
+    let mut s = Sim::new(params(&[0], 1, 4, 4, active), true);
+    s.t = Duration::from_secs(1000);
+    let n = 300;
+    for i in 0..n {
+        s.silently_add(0, &format!("f{i:03}"), Duration::from_secs(900 - i));
+    }
+    let lists = s.lists;
+    s.overflow();
+    assert!(s.drain(Duration::from_secs(60)));
+    let names: Vec<String> = s
+        .delivered
+        .iter()
+        .map(|d| d.1.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 300);
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "oldest first across refills");
+    let per_listing = (1 + super::active::RESERVE_FACTOR + super::active::TAIL_FACTOR) * active;
+    let full = s.lists - lists;
+    assert!(
+        full <= (n as usize).div_ceil(per_listing) + 1,
+        "{full} full listings for {n} files, {per_listing} a listing"
+    );
+    assert!(s.name_lists > 0);
+}
+
+/// The tail is only a ranking: a name of it removed before its names-only listing is just
+/// absent, and one renamed in meanwhile (not in the tail) is still sent.
+#[test]
+fn a_tail_name_gone_is_skipped_and_a_new_name_is_sent() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 2), true);
+    s.t = Duration::from_secs(1000);
+    for i in 0..60 {
+        s.silently_add(0, &format!("f{i:02}"), Duration::from_secs(900 - i));
+    }
+    s.overflow();
+    assert!(!s.core.watches[0].tail.is_empty());
+    s.unlink(0, "f50");
+    s.rename_in(0, "new");
+    assert!(s.drain(Duration::from_secs(60)));
+    let mut names: Vec<String> = s
+        .delivered
+        .iter()
+        .map(|d| d.1.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 60);
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 60, "each once");
+    assert!(names.contains(&"new".to_string()));
+    assert!(!names.contains(&"f50".to_string()));
+}
+
+#[derive(Debug, Clone)]
+enum BacklogOp {
+    /// Removes the backlog's file of this index (if still there).
+    Unlink(u16),
+    /// A new file renamed in (younger than the backlog).
+    RenameIn,
+    /// A new file put there without an event (found by a listing only).
+    Silent,
+    Overflow,
+    /// Lets time pass and the attempts running deliver.
+    Work(u8),
+}
+
+fn backlog_op() -> impl Strategy<Value = BacklogOp> {
+    prop_oneof![
+        2 => any::<u16>().prop_map(BacklogOp::Unlink),
+        2 => Just(BacklogOp::RenameIn),
+        1 => Just(BacklogOp::Silent),
+        1 => Just(BacklogOp::Overflow),
+        4 => (1u8..20).prop_map(BacklogOp::Work),
+    ]
+}
+
+/// A backlog drained through full and names-only listings, with names added and removed
+/// between them: the backlog's files go oldest first, every file there is sent once, and
+/// the invariants hold after every step.
+fn run_backlog(n: usize, active: usize, late: bool, ops: &[BacklogOp]) {
+    let mut p = params(&[0], 1, 4, 4, active);
+    // Rescans only when the test asks for them (see the order below).
+    p.watches[0].rescan_interval = Duration::from_secs(3600);
+    let mut s = Sim::new(p, true);
+    s.late = late;
+    s.t = Duration::from_secs(100_000);
+    for i in 0..n {
+        s.silently_add(0, &format!("b{i:04}"), Duration::from_secs((n - i) as u64));
+    }
+    s.overflow();
+    let mut added = 0usize;
+    for op in ops {
+        match op {
+            BacklogOp::Unlink(i) => s.unlink(0, &format!("b{:04}", usize::from(*i) % n)),
+            BacklogOp::RenameIn => {
+                s.rename_in(0, &format!("n{added:04}"));
+                added += 1;
+            }
+            BacklogOp::Silent => {
+                s.silently_add(0, &format!("n{added:04}"), Duration::ZERO);
+                added += 1;
+            }
+            BacklogOp::Overflow => s.overflow(),
+            BacklogOp::Work(k) => {
+                for _ in 0..*k {
+                    s.step(Duration::from_millis(100));
+                    s.finish_all(Verdict::Deliver);
+                }
+            }
+        }
+        s.check();
+    }
+    // Silent files are found by a rescan, once the looks under way are answered (see the
+    // order below).
+    let left: Vec<OsString> = s.spool[0].keys().cloned().collect();
+    for _ in 0..10 {
+        if s.core.looks.is_empty() {
+            break;
+        }
+        s.step(MS);
+    }
+    s.overflow();
+    assert!(s.drain(Duration::from_secs(600)), "not drained");
+    let delivered: Vec<&OsString> = s.delivered.iter().map(|d| &d.1).collect();
+    let mut once = delivered.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), delivered.len(), "a file sent twice");
+    for l in &left {
+        assert!(delivered.contains(&l), "{l:?} never sent");
+    }
+    // Taken oldest first: the first attempts of the backlog's files start in its order
+    // (attempts running at once may end in any order). Not across a rescan that lands
+    // while names of the reserve are being looked at (late answers): the listing's names
+    // settle from then, those names from their answer, a step later (as before the tail).
+    if late && ops.iter().any(|o| matches!(o, BacklogOp::Overflow)) {
+        return;
+    }
+    let mut backlog: Vec<&OsString> = Vec::new();
+    for (_, st) in &s.starts {
+        if st.key.1.to_string_lossy().starts_with('b') && !backlog.contains(&&st.key.1) {
+            backlog.push(&st.key.1);
+        }
+    }
+    let mut sorted = backlog.clone();
+    sorted.sort();
+    assert_eq!(backlog, sorted, "the backlog not taken oldest first");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_backlog_goes_oldest_first_through_the_ranked_tail(
+        n in 1usize..400,
+        active in 1usize..6,
+        late in any::<bool>(),
+        ops in prop::collection::vec(backlog_op(), 0..60),
+    ) {
+        run_backlog(n, active, late, &ops);
+    }
 }
 
 #[test]

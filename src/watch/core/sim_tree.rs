@@ -107,9 +107,9 @@ impl Sim {
         let mut pending = None;
         while let Some(a) = self.core.poll_action() {
             match a {
-                Action::List { watch, limit } if watch == w && pending.is_none() => {
+                Action::List { watch, limit, tail } if watch == w && pending.is_none() => {
                     self.silent.retain(|k| k.0 != watch);
-                    pending = Some(self.listing(watch, limit));
+                    pending = Some(self.listing(watch, limit, tail));
                 }
                 a => self.perform(a, 0),
             }
@@ -254,6 +254,7 @@ fn the_watch_limit_is_reported_once() {
             max_user_watches: Some(8192),
             skipped: 0,
         },
+        tail: Vec::new(),
     };
     let mut said = 0;
     for _ in 0..3 {

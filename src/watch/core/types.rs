@@ -156,6 +156,67 @@ pub struct Listing {
     pub more_specials: usize,
     /// For a tree: its directories and their watches.
     pub tree: TreeListing,
+    /// The ranked tail: the next regular files beyond `files`, in the same order (oldest
+    /// first; names of equal mtime in the order of their hashes), as [`name_hash`]es only,
+    /// up to the tail asked for. Empty for a tree.
+    pub tail: Vec<u64>,
+}
+
+/// The 8-byte hash of a name that a listing's ranked tail ([`Listing::tail`]) holds: stable
+/// within the process (the listing and the names-only listing that picks by it run in the
+/// same one), keyed at random per process (a producer cannot make names that collide on
+/// purpose), never trusted beyond the order (a picked name is looked at as any other).
+pub fn name_hash(name: &std::ffi::OsStr) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(std::collections::hash_map::RandomState::new)
+        .hash_one(name)
+}
+
+/// The answer to [`Action::ListNames`]: the directory's names whose hash was asked for, in
+/// the order asked.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// (device, inode) of the directory read.
+    pub dir_id: (u64, u64),
+    pub names: Vec<OsString>,
+}
+
+/// Picks the names of a directory whose [`name_hash`] is among those asked for, in the
+/// order asked (names sharing a hash by chance are all picked, together): the I/O-free part
+/// of a names-only listing. Memory follows the hashes asked for, not the directory.
+#[derive(Debug)]
+pub struct Pick {
+    /// Hash -> its first position among those asked.
+    want: std::collections::HashMap<u64, usize>,
+    found: Vec<(usize, OsString)>,
+}
+
+impl Pick {
+    pub fn new(hashes: &[u64]) -> Pick {
+        let mut want = std::collections::HashMap::with_capacity(hashes.len());
+        for (i, h) in hashes.iter().enumerate() {
+            want.entry(*h).or_insert(i);
+        }
+        Pick {
+            want,
+            found: Vec::new(),
+        }
+    }
+
+    /// One name of the directory.
+    pub fn offer(&mut self, name: &std::ffi::OsStr) {
+        if let Some(&at) = self.want.get(&name_hash(name)) {
+            self.found.push((at, name.to_os_string()));
+        }
+    }
+
+    /// The names picked, in the order asked.
+    pub fn names(mut self) -> Vec<OsString> {
+        self.found.sort_unstable();
+        self.found.into_iter().map(|(_, n)| n).collect()
+    }
 }
 
 /// What a walk of a tree found about its directories (all zero for a flat spool).
@@ -378,11 +439,20 @@ pub enum Action {
     /// Stop the attempt of the name (still waiting for its greeting, overtaken by later
     /// ones): it reports back as a greeting timeout.
     Abandon(Key),
-    /// List the directory of `watch`, keeping the `limit` oldest regular files; answer with
+    /// List the directory of `watch`, keeping the `limit` oldest regular files and the
+    /// hashes of the `tail` next ones ([`Listing::tail`]); answer with
     /// [`Core::listed`](super::Core::listed).
     List {
         watch: usize,
         limit: usize,
+        tail: usize,
+    },
+    /// Read the names of the directory of `watch` (no `lstat`), keeping those whose
+    /// [`name_hash`] is in `hashes` (a part of the last listing's ranked tail), in that
+    /// order ([`Pick`]); answer with [`Core::named`](super::Core::named).
+    ListNames {
+        watch: usize,
+        hashes: Vec<u64>,
     },
     /// The directory was replaced: watch the new one ([`Core::rewatch_failed`](super::Core::rewatch_failed) if that
     /// fails).
