@@ -182,3 +182,127 @@ fn work(inner: &Inner) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A gate jobs wait at until it opens (a hung NFS call, released at the end).
+    #[derive(Default)]
+    struct Gate {
+        state: Mutex<(usize, bool)>,
+        changed: Condvar,
+    }
+
+    impl Gate {
+        fn wait(&self) {
+            let mut s = self.state.lock().unwrap();
+            s.0 += 1;
+            self.changed.notify_all();
+            while !s.1 {
+                s = self.changed.wait(s).unwrap();
+            }
+        }
+        fn wait_for(&self, n: usize) {
+            let mut s = self.state.lock().unwrap();
+            while s.0 < n {
+                s = self.changed.wait(s).unwrap();
+            }
+        }
+        fn open(&self) {
+            self.state.lock().unwrap().1 = true;
+            self.changed.notify_all();
+        }
+    }
+
+    #[tokio::test]
+    async fn every_job_is_answered_on_at_most_the_lanes_threads() {
+        let lane = Arc::new(Lane::new("test-lane"));
+        let names = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let mut tasks = Vec::new();
+        for i in 0..500u64 {
+            let (lane, names) = (lane.clone(), names.clone());
+            tasks.push(tokio::spawn(async move {
+                lane.run(move || {
+                    names.lock().unwrap().insert(std::thread::current().id());
+                    i * 2
+                })
+                .await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap(), i as u64 * 2);
+        }
+        let threads = names.lock().unwrap().len();
+        assert!((1..=THREADS).contains(&threads), "{threads} threads");
+        assert!(lane.inner.lock().threads <= THREADS);
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_an_error_and_the_lane_goes_on() {
+        let lane = Lane::new("test-lane");
+        let e = lane.run(|| -> u8 { panic!("boom") }).await.unwrap_err();
+        assert!(e.to_string().contains("boom"), "{e}");
+        assert_eq!(lane.run(|| 7).await.unwrap(), 7);
+    }
+
+    /// The hung-spool rule: a lane whose every thread hangs holds only itself; the runtime
+    /// (here a single-thread one) and another lane go on.
+    #[tokio::test]
+    async fn a_hung_lane_holds_only_itself() {
+        let gate = Arc::new(Gate::default());
+        let hung = Arc::new(Lane::new("test-hung"));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let mut waiting = Vec::new();
+        for _ in 0..THREADS * 3 {
+            let (hung, gate, ran) = (hung.clone(), gate.clone(), ran.clone());
+            waiting.push(tokio::spawn(async move {
+                hung.run(move || {
+                    gate.wait();
+                    ran.fetch_add(1, Ordering::Relaxed);
+                })
+                .await
+            }));
+        }
+        // Every thread of the hung lane is held (the others' jobs queue behind them).
+        let g = gate.clone();
+        tokio::task::spawn_blocking(move || g.wait_for(THREADS))
+            .await
+            .unwrap();
+        let other = Lane::new("test-other");
+        for i in 0..100 {
+            assert_eq!(other.run(move || i).await.unwrap(), i);
+        }
+        assert_eq!(ran.load(Ordering::Relaxed), 0);
+        assert_eq!(hung.inner.lock().threads, THREADS);
+        gate.open();
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(ran.load(Ordering::Relaxed), THREADS * 3);
+    }
+
+    #[test]
+    fn threads_end_when_the_lane_is_dropped() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let lane = Lane::new("test-lane");
+        let inner = lane.inner.clone();
+        rt.block_on(async {
+            for i in 0..50 {
+                assert_eq!(lane.run(move || i).await.unwrap(), i);
+            }
+        });
+        drop(lane);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while inner.lock().threads > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "threads still running"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
