@@ -20,7 +20,8 @@
 //! `COST_BENCH_ROUNDS` (3), `COST_BENCH_THREADS` (4,16,64), `COST_BENCH_BURST=0` skips the
 //! burst, `COST_BENCH_BIG` (a second, larger backlog for the system calls per file only, e.g.
 //! 1000000; 0 = none, the default), `COST_BENCH_KINDS=0` skips the strace table,
-//! `COST_BENCH_DIR` where the spool lives (default: the system's temporary directory).
+//! `COST_BENCH_DIR` where the spool lives (default: the system's temporary directory),
+//! `COST_BENCH_ACCIO` another `accio` binary to measure (default: target/release/accio).
 
 #[path = "../tests/faults/payload.rs"]
 mod payload;
@@ -53,6 +54,9 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 fn bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("COST_BENCH_ACCIO") {
+        return PathBuf::from(b);
+    }
     let me = std::env::current_exe().expect("current exe");
     // target/release/deps/cost-HASH -> target/release/accio
     let dir = me.parent().and_then(Path::parent).expect("target dir");
