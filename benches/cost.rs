@@ -9,15 +9,19 @@
 //! what that costs. T is 4, 16 and 64; the best is the floor.
 //!
 //! Figures: files/s from process start to the last file in `done_dir` (the spool job as an
-//! operator sees it), the time ratio against the best floor, rounds interleaved; then system
+//! operator sees it), the time ratio against the best floor, rounds interleaved; the same
+//! for a burst (the service started on an empty spool and ready, then every file renamed
+//! into it at once: from the first rename to the last file in done, against the same
+//! floor); each round's ratios and their median, with the load average; then system
 //! calls per file (`perf stat -e raw_syscalls:sys_enter`, whole process, all threads) for
 //! both, and by kind (`strace -f -c`) when `strace` is there.
 //!
 //! Run: `cargo bench --bench cost`. Knobs: `COST_BENCH_FILES` (10000 files of 1 KiB),
-//! `COST_BENCH_ROUNDS` (3), `COST_BENCH_THREADS` (4,16,64), `COST_BENCH_BIG` (a second,
-//! larger backlog for the system calls per file only, e.g. 1000000; 0 = none, the default),
-//! `COST_BENCH_KINDS=0` skips the strace table, `COST_BENCH_DIR` where the spool lives
-//! (default: the system's temporary directory).
+//! `COST_BENCH_ROUNDS` (3), `COST_BENCH_THREADS` (4,16,64), `COST_BENCH_BURST=0` skips the
+//! burst, `COST_BENCH_BIG` (a second, larger backlog for the system calls per file only, e.g.
+//! 1000000; 0 = none, the default), `COST_BENCH_KINDS=0` skips the strace table,
+//! `COST_BENCH_DIR` where the spool lives (default: the system's temporary directory),
+//! `COST_BENCH_ACCIO` another `accio` binary to measure (default: target/release/accio).
 
 #[path = "../tests/faults/payload.rs"]
 mod payload;
@@ -32,6 +36,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,6 +54,9 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 fn bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("COST_BENCH_ACCIO") {
+        return PathBuf::from(b);
+    }
     let me = std::env::current_exe().expect("current exe");
     // target/release/deps/cost-HASH -> target/release/accio
     let dir = me.parent().and_then(Path::parent).expect("target dir");
@@ -146,6 +154,8 @@ struct Bench {
     spool: PathBuf,
     done: PathBuf,
     failed: PathBuf,
+    /// Where the burst's files wait to be renamed into the spool (same filesystem).
+    stage: PathBuf,
     config: PathBuf,
     log: PathBuf,
     files: u64,
@@ -166,7 +176,7 @@ impl Bench {
             fs::create_dir_all(&p).unwrap();
             p
         };
-        let (spool, done, failed) = (d("spool"), d("done"), d("failed"));
+        let (spool, done, failed, stage) = (d("spool"), d("done"), d("failed"), d("stage"));
         let sink = Sink::start();
         let config = tmp.path().join("accio.toml");
         // The default configuration, but for where things are.
@@ -202,6 +212,7 @@ impl Bench {
             spool,
             done,
             failed,
+            stage,
             config,
             files,
             sink,
@@ -227,12 +238,19 @@ impl Bench {
     /// Starts `argv` (optionally under a counter), waits until every file is in done, and
     /// returns the seconds from the start, with the child to stop.
     fn run(&self, argv: &[OsString], env: &[(&str, String)]) -> (f64, Child) {
+        let start = Instant::now();
+        let mut child = self.spawn(argv, env);
+        self.wait_done(argv, start, &mut child);
+        (start.elapsed().as_secs_f64(), child)
+    }
+
+    /// Starts `argv`, its output into the log.
+    fn spawn(&self, argv: &[OsString], env: &[(&str, String)]) -> Child {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let start = Instant::now();
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .stdin(Stdio::null())
@@ -242,7 +260,11 @@ impl Bench {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start a contender");
+        cmd.spawn().expect("start a contender")
+    }
+
+    /// Waits until every file is in done (`start`: when the job began).
+    fn wait_done(&self, argv: &[OsString], start: Instant, child: &mut Child) {
         let deadline = start + Duration::from_secs(600 + self.files / 500);
         loop {
             if self.done_count() >= self.files {
@@ -262,7 +284,6 @@ impl Bench {
             assert!(Instant::now() < deadline, "{argv:?} did not finish in time");
             std::thread::sleep(Duration::from_millis(5));
         }
-        (start.elapsed().as_secs_f64(), child)
     }
 
     fn floor_argv(&self, threads: usize, wrap: &[&str]) -> (Vec<OsString>, Vec<(&str, String)>) {
@@ -304,6 +325,43 @@ impl Bench {
         let argv = self.accio_argv(wrap);
         let (secs, child) = self.run(&argv, &[]);
         stop(child, !wrap.is_empty());
+        self.reset();
+        secs
+    }
+
+    /// The burst: `accio watch` started on an empty spool and ready (`READY=1`), then every
+    /// file renamed into the spool at once, as producers do: seconds from the first rename
+    /// to the last file in done; then SIGTERM.
+    fn accio_burst(&self) -> f64 {
+        let names: Vec<OsString> = fs::read_dir(&self.spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        for n in &names {
+            fs::rename(self.spool.join(n), self.stage.join(n)).unwrap();
+        }
+        let notify = self._tmp.path().join("notify.sock");
+        let _ = fs::remove_file(&notify);
+        let ready = UnixDatagram::bind(&notify).unwrap();
+        ready
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let argv = self.accio_argv(&[]);
+        let mut child = self.spawn(&argv, &[("NOTIFY_SOCKET", notify.display().to_string())]);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = ready.recv(&mut buf).expect("READY=1 within 60 s");
+            if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") {
+                break;
+            }
+        }
+        let start = Instant::now();
+        for n in &names {
+            fs::rename(self.stage.join(n), self.spool.join(n)).unwrap();
+        }
+        self.wait_done(&argv, start, &mut child);
+        let secs = start.elapsed().as_secs_f64();
+        stop(child, false);
         self.reset();
         secs
     }
@@ -404,7 +462,12 @@ fn main() {
     let mut floor_best = f64::MAX;
     let mut floor_by_t: BTreeMap<usize, f64> = BTreeMap::new();
     let mut accio_best = f64::MAX;
+    let burst = env_num("COST_BENCH_BURST", 1) == 1;
+    let mut burst_best = f64::MAX;
+    // Each round's best floor and accio's times, for the ratios of each round.
+    let (mut floor_round, mut accio_round, mut burst_round) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
+        let mut floor_this_round = f64::MAX;
         for &t in &threads {
             let s = b.floor(t, &[]);
             println!(
@@ -412,6 +475,7 @@ fn main() {
                 files as f64 / s
             );
             floor_best = floor_best.min(s);
+            floor_this_round = floor_this_round.min(s);
             let e = floor_by_t.entry(t).or_insert(f64::MAX);
             *e = e.min(s);
         }
@@ -421,6 +485,17 @@ fn main() {
             files as f64 / s
         );
         accio_best = accio_best.min(s);
+        floor_round.push(floor_this_round);
+        accio_round.push(s);
+        if burst {
+            let s = b.accio_burst();
+            println!(
+                "round {round}: accio watch, burst renamed into it: {s:.3} s, {:.0} files/s",
+                files as f64 / s
+            );
+            burst_best = burst_best.min(s);
+            burst_round.push(s);
+        }
     }
     println!("\n| | files/s (best of {rounds}) | time ratio |\n|---|---|---|");
     for (t, s) in &floor_by_t {
@@ -434,6 +509,48 @@ fn main() {
         "| `accio watch`, default configuration | {:.0} | **{:.2}** |",
         files as f64 / accio_best,
         accio_best / floor_best
+    );
+
+    if burst {
+        println!(
+            "| `accio watch`, burst of {files} renamed into it | {:.0} | **{:.2}** |",
+            files as f64 / burst_best,
+            burst_best / floor_best
+        );
+    }
+    // The machine is shared: the ratio of each round (against that round's best floor), and
+    // their median, say more than the best of each alone.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let ratios =
+        |a: &[f64]| -> Vec<f64> { a.iter().zip(&floor_round).map(|(a, f)| a / f).collect() };
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let backlog = ratios(&accio_round);
+    println!(
+        "\ntime ratio by round, backlog: {} (median {:.2})",
+        show(&backlog),
+        median(backlog.clone())
+    );
+    if burst {
+        let b = ratios(&burst_round);
+        println!(
+            "time ratio by round, burst: {} (median {:.2})",
+            show(&b),
+            median(b.clone())
+        );
+    }
+    println!(
+        "load average: {}",
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
 
     let best_t = floor_by_t

@@ -81,7 +81,8 @@ fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
             limit_malloc_arenas();
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
-                // The service's blocking work (claims, moves, lstat batches, listings) is
+                // The service's blocking work here (lstat batches, listings, directory
+                // syncs; claims and moves have each watch's own threads, watch::lane) is
                 // short system calls: tokio's default of 512 threads only costs memory (a
                 // 100k backlog grew 190 threads, about 8 MiB), and a hung spool is held to
                 // its own lane's uploads and one lstat batch either way.

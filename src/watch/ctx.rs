@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::disposition;
+use super::lane::Lane;
 use crate::config::{NameFilter, RetryPolicy, WatchConfig};
 use crate::esc::esc;
 use crate::files::Dir;
@@ -47,6 +48,9 @@ pub struct WatchCtx {
     pub filter: NameFilter,
     /// Its directories, opened once when the pipeline starts (at start, on each reload).
     pub dirs: Dirs,
+    /// Its threads for claims and dispositions (see [`Lane`]): a hung spool holds these
+    /// only.
+    pub lane: Lane,
 }
 
 /// A watch's directories, held open: claims and dispositions go through these descriptors,

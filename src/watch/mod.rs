@@ -23,6 +23,7 @@ pub mod core;
 pub mod ctx;
 pub mod disposition;
 pub mod error;
+pub mod lane;
 pub mod listing;
 pub mod queue;
 pub mod specials;
@@ -105,7 +106,12 @@ pub async fn run_with(
             message: e.to_string(),
         })?;
         let dirs = ctx::Dirs::open(&cfg)?;
-        watches.push(Arc::new(WatchCtx { cfg, filter, dirs }));
+        watches.push(Arc::new(WatchCtx {
+            cfg,
+            filter,
+            dirs,
+            lane: lane::Lane::new("accio-fs"),
+        }));
     }
 
     // Watch first, then list: a file created in between is in the listing or in the events

@@ -48,20 +48,23 @@ pub struct Job {
 /// Runs one attempt for `job`.
 pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     let path = job.watch.cfg.dir.join(&job.name);
-    // On a blocking thread: on a hung NFS or FUSE spool the lstat or open never returns,
+    // On the watch's lane: on a hung NFS or FUSE spool the lstat or open never returns,
     // and must not hold one of the runtime's few workers (the other watches need them).
-    // The lease probe goes with it, in the same blocking call (one hand-off for both): with
-    // the errno of a refused lease, read right after the fcntl on that thread.
+    // The lease probe goes with it, in the same job (one hand-off for both): with the errno
+    // of a refused lease, read right after the fcntl on that thread.
     let (w, n) = (job.watch.clone(), job.name.clone());
-    let claimed = tokio::task::spawn_blocking(move || {
-        claim::claim(&w.dirs.spool(), &n).map(|c| {
-            let writers = claim::writers(&c.file);
-            let errno = std::io::Error::last_os_error();
-            (c, writers, errno)
+    let claimed = job
+        .watch
+        .lane
+        .run(move || {
+            claim::claim(&w.dirs.spool(), &n).map(|c| {
+                let writers = claim::writers(&c.file);
+                let errno = std::io::Error::last_os_error();
+                (c, writers, errno)
+            })
         })
-    })
-    .await
-    .unwrap_or_else(|e| Err(ClaimError::Io(std::io::Error::other(e.to_string()))));
+        .await
+        .unwrap_or_else(|e| Err(ClaimError::Io(std::io::Error::other(e.to_string()))));
     let (claim, writers, lease_errno) = match claimed {
         Ok(c) => c,
         Err(ClaimError::Gone) => return Outcome::Gone,
@@ -294,29 +297,32 @@ async fn dispose_delivered(
     // spool (`Disposed::Changed`): no `fstat` of its own is needed here.
     let syncer = sh.syncer.clone();
     let name = job.name.clone();
-    // One blocking call: usually one rename or unlink and two `lstat`s, but across
+    // One job on the watch's lane: usually one rename or unlink and two `lstat`s, but across
     // filesystems a copy; on a hung spool it must not hold one of the runtime's workers. The
     // claim (and its lock) ends only after the move or delete.
     let w = job.watch.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        // done_dir's descriptor (an `fstat` checks it was not removed): on this thread too.
-        let done = if to_done { w.dirs.done() } else { None };
-        let r = match &done {
-            Some(done) => disposition::move_if_ours(
-                Some(&claim.file),
-                &claim.spool,
-                &name,
-                &claim.id,
-                Dest::Done(done),
-                &syncer,
-            ),
-            None => disposition::delete_if_ours(&claim.spool, &name, &claim.id, &syncer),
-        };
-        drop(claim);
-        r
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    let result = job
+        .watch
+        .lane
+        .run(move || {
+            // done_dir's descriptor (an `fstat` checks it was not removed): on this thread too.
+            let done = if to_done { w.dirs.done() } else { None };
+            let r = match &done {
+                Some(done) => disposition::move_if_ours(
+                    Some(&claim.file),
+                    &claim.spool,
+                    &name,
+                    &claim.id,
+                    Dest::Done(done),
+                    &syncer,
+                ),
+                None => disposition::delete_if_ours(&claim.spool, &name, &claim.id, &syncer),
+            };
+            drop(claim);
+            r
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     if uploaded.is_some() && !matches!(result, Ok(Disposed::Changed)) {
         // Confirmed by the server and unchanged: delivered, whatever becomes of the move.
         sh.metrics
@@ -460,26 +466,35 @@ async fn give_up(
     let name = job.name.clone();
     // Rendered here, once per attempt at the move: the same text each time.
     let text = reason.to_string();
-    let result = tokio::task::spawn_blocking(move || {
-        let file = claim.as_ref().map(|c| &c.file);
-        // The spool the claim went through (the one held now without a claim).
-        let spool = claim
-            .as_ref()
-            .map_or_else(|| w.dirs.spool(), |c| c.spool.clone());
-        let failed = w.dirs.failed();
-        let d =
-            disposition::move_if_ours(file, &spool, &name, &id, Dest::Failed(&failed), &syncer)?;
-        let reason_file = match &d {
-            Disposed::Done(Some(to)) => {
-                Some(disposition::write_reason(&failed, to, &text, &syncer))
-            }
-            _ => None,
-        };
-        drop(claim);
-        Ok::<_, std::io::Error>((d, reason_file))
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    let result = job
+        .watch
+        .lane
+        .run(move || {
+            let file = claim.as_ref().map(|c| &c.file);
+            // The spool the claim went through (the one held now without a claim).
+            let spool = claim
+                .as_ref()
+                .map_or_else(|| w.dirs.spool(), |c| c.spool.clone());
+            let failed = w.dirs.failed();
+            let d = disposition::move_if_ours(
+                file,
+                &spool,
+                &name,
+                &id,
+                Dest::Failed(&failed),
+                &syncer,
+            )?;
+            let reason_file = match &d {
+                Disposed::Done(Some(to)) => {
+                    Some(disposition::write_reason(&failed, to, &text, &syncer))
+                }
+                _ => None,
+            };
+            drop(claim);
+            Ok::<_, std::io::Error>((d, reason_file))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     match result {
         Ok((Disposed::Done(to), reason_file)) => {
             let to = to.unwrap_or_default();

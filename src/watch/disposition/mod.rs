@@ -2,7 +2,7 @@
 //! moved to `failed_dir` with a `.reason` file after giving up. Never overwrites anything,
 //! works across filesystems, and makes the result durable without one fsync per file.
 //!
-//! Runs on blocking threads (called through `spawn_blocking`), holding the file's
+//! Runs on the watch's [lane](super::lane) (blocking threads), holding the file's
 //! [`Claim`](super::claim::Claim) so no other instance touches the file meanwhile.
 //!
 //! - `names`: the names chosen (fitting, extensions, suffixes, hidden names), pure;
@@ -109,7 +109,7 @@ pub enum Dest<'a> {
 /// last component suffixed if taken), only if it still is the inode `id`, unchanged;
 /// checked right before and, since the name may be swapped in between, again right after
 /// the rename (see [`Disposed`]). Across filesystems by a durable copy, blocking: run it
-/// with `spawn_blocking`. Through the directories' descriptors only.
+/// on a blocking thread (the watch's lane). Through the directories' descriptors only.
 ///
 /// `file` is the open (claimed) source, used for a copy so the bytes moved are the ones
 /// that were checked; without it the copy opens the entry.
