@@ -251,10 +251,11 @@ pub const KERNEL_SLICE: Duration = Duration::from_millis(250);
 /// others start (their windows and shares spread with longer grants), does not apply to an
 /// upload alone; CPU does: every grant is a wake, a `sendfile` into an idle socket whose
 /// first packet the kernel sends at once in the upload's own system call (on loopback, with
-/// its delivery to the receiver), and timers (benches/rate.rs: about 0.2 of the 0.34 ms per
-/// MiB of a 2 MiB/s send). Not for the only upload to a destination of the service: others
-/// may start any moment (uploads starting a little apart under load would find the first
-/// holding a second of the whole limit), and they would wait for it.
+/// its delivery to the receiver), and timers (benches/rate.rs, CPU per MiB of a 2 MiB/s send:
+/// 0.38 ms with 250 ms grants, 0.20 to 0.28 with a second's). Not for the only upload to
+/// a destination of the service: others may start any moment (uploads starting a little
+/// apart under load would find the first holding a second of the whole limit), and they
+/// would wait for it.
 pub const KERNEL_SLICE_ALONE: Duration = Duration::from_secs(1);
 /// The kernel paces a socket this much faster than its share (in per cent of it), so that
 /// each grant goes out within two thirds of its slice and the upload is back in time to
