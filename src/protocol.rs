@@ -554,13 +554,6 @@ impl SocketPacing {
         stall: Duration,
         sent: u64,
     ) -> Result<(), ProtocolError> {
-        // Mostly it takes data at once (its queue holds a grant): then no system call
-        // besides the readiness the runtime already has.
-        match futures::FutureExt::now_or_never(stream.ready(Interest::WRITABLE)) {
-            Some(Ok(_)) => return Ok(()),
-            Some(Err(source)) => return Err(ProtocolError::SendIo { sent, source }),
-            None => {}
-        }
         let mut unsent = self.rate.and_then(|_| unsent_bytes(stream));
         loop {
             let window = match (self.rate, unsent) {
