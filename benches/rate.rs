@@ -9,10 +9,14 @@
 //!   run and over every 2 s window while all 8 are in flight, and each upload's share of each
 //!   window.
 //! - send: `accio send --limit-rate 2MiB/s` of 20 MiB (release binary, whole process): wall
-//!   time (10 s is exact), and CPU per MiB.
+//!   time (10 s is exact), and CPU per MiB; then the same 20 MiB at 8 and 32 MiB/s. Beside
+//!   each, the floor of a paced send: the C-like client (`examples/baseline_client.rs
+//!   --pace`), one blocking `sendfile` of the file into a socket the kernel paces at the
+//!   rate, no timers, no grants; and the fixed cost of a process (a 500-byte send, both).
 //! - unlimited: `accio send` of 1 GiB against the C-like sendfile client
 //!   (`examples/baseline_client.rs`), interleaved: the floor of benches/send.rs; and CPU per
-//!   MiB, to compare with the limited send's.
+//!   MiB, to compare with the limited sends' (accio's with accio's, the floor's with the
+//!   floor's), and the unlimited send of the same 20 MiB.
 //! - small: 2,000 files of 4 KiB, 4 at a time, without a pacer and under a limit that does
 //!   not bind (1 GiB/s): files per second.
 
@@ -51,11 +55,11 @@ fn main() {
         .prefix("accio-bench-rate")
         .tempdir_in(Path::new(ACCIO).parent().unwrap())
         .unwrap();
-    println!("accio: {ACCIO}");
+    println!("accio: {}", accio_exe().display());
     println!(
         "(the machine may be loaded by other work: compare figures within this run, not across runs)\n"
     );
-    let mut limited_cpu_per_mib = None;
+    let mut limited = None;
     if want("shared") {
         shared(&sink, dir.path(), true);
     }
@@ -65,19 +69,12 @@ fn main() {
         shared(&sink, dir.path(), false);
     }
     if want("send") {
-        limited_cpu_per_mib = Some(send_limited(&sink, dir.path()));
+        limited = Some(send_limited(&sink, dir.path()));
     }
     if want("unlimited") {
         let unlimited = unlimited(&sink, dir.path());
-        if let Some(limited) = limited_cpu_per_mib {
-            // On loopback, much of an unlimited transfer's kernel work is done in the
-            // receiver's context (it pushes the sender's queue as it reads); a paced one's
-            // in the sender's. Both figures, then.
-            println!(
-                "CPU per MiB, limited (2 MiB/s) / unlimited: client {:.2}; client and sink {:.2}\n",
-                limited.0 / unlimited.0,
-                limited.1 / unlimited.1
-            );
+        if let Some(limited) = limited {
+            compare(&limited, &unlimited);
         }
     }
     if want("small") {
@@ -287,67 +284,156 @@ fn shared(sink: &ReadSink, dir: &Path, kernel: bool) {
     );
 }
 
-/// `accio send --limit-rate 2MiB/s` of 20 MiB, 3 runs; returns CPU ms per MiB (median) of
-/// the client, and of the client and the sink together.
-fn send_limited(sink: &ReadSink, dir: &Path) -> (f64, f64) {
+/// The limited sends' rates, MiB per second, all of the same 20 MiB file: the first is the
+/// issue's (3 runs, its wall time a target), the others show how the CPU per MiB moves with
+/// the rate (what is paid per wake and per second against what is paid per byte).
+const RATES: [u64; 3] = [2, 8, 32];
+
+/// CPU ms per MiB (median of the runs): the client alone, and with the sink's.
+#[derive(Clone, Copy, Debug)]
+struct PerMib {
+    client: f64,
+    with_sink: f64,
+}
+
+impl PerMib {
+    fn of(samples: &[Sample], mib: f64) -> PerMib {
+        let median = |f: &dyn Fn(&Sample) -> f64| {
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        PerMib {
+            client: median(&|s| ms(s.cpu) / mib),
+            with_sink: median(&|s| ms(s.cpu + s.sink) / mib),
+        }
+    }
+}
+
+/// What the limited sends measured: per rate (MiB/s), accio's and the paced floor's CPU per
+/// MiB; and the fixed cost of one process (ms), accio's and the floor's.
+struct Limited {
+    rates: Vec<(u64, PerMib, PerMib)>,
+    fixed: (f64, f64),
+}
+
+/// `accio send --limit-rate` of 20 MiB at each of [`RATES`], beside the paced C-like floor.
+fn send_limited(sink: &ReadSink, dir: &Path) -> Limited {
+    let baseline_exe = build_baseline();
     let path = dir.join("20MiB");
     write_file(&path, 20 * MIB);
     let port = sink.port.to_string();
-    let mut samples: Vec<Sample> = (0..3)
-        .map(|_| {
+    let mut rates = Vec::new();
+    for (i, rate) in RATES.into_iter().enumerate() {
+        let limit = format!("{rate}MiB/s");
+        let pace = (rate * MIB).to_string();
+        let accio = || {
             run_process(
-                Path::new(ACCIO),
-                &["send", "--limit-rate", "2MiB/s", "127.0.0.1", &port],
+                &accio_exe(),
+                &["send", "--limit-rate", &limit, "127.0.0.1", &port],
                 &path,
             )
-        })
-        .collect();
-    samples.sort();
-    println!("send --limit-rate 2MiB/s, 20 MiB, 3 runs (10 s is exact):");
-    for s in &samples {
+        };
+        let floor = || run_process(&baseline_exe, &["--pace", &pace, "127.0.0.1", &port], &path);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            if round % 2 == 0 {
+                a.push(accio());
+                b.push(floor());
+            } else {
+                b.push(floor());
+                a.push(accio());
+            }
+        }
+        a.sort();
+        let exact = 20.0 / rate as f64;
         println!(
-            "  {:.3} s ({:+.2} %), CPU {:.1} ms = {:.3} ms per MiB; with the sink's {:.3} ms per MiB",
-            s.wall.as_secs_f64(),
-            (s.wall.as_secs_f64() / 10.0 - 1.0) * 100.0,
-            ms(s.cpu),
-            ms(s.cpu) / 20.0,
-            ms(s.cpu + s.sink) / 20.0
+            "send --limit-rate {limit}, 20 MiB, 3 runs ({exact} s is exact), uptime: {}",
+            load()
         );
+        for s in &a {
+            println!(
+                "  {:.3} s ({:+.2} %), CPU {:.1} ms = {:.3} ms per MiB; with the sink's {:.3} ms per MiB",
+                s.wall.as_secs_f64(),
+                (s.wall.as_secs_f64() / exact - 1.0) * 100.0,
+                ms(s.cpu),
+                ms(s.cpu) / 20.0,
+                ms(s.cpu + s.sink) / 20.0
+            );
+        }
+        let (pa, pb) = (PerMib::of(&a, 20.0), PerMib::of(&b, 20.0));
+        b.sort();
+        println!(
+            "  the paced floor (C-like client, SO_MAX_PACING_RATE = {limit}, one sendfile): {:.3} s, {:.3} ms per MiB; with the sink's {:.3}",
+            b[1].wall.as_secs_f64(),
+            pb.client,
+            pb.with_sink
+        );
+        if i == 0 {
+            println!(
+                "  (medians: accio {:.3}, floor {:.3} ms per MiB)",
+                pa.client, pb.client
+            );
+        }
+        rates.push((rate, pa, pb));
     }
-    let median = |f: &dyn Fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = samples.iter().map(f).collect();
+    // The fixed cost of a process: start, connect, a 500-byte file, close.
+    let tiny = dir.join("500B");
+    write_file(&tiny, 500);
+    let fixed = |exe: &Path, args: &[&str]| {
+        let mut v: Vec<f64> = (0..7)
+            .map(|_| ms(run_process(exe, args, &tiny).cpu))
+            .collect();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        v[3]
     };
-    println!();
-    (
-        median(&|s| ms(s.cpu) / 20.0),
-        median(&|s| ms(s.cpu + s.sink) / 20.0),
-    )
+    let fixed = (
+        fixed(&accio_exe(), &["send", "127.0.0.1", &port]),
+        fixed(&baseline_exe, &["127.0.0.1", &port]),
+    );
+    println!(
+        "the fixed cost of a process (a 500-byte send, median of 7): accio {:.2} ms, the C-like client {:.2} ms (= {:.3} and {:.3} ms per MiB of 20 MiB)\n",
+        fixed.0,
+        fixed.1,
+        fixed.0 / 20.0,
+        fixed.1 / 20.0
+    );
+    Limited { rates, fixed }
 }
 
-/// Unlimited `accio send` of 1 GiB vs the sendfile baseline, interleaved; returns accio's
-/// CPU ms per MiB (median), alone and with the sink's.
-fn unlimited(sink: &ReadSink, dir: &Path) -> (f64, f64) {
+/// What the unlimited sends measured: CPU per MiB of 1 GiB and of 20 MiB, accio's and the
+/// floor's.
+struct Unlimited {
+    gib: (PerMib, PerMib),
+    small: (PerMib, PerMib),
+}
+
+/// Unlimited `accio send` of 1 GiB vs the sendfile baseline, interleaved, and the same of 20
+/// MiB.
+fn unlimited(sink: &ReadSink, dir: &Path) -> Unlimited {
     let baseline_exe = build_baseline();
     let path = dir.join("1GiB");
     write_file(&path, 1 << 30);
     let port = sink.port.to_string();
-    let accio = || run_process(Path::new(ACCIO), &["send", "127.0.0.1", &port], &path);
-    let floor = || run_process(&baseline_exe, &["127.0.0.1", &port], &path);
-    accio();
-    floor();
+    let accio = |path: &Path| run_process(&accio_exe(), &["send", "127.0.0.1", &port], path);
+    let floor = |path: &Path| run_process(&baseline_exe, &["127.0.0.1", &port], path);
+    accio(&path);
+    floor(&path);
     const ROUNDS: usize = 7;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        if round % 2 == 0 {
-            a.push(accio());
-            b.push(floor());
-        } else {
-            b.push(floor());
-            a.push(accio());
+    let interleaved = |path: &Path| {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            if round % 2 == 0 {
+                a.push(accio(path));
+                b.push(floor(path));
+            } else {
+                b.push(floor(path));
+                a.push(accio(path));
+            }
         }
-    }
+        (a, b)
+    };
+    let (mut a, mut b) = interleaved(&path);
     let med = |v: &mut Vec<Sample>, f: fn(&Sample) -> Duration| {
         let mut x: Vec<Duration> = v.iter().map(f).collect();
         x.sort();
@@ -357,7 +443,10 @@ fn unlimited(sink: &ReadSink, dir: &Path) -> (f64, f64) {
     let (ac, bc) = (med(&mut a, |s| s.cpu), med(&mut b, |s| s.cpu));
     let amin = a.iter().map(|s| s.wall).min().unwrap();
     let bmin = b.iter().map(|s| s.wall).min().unwrap();
-    println!("unlimited send of 1 GiB, {ROUNDS} runs each, interleaved:");
+    println!(
+        "unlimited send of 1 GiB, {ROUNDS} runs each, interleaved, uptime: {}",
+        load()
+    );
     println!(
         "  accio send:        median {:.1} ms, min {:.1} ms, CPU {:.1} ms",
         ms(aw),
@@ -376,13 +465,84 @@ fn unlimited(sink: &ReadSink, dir: &Path) -> (f64, f64) {
         ms(amin) / ms(bmin),
         ms(ac) / ms(bc)
     );
-    let total = med(&mut a, |s| s.cpu + s.sink);
-    let per = (ms(ac) / 1024.0, ms(total) / 1024.0);
+    let gib = (PerMib::of(&a, 1024.0), PerMib::of(&b, 1024.0));
     println!(
-        "  accio CPU per MiB: {:.4} ms; with the sink's {:.4} ms\n",
-        per.0, per.1
+        "  CPU per MiB: accio {:.4} ms, with the sink's {:.4}; baseline {:.4} ms, with the sink's {:.4}",
+        gib.0.client, gib.0.with_sink, gib.1.client, gib.1.with_sink
     );
-    per
+    let path = dir.join("20MiB");
+    write_file(&path, 20 * MIB);
+    let (a, b) = interleaved(&path);
+    let small = (PerMib::of(&a, 20.0), PerMib::of(&b, 20.0));
+    println!(
+        "unlimited send of 20 MiB, CPU per MiB: accio {:.4} ms, with the sink's {:.4}; baseline {:.4} ms, with the sink's {:.4}\n",
+        small.0.client, small.0.with_sink, small.1.client, small.1.with_sink
+    );
+    Unlimited { gib, small }
+}
+
+/// The limited sends' CPU per MiB against the unlimited ones', accio's and the floor's.
+fn compare(limited: &Limited, unlimited: &Unlimited) {
+    // On loopback, much of an unlimited transfer's kernel work is done in the receiver's
+    // context (it pushes the sender's queue as it reads); a paced one's in the sender's.
+    // Both figures, then.
+    let (first, a, _) = limited.rates[0];
+    println!(
+        "CPU per MiB, limited ({first} MiB/s) / unlimited: client {:.2}; client and sink {:.2}",
+        a.client / unlimited.gib.0.client,
+        a.with_sink / unlimited.gib.0.with_sink
+    );
+    println!("CPU per MiB, limited (20 MiB) / unlimited (1 GiB), client alone (client and sink):");
+    println!("  rate       accio            paced floor / floor   accio above the paced floor");
+    for (rate, a, b) in &limited.rates {
+        println!(
+            "  {:>2} MiB/s   {:>5.2}x ({:>5.2}x)   {:>5.2}x ({:>5.2}x)     {:+.3} ms per MiB",
+            rate,
+            a.client / unlimited.gib.0.client,
+            a.with_sink / unlimited.gib.0.with_sink,
+            b.client / unlimited.gib.1.client,
+            b.with_sink / unlimited.gib.1.with_sink,
+            a.client - b.client
+        );
+    }
+    println!(
+        "the same against the unlimited send of the same 20 MiB (the same fixed cost in both):"
+    );
+    for (rate, a, b) in &limited.rates {
+        println!(
+            "  {:>2} MiB/s   {:>5.2}x ({:>5.2}x)   {:>5.2}x ({:>5.2}x)",
+            rate,
+            a.client / unlimited.small.0.client,
+            a.with_sink / unlimited.small.0.with_sink,
+            b.client / unlimited.small.1.client,
+            b.with_sink / unlimited.small.1.with_sink,
+        );
+    }
+    let (fa, fb) = (limited.fixed.0 / 20.0, limited.fixed.1 / 20.0);
+    println!("the same less the fixed cost of a process (per MiB of 20 MiB: accio {fa:.3}, floor {fb:.3} ms), against 1 GiB:");
+    for (rate, a, b) in &limited.rates {
+        println!(
+            "  {:>2} MiB/s   {:>5.2}x             {:>5.2}x",
+            rate,
+            (a.client - fa) / unlimited.gib.0.client,
+            (b.client - fb) / unlimited.gib.1.client,
+        );
+    }
+    println!("uptime: {}\n", load());
+}
+
+/// The accio binary the processes run: this build's, or `BENCH_ACCIO_EXE` (another build's,
+/// to compare two versions in one run of the same benchmark; the shared and small parts
+/// always use this build's library).
+fn accio_exe() -> std::path::PathBuf {
+    std::env::var_os("BENCH_ACCIO_EXE").map_or_else(|| ACCIO.into(), Into::into)
+}
+
+/// The load averages (`/proc/loadavg`'s first three fields).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn small(sink: &ReadSink, dir: &Path) {

@@ -9,7 +9,11 @@
 //!   sendfile from a regular file into a socket (pages still in the send buffer could show
 //!   later changes to the file), so this is a read/write loop with an 8 KiB buffer.
 //!
-//! Usage: baseline_client [--copy] HOST PORT FILE
+//! - `--pace RATE` (bytes per second): the `sendfile` loop on a socket the kernel paces
+//!   (`SO_MAX_PACING_RATE` = RATE): the floor of a paced send, what
+//!   the kernel's pacing costs by itself (benches/rate.rs).
+//!
+//! Usage: baseline_client [--copy | --pace RATE] HOST PORT FILE
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -18,15 +22,22 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let copy = args.first().is_some_and(|a| a == "--copy");
-    if copy {
+    let mut how = Body::Sendfile;
+    if args.first().is_some_and(|a| a == "--copy") {
         args.remove(0);
+        how = Body::StdCopy;
+    } else if args.first().is_some_and(|a| a == "--pace") && args.len() > 1 {
+        let Ok(rate) = args[1].parse() else {
+            eprintln!("ERROR: --pace takes bytes per second");
+            return ExitCode::from(2);
+        };
+        args.drain(..2);
+        how = Body::PacedSendfile(rate);
     }
     if args.len() != 3 {
-        eprintln!("ERROR: usage: baseline_client [--copy] HOST PORT FILE");
+        eprintln!("ERROR: usage: baseline_client [--copy | --pace RATE] HOST PORT FILE");
         return ExitCode::from(2);
     }
-    let how = if copy { Body::StdCopy } else { Body::Sendfile };
     match send(&args[0], &args[1], &args[2], how) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -43,6 +54,9 @@ pub enum Body {
     Sendfile,
     /// `std::io::copy`.
     StdCopy,
+    /// The blocking `sendfile(2)` loop on a socket paced by the kernel at this many bytes
+    /// per second (`SO_MAX_PACING_RATE`).
+    PacedSendfile(u64),
 }
 
 /// One transfer.
@@ -55,6 +69,23 @@ pub fn send(host: &str, port: &str, path: &str, how: Body) -> std::io::Result<()
         .map_err(|_| std::io::Error::other("bad port"))?;
     let mut file = std::fs::File::open(path)?;
     let mut stream = TcpStream::connect((host, port))?;
+    if let Body::PacedSendfile(rate) = how {
+        let rate: u64 = rate;
+        // SAFETY: an open socket, and a pointer to a u64 of the size given (the kernel
+        // reads 64 bits when given 64).
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MAX_PACING_RATE,
+                (&rate as *const u64).cast(),
+                std::mem::size_of::<u64>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     let mut command = [0u8; 7];
     stream.read_exact(&mut command)?;
     if &command != b"accio\r\n" {
@@ -64,7 +95,7 @@ pub fn send(host: &str, port: &str, path: &str, how: Body) -> std::io::Result<()
         Body::StdCopy => {
             std::io::copy(&mut file, &mut stream)?;
         }
-        Body::Sendfile => loop {
+        Body::Sendfile | Body::PacedSendfile(_) => loop {
             // SAFETY: both descriptors are open for the call; a null offset means "use and
             // advance the file's own offset".
             let n = unsafe {

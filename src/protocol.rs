@@ -382,9 +382,13 @@ pub async fn send_file(
                     kernel.update(sock_fd, p);
                 }
                 let grant = p.grant(size - sent).await;
-                // And after it: the wait may have ended with a rate change (or `off`).
+                // And after it: the wait may have ended with a rate change (or `off`). The
+                // last grant goes at the share itself: with the headroom it would leave a
+                // third of its slice early, and the body end before its reservation does
+                // (a second's grant: a 10 s send 3 % short).
                 if !first {
-                    kernel.update(sock_fd, p);
+                    let last = matches!(grant, Grant::Bytes(n) if n >= size - sent);
+                    kernel.update_to(sock_fd, p, if last { 100 } else { KERNEL_HEADROOM_PERCENT });
                 }
                 match grant {
                     Grant::Unlimited => SENDFILE_CHUNK,
@@ -511,9 +515,12 @@ struct SocketPacing {
 impl SocketPacing {
     /// Paces the socket at the pacer's share now (a system call only when it changed).
     fn update(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer) {
-        let want = pacer
-            .share()
-            .map(|s| s.saturating_mul(KERNEL_HEADROOM_PERCENT) / 100);
+        self.update_to(fd, pacer, KERNEL_HEADROOM_PERCENT);
+    }
+
+    /// [`SocketPacing::update`] at `percent` of the share.
+    fn update_to(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer, percent: u64) {
+        let want = pacer.share().map(|s| s.saturating_mul(percent) / 100);
         if want == self.rate || self.refused || !pacer.kernel_pacing_allowed() {
             return;
         }
