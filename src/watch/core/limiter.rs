@@ -83,8 +83,14 @@ pub const GROWTH: f64 = 1.1;
 const FUTILE: f64 = 0.9;
 /// An attempt without its greeting is overdue after at least this long ...
 pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
-/// ... and this many times the usual greeting time plus four deviations.
+/// ... and this many times the usual greeting time plus four deviations ...
 const OVERDUE_FACTOR: f64 = 6.0;
+/// ... and this many times the slowest greeting that arrived lately (a busy machine's
+/// receiver greets in whatever order its worker threads get the CPU: a greeting it sent late
+/// is no hung worker) ...
+const OVERDUE_SLOWEST: f64 = 1.5;
+/// ... where "lately" fades with this time constant.
+const SLOWEST_AGE: Duration = Duration::from_secs(10);
 /// A window shorter than [`MAX_WINDOW`] is judged only once it holds this
 /// many outcomes (greeting times and timeouts): with a small limit, the quartile of three
 /// greeting times on a lossy link (a lost greeting is retransmitted 200 ms later, a lost
@@ -120,9 +126,10 @@ pub struct Limiter {
     /// where it was.
     cut_at: Option<f64>,
     futile: u32,
-    /// When the limit was last cut: only attempts started after it tell whether the cut
-    /// was enough (those started before met the old limit's queue; a server that serves
-    /// one at a time takes seconds to drain it).
+    /// When the limit was last cut, plus the time the old limit's queue takes to drain:
+    /// only attempts started after it tell whether the cut was enough (those started
+    /// before met the old limit's queue; a server that serves one at a time takes seconds
+    /// to drain it).
     cut_time: Option<Instant>,
     /// The start of the latest-started attempt that got its greeting.
     latest_greeted: Option<Instant>,
@@ -133,6 +140,47 @@ pub struct Limiter {
     /// The fastest greeting so far (seconds): slow start's yardstick until the first
     /// window gives a baseline.
     fastest: Option<f64>,
+    /// The last window's judgement, until the lane takes it for the debug log.
+    verdict: Option<Verdict>,
+    /// The slowest greeting lately (seconds, fading with [`SLOWEST_AGE`]), and when it was
+    /// last brought up to date.
+    slowest: Option<(f64, Instant)>,
+}
+
+/// How a window was judged, for the debug log: its greeting time (lower quartile, of all
+/// and of the attempts started after the last cut), the threshold it met, its outcomes, and
+/// the limit before and after.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub len: Duration,
+    pub quartile: Option<Duration>,
+    pub fresh: Option<Duration>,
+    pub threshold: Option<Duration>,
+    pub samples: u32,
+    pub timeouts: u32,
+    pub full: bool,
+    pub from: usize,
+    pub to: usize,
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "window of {:.1?}: {} greetings (quartile {:.1?}, fresh {:.1?}, threshold {:.1?}), {} timeouts, full {}: {} {} -> {}",
+            self.len,
+            self.samples,
+            self.quartile,
+            self.fresh,
+            self.threshold,
+            self.timeouts,
+            self.full,
+            self.what,
+            self.from,
+            self.to
+        )
+    }
 }
 
 /// What the current window gathered.
@@ -211,7 +259,14 @@ impl Limiter {
             starts: std::collections::BTreeMap::new(),
             last_end: None,
             fastest: None,
+            verdict: None,
+            slowest: None,
         }
+    }
+
+    /// The last window's judgement, once (for the debug log).
+    pub fn take_verdict(&mut self) -> Option<Verdict> {
+        self.verdict.take()
     }
 
     /// An attempt starts at `now`; `lane_full`: the lane is at its limit with it, or leaves
@@ -281,10 +336,13 @@ impl Limiter {
 
     /// How long after its start an attempt without its greeting is overdue (and looked at
     /// again): six times the usual greeting time plus four deviations (which covers the
-    /// connect, a round trip, too), at least [`MIN_OVERDUE`]; `None` before any greeting.
+    /// connect, a round trip, too), and half again the slowest greeting lately, at least
+    /// [`MIN_OVERDUE`]; `None` before any greeting.
     pub fn overdue_after(&self) -> Option<Duration> {
-        self.smoothed
-            .map(|(m, d)| dur(OVERDUE_FACTOR * (m + 4.0 * d)).max(MIN_OVERDUE))
+        let slowest = self.slowest.map_or(0.0, |(s, _)| s);
+        self.smoothed.map(|(m, d)| {
+            dur((OVERDUE_FACTOR * (m + 4.0 * d)).max(OVERDUE_SLOWEST * slowest)).max(MIN_OVERDUE)
+        })
     }
 
     /// The attempt of `t` ended without an outcome (its task panicked or was aborted).
@@ -353,6 +411,10 @@ impl Limiter {
         if let Some(g) = greeting {
             self.latest_greeted = Some(self.latest_greeted.map_or(t.started, |l| l.max(t.started)));
             let g = secs(g);
+            let faded = self.slowest.map_or(0.0, |(s, at)| {
+                s * (-secs(now.saturating_duration_since(at)) / secs(SLOWEST_AGE)).exp()
+            });
+            self.slowest = Some((faded.max(g), now));
             self.smoothed = Some(match self.smoothed {
                 None => (g, g / 2.0),
                 Some((m, d)) => (
@@ -417,6 +479,19 @@ impl Limiter {
             _ => false,
         };
         let stale = fresh.is_none() && mean.is_some();
+        let from = self.limit();
+        let mut verdict = Verdict {
+            len,
+            quartile: mean.map(dur),
+            fresh: fresh.map(dur),
+            threshold: threshold.map(dur),
+            samples: w.samples,
+            timeouts: w.timeouts,
+            full: w.full,
+            from,
+            to: from,
+            what: "kept",
+        };
         let mut change = None;
         if self.adaptive && (timeouts || queueing) {
             let mut factor: f64 = if timeouts { DECREASE } else { 1.0 };
@@ -437,10 +512,20 @@ impl Limiter {
                 }
                 self.futile = 0;
                 self.cut_at = None;
+                verdict.what = "drift, baseline moved";
+                self.verdict = Some(verdict);
                 return None;
             }
             self.slow_start = false;
-            self.cut_time = Some(now);
+            // The queue the old limit built drains for about as long as it made greetings
+            // wait: attempts started before it drained meet it still, and say nothing
+            // about the new limit (judged on them, one cut was followed by another, or the
+            // undrained queue read as a slower route).
+            let drain = match (queueing, fresh, self.baseline) {
+                (true, Some(m), Some((b, _))) => dur(m - b),
+                _ => Duration::ZERO,
+            };
+            self.cut_time = Some(now + drain);
             let mut to = self.limit * factor.clamp(MIN_CUT, MAX_CUT);
             if !timeouts {
                 // Queueing alone never cuts below a few: a server that serves one at a time
@@ -450,16 +535,26 @@ impl Limiter {
                 to = to.max(QUEUE_FLOOR.min(self.limit));
             }
             change = self.set(to);
+            verdict.what = if timeouts {
+                "timeouts, cut"
+            } else {
+                "queueing, cut"
+            };
         } else if !stale {
             self.cut_at = None;
             self.futile = 0;
             if self.adaptive && !self.slow_start && w.full && !w.paced {
                 change = self.set((self.limit * GROWTH).max(self.limit + 1.0));
+                verdict.what = "grew";
             }
+        } else {
+            verdict.what = "stale";
         }
         if let Some(m) = mean {
             self.learn(m, len);
         }
+        verdict.to = self.limit();
+        self.verdict = Some(verdict);
         change
     }
 
