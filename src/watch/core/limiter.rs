@@ -29,6 +29,10 @@
 //!   [`DEVIATIONS`] deviations (and at least [`TOLERANCE`] of the baseline, plus [`SLACK`]).
 //!   The cut is the ratio of threshold to mean, bounded to [`MIN_CUT`]..[`MAX_CUT`], once per
 //!   window.
+//! - **Drain.** The queue a cut leaves behind drains for about as long as it made greetings
+//!   wait (the window's greeting time above the baseline): attempts started before it
+//!   drained still meet it, and are not counted for the next judgement (judged on them, a
+//!   cut was followed by another, or the undrained queue read as a slower route).
 //! - **Drift.** When two cuts in a row leave the greeting time where it was, the limit was
 //!   not the cause (a longer route, another client's load): the baseline takes the new level
 //!   at once and the cutting stops. Queueing alone never cuts below [`QUEUE_FLOOR`].
@@ -594,6 +598,7 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const S: Duration = Duration::from_secs(1);
 
     /// Runs `n` attempts one after the other, each `every` after the last, all with the lane
     /// full, delivered after `greeting`.
@@ -722,6 +727,54 @@ mod tests {
         l.forget(early, t + 2 * MS);
         assert!(!l.overtaken(&lone, t + 3 * MS));
         assert!(l.overtaken(&lone, t + 2 * MS + after));
+    }
+
+    #[test]
+    fn overdue_waits_past_the_slowest_greeting_lately() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(64, true);
+        run(&mut l, &mut t, 50, MS, MS);
+        assert_eq!(l.overdue_after(), Some(MIN_OVERDUE));
+        // One greeting sent 200 ms late (a busy machine): no attempt is overdue before
+        // half again as long ...
+        run(&mut l, &mut t, 1, MS, 200 * MS);
+        run(&mut l, &mut t, 50, MS, MS);
+        assert!(l.overdue_after().is_some_and(|d| d >= 290 * MS));
+        // ... for a while: it fades as fast greetings go on.
+        for _ in 0..60 {
+            run(&mut l, &mut t, 10, S / 10, MS);
+        }
+        assert_eq!(l.overdue_after(), Some(MIN_OVERDUE));
+    }
+
+    #[test]
+    fn a_cut_is_judged_once_the_old_queue_drained() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        run(&mut l, &mut t, 100, MS, MS);
+        // Queueing (greetings 40 ms): one cut ...
+        let before = l.limit();
+        let mut cut = None;
+        while cut.is_none() {
+            let k = l.on_start(true, t);
+            t += MS;
+            if l.on_success(k, 40 * MS, false, t) == Some(Change::Shrank) {
+                cut = Some(t);
+            }
+        }
+        let after = l.limit();
+        assert!(after < before);
+        // ... then attempts started while its queue drains (about 39 ms) meet it still:
+        // no second cut on them.
+        for _ in 0..30 {
+            let k = l.on_start(true, t);
+            t += MS;
+            l.on_success(k, 40 * MS, false, t);
+        }
+        assert_eq!(l.limit(), after);
+        // Started after it drained, still queueing: cut again.
+        run(&mut l, &mut t, 60, MS, 40 * MS);
+        assert!(l.limit() < after, "{after} -> {}", l.limit());
     }
 
     #[test]

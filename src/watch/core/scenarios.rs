@@ -761,6 +761,13 @@ fn late_greetings_of_a_busy_machine_are_not_abandoned() {
         show(&format!("{rtt:?} away, pool {workers}, late greetings"), &f);
         assert_eq!(f.delivered, files);
         assert_eq!((f.abandoned, f.downs), (0, 0), "{rtt:?}");
+        // A few before any late greeting arrived to learn from (with the old rule, the
+        // usual greeting time alone: 5 and 2).
+        assert!(
+            f.overtaken * 1000 <= files as u64,
+            "{rtt:?}: {}",
+            f.overtaken
+        );
     }
 }
 
@@ -846,8 +853,11 @@ fn far_away_the_default_is_near_the_best_fixed_limit() {
 }
 
 /// The wan rows at 1 ms and 10 ms on a busy machine's receiver (greetings sent late now and
-/// then, [`Server::stalls`]): the real benchmark's 74 % and 84 % where the plain model says
-/// 0.97 and 0.94.
+/// then, [`Server::stalls`]). This does not reproduce the real benchmark's 74 % and 84 %
+/// (on a quiet machine, before this round): late greetings cost every concurrency alike.
+/// What the model still misses is the CPU: on 2 cores the service, the delaying proxy and
+/// the receiver share it, so the receiver's capacity and the greeting times move with the
+/// client's own work (4,000 files/s at best at 1 ms, where the model serves 20,000).
 #[test]
 fn on_a_busy_machine_the_default_is_near_the_best_fixed_limit() {
     let rows = [(MS, 32, 4000), (10 * MS, 32, 2000)];
@@ -861,7 +871,8 @@ fn on_a_busy_machine_the_default_is_near_the_best_fixed_limit() {
             wan_on(server, n)
         })
         .collect();
-    for (&(rtt, workers, _), ratio) in rows.iter().zip(&ratios) {
+    for (&(rtt, workers, _), &ratio) in rows.iter().zip(&ratios) {
         println!("busy, {rtt:?}, pool {workers}: {ratio:.2}");
+        assert!(ratio >= 0.9, "{rtt:?}, pool {workers}: {ratio:.2}");
     }
 }
