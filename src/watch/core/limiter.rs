@@ -43,8 +43,11 @@
 //!   few connections, not dozens it would let time out) and grows fast while nothing
 //!   signalled yet: by three per success that found the lane full with a greeting under the
 //!   threshold (quadrupling per round: a round is a whole attempt, three round trips or
-//!   more, where TCP's slow start doubles per round trip). After a signal, by
-//!   [`GROWTH`] per window that found the lane full and was not queueing.
+//!   more, where TCP's slow start doubles per round trip). Slow start sees a queue only a
+//!   round after it built it, so it stops growing at the first sign of one: the threshold
+//!   with [`SLOW_START_SLACK`] for [`SLACK`] (after HyStart); a window above that, not yet
+//!   queueing, ends it. After that, by [`GROWTH`] per window that found the lane full and
+//!   was not queueing.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +66,9 @@ pub const DEVIATIONS: f64 = 3.0;
 pub const TOLERANCE: f64 = 0.5;
 /// ... plus this much (the noise of a loaded machine on loopback).
 pub const SLACK: Duration = Duration::from_millis(5);
+/// In slow start, growth stops at the threshold with this much for [`SLACK`]: 1 ms away,
+/// the queue of a pool of 32 grew to 200 connections before a window showed it.
+pub const SLOW_START_SLACK: Duration = Duration::from_millis(1);
 /// Time constant of the baseline's rise towards slower windows.
 pub const BASELINE_AGE: Duration = Duration::from_secs(30);
 /// Weight of a faster window in the baseline.
@@ -385,6 +391,15 @@ impl Limiter {
         oldest && quiet
     }
 
+    /// The greeting time above which a success does not grow the limit in slow start: the
+    /// threshold with [`SLOW_START_SLACK`] for [`SLACK`]. Slow start quadruples the limit per
+    /// round and sees a queue only a round after it built it, so it stops at the first
+    /// sign of one (HyStart's delay increase), not at the level that is cut.
+    fn slow_start_threshold(&self) -> Option<f64> {
+        self.baseline
+            .map(|(m, d)| m + (DEVIATIONS * d).max(TOLERANCE * m) + secs(SLOW_START_SLACK))
+    }
+
     /// The greeting time above which a window is taken to be queueing.
     fn threshold(&self) -> Option<f64> {
         self.baseline
@@ -440,7 +455,7 @@ impl Limiter {
             // the others wait: they are not fast).
             self.fastest = Some(self.fastest.map_or(g, |f| f.min(g)));
             let threshold = self
-                .threshold()
+                .slow_start_threshold()
                 .or_else(|| self.fastest.map(|f| f + TOLERANCE * f + secs(SLACK)));
             let fast = threshold.map_or(true, |th| g <= th);
             if self.adaptive && self.slow_start && ok && t.lane_full && fast {
@@ -547,6 +562,14 @@ impl Limiter {
         } else if !stale {
             self.cut_at = None;
             self.futile = 0;
+            if let (true, Some(m), Some(th)) = (self.slow_start, fresh, self.slow_start_threshold())
+            {
+                // Above slow start's threshold, not yet queueing: growth by a share per
+                // window from now on.
+                if m > th {
+                    self.slow_start = false;
+                }
+            }
             if self.adaptive && !self.slow_start && w.full && !w.paced {
                 change = self.set((self.limit * GROWTH).max(self.limit + 1.0));
                 verdict.what = "grew";
@@ -775,6 +798,25 @@ mod tests {
         // Started after it drained, still queueing: cut again.
         run(&mut l, &mut t, 60, MS, 40 * MS);
         assert!(l.limit() < after, "{after} -> {}", l.limit());
+    }
+
+    #[test]
+    fn slow_start_stops_at_the_first_sign_of_a_queue() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(4096, true);
+        run(&mut l, &mut t, 40, MS, MS);
+        let before = l.limit();
+        // Greetings 4 ms: under the threshold (1 ms + 0.5 ms + 5 ms), not under slow
+        // start's (1 ms + 0.5 ms + 1 ms): no growth per success ...
+        run(&mut l, &mut t, 10, MS, 4 * MS);
+        assert_eq!(l.limit(), before);
+        // ... and the windows that show them end slow start: growth by a share per window.
+        run(&mut l, &mut t, 100, MS, 4 * MS);
+        assert!(
+            l.limit() > before && l.limit() < before + 100,
+            "{before} -> {}",
+            l.limit()
+        );
     }
 
     #[test]
