@@ -93,14 +93,8 @@ pub const GROWTH: f64 = 1.1;
 const FUTILE: f64 = 0.9;
 /// An attempt without its greeting is overdue after at least this long ...
 pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
-/// ... and this many times the usual greeting time plus four deviations ...
+/// ... and this many times the usual greeting time plus four deviations.
 const OVERDUE_FACTOR: f64 = 6.0;
-/// ... and this many times the slowest greeting that arrived lately (a busy machine's
-/// receiver greets in whatever order its worker threads get the CPU: a greeting it sent late
-/// is no hung worker) ...
-const OVERDUE_SLOWEST: f64 = 1.5;
-/// ... where "lately" fades with this time constant.
-const SLOWEST_AGE: Duration = Duration::from_secs(10);
 /// A window shorter than [`MAX_WINDOW`] is judged only once it holds this
 /// many outcomes (greeting times and timeouts): with a small limit, the quartile of three
 /// greeting times on a lossy link (a lost greeting is retransmitted 200 ms later, a lost
@@ -152,9 +146,6 @@ pub struct Limiter {
     fastest: Option<f64>,
     /// The last window's judgement, until the lane takes it for the debug log.
     verdict: Option<Verdict>,
-    /// The slowest greeting lately (seconds, fading with [`SLOWEST_AGE`]), and when it was
-    /// last brought up to date.
-    slowest: Option<(f64, Instant)>,
 }
 
 /// How a window was judged, for the debug log: its greeting time (lower quartile, of all
@@ -270,7 +261,6 @@ impl Limiter {
             last_end: None,
             fastest: None,
             verdict: None,
-            slowest: None,
         }
     }
 
@@ -346,13 +336,10 @@ impl Limiter {
 
     /// How long after its start an attempt without its greeting is overdue (and looked at
     /// again): six times the usual greeting time plus four deviations (which covers the
-    /// connect, a round trip, too), and half again the slowest greeting lately, at least
-    /// [`MIN_OVERDUE`]; `None` before any greeting.
+    /// connect, a round trip, too), at least [`MIN_OVERDUE`]; `None` before any greeting.
     pub fn overdue_after(&self) -> Option<Duration> {
-        let slowest = self.slowest.map_or(0.0, |(s, _)| s);
-        self.smoothed.map(|(m, d)| {
-            dur((OVERDUE_FACTOR * (m + 4.0 * d)).max(OVERDUE_SLOWEST * slowest)).max(MIN_OVERDUE)
-        })
+        self.smoothed
+            .map(|(m, d)| dur(OVERDUE_FACTOR * (m + 4.0 * d)).max(MIN_OVERDUE))
     }
 
     /// The attempt of `t` ended without an outcome (its task panicked or was aborted).
@@ -430,10 +417,6 @@ impl Limiter {
         if let Some(g) = greeting {
             self.latest_greeted = Some(self.latest_greeted.map_or(t.started, |l| l.max(t.started)));
             let g = secs(g);
-            let faded = self.slowest.map_or(0.0, |(s, at)| {
-                s * (-secs(now.saturating_duration_since(at)) / secs(SLOWEST_AGE)).exp()
-            });
-            self.slowest = Some((faded.max(g), now));
             self.smoothed = Some(match self.smoothed {
                 None => (g, g / 2.0),
                 Some((m, d)) => (
@@ -621,7 +604,6 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-    const S: Duration = Duration::from_secs(1);
 
     /// Runs `n` attempts one after the other, each `every` after the last, all with the lane
     /// full, delivered after `greeting`.
@@ -750,24 +732,6 @@ mod tests {
         l.forget(early, t + 2 * MS);
         assert!(!l.overtaken(&lone, t + 3 * MS));
         assert!(l.overtaken(&lone, t + 2 * MS + after));
-    }
-
-    #[test]
-    fn overdue_waits_past_the_slowest_greeting_lately() {
-        let mut t = Instant::now();
-        let mut l = Limiter::new(64, true);
-        run(&mut l, &mut t, 50, MS, MS);
-        assert_eq!(l.overdue_after(), Some(MIN_OVERDUE));
-        // One greeting sent 200 ms late (a busy machine): no attempt is overdue before
-        // half again as long ...
-        run(&mut l, &mut t, 1, MS, 200 * MS);
-        run(&mut l, &mut t, 50, MS, MS);
-        assert!(l.overdue_after().is_some_and(|d| d >= 290 * MS));
-        // ... for a while: it fades as fast greetings go on.
-        for _ in 0..60 {
-            run(&mut l, &mut t, 10, S / 10, MS);
-        }
-        assert_eq!(l.overdue_after(), Some(MIN_OVERDUE));
     }
 
     #[test]
