@@ -592,12 +592,21 @@ impl Queue {
                 limit,
                 baseline,
                 smoothed,
-            } => tracing::debug!(
-                destination = self.core.dest_name(dest),
-                limit,
-                "{}: limit of uploads in flight now {limit} (greeting time {smoothed:.1?}, baseline {baseline:.1?})",
-                self.core.dest_name(dest)
-            ),
+                verdict,
+            } => match verdict {
+                Some(v) => tracing::debug!(
+                    destination = self.core.dest_name(dest),
+                    limit,
+                    "{}: {v}; greeting time {smoothed:.1?}, baseline {baseline:.1?}",
+                    self.core.dest_name(dest)
+                ),
+                None => tracing::debug!(
+                    destination = self.core.dest_name(dest),
+                    limit,
+                    "{}: limit of uploads in flight now {limit} (greeting time {smoothed:.1?}, baseline {baseline:.1?})",
+                    self.core.dest_name(dest)
+                ),
+            },
             Report::DispositionFailed {
                 key,
                 error,

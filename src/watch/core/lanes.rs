@@ -494,15 +494,17 @@ impl Core {
 
     /// Reports the limit of `d` if it `changed`.
     pub(super) fn report_limit(&mut self, d: usize, changed: bool) {
-        if !changed {
+        let l = &mut self.lanes.lanes[d].limiter;
+        let verdict = l.take_verdict();
+        if !changed && verdict.is_none() {
             return;
         }
-        let l = &self.lanes.lanes[d].limiter;
         let r = Report::Limit {
             dest: d,
             limit: l.limit(),
             baseline: l.baseline(),
             smoothed: l.smoothed(),
+            verdict,
         };
         self.report(r);
     }

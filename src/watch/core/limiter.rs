@@ -29,6 +29,10 @@
 //!   [`DEVIATIONS`] deviations (and at least [`TOLERANCE`] of the baseline, plus [`SLACK`]).
 //!   The cut is the ratio of threshold to mean, bounded to [`MIN_CUT`]..[`MAX_CUT`], once per
 //!   window.
+//! - **Drain.** The queue a cut leaves behind drains for about as long as it made greetings
+//!   wait (the window's greeting time above the baseline): attempts started before it
+//!   drained still meet it, and are not counted for the next judgement (judged on them, a
+//!   cut was followed by another, or the undrained queue read as a slower route).
 //! - **Drift.** When two cuts in a row leave the greeting time where it was, the limit was
 //!   not the cause (a longer route, another client's load): the baseline takes the new level
 //!   at once and the cutting stops. Queueing alone never cuts below [`QUEUE_FLOOR`].
@@ -39,8 +43,11 @@
 //!   few connections, not dozens it would let time out) and grows fast while nothing
 //!   signalled yet: by three per success that found the lane full with a greeting under the
 //!   threshold (quadrupling per round: a round is a whole attempt, three round trips or
-//!   more, where TCP's slow start doubles per round trip). After a signal, by
-//!   [`GROWTH`] per window that found the lane full and was not queueing.
+//!   more, where TCP's slow start doubles per round trip). Slow start sees a queue only a
+//!   round after it built it, so it stops growing at the first sign of one: the threshold
+//!   with [`SLOW_START_SLACK`] for [`SLACK`] (after HyStart); a window above that, not yet
+//!   queueing, ends it. After that, by [`GROWTH`] per window that found the lane full and
+//!   was not queueing.
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +66,9 @@ pub const DEVIATIONS: f64 = 3.0;
 pub const TOLERANCE: f64 = 0.5;
 /// ... plus this much (the noise of a loaded machine on loopback).
 pub const SLACK: Duration = Duration::from_millis(5);
+/// In slow start, growth stops at the threshold with this much for [`SLACK`]: 1 ms away,
+/// the queue of a pool of 32 grew to 200 connections before a window showed it.
+pub const SLOW_START_SLACK: Duration = Duration::from_millis(1);
 /// Time constant of the baseline's rise towards slower windows.
 pub const BASELINE_AGE: Duration = Duration::from_secs(30);
 /// Weight of a faster window in the baseline.
@@ -120,9 +130,10 @@ pub struct Limiter {
     /// where it was.
     cut_at: Option<f64>,
     futile: u32,
-    /// When the limit was last cut: only attempts started after it tell whether the cut
-    /// was enough (those started before met the old limit's queue; a server that serves
-    /// one at a time takes seconds to drain it).
+    /// When the limit was last cut, plus the time the old limit's queue takes to drain:
+    /// only attempts started after it tell whether the cut was enough (those started
+    /// before met the old limit's queue; a server that serves one at a time takes seconds
+    /// to drain it).
     cut_time: Option<Instant>,
     /// The start of the latest-started attempt that got its greeting.
     latest_greeted: Option<Instant>,
@@ -133,6 +144,44 @@ pub struct Limiter {
     /// The fastest greeting so far (seconds): slow start's yardstick until the first
     /// window gives a baseline.
     fastest: Option<f64>,
+    /// The last window's judgement, until the lane takes it for the debug log.
+    verdict: Option<Verdict>,
+}
+
+/// How a window was judged, for the debug log: its greeting time (lower quartile, of all
+/// and of the attempts started after the last cut), the threshold it met, its outcomes, and
+/// the limit before and after.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub len: Duration,
+    pub quartile: Option<Duration>,
+    pub fresh: Option<Duration>,
+    pub threshold: Option<Duration>,
+    pub samples: u32,
+    pub timeouts: u32,
+    pub full: bool,
+    pub from: usize,
+    pub to: usize,
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "window of {:.1?}: {} greetings (quartile {:.1?}, fresh {:.1?}, threshold {:.1?}), {} timeouts, full {}: {} {} -> {}",
+            self.len,
+            self.samples,
+            self.quartile,
+            self.fresh,
+            self.threshold,
+            self.timeouts,
+            self.full,
+            self.what,
+            self.from,
+            self.to
+        )
+    }
 }
 
 /// What the current window gathered.
@@ -211,7 +260,13 @@ impl Limiter {
             starts: std::collections::BTreeMap::new(),
             last_end: None,
             fastest: None,
+            verdict: None,
         }
+    }
+
+    /// The last window's judgement, once (for the debug log).
+    pub fn take_verdict(&mut self) -> Option<Verdict> {
+        self.verdict.take()
     }
 
     /// An attempt starts at `now`; `lane_full`: the lane is at its limit with it, or leaves
@@ -323,6 +378,15 @@ impl Limiter {
         oldest && quiet
     }
 
+    /// The greeting time above which a success does not grow the limit in slow start: the
+    /// threshold with [`SLOW_START_SLACK`] for [`SLACK`]. Slow start quadruples the limit per
+    /// round and sees a queue only a round after it built it, so it stops at the first
+    /// sign of one (HyStart's delay increase), not at the level that is cut.
+    fn slow_start_threshold(&self) -> Option<f64> {
+        self.baseline
+            .map(|(m, d)| m + (DEVIATIONS * d).max(TOLERANCE * m) + secs(SLOW_START_SLACK))
+    }
+
     /// The greeting time above which a window is taken to be queueing.
     fn threshold(&self) -> Option<f64> {
         self.baseline
@@ -374,7 +438,7 @@ impl Limiter {
             // the others wait: they are not fast).
             self.fastest = Some(self.fastest.map_or(g, |f| f.min(g)));
             let threshold = self
-                .threshold()
+                .slow_start_threshold()
                 .or_else(|| self.fastest.map(|f| f + TOLERANCE * f + secs(SLACK)));
             let fast = threshold.map_or(true, |th| g <= th);
             if self.adaptive && self.slow_start && ok && t.lane_full && fast {
@@ -417,6 +481,19 @@ impl Limiter {
             _ => false,
         };
         let stale = fresh.is_none() && mean.is_some();
+        let from = self.limit();
+        let mut verdict = Verdict {
+            len,
+            quartile: mean.map(dur),
+            fresh: fresh.map(dur),
+            threshold: threshold.map(dur),
+            samples: w.samples,
+            timeouts: w.timeouts,
+            full: w.full,
+            from,
+            to: from,
+            what: "kept",
+        };
         let mut change = None;
         if self.adaptive && (timeouts || queueing) {
             let mut factor: f64 = if timeouts { DECREASE } else { 1.0 };
@@ -437,10 +514,20 @@ impl Limiter {
                 }
                 self.futile = 0;
                 self.cut_at = None;
+                verdict.what = "drift, baseline moved";
+                self.verdict = Some(verdict);
                 return None;
             }
             self.slow_start = false;
-            self.cut_time = Some(now);
+            // The queue the old limit built drains for about as long as it made greetings
+            // wait: attempts started before it drained meet it still, and say nothing
+            // about the new limit (judged on them, one cut was followed by another, or the
+            // undrained queue read as a slower route).
+            let drain = match (queueing, fresh, self.baseline) {
+                (true, Some(m), Some((b, _))) => dur(m - b),
+                _ => Duration::ZERO,
+            };
+            self.cut_time = Some(now + drain);
             let mut to = self.limit * factor.clamp(MIN_CUT, MAX_CUT);
             if !timeouts {
                 // Queueing alone never cuts below a few: a server that serves one at a time
@@ -450,16 +537,34 @@ impl Limiter {
                 to = to.max(QUEUE_FLOOR.min(self.limit));
             }
             change = self.set(to);
+            verdict.what = if timeouts {
+                "timeouts, cut"
+            } else {
+                "queueing, cut"
+            };
         } else if !stale {
             self.cut_at = None;
             self.futile = 0;
+            if let (true, Some(m), Some(th)) = (self.slow_start, fresh, self.slow_start_threshold())
+            {
+                // Above slow start's threshold, not yet queueing: growth by a share per
+                // window from now on.
+                if m > th {
+                    self.slow_start = false;
+                }
+            }
             if self.adaptive && !self.slow_start && w.full && !w.paced {
                 change = self.set((self.limit * GROWTH).max(self.limit + 1.0));
+                verdict.what = "grew";
             }
+        } else {
+            verdict.what = "stale";
         }
         if let Some(m) = mean {
             self.learn(m, len);
         }
+        verdict.to = self.limit();
+        self.verdict = Some(verdict);
         change
     }
 
@@ -627,6 +732,55 @@ mod tests {
         l.forget(early, t + 2 * MS);
         assert!(!l.overtaken(&lone, t + 3 * MS));
         assert!(l.overtaken(&lone, t + 2 * MS + after));
+    }
+
+    #[test]
+    fn a_cut_is_judged_once_the_old_queue_drained() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        run(&mut l, &mut t, 100, MS, MS);
+        // Queueing (greetings 40 ms): one cut ...
+        let before = l.limit();
+        let mut cut = None;
+        while cut.is_none() {
+            let k = l.on_start(true, t);
+            t += MS;
+            if l.on_success(k, 40 * MS, false, t) == Some(Change::Shrank) {
+                cut = Some(t);
+            }
+        }
+        let after = l.limit();
+        assert!(after < before);
+        // ... then attempts started while its queue drains (about 39 ms) meet it still:
+        // no second cut on them.
+        for _ in 0..30 {
+            let k = l.on_start(true, t);
+            t += MS;
+            l.on_success(k, 40 * MS, false, t);
+        }
+        assert_eq!(l.limit(), after);
+        // Started after it drained, still queueing: cut again.
+        run(&mut l, &mut t, 60, MS, 40 * MS);
+        assert!(l.limit() < after, "{after} -> {}", l.limit());
+    }
+
+    #[test]
+    fn slow_start_stops_at_the_first_sign_of_a_queue() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(4096, true);
+        run(&mut l, &mut t, 40, MS, MS);
+        let before = l.limit();
+        // Greetings 4 ms: under the threshold (1 ms + 0.5 ms + 5 ms), not under slow
+        // start's (1 ms + 0.5 ms + 1 ms): no growth per success ...
+        run(&mut l, &mut t, 10, MS, 4 * MS);
+        assert_eq!(l.limit(), before);
+        // ... and the windows that show them end slow start: growth by a share per window.
+        run(&mut l, &mut t, 100, MS, 4 * MS);
+        assert!(
+            l.limit() > before && l.limit() < before + 100,
+            "{before} -> {}",
+            l.limit()
+        );
     }
 
     #[test]

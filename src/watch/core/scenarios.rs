@@ -46,6 +46,12 @@ struct Server {
     link: Option<Duration>,
     /// Whether the client is told when an upload was paced (else it never is).
     tell_paced: bool,
+    /// A busy machine's scheduling: by this chance a greeting is sent late, by a worker that
+    /// took its connection in the queue's order but did not get the CPU (a receiver whose
+    /// worker threads greet in whatever order they run, on a loaded 2-core machine), by a
+    /// delay drawn from an exponential distribution of this mean (most delays short, a few
+    /// long); its worker is held meanwhile, and later connections are greeted first.
+    stalls: Option<(f64, Duration)>,
 }
 
 impl Server {
@@ -59,6 +65,7 @@ impl Server {
             loss: 0.0,
             link: None,
             tell_paced: true,
+            stalls: None,
         }
     }
 }
@@ -84,6 +91,8 @@ struct Conn {
     connected: Duration,
     timeout: Duration,
     greeted: Option<Duration>,
+    /// When the greeting reaches the client (the attempt knows of it from then on).
+    greeting_arrives: Duration,
     gone: bool,
     /// Its body waited for the shared link.
     paced: bool,
@@ -238,7 +247,7 @@ impl Net {
                         .tracked
                         .get(&key)
                         .and_then(|id| self.conns.get(id))
-                        .map_or(true, |c| c.greeted.is_some());
+                        .map_or(true, |c| c.greeting_arrives <= self.sim.t);
                     self.sim.core.greeted(now, key, greeted);
                 }
                 Action::Abandon(key) => {
@@ -326,6 +335,7 @@ impl Net {
                     connected: now + connect,
                     timeout,
                     greeted: None,
+                    greeting_arrives: Duration::MAX,
                     gone: false,
                     paced: false,
                 },
@@ -412,8 +422,15 @@ impl Net {
                 }
             }
             Ev::Worker(id) => {
-                // A lost greeting comes a retransmission (200 ms) later.
-                let extra = if self.lost() { S / 5 } else { Duration::ZERO };
+                // A lost greeting comes a retransmission (200 ms) later; a stalled worker
+                // sends it late.
+                let mut extra = if self.lost() { S / 5 } else { Duration::ZERO };
+                if let Some((chance, mean)) = self.server.stalls {
+                    if self.rng.f64() < chance {
+                        // 1 - u is in (0, 1]: its logarithm is finite.
+                        extra += mean.mul_f64(-(1.0 - self.rng.f64()).ln());
+                    }
+                }
                 let Some(c) = self.conns.get_mut(&id) else {
                     return self.free_worker();
                 };
@@ -429,6 +446,7 @@ impl Net {
                     return self.free_worker();
                 }
                 c.greeted = Some(greeting);
+                c.greeting_arrives = now + half + extra;
                 let rtt = self.rtt();
                 let service = self.server.service;
                 let mut done = now + half + extra + service + rtt;
@@ -730,6 +748,33 @@ fn a_fault_free_server_sees_no_abandoned_connection() {
     }
 }
 
+/// A busy machine (issue 16, the wan benchmark at 1 ms on 2 cores): the receiver's worker
+/// threads greet in whatever order they get the CPU, so now and then a greeting is sent
+/// late (here one in 20, by 30 ms on average, a few by 100 ms or more) and later
+/// connections are greeted first. Those few are taken for hung workers (6 of 4,000 at 1 ms,
+/// 3 of 2,000 at 10 ms): waiting past the slowest greeting lately (half again) made it 3 and
+/// 2, but let each hung worker of the flaky benchmark hold its slot longer (0.85x -> 0.82x
+/// on average of three runs), so the rule was left out. Bound: rare, and never at the
+/// server's greeting timeout.
+#[test]
+fn late_greetings_of_a_busy_machine_are_rarely_abandoned() {
+    for (rtt, workers, files) in [(MS, 32, 4000), (10 * MS, 32, 2000)] {
+        let server = Server {
+            stalls: Some((0.05, 30 * MS)),
+            ..Server::pool(workers, rtt, Duration::ZERO)
+        };
+        let f = Net::new(server, None, 10).run(files, 600 * S);
+        show(&format!("{rtt:?} away, pool {workers}, late greetings"), &f);
+        assert_eq!(f.delivered, files);
+        assert_eq!((f.abandoned, f.downs), (0, 0), "{rtt:?}");
+        assert!(
+            f.overtaken * 1000 <= 2 * files as u64,
+            "{rtt:?}: {}",
+            f.overtaken
+        );
+    }
+}
+
 /// Issue 21: the adaptive limit does not grow connections when bandwidth, not the server,
 /// is what binds. A link that takes 10 ms per file (100 files/s), 20 ms away, a server that
 /// serves every connection at once: a handful of connections fill the link; the limit stays
@@ -763,7 +808,13 @@ fn a_binding_bandwidth_limit_does_not_grow_connections() {
 /// server `rtt` away with a pool of `workers` and no service time (the wan benchmark's
 /// receiver): files/s of each, and the ratio.
 fn wan(rtt: Duration, workers: usize, files: usize) -> f64 {
-    let server = || Server::pool(workers, rtt, Duration::ZERO);
+    wan_on(|| Server::pool(workers, rtt, Duration::ZERO), files)
+}
+
+/// [`wan`] against the server `server` makes.
+fn wan_on(server: impl Fn() -> Server, files: usize) -> f64 {
+    let Server { rtt, workers, .. } = server();
+    let workers = workers.unwrap_or(0);
     let default = Net::new(server(), None, 9).run(files, 900 * S);
     show(&format!("{rtt:?}, pool {workers}, default"), &default);
     assert_eq!(default.delivered, files);
@@ -801,6 +852,31 @@ fn far_away_the_default_is_near_the_best_fixed_limit() {
         println!("{rtt:?}, pool {workers}: {ratio:.2}");
     }
     for (&(rtt, workers, _), &ratio) in rows.iter().zip(&ratios) {
+        assert!(ratio >= 0.9, "{rtt:?}, pool {workers}: {ratio:.2}");
+    }
+}
+
+/// The wan rows at 1 ms and 10 ms on a busy machine's receiver (greetings sent late now and
+/// then, [`Server::stalls`]). This does not reproduce the real benchmark's 74 % and 84 %
+/// (on a quiet machine, before this round): late greetings cost every concurrency alike.
+/// What the model still misses is the CPU: on 2 cores the service, the delaying proxy and
+/// the receiver share it, so the receiver's capacity and the greeting times move with the
+/// client's own work (4,000 files/s at best at 1 ms, where the model serves 20,000).
+#[test]
+fn on_a_busy_machine_the_default_is_near_the_best_fixed_limit() {
+    let rows = [(MS, 32, 4000), (10 * MS, 32, 2000)];
+    let ratios: Vec<f64> = rows
+        .iter()
+        .map(|&(rtt, w, n)| {
+            let server = move || Server {
+                stalls: Some((0.05, 30 * MS)),
+                ..Server::pool(w, rtt, Duration::ZERO)
+            };
+            wan_on(server, n)
+        })
+        .collect();
+    for (&(rtt, workers, _), &ratio) in rows.iter().zip(&ratios) {
+        println!("busy, {rtt:?}, pool {workers}: {ratio:.2}");
         assert!(ratio >= 0.9, "{rtt:?}, pool {workers}: {ratio:.2}");
     }
 }

@@ -378,6 +378,8 @@ pub enum Report {
         limit: usize,
         baseline: Option<Duration>,
         smoothed: Option<Duration>,
+        /// The window judged, if one was (reported whether or not the limit changed).
+        verdict: Option<super::limiter::Verdict>,
     },
     /// Moving or deleting a delivered (or given up) file failed.
     DispositionFailed {
