@@ -63,7 +63,7 @@ impl Core {
         }
         let w = key.0;
         let d = self.watches[w].p.dest;
-        self.lanes.end(w, lane.is_some());
+        self.lanes.end(w, lane.is_some_and(|t| !t.released()));
         let Some(outcome) = outcome else {
             if let Some(t) = lane {
                 self.lanes.lanes[d].limiter.forget(t, now);

@@ -118,6 +118,12 @@ impl Flight {
         }
     }
 
+    /// An attempt of lane `d` no longer counts in it (it still counts in all and in its
+    /// watch).
+    fn release(&mut self, d: usize) {
+        self.lane[d] = self.lane[d].saturating_sub(1);
+    }
+
     pub fn total(&self) -> usize {
         self.total
     }
@@ -308,6 +314,13 @@ impl Lanes {
         }
     }
 
+    /// An attempt of watch `w` in its lane's slot gives the slot up while it goes on (a
+    /// suspect, see [`super::limiter::Limiter::suspect_after`]); it ends with `lane` false.
+    pub fn release(&mut self, w: usize) {
+        let d = self.dest_of[w];
+        self.flight.release(d);
+    }
+
     /// An attempt of watch `w` ended (`lane`: it had its lane's slot).
     pub fn end(&mut self, w: usize, lane: bool) {
         let d = self.dest_of[w];
@@ -396,11 +409,12 @@ impl Core {
         let d = self.watches[w].p.dest;
         let upload = slot.lane.is_some() && !slot.probe;
         let overdue = upload
-            .then(|| self.lanes.lanes[d].limiter.overdue_after())
+            .then(|| self.lanes.lanes[d].limiter.suspect_after())
             .flatten();
         self.actions.push_back(Action::Start(start));
-        // Looked at again when greetings usually have come long since (not a probe: it is
-        // the only attempt in flight, nothing can overtake it).
+        // Looked at again when greetings usually have come (suspect: its slot may go to
+        // another attempt) and long since (overdue: abandoned if overtaken). Not a probe:
+        // it is the only attempt in flight, nothing can overtake it.
         if let Some(after) = overdue {
             let at = self.now + after;
             self.arm(&key, at);

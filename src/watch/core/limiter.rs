@@ -91,6 +91,11 @@ pub const GROWTH: f64 = 1.1;
 /// Two cuts in a row that left the greeting time above this share of where it was: the
 /// limit was not the cause.
 const FUTILE: f64 = 0.9;
+/// An attempt without its greeting, overtaken by a later one, is suspect (its slot given to
+/// another attempt, its connection kept) after at least this long ...
+pub const MIN_SUSPECT: Duration = Duration::from_millis(20);
+/// ... and this share of its overdue time.
+const SUSPECT_SHARE: u32 = 3;
 /// An attempt without its greeting is overdue after at least this long ...
 pub const MIN_OVERDUE: Duration = Duration::from_millis(100);
 /// ... and this many times the usual greeting time plus four deviations.
@@ -209,6 +214,27 @@ pub struct Ticket {
     /// The lane was at its limit when it started (only then does a success say the limit
     /// was too small).
     lane_full: bool,
+    /// Suspected of waiting on a hung worker (an attempt started after it was greeted, and
+    /// it was not, well past the usual greeting time): no longer counted against the lane's
+    /// limit ([`Limiter::suspect_after`]).
+    released: bool,
+}
+
+impl Ticket {
+    /// When its attempt started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// No longer counted against its lane's limit.
+    pub fn released(&self) -> bool {
+        self.released
+    }
+
+    /// Takes it out of its lane's count (the caller frees the slot once).
+    pub fn release(&mut self) {
+        self.released = true;
+    }
 }
 
 /// Why a limit changed, for the debug log.
@@ -277,6 +303,7 @@ impl Limiter {
         Ticket {
             started: now,
             lane_full,
+            released: false,
         }
     }
 
@@ -332,6 +359,22 @@ impl Limiter {
     /// The smoothed greeting time, if any sample was taken.
     pub fn smoothed(&self) -> Option<Duration> {
         self.smoothed.map(|(m, _)| dur(m))
+    }
+
+    /// At a third of the overdue time (at least [`MIN_SUSPECT`]), an attempt overtaken by a
+    /// later greeting stops counting against the limit: a hung worker then holds a
+    /// connection, not a slot, while its overdue time runs; one merely greeted late (a busy
+    /// server's threads greet in any order) goes on, a connection above the limit for a
+    /// moment. `None` before any greeting.
+    pub fn suspect_after(&self) -> Option<Duration> {
+        self.overdue_after()
+            .map(|o| (o / SUSPECT_SHARE).max(MIN_SUSPECT).min(o))
+    }
+
+    /// Whether an attempt started after `t`'s was greeted: `t` does not wait in the
+    /// server's accept queue, which is first in, first out.
+    pub fn greeted_after(&self, t: &Ticket) -> bool {
+        self.latest_greeted.is_some_and(|g| g > t.started)
     }
 
     /// How long after its start an attempt without its greeting is overdue (and looked at
@@ -706,6 +749,29 @@ mod tests {
             l.limit()
         );
         assert!(l.baseline().is_some_and(|b| b >= 20 * MS));
+    }
+
+    #[test]
+    fn suspect_before_overdue_only_when_a_later_attempt_was_greeted() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(64, true);
+        assert_eq!(l.suspect_after(), None, "no greeting time known yet");
+        run(&mut l, &mut t, 10, MS, MS);
+        let (suspect, overdue) = (l.suspect_after().unwrap(), l.overdue_after().unwrap());
+        assert!(
+            suspect >= MIN_SUSPECT && suspect <= overdue / 2,
+            "{suspect:?} {overdue:?}"
+        );
+        let mut first = l.on_start(true, t);
+        let second = l.on_start(true, t + MS);
+        assert!(!l.greeted_after(&first));
+        l.on_success(second, MS, false, t + 2 * MS);
+        assert!(l.greeted_after(&first));
+        assert!(!first.released());
+        first.release();
+        assert!(first.released());
+        // Released, it still ends in the limiter as any attempt.
+        l.forget(first, t + 3 * MS);
     }
 
     #[test]

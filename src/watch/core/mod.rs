@@ -600,7 +600,7 @@ impl Core {
         self.watches[w].count -= 1;
         if let State::InFlight { lane, .. } = e.state {
             // Not reached: attempts end through `finished`. Kept consistent anyway.
-            self.lanes.end(w, lane.is_some());
+            self.lanes.end(w, lane.is_some_and(|t| !t.released()));
         } else {
             self.waiting.remove(key, e.since);
         }
@@ -695,16 +695,41 @@ impl Core {
             }
             State::Waiting { .. } => self.make_ready(&key, false),
             State::InFlight {
-                lane: Some(t),
+                lane: Some(mut t),
                 probe: false,
                 ..
             } => {
                 let d = self.watches[key.0].p.dest;
                 let limiter = &self.lanes.lanes[d].limiter;
-                if limiter.overtaken(&t, now) {
+                let (Some(suspect), Some(overdue)) =
+                    (limiter.suspect_after(), limiter.overdue_after())
+                else {
+                    return;
+                };
+                if now < t.started() + overdue {
+                    // Suspect: overtaken by a later greeting. Its slot goes to another
+                    // attempt; it goes on, and is looked at again once overdue.
+                    if !t.released() && limiter.greeted_after(&t) {
+                        t.release();
+                        if let Some(State::InFlight { lane, .. }) =
+                            self.entries.get_mut(&key).map(|e| &mut e.state)
+                        {
+                            *lane = Some(t);
+                        }
+                        self.lanes.release(key.0);
+                    }
+                    // Asked again a suspect time later (a later attempt may be greeted by
+                    // then), and at the latest once overdue.
+                    let at = if t.released() {
+                        t.started() + overdue
+                    } else {
+                        (now + suspect).min(t.started() + overdue)
+                    };
+                    self.arm(&key, at);
+                } else if limiter.overtaken(&t, now) {
                     self.actions.push_back(Action::AskGreeted(key));
-                } else if let Some(after) = limiter.overdue_after() {
-                    self.arm(&key, now + after);
+                } else {
+                    self.arm(&key, now + overdue);
                 }
             }
             State::Ready { .. } | State::InFlight { .. } | State::Looking => {}

@@ -603,7 +603,9 @@ fn hung_workers_at_5_percent_cost_little() {
     assert_eq!(hung.downs, 0, "a hung worker is not a down server");
     let ratio = hung.rate() / clean.rate();
     println!("hung / clean: {ratio:.2}");
-    assert!(ratio >= 0.8, "{ratio:.2}");
+    // 0.80 while a hung connection held its slot until overdue; 0.88 since a suspect
+    // (overtaken by a later greeting) gives its slot to another attempt.
+    assert!(ratio >= 0.85, "{ratio:.2}");
     assert!(hung.worst <= 15 * S, "{:?}", hung.worst);
 }
 
