@@ -46,8 +46,6 @@ pub(super) struct WatchSt {
     pub(super) count: usize,
     /// Names of this watch being looked at (an `lstat` asked, not answered yet).
     pub(super) looking: usize,
-    /// More regular files on disk than held: list again when the active set runs low.
-    pub(super) more_on_disk: bool,
     /// The next oldest names of the last listing beyond the active set (up to
     /// [`RESERVE_FACTOR`] times it), oldest first: refills take them without listing again.
     pub(super) reserve: VecDeque<OsString>,
@@ -82,13 +80,18 @@ pub(super) struct WatchSt {
 }
 
 impl WatchSt {
+    /// More regular files on disk than held: list again (or name the tail) when the active
+    /// set runs low. Names left in the reserve or the tail, or more than a listing kept.
+    pub(super) fn more_on_disk(&self) -> bool {
+        self.truncated || !self.reserve.is_empty() || !self.tail.is_empty()
+    }
+
     pub(super) fn new(p: WatchParams, now: Instant) -> WatchSt {
         WatchSt {
             next_rescan: now + p.rescan_interval.max(MIN_RESCAN),
             p,
             count: 0,
             looking: 0,
-            more_on_disk: false,
             reserve: VecDeque::new(),
             tail: VecDeque::new(),
             naming: 0,
@@ -182,7 +185,6 @@ impl Core {
         let limit = self.p.active_limit.max(1);
         let w = &mut self.watches[watch];
         if w.count >= limit {
-            w.more_on_disk = true;
             w.truncated = true;
             w.on_disk += 1;
             if !std::mem::replace(&mut w.full_reported, true) {
@@ -262,7 +264,6 @@ impl Core {
                 again = true;
             }
         }
-        w.more_on_disk = w.truncated || !w.reserve.is_empty() || !w.tail.is_empty();
         if again {
             self.request_scan(watch);
         }
@@ -277,7 +278,7 @@ impl Core {
             // Names being looked at count as held: their answers may still be on the way
             // (the driver asks off its task), and listing again before they come would put
             // younger names before them.
-            if !st.more_on_disk || st.scanning || st.count + st.looking > limit / 4 {
+            if !st.more_on_disk() || st.scanning || st.count + st.looking > limit / 4 {
                 continue;
             }
             if st.reserve.is_empty() {
@@ -305,8 +306,6 @@ impl Core {
                 st.on_disk = st.on_disk.saturating_sub(1);
                 self.look(key, Cont::Settle { closed: false });
             }
-            let st = &mut self.watches[w];
-            st.more_on_disk = st.truncated || !st.reserve.is_empty() || !st.tail.is_empty();
         }
     }
 
@@ -424,9 +423,8 @@ impl Core {
             tail.extend(listed_tail);
             tail
         };
-        w.more_on_disk = w.truncated || !w.reserve.is_empty() || !w.tail.is_empty();
         w.on_disk = total_files.saturating_sub(held);
-        if !w.more_on_disk {
+        if !w.more_on_disk() {
             w.full_reported = false;
         }
         let files = total_files;

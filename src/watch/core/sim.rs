@@ -717,7 +717,7 @@ impl Sim {
                 }
                 let held = c.entries.contains_key(&key) || c.looks.contains_key(&key);
                 assert!(
-                    held || c.watches[w].more_on_disk || c.watches[w].scanning,
+                    held || c.watches[w].more_on_disk() || c.watches[w].scanning,
                     "{key:?} is forgotten"
                 );
                 // Held ones have a way forward: ready, in flight, a live timer, or a pending
@@ -1470,7 +1470,7 @@ fn names_dropped_for_lack_of_room_are_found_by_the_next_listing() {
         s.rename_in(0, &format!("f{i:02}"));
     }
     assert!(s.core.entries.len() <= 8);
-    assert!(s.core.watches[0].more_on_disk);
+    assert!(s.core.watches[0].more_on_disk());
     assert!(s.drain(Duration::from_secs(60)));
     assert_eq!(s.delivered.len(), 30);
 }
