@@ -494,30 +494,30 @@ fn compare(limited: &Limited, unlimited: &Unlimited) {
     );
     println!("CPU per MiB, limited (20 MiB) / unlimited (1 GiB), client alone (client and sink):");
     println!("  rate       accio            paced floor / floor   accio above the paced floor");
-    for (rate, a, b) in &limited.rates {
-        println!(
-            "  {:>2} MiB/s   {:>5.2}x ({:>5.2}x)   {:>5.2}x ({:>5.2}x)     {:+.3} ms per MiB",
-            rate,
-            a.client / unlimited.gib.0.client,
-            a.with_sink / unlimited.gib.0.with_sink,
-            b.client / unlimited.gib.1.client,
-            b.with_sink / unlimited.gib.1.with_sink,
-            a.client - b.client
-        );
-    }
+    // Each rate's accio and paced floor against a base (accio's, the floor's): alone, and
+    // with the sink's.
+    let table = |base: &(PerMib, PerMib), above_floor: bool| {
+        for (rate, a, b) in &limited.rates {
+            let above = if above_floor {
+                format!("     {:+.3} ms per MiB", a.client - b.client)
+            } else {
+                String::new()
+            };
+            println!(
+                "  {:>2} MiB/s   {:>5.2}x ({:>5.2}x)   {:>5.2}x ({:>5.2}x){above}",
+                rate,
+                a.client / base.0.client,
+                a.with_sink / base.0.with_sink,
+                b.client / base.1.client,
+                b.with_sink / base.1.with_sink,
+            );
+        }
+    };
+    table(&unlimited.gib, true);
     println!(
         "the same against the unlimited send of the same 20 MiB (the same fixed cost in both):"
     );
-    for (rate, a, b) in &limited.rates {
-        println!(
-            "  {:>2} MiB/s   {:>5.2}x ({:>5.2}x)   {:>5.2}x ({:>5.2}x)",
-            rate,
-            a.client / unlimited.small.0.client,
-            a.with_sink / unlimited.small.0.with_sink,
-            b.client / unlimited.small.1.client,
-            b.with_sink / unlimited.small.1.with_sink,
-        );
-    }
+    table(&unlimited.small, false);
     let (fa, fb) = (limited.fixed.0 / 20.0, limited.fixed.1 / 20.0);
     println!("the same less the fixed cost of a process (per MiB of 20 MiB: accio {fa:.3}, floor {fb:.3} ms), against 1 GiB:");
     for (rate, a, b) in &limited.rates {
