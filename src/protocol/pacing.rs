@@ -1,0 +1,178 @@
+//! The kernel's pacing of an upload's socket under a bandwidth limit
+//! (`SO_MAX_PACING_RATE`), and the send queue it drains slowly on purpose (`SIOCOUTQNSD`):
+//! what [`super::send_file`] asks of the socket when a [`Pacer`] paces the body.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use super::ProtocolError;
+use crate::rate::{Pacer, KERNEL_HEADROOM_PERCENT};
+
+/// `SIOCOUTQNSD` (linux/sockios.h): bytes in the send queue not sent yet.
+const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+
+/// Bytes in the socket's send queue not sent yet (`SIOCOUTQNSD`), or `None` where the
+/// kernel cannot tell. Under kernel pacing this shrinks at the paced rate.
+fn unsent_bytes(stream: &TcpStream) -> Option<u64> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: the descriptor is open (borrowed) and `queued` is a valid c_int out-pointer,
+    // which is what SIOCOUTQNSD writes.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), SIOCOUTQNSD as _, &mut queued) };
+    (rc == 0 && queued >= 0).then_some(queued as u64)
+}
+
+/// `SO_MAX_PACING_RATE` of a socket, bytes per second; `None` lifts it.
+fn set_max_pacing_rate(fd: std::os::fd::RawFd, rate: Option<u64>) -> io::Result<()> {
+    // The kernel reads 32 bits, or 64 where given 64; !0u32 is "no limit".
+    let rc = match rate.map(u32::try_from) {
+        None => setsockopt(fd, libc::SO_MAX_PACING_RATE, &u32::MAX),
+        Some(Ok(r)) => setsockopt(fd, libc::SO_MAX_PACING_RATE, &r.min(u32::MAX - 1)),
+        Some(Err(_)) => setsockopt(fd, libc::SO_MAX_PACING_RATE, &rate.unwrap_or(u64::MAX)),
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn setsockopt<T>(fd: std::os::fd::RawFd, name: libc::c_int, value: &T) -> libc::c_int {
+    // SAFETY: the descriptor is open for the call; `value` points to a `T` of the size
+    // given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    }
+}
+
+/// How long the kernel takes to send `bytes` at `rate` (bytes per second).
+fn drain_time(bytes: u64, rate: u64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64).min(Duration::from_secs(3600))
+}
+
+/// The kernel's pacing of one upload's socket (`SO_MAX_PACING_RATE`; TCP paces by itself
+/// without the fq qdisc since Linux 4.13): set to the upload's share of the limits in force
+/// (plus [`KERNEL_HEADROOM_PERCENT`]), so that each grant, a second of the share, goes out
+/// spread over that second instead of in twenty wakes. Set only while a limit is in force;
+/// where the kernel refuses it the pacer's small grants pace alone.
+///
+/// The stall timeout keeps its meaning: a socket that the kernel drains slowly, at the
+/// paced rate, is making progress (see [`SocketPacing::writable`]).
+#[derive(Debug, Default)]
+pub(super) struct SocketPacing {
+    /// The rate set on the socket now; `None`: not paced by the kernel.
+    rate: Option<u64>,
+    /// The kernel refused it once: not asked again.
+    refused: bool,
+}
+
+impl SocketPacing {
+    /// Paces the socket at the pacer's share now (a system call only when it changed).
+    pub(super) fn update(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer) {
+        self.update_to(fd, pacer, KERNEL_HEADROOM_PERCENT);
+    }
+
+    /// [`SocketPacing::update`] at `percent` of the share.
+    pub(super) fn update_to(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer, percent: u64) {
+        let want = pacer.share().map(|s| s.saturating_mul(percent) / 100);
+        if want == self.rate || self.refused || !pacer.kernel_pacing_allowed() {
+            return;
+        }
+        let Some(rate) = want else {
+            return self.clear(fd, pacer);
+        };
+        if set_max_pacing_rate(fd, Some(rate)).is_ok() {
+            self.rate = Some(rate);
+            pacer.set_kernel_paced(true);
+        } else {
+            self.refused = true;
+            self.clear(fd, pacer);
+        }
+    }
+
+    /// No kernel pacing from now on (a system call only if it was set).
+    pub(super) fn clear(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer) {
+        if self.rate.take().is_some() {
+            let _ = set_max_pacing_rate(fd, None);
+        }
+        pacer.set_kernel_paced(false);
+    }
+
+    /// Waits until the socket takes data. Not taking any for the stall timeout is a stall;
+    /// under kernel pacing, a send queue that the kernel keeps sending from (at the paced
+    /// rate, so the wait may be long) is progress, and only a queue that does not move for
+    /// the stall timeout plus the time to send it at the paced rate is a stall.
+    pub(super) async fn writable(
+        &self,
+        stream: &TcpStream,
+        stall: Duration,
+        sent: u64,
+    ) -> Result<(), ProtocolError> {
+        let mut unsent = self.rate.and_then(|_| unsent_bytes(stream));
+        loop {
+            let window = match (self.rate, unsent) {
+                (Some(rate), Some(q)) => stall.saturating_add(drain_time(q, rate)),
+                _ => stall,
+            };
+            match timeout(window, stream.ready(Interest::WRITABLE)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(source)) => return Err(ProtocolError::SendIo { sent, source }),
+                Err(_) => match (unsent, unsent_bytes(stream)) {
+                    (Some(before), Some(now)) if self.rate.is_some() && now < before => {
+                        unsent = Some(now);
+                    }
+                    _ => return Err(ProtocolError::Stall(stall)),
+                },
+            }
+        }
+    }
+
+    /// The body is handed to the kernel: under kernel pacing, waits until the kernel has
+    /// sent it (up to one grant, a second of the share, may still be queued), so that the
+    /// upload counts among those sharing the limit while it uses its share, and the close
+    /// that follows is not timed against a queue the kernel empties slowly on purpose.
+    /// The stall rule is [`SocketPacing::writable`]'s. Returns `sent`.
+    pub(super) async fn drain(
+        &self,
+        stream: &TcpStream,
+        stall: Duration,
+        sent: u64,
+    ) -> Result<u64, ProtocolError> {
+        let Some(rate) = self.rate else {
+            return Ok(sent);
+        };
+        let Some(mut unsent) = unsent_bytes(stream) else {
+            return Ok(sent);
+        };
+        let mut progress = Instant::now();
+        let mut window = stall.saturating_add(drain_time(unsent, rate));
+        while unsent > 0 {
+            // About when the queue is sent, and at least every stall timeout.
+            let nap = drain_time(unsent, rate)
+                .max(Duration::from_millis(1))
+                .min(stall.max(Duration::from_millis(1)));
+            tokio::time::sleep(nap).await;
+            let Some(now) = unsent_bytes(stream) else {
+                break;
+            };
+            if now < unsent {
+                unsent = now;
+                progress = Instant::now();
+                window = stall.saturating_add(drain_time(unsent, rate));
+            } else if progress.elapsed() >= window {
+                return Err(ProtocolError::Stall(stall));
+            }
+        }
+        Ok(sent)
+    }
+}
