@@ -113,8 +113,11 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
     // how fast (a failure before it carries no greeting time at all).
     let mut greeting: Option<Duration> = None;
     let progress = job.progress.clone();
-    // This destination's limit and the service's (each may be off, now or for good).
-    let mut pacer = sh.rates.pacer(&job.watch.cfg.server.to_string());
+    // This destination's limit and the service's (each may be off, now or for good), and
+    // its handshake round trip so far.
+    let dest = job.watch.cfg.server.to_string();
+    let mut pacer = sh.rates.pacer(&dest);
+    let handshake = sh.handshakes.of(&dest);
     let result = client::upload(
         &job.watch.cfg.server,
         job.watch.cfg.confirm,
@@ -125,7 +128,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         Some(&mut pacer),
         &mut |n| progress.store(n, Ordering::Relaxed),
         &mut greeting,
-        Some(&sh.handshakes.of(&job.watch.cfg.server.to_string())),
+        Some(&handshake),
         |sent| unchanged(&claim, &before, sent),
     )
     .await;
