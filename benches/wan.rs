@@ -24,7 +24,10 @@
 //! `WAN_BENCH_ROWS=rtt:pool:files,...` for chosen rows instead of every round trip with every
 //! pool (`WAN_BENCH_ROWS=issue16`: the rows of issue 16, 1:32:4000, 10:32:2000, 50:32:2000,
 //! 50:1:100, 200:64:4000), `FAULTS_ACCIO_BIN=PATH` for another build, `WAN_BENCH_LOG_DIR=DIR` to keep each run's log
-//! (with `RUST_LOG=accio=debug` it shows every change of the adaptive limit). E.g. `WAN_BENCH_RTT=50 WAN_BENCH_POOL=32`.
+//! (with `FAULTS_RUST_LOG=accio=debug` it shows every change of the adaptive limit and each judged
+//! window), `WAN_BENCH_REPEAT=R` to run every configuration of a row R times, rounds interleaved,
+//! and report each cell as its run of median rate (runs last about a second; the machine's
+//! load moves their figures by tens of percent). E.g. `WAN_BENCH_RTT=50 WAN_BENCH_POOL=32`.
 
 #[path = "../tests/faults/harness.rs"]
 mod harness;
@@ -202,7 +205,7 @@ fn run_one(ctx: &Ctx, orig: &Originals, r: Run) -> Figures {
     }
     let _ = svc.terminate(Duration::from_secs(20));
     drop(proxy);
-    // `WAN_BENCH_LOG_DIR=DIR` keeps each run's service log (with `RUST_LOG=accio=debug`, the
+    // `WAN_BENCH_LOG_DIR=DIR` keeps each run's service log (with `FAULTS_RUST_LOG=accio=debug`, the
     // adaptive limit's changes), as DIR/rtt{R}-pool{P}-{N}.log.
     if let Ok(dir) = std::env::var("WAN_BENCH_LOG_DIR") {
         let to = std::path::Path::new(&dir).join(format!(
@@ -245,6 +248,53 @@ fn rows_of(v: &str) -> Vec<(u64, usize, u64)> {
         .collect()
 }
 
+/// Runs one configuration of a row and prints its figures.
+#[allow(clippy::too_many_arguments)]
+fn run_timed(
+    ctx: &Ctx,
+    small: &Originals,
+    rtt: u64,
+    pool: usize,
+    limit: Limit,
+    n: u64,
+    round: usize,
+    repeat: usize,
+) -> Figures {
+    let t = Instant::now();
+    let f = run_one(
+        ctx,
+        small,
+        Run {
+            rtt_ms: rtt,
+            pool,
+            limit,
+            files: n,
+            size: 1024,
+        },
+    );
+    let of = if repeat > 1 {
+        format!(" (round {round} of {repeat})")
+    } else {
+        String::new()
+    };
+    println!(
+        "rtt {rtt} ms, pool {pool}, concurrency {}{of}: {n} files, {:.0} files/s, peak {} connections, {} greeting timeouts ({:.1} s)",
+        limit_name(limit),
+        f.rate(),
+        f.peak_open,
+        f.greeting_timeouts,
+        t.elapsed().as_secs_f64()
+    );
+    f
+}
+
+/// The run of median rate among a configuration's rounds (the lower one of an even count).
+fn median_run(mut runs: Vec<Figures>) -> Option<Figures> {
+    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let mid = runs.len().checked_sub(1)? / 2;
+    runs.into_iter().nth(mid)
+}
+
 fn main() {
     let start = Instant::now();
     let bin = harness::bin();
@@ -262,6 +312,7 @@ fn main() {
     let big = env_num("WAN_BENCH_BIG", 20);
     let big_confs = limits("WAN_BENCH_BIG_CONC", "default,4,16");
     let link_mbs = env_num("WAN_BENCH_LINK_MBS", 100);
+    let repeat = env_num("WAN_BENCH_REPEAT", 1).max(1) as usize;
     let ctx = Ctx {
         dest_keys: peers::knows_destination_keys(&bin),
         link_rate: (link_mbs > 0).then_some(link_mbs * 1_000_000),
@@ -305,36 +356,35 @@ fn main() {
     let mut rows: Vec<(u64, usize, u64, Vec<Option<Figures>>)> = Vec::new();
     {
         for &(rtt, pool, n) in &plan {
-            let mut figs = Vec::new();
-            for &limit in &confs {
-                // One at a time is the reference for a server that serves one at a time;
-                // beside a bigger pool it would only take long (1,000 × 3 round trips).
-                if limit == Some(1) && pool > 1 {
-                    figs.push(None);
-                    continue;
+            // Every configuration once per round, rounds interleaved (the machine's load
+            // moves between runs of a second); each cell is the run of median rate.
+            let mut all: Vec<Vec<Figures>> = vec![Vec::new(); confs.len()];
+            for round in 1..=repeat {
+                let mut ratio_of_round = (None, 0.0f64);
+                for (i, &limit) in confs.iter().enumerate() {
+                    // One at a time is the reference for a server that serves one at a
+                    // time; beside a bigger pool it would only take long (1,000 × 3 round
+                    // trips).
+                    if limit == Some(1) && pool > 1 {
+                        continue;
+                    }
+                    let f = run_timed(&ctx, &small, rtt, pool, limit, n, round, repeat);
+                    match limit {
+                        None => ratio_of_round.0 = Some(f.rate()),
+                        Some(_) => ratio_of_round.1 = ratio_of_round.1.max(f.rate()),
+                    }
+                    all[i].push(f);
                 }
-                let t = Instant::now();
-                let f = run_one(
-                    &ctx,
-                    &small,
-                    Run {
-                        rtt_ms: rtt,
-                        pool,
-                        limit,
-                        files: n,
-                        size: 1024,
-                    },
-                );
-                println!(
-                    "rtt {rtt} ms, pool {pool}, concurrency {}: {n} files, {:.0} files/s, peak {} connections, {} greeting timeouts ({:.1} s)",
-                    limit_name(limit),
-                    f.rate(),
-                    f.peak_open,
-                    f.greeting_timeouts,
-                    t.elapsed().as_secs_f64()
-                );
-                figs.push(Some(f));
+                if let (Some(d), true) = (ratio_of_round.0, ratio_of_round.1 > 0.0) {
+                    if repeat > 1 {
+                        println!(
+                            "  round {round}: default / best fixed {:.0} %",
+                            d / ratio_of_round.1 * 100.0
+                        );
+                    }
+                }
             }
+            let figs: Vec<Option<Figures>> = all.into_iter().map(median_run).collect();
             rows.push((rtt, pool, n, figs));
         }
     }

@@ -46,7 +46,9 @@
 //!   more, where TCP's slow start doubles per round trip). Slow start sees a queue only a
 //!   round after it built it, so it stops growing at the first sign of one: the threshold
 //!   with [`SLOW_START_SLACK`] for [`SLACK`] (after HyStart); a window above that, not yet
-//!   queueing, ends it. After that, by [`GROWTH`] per window that found the lane full and
+//!   queueing, ends it. A queueing window ends it with a cut of at least half (the queue
+//!   it sees was built a round earlier, at a quarter of the limit: as TCP's slow start on
+//!   its first loss). After that, by [`GROWTH`] per window that found the lane full and
 //!   was not queueing.
 
 use std::time::{Duration, Instant};
@@ -491,6 +493,13 @@ impl Limiter {
             let mut factor: f64 = if timeouts { DECREASE } else { 1.0 };
             if let (true, Some(m), Some(th)) = (queueing, fresh, threshold) {
                 factor = factor.min(th / m);
+                if self.slow_start {
+                    // Slow start quadrupled the limit per round and saw the queue a round
+                    // after it built it: the queue's level is far below the limit now (on a
+                    // pool 10 ms away it reached the cap, 256, where 128 was best). Leaving
+                    // it halves at least, as TCP's slow start does on its first loss.
+                    factor = factor.min(MIN_CUT);
+                }
                 // A cut that left the greeting time where it was says the limit is not
                 // what makes the server slow.
                 self.futile = match self.cut_at {
@@ -643,6 +652,42 @@ mod tests {
             after < before && after as f64 >= before as f64 * MIN_CUT * MIN_CUT - 1.0,
             "{before} -> {after}"
         );
+    }
+
+    #[test]
+    fn leaving_slow_start_by_a_queue_halves_at_least() {
+        let mut t = Instant::now();
+        let mut l = Limiter::new(256, true);
+        // Fast greetings: slow start reaches the cap before any queue shows.
+        run(&mut l, &mut t, 200, MS, 5 * MS);
+        assert_eq!(l.limit(), 256);
+        // Greetings just above the threshold: a mild queue, which alone would cut by a
+        // tenth; out of slow start it is the first sign of a queue built a round earlier.
+        let th = l.threshold().expect("a baseline");
+        let mut cut = None;
+        for _ in 0..200 {
+            let k = l.on_start(true, t);
+            t += MS;
+            l.on_success(k, dur(th * 1.05), false, t);
+            if l.limit() < 256 {
+                cut = Some(l.limit());
+                break;
+            }
+        }
+        assert_eq!(cut, Some(128), "the first cut out of slow start");
+        // Later cuts are the window's own: a mild queue cuts by a tenth.
+        let mut later = None;
+        for _ in 0..400 {
+            let k = l.on_start(true, t);
+            t += MS;
+            l.on_success(k, dur(th * 1.05), false, t);
+            if l.limit() < 128 {
+                later = Some(l.limit());
+                break;
+            }
+        }
+        let later = later.expect("a second cut");
+        assert!(later >= 115, "a mild queue cuts by a tenth: 128 -> {later}");
     }
 
     #[test]
