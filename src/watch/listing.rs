@@ -107,7 +107,8 @@ pub fn list(
 
 /// Reads the names of `dir` (no `lstat`: a names-only listing), keeping those that pass
 /// `accepts` and whose [`name_hash`] is among `hashes`, in the order of `hashes` ([`Pick`]).
-/// Memory follows `hashes`, not the directory. Blocking; run it with `spawn_blocking`.
+/// Memory follows `hashes`, not the directory. No hashes: the directory's identity only,
+/// not read (a deferred rescan's check). Blocking; run it with `spawn_blocking`.
 ///
 /// # Errors
 /// The directory cannot be read.
@@ -118,6 +119,13 @@ pub fn names(
 ) -> io::Result<Names> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir)?;
+    let dir_id = (meta.dev(), meta.ino());
+    if hashes.is_empty() {
+        return Ok(Names {
+            dir_id,
+            names: Vec::new(),
+        });
+    }
     let mut pick = Pick::new(hashes);
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
@@ -126,7 +134,7 @@ pub fn names(
         }
     }
     Ok(Names {
-        dir_id: (meta.dev(), meta.ino()),
+        dir_id,
         names: pick.names(),
     })
 }

@@ -95,6 +95,8 @@ struct Sim {
     /// Listings answered: full ones (`lstat` of every entry), names-only ones.
     lists: usize,
     name_lists: usize,
+    /// Regular files the full listings found (each an `lstat` in the driver).
+    listed_files: usize,
 }
 
 fn params(watches: &[usize], dests: usize, cap: usize, dest_cap: usize, active: usize) -> Params {
@@ -185,6 +187,7 @@ impl Sim {
             deferred: Vec::new(),
             lists: 0,
             name_lists: 0,
+            listed_files: 0,
         };
         sim.pump();
         sim
@@ -445,6 +448,7 @@ impl Sim {
                     self.silent.retain(|k| k.0 != watch);
                     let l = self.listing(watch, limit, tail);
                     self.lists += 1;
+                    self.listed_files += l.total_files;
                     self.core.listed(now, watch, Ok(l));
                 }
                 Action::ListNames { watch, hashes } => {
@@ -1351,6 +1355,61 @@ fn a_tail_name_gone_is_skipped_and_a_new_name_is_sent() {
     assert_eq!(names.len(), 60, "each once");
     assert!(names.contains(&"new".to_string()));
     assert!(!names.contains(&"f50".to_string()));
+}
+
+/// A periodic rescan that falls due while a ranked backlog drains does not list the
+/// directory with its `lstat`s again (which made the `lstat`s per file grow with the
+/// backlog): it checks the directory's identity and leaves the rest to the full listing that
+/// ends the tail, which finds a file put there without an event meanwhile.
+#[test]
+fn rescans_due_while_a_ranked_backlog_drains_wait_for_the_listing_after_the_tail() {
+    let active = 4;
+    let mut p = params(&[0], 1, 4, 4, active);
+    p.watches[0].rescan_interval = Duration::from_secs(1);
+    let mut s = Sim::new(p, true);
+    s.t = Duration::from_secs(1000);
+    let n = 300;
+    for i in 0..n {
+        s.silently_add(0, &format!("f{i:03}"), Duration::from_secs(900 - i));
+    }
+    let (lists, listed, start) = (s.lists, s.listed_files, s.t);
+    s.overflow();
+    // One file delivered a second: many rescans fall due.
+    for i in 0..1000 {
+        if i == 5 {
+            s.silently_add(0, "silent", Duration::ZERO);
+        }
+        if !s.running.is_empty() {
+            s.finish(0, Verdict::Deliver);
+        }
+        s.advance(Duration::from_secs(1));
+        if s.delivered.len() == n as usize + 1 {
+            break;
+        }
+    }
+    let names: Vec<String> = s
+        .delivered
+        .iter()
+        .map(|d| d.1.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 301);
+    assert_eq!(names.last().map(String::as_str), Some("silent"));
+    let backlog: Vec<&String> = names.iter().filter(|n| n.starts_with('f')).collect();
+    let mut sorted = backlog.clone();
+    sorted.sort();
+    assert_eq!(backlog, sorted, "oldest first");
+    let secs = (s.t - start).as_secs();
+    assert!(
+        secs > 200,
+        "{secs} s: rescans (every second) would have listed it again"
+    );
+    // The listings that end each tail (300, 220, 140, 60 files), and the rescans once the
+    // last names of the backlog are held (a few files each): not one of 300 files a second.
+    let (full, stats) = (s.lists - lists, s.listed_files - listed);
+    assert!(
+        stats <= 3 * n as usize,
+        "{full} full listings over {secs} s, {stats} lstats"
+    );
 }
 
 #[derive(Debug, Clone)]
