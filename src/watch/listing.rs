@@ -31,6 +31,7 @@ pub fn list(
     use std::collections::BinaryHeap;
     use std::os::unix::fs::MetadataExt;
     let limit = limit.max(1);
+    let wall_ns = wall_now();
     let meta = std::fs::metadata(dir)?;
     let mut oldest: BinaryHeap<ByAge> = BinaryHeap::new();
     // The next oldest beyond `oldest`, by (mtime, name hash): a max-heap, its top the
@@ -102,7 +103,15 @@ pub fn list(
         more_specials,
         tree: TreeListing::default(),
         tail,
+        wall_ns,
     })
+}
+
+/// The wall clock now, in nanoseconds since the Unix epoch (0 before it).
+fn wall_now() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0))
 }
 
 /// Reads the names of `dir` (no `lstat`: a names-only listing), keeping those that pass
@@ -170,6 +179,7 @@ pub struct Walk<'a> {
 /// skipped, with a warning if it is there.
 pub fn walk(w: &Walk<'_>, limit: usize) -> io::Result<Listing> {
     use std::os::unix::fs::MetadataExt;
+    let wall_ns = wall_now();
     let meta = std::fs::metadata(w.root)?;
     let mut st = WalkSt {
         w,
@@ -204,6 +214,7 @@ pub fn walk(w: &Walk<'_>, limit: usize) -> io::Result<Listing> {
         more_specials: st.more_specials,
         tree: st.tree,
         tail: Vec::new(),
+        wall_ns,
     })
 }
 

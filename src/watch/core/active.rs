@@ -22,11 +22,11 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::entry::{fingerprint, Cont, Entry, State};
 use super::{
-    name_hash, Action, Core, Key, Listing, Names, Report, WatchParams, MIN_RESCAN,
+    name_hash, Action, Core, Identity, Key, Listing, Names, Report, WatchParams, MIN_RESCAN,
     RELIST_AFTER_ERROR,
 };
 use crate::watch::specials;
@@ -38,6 +38,26 @@ pub(super) const RESERVE_FACTOR: usize = 3;
 /// reserve (the ranked tail): 16 at the default `active_limit` (16,384) is 262,144 hashes,
 /// 2 MiB held, and 4 MiB (mtime and hash) while the listing ranks them.
 pub(super) const TAIL_FACTOR: usize = 16;
+
+/// Taken off a file's age by its timestamps: the kernel stamps a change with a coarse
+/// clock, up to a tick (1 to 10 ms) before the change itself.
+pub(super) const STAMP_SLACK: Duration = Duration::from_millis(20);
+
+/// How long before `wall_ns` (the wall clock, nanoseconds since the epoch) the file `id`
+/// last changed, by the newer of its mtime and ctime, less [`STAMP_SLACK`]; zero if not
+/// known to be that old. An mtime in the future (`touch -d`, clock skew) is not trusted:
+/// the ctime, which the kernel sets, is taken alone. (The rule the uploader's quiet period
+/// applies where writers cannot be told.)
+pub(super) fn unchanged_for(id: &Identity, wall_ns: i128) -> Duration {
+    let last = if id.mtime_ns > wall_ns {
+        id.ctime_ns
+    } else {
+        id.mtime_ns.max(id.ctime_ns)
+    };
+    let ns = wall_ns.saturating_sub(last);
+    let age = Duration::from_nanos(u64::try_from(ns.max(0)).unwrap_or(u64::MAX));
+    age.saturating_sub(STAMP_SLACK)
+}
 
 #[derive(Debug)]
 pub(super) struct WatchSt {
@@ -376,7 +396,20 @@ impl Core {
             self.watches[watch].dir_id = Some(listing.dir_id);
         }
         let now = self.now;
-        let at = now + self.settle(watch);
+        let settle = self.settle(watch);
+        let wall_ns = listing.wall_ns;
+        // The listing's names settle from their last change, but not before the names of
+        // this watch settling already (a refill's, looked at before this listing, or a
+        // file written in place): those go first, as the oldest do.
+        let settling_since = self
+            .entries
+            .iter()
+            .filter(|(k, _)| k.0 == watch)
+            .filter_map(|(_, e)| match e.state {
+                State::Settling { since, .. } => Some(since),
+                _ => None,
+            })
+            .max();
         // The reserve is replaced by this listing's: freed first, not beside the new one
         // (a large backlog's listing is the service's peak of memory).
         self.watches[watch].reserve = VecDeque::new();
@@ -426,18 +459,27 @@ impl Core {
                 continue;
             }
             self.watches[watch].count += 1;
+            // Settling since its last change, as far as its timestamps tell (at most the
+            // settle time back): one unchanged that long already is looked at once more
+            // now, not a settle time after the listing.
+            let mut since = now
+                .checked_sub(unchanged_for(&l.id, wall_ns).min(settle))
+                .unwrap_or(now);
+            if let Some(s) = settling_since {
+                since = since.max(s.min(now));
+            }
             self.insert_entry(
                 key.clone(),
                 Entry::new(
                     State::Settling {
-                        since: now,
+                        since,
                         snap: fingerprint(&l.id),
                     },
                     now,
                 ),
             );
             held += 1;
-            self.arm(&key, at);
+            self.arm(&key, since + settle);
         }
         // Entries no longer there are forgotten as reported (unless reported after the
         // listing may have been read).

@@ -377,6 +377,7 @@ impl Sim {
             more_specials: 0,
             tree: TreeListing::default(),
             tail: rest.into_iter().take(tail).map(|(_, h)| h).collect(),
+            wall_ns: self.t.as_nanos() as i128,
         }
     }
 
@@ -1074,6 +1075,7 @@ fn a_directory_replaced_before_its_first_listing_is_watched_again() {
                         more_specials: 0,
                         tree: TreeListing::default(),
                         tail: Vec::new(),
+                        wall_ns: 0,
                     };
                     core.listed(now, watch, Ok(listing));
                 }
@@ -1117,6 +1119,7 @@ fn a_special_reported_during_a_stale_listing_is_reported_once() {
         more_specials: 0,
         tree: TreeListing::default(),
         tail: Vec::new(),
+        wall_ns: 0,
     };
     let mut ignoring = 0;
     // Every action but the listings, which the test answers itself.
@@ -1355,6 +1358,35 @@ fn a_tail_name_gone_is_skipped_and_a_new_name_is_sent() {
     assert_eq!(names.len(), 60, "each once");
     assert!(names.contains(&"new".to_string()));
     assert!(!names.contains(&"f50".to_string()));
+}
+
+/// A file found by a listing settles from its last change, as its timestamps tell: one
+/// unchanged for the settle time already is sent after one more look (unchanged since the
+/// listing), not a settle time after the listing; one changed just before waits out the
+/// rest of it, and one changed since the listing settles afresh.
+#[test]
+fn a_listed_file_settles_from_its_last_change() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.t = Duration::from_secs(1000);
+    s.silently_add(0, "old", Duration::from_secs(60));
+    s.silently_add(0, "changed", Duration::from_secs(60));
+    s.silently_add(0, "young", Duration::from_millis(10));
+    s.overflow();
+    // Written to after the listing read it (no event: a write lost with the overflow).
+    let f = s.spool[0].get_mut(&name("changed")).unwrap();
+    f.size += 1;
+    f.mtime = s.t;
+    f.ctime = s.t;
+    s.advance(MS);
+    assert_eq!(s.started_keys(), [(0, "old".to_string())]);
+    // Settle (50 ms) after its change, less the stamp's slack, and not before.
+    s.advance(10 * MS);
+    assert_eq!(s.started_keys().len(), 1, "young went early");
+    // Both a settle time after they were last seen to change.
+    s.advance(40 * MS);
+    let started = s.started_keys();
+    assert!(started.contains(&(0, "young".to_string())));
+    assert!(started.contains(&(0, "changed".to_string())));
 }
 
 /// A periodic rescan that falls due while a ranked backlog drains does not list the
