@@ -20,7 +20,9 @@
 //! `COST_BENCH_ROUNDS` (3), `COST_BENCH_THREADS` (4,16,64), `COST_BENCH_BURST=0` skips the
 //! burst, `COST_BENCH_BIG` (a second, larger backlog for the system calls per file only, e.g.
 //! 1000000; 0 = none, the default), `COST_BENCH_KINDS=0` skips the strace table,
-//! `COST_BENCH_PERF_KINDS=1` counts each kind with perf too (`syscalls:sys_enter_*`
+//! `COST_BENCH_AGE_MS` waits that long before each backlog run of accio (not timed: a
+//! backlog whose files are that old, as a restart finds them; by default they were renamed
+//! back into the spool just before), `COST_BENCH_PERF_KINDS=1` counts each kind with perf too (`syscalls:sys_enter_*`
 //! tracepoints: cheap enough for the larger backlog, where strace is too slow),
 //! `COST_BENCH_DIR` where the spool lives (default: the system's temporary directory),
 //! `COST_BENCH_ACCIO` another `accio` binary to measure (default: target/release/accio).
@@ -351,6 +353,12 @@ impl Bench {
 
     /// `accio watch`: seconds until the last file is in done; then SIGTERM.
     fn accio(&self, wrap: &[&str]) -> f64 {
+        // A backlog as a restart finds it: unchanged for a while (the reset before renamed
+        // every file, which changed its ctime). Not timed.
+        let age = env_num("COST_BENCH_AGE_MS", 0);
+        if age > 0 {
+            std::thread::sleep(Duration::from_millis(age));
+        }
         let argv = self.accio_argv(wrap);
         let (secs, child) = self.run(&argv, &[]);
         stop(child, !wrap.is_empty());
