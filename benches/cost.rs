@@ -20,6 +20,10 @@
 //! `COST_BENCH_ROUNDS` (3), `COST_BENCH_THREADS` (4,16,64), `COST_BENCH_BURST=0` skips the
 //! burst, `COST_BENCH_BIG` (a second, larger backlog for the system calls per file only, e.g.
 //! 1000000; 0 = none, the default), `COST_BENCH_KINDS=0` skips the strace table,
+//! `COST_BENCH_AGE_MS` waits that long before each backlog run of accio (not timed: a
+//! backlog whose files are that old, as a restart finds them; by default they were renamed
+//! back into the spool just before), `COST_BENCH_PERF_KINDS=1` counts each kind with perf too (`syscalls:sys_enter_*`
+//! tracepoints: cheap enough for the larger backlog, where strace is too slow),
 //! `COST_BENCH_DIR` where the spool lives (default: the system's temporary directory),
 //! `COST_BENCH_ACCIO` another `accio` binary to measure (default: target/release/accio).
 
@@ -160,6 +164,8 @@ struct Bench {
     log: PathBuf,
     files: u64,
     sink: Sink,
+    /// The last run's [`Bench::milestones`].
+    marks: std::cell::RefCell<(Option<f64>, Option<f64>)>,
 }
 
 impl Bench {
@@ -216,6 +222,7 @@ impl Bench {
             config,
             files,
             sink,
+            marks: Default::default(),
         }
     }
 
@@ -244,6 +251,18 @@ impl Bench {
         (start.elapsed().as_secs_f64(), child)
     }
 
+    /// When the first file, and half of them, reached done_dir (seconds from `start`), as
+    /// far as a poll every 5 ms tells: where a run's time goes (start and listing, settle,
+    /// the drain).
+    fn milestones(&self) -> String {
+        let m = self.marks.borrow();
+        format!(
+            "first file in done at {:.3} s, half at {:.3} s",
+            m.0.unwrap_or(f64::NAN),
+            m.1.unwrap_or(f64::NAN)
+        )
+    }
+
     /// Starts `argv`, its output into the log.
     fn spawn(&self, argv: &[OsString], env: &[(&str, String)]) -> Child {
         let log = fs::OpenOptions::new()
@@ -266,8 +285,20 @@ impl Bench {
     /// Waits until every file is in done (`start`: when the job began).
     fn wait_done(&self, argv: &[OsString], start: Instant, child: &mut Child) {
         let deadline = start + Duration::from_secs(600 + self.files / 500);
+        *self.marks.borrow_mut() = (None, None);
         loop {
-            if self.done_count() >= self.files {
+            let done = self.done_count();
+            {
+                let mut m = self.marks.borrow_mut();
+                let t = start.elapsed().as_secs_f64();
+                if done > 0 && m.0.is_none() {
+                    m.0 = Some(t);
+                }
+                if done >= self.files / 2 && m.1.is_none() {
+                    m.1 = Some(t);
+                }
+            }
+            if done >= self.files {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -322,6 +353,12 @@ impl Bench {
 
     /// `accio watch`: seconds until the last file is in done; then SIGTERM.
     fn accio(&self, wrap: &[&str]) -> f64 {
+        // A backlog as a restart finds it: unchanged for a while (the reset before renamed
+        // every file, which changed its ctime). Not timed.
+        let age = env_num("COST_BENCH_AGE_MS", 0);
+        if age > 0 {
+            std::thread::sleep(Duration::from_millis(age));
+        }
         let argv = self.accio_argv(wrap);
         let (secs, child) = self.run(&argv, &[]);
         stop(child, !wrap.is_empty());
@@ -403,13 +440,19 @@ fn has(tool: &str, arg: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The command line that counts the system calls of a contender into `out`.
-fn perf_wrap(out: &str) -> [&str; 8] {
+/// The command line that counts the system calls of a contender into `out`: all of them
+/// (`raw_syscalls:sys_enter`), or each kind (`syscalls:sys_enter_*`, one tracepoint per
+/// system call: as cheap, and it needs no strace) when `by_kind`.
+fn perf_wrap(out: &str, by_kind: bool) -> [&str; 8] {
     [
         "perf",
         "stat",
         "-e",
-        "raw_syscalls:sys_enter",
+        if by_kind {
+            "syscalls:sys_enter_*"
+        } else {
+            "raw_syscalls:sys_enter"
+        },
         "-x,",
         "-o",
         out,
@@ -417,13 +460,75 @@ fn perf_wrap(out: &str) -> [&str; 8] {
     ]
 }
 
-/// System calls of the whole process tree, by `perf stat`.
-fn perf_count(out: &Path) -> Option<u64> {
-    let text = fs::read_to_string(out).ok()?;
-    text.lines()
-        .find(|l| l.contains("raw_syscalls:sys_enter"))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.trim().parse().ok())
+/// System calls of the whole process tree, by `perf stat`, by kind (`raw` for the total
+/// alone): the `-x,` output is `count,unit,event,...`.
+fn perf_counts(out: &Path) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for l in fs::read_to_string(out).unwrap_or_default().lines() {
+        let cols: Vec<&str> = l.split(',').collect();
+        let (Some(n), Some(ev)) = (cols.first(), cols.get(2)) else {
+            continue;
+        };
+        let Ok(n) = n.trim().parse::<u64>() else {
+            continue;
+        };
+        let kind = if let Some(k) = ev.strip_prefix("syscalls:sys_enter_") {
+            k
+        } else if ev.starts_with("raw_syscalls:sys_enter") {
+            "raw"
+        } else {
+            continue;
+        };
+        if n > 0 {
+            m.insert(kind.to_string(), n);
+        }
+    }
+    m
+}
+
+/// All system calls of a [`perf_counts`] answer.
+fn perf_total(m: &BTreeMap<String, u64>) -> Option<u64> {
+    if m.is_empty() {
+        return None;
+    }
+    Some(m.get("raw").copied().unwrap_or_else(|| m.values().sum()))
+}
+
+/// Per file by kind, side by side (`cols`: a heading and the counts over `n` files each),
+/// the largest first, kinds under 0.05 per file in every column left out.
+fn print_kinds(cols: &[(String, BTreeMap<String, u64>, u64)]) {
+    let mut names: Vec<&String> = cols.iter().flat_map(|c| c.1.keys()).collect();
+    names.sort();
+    names.dedup();
+    let per = |m: &BTreeMap<String, u64>, k: &str, n: u64| {
+        m.get(k).copied().unwrap_or(0) as f64 / n.max(1) as f64
+    };
+    println!("\n## By kind (perf stat -e 'syscalls:sys_enter_*'), per file\n");
+    let last = cols.len() - 1;
+    names.sort_by(|a, b| {
+        per(&cols[last].1, b, cols[last].2).total_cmp(&per(&cols[last].1, a, cols[last].2))
+    });
+    let heads: Vec<&str> = cols.iter().map(|c| c.0.as_str()).collect();
+    println!("| system call | {} |", heads.join(" | "));
+    println!("|---|{}", "---|".repeat(cols.len()));
+    for k in names {
+        let v: Vec<f64> = cols.iter().map(|c| per(&c.1, k, c.2)).collect();
+        if v.iter().all(|x| *x < 0.05) {
+            continue;
+        }
+        let s: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+        println!("| {k} | {} |", s.join(" | "));
+    }
+    let s: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            format!(
+                "{:.1}",
+                perf_total(&c.1).unwrap_or(0) as f64 / c.2.max(1) as f64
+            )
+        })
+        .collect();
+    println!("| **all** | {} |", s.join(" | "));
 }
 
 /// `strace -c` summary: calls by system call.
@@ -481,8 +586,9 @@ fn main() {
         }
         let s = b.accio(&[]);
         println!(
-            "round {round}: accio watch (default configuration): {s:.3} s, {:.0} files/s",
-            files as f64 / s
+            "round {round}: accio watch (default configuration): {s:.3} s, {:.0} files/s ({})",
+            files as f64 / s,
+            b.milestones()
         );
         accio_best = accio_best.min(s);
         floor_round.push(floor_this_round);
@@ -490,8 +596,9 @@ fn main() {
         if burst {
             let s = b.accio_burst();
             println!(
-                "round {round}: accio watch, burst renamed into it: {s:.3} s, {:.0} files/s",
-                files as f64 / s
+                "round {round}: accio watch, burst renamed into it: {s:.3} s, {:.0} files/s ({})",
+                files as f64 / s,
+                b.milestones()
             );
             burst_best = burst_best.min(s);
             burst_round.push(s);
@@ -559,34 +666,49 @@ fn main() {
         .map(|(t, _)| *t)
         .unwrap_or(16);
     if has("perf", "--version") {
+        // COST_BENCH_PERF_KINDS=1: each kind counted too (tracepoints), for the floor, accio
+        // and the larger backlog side by side.
+        let by_kind = env_num("COST_BENCH_PERF_KINDS", 0) == 1;
         println!("\n## System calls per file (perf stat -e raw_syscalls:sys_enter)\n");
         let out = b._tmp.path().join("perf.txt");
         let outs = out.to_str().unwrap().to_string();
-        let wrap = perf_wrap(&outs);
+        let wrap = perf_wrap(&outs, by_kind);
         b.floor(best_t, &wrap);
-        let floor_calls = perf_count(&out);
+        let floor_kinds = perf_counts(&out);
         b.accio(&wrap);
-        let accio_calls = perf_count(&out);
+        let accio_kinds = perf_counts(&out);
         let per = |c: Option<u64>, n: u64| {
             c.map_or("?".into(), |c| format!("{:.1}", c as f64 / n as f64))
         };
         println!("| backlog | floor ({best_t} threads) | accio watch |\n|---|---|---|");
         println!(
             "| {files} | {} | {} |",
-            per(floor_calls, files),
-            per(accio_calls, files)
+            per(perf_total(&floor_kinds), files),
+            per(perf_total(&accio_kinds), files)
         );
         let big = env_num("COST_BENCH_BIG", 0);
+        let mut cols = vec![
+            (format!("floor, {files}"), floor_kinds, files),
+            (format!("accio, {files}"), accio_kinds, files),
+        ];
         if big > 0 {
             drop(b);
             let bb = Bench::new(big);
             // perf's output goes under the new backlog's directory: the first one is gone.
             let out = bb._tmp.path().join("perf.txt");
             let outs = out.to_str().unwrap().to_string();
-            bb.accio(&perf_wrap(&outs));
-            let big_calls = perf_count(&out);
-            println!("| {big} | - | {} |", per(big_calls, big));
+            bb.accio(&perf_wrap(&outs, by_kind));
+            let k = perf_counts(&out);
+            println!("| {big} | - | {} |", per(perf_total(&k), big));
+            cols.push((format!("accio, {big}"), k, big));
+            if by_kind {
+                print_kinds(&cols);
+            }
+            let _ = std::io::stdout().flush();
             return;
+        }
+        if by_kind {
+            print_kinds(&cols);
         }
     } else {
         println!("\n(no perf here: no system call counts)");

@@ -31,6 +31,7 @@ pub fn list(
     use std::collections::BinaryHeap;
     use std::os::unix::fs::MetadataExt;
     let limit = limit.max(1);
+    let wall_ns = wall_now();
     let meta = std::fs::metadata(dir)?;
     let mut oldest: BinaryHeap<ByAge> = BinaryHeap::new();
     // The next oldest beyond `oldest`, by (mtime, name hash): a max-heap, its top the
@@ -102,12 +103,21 @@ pub fn list(
         more_specials,
         tree: TreeListing::default(),
         tail,
+        wall_ns,
     })
+}
+
+/// The wall clock now, in nanoseconds since the Unix epoch (0 before it).
+fn wall_now() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0))
 }
 
 /// Reads the names of `dir` (no `lstat`: a names-only listing), keeping those that pass
 /// `accepts` and whose [`name_hash`] is among `hashes`, in the order of `hashes` ([`Pick`]).
-/// Memory follows `hashes`, not the directory. Blocking; run it with `spawn_blocking`.
+/// Memory follows `hashes`, not the directory. No hashes: the directory's identity only,
+/// not read (a deferred rescan's check). Blocking; run it with `spawn_blocking`.
 ///
 /// # Errors
 /// The directory cannot be read.
@@ -118,6 +128,13 @@ pub fn names(
 ) -> io::Result<Names> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir)?;
+    let dir_id = (meta.dev(), meta.ino());
+    if hashes.is_empty() {
+        return Ok(Names {
+            dir_id,
+            names: Vec::new(),
+        });
+    }
     let mut pick = Pick::new(hashes);
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
@@ -126,7 +143,7 @@ pub fn names(
         }
     }
     Ok(Names {
-        dir_id: (meta.dev(), meta.ino()),
+        dir_id,
         names: pick.names(),
     })
 }
@@ -162,6 +179,7 @@ pub struct Walk<'a> {
 /// skipped, with a warning if it is there.
 pub fn walk(w: &Walk<'_>, limit: usize) -> io::Result<Listing> {
     use std::os::unix::fs::MetadataExt;
+    let wall_ns = wall_now();
     let meta = std::fs::metadata(w.root)?;
     let mut st = WalkSt {
         w,
@@ -196,6 +214,7 @@ pub fn walk(w: &Walk<'_>, limit: usize) -> io::Result<Listing> {
         more_specials: st.more_specials,
         tree: st.tree,
         tail: Vec::new(),
+        wall_ns,
     })
 }
 

@@ -498,7 +498,7 @@ impl Core {
         }
         for w in 0..self.watches.len() {
             if self.watches[w].next_rescan <= now {
-                self.request_scan(w);
+                self.rescan_due(w);
             }
         }
     }

@@ -95,6 +95,8 @@ struct Sim {
     /// Listings answered: full ones (`lstat` of every entry), names-only ones.
     lists: usize,
     name_lists: usize,
+    /// Regular files the full listings found (each an `lstat` in the driver).
+    listed_files: usize,
 }
 
 fn params(watches: &[usize], dests: usize, cap: usize, dest_cap: usize, active: usize) -> Params {
@@ -185,6 +187,7 @@ impl Sim {
             deferred: Vec::new(),
             lists: 0,
             name_lists: 0,
+            listed_files: 0,
         };
         sim.pump();
         sim
@@ -374,6 +377,7 @@ impl Sim {
             more_specials: 0,
             tree: TreeListing::default(),
             tail: rest.into_iter().take(tail).map(|(_, h)| h).collect(),
+            wall_ns: self.t.as_nanos() as i128,
         }
     }
 
@@ -445,6 +449,7 @@ impl Sim {
                     self.silent.retain(|k| k.0 != watch);
                     let l = self.listing(watch, limit, tail);
                     self.lists += 1;
+                    self.listed_files += l.total_files;
                     self.core.listed(now, watch, Ok(l));
                 }
                 Action::ListNames { watch, hashes } => {
@@ -1070,6 +1075,7 @@ fn a_directory_replaced_before_its_first_listing_is_watched_again() {
                         more_specials: 0,
                         tree: TreeListing::default(),
                         tail: Vec::new(),
+                        wall_ns: 0,
                     };
                     core.listed(now, watch, Ok(listing));
                 }
@@ -1113,6 +1119,7 @@ fn a_special_reported_during_a_stale_listing_is_reported_once() {
         more_specials: 0,
         tree: TreeListing::default(),
         tail: Vec::new(),
+        wall_ns: 0,
     };
     let mut ignoring = 0;
     // Every action but the listings, which the test answers itself.
@@ -1351,6 +1358,90 @@ fn a_tail_name_gone_is_skipped_and_a_new_name_is_sent() {
     assert_eq!(names.len(), 60, "each once");
     assert!(names.contains(&"new".to_string()));
     assert!(!names.contains(&"f50".to_string()));
+}
+
+/// A file found by a listing settles from its last change, as its timestamps tell: one
+/// unchanged for the settle time already is sent after one more look (unchanged since the
+/// listing), not a settle time after the listing; one changed just before waits out the
+/// rest of it, and one changed since the listing settles afresh.
+#[test]
+fn a_listed_file_settles_from_its_last_change() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    s.t = Duration::from_secs(1000);
+    s.silently_add(0, "old", Duration::from_secs(60));
+    s.silently_add(0, "changed", Duration::from_secs(60));
+    s.silently_add(0, "young", Duration::from_millis(10));
+    s.overflow();
+    // Written to after the listing read it (no event: a write lost with the overflow).
+    let f = s.spool[0].get_mut(&name("changed")).unwrap();
+    f.size += 1;
+    f.mtime = s.t;
+    f.ctime = s.t;
+    s.advance(MS);
+    assert_eq!(s.started_keys(), [(0, "old".to_string())]);
+    // Settle (50 ms) after its change, less the stamp's slack, and not before.
+    s.advance(10 * MS);
+    assert_eq!(s.started_keys().len(), 1, "young went early");
+    // Both a settle time after they were last seen to change.
+    s.advance(40 * MS);
+    let started = s.started_keys();
+    assert!(started.contains(&(0, "young".to_string())));
+    assert!(started.contains(&(0, "changed".to_string())));
+}
+
+/// A periodic rescan that falls due while a ranked backlog drains does not list the
+/// directory with its `lstat`s again (which made the `lstat`s per file grow with the
+/// backlog): it checks the directory's identity and leaves the rest to the full listing that
+/// ends the tail, which finds a file put there without an event meanwhile.
+#[test]
+fn rescans_due_while_a_ranked_backlog_drains_wait_for_the_listing_after_the_tail() {
+    let active = 4;
+    let mut p = params(&[0], 1, 4, 4, active);
+    p.watches[0].rescan_interval = Duration::from_secs(1);
+    let mut s = Sim::new(p, true);
+    s.t = Duration::from_secs(1000);
+    let n = 300;
+    for i in 0..n {
+        s.silently_add(0, &format!("f{i:03}"), Duration::from_secs(900 - i));
+    }
+    let (lists, listed, start) = (s.lists, s.listed_files, s.t);
+    s.overflow();
+    // One file delivered a second: many rescans fall due.
+    for i in 0..1000 {
+        if i == 5 {
+            s.silently_add(0, "silent", Duration::ZERO);
+        }
+        if !s.running.is_empty() {
+            s.finish(0, Verdict::Deliver);
+        }
+        s.advance(Duration::from_secs(1));
+        if s.delivered.len() == n as usize + 1 {
+            break;
+        }
+    }
+    let names: Vec<String> = s
+        .delivered
+        .iter()
+        .map(|d| d.1.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 301);
+    assert_eq!(names.last().map(String::as_str), Some("silent"));
+    let backlog: Vec<&String> = names.iter().filter(|n| n.starts_with('f')).collect();
+    let mut sorted = backlog.clone();
+    sorted.sort();
+    assert_eq!(backlog, sorted, "oldest first");
+    let secs = (s.t - start).as_secs();
+    assert!(
+        secs > 200,
+        "{secs} s: rescans (every second) would have listed it again"
+    );
+    // The listings that end each tail (300, 220, 140, 60 files), and the rescans once the
+    // last names of the backlog are held (a few files each): not one of 300 files a second.
+    let (full, stats) = (s.lists - lists, s.listed_files - listed);
+    assert!(
+        stats <= 3 * n as usize,
+        "{full} full listings over {secs} s, {stats} lstats"
+    );
 }
 
 #[derive(Debug, Clone)]

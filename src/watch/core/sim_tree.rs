@@ -255,6 +255,7 @@ fn the_watch_limit_is_reported_once() {
             skipped: 0,
         },
         tail: Vec::new(),
+        wall_ns: 0,
     };
     let mut said = 0;
     for _ in 0..3 {

@@ -160,6 +160,10 @@ pub struct Listing {
     /// first; names of equal mtime in the order of their hashes), as [`name_hash`]es only,
     /// up to the tail asked for. Empty for a tree.
     pub tail: Vec<u64>,
+    /// When the listing began, by the wall clock (nanoseconds since the Unix epoch; 0 if
+    /// unknown): a file whose last change (the newer of its mtime and ctime) is older than
+    /// that by the settle time had been unchanged that long when it was listed.
+    pub wall_ns: i128,
 }
 
 /// The 8-byte hash of a name that a listing's ranked tail ([`Listing::tail`]) holds: stable
