@@ -62,8 +62,9 @@ fn drain_time(bytes: u64, rate: u64) -> Duration {
 
 /// The kernel's pacing of one upload's socket (`SO_MAX_PACING_RATE`; TCP paces by itself
 /// without the fq qdisc since Linux 4.13): set to the upload's share of the limits in force
-/// (plus [`crate::rate::KERNEL_HEADROOM_PERCENT`]), so that each grant, a second of the share, goes out
-/// spread over that second instead of in twenty wakes. Set only while a limit is in force;
+/// (plus [`crate::rate::KERNEL_HEADROOM_PERCENT`], or trimmed around it for `accio send`:
+/// [`Pacer::kernel_percent`]), so that each grant, a second of the share, goes out spread
+/// over that second instead of in twenty wakes. Set only while a limit is in force;
 /// where the kernel refuses it the pacer's small grants pace alone.
 ///
 /// The stall timeout keeps its meaning: a socket that the kernel drains slowly, at the
