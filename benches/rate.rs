@@ -55,7 +55,20 @@ fn main() {
         .prefix("accio-bench-rate")
         .tempdir_in(Path::new(ACCIO).parent().unwrap())
         .unwrap();
-    println!("accio: {}", accio_exe().display());
+    let exe = accio_exe();
+    let bytes = std::fs::metadata(&exe).map_or(0, |m| m.len());
+    println!("accio: {} ({bytes} bytes)", exe.display());
+    if std::env::var_os("BENCH_ACCIO_EXE").is_none() {
+        // Cargo builds the binary of a bench with the dev-dependencies' features (proptest
+        // turns on regex-syntax's Unicode tables, assert_cmd bstr's): 0.9 MB larger than the
+        // shipped one, and about 50 more page faults each time a process starts, a quarter of
+        // a millisecond of the fixed cost below.
+        println!(
+            "(the bench build's binary, with the dev-dependencies' features; the shipped one: \
+             `cargo build --release --bin accio && cp target/release/accio /tmp/accio-shipped`, \
+             then BENCH_ACCIO_EXE=/tmp/accio-shipped cargo bench --bench rate)"
+        );
+    }
     println!(
         "(the machine may be loaded by other work: compare figures within this run, not across runs)\n"
     );

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use crate::rate::{Grant, Pacer, KERNEL_HEADROOM_PERCENT};
+use crate::rate::{Grant, Pacer};
 
 mod pacing;
 use pacing::SocketPacing;
@@ -391,7 +391,7 @@ pub async fn send_file(
                 // (a second's grant: a 10 s send 3 % short).
                 if !first {
                     let last = matches!(grant, Grant::Bytes(n) if n >= size - sent);
-                    kernel.update_to(sock_fd, p, if last { 100 } else { KERNEL_HEADROOM_PERCENT });
+                    kernel.after_grant(stream, p, last);
                 }
                 match grant {
                     Grant::Unlimited => SENDFILE_CHUNK,

@@ -68,6 +68,15 @@ pub const KERNEL_SLICE: Duration = Duration::from_millis(250);
 /// apart under load would find the first holding a second of the whole limit), and they
 /// would wait for it.
 pub const KERNEL_SLICE_ALONE: Duration = Duration::from_secs(1);
+/// How long before its reservation an upload alone under limits of its own hands a grant
+/// of a [`KERNEL_SLICE_ALONE`] to its socket (from its third), and how much of its share it
+/// keeps queued there then (see [`Pacer::kernel_percent`]): the socket still holds the end
+/// of the grant before, so that the kernel sends every packet from its pacing timer. The
+/// kernel, paced around the share, is what keeps the bytes from leaving early.
+pub const KERNEL_QUEUE_ALONE: Duration = Duration::from_millis(250);
+/// How far from the share the kernel paces such an upload (per cent): below while its queue
+/// is short, above while it is long (see [`Pacer::kernel_percent`]).
+pub const KERNEL_TRIM_PERCENT: u64 = 2;
 /// The kernel paces a socket this much faster than its share (in per cent of it), so that
 /// each grant goes out within two thirds of its slice and the upload is back in time to
 /// ask for the next: the limit's accounting stays the [`Bucket`]'s. A kernel slower than
@@ -227,8 +236,10 @@ impl Limiter {
         self.granted.load(Ordering::Relaxed)
     }
 
-    /// Waits until `n` bytes may go; returns the time waited. With the limit off, at once.
-    async fn acquire(&self, n: u64) -> Duration {
+    /// Waits until `n` bytes may go, or `lead` before (see [`KERNEL_QUEUE_ALONE`]); returns
+    /// the time waited. With the limit off, at once.
+    async fn acquire(&self, n: u64, lead: Duration) -> Duration {
+        let lead = u64::try_from(lead.as_nanos()).unwrap_or(u64::MAX);
         if self.rate().is_none() {
             return Duration::ZERO;
         }
@@ -246,11 +257,12 @@ impl Limiter {
         };
         self.granted.fetch_add(n, Ordering::Relaxed);
         loop {
-            if at <= self.now() {
+            let due = at.saturating_sub(lead);
+            if due <= self.now() {
                 break;
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(self.instant(at)) => break,
+                _ = tokio::time::sleep_until(self.instant(due)) => break,
                 _ = changed.as_mut() => {
                     // Again listening first, then reading the new rate.
                     changed.set(self.changed.notified());
@@ -302,6 +314,8 @@ pub struct Pacer {
     /// Whether a grant was given yet: the first is always a [`SLICE`]'s, so that uploads
     /// starting together are all counted before one takes a second of the whole limit.
     started: bool,
+    /// Grants of a [`KERNEL_SLICE_ALONE`] given so far.
+    alone_grants: u32,
 }
 
 impl Pacer {
@@ -321,6 +335,7 @@ impl Pacer {
             grants_only: false,
             exclusive: false,
             started: false,
+            alone_grants: 0,
         }
     }
 
@@ -374,6 +389,45 @@ impl Pacer {
                 .all(|l| l.rate().is_none() || l.active() <= 1)
     }
 
+    /// Whether the kernel's pacing of this upload's socket is trimmed around its limit
+    /// rather than set above it (see [`Pacer::kernel_percent`]): an upload alone under
+    /// limits of its own (`accio send --limit-rate`).
+    pub fn trims_kernel(&self) -> bool {
+        self.alone()
+    }
+
+    /// What the kernel paces this upload's socket at, in per cent of [`Pacer::share`], when a
+    /// grant is handed to it with `unsent` bytes of the grants before still queued (`None`:
+    /// the kernel cannot tell).
+    ///
+    /// - The last grant of a body: the share itself, so that the body does not end before
+    ///   its reservation (for an upload that trims the kernel's pacing, it ends what is
+    ///   still queued later: about [`KERNEL_QUEUE_ALONE`]).
+    /// - An upload alone under limits of its own ([`Pacer::trims_kernel`]): just below the
+    ///   share ([`KERNEL_TRIM_PERCENT`]) while less than [`KERNEL_QUEUE_ALONE`] of it is
+    ///   queued, just above it beyond. The kernel is then never idle when a grant arrives,
+    ///   and sends every packet from its pacing timer: a grant handed to an idle socket sends
+    ///   its first packet in the upload's own system call (on loopback, with the receiver's
+    ///   whole receive path), which was most of what a paced `accio send` spent above the
+    ///   paced floor. The queue stays about [`KERNEL_QUEUE_ALONE`]: the grants (the bucket)
+    ///   still decide the average, the kernel only how the bytes leave within a second.
+    ///   Without `unsent`, the share itself.
+    /// - Otherwise [`KERNEL_HEADROOM_PERCENT`].
+    pub fn kernel_percent(&self, last: bool, unsent: Option<u64>) -> u64 {
+        if last {
+            return 100;
+        }
+        if !self.trims_kernel() {
+            return KERNEL_HEADROOM_PERCENT;
+        }
+        let target = self.share().map(|s| chunk_of(s, 1, KERNEL_QUEUE_ALONE));
+        match (unsent, target) {
+            (Some(q), Some(t)) if q < t => 100 - KERNEL_TRIM_PERCENT,
+            (Some(_), Some(_)) => 100 + KERNEL_TRIM_PERCENT,
+            _ => 100,
+        }
+    }
+
     /// How long this upload has waited for grants so far: non-zero means the limit bound.
     pub fn waited(&self) -> Duration {
         self.waited
@@ -389,12 +443,22 @@ impl Pacer {
             }
         }
         // The smallest share among the limits in force now.
-        let slice = if !(self.kernel_paced && self.started) {
-            SLICE
+        let (slice, lead) = if !(self.kernel_paced && self.started) {
+            (SLICE, Duration::ZERO)
         } else if self.alone() {
-            KERNEL_SLICE_ALONE
+            // The first two such grants at their reservation: the kernel sends the first
+            // segments of a connection unpaced (ten: 640 KiB on loopback), and the idle
+            // socket the second finds makes up for them, so that the lead of the next ones
+            // lets no more than the limit through.
+            self.alone_grants = self.alone_grants.saturating_add(1);
+            let lead = if self.alone_grants > 2 {
+                KERNEL_QUEUE_ALONE
+            } else {
+                Duration::ZERO
+            };
+            (KERNEL_SLICE_ALONE, lead)
         } else {
-            KERNEL_SLICE
+            (KERNEL_SLICE, Duration::ZERO)
         };
         self.started = true;
         let mut n: Option<u64> = None;
@@ -411,7 +475,7 @@ impl Pacer {
         // One limit after the other: the next is asked only once the one before allows the
         // bytes, so each accounts for them when they go.
         for l in &self.limits {
-            self.waited += l.acquire(n).await;
+            self.waited += l.acquire(n, lead).await;
         }
         Grant::Bytes(n)
     }
@@ -874,6 +938,83 @@ mod tests {
         drop(p);
         assert_eq!((a.active(), r.all().active()), (0, 0));
         assert_eq!(r.waited("a:1"), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_kernel_is_paced_around_an_exclusive_limit_and_above_a_shared_one() {
+        const RATE: u64 = 2 << 20;
+        let target = chunk_of(RATE, 1, KERNEL_QUEUE_ALONE);
+        let own = Pacer::new(vec![Arc::new(Limiter::new(Some(RATE)))]).exclusive();
+        assert!(own.trims_kernel());
+        assert_eq!(
+            own.kernel_percent(false, Some(0)),
+            100 - KERNEL_TRIM_PERCENT
+        );
+        assert_eq!(
+            own.kernel_percent(false, Some(target - 1)),
+            100 - KERNEL_TRIM_PERCENT
+        );
+        assert_eq!(
+            own.kernel_percent(false, Some(target)),
+            100 + KERNEL_TRIM_PERCENT
+        );
+        // The queue unknown: the limit itself; the last grant: the limit itself.
+        assert_eq!(own.kernel_percent(false, None), 100);
+        assert_eq!(own.kernel_percent(true, Some(0)), 100);
+        assert_eq!(own.kernel_percent(true, Some(10 * target)), 100);
+        // A limit of the service, even with one upload: the headroom, whatever is queued.
+        let shared = Arc::new(Limiter::new(Some(RATE)));
+        let p = Pacer::new(vec![shared.clone()]);
+        assert!(!p.trims_kernel());
+        assert_eq!(p.kernel_percent(false, Some(0)), KERNEL_HEADROOM_PERCENT);
+        assert_eq!(p.kernel_percent(false, None), KERNEL_HEADROOM_PERCENT);
+        assert_eq!(p.kernel_percent(true, Some(0)), 100);
+        // An exclusive pacer sharing its limit (not `accio send`): no longer alone.
+        let two = Pacer::new(vec![shared.clone()]).exclusive();
+        assert!(!two.trims_kernel());
+        drop(p);
+        assert!(two.trims_kernel());
+    }
+
+    /// The trimmed pacing of an upload alone, simulated (1 ms steps): a grant of a second
+    /// of the limit handed each second at its reservation, the kernel sending at the
+    /// percentage [`Pacer::kernel_percent`] answers, off by its own `error_permille`, after a
+    /// start that leaves it `ahead_ms` ahead of the grants (on loopback the kernel sends the
+    /// first ten segments at once, 640 KiB). The queue never grows past the target and a
+    /// twentieth of a grant (the kernel is never behind the grants by more), and once the
+    /// trim has made up for the start it is never empty when a grant arrives.
+    fn simulate_trimmed(ahead_ms: u64, error_permille: i64) -> Result<(), String> {
+        const RATE: u64 = 2 << 20;
+        let pacer = Pacer::new(vec![Arc::new(Limiter::new(Some(RATE)))]).exclusive();
+        let grant = chunk_of(RATE, 1, KERNEL_SLICE_ALONE);
+        let target = chunk_of(RATE, 1, KERNEL_QUEUE_ALONE);
+        let mut queue = grant.saturating_sub(RATE * ahead_ms / 1000);
+        let mut percent = 100 - KERNEL_TRIM_PERCENT;
+        // The seconds it takes the trim (less the kernel's error) to make up for the start.
+        let net = (KERNEL_TRIM_PERCENT as i64 * 10 - error_permille).max(1) as u64;
+        let settled = ahead_ms / net + 2;
+        for second in 1..=60u64 {
+            let per_ms = (RATE * percent / 100) as i64 * (1000 + error_permille) / 1000 / 1000;
+            for _ in 0..1000 {
+                queue -= queue.min(per_ms as u64);
+            }
+            if queue == 0 && second > settled {
+                return Err(format!("empty at {second} s"));
+            }
+            if queue > target + grant / 20 {
+                return Err(format!("queue {queue} at {second} s"));
+            }
+            percent = pacer.kernel_percent(false, Some(queue));
+            queue += grant;
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn the_trimmed_kernel_keeps_a_short_queue(ahead in 0u64..400, error in -10i64..=10) {
+            prop_assert_eq!(simulate_trimmed(ahead, error), Ok(()));
+        }
     }
 
     #[tokio::test]

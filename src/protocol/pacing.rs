@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use super::ProtocolError;
-use crate::rate::{Pacer, KERNEL_HEADROOM_PERCENT};
+use crate::rate::Pacer;
 
 /// `SIOCOUTQNSD` (linux/sockios.h): bytes in the send queue not sent yet.
 const SIOCOUTQNSD: libc::c_ulong = 0x894B;
@@ -62,8 +62,9 @@ fn drain_time(bytes: u64, rate: u64) -> Duration {
 
 /// The kernel's pacing of one upload's socket (`SO_MAX_PACING_RATE`; TCP paces by itself
 /// without the fq qdisc since Linux 4.13): set to the upload's share of the limits in force
-/// (plus [`KERNEL_HEADROOM_PERCENT`]), so that each grant, a second of the share, goes out
-/// spread over that second instead of in twenty wakes. Set only while a limit is in force;
+/// (plus [`crate::rate::KERNEL_HEADROOM_PERCENT`], or trimmed around it for `accio send`:
+/// [`Pacer::kernel_percent`]), so that each grant, a second of the share, goes out spread
+/// over that second instead of in twenty wakes. Set only while a limit is in force;
 /// where the kernel refuses it the pacer's small grants pace alone.
 ///
 /// The stall timeout keeps its meaning: a socket that the kernel drains slowly, at the
@@ -78,8 +79,27 @@ pub(super) struct SocketPacing {
 
 impl SocketPacing {
     /// Paces the socket at the pacer's share now (a system call only when it changed).
+    /// A socket whose pacing is trimmed around its limit ([`Pacer::trims_kernel`]) keeps
+    /// its rate until the next grant ([`SocketPacing::after_grant`]).
     pub(super) fn update(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer) {
-        self.update_to(fd, pacer, KERNEL_HEADROOM_PERCENT);
+        if pacer.trims_kernel() && self.rate.is_some() {
+            return;
+        }
+        let percent = pacer.kernel_percent(false, None);
+        self.update_to(fd, pacer, percent);
+    }
+
+    /// Paces the socket for a grant about to be handed to it ([`Pacer::kernel_percent`]),
+    /// the body's `last` or not; reads the socket's queue only where the pacer trims the
+    /// kernel's pacing.
+    pub(super) fn after_grant(&mut self, stream: &TcpStream, pacer: &mut Pacer, last: bool) {
+        let unsent = if pacer.trims_kernel() && !last && self.rate.is_some() {
+            unsent_bytes(stream)
+        } else {
+            None
+        };
+        let percent = pacer.kernel_percent(last, unsent);
+        self.update_to(stream.as_raw_fd(), pacer, percent);
     }
 
     /// [`SocketPacing::update`] at `percent` of the share.
