@@ -661,32 +661,26 @@ mod tests {
         // Fast greetings: slow start reaches the cap before any queue shows.
         run(&mut l, &mut t, 200, MS, 5 * MS);
         assert_eq!(l.limit(), 256);
-        // Greetings just above the threshold: a mild queue, which alone would cut by a
-        // tenth; out of slow start it is the first sign of a queue built a round earlier.
         let th = l.threshold().expect("a baseline");
-        let mut cut = None;
-        for _ in 0..200 {
-            let k = l.on_start(true, t);
-            t += MS;
-            l.on_success(k, dur(th * 1.05), false, t);
-            if l.limit() < 256 {
-                cut = Some(l.limit());
-                break;
-            }
-        }
-        assert_eq!(cut, Some(128), "the first cut out of slow start");
+        // Attempts 1 ms apart, each greeted just above the threshold, until the limit is
+        // below `below`: the limit then.
+        let mut until_below = |below: usize, n: usize| {
+            (0..n).find_map(|_| {
+                let k = l.on_start(true, t);
+                t += MS;
+                l.on_success(k, dur(th * 1.05), false, t);
+                (l.limit() < below).then(|| l.limit())
+            })
+        };
+        // A mild queue, which alone would cut by a tenth; out of slow start it is the first
+        // sign of a queue built a round earlier.
+        assert_eq!(
+            until_below(256, 200),
+            Some(128),
+            "the first cut out of slow start"
+        );
         // Later cuts are the window's own: a mild queue cuts by a tenth.
-        let mut later = None;
-        for _ in 0..400 {
-            let k = l.on_start(true, t);
-            t += MS;
-            l.on_success(k, dur(th * 1.05), false, t);
-            if l.limit() < 128 {
-                later = Some(l.limit());
-                break;
-            }
-        }
-        let later = later.expect("a second cut");
+        let later = until_below(128, 400).expect("a second cut");
         assert!(later >= 115, "a mild queue cuts by a tenth: 128 -> {later}");
     }
 
