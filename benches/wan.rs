@@ -248,30 +248,17 @@ fn rows_of(v: &str) -> Vec<(u64, usize, u64)> {
         .collect()
 }
 
-/// Runs one configuration of a row and prints its figures.
-#[allow(clippy::too_many_arguments)]
-fn run_timed(
-    ctx: &Ctx,
-    small: &Originals,
-    rtt: u64,
-    pool: usize,
-    limit: Limit,
-    n: u64,
-    round: usize,
-    repeat: usize,
-) -> Figures {
+/// Runs one configuration of a row (round `round` of `repeat`) and prints its figures.
+fn run_timed(ctx: &Ctx, small: &Originals, r: Run, round: usize, repeat: usize) -> Figures {
     let t = Instant::now();
-    let f = run_one(
-        ctx,
-        small,
-        Run {
-            rtt_ms: rtt,
-            pool,
-            limit,
-            files: n,
-            size: 1024,
-        },
-    );
+    let f = run_one(ctx, small, r);
+    let Run {
+        rtt_ms: rtt,
+        pool,
+        limit,
+        files: n,
+        ..
+    } = r;
     let of = if repeat > 1 {
         format!(" (round {round} of {repeat})")
     } else {
@@ -368,20 +355,25 @@ fn main() {
                     if limit == Some(1) && pool > 1 {
                         continue;
                     }
-                    let f = run_timed(&ctx, &small, rtt, pool, limit, n, round, repeat);
+                    let run = Run {
+                        rtt_ms: rtt,
+                        pool,
+                        limit,
+                        files: n,
+                        size: 1024,
+                    };
+                    let f = run_timed(&ctx, &small, run, round, repeat);
                     match limit {
                         None => ratio_of_round.0 = Some(f.rate()),
                         Some(_) => ratio_of_round.1 = ratio_of_round.1.max(f.rate()),
                     }
                     all[i].push(f);
                 }
-                if let (Some(d), true) = (ratio_of_round.0, ratio_of_round.1 > 0.0) {
-                    if repeat > 1 {
-                        println!(
-                            "  round {round}: default / best fixed {:.0} %",
-                            d / ratio_of_round.1 * 100.0
-                        );
-                    }
+                if let (Some(d), true) = (ratio_of_round.0, repeat > 1 && ratio_of_round.1 > 0.0) {
+                    println!(
+                        "  round {round}: default / best fixed {:.0} %",
+                        d / ratio_of_round.1 * 100.0
+                    );
                 }
             }
             let figs: Vec<Option<Figures>> = all.into_iter().map(median_run).collect();
