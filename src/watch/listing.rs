@@ -108,7 +108,7 @@ pub fn list(
 }
 
 /// The wall clock now, in nanoseconds since the Unix epoch (0 before it).
-fn wall_now() -> i128 {
+pub(super) fn wall_now() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0))

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::claim::{self, Claim, ClaimError};
 use super::core::{After, Identity, Mode, Outcome, Writers};
@@ -15,6 +15,7 @@ use super::disposition::{self, Dest, Disposed};
 use super::error::{
     client_service_trouble, DestError, DispositionError, DispositionOp, FileError, Reason,
 };
+use super::listing;
 use crate::client::{self, Phase, UploadError, Uploaded};
 use crate::config::OnSuccess;
 use crate::esc::esc;
@@ -97,7 +98,7 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
         Writers::Some => return Outcome::Writer,
         Writers::Unknown => {
             warn_no_lease(&lease_errno, job.quiet);
-            let age = age(&claim.id);
+            let age = claim.id.age_at(listing::wall_now());
             if !job.trusted && age < job.quiet {
                 return Outcome::Young {
                     wait: job.quiet - age,
@@ -222,22 +223,6 @@ fn warn_no_lease(errno: &std::io::Error, quiet: Duration) {
         "cannot check for writers with a file lease ({code}): files written in place are taken after {}s without change; grant CAP_LEASE or rename finished files into the spool",
         quiet.as_secs_f64()
     );
-}
-
-/// How long ago the content or status of a file last changed (its newer of mtime and
-/// ctime), by the wall clock. A modification time in the future (clock skew, `touch -d`)
-/// is not waited for: the status change time, which the kernel sets, is used alone.
-fn age(id: &Identity) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos().min(i128::MAX as u128) as i128);
-    let last = if id.mtime_ns > now {
-        id.ctime_ns
-    } else {
-        id.mtime_ns.max(id.ctime_ns)
-    };
-    let ns = (now - last).clamp(0, i128::from(u64::MAX));
-    Duration::from_nanos(ns as u64)
 }
 
 /// The `before_close` check: the file we sent is the file we claimed, whole.

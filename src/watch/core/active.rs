@@ -43,20 +43,11 @@ pub(super) const TAIL_FACTOR: usize = 16;
 /// clock, up to a tick (1 to 10 ms) before the change itself.
 pub(super) const STAMP_SLACK: Duration = Duration::from_millis(20);
 
-/// How long before `wall_ns` (the wall clock, nanoseconds since the epoch) the file `id`
-/// last changed, by the newer of its mtime and ctime, less [`STAMP_SLACK`]; zero if not
-/// known to be that old. An mtime in the future (`touch -d`, clock skew) is not trusted:
-/// the ctime, which the kernel sets, is taken alone. (The rule the uploader's quiet period
-/// applies where writers cannot be told.)
+/// How long before `wall_ns` the file `id` last changed ([`Identity::age_at`], the rule
+/// the uploader's quiet period applies where writers cannot be told), less
+/// [`STAMP_SLACK`]; zero if not known to be that old.
 pub(super) fn unchanged_for(id: &Identity, wall_ns: i128) -> Duration {
-    let last = if id.mtime_ns > wall_ns {
-        id.ctime_ns
-    } else {
-        id.mtime_ns.max(id.ctime_ns)
-    };
-    let ns = wall_ns.saturating_sub(last);
-    let age = Duration::from_nanos(u64::try_from(ns.max(0)).unwrap_or(u64::MAX));
-    age.saturating_sub(STAMP_SLACK)
+    id.age_at(wall_ns).saturating_sub(STAMP_SLACK)
 }
 
 #[derive(Debug)]

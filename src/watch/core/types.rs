@@ -77,6 +77,20 @@ impl Identity {
     pub fn same_inode(&self, other: &Identity) -> bool {
         self.dev == other.dev && self.ino == other.ino
     }
+
+    /// How long before `wall_ns` (the wall clock, nanoseconds since the Unix epoch) the
+    /// file last changed, by the newer of its mtime and ctime; zero if not before. An mtime
+    /// in the future (`touch -d`, clock skew) is not trusted: the ctime, which the kernel
+    /// sets, is taken alone.
+    pub fn age_at(&self, wall_ns: i128) -> Duration {
+        let last = if self.mtime_ns > wall_ns {
+            self.ctime_ns
+        } else {
+            self.mtime_ns.max(self.ctime_ns)
+        };
+        let ns = wall_ns.saturating_sub(last);
+        Duration::from_nanos(u64::try_from(ns.max(0)).unwrap_or(u64::MAX))
+    }
 }
 
 /// Whether anybody has a file open for writing, as far as the kernel can tell us.
