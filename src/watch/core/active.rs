@@ -43,11 +43,13 @@ pub(super) const TAIL_FACTOR: usize = 16;
 /// clock, up to a tick (1 to 10 ms) before the change itself.
 pub(super) const STAMP_SLACK: Duration = Duration::from_millis(20);
 
-/// How long before `wall_ns` the file `id` last changed ([`Identity::age_at`], the rule
-/// the uploader's quiet period applies where writers cannot be told), less
-/// [`STAMP_SLACK`]; zero if not known to be that old.
+/// How long before `wall_ns` the content of the file `id` last changed
+/// ([`Identity::content_age_at`]: a listed file settles from its last write, not from a
+/// rename into the spool), less [`STAMP_SLACK`]; zero if not known to be that old. (Where
+/// writers cannot be told, the uploader's quiet period still counts from the newer of the
+/// mtime and the ctime.)
 pub(super) fn unchanged_for(id: &Identity, wall_ns: i128) -> Duration {
-    id.age_at(wall_ns).saturating_sub(STAMP_SLACK)
+    id.content_age_at(wall_ns).saturating_sub(STAMP_SLACK)
 }
 
 #[derive(Debug)]

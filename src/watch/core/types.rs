@@ -88,9 +88,28 @@ impl Identity {
         } else {
             self.mtime_ns.max(self.ctime_ns)
         };
-        let ns = wall_ns.saturating_sub(last);
-        Duration::from_nanos(u64::try_from(ns.max(0)).unwrap_or(u64::MAX))
+        since(last, wall_ns)
     }
+
+    /// How long before `wall_ns` the file's content last changed: by its mtime, which every
+    /// write sets. A rename, a hard link or a `chmod` sets only the ctime: a finished file
+    /// moved into the spool is as old as its content (ready at once, as a file moved in is),
+    /// where [`Identity::age_at`] counts from the move. An mtime in the future is not
+    /// trusted, as there: the ctime alone.
+    pub fn content_age_at(&self, wall_ns: i128) -> Duration {
+        let last = if self.mtime_ns > wall_ns {
+            self.ctime_ns
+        } else {
+            self.mtime_ns
+        };
+        since(last, wall_ns)
+    }
+}
+
+/// The time from `last` to `wall_ns`, zero if not before.
+fn since(last: i128, wall_ns: i128) -> Duration {
+    let ns = wall_ns.saturating_sub(last);
+    Duration::from_nanos(u64::try_from(ns.max(0)).unwrap_or(u64::MAX))
 }
 
 /// Whether anybody has a file open for writing, as far as the kernel can tell us.
@@ -175,8 +194,8 @@ pub struct Listing {
     /// up to the tail asked for. Empty for a tree.
     pub tail: Vec<u64>,
     /// When the listing began, by the wall clock (nanoseconds since the Unix epoch; 0 if
-    /// unknown): a file whose last change (the newer of its mtime and ctime) is older than
-    /// that by the settle time had been unchanged that long when it was listed.
+    /// unknown): a file whose content last changed (its mtime) before that by the settle
+    /// time had been unchanged that long when it was listed.
     pub wall_ns: i128,
 }
 
