@@ -357,7 +357,12 @@ pub async fn send_file(
     // for what is left, so a small file does not reserve a whole share of the link).
     let mut credit: u64 = 0;
     let size_now = || file.metadata().map_or(u64::MAX, |m| m.len());
-    let mut size = if pacer.is_some() { size_now() } else { 0 };
+    // A known size ends the body (below) and needs no `fstat`.
+    let mut size = match (&pacer, known_size) {
+        (None, _) => 0,
+        (Some(_), Some(known)) => known,
+        (Some(_), None) => size_now(),
+    };
     // Paced only, and only while a limit is in force: the rate the kernel paces the
     // socket at. Never set on the unlimited path.
     let mut kernel = SocketPacing::default();

@@ -383,6 +383,7 @@ impl Queue {
             mode: s.mode,
             trusted: s.trusted,
             quiet: s.quiet,
+            settle: s.settle,
             progress: progress.clone(),
             size: size.clone(),
             found: s.found,

@@ -38,6 +38,9 @@ pub struct Job {
     /// Where the kernel cannot tell whether an untrusted file has writers, how long its
     /// content and status must have been unchanged before it is taken as complete.
     pub quiet: Duration,
+    /// Settled by a listing's timestamps alone: its content must still be unchanged for
+    /// this long by its stamps at the claim (`Start::settle`); zero: nothing to check.
+    pub settle: Duration,
     /// Bytes sent so far, and the file's size once claimed, for `accio status`.
     pub progress: Arc<AtomicU64>,
     pub size: Arc<AtomicU64>,
@@ -90,6 +93,16 @@ pub async fn process(job: Job, sh: Arc<Shared>) -> Outcome {
             };
         }
         // Not the same content any more: a new file, to be sent.
+    }
+    // Settled by a listing's stamps alone: written to since (its stamps say it changed
+    // within the settle time), it settles afresh. One `lstat` less than a look before the
+    // claim, which asked the same a moment earlier.
+    if !job.settle.is_zero() && claim.id.unchanged_for(listing::wall_now()) < job.settle {
+        tracing::debug!(
+            path = %esc(&path),
+            "written to since it was listed: sent once it settles"
+        );
+        return Outcome::Changed;
     }
     // Still open for writing somewhere (a writer that paused, or was already writing when
     // the service started): not complete. Without the means to tell (Unknown), the events

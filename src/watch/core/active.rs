@@ -22,11 +22,11 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::entry::{fingerprint, Cont, Entry, State};
 use super::{
-    name_hash, Action, Core, Identity, Key, Listing, Names, Report, WatchParams, MIN_RESCAN,
+    name_hash, Action, Core, Key, Listing, Names, Report, WatchParams, MIN_RESCAN,
     RELIST_AFTER_ERROR,
 };
 use crate::watch::specials;
@@ -38,19 +38,6 @@ pub(super) const RESERVE_FACTOR: usize = 3;
 /// reserve (the ranked tail): 16 at the default `active_limit` (16,384) is 262,144 hashes,
 /// 2 MiB held, and 4 MiB (mtime and hash) while the listing ranks them.
 pub(super) const TAIL_FACTOR: usize = 16;
-
-/// Taken off a file's age by its timestamps: the kernel stamps a change with a coarse
-/// clock, up to a tick (1 to 10 ms) before the change itself.
-pub(super) const STAMP_SLACK: Duration = Duration::from_millis(20);
-
-/// How long before `wall_ns` the content of the file `id` last changed
-/// ([`Identity::content_age_at`]: a listed file settles from its last write, not from a
-/// rename into the spool), less [`STAMP_SLACK`]; zero if not known to be that old. (Where
-/// writers cannot be told, the uploader's quiet period still counts from the newer of the
-/// mtime and the ctime.)
-pub(super) fn unchanged_for(id: &Identity, wall_ns: i128) -> Duration {
-    id.content_age_at(wall_ns).saturating_sub(STAMP_SLACK)
-}
 
 #[derive(Debug)]
 pub(super) struct WatchSt {
@@ -453,13 +440,24 @@ impl Core {
             }
             self.watches[watch].count += 1;
             // Settling since its last change, as far as its timestamps tell (at most the
-            // settle time back): one unchanged that long already is looked at once more
-            // now, not a settle time after the listing.
+            // settle time back).
             let mut since = now
-                .checked_sub(unchanged_for(&l.id, wall_ns).min(settle))
+                .checked_sub(l.id.unchanged_for(wall_ns).min(settle))
                 .unwrap_or(now);
             if let Some(s) = settling_since {
                 since = since.max(s.min(now));
+            }
+            if since + settle <= now {
+                // Unchanged for the settle time already: ready now, without a look. Its
+                // claim checks its stamps still say so ([`Start::settle`]), which a look
+                // here would have asked a moment before (one `lstat` per file less).
+                self.insert_entry(key.clone(), Entry::new(State::Looking, now));
+                self.make_ready(&key, false);
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.stamps = true;
+                }
+                held += 1;
+                continue;
             }
             self.insert_entry(
                 key.clone(),

@@ -94,6 +94,10 @@ pub(super) struct Entry {
     pub(super) moved_in: bool,
     /// A close after writing was seen since the last change.
     pub(super) closed: bool,
+    /// Made ready by a listing's timestamps alone (no look since): its next attempt checks
+    /// them again at the claim ([`super::Start::settle`]). Cleared by any other way into a
+    /// ready queue, and by that attempt.
+    pub(super) stamps: bool,
     /// When the core first knew of it (delivery latency, age of waiting files).
     pub(super) since: Instant,
 }
@@ -107,6 +111,7 @@ impl Entry {
             timer: None,
             moved_in: false,
             closed: false,
+            stamps: false,
             since: now,
         }
     }

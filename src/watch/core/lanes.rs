@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
@@ -369,6 +369,7 @@ impl Core {
     fn start(&mut self, key: Key, lane: bool) {
         let w = key.0;
         let quiet = self.writer_quiet(w);
+        let settle = self.settle(w);
         let max = self.p.retry.max_attempts;
         let Some(e) = self.entries.get_mut(&key) else {
             return;
@@ -381,13 +382,16 @@ impl Core {
             _ => Mode::Upload,
         };
         let attempt = e.failures.saturating_add(1);
+        let trusted = e.moved_in || e.closed;
+        let stamps = std::mem::take(&mut e.stamps) && !trusted && matches!(mode, Mode::Upload);
         let start = Start {
             key: key.clone(),
             attempt,
             last: max != 0 && attempt >= max,
             mode,
-            trusted: e.moved_in || e.closed,
+            trusted,
             quiet,
+            settle: if stamps { settle } else { Duration::ZERO },
             found: e.since,
         };
         let slot = self.lanes.begin(w, lane, self.now);
@@ -442,6 +446,7 @@ impl Core {
         if let Some(e) = self.entries.get_mut(key) {
             e.state = state;
             e.timer = None;
+            e.stamps = false;
         }
     }
 

@@ -104,7 +104,18 @@ impl Identity {
         };
         since(last, wall_ns)
     }
+
+    /// How long before `wall_ns` its content is known to have been unchanged:
+    /// [`Identity::content_age_at`] less [`STAMP_SLACK`]. What a listing settles by, and
+    /// what the claim of a file settled that way checks again.
+    pub fn unchanged_for(&self, wall_ns: i128) -> Duration {
+        self.content_age_at(wall_ns).saturating_sub(STAMP_SLACK)
+    }
 }
+
+/// Taken off a file's age by its timestamps: the kernel stamps a change with a coarse
+/// clock, up to a tick (1 to 10 ms) before the change itself.
+pub const STAMP_SLACK: Duration = Duration::from_millis(20);
 
 /// The time from `last` to `wall_ns`, zero if not before.
 fn since(last: i128, wall_ns: i128) -> Duration {
@@ -303,6 +314,11 @@ pub struct Start {
     pub trusted: bool,
     /// Where writers cannot be told, how long an untrusted file must be unchanged.
     pub quiet: Duration,
+    /// Settled by a listing's timestamps alone (no look since): the claim finds its content
+    /// unchanged for this long by its stamps ([`Identity::unchanged_for`]), or the file is
+    /// not sent ([`Outcome::Changed`]: it settles afresh). Zero: settled by a look, or
+    /// vouched for.
+    pub settle: Duration,
     /// When the core first knew of the file (the delivery latency runs from here).
     pub found: Instant,
 }
