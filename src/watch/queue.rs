@@ -75,7 +75,8 @@ enum Ask {
 
 /// Its answer.
 enum Answer {
-    Looked(Key, Option<Identity>),
+    /// With the wall clock before the batch's first `lstat`.
+    Looked(Key, Option<Identity>, i128),
     Writers(Key, Writers),
 }
 
@@ -85,14 +86,15 @@ fn answer(spool: &dyn Spool, dir: &Path, asks: Vec<Ask>) -> Vec<Answer> {
     let guarded = |f: &dyn Fn() -> Answer, fallback: Answer| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
     };
+    let wall_ns = listing::wall_now();
     asks.into_iter()
         .map(|a| match a {
             Ask::Look(key) => {
                 let path = dir.join(&key.1);
                 let k = key.clone();
                 guarded(
-                    &|| Answer::Looked(k.clone(), spool.lstat(&path)),
-                    Answer::Looked(key, None),
+                    &|| Answer::Looked(k.clone(), spool.lstat(&path), wall_ns),
+                    Answer::Looked(key, None, wall_ns),
                 )
             }
             Ask::Writers(key) => {
@@ -366,7 +368,7 @@ impl Queue {
         let now = Self::now();
         for a in answers {
             match a {
-                Answer::Looked(key, id) => self.core.looked(now, key, id),
+                Answer::Looked(key, id, wall_ns) => self.core.looked(now, key, id, wall_ns),
                 Answer::Writers(key, writers) => self.core.writers(now, key, writers),
             }
         }

@@ -339,7 +339,7 @@ impl Core {
                 room -= 1;
                 let st = &mut self.watches[w];
                 st.on_disk = st.on_disk.saturating_sub(1);
-                self.look(key, Cont::Settle { closed: false });
+                self.look(key, Cont::Refill);
             }
         }
     }

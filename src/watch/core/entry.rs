@@ -26,6 +26,9 @@ pub(super) enum Cont {
     Settle { closed: bool },
     /// The settle time passed: ready if unchanged.
     SettleCheck,
+    /// A name a refill took from the listing's reserve or tail: it settles from its last
+    /// write, as the listing's own names do.
+    Refill,
 }
 
 #[derive(Debug, Clone)]

@@ -254,7 +254,9 @@ impl Core {
 
     /// The answer to [`Action::Look`]: the name's identity, or `None` if it is gone (or
     /// cannot be inspected).
-    pub fn looked(&mut self, now: Instant, key: Key, id: Option<Identity>) {
+    /// `wall_ns`: the wall clock when the look was made (nanoseconds since the Unix epoch),
+    /// which a refilled name's stamps are read against.
+    pub fn looked(&mut self, now: Instant, key: Key, id: Option<Identity>, wall_ns: i128) {
         self.advance(now);
         let Some(cont) = self.looks.remove(&key) else {
             return;
@@ -290,6 +292,35 @@ impl Core {
         match cont {
             // Nothing reliable is known about its writer any more.
             Cont::Settle { closed } => self.settle_now(&key, &id, closed, true),
+            // A backlog's next name: it settles from its last write, as its timestamps tell
+            // (as the listing's own names: `listed`); one unchanged for the settle time
+            // already is ready now, and its claim checks its stamps again.
+            Cont::Refill if !self.entries.contains_key(&key) => {
+                let settle = self.settle(key.0);
+                let since = now
+                    .checked_sub(id.unchanged_for(wall_ns).min(settle))
+                    .unwrap_or(now);
+                if since + settle <= now {
+                    if self.take_room(key.0) {
+                        self.insert_entry(key.clone(), Entry::new(State::Looking, now));
+                        self.make_ready(&key, false);
+                        if let Some(e) = self.entries.get_mut(&key) {
+                            e.stamps = true;
+                        }
+                    }
+                } else {
+                    self.settle_now(&key, &id, false, true);
+                    if let Some(Entry {
+                        state: State::Settling { since: s, .. },
+                        ..
+                    }) = self.entries.get_mut(&key)
+                    {
+                        *s = since;
+                        self.arm(&key, since + settle);
+                    }
+                }
+            }
+            Cont::Refill => self.settle_now(&key, &id, false, true),
             Cont::SettleCheck => {
                 let Some(e) = self.entries.get_mut(&key) else {
                     return;

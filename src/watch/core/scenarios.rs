@@ -230,7 +230,9 @@ impl Net {
             match a {
                 Action::Look(key) => {
                     let id = self.sim.spool[key.0].get(&key.1).map(Sim::id);
-                    self.sim.core.looked(now, key, id);
+                    self.sim
+                        .core
+                        .looked(now, key, id, self.sim.t.as_nanos() as i128);
                 }
                 Action::ProbeWriters(key) => self.sim.core.writers(now, key, Writers::None),
                 Action::List { watch, limit, tail } => {

@@ -431,7 +431,7 @@ impl Sim {
                 Action::Look(key) => {
                     self.looks += 1;
                     let id = self.spool[key.0].get(&key.1).map(Self::id);
-                    self.core.looked(now, key, id);
+                    self.core.looked(now, key, id, self.t.as_nanos() as i128);
                 }
                 Action::ProbeWriters(key) => {
                     let answer = match self.spool[key.0].get(&key.1) {
@@ -1140,7 +1140,7 @@ fn a_special_reported_during_a_stale_listing_is_reported_once() {
         let mut lists = 0;
         while let Some(a) = core.poll_action() {
             match a {
-                Action::Look(key) => core.looked(now, key, Some(fifo)),
+                Action::Look(key) => core.looked(now, key, Some(fifo), 0),
                 Action::List { .. } => lists += 1,
                 Action::Report(Report::Ignoring { .. }) => ignoring += 1,
                 _ => {}
@@ -1418,6 +1418,43 @@ fn a_listed_file_settles_from_its_last_change() {
     assert_eq!(started[3..].len(), 2, "{started:?}");
     assert!(started[3..].contains(&key("young")));
     assert!(started[3..].contains(&key("changed")));
+}
+
+/// A name a refill takes from the reserve settles from its last write, as the listing's
+/// own names do: one old enough is ready after its one look (not a settle time and a
+/// second look later); one written just before waits out the rest of its settle time.
+#[test]
+fn a_refilled_name_settles_from_its_last_write() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 2), true);
+    s.t = Duration::from_secs(1000);
+    for i in 0..8u64 {
+        s.silently_add(0, &format!("f{i}"), Duration::from_secs(100 - i));
+    }
+    s.silently_add(0, "young", 10 * MS);
+    s.overflow();
+    let looks = s.looks;
+    assert!(s.drain(Duration::from_secs(10)), "not drained");
+    assert_eq!(s.delivered.len(), 9);
+    // The 7 names beyond the active set of 2: one look each, and the young one's settle
+    // check.
+    assert_eq!(s.looks - looks, 8, "a second look for an old refilled name");
+    let started = |n: &str| {
+        s.starts
+            .iter()
+            .find(|(_, st)| st.key.1 == name(n))
+            .map(|(t, _)| *t)
+            .unwrap()
+    };
+    let t0 = s.starts[0].0;
+    // The old ones went without waiting a settle time (50 ms) for each refill.
+    assert!(started("f7") < t0 + 20 * MS, "{:?}", started("f7") - t0);
+    // The young one (written 10 ms before the listing, less than the stamps' slack) not
+    // before a settle time after it was looked at.
+    assert!(
+        started("young") >= t0 + 50 * MS,
+        "{:?}",
+        started("young") - t0
+    );
 }
 
 /// A periodic rescan that falls due while a ranked backlog drains does not list the
