@@ -288,6 +288,40 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// [`Limiter::acquire`] on the calling thread, which it blocks (a sleep until the
+    /// reservation, less `lead`), for a process that has nothing else to do meanwhile
+    /// (`accio send --limit-rate`, [`Pacer::on_thread`]). A rate change during the wait is
+    /// not followed: the bytes go at the reservation made at the rate of the ask (a limit
+    /// of its own, as `--limit-rate`'s, never changes).
+    fn acquire_on_thread(&self, n: u64, lead: Duration) -> Duration {
+        let lead = u64::try_from(lead.as_nanos()).unwrap_or(u64::MAX);
+        let asked = self.now();
+        let at = {
+            let mut b = self.lock();
+            if b.rate().is_none() {
+                return Duration::ZERO;
+            }
+            b.reserve(asked, n)
+        };
+        self.granted.fetch_add(n, Ordering::Relaxed);
+        let due = at.saturating_sub(lead);
+        loop {
+            let now = self.now();
+            if due <= now {
+                break;
+            }
+            std::thread::sleep(Duration::from_nanos(due - now));
+        }
+        let waited = Duration::from_nanos(self.now().saturating_sub(asked));
+        self.waited_ns.fetch_add(
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        waited
+    }
+}
+
 /// One limit in force, for `accio status` and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct RateView {

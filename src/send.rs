@@ -49,7 +49,11 @@ pub async fn run(
         }
     };
     // `--limit-rate`: a limit of its own; without it, no pacer at all (the unlimited path).
-    let mut pacer = limit.map(|r| Pacer::new(vec![Arc::new(Limiter::new(Some(r)))]).exclusive());
+    let mut pacer = limit.map(|r| {
+        Pacer::new(vec![Arc::new(Limiter::new(Some(r)))])
+            .exclusive()
+            .on_thread()
+    });
     let result = client::upload::<std::convert::Infallible>(
         &dest,
         confirm,
