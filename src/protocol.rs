@@ -9,7 +9,9 @@
 //! 2. [`send_body`] (any stream) or [`send_file_zero_copy`] (a TCP socket and a file): the
 //!    content, and nothing else. Not being able to write for the stall timeout is an error.
 //!    Their paced forms ([`send_body_paced`], [`send_file`]) send no more than a
-//!    [`Pacer`] grants; waiting for a grant is not stalling.
+//!    [`Pacer`] grants; waiting for a grant is not stalling. A pacer for a process whose
+//!    upload is its only work ([`Pacer::on_thread`], `accio send --limit-rate`) has the
+//!    body sent on the calling thread, without the runtime (`on_thread`).
 //! 3. [`finish_tcp`] (a TCP socket: it reads the kernel's send queue and TCP state):
 //!    half-close, then wait (bounded) for the confirmation. By default ([`Confirm::Close`])
 //!    that is the server's close; with [`Confirm::Acked`] it is the server's TCP
