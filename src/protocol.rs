@@ -9,7 +9,9 @@
 //! 2. [`send_body`] (any stream) or [`send_file_zero_copy`] (a TCP socket and a file): the
 //!    content, and nothing else. Not being able to write for the stall timeout is an error.
 //!    Their paced forms ([`send_body_paced`], [`send_file`]) send no more than a
-//!    [`Pacer`] grants; waiting for a grant is not stalling.
+//!    [`Pacer`] grants; waiting for a grant is not stalling. A pacer for a process whose
+//!    upload is its only work ([`Pacer::on_thread`], `accio send --limit-rate`) has the
+//!    body sent on the calling thread, without the runtime (`on_thread`).
 //! 3. [`finish_tcp`] (a TCP socket: it reads the kernel's send queue and TCP state):
 //!    half-close, then wait (bounded) for the confirmation. By default ([`Confirm::Close`])
 //!    that is the server's close; with [`Confirm::Acked`] it is the server's TCP
@@ -27,6 +29,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::rate::{Grant, Pacer};
 
+mod on_thread;
 mod pacing;
 use pacing::SocketPacing;
 
@@ -352,6 +355,14 @@ pub async fn send_file(
     }
     let file_fd = file.as_raw_fd();
     let sock_fd = stream.as_raw_fd();
+    // A process whose upload is its only work: the body on this thread, as a C client
+    // sends it (see `on_thread`).
+    if let Some(p) = pacer.as_deref_mut().filter(|p| p.sends_on_thread()) {
+        if let Some(done) = on_thread::send_file(file, known_size, sock_fd, stall, p, progress) {
+            return done;
+        }
+        return copy_instead(file, stream, stall, pacer, progress).await;
+    }
     let mut sent: u64 = 0;
     // Paced only: bytes granted and not sent yet, and the file's size (grants are asked
     // for what is left, so a small file does not reserve a whole share of the link).
@@ -396,7 +407,7 @@ pub async fn send_file(
                 // (a second's grant: a 10 s send 3 % short).
                 if !first {
                     let last = matches!(grant, Grant::Bytes(n) if n >= size - sent);
-                    kernel.after_grant(stream, p, last);
+                    kernel.after_grant(sock_fd, p, last);
                 }
                 match grant {
                     Grant::Unlimited => SENDFILE_CHUNK,
@@ -436,18 +447,12 @@ pub async fn send_file(
                 if sent == 0
                     && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) =>
             {
-                // This file cannot be the source of sendfile: copy through a buffer instead,
-                // from the start (nothing was sent).
-                let dup = file
-                    .try_clone()
-                    .map_err(|source| ProtocolError::FileIo { sent, source })?;
-                let mut reader = tokio::fs::File::from_std(dup);
                 // The copying path bounds each write by the stall timeout alone, and asks
                 // for a SLICE's grants: the kernel does not pace it.
                 if let Some(p) = pacer.as_deref_mut() {
                     kernel.clear(sock_fd, p);
                 }
-                return send_body_paced(&mut reader, stream, stall, 0, pacer, progress).await;
+                return copy_instead(file, stream, stall, pacer, progress).await;
             }
             Err(e) if is_file_error(&e) => {
                 return Err(ProtocolError::FileIo { sent, source: e });
@@ -455,6 +460,22 @@ pub async fn send_file(
             Err(source) => return Err(ProtocolError::SendIo { sent, source }),
         }
     }
+}
+
+/// The body of a file that cannot be the source of `sendfile`, copied through a buffer
+/// instead, from the start (nothing was sent).
+async fn copy_instead(
+    file: &std::fs::File,
+    stream: &mut TcpStream,
+    stall: Duration,
+    pacer: Option<&mut Pacer>,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<u64, ProtocolError> {
+    let dup = file
+        .try_clone()
+        .map_err(|source| ProtocolError::FileIo { sent: 0, source })?;
+    let mut reader = tokio::fs::File::from_std(dup);
+    send_body_paced(&mut reader, stream, stall, 0, pacer, progress).await
 }
 
 /// Errors of `sendfile` that come from the file rather than the socket.

@@ -286,6 +286,38 @@ impl Limiter {
         );
         waited
     }
+
+    /// [`Limiter::acquire`] on the calling thread, which it blocks (a sleep until the
+    /// reservation, less `lead`), for a process that has nothing else to do meanwhile
+    /// (`accio send --limit-rate`, [`Pacer::on_thread`]). A rate change during the wait is
+    /// not followed: the bytes go at the reservation made at the rate of the ask (a limit
+    /// of its own, as `--limit-rate`'s, never changes).
+    fn acquire_on_thread(&self, n: u64, lead: Duration) -> Duration {
+        let lead = u64::try_from(lead.as_nanos()).unwrap_or(u64::MAX);
+        let asked = self.now();
+        let at = {
+            let mut b = self.lock();
+            if b.rate().is_none() {
+                return Duration::ZERO;
+            }
+            b.reserve(asked, n)
+        };
+        self.granted.fetch_add(n, Ordering::Relaxed);
+        let due = at.saturating_sub(lead);
+        loop {
+            let now = self.now();
+            if due <= now {
+                break;
+            }
+            std::thread::sleep(Duration::from_nanos(due - now));
+        }
+        let waited = Duration::from_nanos(self.now().saturating_sub(asked));
+        self.waited_ns.fetch_add(
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        waited
+    }
 }
 
 /// One limit in force, for `accio status` and the metrics.
@@ -843,6 +875,31 @@ mod tests {
         assert!(!Pacer::new(vec![])
             .without_kernel_pacing()
             .kernel_pacing_allowed());
+    }
+
+    #[test]
+    fn grants_on_the_thread_are_the_same_grants() {
+        // The same sizes as `grant`'s (a SLICE's, then a second's), counted the same way,
+        // without a runtime: the second waits for the first's reservation (50 ms at most).
+        const RATE: u64 = 64 << 20;
+        let l = Arc::new(Limiter::new(Some(RATE)));
+        let mut own = Pacer::new(vec![l.clone()]).exclusive().on_thread();
+        assert!(own.sends_on_thread());
+        assert!(!Pacer::new(vec![]).sends_on_thread());
+        own.set_kernel_paced(true);
+        assert_eq!(own.grant_on_thread(u64::MAX), Grant::Bytes(chunk(RATE, 1)));
+        assert_eq!(
+            own.grant_on_thread(u64::MAX),
+            Grant::Bytes(chunk_of(RATE, 1, KERNEL_SLICE_ALONE))
+        );
+        assert_eq!(own.grant_on_thread(10), Grant::Bytes(10));
+        assert_eq!(
+            l.granted(),
+            chunk(RATE, 1) + chunk_of(RATE, 1, KERNEL_SLICE_ALONE) + 10
+        );
+        assert!(own.waited() > Duration::ZERO);
+        l.set_rate(None);
+        assert_eq!(own.grant_on_thread(10), Grant::Unlimited);
     }
 
     #[tokio::test]

@@ -48,8 +48,14 @@ pub async fn run(
             bar.set_position(sent);
         }
     };
-    // `--limit-rate`: a limit of its own; without it, no pacer at all (the unlimited path).
-    let mut pacer = limit.map(|r| Pacer::new(vec![Arc::new(Limiter::new(Some(r)))]).exclusive());
+    // `--limit-rate`: a limit of its own, and the body sent on this thread (the process has
+    // nothing else to do: no runtime timer or readiness per grant); without it, no pacer at
+    // all (the unlimited path).
+    let mut pacer = limit.map(|r| {
+        Pacer::new(vec![Arc::new(Limiter::new(Some(r)))])
+            .exclusive()
+            .on_thread()
+    });
     let result = client::upload::<std::convert::Infallible>(
         &dest,
         confirm,

@@ -285,6 +285,55 @@ fn pauses_shorter_than_the_stall_timeout_are_survived() {
     assert!(server.join().unwrap() == content);
 }
 
+/// `--limit-rate` sends its body on its own thread (poll(2) while the socket is full): a
+/// peer that never reads is a stall there too, after the stall timeout (and the time the
+/// queue would take at the paced rate: tens of milliseconds at 64 MiB/s).
+#[test]
+fn a_paced_send_to_a_peer_that_stops_reading_fails_after_the_stall_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sparse_file(dir.path(), 256 << 20);
+    let peer = Peer::with_small_rcvbuf();
+    let port = peer.port_str();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = peer.serve(move |mut s| {
+        s.write_all(COMMAND).unwrap();
+        let _ = done_rx.recv();
+    });
+    let mut cmd = send_cmd("127.0.0.1", &port, &file, &[("ACCIO_STALL_TIMEOUT", "1s")]);
+    cmd.args(["--limit-rate", "64MiB/s"]);
+    let out = run(&mut cmd);
+    done_tx.send(()).unwrap();
+    server.join().unwrap();
+    out.assert_error(code::TRANSFER);
+    out.assert_elapsed(Duration::from_secs(1)..Duration::from_secs(8));
+}
+
+/// The same pauses under `--limit-rate` (its body on its own thread): survived, and every
+/// byte arrives in order.
+#[test]
+fn pauses_shorter_than_the_stall_timeout_are_survived_by_a_paced_send() {
+    const LEN: usize = 16 << 20;
+    let content = pattern(LEN, 11);
+    let (_dir, file) = temp_file(&content);
+    let peer = Peer::with_small_rcvbuf();
+    let port = peer.port_str();
+    let server = peer.serve(|mut s| {
+        s.write_all(COMMAND).unwrap();
+        let mut data = vec![0u8; 2 << 20];
+        s.read_exact(&mut data[..1 << 20]).unwrap();
+        std::thread::sleep(Duration::from_millis(1400));
+        s.read_exact(&mut data[1 << 20..]).unwrap();
+        std::thread::sleep(Duration::from_millis(1400));
+        read_to_clean_end(&mut s, &mut data);
+        data
+    });
+    let mut cmd = send_cmd("127.0.0.1", &port, &file, &[("ACCIO_STALL_TIMEOUT", "2s")]);
+    cmd.args(["--limit-rate", "64MiB/s"]);
+    let out = run(&mut cmd);
+    out.assert_success();
+    assert!(server.join().unwrap() == content);
+}
+
 #[test]
 fn unsolicited_bytes_after_the_command_are_ignored() {
     let content = pattern(2 << 20, 8);

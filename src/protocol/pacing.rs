@@ -3,7 +3,7 @@
 //! what [`super::send_file`] asks of the socket when a [`Pacer`] paces the body.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -19,15 +19,20 @@ const SIOCOUTQNSD: libc::c_ulong = 0x894B;
 /// Bytes in the socket's send queue not sent yet (`SIOCOUTQNSD`), or `None` where the
 /// kernel cannot tell. Under kernel pacing this shrinks at the paced rate.
 fn unsent_bytes(stream: &TcpStream) -> Option<u64> {
+    unsent_bytes_of(stream.as_raw_fd())
+}
+
+/// [`unsent_bytes`] of a socket's descriptor.
+fn unsent_bytes_of(fd: RawFd) -> Option<u64> {
     let mut queued: libc::c_int = 0;
-    // SAFETY: the descriptor is open (borrowed) and `queued` is a valid c_int out-pointer,
-    // which is what SIOCOUTQNSD writes.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), SIOCOUTQNSD as _, &mut queued) };
+    // SAFETY: the caller keeps the descriptor open for the call, and `queued` is a valid
+    // c_int out-pointer, which is what SIOCOUTQNSD writes.
+    let rc = unsafe { libc::ioctl(fd, SIOCOUTQNSD as _, &mut queued) };
     (rc == 0 && queued >= 0).then_some(queued as u64)
 }
 
 /// `SO_MAX_PACING_RATE` of a socket, bytes per second; `None` lifts it.
-fn set_max_pacing_rate(fd: std::os::fd::RawFd, rate: Option<u64>) -> io::Result<()> {
+fn set_max_pacing_rate(fd: RawFd, rate: Option<u64>) -> io::Result<()> {
     // The kernel reads 32 bits, or 64 where given 64; !0u32 is "no limit".
     let rc = match rate.map(u32::try_from) {
         None => setsockopt(fd, libc::SO_MAX_PACING_RATE, &u32::MAX),
@@ -41,7 +46,7 @@ fn set_max_pacing_rate(fd: std::os::fd::RawFd, rate: Option<u64>) -> io::Result<
     }
 }
 
-fn setsockopt<T>(fd: std::os::fd::RawFd, name: libc::c_int, value: &T) -> libc::c_int {
+fn setsockopt<T>(fd: RawFd, name: libc::c_int, value: &T) -> libc::c_int {
     // SAFETY: the descriptor is open for the call; `value` points to a `T` of the size
     // given.
     unsafe {
@@ -81,7 +86,7 @@ impl SocketPacing {
     /// Paces the socket at the pacer's share now (a system call only when it changed).
     /// A socket whose pacing is trimmed around its limit ([`Pacer::trims_kernel`]) keeps
     /// its rate until the next grant ([`SocketPacing::after_grant`]).
-    pub(super) fn update(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer) {
+    pub(super) fn update(&mut self, fd: RawFd, pacer: &mut Pacer) {
         if pacer.trims_kernel() && self.rate.is_some() {
             return;
         }
@@ -92,18 +97,18 @@ impl SocketPacing {
     /// Paces the socket for a grant about to be handed to it ([`Pacer::kernel_percent`]),
     /// the body's `last` or not; reads the socket's queue only where the pacer trims the
     /// kernel's pacing.
-    pub(super) fn after_grant(&mut self, stream: &TcpStream, pacer: &mut Pacer, last: bool) {
+    pub(super) fn after_grant(&mut self, fd: RawFd, pacer: &mut Pacer, last: bool) {
         let unsent = if pacer.trims_kernel() && !last && self.rate.is_some() {
-            unsent_bytes(stream)
+            unsent_bytes_of(fd)
         } else {
             None
         };
         let percent = pacer.kernel_percent(last, unsent);
-        self.update_to(stream.as_raw_fd(), pacer, percent);
+        self.update_to(fd, pacer, percent);
     }
 
     /// [`SocketPacing::update`] at `percent` of the share.
-    pub(super) fn update_to(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer, percent: u64) {
+    pub(super) fn update_to(&mut self, fd: RawFd, pacer: &mut Pacer, percent: u64) {
         let want = pacer.share().map(|s| s.saturating_mul(percent) / 100);
         if want == self.rate || self.refused || !pacer.kernel_pacing_allowed() {
             return;
@@ -121,7 +126,7 @@ impl SocketPacing {
     }
 
     /// No kernel pacing from now on (a system call only if it was set).
-    pub(super) fn clear(&mut self, fd: std::os::fd::RawFd, pacer: &mut Pacer) {
+    pub(super) fn clear(&mut self, fd: RawFd, pacer: &mut Pacer) {
         if self.rate.take().is_some() {
             let _ = set_max_pacing_rate(fd, None);
         }
@@ -194,5 +199,98 @@ impl SocketPacing {
             }
         }
         Ok(sent)
+    }
+
+    /// [`SocketPacing::writable`] on the calling thread (`poll(2)`), for a body sent on it
+    /// ([`Pacer::on_thread`]): the same stall rule.
+    pub(super) fn writable_on_thread(
+        &self,
+        fd: RawFd,
+        stall: Duration,
+        sent: u64,
+    ) -> Result<(), ProtocolError> {
+        let mut unsent = self.rate.and_then(|_| unsent_bytes_of(fd));
+        loop {
+            let window = match (self.rate, unsent) {
+                (Some(rate), Some(q)) => stall.saturating_add(drain_time(q, rate)),
+                _ => stall,
+            };
+            match poll_writable(fd, window) {
+                Ok(true) => return Ok(()),
+                Err(source) => return Err(ProtocolError::SendIo { sent, source }),
+                Ok(false) => match (unsent, unsent_bytes_of(fd)) {
+                    (Some(before), Some(now)) if self.rate.is_some() && now < before => {
+                        unsent = Some(now);
+                    }
+                    _ => return Err(ProtocolError::Stall(stall)),
+                },
+            }
+        }
+    }
+
+    /// [`SocketPacing::drain`] on the calling thread (sleeps), for a body sent on it.
+    pub(super) fn drain_on_thread(
+        &self,
+        fd: RawFd,
+        stall: Duration,
+        sent: u64,
+    ) -> Result<u64, ProtocolError> {
+        let Some(rate) = self.rate else {
+            return Ok(sent);
+        };
+        let Some(mut unsent) = unsent_bytes_of(fd) else {
+            return Ok(sent);
+        };
+        let mut progress = std::time::Instant::now();
+        let mut window = stall.saturating_add(drain_time(unsent, rate));
+        while unsent > 0 {
+            let nap = drain_time(unsent, rate)
+                .max(Duration::from_millis(1))
+                .min(stall.max(Duration::from_millis(1)));
+            std::thread::sleep(nap);
+            let Some(now) = unsent_bytes_of(fd) else {
+                break;
+            };
+            if now < unsent {
+                unsent = now;
+                progress = std::time::Instant::now();
+                window = stall.saturating_add(drain_time(unsent, rate));
+            } else if progress.elapsed() >= window {
+                return Err(ProtocolError::Stall(stall));
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// Waits up to `window` for the socket to take data (`poll(2)`, the calling thread
+/// blocked): `true` once it does (or has an error, which the next write reports), `false`
+/// when the window ends first.
+fn poll_writable(fd: RawFd, window: Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + window;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // Rounded up: a wait that ends early would be taken for the whole window.
+        let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
+        let mut fds = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for a descriptor the caller keeps open.
+        let rc = unsafe { libc::poll(&mut fds, 1, ms) };
+        if rc > 0 {
+            return Ok(true);
+        }
+        if rc == 0 {
+            if ms == 0 || std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }

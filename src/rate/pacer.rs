@@ -41,6 +41,8 @@ pub struct Pacer {
     started: bool,
     /// Grants of a [`KERNEL_SLICE_ALONE`] given so far.
     alone_grants: u32,
+    /// The body is sent on the calling thread ([`Pacer::on_thread`]).
+    on_thread: bool,
 }
 
 impl Pacer {
@@ -61,6 +63,7 @@ impl Pacer {
             exclusive: false,
             started: false,
             alone_grants: 0,
+            on_thread: false,
         }
     }
 
@@ -69,6 +72,22 @@ impl Pacer {
     pub fn exclusive(mut self) -> Pacer {
         self.exclusive = true;
         self
+    }
+
+    /// A pacer whose upload is the only work of its process (`accio send --limit-rate`):
+    /// the body is sent on the calling thread, blocking it, as a C client would (a sleep
+    /// until each grant, `poll(2)` while the socket is full), rather than through the
+    /// runtime's timers and readiness (see `protocol::send_file`). Its limits' rates must
+    /// not change during a transfer ([`Pacer::grant_on_thread`] does not follow a change),
+    /// and no other upload of the thread may share them: for limits of its own.
+    pub fn on_thread(mut self) -> Pacer {
+        self.on_thread = true;
+        self
+    }
+
+    /// Whether the body is sent on the calling thread ([`Pacer::on_thread`]).
+    pub fn sends_on_thread(&self) -> bool {
+        self.on_thread
     }
 
     /// This upload's even share of the limits in force now, bytes per second: the
@@ -161,6 +180,32 @@ impl Pacer {
     /// Waits until up to `want` bytes may be sent and says how many (at least 1 when
     /// `want` is), or that no limit applies now.
     pub async fn grant(&mut self, want: u64) -> Grant {
+        let Some((n, lead)) = self.next_grant(want) else {
+            return Grant::Unlimited;
+        };
+        // One limit after the other: the next is asked only once the one before allows the
+        // bytes, so each accounts for them when they go.
+        for l in &self.limits {
+            self.waited += l.acquire(n, lead).await;
+        }
+        Grant::Bytes(n)
+    }
+
+    /// [`Pacer::grant`] on the calling thread, which it blocks until the grant is due (see
+    /// [`Pacer::on_thread`]): no runtime, no timer, one sleep.
+    pub fn grant_on_thread(&mut self, want: u64) -> Grant {
+        let Some((n, lead)) = self.next_grant(want) else {
+            return Grant::Unlimited;
+        };
+        for l in &self.limits {
+            self.waited += l.acquire_on_thread(n, lead);
+        }
+        Grant::Bytes(n)
+    }
+
+    /// The size of the next grant and how far ahead of its reservation it may go; `None`
+    /// while no limit is in force. Counts the upload in again if it had left.
+    fn next_grant(&mut self, want: u64) -> Option<(u64, Duration)> {
         if !self.joined {
             self.joined = true;
             for l in &self.limits {
@@ -193,16 +238,7 @@ impl Pacer {
                 n = Some(n.map_or(c, |m| m.min(c)));
             }
         }
-        let Some(n) = n else {
-            return Grant::Unlimited;
-        };
-        let n = n.min(want.max(1));
-        // One limit after the other: the next is asked only once the one before allows the
-        // bytes, so each accounts for them when they go.
-        for l in &self.limits {
-            self.waited += l.acquire(n, lead).await;
-        }
-        Grant::Bytes(n)
+        Some((n?.min(want.max(1)), lead))
     }
 }
 
