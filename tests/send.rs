@@ -260,12 +260,12 @@ fn reset_mid_transfer_is_a_failure() {
     out.assert_elapsed(..Duration::from_secs(5));
 }
 
-/// Two pauses of 0.7 × the stall timeout, each long enough for the sender's buffers to be
-/// full, then reading on: slow but not stalled, so the transfer succeeds.
-#[test]
-fn pauses_shorter_than_the_stall_timeout_are_survived() {
+/// Sends 16 MiB (`args` added to `accio send`) to a peer that pauses twice for 0.7 × the
+/// stall timeout (2 s), each pause long enough for the sender's buffers to be full, then
+/// reads on: what `accio send` did, and whether every byte arrived in order.
+fn send_through_two_pauses(seed: u64, args: &[&str]) -> (Outcome, bool) {
     const LEN: usize = 16 << 20;
-    let content = pattern(LEN, 7);
+    let content = pattern(LEN, seed);
     let (_dir, file) = temp_file(&content);
     let peer = Peer::with_small_rcvbuf();
     let port = peer.port_str();
@@ -279,10 +279,20 @@ fn pauses_shorter_than_the_stall_timeout_are_survived() {
         read_to_clean_end(&mut s, &mut data);
         data
     });
-    let out = send_local(&port, &file, &[("ACCIO_STALL_TIMEOUT", "2s")]);
+    let mut cmd = send_cmd("127.0.0.1", &port, &file, &[("ACCIO_STALL_TIMEOUT", "2s")]);
+    cmd.args(args);
+    let out = run(&mut cmd);
+    let whole = server.join().unwrap() == content;
+    (out, whole)
+}
+
+/// Two pauses shorter than the stall timeout: slow but not stalled, so the transfer succeeds.
+#[test]
+fn pauses_shorter_than_the_stall_timeout_are_survived() {
+    let (out, whole) = send_through_two_pauses(7, &[]);
     out.assert_success();
     out.assert_elapsed(Duration::from_millis(2800)..);
-    assert!(server.join().unwrap() == content);
+    assert!(whole);
 }
 
 /// `--limit-rate` sends its body on its own thread (poll(2) while the socket is full): a
@@ -312,26 +322,9 @@ fn a_paced_send_to_a_peer_that_stops_reading_fails_after_the_stall_timeout() {
 /// byte arrives in order.
 #[test]
 fn pauses_shorter_than_the_stall_timeout_are_survived_by_a_paced_send() {
-    const LEN: usize = 16 << 20;
-    let content = pattern(LEN, 11);
-    let (_dir, file) = temp_file(&content);
-    let peer = Peer::with_small_rcvbuf();
-    let port = peer.port_str();
-    let server = peer.serve(|mut s| {
-        s.write_all(COMMAND).unwrap();
-        let mut data = vec![0u8; 2 << 20];
-        s.read_exact(&mut data[..1 << 20]).unwrap();
-        std::thread::sleep(Duration::from_millis(1400));
-        s.read_exact(&mut data[1 << 20..]).unwrap();
-        std::thread::sleep(Duration::from_millis(1400));
-        read_to_clean_end(&mut s, &mut data);
-        data
-    });
-    let mut cmd = send_cmd("127.0.0.1", &port, &file, &[("ACCIO_STALL_TIMEOUT", "2s")]);
-    cmd.args(["--limit-rate", "64MiB/s"]);
-    let out = run(&mut cmd);
+    let (out, whole) = send_through_two_pauses(11, &["--limit-rate", "64MiB/s"]);
     out.assert_success();
-    assert!(server.join().unwrap() == content);
+    assert!(whole);
 }
 
 #[test]
