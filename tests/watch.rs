@@ -32,6 +32,36 @@ fn renamed_files_are_delivered_and_moved_to_done() {
     assert_eq!((v.watches[0].sent, v.totals.failed), (5, 0), "{v:#?}");
 }
 
+/// A file already in the spool at start settles from its last write, not from its rename
+/// into the spool: one written an hour ago and moved in just before the start goes at once,
+/// while one written just now waits out the settle time (30 s here).
+#[test]
+fn a_backlog_moved_in_before_the_start_settles_from_its_last_write() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    // Written under a hidden name (ignored), then renamed in: the writers' convention.
+    let staged = dirs.spool.join(".old.part");
+    fs::write(&staged, b"written an hour ago").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    // The rename sets its ctime to now; its content is an hour old.
+    fs::rename(&staged, dirs.spool.join("old")).unwrap();
+    fs::write(dirs.spool.join("fresh"), b"written just now").unwrap();
+    let o = Opts {
+        settle: "30s",
+        ..Opts::default()
+    };
+    let _svc = Service::start(&config_file(&dirs, recv.port, &o));
+    wait_for_within("the old file in done", Duration::from_secs(15), || {
+        names(&dirs.done) == ["old"]
+    });
+    assert_eq!(names(&dirs.spool), ["fresh"], "sent before it settled");
+}
+
 #[test]
 fn backlog_is_sent_oldest_first() {
     let dirs = Dirs::new();
