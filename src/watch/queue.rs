@@ -854,7 +854,9 @@ settle = "10ms"
         ));
         is_ready.await.unwrap();
 
-        drop_in(&hung, "stuck");
+        // Written in place: its close asks for a look (a file renamed in is ready without
+        // one, and goes to the claim on the watch's lane).
+        std::fs::write(hung.join("stuck"), b"some content").unwrap();
         let s = spool.clone();
         let blocked = tokio::task::spawn_blocking(move || s.wait_blocked(Duration::from_secs(10)));
         assert!(blocked.await.unwrap(), "the hung spool was never looked at");

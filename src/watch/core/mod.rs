@@ -248,6 +248,25 @@ impl Core {
                     self.writing(key);
                 }
             }
+            Hint::MovedIn
+                if !self.watches[key.0].p.recursive
+                    && self.watches[key.0].looking == 0
+                    && !self.entries.contains_key(&key) =>
+            {
+                // Complete by the writers' convention, nothing held under the name, and no
+                // look of this watch under way (a refill's names, asked before it, keep
+                // their turn): ready at once, without a look (one `lstat` per file less).
+                // The claim finds what it is: a special is reported from there, a name
+                // already empty again is looked at afresh. (In a tree the look stays: the
+                // name may be a directory moved in, to be walked.)
+                self.reported.forget(key.0, &key.1);
+                if self.take_room(key.0) {
+                    let state = self.enqueue(&key, false, false);
+                    let mut e = Entry::new(state, self.now);
+                    e.moved_in = true;
+                    self.insert_entry(key, e);
+                }
+            }
             Hint::Closed | Hint::Attrib | Hint::MovedIn => self.look(key, Cont::Hint(hint)),
         }
     }

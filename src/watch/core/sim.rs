@@ -891,6 +891,36 @@ fn specials_are_reported_once_and_never_sent() {
     assert!(s.starts.is_empty());
 }
 
+/// A file renamed into a flat spool is ready without a look (its claim finds what it is): a
+/// FIFO renamed in is found by the attempt, reported once, and never sent; a file renamed
+/// in while a refill's looks are under way waits for them (they keep their turn).
+#[test]
+fn a_file_renamed_in_is_ready_without_a_look() {
+    let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
+    let looks = s.looks;
+    s.rename_in(0, "a");
+    assert_eq!(s.started_keys(), [(0, "a".to_string())]);
+    assert_eq!(s.looks, looks, "looked at");
+    let mut f = s.new_file(0, 0);
+    f.kind = Kind::Fifo;
+    s.spool[0].insert(name("pipe"), f);
+    s.hint(0, &name("pipe"), Hint::MovedIn);
+    s.finish_all(Verdict::Deliver);
+    s.advance(MS);
+    s.finish_all(Verdict::Deliver);
+    assert_eq!(s.reports_of(|r| matches!(r, Report::Ignoring { .. })), 1);
+    assert!(!s.delivered.iter().any(|d| d.1 == name("pipe")));
+    // A look under way (written in place, closed): the next rename-in is looked at too.
+    s.late = true;
+    let w = s.new_file(0, 10);
+    s.spool[0].insert(name("w"), w);
+    s.hint(0, &name("w"), Hint::Closed);
+    let looks = s.looks;
+    s.rename_in(0, "b");
+    s.advance(MS);
+    assert_eq!(s.looks, looks + 2, "b not looked at after w's look");
+}
+
 #[test]
 fn a_delivered_file_whose_move_fails_is_not_sent_again() {
     let mut s = Sim::new(params(&[0], 1, 4, 4, 100), true);
