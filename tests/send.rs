@@ -226,12 +226,11 @@ fn server_resetting_right_after_the_command_is_a_failure() {
     out.assert_one_error_line();
 }
 
-/// A peer that accepts, sends the command and never reads: the sender's buffers fill and it
-/// must give up after the stall timeout.
-#[test]
-fn write_stall_fails_after_the_stall_timeout() {
+/// Sends a sparse file of `len` bytes (`args` added to `accio send`, a 1 s stall timeout) to
+/// a peer that accepts, sends the command and never reads: what `accio send` did.
+fn send_to_a_peer_that_never_reads(len: u64, args: &[&str]) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let file = sparse_file(dir.path(), 64 << 20);
+    let file = sparse_file(dir.path(), len);
     let peer = Peer::with_small_rcvbuf();
     let port = peer.port_str();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -239,9 +238,19 @@ fn write_stall_fails_after_the_stall_timeout() {
         s.write_all(COMMAND).unwrap();
         let _ = done_rx.recv();
     });
-    let out = send_local(&port, &file, &[("ACCIO_STALL_TIMEOUT", "1s")]);
+    let mut cmd = send_cmd("127.0.0.1", &port, &file, &[("ACCIO_STALL_TIMEOUT", "1s")]);
+    cmd.args(args);
+    let out = run(&mut cmd);
     done_tx.send(()).unwrap();
     server.join().unwrap();
+    out
+}
+
+/// A peer that never reads: the sender's buffers fill and it must give up after the stall
+/// timeout.
+#[test]
+fn write_stall_fails_after_the_stall_timeout() {
+    let out = send_to_a_peer_that_never_reads(64 << 20, &[]);
     out.assert_error(code::TRANSFER);
     out.assert_elapsed(Duration::from_secs(1)..Duration::from_secs(6));
 }
@@ -300,20 +309,7 @@ fn pauses_shorter_than_the_stall_timeout_are_survived() {
 /// queue would take at the paced rate: tens of milliseconds at 64 MiB/s).
 #[test]
 fn a_paced_send_to_a_peer_that_stops_reading_fails_after_the_stall_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = sparse_file(dir.path(), 256 << 20);
-    let peer = Peer::with_small_rcvbuf();
-    let port = peer.port_str();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let server = peer.serve(move |mut s| {
-        s.write_all(COMMAND).unwrap();
-        let _ = done_rx.recv();
-    });
-    let mut cmd = send_cmd("127.0.0.1", &port, &file, &[("ACCIO_STALL_TIMEOUT", "1s")]);
-    cmd.args(["--limit-rate", "64MiB/s"]);
-    let out = run(&mut cmd);
-    done_tx.send(()).unwrap();
-    server.join().unwrap();
+    let out = send_to_a_peer_that_never_reads(256 << 20, &["--limit-rate", "64MiB/s"]);
     out.assert_error(code::TRANSFER);
     out.assert_elapsed(Duration::from_secs(1)..Duration::from_secs(8));
 }
