@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use super::entry::{fingerprint, Cont, Entry, State};
 use super::{
-    name_hash, Action, Core, Key, Listing, Names, Report, WatchParams, MIN_RESCAN,
+    name_hash, Action, Core, Identity, Key, Listing, Names, Report, WatchParams, MIN_RESCAN,
     RELIST_AFTER_ERROR,
 };
 use crate::watch::specials;
@@ -259,6 +259,54 @@ impl Core {
         });
     }
 
+    /// Holds `key` (its room taken), found by a listing or a refill as `id` when the wall
+    /// clock read `wall_ns`: settling since its last write, as far as its timestamps tell
+    /// (at most the settle time back, and not before `not_before`). One unchanged for the
+    /// settle time already is ready now, without a look: its claim checks its stamps still
+    /// say so ([`super::Start::settle`]), which a look here would have asked a moment
+    /// before (one `lstat` per file less).
+    pub(super) fn hold_by_stamps(
+        &mut self,
+        key: Key,
+        id: &Identity,
+        wall_ns: i128,
+        not_before: Option<Instant>,
+    ) {
+        let now = self.now;
+        let settle = self.settle(key.0);
+        let mut since = now
+            .checked_sub(id.unchanged_for(wall_ns).min(settle))
+            .unwrap_or(now);
+        if let Some(s) = not_before {
+            since = since.max(s.min(now));
+        }
+        if since + settle <= now {
+            self.insert_entry(key.clone(), Entry::new(State::Looking, now));
+            self.make_ready(&key, false);
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.stamps = true;
+            }
+            return;
+        }
+        let snap = fingerprint(id);
+        self.insert_entry(
+            key.clone(),
+            Entry::new(State::Settling { since, snap }, now),
+        );
+        self.arm(&key, since + settle);
+    }
+
+    /// Holds `key`, renamed in, ready at once (complete by the writers' convention), if
+    /// there is room.
+    pub(super) fn hold_moved_in(&mut self, key: Key) {
+        if self.take_room(key.0) {
+            let state = self.enqueue(&key, false, false);
+            let mut e = Entry::new(state, self.now);
+            e.moved_in = true;
+            self.insert_entry(key, e);
+        }
+    }
+
     /// Refills the reserve of `watch` from its ranked tail: a names-only listing.
     fn request_names(&mut self, watch: usize) {
         let limit = self.p.active_limit.max(1);
@@ -375,8 +423,6 @@ impl Core {
             }
             self.watches[watch].dir_id = Some(listing.dir_id);
         }
-        let now = self.now;
-        let settle = self.settle(watch);
         let wall_ns = listing.wall_ns;
         // The listing's names settle from their last change, but not before the names of
         // this watch settling already (a refill's, looked at before this listing, or a
@@ -439,38 +485,8 @@ impl Core {
                 continue;
             }
             self.watches[watch].count += 1;
-            // Settling since its last change, as far as its timestamps tell (at most the
-            // settle time back).
-            let mut since = now
-                .checked_sub(l.id.unchanged_for(wall_ns).min(settle))
-                .unwrap_or(now);
-            if let Some(s) = settling_since {
-                since = since.max(s.min(now));
-            }
-            if since + settle <= now {
-                // Unchanged for the settle time already: ready now, without a look. Its
-                // claim checks its stamps still say so ([`Start::settle`]), which a look
-                // here would have asked a moment before (one `lstat` per file less).
-                self.insert_entry(key.clone(), Entry::new(State::Looking, now));
-                self.make_ready(&key, false);
-                if let Some(e) = self.entries.get_mut(&key) {
-                    e.stamps = true;
-                }
-                held += 1;
-                continue;
-            }
-            self.insert_entry(
-                key.clone(),
-                Entry::new(
-                    State::Settling {
-                        since,
-                        snap: fingerprint(&l.id),
-                    },
-                    now,
-                ),
-            );
+            self.hold_by_stamps(key, &l.id, wall_ns, settling_since);
             held += 1;
-            self.arm(&key, since + settle);
         }
         // Entries no longer there are forgotten as reported (unless reported after the
         // listing may have been read).

@@ -260,12 +260,7 @@ impl Core {
                 // already empty again is looked at afresh. (In a tree the look stays: the
                 // name may be a directory moved in, to be walked.)
                 self.reported.forget(key.0, &key.1);
-                if self.take_room(key.0) {
-                    let state = self.enqueue(&key, false, false);
-                    let mut e = Entry::new(state, self.now);
-                    e.moved_in = true;
-                    self.insert_entry(key, e);
-                }
+                self.hold_moved_in(key);
             }
             Hint::Closed | Hint::Attrib | Hint::MovedIn => self.look(key, Cont::Hint(hint)),
         }
@@ -315,28 +310,8 @@ impl Core {
             // (as the listing's own names: `listed`); one unchanged for the settle time
             // already is ready now, and its claim checks its stamps again.
             Cont::Refill if !self.entries.contains_key(&key) => {
-                let settle = self.settle(key.0);
-                let since = now
-                    .checked_sub(id.unchanged_for(wall_ns).min(settle))
-                    .unwrap_or(now);
-                if since + settle <= now {
-                    if self.take_room(key.0) {
-                        self.insert_entry(key.clone(), Entry::new(State::Looking, now));
-                        self.make_ready(&key, false);
-                        if let Some(e) = self.entries.get_mut(&key) {
-                            e.stamps = true;
-                        }
-                    }
-                } else {
-                    self.settle_now(&key, &id, false, true);
-                    if let Some(Entry {
-                        state: State::Settling { since: s, .. },
-                        ..
-                    }) = self.entries.get_mut(&key)
-                    {
-                        *s = since;
-                        self.arm(&key, since + settle);
-                    }
+                if self.take_room(key.0) {
+                    self.hold_by_stamps(key, &id, wall_ns, None);
                 }
             }
             Cont::Refill => self.settle_now(&key, &id, false, true),
@@ -363,13 +338,7 @@ impl Core {
                 // Complete by the writers' convention: a new file, whatever this name held,
                 // ready at once.
                 let Some(e) = self.entries.get_mut(&key) else {
-                    if self.take_room(key.0) {
-                        let state = self.enqueue(&key, false, false);
-                        let mut e = Entry::new(state, now);
-                        e.moved_in = true;
-                        self.insert_entry(key, e);
-                    }
-                    return;
+                    return self.hold_moved_in(key);
                 };
                 if e.pending.as_ref().is_some_and(|p| p.id == id) {
                     // The very file whose delivery is done and whose move is left: renamed
