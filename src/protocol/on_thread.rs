@@ -30,7 +30,8 @@ pub(super) fn send_file(
 ) -> Option<Result<u64, ProtocolError>> {
     let file_fd = file.as_raw_fd();
     let size_now = || file.metadata().map_or(u64::MAX, |m| m.len());
-    let mut size = size_now();
+    // As in send_file: a known size ends the body (below) and needs no `fstat`.
+    let mut size = known_size.unwrap_or_else(size_now);
     let mut sent: u64 = 0;
     // Bytes granted and not sent yet.
     let mut credit: u64 = 0;

@@ -65,6 +65,14 @@ fn drain_time(bytes: u64, rate: u64) -> Duration {
     Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64).min(Duration::from_secs(3600))
 }
 
+/// How long a drain sleeps before it looks at the queue again: about when the `unsent`
+/// bytes are sent at `rate`, and at least every stall timeout.
+fn drain_nap(unsent: u64, rate: u64, stall: Duration) -> Duration {
+    drain_time(unsent, rate)
+        .max(Duration::from_millis(1))
+        .min(stall.max(Duration::from_millis(1)))
+}
+
 /// The kernel's pacing of one upload's socket (`SO_MAX_PACING_RATE`; TCP paces by itself
 /// without the fq qdisc since Linux 4.13): set to the upload's share of the limits in force
 /// (plus [`crate::rate::KERNEL_HEADROOM_PERCENT`], or trimmed around it for `accio send`:
@@ -133,6 +141,30 @@ impl SocketPacing {
         pacer.set_kernel_paced(false);
     }
 
+    /// How long the socket may take no data before it is a stall: the stall timeout, plus,
+    /// under kernel pacing, the time the `unsent` queue takes at the paced rate.
+    fn stall_window(&self, stall: Duration, unsent: Option<u64>) -> Duration {
+        match (self.rate, unsent) {
+            (Some(rate), Some(q)) => stall.saturating_add(drain_time(q, rate)),
+            _ => stall,
+        }
+    }
+
+    /// A window of [`SocketPacing::stall_window`] passed without the socket taking data:
+    /// progress if, under kernel pacing, the unsent queue shrank from `before` to `now`
+    /// (which is returned), else a stall.
+    fn moved(
+        &self,
+        before: Option<u64>,
+        now: Option<u64>,
+        stall: Duration,
+    ) -> Result<u64, ProtocolError> {
+        match (before, now) {
+            (Some(before), Some(now)) if self.rate.is_some() && now < before => Ok(now),
+            _ => Err(ProtocolError::Stall(stall)),
+        }
+    }
+
     /// Waits until the socket takes data. Not taking any for the stall timeout is a stall;
     /// under kernel pacing, a send queue that the kernel keeps sending from (at the paced
     /// rate, so the wait may be long) is progress, and only a queue that does not move for
@@ -145,19 +177,11 @@ impl SocketPacing {
     ) -> Result<(), ProtocolError> {
         let mut unsent = self.rate.and_then(|_| unsent_bytes(stream));
         loop {
-            let window = match (self.rate, unsent) {
-                (Some(rate), Some(q)) => stall.saturating_add(drain_time(q, rate)),
-                _ => stall,
-            };
+            let window = self.stall_window(stall, unsent);
             match timeout(window, stream.ready(Interest::WRITABLE)).await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(source)) => return Err(ProtocolError::SendIo { sent, source }),
-                Err(_) => match (unsent, unsent_bytes(stream)) {
-                    (Some(before), Some(now)) if self.rate.is_some() && now < before => {
-                        unsent = Some(now);
-                    }
-                    _ => return Err(ProtocolError::Stall(stall)),
-                },
+                Err(_) => unsent = Some(self.moved(unsent, unsent_bytes(stream), stall)?),
             }
         }
     }
@@ -180,20 +204,16 @@ impl SocketPacing {
             return Ok(sent);
         };
         let mut progress = Instant::now();
-        let mut window = stall.saturating_add(drain_time(unsent, rate));
+        let mut window = self.stall_window(stall, Some(unsent));
         while unsent > 0 {
-            // About when the queue is sent, and at least every stall timeout.
-            let nap = drain_time(unsent, rate)
-                .max(Duration::from_millis(1))
-                .min(stall.max(Duration::from_millis(1)));
-            tokio::time::sleep(nap).await;
+            tokio::time::sleep(drain_nap(unsent, rate, stall)).await;
             let Some(now) = unsent_bytes(stream) else {
                 break;
             };
             if now < unsent {
                 unsent = now;
                 progress = Instant::now();
-                window = stall.saturating_add(drain_time(unsent, rate));
+                window = self.stall_window(stall, Some(unsent));
             } else if progress.elapsed() >= window {
                 return Err(ProtocolError::Stall(stall));
             }
@@ -211,19 +231,11 @@ impl SocketPacing {
     ) -> Result<(), ProtocolError> {
         let mut unsent = self.rate.and_then(|_| unsent_bytes_of(fd));
         loop {
-            let window = match (self.rate, unsent) {
-                (Some(rate), Some(q)) => stall.saturating_add(drain_time(q, rate)),
-                _ => stall,
-            };
+            let window = self.stall_window(stall, unsent);
             match poll_writable(fd, window) {
                 Ok(true) => return Ok(()),
                 Err(source) => return Err(ProtocolError::SendIo { sent, source }),
-                Ok(false) => match (unsent, unsent_bytes_of(fd)) {
-                    (Some(before), Some(now)) if self.rate.is_some() && now < before => {
-                        unsent = Some(now);
-                    }
-                    _ => return Err(ProtocolError::Stall(stall)),
-                },
+                Ok(false) => unsent = Some(self.moved(unsent, unsent_bytes_of(fd), stall)?),
             }
         }
     }
@@ -242,19 +254,16 @@ impl SocketPacing {
             return Ok(sent);
         };
         let mut progress = std::time::Instant::now();
-        let mut window = stall.saturating_add(drain_time(unsent, rate));
+        let mut window = self.stall_window(stall, Some(unsent));
         while unsent > 0 {
-            let nap = drain_time(unsent, rate)
-                .max(Duration::from_millis(1))
-                .min(stall.max(Duration::from_millis(1)));
-            std::thread::sleep(nap);
+            std::thread::sleep(drain_nap(unsent, rate, stall));
             let Some(now) = unsent_bytes_of(fd) else {
                 break;
             };
             if now < unsent {
                 unsent = now;
                 progress = std::time::Instant::now();
-                window = stall.saturating_add(drain_time(unsent, rate));
+                window = self.stall_window(stall, Some(unsent));
             } else if progress.elapsed() >= window {
                 return Err(ProtocolError::Stall(stall));
             }
