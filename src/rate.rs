@@ -279,6 +279,11 @@ impl Limiter {
                 }
             }
         }
+        self.count_wait(asked)
+    }
+
+    /// The wait since `asked` (this limit's clock), added to the limit's total of waits.
+    fn count_wait(&self, asked: u64) -> Duration {
         let waited = Duration::from_nanos(self.now().saturating_sub(asked));
         self.waited_ns.fetch_add(
             u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
@@ -311,12 +316,7 @@ impl Limiter {
             }
             std::thread::sleep(Duration::from_nanos(due - now));
         }
-        let waited = Duration::from_nanos(self.now().saturating_sub(asked));
-        self.waited_ns.fetch_add(
-            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        waited
+        self.count_wait(asked)
     }
 }
 
