@@ -15,19 +15,30 @@ pub fn esc(path: &Path) -> Esc<'_> {
 
 impl std::fmt::Display for Esc<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::fmt::Write as _;
         use std::os::unix::ffi::OsStrExt;
         for chunk in self.0.as_os_str().as_bytes().utf8_chunks() {
-            for c in chunk.valid().chars() {
-                match c {
-                    '\\' => f.write_str("\\\\")?,
-                    '\n' => f.write_str("\\n")?,
-                    '\r' => f.write_str("\\r")?,
-                    '\t' => f.write_str("\\t")?,
-                    c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
-                    c => f.write_char(c)?,
+            // Runs of characters that need no escape are written whole (most names are one
+            // run): one write per run, not one per character.
+            let valid = chunk.valid();
+            let mut plain = 0;
+            for (i, c) in valid.char_indices() {
+                let escaped = match c {
+                    '\\' => "\\\\",
+                    '\n' => "\\n",
+                    '\r' => "\\r",
+                    '\t' => "\\t",
+                    c if c.is_control() => "",
+                    _ => continue,
+                };
+                f.write_str(&valid[plain..i])?;
+                if escaped.is_empty() {
+                    write!(f, "\\u{{{:x}}}", c as u32)?;
+                } else {
+                    f.write_str(escaped)?;
                 }
+                plain = i + c.len_utf8();
             }
+            f.write_str(&valid[plain..])?;
             for b in chunk.invalid() {
                 write!(f, "\\x{b:02x}")?;
             }

@@ -201,8 +201,9 @@ impl CommandMatcher {
     }
 }
 
-/// Waits for the full `accio\r\n` command. Reads at most the bytes the command still needs,
-/// so nothing beyond it is consumed and input is never buffered without bound.
+/// Waits for the full `accio\r\n` command. Each read takes at most [`COMMAND_READ`] bytes;
+/// what follows the command in them is unsolicited and dropped, as [`finish_tcp`] drops
+/// what comes later: input is never buffered without bound.
 ///
 /// # Errors
 /// Wrong byte, server closing first, no byte within `handshake_timeout`, or a read error.
@@ -211,10 +212,9 @@ pub async fn read_command<S: AsyncRead + Unpin>(
     handshake_timeout: Duration,
 ) -> Result<(), ProtocolError> {
     let mut matcher = CommandMatcher::new();
-    let mut buf = [0u8; COMMAND.len()];
+    let mut buf = [0u8; COMMAND_READ];
     while !matcher.is_complete() {
-        let want = matcher.remaining();
-        let n = match timeout(handshake_timeout, stream.read(&mut buf[..want])).await {
+        let n = match timeout(handshake_timeout, stream.read(&mut buf)).await {
             Err(_) => return Err(ProtocolError::HandshakeTimeout(handshake_timeout)),
             Ok(Err(e)) => return Err(ProtocolError::HandshakeIo(e)),
             Ok(Ok(n)) => n,
@@ -228,6 +228,12 @@ pub async fn read_command<S: AsyncRead + Unpin>(
     }
     Ok(())
 }
+
+/// The most [`read_command`] reads at once. More than the command: a read that does not
+/// fill its buffer tells the runtime the socket is drained (tokio then waits for the next
+/// readiness event instead of trying a read that would fail with `EAGAIN`), which saves the
+/// confirmation's first read a system call.
+const COMMAND_READ: usize = 64;
 
 /// Size of the buffer for the copying path: large enough for throughput, small and fixed so
 /// memory does not depend on the file.

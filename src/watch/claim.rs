@@ -44,7 +44,7 @@ fn kind_of(meta: &Metadata) -> Kind {
 }
 
 /// The [`Identity`] of the entry `meta` describes.
-fn identity(meta: &Metadata) -> Identity {
+pub fn identity(meta: &Metadata) -> Identity {
     Identity {
         kind: kind_of(meta),
         dev: meta.dev(),

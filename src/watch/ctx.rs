@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::disposition;
 use super::lane::Lane;
@@ -57,7 +58,9 @@ pub struct WatchCtx {
 /// so a parent renamed afterwards (another directory put in its place) cannot redirect
 /// them. Three descriptors per watch (two without done_dir). Each is opened again by its
 /// configured path only by a reload, when the directory held was removed (no name leads
-/// to it any more: nothing could be moved into it; checked with one `fstat` per use), and
+/// to it any more: nothing could be moved into it; checked with one `fstat` at most every
+/// [`REMOVED_CHECK`]: a move into a directory removed since fails, keeps the file in the
+/// spool and is retried, by then through the directory now at that path), and
 /// for the spool when the watcher follows its path to a replacement (a directory replaced
 /// or mounted over, which the service has always followed): what is listed and what is
 /// claimed stay the same directory.
@@ -68,19 +71,33 @@ pub struct Dirs {
     failed: Held,
 }
 
-/// One directory held open (see [`Dirs`]).
+/// How often a held directory is checked for having been removed, at most (see [`Dirs`]).
+/// Two `fstat`s per file were a tenth of the system calls of a busy spool's.
+const REMOVED_CHECK: Duration = Duration::from_millis(100);
+
+/// One directory held open (see [`Dirs`]), with when it was last checked.
 #[derive(Debug)]
-struct Held(Mutex<Dir>);
+struct Held(Mutex<(Dir, Instant)>);
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Dir> {
+    fn new(dir: Dir) -> Held {
+        Held(Mutex::new((dir, Instant::now())))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Dir, Instant)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The directory held, opened again first if it was removed (and its path leads to a
-    /// directory again).
+    /// directory again), which is checked at most every [`REMOVED_CHECK`].
     fn get(&self) -> Dir {
-        let mut held = self.lock();
+        let mut guard = self.lock();
+        let (held, checked) = &mut *guard;
+        let now = Instant::now();
+        if now.saturating_duration_since(*checked) < REMOVED_CHECK {
+            return held.clone();
+        }
+        *checked = now;
         if held.fd().removed() {
             if let Ok(new) = Dir::open(held.path()) {
                 tracing::warn!(
@@ -93,6 +110,11 @@ impl Held {
         }
         held.clone()
     }
+
+    /// Holds `dir` from now on.
+    fn set(&self, dir: Dir) {
+        *self.lock() = (dir, Instant::now());
+    }
 }
 
 impl Dirs {
@@ -103,7 +125,7 @@ impl Dirs {
     pub fn open(cfg: &WatchConfig) -> Result<Dirs, FatalError> {
         let open = |d: &PathBuf| {
             Dir::open(d)
-                .map(|d| Held(Mutex::new(d)))
+                .map(Held::new)
                 .map_err(|e| FatalError::Watch {
                     dir: cfg.dir.clone(),
                     message: e.to_string(),
@@ -141,8 +163,7 @@ impl Dirs {
     /// # Errors
     /// The open error.
     pub fn reopen_spool(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        let new = Dir::open(dir)?;
-        *self.spool.lock() = new;
+        self.spool.set(Dir::open(dir)?);
         Ok(())
     }
 }

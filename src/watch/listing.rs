@@ -63,7 +63,9 @@ pub fn list(
         if !accepts(&name) {
             continue;
         }
-        match claim::lstat(&entry.path()) {
+        // Through the listing's own descriptor (`fstatat`): one component to look up, not
+        // the spool's whole path again.
+        match entry.metadata().map(|m| claim::identity(&m)) {
             Ok(id) if id.kind != Kind::Regular => {
                 if specials.len() < specials::LISTED_PER_DIR {
                     specials.push(Listed { name, id });
