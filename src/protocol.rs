@@ -566,7 +566,7 @@ pub async fn finish_tcp(
     let acked = confirm == Confirm::Acked;
     let mut close_deadline: Option<Instant> = None;
     let mut checks = 0u32;
-    let mut sink = [0u8; 4096];
+    let mut sink = [0u8; 64];
     // Fixed instants, not "now + poll" per iteration: a server flooding us with unsolicited
     // bytes must not postpone the checks.
     let mut next_check = last_progress + if acked { Duration::ZERO } else { DRAIN_POLL };
@@ -813,7 +813,7 @@ mod tests {
 
         /// `read_command` over an in-memory stream written in random chunks: the same
         /// verdicts, the server closing early is reported with the count received, and
-        /// nothing beyond the command is consumed.
+        /// what follows the command is dropped by the read that took it, or left in the stream.
         #[test]
         fn read_command_over_a_duplex_stream(
             input in inputs(),
@@ -843,7 +843,11 @@ mod tests {
             });
             match (want, result) {
                 (Expected::Accept, Ok(())) => {
-                    proptest::prop_assert_eq!(&rest[..], &input[COMMAND.len()..]);
+                    // What came after the command is dropped (at most a read's worth) or
+                    // left in the stream.
+                    let after = &input[COMMAND.len()..];
+                    proptest::prop_assert!(after.ends_with(&rest));
+                    proptest::prop_assert!(after.len() - rest.len() < COMMAND_READ);
                 }
                 (Expected::RejectAt(i), Err(ProtocolError::WrongCommand { position, .. })) => {
                     proptest::prop_assert_eq!(position, i + 1);

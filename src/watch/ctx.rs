@@ -124,12 +124,10 @@ impl Dirs {
     /// [`FatalError::Watch`]: one cannot be opened (a reload then keeps the previous ones).
     pub fn open(cfg: &WatchConfig) -> Result<Dirs, FatalError> {
         let open = |d: &PathBuf| {
-            Dir::open(d)
-                .map(Held::new)
-                .map_err(|e| FatalError::Watch {
-                    dir: cfg.dir.clone(),
-                    message: e.to_string(),
-                })
+            Dir::open(d).map(Held::new).map_err(|e| FatalError::Watch {
+                dir: cfg.dir.clone(),
+                message: e.to_string(),
+            })
         };
         Ok(Dirs {
             spool: open(&cfg.dir)?,

@@ -14,7 +14,6 @@
 //! holds plus [`SLACK`], however often a blocked lane's files come and go.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
@@ -33,23 +32,24 @@ pub const SLACK: usize = if cfg!(test) { 8 } else { 1024 };
 pub trait Live: Fn(&Key, u64) -> bool {}
 impl<F: Fn(&Key, u64) -> bool> Live for F {}
 
-/// Names in a queue, each under the sequence number it was queued with.
+/// Names in a queue (whole keys: the check of a place needs no copy of its name), each
+/// under the sequence number it was queued with.
 #[derive(Debug, Default)]
-pub struct SeqQueue(VecDeque<(OsString, u64)>);
+pub struct SeqQueue(VecDeque<(Key, u64)>);
 
 impl SeqQueue {
-    fn push(&mut self, name: OsString, seq: u64, front: bool) {
+    fn push(&mut self, key: Key, seq: u64, front: bool) {
         if front {
-            self.0.push_front((name, seq));
+            self.0.push_front((key, seq));
         } else {
-            self.0.push_back((name, seq));
+            self.0.push_back((key, seq));
         }
     }
 
-    /// Pops stale places off the front (of watch `w`); whether a live one is there.
-    fn clean_front(&mut self, w: usize, live: &impl Live) -> bool {
-        while let Some((name, seq)) = self.0.front() {
-            if live(&(w, name.clone()), *seq) {
+    /// Pops stale places off the front; whether a live one is there.
+    fn clean_front(&mut self, live: &impl Live) -> bool {
+        while let Some((key, seq)) = self.0.front() {
+            if live(key, *seq) {
                 return true;
             }
             self.0.pop_front();
@@ -59,9 +59,9 @@ impl SeqQueue {
 
     /// Drops the stale places once they outnumber the live ones (`held`: names of the watch
     /// held, an upper bound of live places).
-    fn compact(&mut self, w: usize, held: usize, live: &impl Live) {
+    fn compact(&mut self, held: usize, live: &impl Live) {
         if self.0.len() > 2 * held + SLACK {
-            self.0.retain(|(name, seq)| live(&(w, name.clone()), *seq));
+            self.0.retain(|(key, seq)| live(key, *seq));
         }
     }
 
@@ -197,12 +197,13 @@ impl Lanes {
     /// under older numbers are stale. `held`, `live`: for the compaction.
     pub fn enqueue(
         &mut self,
-        (w, name): (usize, OsString),
+        key: Key,
         finish: bool,
         front: bool,
         held: usize,
         live: &impl Live,
     ) -> u64 {
+        let w = key.0;
         let seq = self.next_seq;
         self.next_seq += 1;
         // Both queues (a finish-only name that turns out to be an upload moves from one to
@@ -210,7 +211,7 @@ impl Lanes {
         self.shrunk(w, held, live);
         let q = &mut self.queues[w];
         let q = if finish { &mut q.finish } else { &mut q.ready };
-        q.push(name, seq, front);
+        q.push(key, seq, front);
         seq
     }
 
@@ -218,8 +219,8 @@ impl Lanes {
     /// (`held`: the names of the watch held, an upper bound of live places).
     pub fn shrunk(&mut self, w: usize, held: usize, live: &impl Live) {
         let q = &mut self.queues[w];
-        q.ready.compact(w, held, live);
-        q.finish.compact(w, held, live);
+        q.ready.compact(held, live);
+        q.finish.compact(held, live);
     }
 
     /// Whether lane `d` may start an attempt now.
@@ -235,7 +236,7 @@ impl Lanes {
         lanes[d]
             .watches
             .iter()
-            .any(|&w| queues[w].ready.clean_front(w, live))
+            .any(|&w| queues[w].ready.clean_front(live))
     }
 
     /// The next attempt to start, if a slot is free (`cap`: all lanes together) and a file
@@ -253,14 +254,13 @@ impl Lanes {
         }
         for w in 0..self.queues.len() {
             let q = &mut self.queues[w];
-            while q.finish.clean_front(w, live) {
-                let Some((name, seq)) = q.finish.0.pop_front() else {
+            while q.finish.clean_front(live) {
+                let Some((key, seq)) = q.finish.0.pop_front() else {
                     break;
                 };
-                let key = (w, name);
                 if upload(&key) {
                     // Nothing left to finish: an upload, which takes its lane's slot.
-                    q.ready.push(key.1, seq, false);
+                    q.ready.push(key, seq, false);
                     continue;
                 }
                 return Some((key, false));
@@ -277,15 +277,15 @@ impl Lanes {
                 let pos = (self.lanes[d].next_watch + j) % m;
                 let w = self.lanes[d].watches[pos];
                 let ready = &mut self.queues[w].ready;
-                if !ready.clean_front(w, live) {
+                if !ready.clean_front(live) {
                     continue;
                 }
-                let Some((name, _)) = ready.0.pop_front() else {
+                let Some((key, _)) = ready.0.pop_front() else {
                     continue;
                 };
                 self.lanes[d].next_watch = (pos + 1) % m;
                 self.next_dest = (d + 1) % n;
-                return Some(((w, name), true));
+                return Some((key, true));
             }
         }
         None
