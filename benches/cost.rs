@@ -24,6 +24,9 @@
 //! backlog whose files are that old, as a restart finds them; by default they were renamed
 //! back into the spool just before), `COST_BENCH_PERF_KINDS=1` counts each kind with perf too (`syscalls:sys_enter_*`
 //! tracepoints: cheap enough for the larger backlog, where strace is too slow),
+//! `COST_BENCH_HOST` the destination's name in accio's configuration (default `127.0.0.1`;
+//! `localhost` measures a name to resolve), `COST_BENCH_SERVER` more lines for its
+//! `[server]` table (e.g. `concurrency = 64`),
 //! `COST_BENCH_DIR` where the spool lives (default: the system's temporary directory),
 //! `COST_BENCH_ACCIO` another `accio` binary to measure (default: target/release/accio).
 
@@ -189,10 +192,12 @@ impl Bench {
         fs::write(
             &config,
             format!(
-                "control_socket = {:?}\n[server]\nhost = \"127.0.0.1\"\nport = {}\n\n\
+                "control_socket = {:?}\n[server]\nhost = {:?}\nport = {}\n{}\n\
                  [[watch]]\ndir = {:?}\ndone_dir = {:?}\nfailed_dir = {:?}\n",
                 tmp.path().join("control.sock"),
+                std::env::var("COST_BENCH_HOST").unwrap_or_else(|_| "127.0.0.1".to_string()),
                 sink.port(),
+                std::env::var("COST_BENCH_SERVER").unwrap_or_default(),
                 spool,
                 done,
                 failed

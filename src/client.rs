@@ -190,7 +190,8 @@ impl fmt::Display for TriedAddrs {
     }
 }
 
-/// Resolves `dest` and connects to the first address that accepts, trying each in turn.
+/// Resolves `dest` (with a `handshake`, the service's, through its last answer while fresh:
+/// [`crate::resolve`]) and connects to the first address that accepts, trying each in turn.
 /// Resolution and all attempts together end within `timeouts.connect`; each attempt gets an
 /// equal share of the time left, so one black-holed address cannot starve the others.
 ///
@@ -213,12 +214,16 @@ pub async fn connect(
     handshake: Option<&Handshake>,
 ) -> Result<TcpStream, ClientError> {
     let deadline = crate::protocol::after(Instant::now(), timeouts.connect);
-    let addrs: Vec<SocketAddr> = match timeout_at(
-        deadline,
-        tokio::net::lookup_host((dest.host.as_str(), dest.port)),
-    )
-    .await
-    {
+    let resolve = async {
+        match handshake {
+            // The service: its last answer, while fresh (see [`crate::resolve`]).
+            Some(hs) => hs.addrs.resolve(&dest.host, dest.port).await,
+            None => Ok(tokio::net::lookup_host((dest.host.as_str(), dest.port))
+                .await?
+                .collect()),
+        }
+    };
+    let addrs: Vec<SocketAddr> = match timeout_at(deadline, resolve).await {
         // Resolution itself used up the connect timeout.
         Err(_) => {
             return Err(ClientError::ConnectTimeout {
@@ -233,14 +238,19 @@ pub async fn connect(
                 source,
             })
         }
-        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Ok(addrs)) => addrs,
     };
     if addrs.is_empty() {
         return Err(ClientError::NoAddresses {
             host: dest.host.clone(),
         });
     }
-    connect_addrs(dest, addrs, timeouts, deadline, handshake).await
+    let connected = connect_addrs(dest, addrs, timeouts, deadline, handshake).await;
+    if let (Err(_), Some(hs)) = (&connected, handshake) {
+        // Perhaps the name points elsewhere now: the next attempt asks again.
+        hs.addrs.forget();
+    }
+    connected
 }
 
 /// Tries `addrs` in turn until `deadline`, each with an equal share of the time left: what

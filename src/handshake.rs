@@ -102,11 +102,13 @@ impl Handshakes {
 }
 
 /// One destination's round trip, shared by its uploads, and how often its connects were
-/// started afresh.
+/// started afresh; with its addresses as last resolved ([`crate::resolve`]).
 #[derive(Debug, Default)]
 pub struct Handshake {
     rtt: Mutex<RoundTrip>,
     restarts: std::sync::atomic::AtomicU64,
+    /// The destination's name resolved, at most once a second.
+    pub addrs: crate::resolve::Addresses,
 }
 
 impl Handshake {

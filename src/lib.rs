@@ -21,7 +21,8 @@
 //!   protocol over any async stream (wait for `accio\r\n`, stream the content, half-close,
 //!   wait for the server's close; no files, no policy); [`rate`], bandwidth limits (rates,
 //!   timetables, the grants that pace a body); [`handshake`], each destination's round
-//!   trip and when a connect whose SYN was lost starts afresh; [`files`], filesystem calls
+//!   trip and when a connect whose SYN was lost starts afresh; [`resolve`], its name
+//!   resolved at most once a second, not once per file; [`files`], filesystem calls
 //!   std does not have; [`esc`], paths escaped for log lines.
 
 pub mod app;
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod ops;
 pub mod protocol;
 pub mod rate;
+pub mod resolve;
 pub mod send;
 pub mod serve;
 pub mod signals;

@@ -31,6 +31,7 @@ const LAYERS: &[&str] = &[
     "exit",
     "client",
     "handshake",
+    "resolve",
     "protocol",
     "rate",
     "files",
