@@ -4,7 +4,7 @@
 //! (a dozen system calls, and a hop to a blocking thread, since it blocks), for a name in
 //! DNS it asks the resolver over the network. A spool that sends ten thousand files a second
 //! to `backup.example.org` asked ten thousand times, for the same answer: with `localhost`
-//! that was half again the service's CPU per file (README, "Performance: the spool job").
+//! that was half again the service's CPU per file (docs/cost.md, Round 8).
 //! curl keeps answers for 60 s; this keeps them for one second, so a change in DNS reaches
 //! the service as soon as it would have before, for every practical purpose, and a failed
 //! connect forgets the answer at once (the next attempt asks again). Concurrent uploads that
@@ -16,9 +16,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
-
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How long an answer is used.
 pub const FRESH: Duration = Duration::from_secs(1);

@@ -1593,3 +1593,23 @@ fn a_reload_is_refused_when_a_parent_became_writable_by_everyone() {
     svc.wait_log("configuration reloaded");
     assert_eq!(recv.times_received(b"still sent"), 1);
 }
+
+/// A destination given by name: resolved (once a second at most, `accio::resolve`), and
+/// every file delivered, once.
+#[test]
+fn a_destination_by_name_gets_every_file() {
+    let dirs = Dirs::new();
+    let recv = Receiver::start(&dirs.recv);
+    let text = config_text(&dirs, recv.port, &Opts::default())
+        .replace("host = \"127.0.0.1\"", "host = \"localhost\"");
+    assert!(text.contains("host = \"localhost\""), "{text}");
+    let svc = Service::start(&write_config(&dirs, "by-name.toml", &text));
+    for i in 0..30 {
+        dirs.drop_file(&format!("f{i}"), format!("by name {i}").as_bytes());
+    }
+    wait_for("30 files in done", || names(&dirs.done).len() == 30);
+    for i in 0..30 {
+        assert_eq!(recv.times_received(format!("by name {i}").as_bytes()), 1);
+    }
+    drop(svc);
+}
