@@ -42,12 +42,10 @@ fn a_backlog_moved_in_before_the_start_settles_from_its_last_write() {
     // Written under a hidden name (ignored), then renamed in: the writers' convention.
     let staged = dirs.spool.join(".old.part");
     fs::write(&staged, b"written an hour ago").unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&staged)
-        .unwrap()
-        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
-        .unwrap();
+    set_mtime(
+        &staged,
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+    );
     // The rename sets its ctime to now; its content is an hour old.
     fs::rename(&staged, dirs.spool.join("old")).unwrap();
     fs::write(dirs.spool.join("fresh"), b"written just now").unwrap();
@@ -71,9 +69,7 @@ fn backlog_is_sent_oldest_first() {
     for (age, name) in ["e", "d", "c", "b", "a"].iter().enumerate() {
         let p = dirs.spool.join(name);
         fs::write(&p, name.as_bytes()).unwrap();
-        let f = fs::File::options().write(true).open(&p).unwrap();
-        f.set_modified(base + Duration::from_secs(age as u64 * 60))
-            .unwrap();
+        set_mtime(&p, base + Duration::from_secs(age as u64 * 60));
     }
     let o = Opts {
         concurrency: 1,
@@ -967,12 +963,7 @@ fn stale_temporaries_of_ours_are_reported_never_removed_at_start() {
         let p = dirs.done.join(name);
         fs::write(&p, b"partial copy").unwrap();
         if let Some(t) = age {
-            fs::File::options()
-                .write(true)
-                .open(&p)
-                .unwrap()
-                .set_modified(t)
-                .unwrap();
+            set_mtime(&p, t);
         }
         p
     };
@@ -980,12 +971,7 @@ fn stale_temporaries_of_ours_are_reported_never_removed_at_start() {
     // A user's failed file that happens to match the pattern must never be deleted.
     let users = dirs.failed.join(".backup.accio-0badf00d.tmp");
     fs::write(&users, b"precious").unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&users)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    set_mtime(&users, old);
     let fresh = mk(".y.accio-0123abcd.tmp", None);
     let other = mk(".z.other.tmp", Some(old));
     let svc = Service::start(&config_file(&dirs, recv.port, &Opts::default()));
@@ -1442,8 +1428,7 @@ fn a_backlog_larger_than_the_active_set_is_sent_oldest_first() {
         let name = format!("f{:02}", 39 - i);
         let path = dirs.spool.join(&name);
         fs::write(&path, format!("backlog file {i:02}\n")).unwrap();
-        let f = fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(base + Duration::from_secs(i)).unwrap();
+        set_mtime(&path, base + Duration::from_secs(i));
     }
     let o = Opts {
         concurrency: 1,

@@ -4,11 +4,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 
 use super::ProtocolError;
 use crate::rate::Pacer;
@@ -197,28 +197,32 @@ impl SocketPacing {
         stall: Duration,
         sent: u64,
     ) -> Result<u64, ProtocolError> {
-        let Some(rate) = self.rate else {
+        let Some(mut d) = self.draining(unsent_bytes(stream), stall) else {
             return Ok(sent);
         };
-        let Some(mut unsent) = unsent_bytes(stream) else {
-            return Ok(sent);
-        };
-        let mut progress = Instant::now();
-        let mut window = self.stall_window(stall, Some(unsent));
-        while unsent > 0 {
-            tokio::time::sleep(drain_nap(unsent, rate, stall)).await;
+        while d.unsent > 0 {
+            tokio::time::sleep(d.nap).await;
             let Some(now) = unsent_bytes(stream) else {
                 break;
             };
-            if now < unsent {
-                unsent = now;
-                progress = Instant::now();
-                window = self.stall_window(stall, Some(unsent));
-            } else if progress.elapsed() >= window {
-                return Err(ProtocolError::Stall(stall));
-            }
+            d.observe(self, now)?;
         }
         Ok(sent)
+    }
+
+    /// The drain's state once the body is out with `unsent` bytes queued, or `None` when
+    /// there is nothing to wait for (no kernel pacing, or no reading of the queue).
+    fn draining(&self, unsent: Option<u64>, stall: Duration) -> Option<Drain> {
+        let rate = self.rate?;
+        let unsent = unsent?;
+        Some(Drain {
+            unsent,
+            rate,
+            stall,
+            progress: Instant::now(),
+            window: self.stall_window(stall, Some(unsent)),
+            nap: drain_nap(unsent, rate, stall),
+        })
     }
 
     /// [`SocketPacing::writable`] on the calling thread (`poll(2)`), for a body sent on it
@@ -247,28 +251,44 @@ impl SocketPacing {
         stall: Duration,
         sent: u64,
     ) -> Result<u64, ProtocolError> {
-        let Some(rate) = self.rate else {
+        let Some(mut d) = self.draining(unsent_bytes_of(fd), stall) else {
             return Ok(sent);
         };
-        let Some(mut unsent) = unsent_bytes_of(fd) else {
-            return Ok(sent);
-        };
-        let mut progress = std::time::Instant::now();
-        let mut window = self.stall_window(stall, Some(unsent));
-        while unsent > 0 {
-            std::thread::sleep(drain_nap(unsent, rate, stall));
+        while d.unsent > 0 {
+            std::thread::sleep(d.nap);
             let Some(now) = unsent_bytes_of(fd) else {
                 break;
             };
-            if now < unsent {
-                unsent = now;
-                progress = std::time::Instant::now();
-                window = self.stall_window(stall, Some(unsent));
-            } else if progress.elapsed() >= window {
-                return Err(ProtocolError::Stall(stall));
-            }
+            d.observe(self, now)?;
         }
         Ok(sent)
+    }
+}
+
+/// A drain under way ([`SocketPacing::drain`], on the runtime or the calling thread): the
+/// queue as last read, since when it last shrank, and the stall rule's window for it.
+struct Drain {
+    unsent: u64,
+    rate: u64,
+    stall: Duration,
+    progress: Instant,
+    window: Duration,
+    /// How long to sleep before the next reading.
+    nap: Duration,
+}
+
+impl Drain {
+    /// The queue reads `now`: progress if it shrank, a stall once it has not for the window.
+    fn observe(&mut self, pacing: &SocketPacing, now: u64) -> Result<(), ProtocolError> {
+        if now < self.unsent {
+            self.unsent = now;
+            self.progress = Instant::now();
+            self.window = pacing.stall_window(self.stall, Some(now));
+        } else if self.progress.elapsed() >= self.window {
+            return Err(ProtocolError::Stall(self.stall));
+        }
+        self.nap = drain_nap(self.unsent, self.rate, self.stall);
+        Ok(())
     }
 }
 
@@ -276,9 +296,9 @@ impl SocketPacing {
 /// blocked): `true` once it does (or has an error, which the next write reports), `false`
 /// when the window ends first.
 fn poll_writable(fd: RawFd, window: Duration) -> io::Result<bool> {
-    let deadline = std::time::Instant::now() + window;
+    let deadline = Instant::now() + window;
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         // Rounded up: a wait that ends early would be taken for the whole window.
         let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
         let mut fds = libc::pollfd {
@@ -292,7 +312,7 @@ fn poll_writable(fd: RawFd, window: Duration) -> io::Result<bool> {
             return Ok(true);
         }
         if rc == 0 {
-            if ms == 0 || std::time::Instant::now() >= deadline {
+            if ms == 0 || Instant::now() >= deadline {
                 return Ok(false);
             }
             continue;

@@ -13,6 +13,16 @@ use super::wait::{exited_within, wait_until, DEADLINE};
 use super::BIN;
 pub use accio::status::{View, Why};
 
+/// Sets the mtime of the file at `path` to `t` (a backlog written long ago).
+pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
 /// Names of the regular, non-hidden files in `dir`, sorted.
 pub fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
